@@ -1,0 +1,228 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
+	"github.com/streamrec/recsys/serving"
+	"github.com/streamrec/recsys/updater/synth"
+)
+
+type benchOpts struct {
+	events   int
+	batch    int
+	clients  int
+	duration time.Duration
+	dir      string
+}
+
+func benchCmd() *cobra.Command {
+	var o benchOpts
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Measure embedded ingest events/s and features:get latency under concurrent load",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.events <= 0 || o.batch <= 0 || o.clients <= 0 || o.duration <= 0 {
+				return usageError{fmt.Errorf("events, batch, clients and duration must be positive")}
+			}
+			return bench(cmd.Context(), &o)
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&o.events, "events", 1_000_000, "generated events to ingest")
+	f.IntVar(&o.batch, "batch", 10_000, "events per ingest batch")
+	f.IntVar(&o.clients, "clients", 8, "concurrent clients of the read benchmark")
+	f.DurationVar(&o.duration, "duration", 5*time.Second, "length of each read scenario")
+	f.StringVar(&o.dir, "dir", "", "data dir to use (default: a temporary one, removed afterwards)")
+	return cmd
+}
+
+func bench(ctx context.Context, o *benchOpts) error {
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	dir := o.dir
+	if dir == "" {
+		tmp, err := os.MkdirTemp("", "recsys-bench-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(tmp)
+		dir = tmp
+	}
+	fmt.Printf("machine: %d cores (GOMAXPROCS %d), %s %s/%s\n", runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+
+	// Generate first so that generation does not count as ingest time.
+	gcfg := synth.Config{Seed: 42, Events: o.events, Start: time.Now().Add(-7 * 24 * time.Hour), Span: 7 * 24 * time.Hour}
+	gen, err := synth.New(gcfg)
+	if err != nil {
+		return err
+	}
+	gcfg.EnsureDefaults()
+	evs := make([]*recsysv1.Event, 0, o.events)
+	for ev, ok := gen.Next(); ok; ev, ok = gen.Next() {
+		evs = append(evs, &recsysv1.Event{UserId: ev.UserID, ItemId: ev.ItemID, CategoryId: ev.CategoryID, Behavior: ev.Behavior, Ts: ev.TS})
+	}
+
+	eng, err := openEngine(dir, logger)
+	if err != nil {
+		return err
+	}
+	defer eng.Close()
+	uctx, stopUpd := context.WithCancel(ctx)
+	updDone := make(chan error, 1)
+	go func() { updDone <- eng.upd.Run(uctx) }()
+	start := time.Now()
+	for i := 0; i < len(evs); i += o.batch {
+		res, err := eng.upd.Ingest(ctx, evs[i:min(i+o.batch, len(evs))], nil)
+		if err != nil {
+			stopUpd()
+			return err
+		}
+		if len(res.Rejected) > 0 {
+			stopUpd()
+			return fmt.Errorf("bench: event rejected: %s", res.Rejected[0].Reason)
+		}
+	}
+	durable := time.Since(start)
+	if err := eng.upd.WaitApplied(ctx, eng.log.End()); err != nil {
+		stopUpd()
+		return err
+	}
+	applied := time.Since(start)
+	fmt.Printf("ingest, embedded log (%d events, batches of %d, %d users, %d items):\n", len(evs), o.batch, gcfg.Users, gcfg.Items)
+	fmt.Printf("  durable (fsynced): %8.0f events/s (%s)\n", float64(len(evs))/durable.Seconds(), durable.Round(time.Millisecond))
+	fmt.Printf("  applied (readable): %7.0f events/s (%s)\n", float64(len(evs))/applied.Seconds(), applied.Round(time.Millisecond))
+
+	srv := serving.New(eng.store, eng.upd, serving.Options{Logger: logger})
+	handler, err := srv.HTTPHandler(ctx)
+	if err != nil {
+		stopUpd()
+		return err
+	}
+	hl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		stopUpd()
+		return err
+	}
+	hsrv := &http.Server{Handler: handler}
+	go func() { _ = hsrv.Serve(hl) }()
+	defer hsrv.Close()
+	gl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		stopUpd()
+		return err
+	}
+	gsrv := grpc.NewServer()
+	recsysv1.RegisterFeatureServiceServer(gsrv, srv)
+	go func() { _ = gsrv.Serve(gl) }()
+	defer gsrv.Stop()
+	conn, err := grpc.NewClient(gl.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		stopUpd()
+		return err
+	}
+	defer conn.Close()
+	gc := recsysv1.NewFeatureServiceClient(conn)
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: o.clients}}
+	url := "http://" + hl.Addr().String() + "/v1/features:get"
+
+	fmt.Printf("features:get on user_features, %d concurrent clients, %s per scenario (random users of %d):\n", o.clients, o.duration, gcfg.Users)
+	for _, n := range []int{1, 500} {
+		restCall := func(r *rand.Rand) error {
+			body, _ := json.Marshal(map[string]any{"view": "user_features", "ids": randomUsers(r, n, gcfg.Users)})
+			resp, err := hc.Post(url, "application/json", bytes.NewReader(body))
+			if err != nil {
+				return err
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("HTTP %d", resp.StatusCode)
+			}
+			return nil
+		}
+		grpcCall := func(r *rand.Rand) error {
+			_, err := gc.GetFeatures(ctx, &recsysv1.GetFeaturesRequest{View: "user_features", Ids: randomUsers(r, n, gcfg.Users)})
+			return err
+		}
+		for _, sc := range []struct {
+			name string
+			call func(*rand.Rand) error
+		}{{"REST", restCall}, {"gRPC", grpcCall}} {
+			lat, errs, el := loadGen(o.clients, o.duration, sc.call)
+			fmt.Printf("  %-4s %3d ids: %7.0f req/s  p50 %6.2f ms  p99 %6.2f ms  p999 %6.2f ms  (%d requests, %d errors)\n",
+				sc.name, n, float64(len(lat))/el.Seconds(), pct(lat, 0.50), pct(lat, 0.99), pct(lat, 0.999), len(lat), errs)
+		}
+	}
+	stopUpd()
+	return <-updDone
+}
+
+func randomUsers(r *rand.Rand, n, users int) []string {
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("u%d", 1+r.IntN(users))
+	}
+	return ids
+}
+
+// loadGen runs call from clients goroutines for d and returns the
+// latencies of the successful calls, the error count and the elapsed time.
+func loadGen(clients int, d time.Duration, call func(*rand.Rand) error) ([]time.Duration, int, time.Duration) {
+	var mu sync.Mutex
+	var all []time.Duration
+	errs := 0
+	start := time.Now()
+	deadline := start.Add(d)
+	var wg sync.WaitGroup
+	for c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(uint64(c), 7))
+			var lat []time.Duration
+			nerr := 0
+			for time.Now().Before(deadline) {
+				t := time.Now()
+				if err := call(r); err != nil {
+					nerr++
+					continue
+				}
+				lat = append(lat, time.Since(t))
+			}
+			mu.Lock()
+			all = append(all, lat...)
+			errs += nerr
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return all, errs, time.Since(start)
+}
+
+// pct returns the q-quantile of lat in milliseconds.
+func pct(lat []time.Duration, q float64) float64 {
+	if len(lat) == 0 {
+		return 0
+	}
+	slices.Sort(lat)
+	i := min(int(q*float64(len(lat))), len(lat)-1)
+	return float64(lat[i].Microseconds()) / 1000
+}

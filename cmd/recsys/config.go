@@ -1,0 +1,127 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/spf13/pflag"
+	"go.yaml.in/yaml/v3"
+)
+
+// config is the whole configuration of `recsys serve`. Every key can be set
+// in the YAML file given with --config and by the flag of the same dotted
+// name (--data.dir for data: {dir: ...}); flags win over the file.
+type config struct {
+	Data struct {
+		Dir string `yaml:"dir"`
+	} `yaml:"data"`
+	HTTP struct {
+		Addr string `yaml:"addr"`
+	} `yaml:"http"`
+	GRPC struct {
+		Addr string `yaml:"addr"`
+	} `yaml:"grpc"`
+	Flight struct {
+		Addr string `yaml:"addr"`
+	} `yaml:"flight"`
+	Ingest struct {
+		MaxBatch     int   `yaml:"max-batch"`
+		MaxBodyBytes int64 `yaml:"max-body-bytes"`
+	} `yaml:"ingest"`
+	Demo struct {
+		Enabled bool `yaml:"enabled"`
+		Events  int  `yaml:"events"`
+	} `yaml:"demo"`
+	Log logConfig `yaml:"log"`
+}
+
+type logConfig struct {
+	Level  string `yaml:"level"`
+	Format string `yaml:"format"`
+}
+
+func (c *config) bindFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&c.Data.Dir, "data.dir", "./data", "directory of the store and the event log")
+	fs.StringVar(&c.HTTP.Addr, "http.addr", ":8080", "REST listen address")
+	fs.StringVar(&c.GRPC.Addr, "grpc.addr", ":9090", "gRPC listen address")
+	fs.StringVar(&c.Flight.Addr, "flight.addr", ":8815", "Arrow Flight listen address")
+	fs.IntVar(&c.Ingest.MaxBatch, "ingest.max-batch", 10_000, "most events in one ingest request")
+	fs.Int64Var(&c.Ingest.MaxBodyBytes, "ingest.max-body-bytes", 16<<20, "largest REST request body in bytes")
+	fs.BoolVar(&c.Demo.Enabled, "demo", false, "load the synthetic demo stream on first start (empty log)")
+	fs.IntVar(&c.Demo.Events, "demo.events", 200_000, "events in the demo stream")
+	c.Log.bindFlags(fs)
+}
+
+func (l *logConfig) bindFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&l.Level, "log.level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&l.Format, "log.format", "text", "log format: text or json")
+}
+
+func (c *config) validate() error {
+	switch {
+	case c.Data.Dir == "":
+		return fmt.Errorf("data.dir: required")
+	case c.Ingest.MaxBatch <= 0:
+		return fmt.Errorf("ingest.max-batch: %d is not positive", c.Ingest.MaxBatch)
+	case c.Ingest.MaxBodyBytes <= 0:
+		return fmt.Errorf("ingest.max-body-bytes: %d is not positive", c.Ingest.MaxBodyBytes)
+	case c.Demo.Events <= 0:
+		return fmt.Errorf("demo.events: %d is not positive", c.Demo.Events)
+	}
+	return c.Log.validate()
+}
+
+func (l *logConfig) validate() error {
+	if _, err := l.level(); err != nil {
+		return err
+	}
+	if l.Format != "text" && l.Format != "json" {
+		return fmt.Errorf("log.format: %q is neither text nor json", l.Format)
+	}
+	return nil
+}
+
+func (l *logConfig) level() (slog.Level, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(l.Level)); err != nil {
+		return 0, fmt.Errorf("log.level: %q is not debug, info, warn or error", l.Level)
+	}
+	return lvl, nil
+}
+
+func (l *logConfig) logger() *slog.Logger {
+	lvl, _ := l.level()
+	opts := &slog.HandlerOptions{Level: lvl}
+	if l.Format == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+// loadConfigFile reads the YAML file path into c, then re-applies the flags
+// set on the command line so that they win. Unknown keys are errors.
+func loadConfigFile(path string, c *config, fs *pflag.FlagSet) error {
+	set := map[string]string{}
+	fs.Visit(func(f *pflag.Flag) { set[f.Name] = f.Value.String() })
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil && err.Error() != "EOF" {
+		return fmt.Errorf("config %s: %s", path, strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	for name, v := range set {
+		if name == "config" {
+			continue
+		}
+		if err := fs.Set(name, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}

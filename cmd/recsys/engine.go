@@ -1,0 +1,49 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/streamrec/recsys/featurestore"
+	"github.com/streamrec/recsys/updater"
+	"github.com/streamrec/recsys/updater/eventlog"
+)
+
+// engine is the stateful core of a data dir: the event log, the store and
+// the updater between them.
+type engine struct {
+	log   *eventlog.Log
+	store *featurestore.Store
+	upd   *updater.Updater
+}
+
+// openEngine opens (or creates) the data dir: <dir>/log holds the durable
+// event log, <dir>/state the feature store.
+func openEngine(dir string, logger *slog.Logger) (*engine, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	lg, err := eventlog.Open(filepath.Join(dir, "log"), eventlog.Options{Logger: logger})
+	if err != nil {
+		return nil, err
+	}
+	st, err := featurestore.Open(filepath.Join(dir, "state"), featurestore.Options{Logger: logger})
+	if err != nil {
+		_ = lg.Close()
+		return nil, err
+	}
+	if st.AppliedOffset() > lg.End() {
+		_ = errors.Join(st.Close(), lg.Close())
+		return nil, fmt.Errorf("data dir %s: store applied offset %d is past the log end %d (log and state from different runs?)", dir, st.AppliedOffset(), lg.End())
+	}
+	return &engine{log: lg, store: st, upd: updater.New(lg, st, updater.Options{Logger: logger})}, nil
+}
+
+func (e *engine) Close() error {
+	return errors.Join(e.log.Close(), e.store.Close())
+}
+
+func joinErrs(errs ...error) error { return errors.Join(errs...) }

@@ -1,0 +1,245 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/apache/arrow/go/v17/arrow/flight"
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
+	"github.com/streamrec/recsys/serving"
+	"github.com/streamrec/recsys/updater/synth"
+)
+
+func serveCmd() *cobra.Command {
+	var cfg config
+	var cfgFile string
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the updater and the REST, gRPC and Arrow Flight servers",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cfgFile != "" {
+				if err := loadConfigFile(cfgFile, &cfg, cmd.Flags()); err != nil {
+					return usageError{err}
+				}
+			}
+			if err := cfg.validate(); err != nil {
+				return usageError{err}
+			}
+			return serve(cmd.Context(), &cfg)
+		},
+	}
+	cfg.bindFlags(cmd.Flags())
+	cmd.Flags().StringVar(&cfgFile, "config", "", "YAML configuration file; flags override it")
+	return cmd
+}
+
+// shutdownTimeout bounds each stage of a graceful shutdown.
+const shutdownTimeout = 15 * time.Second
+
+func serve(ctx context.Context, cfg *config) error {
+	logger := cfg.Log.logger()
+	eng, err := openEngine(cfg.Data.Dir, logger)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := eng.Close(); err != nil {
+			logger.Error("close data dir", "err", err)
+		}
+	}()
+	srv := serving.New(eng.store, eng.upd, serving.Options{
+		Logger:       logger,
+		MaxBatch:     cfg.Ingest.MaxBatch,
+		MaxBodyBytes: cfg.Ingest.MaxBodyBytes,
+	})
+
+	var lc net.ListenConfig
+	listen := func(name, addr string) (net.Listener, error) {
+		l, err := lc.Listen(ctx, "tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("%s.addr: %w", name, err)
+		}
+		return l, nil
+	}
+	httpL, err := listen("http", cfg.HTTP.Addr)
+	if err != nil {
+		return err
+	}
+	grpcL, err := listen("grpc", cfg.GRPC.Addr)
+	if err != nil {
+		return err
+	}
+	flightL, err := listen("flight", cfg.Flight.Addr)
+	if err != nil {
+		return err
+	}
+
+	grpcSrv := grpc.NewServer(grpc.MaxRecvMsgSize(int(cfg.Ingest.MaxBodyBytes)))
+	recsysv1.RegisterEventServiceServer(grpcSrv, srv)
+	recsysv1.RegisterFeatureServiceServer(grpcSrv, srv)
+	recsysv1.RegisterRecommendServiceServer(grpcSrv, srv)
+	recsysv1.RegisterAdminServiceServer(grpcSrv, srv)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(grpcSrv, hs)
+	reflection.Register(grpcSrv)
+
+	flightSrv := grpc.NewServer(grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(64<<20))
+	flight.RegisterFlightServiceServer(flightSrv, serving.NewFlightServer(eng.store, nil))
+	reflection.Register(flightSrv)
+
+	handler, err := srv.HTTPHandler(ctx)
+	if err != nil {
+		return err
+	}
+	httpSrv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+
+	g, gctx := errgroup.WithContext(ctx)
+	// The updater runs on its own context so that it can drain the log after
+	// the front doors have stopped.
+	updCtx, stopUpd := context.WithCancel(context.Background())
+	defer stopUpd()
+	g.Go(func() error { return eng.upd.Run(updCtx) })
+	g.Go(func() error { return ignoreClosed(httpSrv.Serve(httpL)) })
+	g.Go(func() error { return grpcSrv.Serve(grpcL) })
+	g.Go(func() error { return flightSrv.Serve(flightL) })
+	if cfg.Demo.Enabled {
+		if eng.log.End() == 0 {
+			g.Go(func() error { return loadDemo(gctx, eng, cfg.Demo.Events, logger) })
+		} else {
+			logger.Info("demo: the event log is not empty, not loading the demo stream")
+		}
+	}
+	g.Go(func() error {
+		<-gctx.Done()
+		logger.Info("shutting down")
+		hs.Shutdown()
+		sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+		defer cancel()
+		err := httpSrv.Shutdown(sctx)
+		gracefulStop(sctx, grpcSrv)
+		gracefulStop(sctx, flightSrv)
+		// Accepted events are durable in the log already; applying them now
+		// only saves work at the next start.
+		dctx, dcancel := context.WithTimeout(context.Background(), shutdownTimeout)
+		defer dcancel()
+		if derr := eng.upd.WaitApplied(dctx, eng.log.End()); derr != nil {
+			logger.Warn("updater did not catch up before shutdown; the rest is applied at the next start", "err", derr)
+		}
+		stopUpd()
+		return ignoreClosed(err)
+	})
+
+	fmt.Printf("recsys serving (data dir %s)\n  REST:   http://%s  (OpenAPI at /openapi.json)\n  gRPC:   %s\n  Flight: grpc://%s\n",
+		cfg.Data.Dir, hostPort(httpL.Addr()), hostPort(grpcL.Addr()), hostPort(flightL.Addr()))
+	logger.Info("listening", "http", httpL.Addr().String(), "grpc", grpcL.Addr().String(), "flight", flightL.Addr().String(),
+		"applied_offset", eng.store.AppliedOffset(), "log_end", eng.log.End())
+	err = g.Wait()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
+}
+
+func gracefulStop(ctx context.Context, s *grpc.Server) {
+	done := make(chan struct{})
+	go func() { s.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.Stop()
+	}
+}
+
+func ignoreClosed(err error) error {
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// hostPort renders a listen address for humans: unspecified hosts become
+// localhost.
+func hostPort(a net.Addr) string {
+	host, port, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		host = "localhost"
+	}
+	return net.JoinHostPort(host, port)
+}
+
+// loadDemo ingests a synthetic stream of n events whose event times cover
+// the last 24 hours.
+func loadDemo(ctx context.Context, eng *engine, n int, logger *slog.Logger) error {
+	now := time.Now()
+	gen, err := synth.New(synth.Config{
+		Seed: 1, Users: 2_000, Items: 5_000, Categories: 100, Events: n,
+		Start: now.Add(-24 * time.Hour), Span: 24 * time.Hour,
+	})
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	start := time.Now()
+	total, err := ingestGenerated(ctx, eng, gen, 10_000)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("demo: %w", err)
+	}
+	logger.Info("demo stream loaded", "events", total, "took", time.Since(start).Round(time.Millisecond),
+		"try", "curl localhost:8080/v1/users/u1/features")
+	return nil
+}
+
+// ingestGenerated ingests every event of gen through the updater in
+// batches and returns how many were accepted.
+func ingestGenerated(ctx context.Context, eng *engine, gen *synth.Generator, batch int) (int, error) {
+	total := 0
+	evs := make([]*recsysv1.Event, 0, batch)
+	flush := func() error {
+		res, err := eng.upd.Ingest(ctx, evs, nil)
+		if err != nil {
+			return err
+		}
+		if len(res.Rejected) > 0 {
+			return fmt.Errorf("generated event rejected: %s", res.Rejected[0].Reason)
+		}
+		total += res.Accepted
+		evs = evs[:0]
+		return nil
+	}
+	for {
+		ev, ok := gen.Next()
+		if !ok {
+			break
+		}
+		evs = append(evs, &recsysv1.Event{UserId: ev.UserID, ItemId: ev.ItemID, CategoryId: ev.CategoryID, Behavior: ev.Behavior, Ts: ev.TS})
+		if len(evs) == batch {
+			if err := flush(); err != nil {
+				return total, err
+			}
+		}
+	}
+	if len(evs) > 0 {
+		if err := flush(); err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}

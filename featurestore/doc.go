@@ -1,0 +1,24 @@
+// Package featurestore is the Pebble-backed online store of the recommender:
+// per-user and per-item features, the item popularity index, the event dedup
+// set and the offset of the last applied log entry.
+//
+// # Model
+//
+// The store is written by one goroutine (the updater) through Apply, which
+// takes a batch of log entries and commits, in one atomic Pebble batch, every
+// state change they cause together with the offset one past the last entry.
+// After a crash the store therefore reflects exactly the entries below
+// AppliedOffset, and the updater resumes from there: state is exactly once
+// with respect to the log. Duplicate event ids are recognised through the
+// dedup set and skipped, so a client that resends a batch changes nothing.
+//
+// Reads (Users, Items, Popular, Scan*) go straight to Pebble and may run
+// concurrently with Apply; they see the state of some committed batch.
+//
+// # Caveats
+//
+// Features in this version are lifetime aggregates; the dedup set and the
+// records never expire. Popularity scores use forward exponential decay in
+// event time, so ranking is stable whatever the read time; the absolute
+// score is reported relative to the newest event time seen.
+package featurestore

@@ -1,0 +1,14 @@
+package featurestore
+
+import "errors"
+
+var (
+	// ErrClosed is returned by operations on a closed Store.
+	ErrClosed = errors.New("featurestore: closed")
+	// ErrUnknownView is returned for a view name that does not exist.
+	ErrUnknownView = errors.New("featurestore: unknown view")
+	// ErrUnknownFeature is returned for a feature name a view does not have.
+	ErrUnknownFeature = errors.New("featurestore: unknown feature")
+	// ErrCorrupt is returned when a stored record cannot be decoded.
+	ErrCorrupt = errors.New("featurestore: corrupt record")
+)

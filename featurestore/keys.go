@@ -1,0 +1,100 @@
+package featurestore
+
+import (
+	"encoding/binary"
+	"math"
+)
+
+// Key layout. Every key starts with a one-letter prefix and a slash; ids
+// never contain NUL (the updater rejects them), so NUL separates parts.
+//
+//	m/applied                          offset one past the last applied log entry (8 bytes BE)
+//	m/stats                            counters: events, duplicates, users, items, max event time
+//	e/<event_id>                       dedup marker; value: log offset (8 bytes BE)
+//	u/<user_id>                        UserRecord
+//	i/<item_id>                        ItemRecord
+//	b/<user_id>\x00<item_id>           the user purchased the item (empty value)
+//	p/<category_id>\x00<score><item_id> popularity index, score descending; category "" is global
+const (
+	keyApplied = "m/applied"
+	keyStats   = "m/stats"
+)
+
+var (
+	prefixDedup  = []byte("e/")
+	prefixUser   = []byte("u/")
+	prefixItem   = []byte("i/")
+	prefixBought = []byte("b/")
+	prefixPop    = []byte("p/")
+)
+
+func makeKey(prefix []byte, parts ...string) []byte {
+	n := len(prefix)
+	for _, p := range parts {
+		n += len(p) + 1
+	}
+	k := make([]byte, 0, n)
+	k = append(k, prefix...)
+	for i, p := range parts {
+		if i > 0 {
+			k = append(k, 0)
+		}
+		k = append(k, p...)
+	}
+	return k
+}
+
+func dedupKey(id string) []byte          { return makeKey(prefixDedup, id) }
+func userKey(id string) []byte           { return makeKey(prefixUser, id) }
+func itemKey(id string) []byte           { return makeKey(prefixItem, id) }
+func boughtKey(user, item string) []byte { return makeKey(prefixBought, user, item) }
+
+// popPrefix is the key prefix of one category's popularity index.
+func popPrefix(category string) []byte {
+	k := makeKey(prefixPop, category)
+	return append(k, 0)
+}
+
+// popKey places item in category's index so that higher scores sort first.
+func popKey(category string, score float64, item string) []byte {
+	k := popPrefix(category)
+	k = binary.BigEndian.AppendUint64(k, ^sortableFloat(score))
+	return append(k, item...)
+}
+
+// parsePopKey returns the score and item of a key under popPrefix(category).
+func parsePopKey(prefixLen int, k []byte) (float64, string, bool) {
+	if len(k) < prefixLen+8 {
+		return 0, "", false
+	}
+	bits := ^binary.BigEndian.Uint64(k[prefixLen:])
+	return unsortableFloat(bits), string(k[prefixLen+8:]), true
+}
+
+// sortableFloat maps f to a uint64 whose unsigned order is f's order.
+func sortableFloat(f float64) uint64 {
+	b := math.Float64bits(f)
+	if b>>63 == 1 {
+		return ^b
+	}
+	return b | 1<<63
+}
+
+func unsortableFloat(b uint64) float64 {
+	if b>>63 == 1 {
+		return math.Float64frombits(b &^ (1 << 63))
+	}
+	return math.Float64frombits(^b)
+}
+
+// prefixEnd returns the smallest key greater than every key with prefix p.
+func prefixEnd(p []byte) []byte {
+	end := append([]byte(nil), p...)
+	for i := len(end) - 1; i >= 0; i-- {
+		if end[i] < 0xff {
+			end[i]++
+			return end[:i+1]
+		}
+	}
+	return nil
+}

@@ -1,0 +1,431 @@
+package featurestore
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+)
+
+// Options configures a Store. The zero value is usable: EnsureDefaults fills
+// in the documented defaults.
+type Options struct {
+	// Logger receives Pebble's messages. Default: slog.Default().
+	Logger *slog.Logger
+	// PopularityHalfLife is the event-time half-life of the popularity score.
+	// Default: 6h.
+	PopularityHalfLife time.Duration
+	// CacheBytes is the size of Pebble's block cache. Default: 64 MiB.
+	CacheBytes int64
+	// FS is the filesystem; tests use vfs.NewMem(). Default: vfs.Default.
+	FS vfs.FS
+}
+
+// EnsureDefaults fills in zero fields with their defaults.
+func (o *Options) EnsureDefaults() {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.PopularityHalfLife <= 0 {
+		o.PopularityHalfLife = 6 * time.Hour
+	}
+	if o.CacheBytes <= 0 {
+		o.CacheBytes = 64 << 20
+	}
+	if o.FS == nil {
+		o.FS = vfs.Default
+	}
+}
+
+// behaviorWeight weighs behaviors in the popularity score.
+var behaviorWeight = [numBehaviors]float64{BehaviorView: 1, BehaviorCart: 3, BehaviorFav: 2, BehaviorPurchase: 4}
+
+// Stats are the store's counters.
+type Stats struct {
+	AppliedOffset uint64 // one past the last applied log entry
+	Events        int64  // events applied
+	Duplicates    int64  // events skipped as duplicates
+	Users         int64
+	Items         int64
+	MaxTS         int64 // newest event time applied, Unix ms
+}
+
+// Store is the online feature store. Apply must be called from one
+// goroutine at a time; reads are safe from any goroutine.
+type Store struct {
+	db     *pebble.DB
+	cache  interface{ Unref() }
+	halfMS float64
+	closed atomic.Bool
+
+	applyMu sync.Mutex // serializes Apply
+	mu      struct {
+		sync.RWMutex
+		stats Stats
+	}
+}
+
+// Open opens or creates the store in dir.
+func Open(dir string, opts Options) (*Store, error) {
+	opts.EnsureDefaults()
+	cache := pebble.NewCache(opts.CacheBytes)
+	popts := &pebble.Options{
+		FS:                 opts.FS,
+		Cache:              cache,
+		FormatMajorVersion: pebble.FormatNewest,
+		Logger:             pebbleLogger{opts.Logger.With("component", "pebble")},
+		MemTableSize:       32 << 20,
+	}
+	db, err := pebble.Open(dir, popts)
+	if err != nil {
+		cache.Unref()
+		return nil, fmt.Errorf("open store %s: %w", dir, err)
+	}
+	s := &Store{db: db, cache: cache, halfMS: float64(opts.PopularityHalfLife.Milliseconds())}
+	if err := s.loadMeta(); err != nil {
+		_ = db.Close()
+		cache.Unref()
+		return nil, fmt.Errorf("open store %s: %w", dir, err)
+	}
+	return s, nil
+}
+
+// Close closes the store. It is safe to call twice.
+func (s *Store) Close() error {
+	if s.closed.Swap(true) {
+		return nil
+	}
+	s.applyMu.Lock()
+	defer s.applyMu.Unlock()
+	err := s.db.Close()
+	s.cache.Unref()
+	return err
+}
+
+func (s *Store) loadMeta() error {
+	var st Stats
+	if v, ok, err := s.get([]byte(keyApplied)); err != nil {
+		return err
+	} else if ok {
+		if len(v) != 8 {
+			return fmt.Errorf("%s: %w", keyApplied, ErrCorrupt)
+		}
+		st.AppliedOffset = binary.BigEndian.Uint64(v)
+	}
+	if v, ok, err := s.get([]byte(keyStats)); err != nil {
+		return err
+	} else if ok {
+		d := decoder{b: v}
+		d.version()
+		st.Events, st.Duplicates, st.Users, st.Items, st.MaxTS = d.varint(), d.varint(), d.varint(), d.varint(), d.varint()
+		if err := d.done(); err != nil {
+			return fmt.Errorf("%s: %w", keyStats, err)
+		}
+	}
+	s.mu.stats = st
+	return nil
+}
+
+// Stats returns the store's counters as of the last committed Apply.
+func (s *Store) Stats() Stats {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.mu.stats
+}
+
+// AppliedOffset is the log offset to resume applying from.
+func (s *Store) AppliedOffset() uint64 { return s.Stats().AppliedOffset }
+
+// get returns a copy of the value of k.
+func (s *Store) get(k []byte) ([]byte, bool, error) {
+	if s.closed.Load() {
+		return nil, false, ErrClosed
+	}
+	v, closer, err := s.db.Get(k)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	out := append([]byte(nil), v...)
+	return out, true, closer.Close()
+}
+
+func (s *Store) has(k []byte) (bool, error) {
+	if s.closed.Load() {
+		return false, ErrClosed
+	}
+	_, closer, err := s.db.Get(k)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return true, closer.Close()
+}
+
+type itemState struct {
+	rec     ItemRecord
+	oldPop  float64
+	oldCat  string
+	existed bool
+}
+
+// ApplyResult says what one Apply did.
+type ApplyResult struct {
+	Applied    int
+	Duplicates int
+}
+
+// Apply applies entries, in log order, and records end as the new applied
+// offset, all in one atomic batch. end must be past every entry's offset;
+// offsets between entries that have no entry (skipped records) count as
+// applied. Entries below AppliedOffset are skipped, so re-applying a prefix
+// after a crash is harmless.
+func (s *Store) Apply(end uint64, entries []Entry) (ApplyResult, error) {
+	s.applyMu.Lock()
+	defer s.applyMu.Unlock()
+	if s.closed.Load() {
+		return ApplyResult{}, ErrClosed
+	}
+	st := s.Stats()
+	var res ApplyResult
+	b := s.db.NewBatch()
+	defer b.Close()
+	users := make(map[string]*UserRecord)
+	items := make(map[string]*itemState)
+	seen := make(map[string]struct{})
+	if end < st.AppliedOffset {
+		return ApplyResult{}, fmt.Errorf("apply: end %d is before the applied offset %d", end, st.AppliedOffset)
+	}
+	for i := range entries {
+		en := &entries[i]
+		if en.Offset < st.AppliedOffset {
+			continue
+		}
+		if en.Offset >= end {
+			return ApplyResult{}, fmt.Errorf("apply: entry offset %d is not below end %d", en.Offset, end)
+		}
+		ev := &en.Event
+		if _, dup := seen[ev.ID]; dup {
+			res.Duplicates++
+			continue
+		}
+		dk := dedupKey(ev.ID)
+		dup, err := s.has(dk)
+		if err != nil {
+			return ApplyResult{}, fmt.Errorf("apply: %w", err)
+		}
+		if dup {
+			res.Duplicates++
+			continue
+		}
+		seen[ev.ID] = struct{}{}
+		if err := b.Set(dk, binary.BigEndian.AppendUint64(nil, en.Offset), nil); err != nil {
+			return ApplyResult{}, err
+		}
+
+		u, ok := users[ev.UserID]
+		if !ok {
+			u = new(UserRecord)
+			found, err := s.readUser(ev.UserID, u)
+			if err != nil {
+				return ApplyResult{}, fmt.Errorf("apply: user %q: %w", ev.UserID, err)
+			}
+			if !found {
+				st.Users++
+			}
+			users[ev.UserID] = u
+		}
+		u.add(ev.Behavior, ev.TS)
+		u.RecentItems = pushRecent(u.RecentItems, ev.ItemID, ev.TS)
+		u.RecentCategories = pushRecent(u.RecentCategories, ev.CategoryID, ev.TS)
+
+		it, ok := items[ev.ItemID]
+		if !ok {
+			it = &itemState{rec: ItemRecord{Pop: math.Inf(-1)}}
+			found, err := s.readItem(ev.ItemID, &it.rec)
+			if err != nil {
+				return ApplyResult{}, fmt.Errorf("apply: item %q: %w", ev.ItemID, err)
+			}
+			if !found {
+				st.Items++
+			}
+			it.existed, it.oldPop, it.oldCat = found, it.rec.Pop, it.rec.CategoryID
+			items[ev.ItemID] = it
+		}
+		it.rec.add(ev.Behavior, ev.TS)
+		if ev.CategoryID != "" && ev.TS >= it.rec.CategoryTS {
+			it.rec.CategoryID, it.rec.CategoryTS = ev.CategoryID, ev.TS
+		}
+		it.rec.Pop = logAddExp2(it.rec.Pop, math.Log2(behaviorWeight[ev.Behavior])+float64(ev.TS)/s.halfMS)
+
+		if ev.Behavior == BehaviorPurchase {
+			if err := b.Set(boughtKey(ev.UserID, ev.ItemID), nil, nil); err != nil {
+				return ApplyResult{}, err
+			}
+		}
+		st.MaxTS = max(st.MaxTS, ev.TS)
+		res.Applied++
+	}
+	var buf []byte
+	for id, u := range users {
+		buf = u.appendTo(buf[:0])
+		if err := b.Set(userKey(id), buf, nil); err != nil {
+			return ApplyResult{}, err
+		}
+	}
+	for id, it := range items {
+		buf = it.rec.appendTo(buf[:0])
+		if err := b.Set(itemKey(id), buf, nil); err != nil {
+			return ApplyResult{}, err
+		}
+		if err := s.reindex(b, id, it); err != nil {
+			return ApplyResult{}, err
+		}
+	}
+	st.AppliedOffset = end
+	st.Events += int64(res.Applied)
+	st.Duplicates += int64(res.Duplicates)
+	if err := b.Set([]byte(keyApplied), binary.BigEndian.AppendUint64(nil, st.AppliedOffset), nil); err != nil {
+		return ApplyResult{}, err
+	}
+	e := encoder{b: []byte{recordVersion}}
+	for _, v := range []int64{st.Events, st.Duplicates, st.Users, st.Items, st.MaxTS} {
+		e.varint(v)
+	}
+	if err := b.Set([]byte(keyStats), e.b, nil); err != nil {
+		return ApplyResult{}, err
+	}
+	// The log is the durable copy; state is rebuilt from it after a crash,
+	// so the state commit need not wait for fsync.
+	if err := b.Commit(pebble.NoSync); err != nil {
+		return ApplyResult{}, fmt.Errorf("apply: commit: %w", err)
+	}
+	s.mu.Lock()
+	s.mu.stats = st
+	s.mu.Unlock()
+	return res, nil
+}
+
+// reindex moves item it in the global and category popularity indexes.
+func (s *Store) reindex(b *pebble.Batch, id string, it *itemState) error {
+	if it.existed {
+		if err := b.Delete(popKey("", it.oldPop, id), nil); err != nil {
+			return err
+		}
+		if it.oldCat != "" {
+			if err := b.Delete(popKey(it.oldCat, it.oldPop, id), nil); err != nil {
+				return err
+			}
+		}
+	}
+	if err := b.Set(popKey("", it.rec.Pop, id), nil, nil); err != nil {
+		return err
+	}
+	if it.rec.CategoryID != "" {
+		return b.Set(popKey(it.rec.CategoryID, it.rec.Pop, id), nil, nil)
+	}
+	return nil
+}
+
+func (s *Store) readUser(id string, u *UserRecord) (bool, error) {
+	v, ok, err := s.get(userKey(id))
+	if err != nil || !ok {
+		return false, err
+	}
+	return true, u.decode(v)
+}
+
+func (s *Store) readItem(id string, it *ItemRecord) (bool, error) {
+	v, ok, err := s.get(itemKey(id))
+	if err != nil || !ok {
+		return false, err
+	}
+	return true, it.decode(v)
+}
+
+// User returns the record of user id.
+func (s *Store) User(id string) (UserRecord, bool, error) {
+	var u UserRecord
+	ok, err := s.readUser(id, &u)
+	return u, ok, err
+}
+
+// Item returns the record of item id.
+func (s *Store) Item(id string) (ItemRecord, bool, error) {
+	it := ItemRecord{Pop: math.Inf(-1)}
+	ok, err := s.readItem(id, &it)
+	return it, ok, err
+}
+
+// Purchased reports whether user bought item.
+func (s *Store) Purchased(user, item string) (bool, error) {
+	return s.has(boughtKey(user, item))
+}
+
+// Scored is an item with a score.
+type Scored struct {
+	ItemID string
+	Score  float64
+}
+
+// PopularityScore converts a stored Pop value into the decayed weighted
+// count as of the newest event time seen.
+func (s *Store) PopularityScore(pop float64) float64 {
+	if math.IsInf(pop, -1) {
+		return 0
+	}
+	return math.Exp2(pop - float64(s.Stats().MaxTS)/s.halfMS)
+}
+
+// Popular returns up to k items of category ("" for all) by descending
+// popularity, skipping those for which skip returns true.
+func (s *Store) Popular(category string, k int, skip func(item string) bool) ([]Scored, error) {
+	if s.closed.Load() {
+		return nil, ErrClosed
+	}
+	p := popPrefix(category)
+	iter, err := s.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(p)})
+	if err != nil {
+		return nil, err
+	}
+	defer iter.Close()
+	ref := float64(s.Stats().MaxTS) / s.halfMS
+	var out []Scored
+	for iter.First(); iter.Valid() && len(out) < k; iter.Next() {
+		pop, item, ok := parsePopKey(len(p), iter.Key())
+		if !ok {
+			return nil, fmt.Errorf("popularity key %q: %w", iter.Key(), ErrCorrupt)
+		}
+		if skip != nil && skip(item) {
+			continue
+		}
+		out = append(out, Scored{ItemID: item, Score: math.Exp2(pop - ref)})
+	}
+	return out, iter.Error()
+}
+
+// PebbleLogger adapts l to Pebble's logger: Pebble's chatty info messages
+// become debug records.
+func PebbleLogger(l *slog.Logger) pebble.Logger { return pebbleLogger{l} }
+
+type pebbleLogger struct{ l *slog.Logger }
+
+func (p pebbleLogger) Infof(format string, args ...any) { p.l.Debug(fmt.Sprintf(format, args...)) }
+
+func (p pebbleLogger) Errorf(format string, args ...any) { p.l.Error(fmt.Sprintf(format, args...)) }
+
+func (p pebbleLogger) Fatalf(format string, args ...any) {
+	p.l.Error(fmt.Sprintf(format, args...))
+	panic(fmt.Sprintf(format, args...))
+}

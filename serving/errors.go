@@ -1,0 +1,54 @@
+package serving
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/streamrec/recsys/featurestore"
+	"github.com/streamrec/recsys/updater/eventlog"
+)
+
+// invalidArg reports a bad request field.
+func invalidArg(field, format string, args ...any) error {
+	msg := field + ": " + fmt.Sprintf(format, args...)
+	st := status.New(codes.InvalidArgument, msg)
+	if d, err := st.WithDetails(&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: field, Description: msg}}}); err == nil {
+		return d.Err()
+	}
+	return st.Err()
+}
+
+// toStatus maps an internal error to a gRPC status error. Errors that are
+// already statuses pass through.
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	switch {
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	case errors.Is(err, featurestore.ErrUnknownView):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, featurestore.ErrUnknownFeature):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, featurestore.ErrClosed), errors.Is(err, eventlog.ErrClosed):
+		return status.Error(codes.Unavailable, err.Error())
+	}
+	return status.Error(codes.Internal, err.Error())
+}
+
+// trimPkg drops the package prefix of a sentinel-wrapped error message.
+func trimPkg(err error) string {
+	return strings.TrimPrefix(err.Error(), "featurestore: ")
+}

@@ -1,0 +1,305 @@
+package serving
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+
+	"github.com/apache/arrow/go/v17/arrow"
+	"github.com/apache/arrow/go/v17/arrow/array"
+	"github.com/apache/arrow/go/v17/arrow/flight"
+	"github.com/apache/arrow/go/v17/arrow/ipc"
+	"github.com/apache/arrow/go/v17/arrow/memory"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/streamrec/recsys/featurestore"
+)
+
+const (
+	// flightBatchRows is the most rows in one record batch.
+	flightBatchRows = 64 << 10
+	// flightBatchBytes is the estimated size at which a batch is sent early,
+	// below gRPC's default 4 MiB message limit.
+	flightBatchBytes = 3 << 20
+	// maxTicketIDs is the most ids one command or ticket may name.
+	maxTicketIDs = 100_000
+)
+
+// FlightServer serves feature views over Arrow Flight.
+type FlightServer struct {
+	flight.BaseFlightServer
+	store *featurestore.Store
+	mem   memory.Allocator
+}
+
+// NewFlightServer returns a Flight service over store; mem is the Arrow
+// allocator (nil: the Go allocator).
+func NewFlightServer(store *featurestore.Store, mem memory.Allocator) *FlightServer {
+	if mem == nil {
+		mem = memory.NewGoAllocator()
+	}
+	return &FlightServer{store: store, mem: mem}
+}
+
+// flightQuery is both the JSON command of GetFlightInfo and the ticket of
+// DoGet: tickets are self-contained, so any of them can be redeemed later,
+// by any client, without server-side state.
+type flightQuery struct {
+	View    string   `json:"view"`
+	Columns []string `json:"columns,omitempty"`
+	IDs     []string `json:"ids,omitempty"`
+}
+
+// plan is a validated query.
+type plan struct {
+	q      flightQuery
+	view   *featurestore.View
+	idx    []int
+	schema *arrow.Schema
+}
+
+func (f *FlightServer) planQuery(q flightQuery) (*plan, error) {
+	if q.View == "" {
+		return nil, invalidArg("view", "required (user_features or item_features)")
+	}
+	v, err := featurestore.LookupView(q.View)
+	if err != nil {
+		return nil, status.Errorf(codes.NotFound, "view %q not found (have user_features, item_features)", q.View)
+	}
+	cols := slices.DeleteFunc(slices.Clone(q.Columns), func(c string) bool { return c == v.IDColumn })
+	if len(q.Columns) > 0 && len(cols) == 0 {
+		return nil, invalidArg("columns", "no feature columns besides %s", v.IDColumn)
+	}
+	idx, err := v.Resolve(cols)
+	if err != nil {
+		return nil, invalidArg("columns", "%s", trimPkg(err))
+	}
+	if len(q.IDs) > maxTicketIDs {
+		return nil, invalidArg("ids", "%d ids exceed the limit of %d", len(q.IDs), maxTicketIDs)
+	}
+	return &plan{q: q, view: v, idx: idx, schema: viewSchema(v, idx)}, nil
+}
+
+// viewSchema is the Arrow schema of features idx of v, after the id column.
+func viewSchema(v *featurestore.View, idx []int) *arrow.Schema {
+	fields := []arrow.Field{{Name: v.IDColumn, Type: arrow.BinaryTypes.String}}
+	for _, i := range idx {
+		f := v.Features[i]
+		fields = append(fields, arrow.Field{
+			Name:     f.Name,
+			Type:     arrowType(f.Kind),
+			Nullable: true,
+			Metadata: arrow.NewMetadata([]string{"description"}, []string{f.Doc}),
+		})
+	}
+	md := arrow.NewMetadata([]string{"view", "entity"}, []string{v.Name, v.Entity})
+	return arrow.NewSchema(fields, &md)
+}
+
+func arrowType(k featurestore.Kind) arrow.DataType {
+	switch k {
+	case featurestore.KindTimestamp:
+		return &arrow.TimestampType{Unit: arrow.Millisecond, TimeZone: "UTC"}
+	case featurestore.KindString:
+		return arrow.BinaryTypes.String
+	case featurestore.KindStringList:
+		return arrow.ListOf(arrow.BinaryTypes.String)
+	default:
+		return arrow.PrimitiveTypes.Int64
+	}
+}
+
+// decodeDescriptor turns a PATH [view] or a JSON CMD descriptor into a plan.
+func (f *FlightServer) decodeDescriptor(d *flight.FlightDescriptor) (*plan, error) {
+	if d == nil {
+		return nil, invalidArg("descriptor", "required")
+	}
+	switch d.Type {
+	case flight.DescriptorPATH:
+		if len(d.Path) != 1 {
+			return nil, invalidArg("descriptor.path", "want one element, the view name; got %d", len(d.Path))
+		}
+		return f.planQuery(flightQuery{View: d.Path[0]})
+	case flight.DescriptorCMD:
+		q, err := decodeQuery("descriptor.cmd", d.Cmd)
+		if err != nil {
+			return nil, err
+		}
+		return f.planQuery(q)
+	}
+	return nil, invalidArg("descriptor.type", "unknown descriptor type %d", d.Type)
+}
+
+func decodeQuery(field string, b []byte) (flightQuery, error) {
+	var q flightQuery
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.DisallowUnknownFields()
+	if err := d.Decode(&q); err != nil {
+		return q, invalidArg(field, "not a JSON object {\"view\", \"columns\", \"ids\"}: %v", err)
+	}
+	if d.More() {
+		return q, invalidArg(field, "data after the JSON object")
+	}
+	return q, nil
+}
+
+func (f *FlightServer) info(p *plan, d *flight.FlightDescriptor) (*flight.FlightInfo, error) {
+	ticket, err := json.Marshal(p.q)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	rows := f.store.Count(p.view)
+	if p.q.IDs != nil {
+		rows = int64(len(p.q.IDs))
+	}
+	return &flight.FlightInfo{
+		Schema:           flight.SerializeSchema(p.schema, f.mem),
+		FlightDescriptor: d,
+		Endpoint:         []*flight.FlightEndpoint{{Ticket: &flight.Ticket{Ticket: ticket}}},
+		TotalRecords:     rows,
+		TotalBytes:       -1,
+	}, nil
+}
+
+// ListFlights lists every feature view with its schema and row count.
+func (f *FlightServer) ListFlights(_ *flight.Criteria, stream flight.FlightService_ListFlightsServer) error {
+	for _, v := range featurestore.Views() {
+		p, err := f.planQuery(flightQuery{View: v.Name})
+		if err != nil {
+			return err
+		}
+		info, err := f.info(p, &flight.FlightDescriptor{Type: flight.DescriptorPATH, Path: []string{v.Name}})
+		if err != nil {
+			return err
+		}
+		if err := stream.Send(info); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// GetFlightInfo returns the schema, row count and ticket of a view or query.
+func (f *FlightServer) GetFlightInfo(_ context.Context, d *flight.FlightDescriptor) (*flight.FlightInfo, error) {
+	p, err := f.decodeDescriptor(d)
+	if err != nil {
+		return nil, err
+	}
+	return f.info(p, d)
+}
+
+// GetSchema returns the schema of a view or query.
+func (f *FlightServer) GetSchema(_ context.Context, d *flight.FlightDescriptor) (*flight.SchemaResult, error) {
+	p, err := f.decodeDescriptor(d)
+	if err != nil {
+		return nil, err
+	}
+	return &flight.SchemaResult{Schema: flight.SerializeSchema(p.schema, f.mem)}, nil
+}
+
+// DoGet streams the rows a ticket names as record batches built straight
+// from Pebble: the entities in ids (in order; missing ones with null
+// features), or every entity of the view in id order.
+func (f *FlightServer) DoGet(t *flight.Ticket, stream flight.FlightService_DoGetServer) error {
+	q, err := decodeQuery("ticket", t.GetTicket())
+	if err != nil {
+		return err
+	}
+	p, err := f.planQuery(q)
+	if err != nil {
+		return err
+	}
+	w := flight.NewRecordWriter(stream, ipc.WithSchema(p.schema), ipc.WithAllocator(f.mem))
+	defer w.Close()
+	bb := newBatchBuilder(f.mem, p)
+	defer bb.release()
+	ctx := stream.Context()
+	emit := func(row *featurestore.Row) error {
+		bb.append(row)
+		if bb.rows < flightBatchRows && bb.bytes < flightBatchBytes {
+			return nil
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		return bb.flush(w)
+	}
+	if p.q.IDs != nil {
+		rows, err := f.store.Get(p.view, p.q.IDs, p.idx)
+		if err != nil {
+			return toStatus(err)
+		}
+		for i := range rows {
+			if err := emit(&rows[i]); err != nil {
+				return toStatus(err)
+			}
+		}
+	} else if err := f.store.Scan(p.view, "", "", p.idx, emit); err != nil {
+		return toStatus(err)
+	}
+	if bb.rows > 0 {
+		return toStatus(bb.flush(w))
+	}
+	return nil
+}
+
+// batchBuilder accumulates rows of one plan into Arrow arrays.
+type batchBuilder struct {
+	p     *plan
+	b     *array.RecordBuilder
+	rows  int
+	bytes int
+}
+
+func newBatchBuilder(mem memory.Allocator, p *plan) *batchBuilder {
+	return &batchBuilder{p: p, b: array.NewRecordBuilder(mem, p.schema)}
+}
+
+func (bb *batchBuilder) append(row *featurestore.Row) {
+	bb.b.Field(0).(*array.StringBuilder).Append(row.ID)
+	bb.bytes += len(row.ID) + 8
+	for j, i := range bb.p.idx {
+		fb := bb.b.Field(j + 1)
+		val := &row.Values[j]
+		if !row.Found || !val.Present {
+			fb.AppendNull()
+			continue
+		}
+		switch bb.p.view.Features[i].Kind {
+		case featurestore.KindInt:
+			fb.(*array.Int64Builder).Append(val.Int)
+			bb.bytes += 8
+		case featurestore.KindTimestamp:
+			fb.(*array.TimestampBuilder).Append(arrow.Timestamp(val.Int))
+			bb.bytes += 8
+		case featurestore.KindString:
+			fb.(*array.StringBuilder).Append(val.Str)
+			bb.bytes += len(val.Str) + 4
+		case featurestore.KindStringList:
+			lb := fb.(*array.ListBuilder)
+			lb.Append(true)
+			sb := lb.ValueBuilder().(*array.StringBuilder)
+			for _, s := range val.List {
+				sb.Append(s)
+				bb.bytes += len(s) + 4
+			}
+			bb.bytes += 4
+		}
+	}
+	bb.rows++
+}
+
+func (bb *batchBuilder) flush(w *flight.Writer) error {
+	rec := bb.b.NewRecord()
+	defer rec.Release()
+	bb.rows, bb.bytes = 0, 0
+	if err := w.Write(rec); err != nil {
+		return fmt.Errorf("write batch: %w", err)
+	}
+	return nil
+}
+
+func (bb *batchBuilder) release() { bb.b.Release() }

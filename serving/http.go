@@ -1,0 +1,105 @@
+package serving
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
+	"github.com/streamrec/recsys/updater"
+)
+
+var jsonMarshaler = &runtime.JSONPb{
+	MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
+	UnmarshalOptions: protojson.UnmarshalOptions{},
+}
+
+// HTTPHandler returns the REST front door: grpc-gateway routes over s, the
+// ingest endpoint, /openapi.json, /healthz and /readyz.
+func (s *Server) HTTPHandler(ctx context.Context) (http.Handler, error) {
+	gw := runtime.NewServeMux(runtime.WithMarshalerOption(runtime.MIMEWildcard, jsonMarshaler))
+	for _, reg := range []func(context.Context, *runtime.ServeMux) error{
+		func(ctx context.Context, m *runtime.ServeMux) error {
+			return recsysv1.RegisterEventServiceHandlerServer(ctx, m, s)
+		},
+		func(ctx context.Context, m *runtime.ServeMux) error {
+			return recsysv1.RegisterFeatureServiceHandlerServer(ctx, m, s)
+		},
+		func(ctx context.Context, m *runtime.ServeMux) error {
+			return recsysv1.RegisterRecommendServiceHandlerServer(ctx, m, s)
+		},
+		func(ctx context.Context, m *runtime.ServeMux) error {
+			return recsysv1.RegisterAdminServiceHandlerServer(ctx, m, s)
+		},
+	} {
+		if err := reg(ctx, gw); err != nil {
+			return nil, err
+		}
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/events", func(w http.ResponseWriter, r *http.Request) {
+		resp, err := s.handleIngest(r)
+		if err != nil {
+			runtime.HTTPError(r.Context(), gw, jsonMarshaler, w, r, err)
+			return
+		}
+		b, err := jsonMarshaler.Marshal(resp)
+		if err != nil {
+			runtime.HTTPError(r.Context(), gw, jsonMarshaler, w, r, toStatus(err))
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(b)
+	})
+	mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(recsysv1.OpenAPI)
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ok, detail := s.ready()
+		code, st := http.StatusOK, "ready"
+		if !ok {
+			code, st = http.StatusServiceUnavailable, "not ready"
+		}
+		writeJSON(w, code, map[string]any{"status": st, "detail": detail})
+	})
+	mux.Handle("/", gw)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes)
+		mux.ServeHTTP(w, r)
+	}), nil
+}
+
+func (s *Server) handleIngest(r *http.Request) (*recsysv1.IngestResponse, error) {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return nil, invalidArg("body", "exceeds the limit of %d bytes", tooBig.Limit)
+		}
+		return nil, invalidArg("body", "cannot read: %v", err)
+	}
+	events, index, rejected, err := updater.DecodeIngestRequest(body, s.opts.MaxBatch)
+	if err != nil {
+		var re *updater.RequestError
+		if errors.As(err, &re) {
+			return nil, invalidArg(re.Field, "%s", re.Reason)
+		}
+		return nil, toStatus(err)
+	}
+	return s.ingest(r.Context(), events, index, rejected)
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}

@@ -1,0 +1,269 @@
+package serving
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/streamrec/recsys/featurestore"
+	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
+	"github.com/streamrec/recsys/updater"
+)
+
+// Options configures a Server. Zero fields take the documented defaults.
+type Options struct {
+	Logger *slog.Logger // default slog.Default()
+	// MaxBatch is the most events in one ingest request. Default 10,000.
+	MaxBatch int
+	// MaxBodyBytes bounds a REST request body. Default 16 MiB.
+	MaxBodyBytes int64
+	// MaxIDs is the most entity ids in one features:get call. Default 1,000.
+	MaxIDs int
+	// MaxK is the largest k for recommendations. Default 1,000.
+	MaxK int
+	// MaxReadyLag is how many log entries the updater may be behind while
+	// /readyz still reports ready. Default 100,000.
+	MaxReadyLag uint64
+}
+
+func (o *Options) ensureDefaults() {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.MaxBatch <= 0 {
+		o.MaxBatch = 10_000
+	}
+	if o.MaxBodyBytes <= 0 {
+		o.MaxBodyBytes = 16 << 20
+	}
+	if o.MaxIDs <= 0 {
+		o.MaxIDs = 1_000
+	}
+	if o.MaxK <= 0 {
+		o.MaxK = 1_000
+	}
+	if o.MaxReadyLag == 0 {
+		o.MaxReadyLag = 100_000
+	}
+}
+
+// Server implements the recsys.v1 services over a store and an updater.
+type Server struct {
+	recsysv1.UnimplementedEventServiceServer
+	recsysv1.UnimplementedFeatureServiceServer
+	recsysv1.UnimplementedRecommendServiceServer
+	recsysv1.UnimplementedAdminServiceServer
+
+	store *featurestore.Store
+	upd   *updater.Updater
+	opts  Options
+	rec   *recommender
+}
+
+// New returns a Server.
+func New(store *featurestore.Store, upd *updater.Updater, opts Options) *Server {
+	opts.ensureDefaults()
+	return &Server{store: store, upd: upd, opts: opts, rec: &recommender{store: store}}
+}
+
+// Ingest implements EventService.Ingest.
+func (s *Server) Ingest(ctx context.Context, req *recsysv1.IngestRequest) (*recsysv1.IngestResponse, error) {
+	if len(req.GetEvents()) > s.opts.MaxBatch {
+		return nil, invalidArg("events", "batch of %d events exceeds the limit of %d", len(req.Events), s.opts.MaxBatch)
+	}
+	return s.ingest(ctx, req.GetEvents(), nil, nil)
+}
+
+// ingest appends events (at positions index in the caller's batch; nil
+// means the identity) and merges rejections found earlier by a decoder.
+func (s *Server) ingest(ctx context.Context, events []*recsysv1.Event, index []int, rejected []*recsysv1.Rejection) (*recsysv1.IngestResponse, error) {
+	if len(events) == 0 && len(rejected) == 0 {
+		return nil, invalidArg("events", "required: the batch is empty")
+	}
+	res, err := s.upd.Ingest(ctx, events, index)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	rejected = append(rejected, res.Rejected...)
+	slices.SortFunc(rejected, func(a, b *recsysv1.Rejection) int { return int(a.Index) - int(b.Index) })
+	if res.Accepted == 0 {
+		return nil, rejectedErr(rejected)
+	}
+	return &recsysv1.IngestResponse{Accepted: int32(res.Accepted), Rejected: rejected}, nil
+}
+
+// rejectedErr is the error for a batch in which every event was rejected.
+func rejectedErr(rejected []*recsysv1.Rejection) error {
+	var b strings.Builder
+	for i, r := range rejected {
+		if i == 5 {
+			fmt.Fprintf(&b, "; and %d more", len(rejected)-i)
+			break
+		}
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		fmt.Fprintf(&b, "events[%d].%s", r.Index, r.Reason)
+	}
+	return invalidArg(fmt.Sprintf("events[%d].%s", rejected[0].Index, rejected[0].Field), "%s", strings.TrimPrefix(b.String(), fmt.Sprintf("events[%d].%s: ", rejected[0].Index, rejected[0].Field)))
+}
+
+// GetUserFeatures implements FeatureService.GetUserFeatures.
+func (s *Server) GetUserFeatures(ctx context.Context, req *recsysv1.GetUserFeaturesRequest) (*recsysv1.EntityFeatures, error) {
+	if req.GetUserId() == "" {
+		return nil, invalidArg("user_id", "required")
+	}
+	resp, err := s.getFeatures(featurestore.UserView, []string{req.UserId}, req.Features)
+	if err != nil {
+		return nil, err
+	}
+	return resp.Entities[0], nil
+}
+
+// GetItemFeatures implements FeatureService.GetItemFeatures.
+func (s *Server) GetItemFeatures(ctx context.Context, req *recsysv1.GetItemFeaturesRequest) (*recsysv1.EntityFeatures, error) {
+	if req.GetItemId() == "" {
+		return nil, invalidArg("item_id", "required")
+	}
+	resp, err := s.getFeatures(featurestore.ItemView, []string{req.ItemId}, req.Features)
+	if err != nil {
+		return nil, err
+	}
+	return resp.Entities[0], nil
+}
+
+// GetFeatures implements FeatureService.GetFeatures.
+func (s *Server) GetFeatures(ctx context.Context, req *recsysv1.GetFeaturesRequest) (*recsysv1.GetFeaturesResponse, error) {
+	if req.GetView() == "" {
+		return nil, invalidArg("view", "required (user_features or item_features)")
+	}
+	v, err := featurestore.LookupView(req.View)
+	if err != nil {
+		return nil, invalidArg("view", "unknown view %q (want user_features or item_features)", req.View)
+	}
+	switch {
+	case len(req.Ids) == 0:
+		return nil, invalidArg("ids", "required: at least one id")
+	case len(req.Ids) > s.opts.MaxIDs:
+		return nil, invalidArg("ids", "%d ids exceed the limit of %d", len(req.Ids), s.opts.MaxIDs)
+	}
+	for i, id := range req.Ids {
+		if id == "" {
+			return nil, invalidArg(fmt.Sprintf("ids[%d]", i), "empty id")
+		}
+	}
+	return s.getFeatures(v, req.Ids, req.Features)
+}
+
+func (s *Server) getFeatures(v *featurestore.View, ids, names []string) (*recsysv1.GetFeaturesResponse, error) {
+	idx, err := v.Resolve(names)
+	if err != nil {
+		return nil, invalidArg("features", "%s", trimPkg(err))
+	}
+	rows, err := s.store.Get(v, ids, idx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	resp := &recsysv1.GetFeaturesResponse{View: v.Name, Entities: make([]*recsysv1.EntityFeatures, len(rows))}
+	for r := range rows {
+		row := &rows[r]
+		ent := &recsysv1.EntityFeatures{Id: row.ID, Features: make([]*recsysv1.FeatureValue, len(idx))}
+		for j, i := range idx {
+			ent.Features[j] = featureValue(v.Features[i], row.Found, &row.Values[j])
+		}
+		resp.Entities[r] = ent
+	}
+	return resp, nil
+}
+
+func featureValue(f featurestore.Feature, found bool, val *featurestore.Value) *recsysv1.FeatureValue {
+	fv := &recsysv1.FeatureValue{Name: f.Name}
+	if !found || !val.Present {
+		fv.Status = "not_found"
+		fv.Value = structpb.NewNullValue()
+		return fv
+	}
+	fv.Status = "present"
+	switch f.Kind {
+	case featurestore.KindInt, featurestore.KindTimestamp:
+		fv.Value = structpb.NewNumberValue(float64(val.Int))
+	case featurestore.KindString:
+		fv.Value = structpb.NewStringValue(val.Str)
+	case featurestore.KindStringList:
+		list := make([]*structpb.Value, len(val.List))
+		for i, s := range val.List {
+			list[i] = structpb.NewStringValue(s)
+		}
+		fv.Value = structpb.NewListValue(&structpb.ListValue{Values: list})
+	}
+	if val.EventTS > 0 {
+		fv.EventTime = timestamppb.New(msTime(val.EventTS))
+	}
+	return fv
+}
+
+// Recommend implements RecommendService.Recommend.
+func (s *Server) Recommend(ctx context.Context, req *recsysv1.RecommendRequest) (*recsysv1.RecommendResponse, error) {
+	if req.GetUserId() == "" {
+		return nil, invalidArg("user_id", "required")
+	}
+	k, err := s.k(req.K)
+	if err != nil {
+		return nil, err
+	}
+	items, err := s.rec.recommend(req.UserId, k, req.Category, req.Exclude)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &recsysv1.RecommendResponse{Items: items, ModelVersion: modelVersion}, nil
+}
+
+// PopularItems implements RecommendService.PopularItems.
+func (s *Server) PopularItems(ctx context.Context, req *recsysv1.PopularItemsRequest) (*recsysv1.PopularItemsResponse, error) {
+	k, err := s.k(req.K)
+	if err != nil {
+		return nil, err
+	}
+	items, err := s.rec.popular(req.Category, k, nil)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &recsysv1.PopularItemsResponse{Items: items}, nil
+}
+
+func (s *Server) k(k int32) (int, error) {
+	switch {
+	case k == 0:
+		return 10, nil
+	case k < 0 || int(k) > s.opts.MaxK:
+		return 0, invalidArg("k", "%d is outside 1 to %d", k, s.opts.MaxK)
+	}
+	return int(k), nil
+}
+
+// GetStats implements AdminService.GetStats.
+func (s *Server) GetStats(ctx context.Context, _ *recsysv1.GetStatsRequest) (*recsysv1.GetStatsResponse, error) {
+	st := s.store.Stats()
+	return &recsysv1.GetStatsResponse{
+		LogEndOffset:      int64(s.upd.LogEnd()),
+		AppliedOffset:     int64(st.AppliedOffset),
+		EventsApplied:     st.Events,
+		DuplicatesSkipped: st.Duplicates,
+		Users:             st.Users,
+		Items:             st.Items,
+	}, nil
+}
+
+// ready reports whether the store is open and the updater caught up.
+func (s *Server) ready() (bool, string) {
+	end, applied := s.upd.LogEnd(), s.store.AppliedOffset()
+	if end-applied > s.opts.MaxReadyLag {
+		return false, fmt.Sprintf("updater is %d events behind the log (limit %d)", end-applied, s.opts.MaxReadyLag)
+	}
+	return true, fmt.Sprintf("log end %d, applied %d", end, applied)
+}

@@ -1,0 +1,183 @@
+package updater
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
+)
+
+// jsonFields maps every accepted JSON key (proto and lowerCamel names) to
+// the event field it sets.
+var jsonFields = map[string]string{
+	"event_id": "event_id", "eventId": "event_id",
+	"user_id": "user_id", "userId": "user_id",
+	"item_id": "item_id", "itemId": "item_id",
+	"category_id": "category_id", "categoryId": "category_id",
+	"behavior": "behavior",
+	"ts":       "ts",
+}
+
+// DecodeJSONEvent decodes one event from a JSON object. Ids may be strings
+// or integers; ts may be Unix milliseconds (a number or a string of digits)
+// or an RFC 3339 time. Unknown keys are errors, so typos do not pass
+// silently. The event is not validated beyond its JSON shape.
+func DecodeJSONEvent(data []byte) (*recsysv1.Event, *FieldError) {
+	var obj map[string]json.RawMessage
+	d := json.NewDecoder(bytes.NewReader(data))
+	d.UseNumber()
+	if err := d.Decode(&obj); err != nil || obj == nil {
+		return nil, fieldErr("event", CodeMalformed, "not a JSON object")
+	}
+	ev := new(recsysv1.Event)
+	for k, raw := range obj {
+		field, ok := jsonFields[k]
+		if !ok {
+			return nil, fieldErr(truncate(k), CodeUnknownField, "unknown field (want event_id, user_id, item_id, category_id, behavior, ts)")
+		}
+		if field == "ts" {
+			ts, err := decodeTS(raw)
+			if err != nil {
+				return nil, err
+			}
+			ev.Ts = ts
+			continue
+		}
+		s, err := decodeID(field, raw)
+		if err != nil {
+			return nil, err
+		}
+		switch field {
+		case "event_id":
+			ev.EventId = s
+		case "user_id":
+			ev.UserId = s
+		case "item_id":
+			ev.ItemId = s
+		case "category_id":
+			ev.CategoryId = s
+		case "behavior":
+			ev.Behavior = s
+		}
+	}
+	return ev, nil
+}
+
+func decodeID(field string, raw json.RawMessage) (string, *FieldError) {
+	raw = bytes.TrimSpace(raw)
+	switch {
+	case len(raw) == 0 || string(raw) == "null":
+		return "", nil
+	case raw[0] == '"':
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return "", fieldErr(field, CodeMalformed, "invalid JSON string")
+		}
+		return s, nil
+	case field != "behavior" && (raw[0] == '-' || raw[0] >= '0' && raw[0] <= '9'):
+		if _, err := strconv.ParseInt(string(raw), 10, 64); err != nil {
+			return "", fieldErr(field, CodeMalformed, "number %s is not an integer id", truncate(string(raw)))
+		}
+		return string(raw), nil
+	}
+	return "", fieldErr(field, CodeMalformed, "must be a string, got %s", truncate(string(raw)))
+}
+
+func decodeTS(raw json.RawMessage) (int64, *FieldError) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || string(raw) == "null" {
+		return 0, nil
+	}
+	s := string(raw)
+	if raw[0] == '"' {
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return 0, fieldErr("ts", CodeMalformed, "invalid JSON string")
+		}
+		if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+			return t.UnixMilli(), nil
+		}
+	}
+	ts, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return 0, fieldErr("ts", CodeMalformed, "%s is neither Unix milliseconds nor an RFC 3339 time", truncate(string(raw)))
+	}
+	return ts, nil
+}
+
+// RequestError is a problem with a whole ingest request, not one event.
+type RequestError struct {
+	Field  string
+	Reason string
+}
+
+func (e *RequestError) Error() string { return e.Field + ": " + e.Reason }
+
+// DecodeIngestRequest decodes the REST body {"events": [...]} with at most
+// maxEvents events. Each element is decoded on its own: an element that is
+// not a valid event yields a rejection at its index (in rejected), not an
+// error for the whole request.
+func DecodeIngestRequest(body []byte, maxEvents int) (events []*recsysv1.Event, index []int, rejected []*recsysv1.Rejection, err error) {
+	var req struct {
+		Events []json.RawMessage `json:"events"`
+	}
+	d := json.NewDecoder(bytes.NewReader(body))
+	d.DisallowUnknownFields()
+	if derr := d.Decode(&req); derr != nil {
+		reason := derr.Error()
+		if strings.HasPrefix(reason, "json: unknown field") {
+			return nil, nil, nil, &RequestError{Field: "body", Reason: reason[len("json: "):] + " (want events)"}
+		}
+		return nil, nil, nil, &RequestError{Field: "body", Reason: "invalid JSON: " + reason}
+	}
+	if d.More() {
+		return nil, nil, nil, &RequestError{Field: "body", Reason: "invalid JSON: data after the request object"}
+	}
+	if req.Events == nil {
+		return nil, nil, nil, &RequestError{Field: "events", Reason: "required"}
+	}
+	if len(req.Events) > maxEvents {
+		return nil, nil, nil, &RequestError{Field: "events", Reason: fmt.Sprintf("batch of %d events exceeds the limit of %d", len(req.Events), maxEvents)}
+	}
+	for i, raw := range req.Events {
+		ev, ferr := DecodeJSONEvent(raw)
+		if ferr != nil {
+			rejected = append(rejected, rejection(i, ferr))
+			continue
+		}
+		events = append(events, ev)
+		index = append(index, i)
+	}
+	return events, index, rejected, nil
+}
+
+func rejection(i int, err *FieldError) *recsysv1.Rejection {
+	return &recsysv1.Rejection{Index: int32(i), Field: err.Field, Code: err.Code, Reason: err.Error()}
+}
+
+// DecodeTaobaoCSV decodes one row user_id,item_id,category_id,behavior,
+// unix_seconds of the Taobao user-behavior data set.
+func DecodeTaobaoCSV(line string) (*recsysv1.Event, *FieldError) {
+	line = strings.TrimRight(line, "\r\n")
+	parts := strings.Split(line, ",")
+	if len(parts) != 5 {
+		return nil, fieldErr("row", CodeMalformed, "has %d fields, want 5 (user_id,item_id,category_id,behavior,timestamp)", len(parts))
+	}
+	secs, err := strconv.ParseInt(parts[4], 10, 64)
+	if err != nil {
+		return nil, fieldErr("ts", CodeMalformed, "%q is not an integer Unix time in seconds", truncate(parts[4]))
+	}
+	if secs > 1<<42 || secs < -(1<<42) {
+		return nil, fieldErr("ts", CodeMalformed, "%d is out of range", secs)
+	}
+	return &recsysv1.Event{
+		UserId:     parts[0],
+		ItemId:     parts[1],
+		CategoryId: parts[2],
+		Behavior:   parts[3],
+		Ts:         secs * 1000,
+	}, nil
+}

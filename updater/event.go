@@ -1,0 +1,151 @@
+package updater
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"time"
+	"unicode/utf8"
+
+	"github.com/streamrec/recsys/featurestore"
+	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
+)
+
+// MaxIDBytes is the longest user, item, category or event id accepted.
+const MaxIDBytes = 256
+
+// minTS is the oldest event time accepted: 2000-01-01T00:00:00Z. Older
+// values are almost always Unix seconds sent where milliseconds belong.
+const minTS = 946684800000
+
+// FieldError says which field of an event is invalid and why.
+type FieldError struct {
+	Field  string
+	Code   string // stable kind, such as "missing" or "future"
+	Reason string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
+
+// Codes of FieldError, stable for clients and metrics.
+const (
+	CodeMissing          = "missing"
+	CodeTooLong          = "too_long"
+	CodeInvalidUTF8      = "invalid_utf8"
+	CodeControlCharacter = "control_character"
+	CodeUnknownBehavior  = "unknown_behavior"
+	CodeTooOld           = "too_old"
+	CodeFuture           = "future"
+	CodeMalformed        = "malformed"
+	CodeUnknownField     = "unknown_field"
+)
+
+func fieldErr(field, code, format string, args ...any) *FieldError {
+	return &FieldError{Field: field, Code: code, Reason: fmt.Sprintf(format, args...)}
+}
+
+// checkID validates an id field; optional ids may be empty.
+func checkID(field, id string, optional bool) *FieldError {
+	if id == "" {
+		if optional {
+			return nil
+		}
+		return fieldErr(field, CodeMissing, "required")
+	}
+	if len(id) > MaxIDBytes {
+		return fieldErr(field, CodeTooLong, "%d bytes exceeds the limit of %d", len(id), MaxIDBytes)
+	}
+	if !utf8.ValidString(id) {
+		return fieldErr(field, CodeInvalidUTF8, "not valid UTF-8")
+	}
+	for _, r := range id {
+		if r < 0x20 || r == 0x7f {
+			return fieldErr(field, CodeControlCharacter, "contains control character %U", r)
+		}
+	}
+	return nil
+}
+
+// Normalize validates ev against the clock now (events more than maxSkew
+// ahead of it are rejected) and returns it in canonical form: behavior
+// aliases resolved and an event id derived from the content when absent.
+func Normalize(ev *recsysv1.Event, now time.Time, maxSkew time.Duration) (featurestore.Event, *FieldError) {
+	if ev == nil {
+		return featurestore.Event{}, fieldErr("event", CodeMissing, "required")
+	}
+	for _, f := range [...]struct {
+		name, v  string
+		optional bool
+	}{
+		{"user_id", ev.UserId, false},
+		{"item_id", ev.ItemId, false},
+		{"category_id", ev.CategoryId, true},
+		{"event_id", ev.EventId, true},
+	} {
+		if err := checkID(f.name, f.v, f.optional); err != nil {
+			return featurestore.Event{}, err
+		}
+	}
+	b, ok := featurestore.ParseBehavior(ev.Behavior)
+	if !ok {
+		if ev.Behavior == "" {
+			return featurestore.Event{}, fieldErr("behavior", CodeMissing, "required (view, cart, fav or purchase)")
+		}
+		return featurestore.Event{}, fieldErr("behavior", CodeUnknownBehavior, "unknown value %q (want view, cart, fav, purchase, pv or buy)", truncate(ev.Behavior))
+	}
+	switch {
+	case ev.Ts == 0:
+		return featurestore.Event{}, fieldErr("ts", CodeMissing, "required (Unix milliseconds)")
+	case ev.Ts < minTS:
+		return featurestore.Event{}, fieldErr("ts", CodeTooOld, "%d is before 2000-01-01 (Unix milliseconds expected, not seconds)", ev.Ts)
+	case ev.Ts > now.Add(maxSkew).UnixMilli():
+		return featurestore.Event{}, fieldErr("ts", CodeFuture, "%s is more than %s in the future", time.UnixMilli(ev.Ts).UTC().Format(time.RFC3339), maxSkew)
+	}
+	out := featurestore.Event{
+		ID:         ev.EventId,
+		UserID:     ev.UserId,
+		ItemID:     ev.ItemId,
+		CategoryID: ev.CategoryId,
+		Behavior:   b,
+		TS:         ev.Ts,
+	}
+	if out.ID == "" {
+		out.ID = DeriveID(&out)
+	}
+	return out, nil
+}
+
+// DeriveID returns the id of an event that came without one: a hash of its
+// content, so that the same event sent twice is applied once. Two events
+// that agree in user, item, category, behavior and millisecond are one.
+func DeriveID(ev *featurestore.Event) string {
+	h := sha256.New()
+	var n [binary.MaxVarintLen64]byte
+	for _, s := range []string{ev.UserID, ev.ItemID, ev.CategoryID, ev.Behavior.String()} {
+		h.Write(n[:binary.PutUvarint(n[:], uint64(len(s)))])
+		h.Write([]byte(s))
+	}
+	h.Write(n[:binary.PutVarint(n[:], ev.TS)])
+	var sum [sha256.Size]byte
+	return "h:" + hex.EncodeToString(h.Sum(sum[:0])[:16])
+}
+
+func truncate(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
+}
+
+// toProto converts a normalized event to its log representation.
+func toProto(ev *featurestore.Event) *recsysv1.Event {
+	return &recsysv1.Event{
+		EventId:    ev.ID,
+		UserId:     ev.UserID,
+		ItemId:     ev.ItemID,
+		CategoryId: ev.CategoryID,
+		Behavior:   ev.Behavior.String(),
+		Ts:         ev.TS,
+	}
+}

@@ -1,0 +1,293 @@
+// Package eventlog is the embedded durable event log used when no Kafka
+// broker is configured: an append-only sequence of records numbered by
+// offset, kept in its own Pebble instance.
+//
+// Append returns only after the records are synced to disk, so a record that
+// was acknowledged survives a crash (kill -9 or power loss). Concurrent
+// appends are group-committed: one writer goroutine gathers every pending
+// append into one batch and one fsync. Offsets are dense, start at 0 and are
+// published in order, so a reader that sees End() == n can read every
+// record below n.
+//
+// Records are kept forever in this version; a retention policy can delete
+// a prefix with a range delete once every consumer has passed it.
+package eventlog
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/streamrec/recsys/featurestore"
+)
+
+// ErrClosed is returned by operations on a closed Log.
+var ErrClosed = errors.New("eventlog: closed")
+
+// Options configures a Log.
+type Options struct {
+	Logger *slog.Logger // default slog.Default()
+	FS     vfs.FS       // default vfs.Default; tests use vfs.NewMem()
+	// MaxGroupBytes bounds the bytes one group commit gathers. Default 16 MiB.
+	MaxGroupBytes int
+}
+
+func (o *Options) ensureDefaults() {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.FS == nil {
+		o.FS = vfs.Default
+	}
+	if o.MaxGroupBytes <= 0 {
+		o.MaxGroupBytes = 16 << 20
+	}
+}
+
+var keyPrefix = []byte("l/")
+
+func key(off uint64) []byte {
+	return binary.BigEndian.AppendUint64(append([]byte(nil), keyPrefix...), off)
+}
+
+type appendReq struct {
+	recs  [][]byte
+	first uint64
+	err   error
+	done  chan struct{}
+}
+
+// Log is an embedded durable log.
+type Log struct {
+	db   *pebble.DB
+	opts Options
+	reqs chan *appendReq
+	quit chan struct{}
+	wg   sync.WaitGroup
+
+	mu struct {
+		sync.Mutex
+		end     uint64        // one past the last durable record
+		changed chan struct{} // closed and replaced when end moves
+		closed  bool
+	}
+}
+
+// Open opens or creates the log in dir.
+func Open(dir string, opts Options) (*Log, error) {
+	opts.ensureDefaults()
+	db, err := pebble.Open(dir, &pebble.Options{
+		FS:                 opts.FS,
+		FormatMajorVersion: pebble.FormatNewest,
+		Logger:             featurestore.PebbleLogger(opts.Logger.With("component", "eventlog")),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open log %s: %w", dir, err)
+	}
+	l := &Log{db: db, opts: opts, reqs: make(chan *appendReq, 1024), quit: make(chan struct{})}
+	l.mu.changed = make(chan struct{})
+	iter, err := db.NewIter(&pebble.IterOptions{LowerBound: keyPrefix, UpperBound: []byte("l0")})
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("open log %s: %w", dir, err)
+	}
+	if iter.Last() {
+		l.mu.end = binary.BigEndian.Uint64(iter.Key()[len(keyPrefix):]) + 1
+	}
+	if err := errors.Join(iter.Error(), iter.Close()); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("open log %s: %w", dir, err)
+	}
+	l.wg.Add(1)
+	go l.writer()
+	return l, nil
+}
+
+// End returns the offset one past the last durable record.
+func (l *Log) End() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.mu.end
+}
+
+// Append makes recs durable and returns the offset of the first. It blocks
+// until the records are synced or ctx is done; in the latter case the
+// records may or may not have been appended.
+func (l *Log) Append(ctx context.Context, recs [][]byte) (uint64, error) {
+	if len(recs) == 0 {
+		return l.End(), nil
+	}
+	req := &appendReq{recs: recs, done: make(chan struct{})}
+	select {
+	case l.reqs <- req:
+	case <-l.quit:
+		return 0, ErrClosed
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	select {
+	case <-req.done:
+		return req.first, req.err
+	case <-l.quit:
+		// The records may have been committed; a caller that retries is
+		// safe because events are deduplicated by id downstream.
+		return 0, ErrClosed
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+// writer is the single goroutine that assigns offsets and commits groups.
+func (l *Log) writer() {
+	defer l.wg.Done()
+	for {
+		var group []*appendReq
+		select {
+		case req := <-l.reqs:
+			group = append(group, req)
+		case <-l.quit:
+			return
+		}
+		size := groupBytes(group[0])
+	gather:
+		for size < l.opts.MaxGroupBytes {
+			select {
+			case req := <-l.reqs:
+				group = append(group, req)
+				size += groupBytes(req)
+			default:
+				break gather
+			}
+		}
+		l.commit(group)
+	}
+}
+
+func groupBytes(r *appendReq) int {
+	n := 0
+	for _, rec := range r.recs {
+		n += len(rec)
+	}
+	return n
+}
+
+func (l *Log) commit(group []*appendReq) {
+	end := l.End()
+	next := end
+	b := l.db.NewBatch()
+	var err error
+	for _, req := range group {
+		req.first = next
+		for _, rec := range req.recs {
+			if err = b.Set(key(next), rec, nil); err != nil {
+				break
+			}
+			next++
+		}
+	}
+	if err == nil {
+		err = b.Commit(pebble.Sync)
+	}
+	_ = b.Close()
+	if err != nil {
+		err = fmt.Errorf("append: %w", err)
+		l.opts.Logger.Error("event log append failed", "err", err)
+	} else {
+		l.mu.Lock()
+		l.mu.end = next
+		close(l.mu.changed)
+		l.mu.changed = make(chan struct{})
+		l.mu.Unlock()
+	}
+	for _, req := range group {
+		req.err = err
+		close(req.done)
+	}
+}
+
+// Wait blocks until End() > off, ctx is done or the log is closed.
+func (l *Log) Wait(ctx context.Context, off uint64) error {
+	for {
+		l.mu.Lock()
+		end, ch, closed := l.mu.end, l.mu.changed, l.mu.closed
+		l.mu.Unlock()
+		if end > off {
+			return nil
+		}
+		if closed {
+			return ErrClosed
+		}
+		select {
+		case <-ch:
+		case <-l.quit:
+			return ErrClosed
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Read calls fn for the records at offsets [from, min(End(), from+max)) in
+// order and returns the offset after the last one read. The slice passed to
+// fn is valid only during the call.
+func (l *Log) Read(from uint64, max int, fn func(off uint64, rec []byte) error) (uint64, error) {
+	end := l.End()
+	if from >= end {
+		return from, nil
+	}
+	if uint64(max) < end-from {
+		end = from + uint64(max)
+	}
+	iter, err := l.db.NewIter(&pebble.IterOptions{LowerBound: key(from), UpperBound: key(end)})
+	if err != nil {
+		return from, err
+	}
+	next := from
+	for iter.First(); iter.Valid(); iter.Next() {
+		off := binary.BigEndian.Uint64(iter.Key()[len(keyPrefix):])
+		if off != next {
+			err = fmt.Errorf("read: offset %d missing (found %d)", next, off)
+			break
+		}
+		v, verr := iter.ValueAndErr()
+		if verr != nil {
+			err = verr
+			break
+		}
+		if err = fn(off, v); err != nil {
+			break
+		}
+		next++
+	}
+	return next, errors.Join(err, iter.Error(), iter.Close())
+}
+
+// Close stops the writer and closes the log; pending appends fail with
+// ErrClosed. It is safe to call twice.
+func (l *Log) Close() error {
+	l.mu.Lock()
+	if l.mu.closed {
+		l.mu.Unlock()
+		return nil
+	}
+	l.mu.closed = true
+	l.mu.Unlock()
+	close(l.quit)
+	l.wg.Wait()
+	// Fail requests that were queued but never gathered.
+	for {
+		select {
+		case req := <-l.reqs:
+			req.err = ErrClosed
+			close(req.done)
+		default:
+			return l.db.Close()
+		}
+	}
+}

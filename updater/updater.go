@@ -1,0 +1,173 @@
+package updater
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/streamrec/recsys/featurestore"
+	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
+	"github.com/streamrec/recsys/updater/eventlog"
+)
+
+// Options configures an Updater. Zero fields take the documented defaults.
+type Options struct {
+	Logger *slog.Logger // default slog.Default()
+	// ApplyBatch is the most log entries applied in one store batch.
+	// Default 4096.
+	ApplyBatch int
+	// MaxFutureSkew is how far past the clock an event time may be.
+	// Default 5m.
+	MaxFutureSkew time.Duration
+	// Now is the wall clock. Default time.Now.
+	Now func() time.Time
+}
+
+func (o *Options) ensureDefaults() {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.ApplyBatch <= 0 {
+		o.ApplyBatch = 4096
+	}
+	if o.MaxFutureSkew <= 0 {
+		o.MaxFutureSkew = 5 * time.Minute
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+}
+
+// Updater validates and logs incoming events and applies the log to the
+// feature store.
+type Updater struct {
+	log   *eventlog.Log
+	store *featurestore.Store
+	opts  Options
+
+	mu struct {
+		sync.Mutex
+		applied chan struct{} // closed and replaced after each applied batch
+	}
+}
+
+// New returns an Updater over log and store. Call Run to apply.
+func New(log *eventlog.Log, store *featurestore.Store, opts Options) *Updater {
+	opts.ensureDefaults()
+	u := &Updater{log: log, store: store, opts: opts}
+	u.mu.applied = make(chan struct{})
+	return u
+}
+
+// IngestResult is the outcome of Ingest.
+type IngestResult struct {
+	Accepted int
+	Rejected []*recsysv1.Rejection
+	// End is the log offset after the accepted events: once the store's
+	// applied offset reaches it they are readable (see WaitApplied).
+	End uint64
+}
+
+// Ingest validates events and makes the valid ones durable. index[i] is the
+// position of events[i] in the caller's batch, used in rejections; nil
+// means the identity. An error means nothing was appended.
+func (u *Updater) Ingest(ctx context.Context, events []*recsysv1.Event, index []int) (IngestResult, error) {
+	var res IngestResult
+	now := u.opts.Now()
+	recs := make([][]byte, 0, len(events))
+	for i, ev := range events {
+		pos := i
+		if index != nil {
+			pos = index[i]
+		}
+		norm, ferr := Normalize(ev, now, u.opts.MaxFutureSkew)
+		if ferr != nil {
+			res.Rejected = append(res.Rejected, rejection(pos, ferr))
+			continue
+		}
+		rec, err := proto.Marshal(toProto(&norm))
+		if err != nil {
+			return IngestResult{}, fmt.Errorf("ingest: encode event %d: %w", pos, err)
+		}
+		recs = append(recs, rec)
+	}
+	if len(recs) == 0 {
+		res.End = u.log.End()
+		return res, nil
+	}
+	first, err := u.log.Append(ctx, recs)
+	if err != nil {
+		return IngestResult{}, fmt.Errorf("ingest: %w", err)
+	}
+	res.Accepted = len(recs)
+	res.End = first + uint64(len(recs))
+	return res, nil
+}
+
+// LogEnd is the offset after the last durable event.
+func (u *Updater) LogEnd() uint64 { return u.log.End() }
+
+// Run applies the log to the store until ctx is done. It returns nil on
+// cancellation and the first error otherwise.
+func (u *Updater) Run(ctx context.Context) error {
+	entries := make([]featurestore.Entry, 0, u.opts.ApplyBatch)
+	var ev recsysv1.Event
+	for {
+		from := u.store.AppliedOffset()
+		if err := u.log.Wait(ctx, from); err != nil {
+			if ctx.Err() != nil || errors.Is(err, eventlog.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("updater: %w", err)
+		}
+		entries = entries[:0]
+		end, err := u.log.Read(from, u.opts.ApplyBatch, func(off uint64, rec []byte) error {
+			if err := proto.Unmarshal(rec, &ev); err != nil {
+				// Records are validated before they are appended, so this is
+				// corruption on disk: skip the record rather than stall.
+				u.opts.Logger.Error("skipping undecodable log record", "offset", off, "err", err)
+				return nil
+			}
+			norm, ferr := Normalize(&ev, time.UnixMilli(ev.Ts), 0)
+			if ferr != nil {
+				u.opts.Logger.Error("skipping invalid log record", "offset", off, "err", ferr)
+				return nil
+			}
+			entries = append(entries, featurestore.Entry{Offset: off, Event: norm})
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("updater: read log at %d: %w", from, err)
+		}
+		if _, err := u.store.Apply(end, entries); err != nil {
+			return fmt.Errorf("updater: %w", err)
+		}
+		u.mu.Lock()
+		close(u.mu.applied)
+		u.mu.applied = make(chan struct{})
+		u.mu.Unlock()
+	}
+}
+
+// WaitApplied blocks until every log entry below off is applied or ctx is
+// done.
+func (u *Updater) WaitApplied(ctx context.Context, off uint64) error {
+	for {
+		u.mu.Lock()
+		ch := u.mu.applied
+		u.mu.Unlock()
+		if u.store.AppliedOffset() >= off {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
