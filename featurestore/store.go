@@ -11,7 +11,9 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/vfs"
+	lru "github.com/hashicorp/golang-lru/v2"
 )
 
 // Options configures a Store. The zero value is usable: EnsureDefaults fills
@@ -26,6 +28,9 @@ type Options struct {
 	CacheBytes int64
 	// FS is the filesystem; tests use vfs.NewMem(). Default: vfs.Default.
 	FS vfs.FS
+	// RecordCacheEntries bounds the writer's cache of decoded user and item
+	// records (each LRU holds this many). Default: 131072.
+	RecordCacheEntries int
 }
 
 // EnsureDefaults fills in zero fields with their defaults.
@@ -41,6 +46,9 @@ func (o *Options) EnsureDefaults() {
 	}
 	if o.FS == nil {
 		o.FS = vfs.Default
+	}
+	if o.RecordCacheEntries <= 0 {
+		o.RecordCacheEntries = 128 << 10
 	}
 }
 
@@ -65,7 +73,11 @@ type Store struct {
 	halfMS float64
 	closed atomic.Bool
 
-	applyMu sync.Mutex // serializes Apply
+	applyMu sync.Mutex // serializes Apply; guards the record caches
+	// The caches hold the newest committed record of hot entities so that
+	// Apply need not read them back from Pebble. Only Apply touches them.
+	users *lru.Cache[string, *UserRecord]
+	items *lru.Cache[string, *ItemRecord]
 	mu      struct {
 		sync.RWMutex
 		stats Stats
@@ -83,12 +95,18 @@ func Open(dir string, opts Options) (*Store, error) {
 		Logger:             pebbleLogger{opts.Logger.With("component", "pebble")},
 		MemTableSize:       32 << 20,
 	}
+	// Bloom filters make the dedup check of a new event id (a miss) cheap.
+	for i := range popts.Levels {
+		popts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
+	}
 	db, err := pebble.Open(dir, popts)
 	if err != nil {
 		cache.Unref()
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
 	s := &Store{db: db, cache: cache, halfMS: float64(opts.PopularityHalfLife.Milliseconds())}
+	s.users, _ = lru.New[string, *UserRecord](opts.RecordCacheEntries)
+	s.items, _ = lru.New[string, *ItemRecord](opts.RecordCacheEntries)
 	if err := s.loadMeta(); err != nil {
 		_ = db.Close()
 		cache.Unref()
@@ -174,7 +192,7 @@ func (s *Store) has(k []byte) (bool, error) {
 }
 
 type itemState struct {
-	rec     ItemRecord
+	rec     *ItemRecord
 	oldPop  float64
 	oldCat  string
 	existed bool
@@ -197,6 +215,17 @@ func (s *Store) Apply(end uint64, entries []Entry) (ApplyResult, error) {
 	if s.closed.Load() {
 		return ApplyResult{}, ErrClosed
 	}
+	res, err := s.apply(end, entries)
+	if err != nil {
+		// Cached records may have been modified in place by the failed
+		// batch: they are ahead of Pebble now.
+		s.users.Purge()
+		s.items.Purge()
+	}
+	return res, err
+}
+
+func (s *Store) apply(end uint64, entries []Entry) (ApplyResult, error) {
 	st := s.Stats()
 	var res ApplyResult
 	b := s.db.NewBatch()
@@ -236,10 +265,12 @@ func (s *Store) Apply(end uint64, entries []Entry) (ApplyResult, error) {
 
 		u, ok := users[ev.UserID]
 		if !ok {
-			u = new(UserRecord)
-			found, err := s.readUser(ev.UserID, u)
-			if err != nil {
-				return ApplyResult{}, fmt.Errorf("apply: user %q: %w", ev.UserID, err)
+			var found bool
+			if u, found = s.users.Get(ev.UserID); !found {
+				u = new(UserRecord)
+				if found, err = s.readUser(ev.UserID, u); err != nil {
+					return ApplyResult{}, fmt.Errorf("apply: user %q: %w", ev.UserID, err)
+				}
 			}
 			if !found {
 				st.Users++
@@ -252,15 +283,18 @@ func (s *Store) Apply(end uint64, entries []Entry) (ApplyResult, error) {
 
 		it, ok := items[ev.ItemID]
 		if !ok {
-			it = &itemState{rec: ItemRecord{Pop: math.Inf(-1)}}
-			found, err := s.readItem(ev.ItemID, &it.rec)
-			if err != nil {
-				return ApplyResult{}, fmt.Errorf("apply: item %q: %w", ev.ItemID, err)
+			it = new(itemState)
+			rec, found := s.items.Get(ev.ItemID)
+			if !found {
+				rec = &ItemRecord{Pop: math.Inf(-1)}
+				if found, err = s.readItem(ev.ItemID, rec); err != nil {
+					return ApplyResult{}, fmt.Errorf("apply: item %q: %w", ev.ItemID, err)
+				}
 			}
 			if !found {
 				st.Items++
 			}
-			it.existed, it.oldPop, it.oldCat = found, it.rec.Pop, it.rec.CategoryID
+			it.rec, it.existed, it.oldPop, it.oldCat = rec, found, rec.Pop, rec.CategoryID
 			items[ev.ItemID] = it
 		}
 		it.rec.add(ev.Behavior, ev.TS)
@@ -310,6 +344,12 @@ func (s *Store) Apply(end uint64, entries []Entry) (ApplyResult, error) {
 	// so the state commit need not wait for fsync.
 	if err := b.Commit(pebble.NoSync); err != nil {
 		return ApplyResult{}, fmt.Errorf("apply: commit: %w", err)
+	}
+	for id, u := range users {
+		s.users.Add(id, u)
+	}
+	for id, it := range items {
+		s.items.Add(id, it.rec)
 	}
 	s.mu.Lock()
 	s.mu.stats = st

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Regenerates the Go, gateway and OpenAPI code from proto/recsys/v1 with
 # pinned tools only: protoc from the pinned grpcio-tools wheel in .venv,
-# the plugins from proto/tools/go.mod. Run through `make proto`.
+# the plugins from proto/tools/go.mod. Run through `make proto`; OUT=DIR
+# writes the generated files under DIR instead of proto/ (make proto-check).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+out=${OUT:-proto}
+mkdir -p "$out"
 py=${PYTHON:-.venv/bin/python}
 bin=$(pwd)/.bin
 mkdir -p "$bin"
@@ -15,9 +18,9 @@ mkdir -p "$bin"
 wkt=$("$py" -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))')
 cfg=proto/recsys/v1/recsys_http.yaml
 PATH="$bin:$PATH" "$py" -m grpc_tools.protoc -I proto -I "$wkt" \
-  --go_out=proto --go_opt=paths=source_relative \
-  --go-grpc_out=proto --go-grpc_opt=paths=source_relative \
-  --grpc-gateway_out=proto --grpc-gateway_opt=paths=source_relative,grpc_api_configuration=$cfg \
-  --openapiv2_out=proto --openapiv2_opt=grpc_api_configuration=$cfg,json_names_for_fields=false,allow_merge=true,merge_file_name=recsys \
+  --go_out="$out" --go_opt=paths=source_relative \
+  --go-grpc_out="$out" --go-grpc_opt=paths=source_relative \
+  --grpc-gateway_out="$out" --grpc-gateway_opt=paths=source_relative,grpc_api_configuration=$cfg \
+  --openapiv2_out="$out" --openapiv2_opt=grpc_api_configuration=$cfg,json_names_for_fields=false,allow_merge=true,merge_file_name=recsys \
   proto/recsys/v1/recsys.proto
-mv proto/recsys.swagger.json proto/recsys/v1/openapi.json
+mv "$out/recsys.swagger.json" "$out/recsys/v1/openapi.json"

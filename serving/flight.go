@@ -31,8 +31,9 @@ const (
 // FlightServer serves feature views over Arrow Flight.
 type FlightServer struct {
 	flight.BaseFlightServer
-	store *featurestore.Store
-	mem   memory.Allocator
+	store     *featurestore.Store
+	mem       memory.Allocator
+	batchRows int // rows per record batch; flightBatchRows outside tests
 }
 
 // NewFlightServer returns a Flight service over store; mem is the Arrow
@@ -41,7 +42,7 @@ func NewFlightServer(store *featurestore.Store, mem memory.Allocator) *FlightSer
 	if mem == nil {
 		mem = memory.NewGoAllocator()
 	}
-	return &FlightServer{store: store, mem: mem}
+	return &FlightServer{store: store, mem: mem, batchRows: flightBatchRows}
 }
 
 // flightQuery is both the JSON command of GetFlightInfo and the ticket of
@@ -219,7 +220,7 @@ func (f *FlightServer) DoGet(t *flight.Ticket, stream flight.FlightService_DoGet
 	ctx := stream.Context()
 	emit := func(row *featurestore.Row) error {
 		bb.append(row)
-		if bb.rows < flightBatchRows && bb.bytes < flightBatchBytes {
+		if bb.rows < f.batchRows && bb.bytes < flightBatchBytes {
 			return nil
 		}
 		if err := ctx.Err(); err != nil {

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"time"
@@ -31,6 +32,8 @@ type benchOpts struct {
 	clients  int
 	duration time.Duration
 	dir      string
+	cpuprof  string
+	readProf string
 }
 
 func benchCmd() *cobra.Command {
@@ -52,6 +55,8 @@ func benchCmd() *cobra.Command {
 	f.IntVar(&o.clients, "clients", 8, "concurrent clients of the read benchmark")
 	f.DurationVar(&o.duration, "duration", 5*time.Second, "length of each read scenario")
 	f.StringVar(&o.dir, "dir", "", "data dir to use (default: a temporary one, removed afterwards)")
+	f.StringVar(&o.cpuprof, "cpuprofile", "", "write a CPU profile of the ingest phase to this file")
+	f.StringVar(&o.readProf, "cpuprofile-reads", "", "write a CPU profile of the read phase to this file")
 	return cmd
 }
 
@@ -88,6 +93,18 @@ func bench(ctx context.Context, o *benchOpts) error {
 	uctx, stopUpd := context.WithCancel(ctx)
 	updDone := make(chan error, 1)
 	go func() { updDone <- eng.upd.Run(uctx) }()
+	if o.cpuprof != "" {
+		pf, err := os.Create(o.cpuprof)
+		if err != nil {
+			stopUpd()
+			return err
+		}
+		defer pf.Close()
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			stopUpd()
+			return err
+		}
+	}
 	start := time.Now()
 	for i := 0; i < len(evs); i += o.batch {
 		res, err := eng.upd.Ingest(ctx, evs[i:min(i+o.batch, len(evs))], nil)
@@ -106,6 +123,9 @@ func bench(ctx context.Context, o *benchOpts) error {
 		return err
 	}
 	applied := time.Since(start)
+	if o.cpuprof != "" {
+		pprof.StopCPUProfile()
+	}
 	fmt.Printf("ingest, embedded log (%d events, batches of %d, %d users, %d items):\n", len(evs), o.batch, gcfg.Users, gcfg.Items)
 	fmt.Printf("  durable (fsynced): %8.0f events/s (%s)\n", float64(len(evs))/durable.Seconds(), durable.Round(time.Millisecond))
 	fmt.Printf("  applied (readable): %7.0f events/s (%s)\n", float64(len(evs))/applied.Seconds(), applied.Round(time.Millisecond))
@@ -143,6 +163,19 @@ func bench(ctx context.Context, o *benchOpts) error {
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: o.clients}}
 	url := "http://" + hl.Addr().String() + "/v1/features:get"
 
+	if o.readProf != "" {
+		pf, err := os.Create(o.readProf)
+		if err != nil {
+			stopUpd()
+			return err
+		}
+		defer pf.Close()
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			stopUpd()
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	fmt.Printf("features:get on user_features, %d concurrent clients, %s per scenario (random users of %d):\n", o.clients, o.duration, gcfg.Users)
 	for _, n := range []int{1, 500} {
 		restCall := func(r *rand.Rand) error {

@@ -1,0 +1,65 @@
+# recsys: the two commands a fresh machine needs are `make run` and `make test`.
+SHELL := /bin/bash
+GO ?= go
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+BIN := bin/recsys
+GENERATED := recsys/v1/recsys.pb.go recsys/v1/recsys_grpc.pb.go recsys/v1/recsys.pb.gw.go recsys/v1/openapi.json
+
+.PHONY: all build run test test-go test-py vet proto proto-check bench fuzz venv clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/recsys
+
+## run: build and serve on embedded defaults (./data) with the synthetic demo stream.
+run: build
+	$(BIN) serve --demo
+
+## venv: the Python environment of the tests and of `make proto` (pinned).
+venv: $(VENV)/.stamp
+$(VENV)/.stamp: tests/requirements.txt
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+	touch $@
+
+## proto: regenerate the Go, gateway and OpenAPI code from proto/ (pinned tools).
+proto: venv
+	PYTHON=$(VPY) proto/gen.sh
+
+## proto-check: fail when regenerating would change the committed code.
+proto-check: venv
+	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
+	OUT=$$tmp PYTHON=$(VPY) proto/gen.sh && \
+	for f in $(GENERATED); do \
+	  diff -u proto/$$f $$tmp/$$f >/dev/null || { echo "proto: proto/$$f is stale; run make proto"; diff -u proto/$$f $$tmp/$$f | head -20; exit 1; }; \
+	done && echo "proto: generated code is up to date"
+
+vet:
+	$(GO) vet ./...
+	@fmt=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.')); [ -z "$$fmt" ] || { echo "gofmt needed: $$fmt"; exit 1; }
+
+## test: everything: vet, generated-code check, Go tests with -race, Python end-to-end tests.
+test: vet proto-check test-go test-py
+
+test-go:
+	$(GO) test -race -count=1 ./...
+
+test-py: build venv
+	RECSYS_BIN=$(abspath $(BIN)) $(VPY) -m pytest -q tests
+
+## bench: ingest events/s (1 M generated events) and features:get latency, then Go micro-benchmarks.
+bench: build
+	$(BIN) bench --events 1000000
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./featurestore ./updater/...
+
+## fuzz: a longer fuzz run of every decoder of outside input.
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzDecodeJSONEvent -fuzztime 60s ./updater
+	$(GO) test -run '^$$' -fuzz FuzzDecodeTaobaoCSV -fuzztime 60s ./updater
+	$(GO) test -run '^$$' -fuzz FuzzDecodeIngestRequest -fuzztime 60s ./updater
+
+clean:
+	rm -rf bin .bin

@@ -1,0 +1,404 @@
+package serving
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/apache/arrow/go/v17/arrow"
+	"github.com/apache/arrow/go/v17/arrow/array"
+	"github.com/apache/arrow/go/v17/arrow/flight"
+	"github.com/apache/arrow/go/v17/arrow/memory"
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/streamrec/recsys/featurestore"
+	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
+	"github.com/streamrec/recsys/updater"
+	"github.com/streamrec/recsys/updater/eventlog"
+)
+
+// env is a store, log and running updater on an in-memory filesystem.
+type env struct {
+	store *featurestore.Store
+	upd   *updater.Updater
+	srv   *Server
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	fs := vfs.NewMem()
+	lg, err := eventlog.Open("log", eventlog.Options{FS: fs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := featurestore.Open("state", featurestore.Options{FS: fs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	upd := updater.New(lg, st, updater.Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- upd.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("updater: %v", err)
+		}
+		_ = lg.Close()
+		_ = st.Close()
+	})
+	return &env{store: st, upd: upd, srv: New(st, upd, Options{MaxBatch: 100, MaxBodyBytes: 1 << 16})}
+}
+
+const baseTS = int64(1_700_000_000_000)
+
+// ingest makes n users u0..u(n-1) each view item i<k%7> and applies them.
+func (e *env) ingest(t *testing.T, evs []*recsysv1.Event) {
+	t.Helper()
+	ctx := context.Background()
+	for len(evs) > 0 {
+		n := min(len(evs), 100)
+		res, err := e.upd.Ingest(ctx, evs[:n], nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(res.Rejected) > 0 {
+			t.Fatalf("rejected: %v", res.Rejected)
+		}
+		if err := e.upd.WaitApplied(ctx, res.End); err != nil {
+			t.Fatal(err)
+		}
+		evs = evs[n:]
+	}
+}
+
+func userViews(n int) []*recsysv1.Event {
+	evs := make([]*recsysv1.Event, n)
+	for i := range evs {
+		evs[i] = &recsysv1.Event{UserId: fmt.Sprintf("u%05d", i), ItemId: fmt.Sprintf("i%d", i%7), CategoryId: "c1", Behavior: "view", Ts: baseTS + int64(i)}
+	}
+	return evs
+}
+
+func startFlight(t *testing.T, st *featurestore.Store, mem memory.Allocator, batchRows int) flight.Client {
+	t.Helper()
+	fsrv := NewFlightServer(st, mem)
+	fsrv.batchRows = batchRows
+	gs := grpc.NewServer()
+	flight.RegisterFlightServiceServer(gs, fsrv)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = gs.Serve(l) }()
+	t.Cleanup(gs.Stop)
+	c, err := flight.NewClientWithMiddleware(l.Addr().String(), nil, nil, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func TestFlightScanMatchesStore(t *testing.T) {
+	e := newEnv(t)
+	e.ingest(t, userViews(1000))
+	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+	c := startFlight(t, e.store, mem, 300)
+	ctx := context.Background()
+
+	infos, err := c.ListFlights(ctx, &flight.Criteria{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := map[string]int64{}
+	for {
+		info, err := infos.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		rows[info.FlightDescriptor.Path[0]] = info.TotalRecords
+	}
+	if rows["user_features"] != 1000 || rows["item_features"] != 7 {
+		t.Fatalf("ListFlights row counts = %v, want user_features 1000, item_features 7", rows)
+	}
+
+	info, err := c.GetFlightInfo(ctx, &flight.FlightDescriptor{Type: flight.DescriptorPATH, Path: []string{"user_features"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := c.DoGet(ctx, info.Endpoint[0].Ticket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rd, err := flight.NewRecordReader(stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Release()
+	batches, n := 0, 0
+	for rd.Next() {
+		rec := rd.Record()
+		batches++
+		ids := rec.Column(0).(*array.String)
+		views := rec.Column(1).(*array.Int64)
+		recent := rec.Column(7).(*array.List)
+		for i := 0; i < int(rec.NumRows()); i++ {
+			want := fmt.Sprintf("u%05d", n)
+			if ids.Value(i) != want || views.Value(i) != 1 {
+				t.Fatalf("row %d = %s view_count %d, want %s 1", n, ids.Value(i), views.Value(i), want)
+			}
+			start, end := recent.ValueOffsets(i)
+			if end-start != 1 {
+				t.Fatalf("row %d recent_items has %d values, want 1", n, end-start)
+			}
+			n++
+		}
+	}
+	if err := rd.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if n != 1000 || batches != 4 {
+		t.Fatalf("got %d rows in %d batches, want 1000 in 4", n, batches)
+	}
+	rd.Release()
+	mem.AssertSize(t, 0)
+}
+
+func TestFlightIDsAndColumns(t *testing.T) {
+	e := newEnv(t)
+	e.ingest(t, userViews(10))
+	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+	c := startFlight(t, e.store, mem, 64<<10)
+	ctx := context.Background()
+	cmd, _ := json.Marshal(map[string]any{"view": "user_features", "columns": []string{"user_id", "view_count", "last_event_ts"}, "ids": []string{"u00003", "nobody"}})
+	info, err := c.GetFlightInfo(ctx, &flight.FlightDescriptor{Type: flight.DescriptorCMD, Cmd: cmd})
+	if err != nil {
+		t.Fatal(err)
+	}
+	schema, err := flight.DeserializeSchema(info.Schema, mem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(schemaNames(schema)); got != "[user_id view_count last_event_ts]" {
+		t.Fatalf("schema columns = %s", got)
+	}
+	stream, err := c.DoGet(ctx, info.Endpoint[0].Ticket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rd, err := flight.NewRecordReader(stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rd.Next() {
+		t.Fatalf("no batch: %v", rd.Err())
+	}
+	rec := rd.Record()
+	if rec.NumRows() != 2 {
+		t.Fatalf("rows = %d, want 2", rec.NumRows())
+	}
+	views := rec.Column(1).(*array.Int64)
+	ts := rec.Column(2).(*array.Timestamp)
+	if views.Value(0) != 1 || ts.Value(0) != arrow.Timestamp(baseTS+3) || !views.IsNull(1) || !ts.IsNull(1) {
+		t.Fatalf("values = %v %v, want [1 null] [%d null]", views, ts, baseTS+3)
+	}
+	rd.Release()
+	mem.AssertSize(t, 0)
+}
+
+func schemaNames(s *arrow.Schema) []string {
+	var names []string
+	for _, f := range s.Fields() {
+		names = append(names, f.Name)
+	}
+	return names
+}
+
+func TestFlightErrors(t *testing.T) {
+	e := newEnv(t)
+	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+	c := startFlight(t, e.store, mem, 100)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		desc *flight.FlightDescriptor
+		code codes.Code
+		msg  string
+	}{
+		{"unknown view", &flight.FlightDescriptor{Type: flight.DescriptorPATH, Path: []string{"nope"}}, codes.NotFound, `view "nope" not found`},
+		{"two path parts", &flight.FlightDescriptor{Type: flight.DescriptorPATH, Path: []string{"a", "b"}}, codes.InvalidArgument, "descriptor.path"},
+		{"bad json", &flight.FlightDescriptor{Type: flight.DescriptorCMD, Cmd: []byte("{")}, codes.InvalidArgument, "descriptor.cmd"},
+		{"unknown key", &flight.FlightDescriptor{Type: flight.DescriptorCMD, Cmd: []byte(`{"view":"user_features","x":1}`)}, codes.InvalidArgument, "unknown field"},
+		{"unknown column", &flight.FlightDescriptor{Type: flight.DescriptorCMD, Cmd: []byte(`{"view":"user_features","columns":["zz"]}`)}, codes.InvalidArgument, `columns: unknown feature "zz"`},
+		{"no view", &flight.FlightDescriptor{Type: flight.DescriptorCMD, Cmd: []byte(`{}`)}, codes.InvalidArgument, "view: required"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := c.GetFlightInfo(ctx, tc.desc)
+			if status.Code(err) != tc.code || !strings.Contains(err.Error(), tc.msg) {
+				t.Fatalf("err = %v, want %s containing %q", err, tc.code, tc.msg)
+			}
+		})
+	}
+	stream, err := c.DoGet(ctx, &flight.Ticket{Ticket: []byte("garbage")})
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "ticket") {
+		t.Fatalf("garbage ticket: err = %v, want InvalidArgument naming the ticket", err)
+	}
+	mem.AssertSize(t, 0)
+}
+
+// A client that goes away mid-stream must not leak Arrow memory.
+func TestFlightClientCancelsMidStream(t *testing.T) {
+	e := newEnv(t)
+	e.ingest(t, userViews(2000))
+	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+	c := startFlight(t, e.store, mem, 10)
+	ctx, cancel := context.WithCancel(context.Background())
+	stream, err := c.DoGet(ctx, &flight.Ticket{Ticket: []byte(`{"view":"user_features"}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	// The server notices the cancellation at its next batch; wait for every
+	// buffer to be released.
+	deadline := time.Now().Add(10 * time.Second)
+	for mem.CurrentAlloc() != 0 && time.Now().Before(deadline) {
+		runtimeYield()
+	}
+	mem.AssertSize(t, 0)
+}
+
+func runtimeYield() { time.Sleep(10 * time.Millisecond) }
+
+func TestRESTIngestAndRead(t *testing.T) {
+	e := newEnv(t)
+	h, err := e.srv.HTTPHandler(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(h)
+	defer ts.Close()
+	post := func(path, body string) (int, map[string]any) {
+		t.Helper()
+		resp, err := http.Post(ts.URL+path, "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var out map[string]any
+		if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, out
+	}
+	code, out := post("/v1/events", `{"events":[
+		{"user_id":"u1","item_id":"i1","category_id":"c1","behavior":"pv","ts":"2023-11-14T22:13:20Z"},
+		{"user_id":"u1","item_id":"i2","behavior":"click","ts":1700000000000},
+		{"user_id":"u1","item_id":"i2","behavior":"buy","ts":1700000001000}]}`)
+	if code != 200 || out["accepted"] != float64(2) {
+		t.Fatalf("ingest = %d %v, want 200 with 2 accepted", code, out)
+	}
+	rej := out["rejected"].([]any)
+	if len(rej) != 1 || rej[0].(map[string]any)["index"] != float64(1) || rej[0].(map[string]any)["field"] != "behavior" {
+		t.Fatalf("rejected = %v, want index 1 field behavior", rej)
+	}
+	if err := e.upd.WaitApplied(context.Background(), e.upd.LogEnd()); err != nil {
+		t.Fatal(err)
+	}
+	code, out = post("/v1/features:get", `{"view":"user_features","ids":["u1","u2"],"features":["view_count","purchase_count"]}`)
+	if code != 200 {
+		t.Fatalf("features:get = %d %v", code, out)
+	}
+	got, _ := json.Marshal(out["entities"])
+	want := `[{"features":[{"event_time":"2023-11-14T22:13:20Z","name":"view_count","status":"present","value":1},` +
+		`{"event_time":"2023-11-14T22:13:21Z","name":"purchase_count","status":"present","value":1}],"id":"u1"},` +
+		`{"features":[{"event_time":null,"name":"view_count","status":"not_found","value":null},` +
+		`{"event_time":null,"name":"purchase_count","status":"not_found","value":null}],"id":"u2"}]`
+	if string(got) != want {
+		t.Fatalf("entities =\n%s\nwant\n%s", got, want)
+	}
+
+	for _, tc := range []struct{ body, field string }{
+		{`{"events":[`, "body: invalid JSON"},
+		{`{"evts":[]}`, "unknown field"},
+		{`{"events":[{"user_id":"u","item_id":"i","behavior":"view","ts":"abc"}]}`, "events[0].ts"},
+		{`{"events":[{"user_id":"","item_id":"i","behavior":"view","ts":1700000000000}]}`, "events[0].user_id: required"},
+		{`{"events":[` + strings.Repeat(`{"user_id":"u","item_id":"i","behavior":"view","ts":1700000000000},`, 100) + `{}]}`, "events: batch of 101 events exceeds the limit of 100"},
+		{`{"events":[{"user_id":"` + strings.Repeat("x", 1<<16) + `"}]}`, "body: exceeds the limit of 65536 bytes"},
+	} {
+		code, out := post("/v1/events", tc.body)
+		msg, _ := out["message"].(string)
+		if code != 400 || out["code"] != float64(codes.InvalidArgument) || !strings.Contains(msg, tc.field) {
+			t.Errorf("body %.40q: %d %v, want 400 naming %q", tc.body, code, out, tc.field)
+		}
+	}
+	resp, err := http.Get(ts.URL + "/openapi.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !bytes.Contains(spec, []byte(`"/v1/features:get"`)) {
+		t.Fatalf("openapi.json lacks /v1/features:get")
+	}
+}
+
+func TestRecommendExcludesPurchasesAndNeverEmpty(t *testing.T) {
+	e := newEnv(t)
+	var evs []*recsysv1.Event
+	for i := range 30 {
+		evs = append(evs, &recsysv1.Event{UserId: fmt.Sprintf("v%d", i), ItemId: fmt.Sprintf("i%d", i%5), CategoryId: fmt.Sprintf("c%d", i%5%2), Behavior: "view", Ts: baseTS + int64(i)})
+	}
+	evs = append(evs, &recsysv1.Event{UserId: "buyer", ItemId: "i0", CategoryId: "c0", Behavior: "purchase", Ts: baseTS + 100})
+	e.ingest(t, evs)
+	ctx := context.Background()
+	resp, err := e.srv.Recommend(ctx, &recsysv1.RecommendRequest{UserId: "buyer", K: 10, Exclude: []string{"i2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, it := range resp.Items {
+		got[it.ItemId] = it.Reason
+	}
+	if _, ok := got["i0"]; ok {
+		t.Fatalf("recommended the purchased item i0: %v", got)
+	}
+	if _, ok := got["i2"]; ok {
+		t.Fatalf("recommended the excluded item i2: %v", got)
+	}
+	if len(got) != 3 || !strings.Contains(got["i4"], "category c0") {
+		t.Fatalf("items = %v, want i1, i3, i4 with i4 popular in category c0", got)
+	}
+	resp, err = e.srv.Recommend(ctx, &recsysv1.RecommendRequest{UserId: "stranger", K: 2})
+	if err != nil || len(resp.Items) != 2 {
+		t.Fatalf("cold-start user: %v %v, want 2 popular items", resp, err)
+	}
+	resp, err = e.srv.Recommend(ctx, &recsysv1.RecommendRequest{UserId: "stranger", K: 10, Category: "c1"})
+	if err != nil || len(resp.Items) != 2 || resp.Items[0].Reason != "popular in category c1" {
+		t.Fatalf("category c1: %v %v, want i1 and i3", resp, err)
+	}
+	if _, err := e.srv.Recommend(ctx, &recsysv1.RecommendRequest{UserId: "x", K: 5000}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("k=5000: err = %v, want InvalidArgument", err)
+	}
+}
