@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	idbloom "github.com/bits-and-blooms/bloom/v3"
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -78,7 +79,11 @@ type Store struct {
 	// Apply need not read them back from Pebble. Only Apply touches them.
 	users *lru.Cache[string, *UserRecord]
 	items *lru.Cache[string, *ItemRecord]
-	mu      struct {
+	// ids is an in-memory Bloom filter over every applied event id. A new
+	// id (the common case) is known to be new without a Pebble lookup; a
+	// "maybe" is settled by Pebble. Only Apply touches it.
+	ids *idFilter
+	mu  struct {
 		sync.RWMutex
 		stats Stats
 	}
@@ -108,6 +113,11 @@ func Open(dir string, opts Options) (*Store, error) {
 	s.users, _ = lru.New[string, *UserRecord](opts.RecordCacheEntries)
 	s.items, _ = lru.New[string, *ItemRecord](opts.RecordCacheEntries)
 	if err := s.loadMeta(); err != nil {
+		_ = db.Close()
+		cache.Unref()
+		return nil, fmt.Errorf("open store %s: %w", dir, err)
+	}
+	if err := s.rebuildIDFilter(uint(s.mu.stats.Events)); err != nil {
 		_ = db.Close()
 		cache.Unref()
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
@@ -250,13 +260,18 @@ func (s *Store) apply(end uint64, entries []Entry) (ApplyResult, error) {
 			continue
 		}
 		dk := dedupKey(ev.ID)
-		dup, err := s.has(dk)
-		if err != nil {
-			return ApplyResult{}, fmt.Errorf("apply: %w", err)
-		}
-		if dup {
-			res.Duplicates++
-			continue
+		if s.ids.f.TestString(ev.ID) {
+			dup, err := s.has(dk)
+			if err != nil {
+				return ApplyResult{}, fmt.Errorf("apply: %w", err)
+			}
+			if dup {
+				res.Duplicates++
+				continue
+			}
+		} else {
+			s.ids.f.AddString(ev.ID)
+			s.ids.n++
 		}
 		seen[ev.ID] = struct{}{}
 		if err := b.Set(dk, binary.BigEndian.AppendUint64(nil, en.Offset), nil); err != nil {
@@ -266,6 +281,7 @@ func (s *Store) apply(end uint64, entries []Entry) (ApplyResult, error) {
 		u, ok := users[ev.UserID]
 		if !ok {
 			var found bool
+			var err error
 			if u, found = s.users.Get(ev.UserID); !found {
 				u = new(UserRecord)
 				if found, err = s.readUser(ev.UserID, u); err != nil {
@@ -284,6 +300,7 @@ func (s *Store) apply(end uint64, entries []Entry) (ApplyResult, error) {
 		it, ok := items[ev.ItemID]
 		if !ok {
 			it = new(itemState)
+			var err error
 			rec, found := s.items.Get(ev.ItemID)
 			if !found {
 				rec = &ItemRecord{Pop: math.Inf(-1)}
@@ -354,7 +371,38 @@ func (s *Store) apply(end uint64, entries []Entry) (ApplyResult, error) {
 	s.mu.Lock()
 	s.mu.stats = st
 	s.mu.Unlock()
+	if s.ids.n > s.ids.capacity {
+		if err := s.rebuildIDFilter(s.ids.n); err != nil {
+			return res, fmt.Errorf("apply: %w", err)
+		}
+	}
 	return res, nil
+}
+
+// idFilter is a Bloom filter sized for capacity ids holding about n.
+type idFilter struct {
+	f           *idbloom.BloomFilter
+	n, capacity uint
+}
+
+// rebuildIDFilter sizes a new filter for twice n ids (at least 1 Mi) and
+// fills it from the dedup keys in Pebble.
+func (s *Store) rebuildIDFilter(n uint) error {
+	capacity := max(2*n, 1<<20)
+	f := &idFilter{f: idbloom.NewWithEstimates(capacity, 0.01), capacity: capacity}
+	iter, err := s.db.NewIter(&pebble.IterOptions{LowerBound: prefixDedup, UpperBound: prefixEnd(prefixDedup)})
+	if err != nil {
+		return err
+	}
+	for iter.First(); iter.Valid(); iter.Next() {
+		f.f.Add(iter.Key()[len(prefixDedup):])
+		f.n++
+	}
+	if err := errors.Join(iter.Error(), iter.Close()); err != nil {
+		return fmt.Errorf("rebuild id filter: %w", err)
+	}
+	s.ids = f
+	return nil
 }
 
 // reindex moves item it in the global and category popularity indexes.
