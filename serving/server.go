@@ -115,8 +115,8 @@ func rejectedErr(rejected []*recsysv1.Rejection) error {
 
 // GetUserFeatures implements FeatureService.GetUserFeatures.
 func (s *Server) GetUserFeatures(ctx context.Context, req *recsysv1.GetUserFeaturesRequest) (*recsysv1.EntityFeatures, error) {
-	if req.GetUserId() == "" {
-		return nil, invalidArg("user_id", "required")
+	if err := checkID("user_id", req.GetUserId()); err != nil {
+		return nil, err
 	}
 	resp, err := s.getFeatures(featurestore.UserView, []string{req.UserId}, req.Features)
 	if err != nil {
@@ -127,8 +127,8 @@ func (s *Server) GetUserFeatures(ctx context.Context, req *recsysv1.GetUserFeatu
 
 // GetItemFeatures implements FeatureService.GetItemFeatures.
 func (s *Server) GetItemFeatures(ctx context.Context, req *recsysv1.GetItemFeaturesRequest) (*recsysv1.EntityFeatures, error) {
-	if req.GetItemId() == "" {
-		return nil, invalidArg("item_id", "required")
+	if err := checkID("item_id", req.GetItemId()); err != nil {
+		return nil, err
 	}
 	resp, err := s.getFeatures(featurestore.ItemView, []string{req.ItemId}, req.Features)
 	if err != nil {
@@ -153,8 +153,8 @@ func (s *Server) GetFeatures(ctx context.Context, req *recsysv1.GetFeaturesReque
 		return nil, invalidArg("ids", "%d ids exceed the limit of %d", len(req.Ids), s.opts.MaxIDs)
 	}
 	for i, id := range req.Ids {
-		if id == "" {
-			return nil, invalidArg(fmt.Sprintf("ids[%d]", i), "empty id")
+		if err := checkID(fmt.Sprintf("ids[%d]", i), id); err != nil {
+			return nil, err
 		}
 	}
 	return s.getFeatures(v, req.Ids, req.Features)
@@ -209,8 +209,13 @@ func featureValue(f featurestore.Feature, found bool, val *featurestore.Value) *
 
 // Recommend implements RecommendService.Recommend.
 func (s *Server) Recommend(ctx context.Context, req *recsysv1.RecommendRequest) (*recsysv1.RecommendResponse, error) {
-	if req.GetUserId() == "" {
-		return nil, invalidArg("user_id", "required")
+	if err := checkID("user_id", req.GetUserId()); err != nil {
+		return nil, err
+	}
+	if req.Category != "" {
+		if err := checkID("category", req.Category); err != nil {
+			return nil, err
+		}
 	}
 	k, err := s.k(req.K)
 	if err != nil {
@@ -257,6 +262,14 @@ func (s *Server) GetStats(ctx context.Context, _ *recsysv1.GetStatsRequest) (*re
 		Users:             st.Users,
 		Items:             st.Items,
 	}, nil
+}
+
+// checkID validates a request id with the ingest rules.
+func checkID(field, id string) error {
+	if ferr := updater.CheckID(field, id); ferr != nil {
+		return invalidArg(field, "%s", ferr.Reason)
+	}
+	return nil
 }
 
 // ready reports whether the store is open and the updater caught up.

@@ -45,6 +45,10 @@ func fieldErr(field, code, format string, args ...any) *FieldError {
 	return &FieldError{Field: field, Code: code, Reason: fmt.Sprintf(format, args...)}
 }
 
+// CheckID validates a required id (user, item or category) named field,
+// as Normalize does for events; read paths use it for their ids.
+func CheckID(field, id string) *FieldError { return checkID(field, id, false) }
+
 // checkID validates an id field; optional ids may be empty.
 func checkID(field, id string, optional bool) *FieldError {
 	if id == "" {
