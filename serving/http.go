@@ -14,10 +14,10 @@ import (
 	"github.com/streamrec/recsys/updater"
 )
 
-var jsonMarshaler = &runtime.JSONPb{
+var jsonMarshaler = fastJSON{&runtime.JSONPb{
 	MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
 	UnmarshalOptions: protojson.UnmarshalOptions{},
-}
+}}
 
 // HTTPHandler returns the REST front door: grpc-gateway routes over s, the
 // ingest endpoint, /openapi.json, /healthz and /readyz.
