@@ -17,8 +17,13 @@ import (
 // invalidArg reports a bad request field.
 func invalidArg(field, format string, args ...any) error {
 	msg := field + ": " + fmt.Sprintf(format, args...)
-	st := status.New(codes.InvalidArgument, msg)
-	if d, err := st.WithDetails(&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: field, Description: msg}}}); err == nil {
+	return statusWithViolations(codes.InvalidArgument, msg, []*errdetails.BadRequest_FieldViolation{{Field: field, Description: msg}})
+}
+
+// statusWithViolations is a status error carrying BadRequest details.
+func statusWithViolations(code codes.Code, msg string, v []*errdetails.BadRequest_FieldViolation) error {
+	st := status.New(code, msg)
+	if d, err := st.WithDetails(&errdetails.BadRequest{FieldViolations: v}); err == nil {
 		return d.Err()
 	}
 	return st.Err()

@@ -8,7 +8,9 @@ import (
 	"net/http"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"github.com/grpc-ecosystem/grpc-gateway/v2/utilities"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 
 	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
 	"github.com/streamrec/recsys/updater"
@@ -22,7 +24,9 @@ var jsonMarshaler = fastJSON{&runtime.JSONPb{
 // HTTPHandler returns the REST front door: grpc-gateway routes over s, the
 // ingest endpoint, /openapi.json, /healthz and /readyz.
 func (s *Server) HTTPHandler(ctx context.Context) (http.Handler, error) {
-	gw := runtime.NewServeMux(runtime.WithMarshalerOption(runtime.MIMEWildcard, jsonMarshaler))
+	gw := runtime.NewServeMux(
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, jsonMarshaler),
+	)
 	for _, reg := range []func(context.Context, *runtime.ServeMux) error{
 		func(ctx context.Context, m *runtime.ServeMux) error {
 			return recsysv1.RegisterEventServiceHandlerServer(ctx, m, s)
@@ -56,6 +60,16 @@ func (s *Server) HTTPHandler(ctx context.Context) (http.Handler, error) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(b)
 	})
+	// Routes with an entity id in the path go through net/http's mux, which
+	// matches escaped segments, so that an id containing '/' (sent as %2F)
+	// is one path parameter. grpc-gateway splits such paths (and its
+	// unescaping modes are ambiguous for ids containing "%2F" literally).
+	mux.HandleFunc("GET /v1/users/{user_id}/features", pathRoute(gw, "user_id",
+		func(r *recsysv1.GetUserFeaturesRequest, id string) { r.UserId = id }, s.GetUserFeatures))
+	mux.HandleFunc("GET /v1/items/{item_id}/features", pathRoute(gw, "item_id",
+		func(r *recsysv1.GetItemFeaturesRequest, id string) { r.ItemId = id }, s.GetItemFeatures))
+	mux.HandleFunc("GET /v1/users/{user_id}/recommendations", pathRoute(gw, "user_id",
+		func(r *recsysv1.RecommendRequest, id string) { r.UserId = id }, s.Recommend))
 	mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(recsysv1.OpenAPI)
@@ -76,6 +90,29 @@ func (s *Server) HTTPHandler(ctx context.Context) (http.Handler, error) {
 		r.Body = http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes)
 		mux.ServeHTTP(w, r)
 	}), nil
+}
+
+// pathRoute serves a GET whose one path parameter is param, as the
+// generated gateway handler would: the other fields come from the query.
+func pathRoute[Req any, PReq interface {
+	*Req
+	proto.Message
+}, Resp proto.Message](gw *runtime.ServeMux, param string, set func(PReq, string), call func(context.Context, PReq) (Resp, error)) http.HandlerFunc {
+	filter := utilities.NewDoubleArray([][]string{{param}})
+	return func(w http.ResponseWriter, r *http.Request) {
+		req := PReq(new(Req))
+		set(req, r.PathValue(param))
+		if err := runtime.PopulateQueryParameters(req, r.URL.Query(), filter); err != nil {
+			runtime.HTTPError(r.Context(), gw, jsonMarshaler, w, r, invalidArg("query", "%v", err))
+			return
+		}
+		resp, err := call(r.Context(), req)
+		if err != nil {
+			runtime.HTTPError(r.Context(), gw, jsonMarshaler, w, r, err)
+			return
+		}
+		runtime.ForwardResponseMessage(r.Context(), gw, jsonMarshaler, w, r, resp)
+	}
 }
 
 func (s *Server) handleIngest(r *http.Request) (*recsysv1.IngestResponse, error) {

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -97,20 +99,45 @@ func (s *Server) ingest(ctx context.Context, events []*recsysv1.Event, index []i
 	return &recsysv1.IngestResponse{Accepted: int32(res.Accepted), Rejected: rejected}, nil
 }
 
-// rejectedErr is the error for a batch in which every event was rejected.
+// rejectedErr is the error for a batch in which every event was rejected:
+// INVALID_ARGUMENT whose message names the first offending field, with one
+// BadRequest field violation per rejected event (reason = rejection code).
 func rejectedErr(rejected []*recsysv1.Rejection) error {
 	var b strings.Builder
+	violations := make([]*errdetails.BadRequest_FieldViolation, 0, min(len(rejected), maxViolations))
 	for i, r := range rejected {
-		if i == 5 {
+		field := rejectionField(r)
+		if i < maxViolations {
+			violations = append(violations, &errdetails.BadRequest_FieldViolation{Field: field, Description: r.Reason, Reason: r.Code})
+		}
+		switch {
+		case i == 5:
 			fmt.Fprintf(&b, "; and %d more", len(rejected)-i)
-			break
+		case i < 5:
+			if i > 0 {
+				b.WriteString("; ")
+			}
+			fmt.Fprintf(&b, "events[%d]", r.Index)
+			if r.Field != "event" {
+				b.WriteString(".")
+			} else {
+				b.WriteString(": ")
+			}
+			b.WriteString(strings.TrimPrefix(r.Reason, "event: "))
 		}
-		if i > 0 {
-			b.WriteString("; ")
-		}
-		fmt.Fprintf(&b, "events[%d].%s", r.Index, r.Reason)
 	}
-	return invalidArg(fmt.Sprintf("events[%d].%s", rejected[0].Index, rejected[0].Field), "%s", strings.TrimPrefix(b.String(), fmt.Sprintf("events[%d].%s: ", rejected[0].Index, rejected[0].Field)))
+	return statusWithViolations(codes.InvalidArgument, b.String(), violations)
+}
+
+// maxViolations bounds the field violations attached to one error.
+const maxViolations = 100
+
+// rejectionField is the request path of a rejected event's field.
+func rejectionField(r *recsysv1.Rejection) string {
+	if r.Field == "event" {
+		return fmt.Sprintf("events[%d]", r.Index)
+	}
+	return fmt.Sprintf("events[%d].%s", r.Index, r.Field)
 }
 
 // GetUserFeatures implements FeatureService.GetUserFeatures.

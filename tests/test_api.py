@@ -193,8 +193,6 @@ def test_special_character_ids(server):
             assert {f["name"]: f["value"] for f in r.json()["features"]}["view_count"] == 1, (i, r.text)
 
 
-@pytest.mark.xfail(strict=True, reason="server bug: an accepted id containing '/' cannot be read over REST: "
-                                       "GET /v1/users/a%2Fb/features answers 404 Not Found")
 def test_slash_in_id_readable_over_rest(server):
     server.ingest([{"user_id": "team/alice", "item_id": "shoes/42", "behavior": "view", "ts": BASE_TS}])
     server.wait_caught_up()

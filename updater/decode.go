@@ -3,10 +3,12 @@ package updater
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
 )
@@ -77,6 +79,11 @@ func decodeID(field string, raw json.RawMessage) (string, *FieldError) {
 		if err := json.Unmarshal(raw, &s); err != nil {
 			return "", fieldErr(field, CodeMalformed, "invalid JSON string")
 		}
+		// encoding/json replaces invalid UTF-8 (raw bytes or lone surrogate
+		// escapes) with U+FFFD; reject instead of silently merging ids.
+		if strings.ContainsRune(s, utf8.RuneError) && replacementChars(raw) < strings.Count(s, string(utf8.RuneError)) {
+			return "", fieldErr(field, CodeInvalidUTF8, "not valid UTF-8")
+		}
 		return s, nil
 	case field != "behavior" && (raw[0] == '-' || raw[0] >= '0' && raw[0] <= '9'):
 		if _, err := strconv.ParseInt(string(raw), 10, 64); err != nil {
@@ -85,6 +92,12 @@ func decodeID(field string, raw json.RawMessage) (string, *FieldError) {
 		return string(raw), nil
 	}
 	return "", fieldErr(field, CodeMalformed, "must be a string, got %s", truncate(string(raw)))
+}
+
+// replacementChars counts the U+FFFD characters written in a JSON string
+// literal, literally or as a \ufffd escape.
+func replacementChars(raw []byte) int {
+	return bytes.Count(raw, []byte(string(utf8.RuneError))) + bytes.Count(bytes.ToLower(raw), []byte(`\ufffd`))
 }
 
 func decodeTS(raw json.RawMessage) (int64, *FieldError) {
@@ -128,8 +141,14 @@ func DecodeIngestRequest(body []byte, maxEvents int) (events []*recsysv1.Event, 
 	d.DisallowUnknownFields()
 	if derr := d.Decode(&req); derr != nil {
 		reason := derr.Error()
-		if strings.HasPrefix(reason, "json: unknown field") {
+		var typeErr *json.UnmarshalTypeError
+		switch {
+		case strings.HasPrefix(reason, "json: unknown field"):
 			return nil, nil, nil, &RequestError{Field: "body", Reason: reason[len("json: "):] + " (want events)"}
+		case errors.As(derr, &typeErr) && typeErr.Field == "events":
+			return nil, nil, nil, &RequestError{Field: "events", Reason: "must be an array of event objects, got " + typeErr.Value}
+		case errors.As(derr, &typeErr):
+			return nil, nil, nil, &RequestError{Field: "body", Reason: `must be a JSON object {"events": [...]}, got ` + typeErr.Value}
 		}
 		return nil, nil, nil, &RequestError{Field: "body", Reason: "invalid JSON: " + reason}
 	}
