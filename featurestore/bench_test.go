@@ -1,0 +1,97 @@
+package featurestore
+
+import (
+	"math/rand/v2"
+	"strconv"
+	"testing"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+)
+
+const (
+	benchBatch = 4096
+	benchUsers = 10_000
+	benchItems = 50_000
+	benchCats  = 500
+)
+
+// benchEvents fills batch with new events numbered from *next, at offsets
+// from *next, over benchUsers users and benchItems items.
+func benchEvents(rng *rand.Rand, batch []Entry, next *uint64) {
+	for i := range batch {
+		n := *next
+		*next++
+		item := rng.IntN(benchItems)
+		b := BehaviorView
+		if r := rng.IntN(100); r < 10 {
+			b = Behavior(1 + r%3)
+		}
+		batch[i] = Entry{Offset: n, Event: Event{
+			ID:         "e" + strconv.FormatUint(n, 10),
+			UserID:     "u" + strconv.Itoa(rng.IntN(benchUsers)),
+			ItemID:     "i" + strconv.Itoa(item),
+			CategoryID: "c" + strconv.Itoa(item%benchCats),
+			Behavior:   b,
+			TS:         t0 + int64(n)*10,
+		}}
+	}
+}
+
+func benchStore(b *testing.B) *Store {
+	b.Helper()
+	s, err := Open("db", Options{FS: vfs.NewMem(), Logger: quietLogger()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// BenchmarkApply applies batches of 4096 new events; ns/op is per batch.
+func BenchmarkApply(b *testing.B) {
+	s := benchStore(b)
+	rng := rand.New(rand.NewPCG(1, 2))
+	batch := make([]Entry, benchBatch)
+	var next uint64
+	b.ReportAllocs()
+	for b.Loop() {
+		b.StopTimer()
+		benchEvents(rng, batch, &next)
+		b.StartTimer()
+		if _, err := s.Apply(next, batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(next)/b.Elapsed().Seconds(), "events/s")
+}
+
+// BenchmarkGet500 reads every feature of 500 random users.
+func BenchmarkGet500(b *testing.B) {
+	s := benchStore(b)
+	rng := rand.New(rand.NewPCG(3, 4))
+	batch := make([]Entry, benchBatch)
+	var next uint64
+	for range 50 { // ~200k events: nearly every user has a record
+		benchEvents(rng, batch, &next)
+		if _, err := s.Apply(next, batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+	idx, err := UserView.Resolve(nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ids := make([]string, 500)
+	b.ReportAllocs()
+	for b.Loop() {
+		b.StopTimer()
+		for i := range ids {
+			ids[i] = "u" + strconv.Itoa(rng.IntN(benchUsers))
+		}
+		b.StartTimer()
+		rows, err := s.Get(UserView, ids, idx)
+		if err != nil || len(rows) != len(ids) {
+			b.Fatal(len(rows), err)
+		}
+	}
+}
