@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"math"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	idbloom "github.com/bits-and-blooms/bloom/v3"
@@ -72,7 +71,15 @@ type Store struct {
 	db     *pebble.DB
 	cache  interface{ Unref() }
 	halfMS float64
-	closed atomic.Bool
+	logger *slog.Logger
+
+	// life tracks open operations so that Close waits for reads in flight;
+	// see acquire.
+	life struct {
+		sync.RWMutex
+		closed bool
+		ops    sync.WaitGroup
+	}
 
 	applyMu sync.Mutex // serializes Apply; guards the record caches
 	// The caches hold the newest committed record of hot entities so that
@@ -109,7 +116,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		cache.Unref()
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
-	s := &Store{db: db, cache: cache, halfMS: float64(opts.PopularityHalfLife.Milliseconds())}
+	s := &Store{db: db, cache: cache, halfMS: float64(opts.PopularityHalfLife.Milliseconds()), logger: opts.Logger}
 	s.users, _ = lru.New[string, *UserRecord](opts.RecordCacheEntries)
 	s.items, _ = lru.New[string, *ItemRecord](opts.RecordCacheEntries)
 	if err := s.loadMeta(); err != nil {
@@ -127,15 +134,35 @@ func Open(dir string, opts Options) (*Store, error) {
 
 // Close closes the store. It is safe to call twice.
 func (s *Store) Close() error {
-	if s.closed.Swap(true) {
-		return nil
-	}
 	s.applyMu.Lock()
 	defer s.applyMu.Unlock()
+	s.life.Lock()
+	if s.life.closed {
+		s.life.Unlock()
+		return nil
+	}
+	s.life.closed = true
+	s.life.Unlock()
+	s.life.ops.Wait()
 	err := s.db.Close()
 	s.cache.Unref()
 	return err
 }
+
+// acquire registers an operation on the open store; it fails with
+// ErrClosed once Close has begun. Every successful acquire must be paired
+// with release. Operations may nest.
+func (s *Store) acquire() error {
+	s.life.RLock()
+	defer s.life.RUnlock()
+	if s.life.closed {
+		return ErrClosed
+	}
+	s.life.ops.Add(1)
+	return nil
+}
+
+func (s *Store) release() { s.life.ops.Done() }
 
 func (s *Store) loadMeta() error {
 	var st Stats
@@ -173,9 +200,10 @@ func (s *Store) AppliedOffset() uint64 { return s.Stats().AppliedOffset }
 
 // get returns a copy of the value of k.
 func (s *Store) get(k []byte) ([]byte, bool, error) {
-	if s.closed.Load() {
-		return nil, false, ErrClosed
+	if err := s.acquire(); err != nil {
+		return nil, false, err
 	}
+	defer s.release()
 	v, closer, err := s.db.Get(k)
 	if errors.Is(err, pebble.ErrNotFound) {
 		return nil, false, nil
@@ -188,9 +216,10 @@ func (s *Store) get(k []byte) ([]byte, bool, error) {
 }
 
 func (s *Store) has(k []byte) (bool, error) {
-	if s.closed.Load() {
-		return false, ErrClosed
+	if err := s.acquire(); err != nil {
+		return false, err
 	}
+	defer s.release()
 	_, closer, err := s.db.Get(k)
 	if errors.Is(err, pebble.ErrNotFound) {
 		return false, nil
@@ -222,9 +251,10 @@ type ApplyResult struct {
 func (s *Store) Apply(end uint64, entries []Entry) (ApplyResult, error) {
 	s.applyMu.Lock()
 	defer s.applyMu.Unlock()
-	if s.closed.Load() {
-		return ApplyResult{}, ErrClosed
+	if err := s.acquire(); err != nil {
+		return ApplyResult{}, err
 	}
+	defer s.release()
 	res, err := s.apply(end, entries)
 	if err != nil {
 		// Cached records may have been modified in place by the failed
@@ -372,8 +402,10 @@ func (s *Store) apply(end uint64, entries []Entry) (ApplyResult, error) {
 	s.mu.stats = st
 	s.mu.Unlock()
 	if s.ids.n > s.ids.capacity {
+		// The batch is committed; a failed rebuild only keeps the full
+		// filter, whose false positives cost lookups, never correctness.
 		if err := s.rebuildIDFilter(s.ids.n); err != nil {
-			return res, fmt.Errorf("apply: %w", err)
+			s.logger.Warn("cannot rebuild the event id filter; keeping the old one", "err", err)
 		}
 	}
 	return res, nil
@@ -479,9 +511,10 @@ func (s *Store) PopularityScore(pop float64) float64 {
 // Popular returns up to k items of category ("" for all) by descending
 // popularity, skipping those for which skip returns true.
 func (s *Store) Popular(category string, k int, skip func(item string) bool) ([]Scored, error) {
-	if s.closed.Load() {
-		return nil, ErrClosed
+	if err := s.acquire(); err != nil {
+		return nil, err
 	}
+	defer s.release()
 	p := popPrefix(category)
 	iter, err := s.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(p)})
 	if err != nil {

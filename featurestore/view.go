@@ -215,9 +215,10 @@ func (s *Store) Get(v *View, ids []string, idx []int) ([]Row, error) {
 // empty hi means no upper bound. The Row passed to fn is reused between
 // calls. Scan stops at the first error fn returns.
 func (s *Store) Scan(v *View, lo, hi string, idx []int, fn func(*Row) error) error {
-	if s.closed.Load() {
-		return ErrClosed
+	if err := s.acquire(); err != nil {
+		return err
 	}
+	defer s.release()
 	opts := &pebble.IterOptions{LowerBound: makeKey(v.prefix, lo), UpperBound: prefixEnd(v.prefix)}
 	if hi != "" {
 		opts.UpperBound = makeKey(v.prefix, hi)

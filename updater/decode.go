@@ -26,32 +26,53 @@ var jsonFields = map[string]string{
 
 // DecodeJSONEvent decodes one event from a JSON object. Ids may be strings
 // or integers; ts may be Unix milliseconds (a number or a string of digits)
-// or an RFC 3339 time. Unknown keys are errors, so typos do not pass
-// silently. The event is not validated beyond its JSON shape.
+// or an RFC 3339 time. Unknown keys, a field given twice (also under its
+// camelCase alias) and data after the object are errors, so typos and
+// ambiguity do not pass silently. Keys are read in document order, so the
+// result never depends on map iteration. The event is not validated beyond
+// its JSON shape.
 func DecodeJSONEvent(data []byte) (*recsysv1.Event, *FieldError) {
-	var obj map[string]json.RawMessage
+	notObject := fieldErr("event", CodeMalformed, "not a JSON object")
 	d := json.NewDecoder(bytes.NewReader(data))
 	d.UseNumber()
-	if err := d.Decode(&obj); err != nil || obj == nil {
-		return nil, fieldErr("event", CodeMalformed, "not a JSON object")
+	if tok, err := d.Token(); err != nil || tok != json.Delim('{') {
+		return nil, notObject
 	}
 	ev := new(recsysv1.Event)
-	for k, raw := range obj {
+	seen := make(map[string]bool, len(jsonFields))
+	for d.More() {
+		tok, err := d.Token()
+		if err != nil {
+			return nil, notObject
+		}
+		k, _ := tok.(string)
+		var raw json.RawMessage
+		if err := d.Decode(&raw); err != nil {
+			return nil, notObject
+		}
 		field, ok := jsonFields[k]
 		if !ok {
-			return nil, fieldErr(truncate(k), CodeUnknownField, "unknown field (want event_id, user_id, item_id, category_id, behavior, ts)")
+			name := truncate(k)
+			if name == "" {
+				name = `""`
+			}
+			return nil, fieldErr(name, CodeUnknownField, "unknown field (want event_id, user_id, item_id, category_id, behavior, ts)")
 		}
+		if seen[field] {
+			return nil, fieldErr(field, CodeMalformed, "given twice (%s)", k)
+		}
+		seen[field] = true
 		if field == "ts" {
-			ts, err := decodeTS(raw)
-			if err != nil {
-				return nil, err
+			ts, ferr := decodeTS(raw)
+			if ferr != nil {
+				return nil, ferr
 			}
 			ev.Ts = ts
 			continue
 		}
-		s, err := decodeID(field, raw)
-		if err != nil {
-			return nil, err
+		s, ferr := decodeID(field, raw)
+		if ferr != nil {
+			return nil, ferr
 		}
 		switch field {
 		case "event_id":
@@ -66,8 +87,16 @@ func DecodeJSONEvent(data []byte) (*recsysv1.Event, *FieldError) {
 			ev.Behavior = s
 		}
 	}
+	if tok, err := d.Token(); err != nil || tok != json.Delim('}') {
+		return nil, notObject
+	}
+	if !onlySpace(data[d.InputOffset():]) {
+		return nil, fieldErr("event", CodeMalformed, "data after the JSON object")
+	}
 	return ev, nil
 }
+
+func onlySpace(b []byte) bool { return len(bytes.TrimSpace(b)) == 0 }
 
 func decodeID(field string, raw json.RawMessage) (string, *FieldError) {
 	raw = bytes.TrimSpace(raw)
@@ -81,7 +110,7 @@ func decodeID(field string, raw json.RawMessage) (string, *FieldError) {
 		}
 		// encoding/json replaces invalid UTF-8 (raw bytes or lone surrogate
 		// escapes) with U+FFFD; reject instead of silently merging ids.
-		if strings.ContainsRune(s, utf8.RuneError) && replacementChars(raw) < strings.Count(s, string(utf8.RuneError)) {
+		if !validStringLiteral(raw) {
 			return "", fieldErr(field, CodeInvalidUTF8, "not valid UTF-8")
 		}
 		return s, nil
@@ -94,10 +123,48 @@ func decodeID(field string, raw json.RawMessage) (string, *FieldError) {
 	return "", fieldErr(field, CodeMalformed, "must be a string, got %s", truncate(string(raw)))
 }
 
-// replacementChars counts the U+FFFD characters written in a JSON string
-// literal, literally or as a \ufffd escape.
-func replacementChars(raw []byte) int {
-	return bytes.Count(raw, []byte(string(utf8.RuneError))) + bytes.Count(bytes.ToLower(raw), []byte(`\ufffd`))
+// validStringLiteral reports whether a JSON string literal is valid UTF-8
+// and escapes no lone UTF-16 surrogate.
+func validStringLiteral(raw []byte) bool {
+	if !utf8.Valid(raw) {
+		return false
+	}
+	for i := 0; i < len(raw); i++ {
+		if raw[i] != '\\' {
+			continue
+		}
+		i++
+		if i >= len(raw) || raw[i] != 'u' {
+			continue // a one-character escape such as \\ or \n
+		}
+		r, ok := hex4(raw[i+1:])
+		if !ok {
+			return false
+		}
+		i += 4
+		switch {
+		case r >= 0xd800 && r < 0xdc00: // high surrogate: a low one must follow
+			if i+2 >= len(raw) || raw[i+1] != '\\' || raw[i+2] != 'u' {
+				return false
+			}
+			lo, ok := hex4(raw[i+3:])
+			if !ok || lo < 0xdc00 || lo >= 0xe000 {
+				return false
+			}
+			i += 6
+		case r >= 0xdc00 && r < 0xe000:
+			return false
+		}
+	}
+	return true
+}
+
+func hex4(b []byte) (rune, bool) {
+	if len(b) < 4 {
+		return 0, false
+	}
+	v, err := strconv.ParseUint(string(b[:4]), 16, 32)
+	return rune(v), err == nil
 }
 
 func decodeTS(raw json.RawMessage) (int64, *FieldError) {
@@ -134,26 +201,33 @@ func (e *RequestError) Error() string { return e.Field + ": " + e.Reason }
 // not a valid event yields a rejection at its index (in rejected), not an
 // error for the whole request.
 func DecodeIngestRequest(body []byte, maxEvents int) (events []*recsysv1.Event, index []int, rejected []*recsysv1.Rejection, err error) {
-	var req struct {
-		Events []json.RawMessage `json:"events"`
-	}
+	var top map[string]json.RawMessage
 	d := json.NewDecoder(bytes.NewReader(body))
-	d.DisallowUnknownFields()
-	if derr := d.Decode(&req); derr != nil {
-		reason := derr.Error()
+	if derr := d.Decode(&top); derr != nil {
 		var typeErr *json.UnmarshalTypeError
-		switch {
-		case strings.HasPrefix(reason, "json: unknown field"):
-			return nil, nil, nil, &RequestError{Field: "body", Reason: reason[len("json: "):] + " (want events)"}
-		case errors.As(derr, &typeErr) && typeErr.Field == "events":
-			return nil, nil, nil, &RequestError{Field: "events", Reason: "must be an array of event objects, got " + typeErr.Value}
-		case errors.As(derr, &typeErr):
+		if errors.As(derr, &typeErr) {
 			return nil, nil, nil, &RequestError{Field: "body", Reason: `must be a JSON object {"events": [...]}, got ` + typeErr.Value}
 		}
-		return nil, nil, nil, &RequestError{Field: "body", Reason: "invalid JSON: " + reason}
+		return nil, nil, nil, &RequestError{Field: "body", Reason: "invalid JSON: " + derr.Error()}
 	}
-	if d.More() {
+	if !onlySpace(body[d.InputOffset():]) {
 		return nil, nil, nil, &RequestError{Field: "body", Reason: "invalid JSON: data after the request object"}
+	}
+	for k := range top {
+		if k != "events" {
+			return nil, nil, nil, &RequestError{Field: "body", Reason: fmt.Sprintf("unknown field %s (want events)", truncate(strconv.Quote(k)))}
+		}
+	}
+	var req struct{ Events []json.RawMessage }
+	if raw, ok := top["events"]; ok && !bytes.Equal(bytes.TrimSpace(raw), []byte("null")) {
+		if err := json.Unmarshal(raw, &req.Events); err != nil {
+			reason := "must be an array of event objects"
+			var typeErr *json.UnmarshalTypeError
+			if errors.As(err, &typeErr) {
+				reason += ", got " + typeErr.Value
+			}
+			return nil, nil, nil, &RequestError{Field: "events", Reason: reason}
+		}
 	}
 	if req.Events == nil {
 		return nil, nil, nil, &RequestError{Field: "events", Reason: "required"}

@@ -71,6 +71,10 @@ type Log struct {
 	quit chan struct{}
 	wg   sync.WaitGroup
 
+	// readers holds Read calls in flight; Close takes it exclusively
+	// before closing the database.
+	readers sync.RWMutex
+
 	mu struct {
 		sync.Mutex
 		end     uint64        // one past the last durable record
@@ -237,7 +241,14 @@ func (l *Log) Wait(ctx context.Context, off uint64) error {
 // order and returns the offset after the last one read. The slice passed to
 // fn is valid only during the call.
 func (l *Log) Read(from uint64, max int, fn func(off uint64, rec []byte) error) (uint64, error) {
-	end := l.End()
+	l.readers.RLock()
+	defer l.readers.RUnlock()
+	l.mu.Lock()
+	end, closed := l.mu.end, l.mu.closed
+	l.mu.Unlock()
+	if closed {
+		return from, ErrClosed
+	}
 	if from >= end {
 		return from, nil
 	}
@@ -287,6 +298,8 @@ func (l *Log) Close() error {
 			req.err = ErrClosed
 			close(req.done)
 		default:
+			l.readers.Lock()
+			defer l.readers.Unlock()
 			return l.db.Close()
 		}
 	}
