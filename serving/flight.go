@@ -12,7 +12,9 @@ import (
 	"github.com/apache/arrow/go/v17/arrow/flight"
 	"github.com/apache/arrow/go/v17/arrow/ipc"
 	"github.com/apache/arrow/go/v17/arrow/memory"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
 	"github.com/streamrec/recsys/featurestore"
@@ -43,6 +45,15 @@ func NewFlightServer(store *featurestore.Store, mem memory.Allocator) *FlightSer
 		mem = memory.NewGoAllocator()
 	}
 	return &FlightServer{store: store, mem: mem, batchRows: flightBatchRows}
+}
+
+// GRPCServer returns a gRPC server carrying f (and reflection), with
+// message limits large enough for any batch DoGet sends.
+func (f *FlightServer) GRPCServer(opts ...grpc.ServerOption) *grpc.Server {
+	gs := grpc.NewServer(append([]grpc.ServerOption{grpc.MaxRecvMsgSize(64 << 20), grpc.MaxSendMsgSize(64 << 20)}, opts...)...)
+	flight.RegisterFlightServiceServer(gs, f)
+	reflection.Register(gs)
+	return gs
 }
 
 // flightQuery is both the JSON command of GetFlightInfo and the ticket of

@@ -8,7 +8,11 @@ import (
 	"strings"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -71,6 +75,20 @@ type Server struct {
 func New(store *featurestore.Store, upd *updater.Updater, opts Options) *Server {
 	opts.ensureDefaults()
 	return &Server{store: store, upd: upd, opts: opts, rec: &recommender{store: store}}
+}
+
+// GRPCServer returns a gRPC server with every recsys.v1 service of s, the
+// health service (SERVING; the caller shuts it down) and reflection.
+func (s *Server) GRPCServer(opts ...grpc.ServerOption) (*grpc.Server, *health.Server) {
+	gs := grpc.NewServer(opts...)
+	recsysv1.RegisterEventServiceServer(gs, s)
+	recsysv1.RegisterFeatureServiceServer(gs, s)
+	recsysv1.RegisterRecommendServiceServer(gs, s)
+	recsysv1.RegisterAdminServiceServer(gs, s)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(gs, hs)
+	reflection.Register(gs)
+	return gs, hs
 }
 
 // Ingest implements EventService.Ingest.

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -21,6 +22,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 
 	"github.com/streamrec/recsys/featurestore"
@@ -96,8 +99,7 @@ func startFlight(t *testing.T, st *featurestore.Store, mem memory.Allocator, bat
 	t.Helper()
 	fsrv := NewFlightServer(st, mem)
 	fsrv.batchRows = batchRows
-	gs := grpc.NewServer()
-	flight.RegisterFlightServiceServer(gs, fsrv)
+	gs := fsrv.GRPCServer()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -400,5 +402,48 @@ func TestRecommendExcludesPurchasesAndNeverEmpty(t *testing.T) {
 	}
 	if _, err := e.srv.Recommend(ctx, &recsysv1.RecommendRequest{UserId: "x", K: 5000}); status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("k=5000: err = %v, want InvalidArgument", err)
+	}
+}
+
+// grpcurl needs server reflection: every recsys.v1 service is listed.
+func TestGRPCReflectionAndHealth(t *testing.T) {
+	e := newEnv(t)
+	gs, _ := e.srv.GRPCServer()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = gs.Serve(l) }()
+	defer gs.Stop()
+	conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx := context.Background()
+	stream, err := reflectionpb.NewServerReflectionClient(conn).ServerReflectionInfo(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, s := range resp.GetListServicesResponse().GetService() {
+		names = append(names, s.Name)
+	}
+	slices.Sort(names)
+	want := []string{"grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection",
+		"recsys.v1.AdminService", "recsys.v1.EventService", "recsys.v1.FeatureService", "recsys.v1.RecommendService"}
+	if !slices.Equal(names, want) {
+		t.Fatalf("services = %v, want %v", names, want)
+	}
+	h, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil || h.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health = %v, %v; want SERVING", h, err)
 	}
 }

@@ -9,13 +9,9 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/apache/arrow/go/v17/arrow/flight"
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/health"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/reflection"
 
 	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
 	"github.com/streamrec/recsys/serving"
@@ -87,18 +83,8 @@ func serve(ctx context.Context, cfg *config) error {
 		return err
 	}
 
-	grpcSrv := grpc.NewServer(grpc.MaxRecvMsgSize(int(cfg.Ingest.MaxBodyBytes)))
-	recsysv1.RegisterEventServiceServer(grpcSrv, srv)
-	recsysv1.RegisterFeatureServiceServer(grpcSrv, srv)
-	recsysv1.RegisterRecommendServiceServer(grpcSrv, srv)
-	recsysv1.RegisterAdminServiceServer(grpcSrv, srv)
-	hs := health.NewServer()
-	healthpb.RegisterHealthServer(grpcSrv, hs)
-	reflection.Register(grpcSrv)
-
-	flightSrv := grpc.NewServer(grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(64<<20))
-	flight.RegisterFlightServiceServer(flightSrv, serving.NewFlightServer(eng.store, nil))
-	reflection.Register(flightSrv)
+	grpcSrv, hs := srv.GRPCServer(grpc.MaxRecvMsgSize(int(cfg.Ingest.MaxBodyBytes)))
+	flightSrv := serving.NewFlightServer(eng.store, nil).GRPCServer()
 
 	handler, err := srv.HTTPHandler(ctx)
 	if err != nil {
