@@ -24,7 +24,7 @@ type Options struct {
 	// PopularityHalfLife is the event-time half-life of the popularity score.
 	// Default: 6h.
 	PopularityHalfLife time.Duration
-	// CacheBytes is the size of Pebble's block cache. Default: 64 MiB.
+	// CacheBytes is the size of Pebble's block cache. Default: 256 MiB.
 	CacheBytes int64
 	// FS is the filesystem; tests use vfs.NewMem(). Default: vfs.Default.
 	FS vfs.FS
@@ -42,7 +42,7 @@ func (o *Options) EnsureDefaults() {
 		o.PopularityHalfLife = 6 * time.Hour
 	}
 	if o.CacheBytes <= 0 {
-		o.CacheBytes = 64 << 20
+		o.CacheBytes = 256 << 20
 	}
 	if o.FS == nil {
 		o.FS = vfs.Default
