@@ -89,7 +89,7 @@ func BenchmarkGet500(b *testing.B) {
 			ids[i] = "u" + strconv.Itoa(rng.IntN(benchUsers))
 		}
 		b.StartTimer()
-		rows, err := s.Get(UserView, ids, idx)
+		rows, err := s.Get(UserView, ids, idx, evNow(s))
 		if err != nil || len(rows) != len(ids) {
 			b.Fatal(len(rows), err)
 		}

@@ -10,7 +10,10 @@ import (
 //
 //	m/applied                          offset one past the last applied log entry (8 bytes BE)
 //	m/stats                            counters: events, duplicates, users, items, max event time
-//	e/<event_id>                       dedup marker; value: log offset (8 bytes BE)
+//	e<day><event_id>                   dedup marker; value: log offset (8 bytes BE); day of the event time (4 bytes BE)
+//	t<day><res><kind><id>\x00<start>   tile: behavior counts (merge operands), res f (5 min) or c (1 h)
+//	r<day><kind><id>\x00<ts><offset>   raw event of an entity: behavior (1 byte)
+//	h<day><hour><category>\x00<item>   hourly item counts per category ("" for all items)
 //	u/<user_id>                        UserRecord
 //	i/<item_id>                        ItemRecord
 //	b/<user_id>\x00<item_id>           the user purchased the item (empty value)
@@ -21,7 +24,7 @@ const (
 )
 
 var (
-	prefixDedup  = []byte("e/")
+	prefixDedup  = []byte("e")
 	prefixUser   = []byte("u/")
 	prefixItem   = []byte("i/")
 	prefixBought = []byte("b/")
@@ -44,7 +47,25 @@ func makeKey(prefix []byte, parts ...string) []byte {
 	return k
 }
 
-func dedupKey(id string) []byte          { return makeKey(prefixDedup, id) }
+// dedupKey buckets ids by the day of their event time, so that the dedup
+// set expires a day at a time; a resent event has the same time.
+func dedupKey(ts int64, id string) []byte {
+	k := make([]byte, 0, 5+len(id))
+	k = append(k, prefixDedup...)
+	k = binary.BigEndian.AppendUint32(k, dayOf(ts))
+	return append(k, id...)
+}
+
+// hourKey is the key of item's count in category's hour starting at hour.
+func hourKey(category string, hour int64, item string) []byte {
+	k := make([]byte, 0, 1+4+8+len(category)+1+len(item))
+	k = append(k, 'h')
+	k = binary.BigEndian.AppendUint32(k, dayOf(hour))
+	k = binary.BigEndian.AppendUint64(k, uint64(hour))
+	k = append(k, category...)
+	k = append(k, 0)
+	return append(k, item...)
+}
 func userKey(id string) []byte           { return makeKey(prefixUser, id) }
 func itemKey(id string) []byte           { return makeKey(prefixItem, id) }
 func boughtKey(user, item string) []byte { return makeKey(prefixBought, user, item) }

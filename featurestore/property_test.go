@@ -160,7 +160,7 @@ func (m *model) item(id string) (ItemRecord, bool) {
 		if e.CategoryID != "" && e.TS > r.CategoryTS {
 			r.CategoryID, r.CategoryTS = e.CategoryID, e.TS
 		}
-		terms = append(terms, math.Log2(behaviorWeight[e.Behavior])+float64(e.TS)/m.half)
+		terms = append(terms, math.Log2(defaults.BehaviorWeights[e.Behavior])+float64(e.TS)/m.half)
 	}
 	if len(terms) > 0 {
 		hi := slices.Max(terms)
@@ -291,7 +291,7 @@ func runProperty(t *testing.T, rng *rand.Rand, log []Entry, opts Options) {
 	}
 	// The view returns the same numbers.
 	idx, _ := UserView.Resolve([]string{"purchase_count", "first_event_ts", "recent_items"})
-	rows, err := s.Get(UserView, users, idx)
+	rows, err := s.Get(UserView, users, idx, evNow(s))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -362,7 +362,7 @@ func runProperty(t *testing.T, rng *rand.Rand, log []Entry, opts Options) {
 
 	// Scan visits every user in id order.
 	var scanned []string
-	if err := s.Scan(UserView, "", "", nil, func(r *Row) error { scanned = append(scanned, r.ID); return nil }); err != nil {
+	if err := s.Scan(UserView, "", "", nil, evNow(s), func(r *Row) error { scanned = append(scanned, r.ID); return nil }); err != nil {
 		t.Fatal(err)
 	}
 	if !slices.Equal(scanned, users) || s.Count(UserView) != int64(len(users)) || s.Count(ItemView) != int64(len(items)) {

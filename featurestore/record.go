@@ -8,12 +8,18 @@ import (
 // MaxRecent is how many distinct recent items and categories a user keeps.
 const MaxRecent = 20
 
-const recordVersion = 1
+const recordVersion = 2
+
+// MaxAffinities is how many categories a user's affinity list keeps.
+const MaxAffinities = 20
 
 // Recent is an item or category with the event time it was last seen.
+// In affinity lists Score is log2 of the forward-decayed, behavior-weighted
+// event count (as for item popularity).
 type Recent struct {
-	ID string
-	TS int64
+	ID    string
+	TS    int64
+	Score float64
 }
 
 // Counters are the lifetime aggregates kept for users and items alike.
@@ -38,6 +44,33 @@ type UserRecord struct {
 	Counters
 	RecentItems      []Recent // distinct, newest first, at most MaxRecent
 	RecentCategories []Recent // distinct, newest first, at most MaxRecent
+	Affinities       []Recent // categories by decayed affinity, at most MaxAffinities, unordered
+}
+
+// pushAffinity adds logW (log2 of weight * 2^(ts/halfLife)) to category
+// cat, keeping the MaxAffinities best.
+func pushAffinity(list []Recent, cat string, ts int64, logW float64) []Recent {
+	if cat == "" {
+		return list
+	}
+	for i := range list {
+		if list[i].ID == cat {
+			list[i].Score = logAddExp2(list[i].Score, logW)
+			list[i].TS = max(list[i].TS, ts)
+			return list
+		}
+	}
+	list = append(list, Recent{ID: cat, TS: ts, Score: logW})
+	if len(list) > MaxAffinities {
+		low := 0
+		for i := range list {
+			if list[i].Score < list[low].Score {
+				low = i
+			}
+		}
+		list = append(list[:low], list[low+1:]...)
+	}
+	return list
 }
 
 // ItemRecord holds the features of one item.
@@ -213,6 +246,12 @@ func (r *UserRecord) appendTo(b []byte) []byte {
 	e.counters(&r.Counters)
 	e.recents(r.RecentItems)
 	e.recents(r.RecentCategories)
+	e.uvarint(uint64(len(r.Affinities)))
+	for _, a := range r.Affinities {
+		e.str(a.ID)
+		e.varint(a.TS)
+		e.f64(a.Score)
+	}
 	return e.b
 }
 
@@ -222,6 +261,16 @@ func (r *UserRecord) decode(b []byte) error {
 	d.counters(&r.Counters)
 	r.RecentItems = d.recents()
 	r.RecentCategories = d.recents()
+	if n := d.uvarint(); n <= MaxAffinities {
+		r.Affinities = make([]Recent, 0, n)
+		for range n {
+			id := d.str()
+			ts := d.varint()
+			r.Affinities = append(r.Affinities, Recent{ID: id, TS: ts, Score: d.f64()})
+		}
+	} else {
+		d.err, d.b = true, nil
+	}
 	return d.done()
 }
 

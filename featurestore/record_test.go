@@ -17,10 +17,10 @@ func sampleUserRecords() []UserRecord {
 	return []UserRecord{
 		{},
 		{Counters: Counters{Count: [numBehaviors]int64{1, 0, 0, 0}, LastTS: [numBehaviors]int64{t0, 0, 0, 0}, FirstTS: t0, LastTSAny: t0},
-			RecentItems: []Recent{{"i", t0}}, RecentCategories: []Recent{{"c", t0}}},
+			RecentItems: []Recent{{ID: "i", TS: t0}}, RecentCategories: []Recent{{ID: "c", TS: t0}}},
 		{Counters: Counters{Count: [numBehaviors]int64{math.MaxInt64, -1, 1 << 40, 7}, LastTS: [numBehaviors]int64{math.MinInt64, -5, 0, math.MaxInt64},
 			FirstTS: -1, LastTSAny: math.MaxInt64},
-			RecentItems: full, RecentCategories: []Recent{{"", 0}, {strings.Repeat("long", 100), -1}}},
+			RecentItems: full, RecentCategories: []Recent{{ID: "", TS: 0}, {ID: strings.Repeat("long", 100), TS: -1}}},
 	}
 }
 
@@ -103,7 +103,7 @@ func checkCorruptions(t *testing.T, b []byte, decode func([]byte) error) {
 		try("truncated", b[:n])
 	}
 	try("trailing byte", append(slices.Clip(b), 0))
-	for _, v := range []byte{0, 2, 0xff} {
+	for _, v := range []byte{0, recordVersion + 1, 0xff} {
 		d := slices.Clone(b)
 		d[0] = v
 		try("version", d)
@@ -146,14 +146,14 @@ func TestRecordDecodeCorrupt(t *testing.T) {
 	}
 	// Sanity: the hand-built 20-item list (one fewer) decodes.
 	ok := (&UserRecord{}).appendTo(nil)
-	ok = ok[:len(ok)-2]
+	ok = ok[:len(ok)-3]
 	ok = append(ok, MaxRecent)
 	for range MaxRecent {
 		ok = append(ok, 1, 'a', 2)
 	}
-	ok = append(ok, 0)
+	ok = append(ok, 0, 0) // no recent categories, no affinities
 	var u UserRecord
-	if err := u.decode(ok); err != nil || len(u.RecentItems) != MaxRecent || u.RecentItems[0] != (Recent{"a", 1}) {
+	if err := u.decode(ok); err != nil || len(u.RecentItems) != MaxRecent || u.RecentItems[0] != (Recent{ID: "a", TS: 1}) {
 		t.Errorf("20 recent items: %v, %+v", err, u.RecentItems)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	idbloom "github.com/bits-and-blooms/bloom/v3"
@@ -28,6 +29,14 @@ type Options struct {
 	CacheBytes int64
 	// FS is the filesystem; tests use vfs.NewMem(). Default: vfs.Default.
 	FS vfs.FS
+	// Definitions are the views served; default DefaultDefinitions().
+	Definitions *Definitions
+	// Clock is what "now" means for reads: "wall" (default) or "event",
+	// the newest event time applied, so that replays of historical data
+	// read as if live.
+	Clock string
+	// Now is the wall clock; tests replace it. Default time.Now.
+	Now func() time.Time
 	// RecordCacheEntries bounds the writer's cache of decoded user and item
 	// records (each LRU holds this many). Default: 131072.
 	RecordCacheEntries int
@@ -47,13 +56,20 @@ func (o *Options) EnsureDefaults() {
 	if o.FS == nil {
 		o.FS = vfs.Default
 	}
+	if o.Definitions == nil {
+		o.Definitions = defaults
+	}
+	if o.Clock == "" {
+		o.Clock = "wall"
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
 	if o.RecordCacheEntries <= 0 {
 		o.RecordCacheEntries = 128 << 10
 	}
 }
 
-// behaviorWeight weighs behaviors in the popularity score.
-var behaviorWeight = [numBehaviors]float64{BehaviorView: 1, BehaviorCart: 3, BehaviorFav: 2, BehaviorPurchase: 4}
 
 // Stats are the store's counters.
 type Stats struct {
@@ -70,8 +86,15 @@ type Stats struct {
 type Store struct {
 	db     *pebble.DB
 	cache  interface{ Unref() }
-	halfMS float64
-	logger *slog.Logger
+	halfMS    float64 // popularity half-life, ms
+	affHalfMS float64 // category affinity half-life, ms
+	weights   [numBehaviors]float64
+	logWeight [numBehaviors]float64
+	defs      *Definitions
+	opts      Options
+	deadCount atomic.Int64
+	deadSeq   atomic.Uint64
+	logger    *slog.Logger
 
 	// life tracks open operations so that Close waits for reads in flight;
 	// see acquire.
@@ -105,6 +128,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		Cache:              cache,
 		FormatMajorVersion: pebble.FormatNewest,
 		Logger:             pebbleLogger{opts.Logger.With("component", "pebble")},
+		Merger:             merger,
 		MemTableSize:       32 << 20,
 	}
 	// Bloom filters make the dedup check of a new event id (a miss) cheap.
@@ -116,10 +140,28 @@ func Open(dir string, opts Options) (*Store, error) {
 		cache.Unref()
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
-	s := &Store{db: db, cache: cache, halfMS: float64(opts.PopularityHalfLife.Milliseconds()), logger: opts.Logger}
+	if opts.Clock != "wall" && opts.Clock != "event" {
+		_ = db.Close()
+		cache.Unref()
+		return nil, fmt.Errorf("open store %s: clock %q is neither wall nor event", dir, opts.Clock)
+	}
+	s := &Store{
+		db: db, cache: cache, logger: opts.Logger, opts: opts, defs: opts.Definitions,
+		halfMS:    float64(opts.PopularityHalfLife.Milliseconds()),
+		affHalfMS: float64(opts.Definitions.AffinityHalfLife.Milliseconds()),
+		weights:   opts.Definitions.BehaviorWeights,
+	}
+	for b, w := range s.weights {
+		s.logWeight[b] = math.Log2(w)
+	}
 	s.users, _ = lru.New[string, *UserRecord](opts.RecordCacheEntries)
 	s.items, _ = lru.New[string, *ItemRecord](opts.RecordCacheEntries)
 	if err := s.loadMeta(); err != nil {
+		_ = db.Close()
+		cache.Unref()
+		return nil, fmt.Errorf("open store %s: %w", dir, err)
+	}
+	if err := s.countDeadLetters(); err != nil {
 		_ = db.Close()
 		cache.Unref()
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
@@ -289,7 +331,7 @@ func (s *Store) apply(end uint64, entries []Entry) (ApplyResult, error) {
 			res.Duplicates++
 			continue
 		}
-		dk := dedupKey(ev.ID)
+		dk := dedupKey(ev.TS, ev.ID)
 		if s.ids.f.TestString(ev.ID) {
 			dup, err := s.has(dk)
 			if err != nil {
@@ -326,6 +368,7 @@ func (s *Store) apply(end uint64, entries []Entry) (ApplyResult, error) {
 		u.add(ev.Behavior, ev.TS)
 		u.RecentItems = pushRecent(u.RecentItems, ev.ItemID, ev.TS)
 		u.RecentCategories = pushRecent(u.RecentCategories, ev.CategoryID, ev.TS)
+		u.Affinities = pushAffinity(u.Affinities, ev.CategoryID, ev.TS, s.logWeight[ev.Behavior]+float64(ev.TS)/s.affHalfMS)
 
 		it, ok := items[ev.ItemID]
 		if !ok {
@@ -348,7 +391,10 @@ func (s *Store) apply(end uint64, entries []Entry) (ApplyResult, error) {
 		if ev.CategoryID != "" && ev.TS >= it.rec.CategoryTS {
 			it.rec.CategoryID, it.rec.CategoryTS = ev.CategoryID, ev.TS
 		}
-		it.rec.Pop = logAddExp2(it.rec.Pop, math.Log2(behaviorWeight[ev.Behavior])+float64(ev.TS)/s.halfMS)
+		it.rec.Pop = logAddExp2(it.rec.Pop, s.logWeight[ev.Behavior]+float64(ev.TS)/s.halfMS)
+		if err := s.addTiles(b, en); err != nil {
+			return ApplyResult{}, err
+		}
 
 		if ev.Behavior == BehaviorPurchase {
 			if err := b.Set(boughtKey(ev.UserID, ev.ItemID), nil, nil); err != nil {
@@ -411,6 +457,45 @@ func (s *Store) apply(end uint64, entries []Entry) (ApplyResult, error) {
 	return res, nil
 }
 
+// addTiles records event en in the tiles and raw events of its user and
+// item and in the hourly item counts of its category and of all items.
+func (s *Store) addTiles(b *pebble.Batch, en *Entry) error {
+	ev := &en.Event
+	one := oneCount(ev.Behavior)
+	raw := []byte{byte(ev.Behavior)}
+	fine, coarse := floorTo(ev.TS, fineTile), floorTo(ev.TS, coarseTile)
+	for _, e := range [...]struct {
+		kind byte
+		id   string
+	}{{kindUser, ev.UserID}, {kindItem, ev.ItemID}} {
+		if err := errors.Join(
+			b.Merge(tileKey(resFine, e.kind, e.id, fine), one, nil),
+			b.Merge(tileKey(resCoarse, e.kind, e.id, coarse), one, nil),
+			b.Set(rawKey(e.kind, e.id, ev.TS, en.Offset), raw, nil),
+		); err != nil {
+			return err
+		}
+	}
+	if ev.CategoryID != "" {
+		if err := b.Merge(hourKey(ev.CategoryID, coarse, ev.ItemID), one, nil); err != nil {
+			return err
+		}
+	}
+	return b.Merge(hourKey("", coarse, ev.ItemID), one, nil)
+}
+
+// Now is the read clock in Unix ms: the wall clock, or with the event
+// clock the newest event time applied.
+func (s *Store) Now() int64 {
+	if s.opts.Clock == "event" {
+		return s.Stats().MaxTS
+	}
+	return s.opts.Now().UnixMilli()
+}
+
+// Definitions returns the views the store serves.
+func (s *Store) Definitions() *Definitions { return s.defs }
+
 // idFilter is a Bloom filter sized for capacity ids holding about n.
 type idFilter struct {
 	f           *idbloom.BloomFilter
@@ -427,7 +512,7 @@ func (s *Store) rebuildIDFilter(n uint) error {
 		return err
 	}
 	for iter.First(); iter.Valid(); iter.Next() {
-		f.f.Add(iter.Key()[len(prefixDedup):])
+		f.f.Add(iter.Key()[len(prefixDedup)+4:])
 		f.n++
 	}
 	if err := errors.Join(iter.Error(), iter.Close()); err != nil {

@@ -189,7 +189,7 @@ func checkPopIndex(t testing.TB, s *Store) {
 			t.Errorf("popularity index: item %q under %q has score %v, record has %v", e.item, e.cat, e.pop, it.Pop)
 		}
 	}
-	err := s.Scan(ItemView, "", "", nil, func(r *Row) error {
+	err := s.Scan(ItemView, "", "", nil, evNow(s), func(r *Row) error {
 		it := mustItem(t, s, r.ID)
 		if !seen[key{"", r.ID}] {
 			t.Errorf("popularity index: item %q missing from the global index", r.ID)
@@ -229,8 +229,8 @@ func TestApplyFeatures(t *testing.T) {
 			FirstTS:   t0,
 			LastTSAny: t0 + 3000,
 		},
-		RecentItems:      []Recent{{"i3", t0 + 3000}, {"i1", t0 + 2000}, {"i2", t0 + 1000}},
-		RecentCategories: []Recent{{"c2", t0 + 3000}, {"c1", t0 + 2000}},
+		RecentItems:      []Recent{{ID: "i3", TS: t0 + 3000}, {ID: "i1", TS: t0 + 2000}, {ID: "i2", TS: t0 + 1000}},
+		RecentCategories: []Recent{{ID: "c2", TS: t0 + 3000}, {ID: "c1", TS: t0 + 2000}},
 	}
 	if !userEqual(u1, wantU1) {
 		t.Errorf("User(u1) =\n %+v\nwant\n %+v", u1, wantU1)
@@ -278,11 +278,12 @@ func TestApplyFeatures(t *testing.T) {
 	}
 
 	// The same values through the user view.
-	idx, err := UserView.Resolve(nil)
+	idx, err := UserView.Resolve([]string{"view_count", "cart_count", "fav_count", "purchase_count",
+		"first_event_ts", "last_event_ts", "recent_items", "recent_categories"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	rows, err := s.Get(UserView, []string{"u1", "nobody"}, idx)
+	rows, err := s.Get(UserView, []string{"u1", "nobody"}, idx, evNow(s))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -290,24 +291,24 @@ func TestApplyFeatures(t *testing.T) {
 		t.Fatalf("Get rows = %+v", rows)
 	}
 	wantVals := []Value{
-		{Present: true, Int: 2, EventTS: t0 + 2000},         // view_count
-		{Present: true, Int: 1, EventTS: t0 + 1000},         // cart_count
-		{Present: true, Int: 1, EventTS: t0 + 500},          // fav_count
-		{Present: true, Int: 1, EventTS: t0 + 3000},         // purchase_count
-		{Present: true, Int: t0, EventTS: t0},               // first_event_ts
-		{Present: true, Int: t0 + 3000, EventTS: t0 + 3000}, // last_event_ts
-		{Present: true, List: []string{"i3", "i1", "i2"}, EventTS: t0 + 3000},
-		{Present: true, List: []string{"c2", "c1"}, EventTS: t0 + 3000},
+		{Status: StatusPresent, Int: 2, EventTS: t0 + 2000},         // view_count
+		{Status: StatusPresent, Int: 1, EventTS: t0 + 1000},         // cart_count
+		{Status: StatusPresent, Int: 1, EventTS: t0 + 500},          // fav_count
+		{Status: StatusPresent, Int: 1, EventTS: t0 + 3000},         // purchase_count
+		{Status: StatusPresent, Int: t0, EventTS: t0},               // first_event_ts
+		{Status: StatusPresent, Int: t0 + 3000, EventTS: t0 + 3000}, // last_event_ts
+		{Status: StatusPresent, List: []string{"i3", "i1", "i2"}, EventTS: t0 + 3000},
+		{Status: StatusPresent, List: []string{"c2", "c1"}, EventTS: t0 + 3000},
 	}
-	if len(UserView.Features) != len(wantVals) {
-		t.Fatalf("UserView has %d features, test expects %d", len(UserView.Features), len(wantVals))
+	if len(idx) != len(wantVals) {
+		t.Fatalf("resolved %d features, test expects %d", len(idx), len(wantVals))
 	}
 	for i, w := range wantVals {
 		if got := rows[0].Values[i]; !valueEqual(got, w) {
-			t.Errorf("u1 %s = %+v, want %+v", UserView.Features[i].Name, got, w)
+			t.Errorf("u1 %s = %+v, want %+v", UserView.Features[idx[i]].Name, got, w)
 		}
-		if got := rows[1].Values[i]; got.Present {
-			t.Errorf("nobody %s = %+v, want absent", UserView.Features[i].Name, got)
+		if got := rows[1].Values[i]; got.Status == StatusPresent {
+			t.Errorf("nobody %s = %+v, want absent", UserView.Features[idx[i]].Name, got)
 		}
 	}
 
@@ -316,7 +317,7 @@ func TestApplyFeatures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rows, err = s.Get(UserView, []string{"u2", "u1"}, idx)
+	rows, err = s.Get(UserView, []string{"u2", "u1"}, idx, evNow(s))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -332,15 +333,15 @@ func TestApplyFeatures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rows, err = s.Get(ItemView, []string{"i1", "i4", "zz"}, idx)
+	rows, err = s.Get(ItemView, []string{"i1", "i4", "zz"}, idx, evNow(s))
 	if err != nil {
 		t.Fatal(err)
 	}
 	wantItem := [][]Value{
-		{{Present: true, Str: "c1", EventTS: t0 + 2000}, {Present: true, Int: 3, EventTS: t0 + 2000},
-			{Present: true, Int: t0 - 1000, EventTS: t0 - 1000}, {Present: true, Int: t0 + 2000, EventTS: t0 + 2000}},
-		{{Present: false}, {Present: true, Int: 1, EventTS: t0 - 500},
-			{Present: true, Int: t0 - 500, EventTS: t0 - 500}, {Present: true, Int: t0 - 500, EventTS: t0 - 500}},
+		{{Status: StatusPresent, Str: "c1", EventTS: t0 + 2000}, {Status: StatusPresent, Int: 3, EventTS: t0 + 2000},
+			{Status: StatusPresent, Int: t0 - 1000, EventTS: t0 - 1000}, {Status: StatusPresent, Int: t0 + 2000, EventTS: t0 + 2000}},
+		{{Status: StatusNotFound}, {Status: StatusPresent, Int: 1, EventTS: t0 - 500},
+			{Status: StatusPresent, Int: t0 - 500, EventTS: t0 - 500}, {Status: StatusPresent, Int: t0 - 500, EventTS: t0 - 500}},
 		{{}, {}, {}, {}},
 	}
 	for r, want := range wantItem {
@@ -361,7 +362,7 @@ func userEqual(a, b UserRecord) bool {
 }
 
 func valueEqual(a, b Value) bool {
-	return a.Present == b.Present && a.Int == b.Int && a.Str == b.Str && a.EventTS == b.EventTS &&
+	return a.Status == b.Status && a.Int == b.Int && a.Str == b.Str && a.EventTS == b.EventTS &&
 		slices.Equal(a.List, b.List)
 }
 
@@ -415,7 +416,7 @@ func TestPushRecent(t *testing.T) {
 	full := func() []Recent { // f19@19 ... f0@0, newest first
 		var l []Recent
 		for i := MaxRecent - 1; i >= 0; i-- {
-			l = append(l, Recent{fmt.Sprint("f", i), int64(i * 10)})
+			l = append(l, Recent{ID: fmt.Sprint("f", i), TS: int64(i * 10)})
 		}
 		return l
 	}
@@ -427,15 +428,15 @@ func TestPushRecent(t *testing.T) {
 		ts   int64
 		want []string
 	}{
-		{"empty id ignored", []Recent{{"a", 5}}, "", 9, []string{"a"}},
+		{"empty id ignored", []Recent{{ID: "a", TS: 5}}, "", 9, []string{"a"}},
 		{"into empty", nil, "a", 5, []string{"a"}},
-		{"newer to front", []Recent{{"a", 5}}, "b", 6, []string{"b", "a"}},
-		{"older to back", []Recent{{"a", 5}}, "b", 4, []string{"a", "b"}},
-		{"middle", []Recent{{"a", 9}, {"b", 5}}, "c", 7, []string{"a", "c", "b"}},
-		{"equal time goes first", []Recent{{"a", 5}}, "b", 5, []string{"b", "a"}},
-		{"existing newer moves", []Recent{{"a", 9}, {"b", 5}}, "b", 10, []string{"b", "a"}},
-		{"existing older stays", []Recent{{"a", 9}, {"b", 5}}, "a", 1, []string{"a", "b"}},
-		{"existing same time stays", []Recent{{"a", 9}, {"b", 9}}, "b", 9, []string{"a", "b"}},
+		{"newer to front", []Recent{{ID: "a", TS: 5}}, "b", 6, []string{"b", "a"}},
+		{"older to back", []Recent{{ID: "a", TS: 5}}, "b", 4, []string{"a", "b"}},
+		{"middle", []Recent{{ID: "a", TS: 9}, {ID: "b", TS: 5}}, "c", 7, []string{"a", "c", "b"}},
+		{"equal time goes first", []Recent{{ID: "a", TS: 5}}, "b", 5, []string{"b", "a"}},
+		{"existing newer moves", []Recent{{ID: "a", TS: 9}, {ID: "b", TS: 5}}, "b", 10, []string{"b", "a"}},
+		{"existing older stays", []Recent{{ID: "a", TS: 9}, {ID: "b", TS: 5}}, "a", 1, []string{"a", "b"}},
+		{"existing same time stays", []Recent{{ID: "a", TS: 9}, {ID: "b", TS: 9}}, "b", 9, []string{"a", "b"}},
 		{"full, older than all", full(), "x", -1, fullIDs},
 		{"full, newest evicts last", full(), "x", 1000, append([]string{"x"}, fullIDs[:MaxRecent-1]...)},
 		{"full, middle evicts last", full(), "x", 105, slices.Concat(fullIDs[:9], []string{"x"}, fullIDs[9:MaxRecent-1])},
@@ -874,7 +875,7 @@ func TestScan(t *testing.T) {
 	scan := func(v *View, lo, hi string) []string {
 		t.Helper()
 		var ids []string
-		err := s.Scan(v, lo, hi, idx, func(r *Row) error {
+		err := s.Scan(v, lo, hi, idx, evNow(s), func(r *Row) error {
 			if !r.Found || len(r.Values) != len(idx) {
 				t.Errorf("row %+v", r)
 			}
@@ -922,7 +923,7 @@ func TestScan(t *testing.T) {
 	// fn's error stops the scan and is returned as is.
 	stop := errors.New("stop")
 	calls := 0
-	err = s.Scan(UserView, "", "", idx, func(*Row) error {
+	err = s.Scan(UserView, "", "", idx, evNow(s), func(*Row) error {
 		calls++
 		if calls == 3 {
 			return stop
@@ -936,18 +937,18 @@ func TestScan(t *testing.T) {
 
 func TestViews(t *testing.T) {
 	for _, name := range []string{"user_features", "item_features"} {
-		v, err := LookupView(name)
+		v, err := defaults.View(name)
 		if err != nil || v.Name != name {
 			t.Errorf("LookupView(%q) = %v, %v", name, v, err)
 		}
 	}
 	for _, name := range []string{"", "users", "USER_FEATURES"} {
-		if _, err := LookupView(name); !errors.Is(err, ErrUnknownView) {
+		if _, err := defaults.View(name); !errors.Is(err, ErrUnknownView) {
 			t.Errorf("LookupView(%q) error = %v, want ErrUnknownView", name, err)
 		}
 	}
-	if got := Views(); len(got) != 2 || got[0] != UserView || got[1] != ItemView {
-		t.Errorf("Views() = %v", got)
+	if got := defaults.Views; len(got) != 3 || got[0] != UserView || got[1] != ItemView || got[2].Entity != "category" {
+		t.Errorf("default views = %v", got)
 	}
 
 	idx, err := UserView.Resolve(nil)
@@ -971,7 +972,7 @@ func TestViews(t *testing.T) {
 		}
 	}
 	// Every feature name is unique within its view and has a known kind.
-	for _, v := range Views() {
+	for _, v := range defaults.Views {
 		seen := map[string]bool{}
 		for _, f := range v.Features {
 			if seen[f.Name] || f.Kind.String() == "unknown" || f.Doc == "" {
@@ -1030,7 +1031,7 @@ func TestClosed(t *testing.T) {
 	if _, _, err := s.Item("i"); !errors.Is(err, ErrClosed) {
 		t.Errorf("Item after Close = %v, want ErrClosed", err)
 	}
-	if _, err := s.Get(UserView, []string{"u"}, []int{0}); !errors.Is(err, ErrClosed) {
+	if _, err := s.Get(UserView, []string{"u"}, []int{0}, evNow(s)); !errors.Is(err, ErrClosed) {
 		t.Errorf("Get after Close = %v, want ErrClosed", err)
 	}
 	if _, err := s.Purchased("u", "i"); !errors.Is(err, ErrClosed) {
@@ -1039,7 +1040,7 @@ func TestClosed(t *testing.T) {
 	if _, err := s.Popular("", 5, nil); !errors.Is(err, ErrClosed) {
 		t.Errorf("Popular after Close = %v, want ErrClosed", err)
 	}
-	if err := s.Scan(UserView, "", "", nil, func(*Row) error { return nil }); !errors.Is(err, ErrClosed) {
+	if err := s.Scan(UserView, "", "", nil, evNow(s), func(*Row) error { return nil }); !errors.Is(err, ErrClosed) {
 		t.Errorf("Scan after Close = %v, want ErrClosed", err)
 	}
 	if st := s.Stats(); st.AppliedOffset != 1 {
@@ -1062,10 +1063,10 @@ func TestCorruptStoredData(t *testing.T) {
 	if _, _, err := s.Item("bad"); !errors.Is(err, ErrCorrupt) {
 		t.Errorf("Item(bad) = %v, want ErrCorrupt", err)
 	}
-	if _, err := s.Get(UserView, []string{"good", "bad"}, []int{0}); !errors.Is(err, ErrCorrupt) {
+	if _, err := s.Get(UserView, []string{"good", "bad"}, []int{0}, evNow(s)); !errors.Is(err, ErrCorrupt) {
 		t.Errorf("Get(bad) = %v, want ErrCorrupt", err)
 	}
-	if err := s.Scan(ItemView, "", "", []int{0}, func(*Row) error { return nil }); !errors.Is(err, ErrCorrupt) {
+	if err := s.Scan(ItemView, "", "", []int{0}, evNow(s), func(*Row) error { return nil }); !errors.Is(err, ErrCorrupt) {
 		t.Errorf("Scan over a bad item = %v, want ErrCorrupt", err)
 	}
 	before := s.Stats()
@@ -1087,7 +1088,7 @@ func TestCorruptMetadata(t *testing.T) {
 	for _, tc := range []struct{ key, val string }{
 		{keyApplied, "\x00\x01"},
 		{keyStats, "\x01\x02"},
-		{keyStats, "\x02\x00\x00\x00\x00\x00"},
+		{keyStats, "\x03\x00\x00\x00\x00\x00"},
 		{keyStats, "\x01\x00\x00\x00\x00\x00\x00"},
 	} {
 		fs := vfs.NewMem()
@@ -1188,4 +1189,10 @@ func TestCloseDuringReads(t *testing.T) {
 		}
 		wg.Wait()
 	}
+}
+
+// evNow reads as of the newest event applied, on the event clock.
+func evNow(s *Store) ReadTime {
+	ts := s.Stats().MaxTS
+	return ReadTime{Now: ts, AsOf: ts}
 }

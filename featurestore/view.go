@@ -1,8 +1,10 @@
 package featurestore
 
 import (
+	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 )
@@ -15,6 +17,7 @@ const (
 	KindTimestamp              // Unix milliseconds
 	KindString                 // string
 	KindStringList             // list of strings
+	KindFloat                  // float64
 )
 
 func (k Kind) String() string {
@@ -27,138 +30,95 @@ func (k Kind) String() string {
 		return "string"
 	case KindStringList:
 		return "list<string>"
+	case KindFloat:
+		return "float64"
 	}
 	return "unknown"
 }
 
-// Feature describes one feature of a view.
+// Feature describes one feature of a view, as compiled from its definition.
 type Feature struct {
 	Name string
 	Kind Kind
 	Doc  string
+	Agg  string // aggregation, one of the Agg constants
+
+	Behavior      Behavior // count, rate numerator, top_items by
+	Denominator   Behavior // rate
+	Window        int64    // ms; 0 means lifetime. trend: the short window
+	Long          int64    // trend: the long window, ms
+	PriorMean     float64  // rate
+	PriorStrength float64  // rate
+	K             int      // top_categories, top_items
+	Weighted      bool     // top_items by weighted count
+}
+
+// Versioned reports whether the feature can be read as of a past time.
+func (f *Feature) Versioned() bool {
+	switch f.Agg {
+	case AggCount:
+		return f.Window > 0
+	case AggWeightedCount, AggRate, AggTrend, AggTopItems:
+		return true
+	}
+	return false
+}
+
+// Status says whether a Value holds a value.
+type Status uint8
+
+const (
+	StatusNotFound     Status = iota // the entity has no events
+	StatusPresent                    // the value is valid
+	StatusExpired                    // the entity, or the data the value needs, is past the view's TTL
+	StatusNotVersioned               // read as of a past time, and the feature keeps no history
+)
+
+func (s Status) String() string {
+	return [...]string{"not_found", "present", "expired", "not_versioned"}[s]
 }
 
 // Value is one feature value of one entity.
 type Value struct {
-	Present bool     // false: the entity or the feature has no value
+	Status  Status
 	Int     int64    // KindInt, KindTimestamp
+	Float   float64  // KindFloat
 	Str     string   // KindString
 	List    []string // KindStringList
 	EventTS int64    // event time of the value's last update, Unix ms
 }
 
-// View is a named set of features of one entity type, stored under one key
-// prefix. Its rows are the entities; the id column is IDColumn.
+// View is a named set of features of one entity type. Its rows are the
+// entities; the id column is IDColumn.
 type View struct {
 	Name     string
-	Entity   string // "user" or "item"
+	Entity   string // user, item or category
 	IDColumn string
+	TTL      time.Duration
 	Features []Feature
 
-	prefix []byte
-	// values decodes a stored record and fills out[i] with feature idx[i].
-	values func(rec []byte, idx []int, out []Value) error
+	prefix []byte // record key prefix; nil for category views
+	kind   byte   // tile kind
 }
 
-func countFeatures() []Feature {
-	var fs []Feature
-	for _, b := range Behaviors() {
-		fs = append(fs, Feature{Name: b.String() + "_count", Kind: KindInt, Doc: "lifetime number of " + b.String() + " events"})
-	}
-	return append(fs,
-		Feature{Name: "first_event_ts", Kind: KindTimestamp, Doc: "event time of the oldest event"},
-		Feature{Name: "last_event_ts", Kind: KindTimestamp, Doc: "event time of the newest event"},
-	)
-}
+// Scannable reports whether the view's rows can be listed (category views
+// are read by id only).
+func (v *View) Scannable() bool { return v.prefix != nil }
 
-// counterValue returns feature i (an index into countFeatures) of c.
-func counterValue(c *Counters, i int) Value {
-	switch {
-	case i < int(numBehaviors):
-		return Value{Present: true, Int: c.Count[i], EventTS: c.LastTS[i]}
-	case i == int(numBehaviors):
-		return Value{Present: true, Int: c.FirstTS, EventTS: c.FirstTS}
-	default:
-		return Value{Present: true, Int: c.LastTSAny, EventTS: c.LastTSAny}
-	}
-}
+var defaults = DefaultDefinitions()
 
-func recentValue(list []Recent) Value {
-	v := Value{Present: true, List: make([]string, len(list))}
-	for i, r := range list {
-		v.List[i] = r.ID
-		v.EventTS = max(v.EventTS, r.TS)
+// UserView and ItemView are the user and item views of the default
+// definitions.
+var (
+	UserView = must(defaults.View("user_features"))
+	ItemView = must(defaults.View("item_features"))
+)
+
+func must(v *View, err error) *View {
+	if err != nil {
+		panic("BUG: " + err.Error())
 	}
 	return v
-}
-
-var nCounter = len(countFeatures())
-
-// UserView holds per-user lifetime features.
-var UserView = &View{
-	Name:     "user_features",
-	Entity:   "user",
-	IDColumn: "user_id",
-	Features: append(countFeatures(),
-		Feature{Name: "recent_items", Kind: KindStringList, Doc: "the last distinct items, newest first"},
-		Feature{Name: "recent_categories", Kind: KindStringList, Doc: "the last distinct categories, newest first"},
-	),
-	prefix: prefixUser,
-	values: func(b []byte, idx []int, out []Value) error {
-		var u UserRecord
-		if err := u.decode(b); err != nil {
-			return err
-		}
-		for j, i := range idx {
-			switch {
-			case i < nCounter:
-				out[j] = counterValue(&u.Counters, i)
-			case i == nCounter:
-				out[j] = recentValue(u.RecentItems)
-			default:
-				out[j] = recentValue(u.RecentCategories)
-			}
-		}
-		return nil
-	},
-}
-
-// ItemView holds per-item lifetime features.
-var ItemView = &View{
-	Name:     "item_features",
-	Entity:   "item",
-	IDColumn: "item_id",
-	Features: append(countFeatures(),
-		Feature{Name: "category_id", Kind: KindString, Doc: "category named by the newest event"},
-	),
-	prefix: prefixItem,
-	values: func(b []byte, idx []int, out []Value) error {
-		var it ItemRecord
-		if err := it.decode(b); err != nil {
-			return err
-		}
-		for j, i := range idx {
-			if i < nCounter {
-				out[j] = counterValue(&it.Counters, i)
-				continue
-			}
-			out[j] = Value{Present: it.CategoryID != "", Str: it.CategoryID, EventTS: it.CategoryTS}
-		}
-		return nil
-	},
-}
-
-// Views lists every view.
-func Views() []*View { return []*View{UserView, ItemView} }
-
-// LookupView returns the view called name.
-func LookupView(name string) (*View, error) {
-	for _, v := range Views() {
-		if v.Name == name {
-			return v, nil
-		}
-	}
-	return nil, fmt.Errorf("%w %q (have user_features, item_features)", ErrUnknownView, name)
 }
 
 // Resolve maps feature names to indexes into v.Features; no names means all.
@@ -188,33 +148,294 @@ type Row struct {
 	Values []Value
 }
 
-// Get reads features idx of the entities ids, one Row per id in order.
-func (s *Store) Get(v *View, ids []string, idx []int) ([]Row, error) {
+// ReadTime says when a read happens: Now is the clock (for TTL and
+// recency), AsOf the event time the values are computed at (== Now for an
+// online read).
+type ReadTime struct {
+	Now  int64
+	AsOf int64
+}
+
+// At returns the ReadTime of a read as of asOf (0: now) on the store's clock.
+func (s *Store) At(asOf int64) ReadTime {
+	now := s.Now()
+	if asOf == 0 {
+		asOf = now
+	}
+	return ReadTime{Now: now, AsOf: asOf}
+}
+
+// reader computes feature values of one view for many entities.
+type reader struct {
+	s    *Store
+	v    *View
+	idx  []int
+	rt   ReadTime
+	wins []int64
+	wr   *windowReader
+	sums map[int64]windowSum // per window, for the current entity
+	u    UserRecord
+	it   ItemRecord
+}
+
+func (s *Store) newReader(v *View, idx []int, rt ReadTime) (*reader, error) {
+	r := &reader{s: s, v: v, idx: idx, rt: rt, sums: make(map[int64]windowSum)}
+	for _, i := range idx {
+		f := &v.Features[i]
+		if f.Agg == AggTopItems {
+			continue
+		}
+		for _, w := range []int64{f.Window, f.Long} {
+			if w > 0 && !slices.Contains(r.wins, w) {
+				r.wins = append(r.wins, w)
+			}
+		}
+	}
+	if len(r.wins) > 0 {
+		wr, err := s.newWindowReader()
+		if err != nil {
+			return nil, err
+		}
+		r.wr = wr
+	}
+	return r, nil
+}
+
+func (r *reader) close() error {
+	if r.wr != nil {
+		return r.wr.close()
+	}
+	return nil
+}
+
+// values fills out for entity id whose stored record is rec.
+func (r *reader) values(id string, rec []byte, out []Value) error {
+	var c *Counters
+	switch r.v.Entity {
+	case "user":
+		r.u = UserRecord{}
+		if err := r.u.decode(rec); err != nil {
+			return err
+		}
+		c = &r.u.Counters
+	case "item":
+		r.it = ItemRecord{}
+		if err := r.it.decode(rec); err != nil {
+			return err
+		}
+		c = &r.it.Counters
+	}
+	rt := r.rt
+	if r.v.TTL > 0 && rt.Now-c.LastTSAny > r.v.TTL.Milliseconds() {
+		for j := range out {
+			out[j] = Value{Status: StatusExpired, EventTS: c.LastTSAny}
+		}
+		return nil
+	}
+	current := rt.AsOf >= c.LastTSAny // the record is the state as of AsOf
+	clear(r.sums)
+	if len(r.wins) > 0 {
+		if err := r.wr.load(r.v.kind, id, rt.AsOf, c.LastTSAny, r.wins); err != nil {
+			return err
+		}
+	}
+	// Data is removed a whole day after it leaves the TTL, so a window
+	// reaching back to Now-TTL-1d is still complete.
+	retained := rt.Now - r.v.TTL.Milliseconds() - dayMS
+	for j, i := range r.idx {
+		f := &r.v.Features[i]
+		if !f.Versioned() && !current {
+			out[j] = Value{Status: StatusNotVersioned}
+			continue
+		}
+		if f.Window > 0 && r.v.TTL > 0 && windowStart(rt.AsOf, max(f.Window, f.Long)) < retained {
+			out[j] = Value{Status: StatusExpired}
+			continue
+		}
+		out[j] = r.value(f, c, current)
+	}
+	return nil
+}
+
+func (r *reader) value(f *Feature, c *Counters, current bool) Value {
+	asOf := r.rt.AsOf
+	switch f.Agg {
+	case AggCount:
+		if f.Window == 0 {
+			return Value{Status: StatusPresent, Int: c.Count[f.Behavior], EventTS: c.LastTS[f.Behavior]}
+		}
+		n, ts := r.sum(f.Window, f.Behavior)
+		if current && n > 0 {
+			ts = c.LastTS[f.Behavior]
+		}
+		return Value{Status: StatusPresent, Int: n, EventTS: ts}
+	case AggWeightedCount:
+		w, ts := r.weighted(f.Window)
+		return Value{Status: StatusPresent, Float: w, EventTS: ts}
+	case AggRate:
+		num, ts1 := r.sum(f.Window, f.Behavior)
+		den, ts2 := r.sum(f.Window, f.Denominator)
+		rate := (float64(num) + f.PriorStrength*f.PriorMean) / (float64(den) + f.PriorStrength)
+		return Value{Status: StatusPresent, Float: rate, EventTS: max(ts1, ts2)}
+	case AggTrend:
+		ws, ts := r.weighted(f.Window)
+		wl, _ := r.weighted(f.Long)
+		hs, hl := float64(f.Window)/float64(coarseTile), float64(f.Long)/float64(coarseTile)
+		return Value{Status: StatusPresent, Float: (ws/hs + 1) / (wl/hl + 1), EventTS: ts}
+	case AggFirstEventTS:
+		return Value{Status: StatusPresent, Int: c.FirstTS, EventTS: c.FirstTS}
+	case AggLastEventTS:
+		return Value{Status: StatusPresent, Int: c.LastTSAny, EventTS: c.LastTSAny}
+	case AggSecondsSinceLastEvent:
+		return Value{Status: StatusPresent, Float: float64(asOf-c.LastTSAny) / 1000, EventTS: c.LastTSAny}
+	case AggRecentItems:
+		return recentValue(r.u.RecentItems, len(r.u.RecentItems))
+	case AggRecentCategories:
+		return recentValue(r.u.RecentCategories, len(r.u.RecentCategories))
+	case AggTopCategories:
+		return r.topCategories(f.K)
+	case AggCategoryID:
+		if r.it.CategoryID == "" {
+			return Value{Status: StatusNotFound}
+		}
+		return Value{Status: StatusPresent, Str: r.it.CategoryID, EventTS: r.it.CategoryTS}
+	}
+	return Value{Status: StatusNotFound}
+}
+
+// sum returns the count of behavior b in window w and the time of its
+// newest contribution.
+func (r *reader) sum(w int64, b Behavior) (int64, int64) {
+	ws, ok := r.sums[w]
+	if !ok {
+		ws = r.wr.sum(r.rt.AsOf, w)
+		r.sums[w] = ws
+	}
+	return ws.c[b], ws.newest[b]
+}
+
+// weighted returns the behavior-weighted count of window w and the time of
+// its newest contribution.
+func (r *reader) weighted(w int64) (float64, int64) {
+	var total float64
+	var newest int64
+	for _, b := range Behaviors() {
+		n, ts := r.sum(w, b)
+		total += r.s.weights[b] * float64(n)
+		newest = max(newest, ts)
+	}
+	return total, newest
+}
+
+func (r *reader) topCategories(k int) Value {
+	aff := slices.Clone(r.u.Affinities)
+	slices.SortFunc(aff, func(a, b Recent) int {
+		if a.Score != b.Score {
+			if a.Score > b.Score {
+				return -1
+			}
+			return 1
+		}
+		if a.ID < b.ID {
+			return -1
+		}
+		return 1
+	})
+	v := Value{Status: StatusPresent}
+	for i := 0; i < len(aff) && i < k; i++ {
+		v.List = append(v.List, aff[i].ID)
+		v.EventTS = max(v.EventTS, aff[i].TS)
+	}
+	return v
+}
+
+func recentValue(list []Recent, n int) Value {
+	v := Value{Status: StatusPresent, List: make([]string, 0, n)}
+	for _, r := range list[:n] {
+		v.List = append(v.List, r.ID)
+		v.EventTS = max(v.EventTS, r.TS)
+	}
+	return v
+}
+
+// Get reads features idx of the entities ids at rt, one Row per id in order.
+func (s *Store) Get(v *View, ids []string, idx []int, rt ReadTime) ([]Row, error) {
+	if err := s.acquire(); err != nil {
+		return nil, err
+	}
+	defer s.release()
 	rows := make([]Row, len(ids))
 	vals := make([]Value, len(ids)*len(idx))
 	for r, id := range ids {
+		rows[r] = Row{ID: id, Values: vals[r*len(idx) : (r+1)*len(idx) : (r+1)*len(idx)]}
+	}
+	if !v.Scannable() {
+		for r := range rows {
+			if err := s.categoryValues(v, &rows[r], idx, rt); err != nil {
+				return nil, err
+			}
+		}
+		return rows, nil
+	}
+	rd, err := s.newReader(v, idx, rt)
+	if err != nil {
+		return nil, err
+	}
+	defer rd.close()
+	for r := range rows {
 		row := &rows[r]
-		row.ID = id
-		row.Values = vals[r*len(idx) : (r+1)*len(idx) : (r+1)*len(idx)]
-		b, ok, err := s.get(makeKey(v.prefix, id))
+		b, ok, err := s.get(makeKey(v.prefix, row.ID))
 		if err != nil {
-			return nil, fmt.Errorf("get %s %q: %w", v.Name, id, err)
+			return nil, fmt.Errorf("get %s %q: %w", v.Name, row.ID, err)
 		}
 		if !ok {
 			continue
 		}
 		row.Found = true
-		if err := v.values(b, idx, row.Values); err != nil {
-			return nil, fmt.Errorf("get %s %q: %w", v.Name, id, err)
+		if err := rd.values(row.ID, b, row.Values); err != nil {
+			return nil, fmt.Errorf("get %s %q: %w", v.Name, row.ID, err)
 		}
 	}
 	return rows, nil
 }
 
-// Scan calls fn for every entity of v with id in [lo, hi) in id order; an
-// empty hi means no upper bound. The Row passed to fn is reused between
-// calls. Scan stops at the first error fn returns.
-func (s *Store) Scan(v *View, lo, hi string, idx []int, fn func(*Row) error) error {
+// categoryValues fills the top_items features of one category row.
+func (s *Store) categoryValues(v *View, row *Row, idx []int, rt ReadTime) error {
+	for j, i := range idx {
+		f := &v.Features[i]
+		if v.TTL > 0 && windowStart(rt.AsOf, f.Window) < rt.Now-v.TTL.Milliseconds()-dayMS {
+			row.Values[j] = Value{Status: StatusExpired}
+			continue
+		}
+		top, err := s.TopItems(row.ID, rt.AsOf, f.Window, f.K, f.Weighted, f.Behavior)
+		if err != nil {
+			return err
+		}
+		val := Value{Status: StatusPresent, List: make([]string, len(top))}
+		for t, it := range top {
+			val.List[t] = it.ItemID
+		}
+		val.EventTS = floorTo(rt.AsOf, coarseTile)
+		row.Values[j] = val
+		row.Found = row.Found || len(top) > 0
+	}
+	if !row.Found {
+		for j := range row.Values {
+			if row.Values[j].Status == StatusPresent {
+				row.Values[j] = Value{Status: StatusNotFound}
+			}
+		}
+	}
+	return nil
+}
+
+// Scan calls fn for every entity of v with id in [lo, hi) in id order, its
+// features read at rt; an empty hi means no upper bound. The Row passed to
+// fn is reused between calls. Scan stops at the first error fn returns.
+func (s *Store) Scan(v *View, lo, hi string, idx []int, rt ReadTime, fn func(*Row) error) error {
+	if !v.Scannable() {
+		return fmt.Errorf("scan %s: %w", v.Name, errNotScannable)
+	}
 	if err := s.acquire(); err != nil {
 		return err
 	}
@@ -228,6 +449,11 @@ func (s *Store) Scan(v *View, lo, hi string, idx []int, fn func(*Row) error) err
 		return err
 	}
 	defer iter.Close()
+	rd, err := s.newReader(v, idx, rt)
+	if err != nil {
+		return err
+	}
+	defer rd.close()
 	row := Row{Found: true, Values: make([]Value, len(idx))}
 	for iter.First(); iter.Valid(); iter.Next() {
 		row.ID = string(iter.Key()[len(v.prefix):])
@@ -235,7 +461,7 @@ func (s *Store) Scan(v *View, lo, hi string, idx []int, fn func(*Row) error) err
 		if err != nil {
 			return err
 		}
-		if err := v.values(val, idx, row.Values); err != nil {
+		if err := rd.values(row.ID, val, row.Values); err != nil {
 			return fmt.Errorf("scan %s %q: %w", v.Name, row.ID, err)
 		}
 		if err := fn(&row); err != nil {
@@ -245,11 +471,17 @@ func (s *Store) Scan(v *View, lo, hi string, idx []int, fn func(*Row) error) err
 	return iter.Error()
 }
 
-// Count returns the number of entities in v.
+var errNotScannable = errors.New("featurestore: view is read by id only")
+
+// Count returns the number of entities in v (-1 when unknown).
 func (s *Store) Count(v *View) int64 {
 	st := s.Stats()
-	if v.Entity == "user" {
+	switch v.Entity {
+	case "user":
 		return st.Users
+	case "item":
+		return st.Items
 	}
-	return st.Items
+	return -1
 }
+

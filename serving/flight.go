@@ -63,7 +63,28 @@ type flightQuery struct {
 	View    string   `json:"view"`
 	Columns []string `json:"columns,omitempty"`
 	IDs     []string `json:"ids,omitempty"`
+	// AsOf (Unix ms) reads window features as of that event time. A ticket
+	// of a query without as_of reads at redemption time.
+	AsOf int64 `json:"as_of,omitempty"`
 }
+
+// deadLettersView is the Flight view of the dead-letter store.
+const deadLettersView = "dead_letters"
+
+var deadLettersSchema = arrow.NewSchema([]arrow.Field{
+	{Name: "received_at", Type: &arrow.TimestampType{Unit: arrow.Millisecond, TimeZone: "UTC"}},
+	{Name: "code", Type: arrow.BinaryTypes.String},
+	{Name: "reason", Type: arrow.BinaryTypes.String},
+	{Name: "event_id", Type: arrow.BinaryTypes.String},
+	{Name: "user_id", Type: arrow.BinaryTypes.String},
+	{Name: "item_id", Type: arrow.BinaryTypes.String},
+	{Name: "category_id", Type: arrow.BinaryTypes.String},
+	{Name: "behavior", Type: arrow.BinaryTypes.String},
+	{Name: "ts", Type: arrow.PrimitiveTypes.Int64},
+}, nil)
+
+// maxDeadLetterRows bounds one dead_letters read.
+const maxDeadLetterRows = 1_000_000
 
 // plan is a validated query.
 type plan struct {
@@ -75,11 +96,23 @@ type plan struct {
 
 func (f *FlightServer) planQuery(q flightQuery) (*plan, error) {
 	if q.View == "" {
-		return nil, invalidArg("view", "required (user_features or item_features)")
+		return nil, invalidArg("view", "required (see ListFlights)")
 	}
-	v, err := featurestore.LookupView(q.View)
+	if q.View == deadLettersView {
+		if q.Columns != nil || q.IDs != nil || q.AsOf != 0 {
+			return nil, invalidArg("view", "dead_letters takes no columns, ids or as_of")
+		}
+		return &plan{q: q, schema: deadLettersSchema}, nil
+	}
+	v, err := f.store.Definitions().View(q.View)
 	if err != nil {
-		return nil, status.Errorf(codes.NotFound, "view %q not found (have user_features, item_features)", q.View)
+		return nil, status.Errorf(codes.NotFound, "view %q not found: %s", q.View, trimPkg(err))
+	}
+	if q.AsOf < 0 {
+		return nil, invalidArg("as_of", "%d is negative", q.AsOf)
+	}
+	if !v.Scannable() && q.IDs == nil {
+		return nil, invalidArg("ids", "view %s is read by id only: give ids", v.Name)
 	}
 	cols := slices.DeleteFunc(slices.Clone(q.Columns), func(c string) bool { return c == v.IDColumn })
 	if len(q.Columns) > 0 && len(cols) == 0 {
@@ -119,6 +152,8 @@ func arrowType(k featurestore.Kind) arrow.DataType {
 		return arrow.BinaryTypes.String
 	case featurestore.KindStringList:
 		return arrow.ListOf(arrow.BinaryTypes.String)
+	case featurestore.KindFloat:
+		return arrow.PrimitiveTypes.Float64
 	default:
 		return arrow.PrimitiveTypes.Int64
 	}
@@ -163,7 +198,12 @@ func (f *FlightServer) info(p *plan, d *flight.FlightDescriptor) (*flight.Flight
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	rows := f.store.Count(p.view)
+	var rows int64
+	if p.view != nil {
+		rows = f.store.Count(p.view)
+	} else {
+		rows = f.store.DeadLetterCount()
+	}
 	if p.q.IDs != nil {
 		rows = int64(len(p.q.IDs))
 	}
@@ -178,7 +218,10 @@ func (f *FlightServer) info(p *plan, d *flight.FlightDescriptor) (*flight.Flight
 
 // ListFlights lists every feature view with its schema and row count.
 func (f *FlightServer) ListFlights(_ *flight.Criteria, stream flight.FlightService_ListFlightsServer) error {
-	for _, v := range featurestore.Views() {
+	for _, v := range f.store.Definitions().Views {
+		if !v.Scannable() {
+			continue
+		}
 		p, err := f.planQuery(flightQuery{View: v.Name})
 		if err != nil {
 			return err
@@ -191,7 +234,15 @@ func (f *FlightServer) ListFlights(_ *flight.Criteria, stream flight.FlightServi
 			return err
 		}
 	}
-	return nil
+	p, err := f.planQuery(flightQuery{View: deadLettersView})
+	if err != nil {
+		return err
+	}
+	info, err := f.info(p, &flight.FlightDescriptor{Type: flight.DescriptorPATH, Path: []string{deadLettersView}})
+	if err != nil {
+		return err
+	}
+	return stream.Send(info)
 }
 
 // GetFlightInfo returns the schema, row count and ticket of a view or query.
@@ -226,6 +277,9 @@ func (f *FlightServer) DoGet(t *flight.Ticket, stream flight.FlightService_DoGet
 	}
 	w := flight.NewRecordWriter(stream, ipc.WithSchema(p.schema), ipc.WithAllocator(f.mem))
 	defer w.Close()
+	if p.view == nil {
+		return f.doGetDeadLetters(w)
+	}
 	bb := newBatchBuilder(f.mem, p)
 	defer bb.release()
 	ctx := stream.Context()
@@ -239,8 +293,9 @@ func (f *FlightServer) DoGet(t *flight.Ticket, stream flight.FlightService_DoGet
 		}
 		return bb.flush(w)
 	}
+	rt := f.store.At(p.q.AsOf)
 	if p.q.IDs != nil {
-		rows, err := f.store.Get(p.view, p.q.IDs, p.idx)
+		rows, err := f.store.Get(p.view, p.q.IDs, p.idx, rt)
 		if err != nil {
 			return toStatus(err)
 		}
@@ -249,7 +304,7 @@ func (f *FlightServer) DoGet(t *flight.Ticket, stream flight.FlightService_DoGet
 				return toStatus(err)
 			}
 		}
-	} else if err := f.store.Scan(p.view, "", "", p.idx, emit); err != nil {
+	} else if err := f.store.Scan(p.view, "", "", p.idx, rt, emit); err != nil {
 		return toStatus(err)
 	}
 	if bb.rows > 0 {
@@ -276,11 +331,14 @@ func (bb *batchBuilder) append(row *featurestore.Row) {
 	for j, i := range bb.p.idx {
 		fb := bb.b.Field(j + 1)
 		val := &row.Values[j]
-		if !row.Found || !val.Present {
+		if val.Status != featurestore.StatusPresent {
 			fb.AppendNull()
 			continue
 		}
 		switch bb.p.view.Features[i].Kind {
+		case featurestore.KindFloat:
+			fb.(*array.Float64Builder).Append(val.Float)
+			bb.bytes += 8
 		case featurestore.KindInt:
 			fb.(*array.Int64Builder).Append(val.Int)
 			bb.bytes += 8
@@ -315,3 +373,31 @@ func (bb *batchBuilder) flush(w *flight.Writer) error {
 }
 
 func (bb *batchBuilder) release() { bb.b.Release() }
+
+// doGetDeadLetters streams the dead letters, newest first, in one batch of
+// at most maxDeadLetterRows rows.
+func (f *FlightServer) doGetDeadLetters(w *flight.Writer) error {
+	dead, err := decodeDeadLetters(f.store, maxDeadLetterRows)
+	if err != nil {
+		return err
+	}
+	b := array.NewRecordBuilder(f.mem, deadLettersSchema)
+	defer b.Release()
+	for i, d := range dead {
+		ev := d.GetEvent()
+		b.Field(0).(*array.TimestampBuilder).Append(arrow.Timestamp(d.GetReceivedAt().AsTime().UnixMilli()))
+		for j, s := range []string{d.Code, d.Reason, ev.GetEventId(), ev.GetUserId(), ev.GetItemId(), ev.GetCategoryId(), ev.GetBehavior()} {
+			b.Field(1 + j).(*array.StringBuilder).Append(s)
+		}
+		b.Field(8).(*array.Int64Builder).Append(ev.GetTs())
+		if (i+1)%f.batchRows == 0 || i == len(dead)-1 {
+			rec := b.NewRecord()
+			err := w.Write(rec)
+			rec.Release()
+			if err != nil {
+				return toStatus(err)
+			}
+		}
+	}
+	return nil
+}

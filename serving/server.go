@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -163,7 +165,7 @@ func (s *Server) GetUserFeatures(ctx context.Context, req *recsysv1.GetUserFeatu
 	if err := checkID("user_id", req.GetUserId()); err != nil {
 		return nil, err
 	}
-	resp, err := s.getFeatures(featurestore.UserView, []string{req.UserId}, req.Features)
+	resp, err := s.getFeatures("user_features", []string{req.UserId}, req.Features, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -175,7 +177,7 @@ func (s *Server) GetItemFeatures(ctx context.Context, req *recsysv1.GetItemFeatu
 	if err := checkID("item_id", req.GetItemId()); err != nil {
 		return nil, err
 	}
-	resp, err := s.getFeatures(featurestore.ItemView, []string{req.ItemId}, req.Features)
+	resp, err := s.getFeatures("item_features", []string{req.ItemId}, req.Features, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -185,11 +187,13 @@ func (s *Server) GetItemFeatures(ctx context.Context, req *recsysv1.GetItemFeatu
 // GetFeatures implements FeatureService.GetFeatures.
 func (s *Server) GetFeatures(ctx context.Context, req *recsysv1.GetFeaturesRequest) (*recsysv1.GetFeaturesResponse, error) {
 	if req.GetView() == "" {
-		return nil, invalidArg("view", "required (user_features or item_features)")
+		return nil, invalidArg("view", "required (see GET /v1/feature-views)")
 	}
-	v, err := featurestore.LookupView(req.View)
-	if err != nil {
-		return nil, invalidArg("view", "unknown view %q (want user_features or item_features)", req.View)
+	if _, err := s.store.Definitions().View(req.View); err != nil {
+		return nil, invalidArg("view", "%s", trimPkg(err))
+	}
+	if req.AsOf < 0 {
+		return nil, invalidArg("as_of", "%d is negative", req.AsOf)
 	}
 	switch {
 	case len(req.Ids) == 0:
@@ -202,15 +206,19 @@ func (s *Server) GetFeatures(ctx context.Context, req *recsysv1.GetFeaturesReque
 			return nil, err
 		}
 	}
-	return s.getFeatures(v, req.Ids, req.Features)
+	return s.getFeatures(req.View, req.Ids, req.Features, req.AsOf)
 }
 
-func (s *Server) getFeatures(v *featurestore.View, ids, names []string) (*recsysv1.GetFeaturesResponse, error) {
+func (s *Server) getFeatures(view string, ids, names []string, asOf int64) (*recsysv1.GetFeaturesResponse, error) {
+	v, err := s.store.Definitions().View(view)
+	if err != nil {
+		return nil, toStatus(err)
+	}
 	idx, err := v.Resolve(names)
 	if err != nil {
 		return nil, invalidArg("features", "%s", trimPkg(err))
 	}
-	rows, err := s.store.Get(v, ids, idx)
+	rows, err := s.store.Get(v, ids, idx, s.store.At(asOf))
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -219,22 +227,25 @@ func (s *Server) getFeatures(v *featurestore.View, ids, names []string) (*recsys
 		row := &rows[r]
 		ent := &recsysv1.EntityFeatures{Id: row.ID, Features: make([]*recsysv1.FeatureValue, len(idx))}
 		for j, i := range idx {
-			ent.Features[j] = featureValue(v.Features[i], row.Found, &row.Values[j])
+			ent.Features[j] = featureValue(v.Features[i], &row.Values[j])
 		}
 		resp.Entities[r] = ent
 	}
 	return resp, nil
 }
 
-func featureValue(f featurestore.Feature, found bool, val *featurestore.Value) *recsysv1.FeatureValue {
-	fv := &recsysv1.FeatureValue{Name: f.Name}
-	if !found || !val.Present {
-		fv.Status = "not_found"
+func featureValue(f featurestore.Feature, val *featurestore.Value) *recsysv1.FeatureValue {
+	fv := &recsysv1.FeatureValue{Name: f.Name, Status: val.Status.String()}
+	if val.Status != featurestore.StatusPresent {
 		fv.Value = structpb.NewNullValue()
+		if val.EventTS > 0 {
+			fv.EventTime = timestamppb.New(msTime(val.EventTS))
+		}
 		return fv
 	}
-	fv.Status = "present"
 	switch f.Kind {
+	case featurestore.KindFloat:
+		fv.Value = structpb.NewNumberValue(val.Float)
 	case featurestore.KindInt, featurestore.KindTimestamp:
 		fv.Value = structpb.NewNumberValue(float64(val.Int))
 	case featurestore.KindString:
@@ -250,6 +261,26 @@ func featureValue(f featurestore.Feature, found bool, val *featurestore.Value) *
 		fv.EventTime = timestamppb.New(msTime(val.EventTS))
 	}
 	return fv
+}
+
+// ListFeatureViews implements FeatureService.ListFeatureViews.
+func (s *Server) ListFeatureViews(context.Context, *recsysv1.ListFeatureViewsRequest) (*recsysv1.ListFeatureViewsResponse, error) {
+	resp := &recsysv1.ListFeatureViewsResponse{}
+	for _, v := range s.store.Definitions().Views {
+		fv := &recsysv1.FeatureView{Name: v.Name, Entity: v.Entity, IdColumn: v.IDColumn}
+		if v.TTL > 0 {
+			fv.Ttl = featurestore.FormatDuration(v.TTL)
+		}
+		for _, f := range v.Features {
+			fi := &recsysv1.FeatureInfo{Name: f.Name, Type: f.Kind.String(), Aggregation: f.Agg, Versioned: f.Versioned(), Description: f.Doc}
+			if f.Window > 0 {
+				fi.Window = featurestore.FormatDuration(time.Duration(f.Window) * time.Millisecond)
+			}
+			fv.Features = append(fv.Features, fi)
+		}
+		resp.Views = append(resp.Views, fv)
+	}
+	return resp, nil
 }
 
 // Recommend implements RecommendService.Recommend.
@@ -279,9 +310,43 @@ func (s *Server) PopularItems(ctx context.Context, req *recsysv1.PopularItemsReq
 	if err != nil {
 		return nil, err
 	}
-	items, err := s.rec.popular(req.Category, k, nil)
+	if req.Window == "" {
+		if req.By != "" || req.AsOf != 0 {
+			return nil, invalidArg("window", "required with by and as_of")
+		}
+		items, err := s.rec.popular(req.Category, k, nil)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		return &recsysv1.PopularItemsResponse{Items: items}, nil
+	}
+	w, err := featurestore.ParseDuration(req.Window)
+	if err != nil || w <= 0 || w%time.Hour != 0 || w > 7*24*time.Hour {
+		return nil, invalidArg("window", "%q is not a whole number of hours up to 7d", req.Window)
+	}
+	weighted, by := true, featurestore.BehaviorView
+	if req.By != "" && req.By != "weighted" {
+		b, ok := featurestore.ParseBehavior(req.By)
+		if !ok {
+			return nil, invalidArg("by", "%q is not weighted, view, cart, fav or purchase", req.By)
+		}
+		weighted, by = false, b
+	}
+	if req.AsOf < 0 {
+		return nil, invalidArg("as_of", "%d is negative", req.AsOf)
+	}
+	rt := s.store.At(req.AsOf)
+	top, err := s.store.TopItems(req.Category, rt.AsOf, w.Milliseconds(), k, weighted, by)
 	if err != nil {
 		return nil, toStatus(err)
+	}
+	reason := "top in the last " + req.Window
+	if req.Category != "" {
+		reason += " in category " + req.Category
+	}
+	items := make([]*recsysv1.ScoredItem, len(top))
+	for i, t := range top {
+		items[i] = &recsysv1.ScoredItem{ItemId: t.ItemID, Score: t.Score, Reason: reason}
 	}
 	return &recsysv1.PopularItemsResponse{Items: items}, nil
 }
@@ -299,6 +364,7 @@ func (s *Server) k(k int32) (int, error) {
 // GetStats implements AdminService.GetStats.
 func (s *Server) GetStats(ctx context.Context, _ *recsysv1.GetStatsRequest) (*recsysv1.GetStatsResponse, error) {
 	st := s.store.Stats()
+	maxTS, wm := s.upd.Watermark()
 	return &recsysv1.GetStatsResponse{
 		LogEndOffset:      int64(s.upd.LogEnd()),
 		AppliedOffset:     int64(st.AppliedOffset),
@@ -306,7 +372,45 @@ func (s *Server) GetStats(ctx context.Context, _ *recsysv1.GetStatsRequest) (*re
 		DuplicatesSkipped: st.Duplicates,
 		Users:             st.Users,
 		Items:             st.Items,
+		MaxEventTs:        maxTS,
+		Watermark:         wm,
+		DeadLetters:       s.store.DeadLetterCount(),
 	}, nil
+}
+
+// ListDeadLetters implements AdminService.ListDeadLetters.
+func (s *Server) ListDeadLetters(ctx context.Context, req *recsysv1.ListDeadLettersRequest) (*recsysv1.ListDeadLettersResponse, error) {
+	limit := int(req.GetLimit())
+	switch {
+	case limit == 0:
+		limit = 100
+	case limit < 0 || limit > 10_000:
+		return nil, invalidArg("limit", "%d is outside 1 to 10000", limit)
+	}
+	dead, err := s.deadLetters(limit)
+	if err != nil {
+		return nil, err
+	}
+	return &recsysv1.ListDeadLettersResponse{DeadLetters: dead, Total: s.store.DeadLetterCount()}, nil
+}
+
+func (s *Server) deadLetters(limit int) ([]*recsysv1.DeadLetter, error) {
+	return decodeDeadLetters(s.store, limit)
+}
+
+func decodeDeadLetters(st *featurestore.Store, limit int) ([]*recsysv1.DeadLetter, error) {
+	recs, err := st.DeadLetters(limit)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := make([]*recsysv1.DeadLetter, len(recs))
+	for i, r := range recs {
+		out[i] = new(recsysv1.DeadLetter)
+		if err := proto.Unmarshal(r, out[i]); err != nil {
+			return nil, toStatus(fmt.Errorf("dead letter: %w", err))
+		}
+	}
+	return out, nil
 }
 
 // checkID validates a request id with the ingest rules.

@@ -46,7 +46,7 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := featurestore.Open("state", featurestore.Options{FS: fs})
+	st, err := featurestore.Open("state", featurestore.Options{FS: fs, Clock: "event"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -53,6 +53,25 @@ def recsys_bin() -> str:
     return path
 
 
+_LONG_TTL: Path | None = None
+
+
+def long_ttl_features() -> Path:
+    """The default feature definitions with every TTL set to 10 years."""
+    global _LONG_TTL
+    if _LONG_TTL is None:
+        import re
+        import tempfile
+        text = (REPO / "featurestore/features.yaml").read_text()
+        text, n = re.subn(r"ttl: \w+", "ttl: 3650d", text)
+        assert n >= 2, "featurestore/features.yaml has no ttl to override"
+        fd, name = tempfile.mkstemp(prefix="recsys-features-", suffix=".yaml")
+        os.write(fd, text.encode())
+        os.close(fd)
+        _LONG_TTL = Path(name)
+    return _LONG_TTL
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -129,6 +148,15 @@ class Server:
             "--http.addr", self._addr(self.http_port),
             "--grpc.addr", self._addr(self.grpc_port),
             "--flight.addr", self._addr(self.flight_port),
+            # The tests replay historical data (Taobao 2017, fixed test times):
+            # read on the event clock, as if live.
+            "--clock", "event",
+            # Most tests send events in no particular time order; late-data
+            # tests override this (a later flag wins).
+            "--ingest.allowed-lateness", "87600h",
+            # ... and expect lifetime values years later: the default views
+            # with a 10-year TTL.
+            "--features", str(long_ttl_features()),
             *self.extra_args,
         ]
 

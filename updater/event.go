@@ -37,6 +37,7 @@ const (
 	CodeUnknownBehavior  = "unknown_behavior"
 	CodeTooOld           = "too_old"
 	CodeFuture           = "future"
+	CodeLate             = "late"
 	CodeMalformed        = "malformed"
 	CodeUnknownField     = "unknown_field"
 )

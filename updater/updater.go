@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/streamrec/recsys/featurestore"
 	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
@@ -24,6 +25,9 @@ type Options struct {
 	// MaxFutureSkew is how far past the clock an event time may be.
 	// Default 5m.
 	MaxFutureSkew time.Duration
+	// AllowedLateness is how far behind the newest event time an event may
+	// be: older events are rejected as late. Default 1h.
+	AllowedLateness time.Duration
 	// Now is the wall clock. Default time.Now.
 	Now func() time.Time
 }
@@ -37,6 +41,9 @@ func (o *Options) ensureDefaults() {
 	}
 	if o.MaxFutureSkew <= 0 {
 		o.MaxFutureSkew = 5 * time.Minute
+	}
+	if o.AllowedLateness <= 0 {
+		o.AllowedLateness = time.Hour
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -54,12 +61,15 @@ type Updater struct {
 		sync.Mutex
 		applied chan struct{} // closed and replaced after each applied batch
 	}
+	// ingestMu orders the watermark check of concurrent ingests.
+	ingestMu sync.Mutex
+	maxTS    int64 // newest event time accepted; guarded by ingestMu
 }
 
 // New returns an Updater over log and store. Call Run to apply.
 func New(log *eventlog.Log, store *featurestore.Store, opts Options) *Updater {
 	opts.ensureDefaults()
-	u := &Updater{log: log, store: store, opts: opts}
+	u := &Updater{log: log, store: store, opts: opts, maxTS: store.Stats().MaxTS}
 	u.mu.applied = make(chan struct{})
 	return u
 }
@@ -80,21 +90,41 @@ func (u *Updater) Ingest(ctx context.Context, events []*recsysv1.Event, index []
 	var res IngestResult
 	now := u.opts.Now()
 	recs := make([][]byte, 0, len(events))
+	var dead [][]byte
+	u.ingestMu.Lock()
 	for i, ev := range events {
 		pos := i
 		if index != nil {
 			pos = index[i]
 		}
 		norm, ferr := Normalize(ev, now, u.opts.MaxFutureSkew)
+		if ferr == nil && norm.TS < u.maxTS-u.opts.AllowedLateness.Milliseconds() {
+			ferr = fieldErr("ts", CodeLate, "%s is older than the watermark %s (newest event time %s minus the allowed lateness %s)",
+				fmtTS(norm.TS), fmtTS(u.maxTS-u.opts.AllowedLateness.Milliseconds()), fmtTS(u.maxTS), u.opts.AllowedLateness)
+		}
 		if ferr != nil {
 			res.Rejected = append(res.Rejected, rejection(pos, ferr))
+			if ferr.Code == CodeLate || ferr.Code == CodeFuture {
+				d, err := proto.Marshal(&recsysv1.DeadLetter{Event: ev, Code: ferr.Code, Reason: ferr.Error(), ReceivedAt: timestamppb.New(now)})
+				if err != nil {
+					u.ingestMu.Unlock()
+					return IngestResult{}, fmt.Errorf("ingest: encode dead letter: %w", err)
+				}
+				dead = append(dead, d)
+			}
 			continue
 		}
+		u.maxTS = max(u.maxTS, norm.TS)
 		rec, err := proto.Marshal(toProto(&norm))
 		if err != nil {
+			u.ingestMu.Unlock()
 			return IngestResult{}, fmt.Errorf("ingest: encode event %d: %w", pos, err)
 		}
 		recs = append(recs, rec)
+	}
+	u.ingestMu.Unlock()
+	if err := u.store.AddDeadLetters(now.UnixMilli(), dead); err != nil {
+		return IngestResult{}, fmt.Errorf("ingest: %w", err)
 	}
 	if len(recs) == 0 {
 		res.End = u.log.End()
@@ -108,6 +138,16 @@ func (u *Updater) Ingest(ctx context.Context, events []*recsysv1.Event, index []
 	res.End = first + uint64(len(recs))
 	return res, nil
 }
+
+// Watermark returns the newest event time accepted and the watermark:
+// events older than the watermark are rejected as late.
+func (u *Updater) Watermark() (maxTS, watermark int64) {
+	u.ingestMu.Lock()
+	defer u.ingestMu.Unlock()
+	return u.maxTS, u.maxTS - u.opts.AllowedLateness.Milliseconds()
+}
+
+func fmtTS(ms int64) string { return time.UnixMilli(ms).UTC().Format(time.RFC3339Nano) }
 
 // LogEnd is the offset after the last durable event.
 func (u *Updater) LogEnd() uint64 { return u.log.End() }

@@ -85,7 +85,7 @@ func bench(ctx context.Context, o *benchOpts) error {
 		evs = append(evs, &recsysv1.Event{UserId: ev.UserID, ItemId: ev.ItemID, CategoryId: ev.CategoryID, Behavior: ev.Behavior, Ts: ev.TS})
 	}
 
-	eng, err := openEngine(dir, logger)
+	eng, err := openEngine(dir, storeConfig{Clock: "wall"}, time.Hour, logger)
 	if err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
 	"go.yaml.in/yaml/v3"
@@ -28,14 +29,34 @@ type config struct {
 		Addr string `yaml:"addr"`
 	} `yaml:"flight"`
 	Ingest struct {
-		MaxBatch     int   `yaml:"max-batch"`
-		MaxBodyBytes int64 `yaml:"max-body-bytes"`
+		MaxBatch        int           `yaml:"max-batch"`
+		MaxBodyBytes    int64         `yaml:"max-body-bytes"`
+		AllowedLateness time.Duration `yaml:"allowed-lateness"`
 	} `yaml:"ingest"`
+	Store storeConfig `yaml:",inline"`
 	Demo struct {
 		Enabled bool `yaml:"enabled"`
 		Events  int  `yaml:"events"`
 	} `yaml:"demo"`
 	Log logConfig `yaml:"log"`
+}
+
+// storeConfig configures the feature engine of a data dir.
+type storeConfig struct {
+	Features string `yaml:"features"`
+	Clock    string `yaml:"clock"`
+}
+
+func (c *storeConfig) bindFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&c.Features, "features", "", "feature definitions file (default: the built-in features.yaml)")
+	fs.StringVar(&c.Clock, "clock", "wall", "read clock: wall, or event (the newest event time, for replays of historical data)")
+}
+
+func (c *storeConfig) validate() error {
+	if c.Clock != "wall" && c.Clock != "event" {
+		return fmt.Errorf("clock: %q is neither wall nor event", c.Clock)
+	}
+	return nil
 }
 
 type logConfig struct {
@@ -50,8 +71,10 @@ func (c *config) bindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.Flight.Addr, "flight.addr", ":8815", "Arrow Flight listen address")
 	fs.IntVar(&c.Ingest.MaxBatch, "ingest.max-batch", 10_000, "most events in one ingest request")
 	fs.Int64Var(&c.Ingest.MaxBodyBytes, "ingest.max-body-bytes", 16<<20, "largest REST request body in bytes")
+	fs.DurationVar(&c.Ingest.AllowedLateness, "ingest.allowed-lateness", time.Hour, "events older than the newest event time minus this are rejected as late")
 	fs.BoolVar(&c.Demo.Enabled, "demo", false, "load the synthetic demo stream on first start (empty log)")
 	fs.IntVar(&c.Demo.Events, "demo.events", 200_000, "events in the demo stream")
+	c.Store.bindFlags(fs)
 	c.Log.bindFlags(fs)
 }
 
@@ -68,8 +91,13 @@ func (c *config) validate() error {
 		return fmt.Errorf("ingest.max-batch: %d is not positive", c.Ingest.MaxBatch)
 	case c.Ingest.MaxBodyBytes <= 0:
 		return fmt.Errorf("ingest.max-body-bytes: %d is not positive", c.Ingest.MaxBodyBytes)
+	case c.Ingest.AllowedLateness <= 0:
+		return fmt.Errorf("ingest.allowed-lateness: %s is not positive", c.Ingest.AllowedLateness)
 	case c.Demo.Events <= 0:
 		return fmt.Errorf("demo.events: %d is not positive", c.Demo.Events)
+	}
+	if err := c.Store.validate(); err != nil {
+		return err
 	}
 	return c.Log.validate()
 }

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/streamrec/recsys/featurestore"
 	"github.com/streamrec/recsys/updater"
@@ -22,7 +23,14 @@ type engine struct {
 
 // openEngine opens (or creates) the data dir: <dir>/log holds the durable
 // event log, <dir>/state the feature store.
-func openEngine(dir string, logger *slog.Logger) (*engine, error) {
+func openEngine(dir string, sc storeConfig, lateness time.Duration, logger *slog.Logger) (*engine, error) {
+	defs := featurestore.DefaultDefinitions()
+	if sc.Features != "" {
+		var err error
+		if defs, err = featurestore.LoadDefinitions(sc.Features); err != nil {
+			return nil, err
+		}
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
@@ -30,7 +38,7 @@ func openEngine(dir string, logger *slog.Logger) (*engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := featurestore.Open(filepath.Join(dir, "state"), featurestore.Options{Logger: logger})
+	st, err := featurestore.Open(filepath.Join(dir, "state"), featurestore.Options{Logger: logger, Definitions: defs, Clock: sc.Clock})
 	if err != nil {
 		_ = lg.Close()
 		return nil, err
@@ -39,7 +47,7 @@ func openEngine(dir string, logger *slog.Logger) (*engine, error) {
 		_ = errors.Join(st.Close(), lg.Close())
 		return nil, fmt.Errorf("data dir %s: store applied offset %d is past the log end %d (log and state from different runs?)", dir, st.AppliedOffset(), lg.End())
 	}
-	return &engine{log: lg, store: st, upd: updater.New(lg, st, updater.Options{Logger: logger})}, nil
+	return &engine{log: lg, store: st, upd: updater.New(lg, st, updater.Options{Logger: logger, AllowedLateness: lateness})}, nil
 }
 
 func (e *engine) Close() error {

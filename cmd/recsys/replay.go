@@ -31,6 +31,8 @@ type replayOpts struct {
 	retryFor   time.Duration
 	progress   string
 	log        logConfig
+	store      storeConfig
+	lateness   time.Duration
 	maxSkew    time.Duration
 	httpClient *http.Client
 }
@@ -67,6 +69,8 @@ func replayCmd() *cobra.Command {
 	f.StringVar(&o.progress, "progress", "auto", "progress bar: auto (when stderr is a terminal), on or off")
 	f.DurationVar(&o.maxSkew, "max-future-skew", 5*time.Minute, "reject events this far past the wall clock")
 	o.log.bindFlags(f)
+	o.store.bindFlags(f)
+	f.DurationVar(&o.lateness, "ingest.allowed-lateness", time.Hour, "with --data.dir: events older than the newest event time minus this are rejected as late")
 	return cmd
 }
 
@@ -109,7 +113,7 @@ func replay(ctx context.Context, o *replayOpts, files []string) error {
 	if o.target != "" {
 		snk = &httpSink{url: strings.TrimRight(o.target, "/") + "/v1/events", retryFor: o.retryFor, client: &http.Client{Timeout: time.Minute}, logger: logger}
 	} else {
-		eng, err := openEngine(o.dataDir, logger)
+		eng, err := openEngine(o.dataDir, o.store, o.lateness, logger)
 		if err != nil {
 			return err
 		}

@@ -47,7 +47,7 @@ const shutdownTimeout = 15 * time.Second
 
 func serve(ctx context.Context, cfg *config) error {
 	logger := cfg.Log.logger()
-	eng, err := openEngine(cfg.Data.Dir, logger)
+	eng, err := openEngine(cfg.Data.Dir, cfg.Store, cfg.Ingest.AllowedLateness, logger)
 	if err != nil {
 		return err
 	}

@@ -173,8 +173,8 @@ type Rejection struct {
 	// "behavior: unknown value \"click\" (want view, cart, fav, purchase, pv or buy)".
 	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	// Stable machine-readable kind: missing, too_long, invalid_utf8,
-	// control_character, unknown_behavior, too_old, future, malformed,
-	// unknown_field.
+	// control_character, unknown_behavior, too_old, future, late, malformed,
+	// unknown_field. Late and future events are kept as dead letters.
 	Code          string `protobuf:"bytes,4,opt,name=code,proto3" json:"code,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -298,7 +298,8 @@ type FeatureValue struct {
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// A number, a string or a list of strings; null when not found.
 	Value *structpb.Value `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
-	// "present" or "not_found".
+	// "present", "not_found", "expired" (past the view's TTL) or
+	// "not_versioned" (read as of a past time, and the feature keeps no history).
 	Status string `protobuf:"bytes,3,opt,name=status,proto3" json:"status,omitempty"`
 	// Event time of the last update of this value.
 	EventTime     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=event_time,json=eventTime,proto3" json:"event_time,omitempty"`
@@ -523,12 +524,14 @@ func (x *GetItemFeaturesRequest) GetFeatures() []string {
 
 type GetFeaturesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// "user_features" or "item_features".
+	// A view of GET /v1/feature-views, such as "user_features".
 	View string `protobuf:"bytes,1,opt,name=view,proto3" json:"view,omitempty"`
 	// Entity ids, at most 1,000.
 	Ids []string `protobuf:"bytes,2,rep,name=ids,proto3" json:"ids,omitempty"`
 	// Optional subset of feature names; all when empty.
-	Features      []string `protobuf:"bytes,3,rep,name=features,proto3" json:"features,omitempty"`
+	Features []string `protobuf:"bytes,3,rep,name=features,proto3" json:"features,omitempty"`
+	// Optional event time (Unix ms) to read window features as of; 0 means now.
+	AsOf          int64 `protobuf:"varint,4,opt,name=as_of,json=asOf,proto3" json:"as_of,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -584,6 +587,13 @@ func (x *GetFeaturesRequest) GetFeatures() []string {
 	return nil
 }
 
+func (x *GetFeaturesRequest) GetAsOf() int64 {
+	if x != nil {
+		return x.AsOf
+	}
+	return 0
+}
+
 type GetFeaturesResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	View  string                 `protobuf:"bytes,1,opt,name=view,proto3" json:"view,omitempty"`
@@ -637,6 +647,251 @@ func (x *GetFeaturesResponse) GetEntities() []*EntityFeatures {
 	return nil
 }
 
+type FeatureInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// int64, float64, timestamp_ms, string or list<string>.
+	Type        string `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
+	Aggregation string `protobuf:"bytes,3,opt,name=aggregation,proto3" json:"aggregation,omitempty"`
+	// Window such as "1h", "24h", "7d"; empty for lifetime features.
+	Window string `protobuf:"bytes,4,opt,name=window,proto3" json:"window,omitempty"`
+	// Whether the feature can be read as of a past time.
+	Versioned     bool   `protobuf:"varint,5,opt,name=versioned,proto3" json:"versioned,omitempty"`
+	Description   string `protobuf:"bytes,6,opt,name=description,proto3" json:"description,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FeatureInfo) Reset() {
+	*x = FeatureInfo{}
+	mi := &file_recsys_v1_recsys_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FeatureInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FeatureInfo) ProtoMessage() {}
+
+func (x *FeatureInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_recsys_v1_recsys_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FeatureInfo.ProtoReflect.Descriptor instead.
+func (*FeatureInfo) Descriptor() ([]byte, []int) {
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *FeatureInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *FeatureInfo) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *FeatureInfo) GetAggregation() string {
+	if x != nil {
+		return x.Aggregation
+	}
+	return ""
+}
+
+func (x *FeatureInfo) GetWindow() string {
+	if x != nil {
+		return x.Window
+	}
+	return ""
+}
+
+func (x *FeatureInfo) GetVersioned() bool {
+	if x != nil {
+		return x.Versioned
+	}
+	return false
+}
+
+func (x *FeatureInfo) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+type FeatureView struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// user, item or category.
+	Entity   string `protobuf:"bytes,2,opt,name=entity,proto3" json:"entity,omitempty"`
+	IdColumn string `protobuf:"bytes,3,opt,name=id_column,json=idColumn,proto3" json:"id_column,omitempty"`
+	// Time to live, such as "7d": entities without events for longer read as expired.
+	Ttl           string         `protobuf:"bytes,4,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	Features      []*FeatureInfo `protobuf:"bytes,5,rep,name=features,proto3" json:"features,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FeatureView) Reset() {
+	*x = FeatureView{}
+	mi := &file_recsys_v1_recsys_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FeatureView) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FeatureView) ProtoMessage() {}
+
+func (x *FeatureView) ProtoReflect() protoreflect.Message {
+	mi := &file_recsys_v1_recsys_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FeatureView.ProtoReflect.Descriptor instead.
+func (*FeatureView) Descriptor() ([]byte, []int) {
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *FeatureView) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *FeatureView) GetEntity() string {
+	if x != nil {
+		return x.Entity
+	}
+	return ""
+}
+
+func (x *FeatureView) GetIdColumn() string {
+	if x != nil {
+		return x.IdColumn
+	}
+	return ""
+}
+
+func (x *FeatureView) GetTtl() string {
+	if x != nil {
+		return x.Ttl
+	}
+	return ""
+}
+
+func (x *FeatureView) GetFeatures() []*FeatureInfo {
+	if x != nil {
+		return x.Features
+	}
+	return nil
+}
+
+type ListFeatureViewsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFeatureViewsRequest) Reset() {
+	*x = ListFeatureViewsRequest{}
+	mi := &file_recsys_v1_recsys_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFeatureViewsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFeatureViewsRequest) ProtoMessage() {}
+
+func (x *ListFeatureViewsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_recsys_v1_recsys_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFeatureViewsRequest.ProtoReflect.Descriptor instead.
+func (*ListFeatureViewsRequest) Descriptor() ([]byte, []int) {
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{12}
+}
+
+type ListFeatureViewsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Views         []*FeatureView         `protobuf:"bytes,1,rep,name=views,proto3" json:"views,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFeatureViewsResponse) Reset() {
+	*x = ListFeatureViewsResponse{}
+	mi := &file_recsys_v1_recsys_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFeatureViewsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFeatureViewsResponse) ProtoMessage() {}
+
+func (x *ListFeatureViewsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_recsys_v1_recsys_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFeatureViewsResponse.ProtoReflect.Descriptor instead.
+func (*ListFeatureViewsResponse) Descriptor() ([]byte, []int) {
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ListFeatureViewsResponse) GetViews() []*FeatureView {
+	if x != nil {
+		return x.Views
+	}
+	return nil
+}
+
 type ScoredItem struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	ItemId string                 `protobuf:"bytes,1,opt,name=item_id,json=itemId,proto3" json:"item_id,omitempty"`
@@ -649,7 +904,7 @@ type ScoredItem struct {
 
 func (x *ScoredItem) Reset() {
 	*x = ScoredItem{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[10]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -661,7 +916,7 @@ func (x *ScoredItem) String() string {
 func (*ScoredItem) ProtoMessage() {}
 
 func (x *ScoredItem) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[10]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -674,7 +929,7 @@ func (x *ScoredItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScoredItem.ProtoReflect.Descriptor instead.
 func (*ScoredItem) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{10}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ScoredItem) GetItemId() string {
@@ -713,7 +968,7 @@ type RecommendRequest struct {
 
 func (x *RecommendRequest) Reset() {
 	*x = RecommendRequest{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[11]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -725,7 +980,7 @@ func (x *RecommendRequest) String() string {
 func (*RecommendRequest) ProtoMessage() {}
 
 func (x *RecommendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[11]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -738,7 +993,7 @@ func (x *RecommendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecommendRequest.ProtoReflect.Descriptor instead.
 func (*RecommendRequest) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{11}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RecommendRequest) GetUserId() string {
@@ -779,7 +1034,7 @@ type RecommendResponse struct {
 
 func (x *RecommendResponse) Reset() {
 	*x = RecommendResponse{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[12]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -791,7 +1046,7 @@ func (x *RecommendResponse) String() string {
 func (*RecommendResponse) ProtoMessage() {}
 
 func (x *RecommendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[12]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -804,7 +1059,7 @@ func (x *RecommendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecommendResponse.ProtoReflect.Descriptor instead.
 func (*RecommendResponse) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{12}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RecommendResponse) GetItems() []*ScoredItem {
@@ -822,16 +1077,23 @@ func (x *RecommendResponse) GetModelVersion() string {
 }
 
 type PopularItemsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	K             int32                  `protobuf:"varint,1,opt,name=k,proto3" json:"k,omitempty"`
-	Category      string                 `protobuf:"bytes,2,opt,name=category,proto3" json:"category,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	K        int32                  `protobuf:"varint,1,opt,name=k,proto3" json:"k,omitempty"`
+	Category string                 `protobuf:"bytes,2,opt,name=category,proto3" json:"category,omitempty"`
+	// Optional window such as "1h" (whole hours): rank by counts in the
+	// window instead of by decayed popularity.
+	Window string `protobuf:"bytes,3,opt,name=window,proto3" json:"window,omitempty"`
+	// With window: "weighted" (default) or a behavior such as "view".
+	By string `protobuf:"bytes,4,opt,name=by,proto3" json:"by,omitempty"`
+	// With window: the event time (Unix ms) the window ends at; 0 means now.
+	AsOf          int64 `protobuf:"varint,5,opt,name=as_of,json=asOf,proto3" json:"as_of,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PopularItemsRequest) Reset() {
 	*x = PopularItemsRequest{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[13]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -843,7 +1105,7 @@ func (x *PopularItemsRequest) String() string {
 func (*PopularItemsRequest) ProtoMessage() {}
 
 func (x *PopularItemsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[13]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -856,7 +1118,7 @@ func (x *PopularItemsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PopularItemsRequest.ProtoReflect.Descriptor instead.
 func (*PopularItemsRequest) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{13}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PopularItemsRequest) GetK() int32 {
@@ -873,6 +1135,27 @@ func (x *PopularItemsRequest) GetCategory() string {
 	return ""
 }
 
+func (x *PopularItemsRequest) GetWindow() string {
+	if x != nil {
+		return x.Window
+	}
+	return ""
+}
+
+func (x *PopularItemsRequest) GetBy() string {
+	if x != nil {
+		return x.By
+	}
+	return ""
+}
+
+func (x *PopularItemsRequest) GetAsOf() int64 {
+	if x != nil {
+		return x.AsOf
+	}
+	return 0
+}
+
 type PopularItemsResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Items         []*ScoredItem          `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
@@ -882,7 +1165,7 @@ type PopularItemsResponse struct {
 
 func (x *PopularItemsResponse) Reset() {
 	*x = PopularItemsResponse{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[14]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -894,7 +1177,7 @@ func (x *PopularItemsResponse) String() string {
 func (*PopularItemsResponse) ProtoMessage() {}
 
 func (x *PopularItemsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[14]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -907,7 +1190,7 @@ func (x *PopularItemsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PopularItemsResponse.ProtoReflect.Descriptor instead.
 func (*PopularItemsResponse) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{14}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PopularItemsResponse) GetItems() []*ScoredItem {
@@ -925,7 +1208,7 @@ type GetStatsRequest struct {
 
 func (x *GetStatsRequest) Reset() {
 	*x = GetStatsRequest{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[15]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -937,7 +1220,7 @@ func (x *GetStatsRequest) String() string {
 func (*GetStatsRequest) ProtoMessage() {}
 
 func (x *GetStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[15]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -950,7 +1233,7 @@ func (x *GetStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatsRequest.ProtoReflect.Descriptor instead.
 func (*GetStatsRequest) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{15}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{19}
 }
 
 type GetStatsResponse struct {
@@ -963,13 +1246,18 @@ type GetStatsResponse struct {
 	DuplicatesSkipped int64 `protobuf:"varint,4,opt,name=duplicates_skipped,json=duplicatesSkipped,proto3" json:"duplicates_skipped,omitempty"`
 	Users             int64 `protobuf:"varint,5,opt,name=users,proto3" json:"users,omitempty"`
 	Items             int64 `protobuf:"varint,6,opt,name=items,proto3" json:"items,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Newest event time applied (Unix ms) and the watermark (it minus the
+	// allowed lateness): events older than the watermark are rejected as late.
+	MaxEventTs    int64 `protobuf:"varint,7,opt,name=max_event_ts,json=maxEventTs,proto3" json:"max_event_ts,omitempty"`
+	Watermark     int64 `protobuf:"varint,8,opt,name=watermark,proto3" json:"watermark,omitempty"`
+	DeadLetters   int64 `protobuf:"varint,9,opt,name=dead_letters,json=deadLetters,proto3" json:"dead_letters,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetStatsResponse) Reset() {
 	*x = GetStatsResponse{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[16]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -981,7 +1269,7 @@ func (x *GetStatsResponse) String() string {
 func (*GetStatsResponse) ProtoMessage() {}
 
 func (x *GetStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[16]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -994,7 +1282,7 @@ func (x *GetStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatsResponse.ProtoReflect.Descriptor instead.
 func (*GetStatsResponse) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{16}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetStatsResponse) GetLogEndOffset() int64 {
@@ -1039,6 +1327,196 @@ func (x *GetStatsResponse) GetItems() int64 {
 	return 0
 }
 
+func (x *GetStatsResponse) GetMaxEventTs() int64 {
+	if x != nil {
+		return x.MaxEventTs
+	}
+	return 0
+}
+
+func (x *GetStatsResponse) GetWatermark() int64 {
+	if x != nil {
+		return x.Watermark
+	}
+	return 0
+}
+
+func (x *GetStatsResponse) GetDeadLetters() int64 {
+	if x != nil {
+		return x.DeadLetters
+	}
+	return 0
+}
+
+// DeadLetter is an event rejected for its event time (late or future),
+// kept with the reason.
+type DeadLetter struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Event *Event                 `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	// "late" or "future".
+	Code          string                 `protobuf:"bytes,2,opt,name=code,proto3" json:"code,omitempty"`
+	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	ReceivedAt    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=received_at,json=receivedAt,proto3" json:"received_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeadLetter) Reset() {
+	*x = DeadLetter{}
+	mi := &file_recsys_v1_recsys_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeadLetter) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeadLetter) ProtoMessage() {}
+
+func (x *DeadLetter) ProtoReflect() protoreflect.Message {
+	mi := &file_recsys_v1_recsys_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeadLetter.ProtoReflect.Descriptor instead.
+func (*DeadLetter) Descriptor() ([]byte, []int) {
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *DeadLetter) GetEvent() *Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *DeadLetter) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+func (x *DeadLetter) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *DeadLetter) GetReceivedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ReceivedAt
+	}
+	return nil
+}
+
+type ListDeadLettersRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Most dead letters to return, newest first; 100 when 0, at most 10,000.
+	Limit         int32 `protobuf:"varint,1,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDeadLettersRequest) Reset() {
+	*x = ListDeadLettersRequest{}
+	mi := &file_recsys_v1_recsys_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDeadLettersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDeadLettersRequest) ProtoMessage() {}
+
+func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_recsys_v1_recsys_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDeadLettersRequest.ProtoReflect.Descriptor instead.
+func (*ListDeadLettersRequest) Descriptor() ([]byte, []int) {
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ListDeadLettersRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type ListDeadLettersResponse struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	DeadLetters []*DeadLetter          `protobuf:"bytes,1,rep,name=dead_letters,json=deadLetters,proto3" json:"dead_letters,omitempty"`
+	// Dead letters kept in all.
+	Total         int64 `protobuf:"varint,2,opt,name=total,proto3" json:"total,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDeadLettersResponse) Reset() {
+	*x = ListDeadLettersResponse{}
+	mi := &file_recsys_v1_recsys_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDeadLettersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDeadLettersResponse) ProtoMessage() {}
+
+func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_recsys_v1_recsys_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDeadLettersResponse.ProtoReflect.Descriptor instead.
+func (*ListDeadLettersResponse) Descriptor() ([]byte, []int) {
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ListDeadLettersResponse) GetDeadLetters() []*DeadLetter {
+	if x != nil {
+		return x.DeadLetters
+	}
+	return nil
+}
+
+func (x *ListDeadLettersResponse) GetTotal() int64 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
 var File_recsys_v1_recsys_proto protoreflect.FileDescriptor
 
 const file_recsys_v1_recsys_proto_rawDesc = "" +
@@ -1076,14 +1554,31 @@ const file_recsys_v1_recsys_proto_rawDesc = "" +
 	"\bfeatures\x18\x02 \x03(\tR\bfeatures\"M\n" +
 	"\x16GetItemFeaturesRequest\x12\x17\n" +
 	"\aitem_id\x18\x01 \x01(\tR\x06itemId\x12\x1a\n" +
-	"\bfeatures\x18\x02 \x03(\tR\bfeatures\"V\n" +
+	"\bfeatures\x18\x02 \x03(\tR\bfeatures\"k\n" +
 	"\x12GetFeaturesRequest\x12\x12\n" +
 	"\x04view\x18\x01 \x01(\tR\x04view\x12\x10\n" +
 	"\x03ids\x18\x02 \x03(\tR\x03ids\x12\x1a\n" +
-	"\bfeatures\x18\x03 \x03(\tR\bfeatures\"`\n" +
+	"\bfeatures\x18\x03 \x03(\tR\bfeatures\x12\x13\n" +
+	"\x05as_of\x18\x04 \x01(\x03R\x04asOf\"`\n" +
 	"\x13GetFeaturesResponse\x12\x12\n" +
 	"\x04view\x18\x01 \x01(\tR\x04view\x125\n" +
-	"\bentities\x18\x02 \x03(\v2\x19.recsys.v1.EntityFeaturesR\bentities\"S\n" +
+	"\bentities\x18\x02 \x03(\v2\x19.recsys.v1.EntityFeaturesR\bentities\"\xaf\x01\n" +
+	"\vFeatureInfo\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04type\x18\x02 \x01(\tR\x04type\x12 \n" +
+	"\vaggregation\x18\x03 \x01(\tR\vaggregation\x12\x16\n" +
+	"\x06window\x18\x04 \x01(\tR\x06window\x12\x1c\n" +
+	"\tversioned\x18\x05 \x01(\bR\tversioned\x12 \n" +
+	"\vdescription\x18\x06 \x01(\tR\vdescription\"\x9c\x01\n" +
+	"\vFeatureView\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06entity\x18\x02 \x01(\tR\x06entity\x12\x1b\n" +
+	"\tid_column\x18\x03 \x01(\tR\bidColumn\x12\x10\n" +
+	"\x03ttl\x18\x04 \x01(\tR\x03ttl\x122\n" +
+	"\bfeatures\x18\x05 \x03(\v2\x16.recsys.v1.FeatureInfoR\bfeatures\"\x19\n" +
+	"\x17ListFeatureViewsRequest\"H\n" +
+	"\x18ListFeatureViewsResponse\x12,\n" +
+	"\x05views\x18\x01 \x03(\v2\x16.recsys.v1.FeatureViewR\x05views\"S\n" +
 	"\n" +
 	"ScoredItem\x12\x17\n" +
 	"\aitem_id\x18\x01 \x01(\tR\x06itemId\x12\x14\n" +
@@ -1096,30 +1591,51 @@ const file_recsys_v1_recsys_proto_rawDesc = "" +
 	"\aexclude\x18\x04 \x03(\tR\aexclude\"e\n" +
 	"\x11RecommendResponse\x12+\n" +
 	"\x05items\x18\x01 \x03(\v2\x15.recsys.v1.ScoredItemR\x05items\x12#\n" +
-	"\rmodel_version\x18\x02 \x01(\tR\fmodelVersion\"?\n" +
+	"\rmodel_version\x18\x02 \x01(\tR\fmodelVersion\"|\n" +
 	"\x13PopularItemsRequest\x12\f\n" +
 	"\x01k\x18\x01 \x01(\x05R\x01k\x12\x1a\n" +
-	"\bcategory\x18\x02 \x01(\tR\bcategory\"C\n" +
+	"\bcategory\x18\x02 \x01(\tR\bcategory\x12\x16\n" +
+	"\x06window\x18\x03 \x01(\tR\x06window\x12\x0e\n" +
+	"\x02by\x18\x04 \x01(\tR\x02by\x12\x13\n" +
+	"\x05as_of\x18\x05 \x01(\x03R\x04asOf\"C\n" +
 	"\x14PopularItemsResponse\x12+\n" +
 	"\x05items\x18\x01 \x03(\v2\x15.recsys.v1.ScoredItemR\x05items\"\x11\n" +
-	"\x0fGetStatsRequest\"\xe1\x01\n" +
+	"\x0fGetStatsRequest\"\xc4\x02\n" +
 	"\x10GetStatsResponse\x12$\n" +
 	"\x0elog_end_offset\x18\x01 \x01(\x03R\flogEndOffset\x12%\n" +
 	"\x0eapplied_offset\x18\x02 \x01(\x03R\rappliedOffset\x12%\n" +
 	"\x0eevents_applied\x18\x03 \x01(\x03R\reventsApplied\x12-\n" +
 	"\x12duplicates_skipped\x18\x04 \x01(\x03R\x11duplicatesSkipped\x12\x14\n" +
 	"\x05users\x18\x05 \x01(\x03R\x05users\x12\x14\n" +
-	"\x05items\x18\x06 \x01(\x03R\x05items2M\n" +
+	"\x05items\x18\x06 \x01(\x03R\x05items\x12 \n" +
+	"\fmax_event_ts\x18\a \x01(\x03R\n" +
+	"maxEventTs\x12\x1c\n" +
+	"\twatermark\x18\b \x01(\x03R\twatermark\x12!\n" +
+	"\fdead_letters\x18\t \x01(\x03R\vdeadLetters\"\x9d\x01\n" +
+	"\n" +
+	"DeadLetter\x12&\n" +
+	"\x05event\x18\x01 \x01(\v2\x10.recsys.v1.EventR\x05event\x12\x12\n" +
+	"\x04code\x18\x02 \x01(\tR\x04code\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12;\n" +
+	"\vreceived_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"receivedAt\".\n" +
+	"\x16ListDeadLettersRequest\x12\x14\n" +
+	"\x05limit\x18\x01 \x01(\x05R\x05limit\"i\n" +
+	"\x17ListDeadLettersResponse\x128\n" +
+	"\fdead_letters\x18\x01 \x03(\v2\x15.recsys.v1.DeadLetterR\vdeadLetters\x12\x14\n" +
+	"\x05total\x18\x02 \x01(\x03R\x05total2M\n" +
 	"\fEventService\x12=\n" +
-	"\x06Ingest\x12\x18.recsys.v1.IngestRequest\x1a\x19.recsys.v1.IngestResponse2\x80\x02\n" +
+	"\x06Ingest\x12\x18.recsys.v1.IngestRequest\x1a\x19.recsys.v1.IngestResponse2\xdd\x02\n" +
 	"\x0eFeatureService\x12O\n" +
 	"\x0fGetUserFeatures\x12!.recsys.v1.GetUserFeaturesRequest\x1a\x19.recsys.v1.EntityFeatures\x12O\n" +
 	"\x0fGetItemFeatures\x12!.recsys.v1.GetItemFeaturesRequest\x1a\x19.recsys.v1.EntityFeatures\x12L\n" +
-	"\vGetFeatures\x12\x1d.recsys.v1.GetFeaturesRequest\x1a\x1e.recsys.v1.GetFeaturesResponse2\xab\x01\n" +
+	"\vGetFeatures\x12\x1d.recsys.v1.GetFeaturesRequest\x1a\x1e.recsys.v1.GetFeaturesResponse\x12[\n" +
+	"\x10ListFeatureViews\x12\".recsys.v1.ListFeatureViewsRequest\x1a#.recsys.v1.ListFeatureViewsResponse2\xab\x01\n" +
 	"\x10RecommendService\x12F\n" +
 	"\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12O\n" +
-	"\fPopularItems\x12\x1e.recsys.v1.PopularItemsRequest\x1a\x1f.recsys.v1.PopularItemsResponse2S\n" +
-	"\fAdminService\x12C\n" +
+	"\fPopularItems\x12\x1e.recsys.v1.PopularItemsRequest\x1a\x1f.recsys.v1.PopularItemsResponse2\xad\x01\n" +
+	"\fAdminService\x12X\n" +
+	"\x0fListDeadLetters\x12!.recsys.v1.ListDeadLettersRequest\x1a\".recsys.v1.ListDeadLettersResponse\x12C\n" +
 	"\bGetStats\x12\x1a.recsys.v1.GetStatsRequest\x1a\x1b.recsys.v1.GetStatsResponseB6Z4github.com/streamrec/recsys/proto/recsys/v1;recsysv1b\x06proto3"
 
 var (
@@ -1134,56 +1650,72 @@ func file_recsys_v1_recsys_proto_rawDescGZIP() []byte {
 	return file_recsys_v1_recsys_proto_rawDescData
 }
 
-var file_recsys_v1_recsys_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_recsys_v1_recsys_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_recsys_v1_recsys_proto_goTypes = []any{
-	(*Event)(nil),                  // 0: recsys.v1.Event
-	(*IngestRequest)(nil),          // 1: recsys.v1.IngestRequest
-	(*Rejection)(nil),              // 2: recsys.v1.Rejection
-	(*IngestResponse)(nil),         // 3: recsys.v1.IngestResponse
-	(*FeatureValue)(nil),           // 4: recsys.v1.FeatureValue
-	(*EntityFeatures)(nil),         // 5: recsys.v1.EntityFeatures
-	(*GetUserFeaturesRequest)(nil), // 6: recsys.v1.GetUserFeaturesRequest
-	(*GetItemFeaturesRequest)(nil), // 7: recsys.v1.GetItemFeaturesRequest
-	(*GetFeaturesRequest)(nil),     // 8: recsys.v1.GetFeaturesRequest
-	(*GetFeaturesResponse)(nil),    // 9: recsys.v1.GetFeaturesResponse
-	(*ScoredItem)(nil),             // 10: recsys.v1.ScoredItem
-	(*RecommendRequest)(nil),       // 11: recsys.v1.RecommendRequest
-	(*RecommendResponse)(nil),      // 12: recsys.v1.RecommendResponse
-	(*PopularItemsRequest)(nil),    // 13: recsys.v1.PopularItemsRequest
-	(*PopularItemsResponse)(nil),   // 14: recsys.v1.PopularItemsResponse
-	(*GetStatsRequest)(nil),        // 15: recsys.v1.GetStatsRequest
-	(*GetStatsResponse)(nil),       // 16: recsys.v1.GetStatsResponse
-	(*structpb.Value)(nil),         // 17: google.protobuf.Value
-	(*timestamppb.Timestamp)(nil),  // 18: google.protobuf.Timestamp
+	(*Event)(nil),                    // 0: recsys.v1.Event
+	(*IngestRequest)(nil),            // 1: recsys.v1.IngestRequest
+	(*Rejection)(nil),                // 2: recsys.v1.Rejection
+	(*IngestResponse)(nil),           // 3: recsys.v1.IngestResponse
+	(*FeatureValue)(nil),             // 4: recsys.v1.FeatureValue
+	(*EntityFeatures)(nil),           // 5: recsys.v1.EntityFeatures
+	(*GetUserFeaturesRequest)(nil),   // 6: recsys.v1.GetUserFeaturesRequest
+	(*GetItemFeaturesRequest)(nil),   // 7: recsys.v1.GetItemFeaturesRequest
+	(*GetFeaturesRequest)(nil),       // 8: recsys.v1.GetFeaturesRequest
+	(*GetFeaturesResponse)(nil),      // 9: recsys.v1.GetFeaturesResponse
+	(*FeatureInfo)(nil),              // 10: recsys.v1.FeatureInfo
+	(*FeatureView)(nil),              // 11: recsys.v1.FeatureView
+	(*ListFeatureViewsRequest)(nil),  // 12: recsys.v1.ListFeatureViewsRequest
+	(*ListFeatureViewsResponse)(nil), // 13: recsys.v1.ListFeatureViewsResponse
+	(*ScoredItem)(nil),               // 14: recsys.v1.ScoredItem
+	(*RecommendRequest)(nil),         // 15: recsys.v1.RecommendRequest
+	(*RecommendResponse)(nil),        // 16: recsys.v1.RecommendResponse
+	(*PopularItemsRequest)(nil),      // 17: recsys.v1.PopularItemsRequest
+	(*PopularItemsResponse)(nil),     // 18: recsys.v1.PopularItemsResponse
+	(*GetStatsRequest)(nil),          // 19: recsys.v1.GetStatsRequest
+	(*GetStatsResponse)(nil),         // 20: recsys.v1.GetStatsResponse
+	(*DeadLetter)(nil),               // 21: recsys.v1.DeadLetter
+	(*ListDeadLettersRequest)(nil),   // 22: recsys.v1.ListDeadLettersRequest
+	(*ListDeadLettersResponse)(nil),  // 23: recsys.v1.ListDeadLettersResponse
+	(*structpb.Value)(nil),           // 24: google.protobuf.Value
+	(*timestamppb.Timestamp)(nil),    // 25: google.protobuf.Timestamp
 }
 var file_recsys_v1_recsys_proto_depIdxs = []int32{
 	0,  // 0: recsys.v1.IngestRequest.events:type_name -> recsys.v1.Event
 	2,  // 1: recsys.v1.IngestResponse.rejected:type_name -> recsys.v1.Rejection
-	17, // 2: recsys.v1.FeatureValue.value:type_name -> google.protobuf.Value
-	18, // 3: recsys.v1.FeatureValue.event_time:type_name -> google.protobuf.Timestamp
+	24, // 2: recsys.v1.FeatureValue.value:type_name -> google.protobuf.Value
+	25, // 3: recsys.v1.FeatureValue.event_time:type_name -> google.protobuf.Timestamp
 	4,  // 4: recsys.v1.EntityFeatures.features:type_name -> recsys.v1.FeatureValue
 	5,  // 5: recsys.v1.GetFeaturesResponse.entities:type_name -> recsys.v1.EntityFeatures
-	10, // 6: recsys.v1.RecommendResponse.items:type_name -> recsys.v1.ScoredItem
-	10, // 7: recsys.v1.PopularItemsResponse.items:type_name -> recsys.v1.ScoredItem
-	1,  // 8: recsys.v1.EventService.Ingest:input_type -> recsys.v1.IngestRequest
-	6,  // 9: recsys.v1.FeatureService.GetUserFeatures:input_type -> recsys.v1.GetUserFeaturesRequest
-	7,  // 10: recsys.v1.FeatureService.GetItemFeatures:input_type -> recsys.v1.GetItemFeaturesRequest
-	8,  // 11: recsys.v1.FeatureService.GetFeatures:input_type -> recsys.v1.GetFeaturesRequest
-	11, // 12: recsys.v1.RecommendService.Recommend:input_type -> recsys.v1.RecommendRequest
-	13, // 13: recsys.v1.RecommendService.PopularItems:input_type -> recsys.v1.PopularItemsRequest
-	15, // 14: recsys.v1.AdminService.GetStats:input_type -> recsys.v1.GetStatsRequest
-	3,  // 15: recsys.v1.EventService.Ingest:output_type -> recsys.v1.IngestResponse
-	5,  // 16: recsys.v1.FeatureService.GetUserFeatures:output_type -> recsys.v1.EntityFeatures
-	5,  // 17: recsys.v1.FeatureService.GetItemFeatures:output_type -> recsys.v1.EntityFeatures
-	9,  // 18: recsys.v1.FeatureService.GetFeatures:output_type -> recsys.v1.GetFeaturesResponse
-	12, // 19: recsys.v1.RecommendService.Recommend:output_type -> recsys.v1.RecommendResponse
-	14, // 20: recsys.v1.RecommendService.PopularItems:output_type -> recsys.v1.PopularItemsResponse
-	16, // 21: recsys.v1.AdminService.GetStats:output_type -> recsys.v1.GetStatsResponse
-	15, // [15:22] is the sub-list for method output_type
-	8,  // [8:15] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	10, // 6: recsys.v1.FeatureView.features:type_name -> recsys.v1.FeatureInfo
+	11, // 7: recsys.v1.ListFeatureViewsResponse.views:type_name -> recsys.v1.FeatureView
+	14, // 8: recsys.v1.RecommendResponse.items:type_name -> recsys.v1.ScoredItem
+	14, // 9: recsys.v1.PopularItemsResponse.items:type_name -> recsys.v1.ScoredItem
+	0,  // 10: recsys.v1.DeadLetter.event:type_name -> recsys.v1.Event
+	25, // 11: recsys.v1.DeadLetter.received_at:type_name -> google.protobuf.Timestamp
+	21, // 12: recsys.v1.ListDeadLettersResponse.dead_letters:type_name -> recsys.v1.DeadLetter
+	1,  // 13: recsys.v1.EventService.Ingest:input_type -> recsys.v1.IngestRequest
+	6,  // 14: recsys.v1.FeatureService.GetUserFeatures:input_type -> recsys.v1.GetUserFeaturesRequest
+	7,  // 15: recsys.v1.FeatureService.GetItemFeatures:input_type -> recsys.v1.GetItemFeaturesRequest
+	8,  // 16: recsys.v1.FeatureService.GetFeatures:input_type -> recsys.v1.GetFeaturesRequest
+	12, // 17: recsys.v1.FeatureService.ListFeatureViews:input_type -> recsys.v1.ListFeatureViewsRequest
+	15, // 18: recsys.v1.RecommendService.Recommend:input_type -> recsys.v1.RecommendRequest
+	17, // 19: recsys.v1.RecommendService.PopularItems:input_type -> recsys.v1.PopularItemsRequest
+	22, // 20: recsys.v1.AdminService.ListDeadLetters:input_type -> recsys.v1.ListDeadLettersRequest
+	19, // 21: recsys.v1.AdminService.GetStats:input_type -> recsys.v1.GetStatsRequest
+	3,  // 22: recsys.v1.EventService.Ingest:output_type -> recsys.v1.IngestResponse
+	5,  // 23: recsys.v1.FeatureService.GetUserFeatures:output_type -> recsys.v1.EntityFeatures
+	5,  // 24: recsys.v1.FeatureService.GetItemFeatures:output_type -> recsys.v1.EntityFeatures
+	9,  // 25: recsys.v1.FeatureService.GetFeatures:output_type -> recsys.v1.GetFeaturesResponse
+	13, // 26: recsys.v1.FeatureService.ListFeatureViews:output_type -> recsys.v1.ListFeatureViewsResponse
+	16, // 27: recsys.v1.RecommendService.Recommend:output_type -> recsys.v1.RecommendResponse
+	18, // 28: recsys.v1.RecommendService.PopularItems:output_type -> recsys.v1.PopularItemsResponse
+	23, // 29: recsys.v1.AdminService.ListDeadLetters:output_type -> recsys.v1.ListDeadLettersResponse
+	20, // 30: recsys.v1.AdminService.GetStats:output_type -> recsys.v1.GetStatsResponse
+	22, // [22:31] is the sub-list for method output_type
+	13, // [13:22] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_recsys_v1_recsys_proto_init() }
@@ -1197,7 +1729,7 @@ func file_recsys_v1_recsys_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_recsys_v1_recsys_proto_rawDesc), len(file_recsys_v1_recsys_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

@@ -129,9 +129,10 @@ var EventService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	FeatureService_GetUserFeatures_FullMethodName = "/recsys.v1.FeatureService/GetUserFeatures"
-	FeatureService_GetItemFeatures_FullMethodName = "/recsys.v1.FeatureService/GetItemFeatures"
-	FeatureService_GetFeatures_FullMethodName     = "/recsys.v1.FeatureService/GetFeatures"
+	FeatureService_GetUserFeatures_FullMethodName  = "/recsys.v1.FeatureService/GetUserFeatures"
+	FeatureService_GetItemFeatures_FullMethodName  = "/recsys.v1.FeatureService/GetItemFeatures"
+	FeatureService_GetFeatures_FullMethodName      = "/recsys.v1.FeatureService/GetFeatures"
+	FeatureService_ListFeatureViews_FullMethodName = "/recsys.v1.FeatureService/ListFeatureViews"
 )
 
 // FeatureServiceClient is the client API for FeatureService service.
@@ -141,6 +142,8 @@ type FeatureServiceClient interface {
 	GetUserFeatures(ctx context.Context, in *GetUserFeaturesRequest, opts ...grpc.CallOption) (*EntityFeatures, error)
 	GetItemFeatures(ctx context.Context, in *GetItemFeaturesRequest, opts ...grpc.CallOption) (*EntityFeatures, error)
 	GetFeatures(ctx context.Context, in *GetFeaturesRequest, opts ...grpc.CallOption) (*GetFeaturesResponse, error)
+	// ListFeatureViews describes every view: features, types, windows and TTL.
+	ListFeatureViews(ctx context.Context, in *ListFeatureViewsRequest, opts ...grpc.CallOption) (*ListFeatureViewsResponse, error)
 }
 
 type featureServiceClient struct {
@@ -181,6 +184,16 @@ func (c *featureServiceClient) GetFeatures(ctx context.Context, in *GetFeaturesR
 	return out, nil
 }
 
+func (c *featureServiceClient) ListFeatureViews(ctx context.Context, in *ListFeatureViewsRequest, opts ...grpc.CallOption) (*ListFeatureViewsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListFeatureViewsResponse)
+	err := c.cc.Invoke(ctx, FeatureService_ListFeatureViews_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // FeatureServiceServer is the server API for FeatureService service.
 // All implementations must embed UnimplementedFeatureServiceServer
 // for forward compatibility.
@@ -188,6 +201,8 @@ type FeatureServiceServer interface {
 	GetUserFeatures(context.Context, *GetUserFeaturesRequest) (*EntityFeatures, error)
 	GetItemFeatures(context.Context, *GetItemFeaturesRequest) (*EntityFeatures, error)
 	GetFeatures(context.Context, *GetFeaturesRequest) (*GetFeaturesResponse, error)
+	// ListFeatureViews describes every view: features, types, windows and TTL.
+	ListFeatureViews(context.Context, *ListFeatureViewsRequest) (*ListFeatureViewsResponse, error)
 	mustEmbedUnimplementedFeatureServiceServer()
 }
 
@@ -206,6 +221,9 @@ func (UnimplementedFeatureServiceServer) GetItemFeatures(context.Context, *GetIt
 }
 func (UnimplementedFeatureServiceServer) GetFeatures(context.Context, *GetFeaturesRequest) (*GetFeaturesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetFeatures not implemented")
+}
+func (UnimplementedFeatureServiceServer) ListFeatureViews(context.Context, *ListFeatureViewsRequest) (*ListFeatureViewsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListFeatureViews not implemented")
 }
 func (UnimplementedFeatureServiceServer) mustEmbedUnimplementedFeatureServiceServer() {}
 func (UnimplementedFeatureServiceServer) testEmbeddedByValue()                        {}
@@ -282,6 +300,24 @@ func _FeatureService_GetFeatures_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _FeatureService_ListFeatureViews_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListFeatureViewsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FeatureServiceServer).ListFeatureViews(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FeatureService_ListFeatureViews_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FeatureServiceServer).ListFeatureViews(ctx, req.(*ListFeatureViewsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // FeatureService_ServiceDesc is the grpc.ServiceDesc for FeatureService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -300,6 +336,10 @@ var FeatureService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetFeatures",
 			Handler:    _FeatureService_GetFeatures_Handler,
+		},
+		{
+			MethodName: "ListFeatureViews",
+			Handler:    _FeatureService_ListFeatureViews_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
@@ -447,13 +487,16 @@ var RecommendService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	AdminService_GetStats_FullMethodName = "/recsys.v1.AdminService/GetStats"
+	AdminService_ListDeadLetters_FullMethodName = "/recsys.v1.AdminService/ListDeadLetters"
+	AdminService_GetStats_FullMethodName        = "/recsys.v1.AdminService/GetStats"
 )
 
 // AdminServiceClient is the client API for AdminService service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type AdminServiceClient interface {
+	// ListDeadLetters returns the newest dead letters.
+	ListDeadLetters(ctx context.Context, in *ListDeadLettersRequest, opts ...grpc.CallOption) (*ListDeadLettersResponse, error)
 	// GetStats reports log and apply progress; applied_offset == log_end_offset
 	// means every accepted event is readable.
 	GetStats(ctx context.Context, in *GetStatsRequest, opts ...grpc.CallOption) (*GetStatsResponse, error)
@@ -465,6 +508,16 @@ type adminServiceClient struct {
 
 func NewAdminServiceClient(cc grpc.ClientConnInterface) AdminServiceClient {
 	return &adminServiceClient{cc}
+}
+
+func (c *adminServiceClient) ListDeadLetters(ctx context.Context, in *ListDeadLettersRequest, opts ...grpc.CallOption) (*ListDeadLettersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListDeadLettersResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListDeadLetters_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 func (c *adminServiceClient) GetStats(ctx context.Context, in *GetStatsRequest, opts ...grpc.CallOption) (*GetStatsResponse, error) {
@@ -481,6 +534,8 @@ func (c *adminServiceClient) GetStats(ctx context.Context, in *GetStatsRequest, 
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
 type AdminServiceServer interface {
+	// ListDeadLetters returns the newest dead letters.
+	ListDeadLetters(context.Context, *ListDeadLettersRequest) (*ListDeadLettersResponse, error)
 	// GetStats reports log and apply progress; applied_offset == log_end_offset
 	// means every accepted event is readable.
 	GetStats(context.Context, *GetStatsRequest) (*GetStatsResponse, error)
@@ -494,6 +549,9 @@ type AdminServiceServer interface {
 // pointer dereference when methods are called.
 type UnimplementedAdminServiceServer struct{}
 
+func (UnimplementedAdminServiceServer) ListDeadLetters(context.Context, *ListDeadLettersRequest) (*ListDeadLettersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListDeadLetters not implemented")
+}
 func (UnimplementedAdminServiceServer) GetStats(context.Context, *GetStatsRequest) (*GetStatsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetStats not implemented")
 }
@@ -516,6 +574,24 @@ func RegisterAdminServiceServer(s grpc.ServiceRegistrar, srv AdminServiceServer)
 		t.testEmbeddedByValue()
 	}
 	s.RegisterService(&AdminService_ServiceDesc, srv)
+}
+
+func _AdminService_ListDeadLetters_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListDeadLettersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListDeadLetters(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListDeadLetters_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListDeadLetters(ctx, req.(*ListDeadLettersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
 }
 
 func _AdminService_GetStats_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
@@ -543,6 +619,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "recsys.v1.AdminService",
 	HandlerType: (*AdminServiceServer)(nil),
 	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "ListDeadLetters",
+			Handler:    _AdminService_ListDeadLetters_Handler,
+		},
 		{
 			MethodName: "GetStats",
 			Handler:    _AdminService_GetStats_Handler,
