@@ -70,7 +70,6 @@ func (o *Options) EnsureDefaults() {
 	}
 }
 
-
 // Stats are the store's counters.
 type Stats struct {
 	AppliedOffset uint64 // one past the last applied log entry
@@ -84,8 +83,8 @@ type Stats struct {
 // Store is the online feature store. Apply must be called from one
 // goroutine at a time; reads are safe from any goroutine.
 type Store struct {
-	db     *pebble.DB
-	cache  interface{ Unref() }
+	db        *pebble.DB
+	cache     interface{ Unref() }
 	halfMS    float64 // popularity half-life, ms
 	affHalfMS float64 // category affinity half-life, ms
 	weights   [numBehaviors]float64

@@ -305,7 +305,6 @@ func (w *windowReader) sum(asOf int64, win windowSpec) windowSum {
 	return ws
 }
 
-
 // TopItems returns the k items of category ("" for all) with the highest
 // count in the window of w ms ending at asOf: by the weighted count when
 // weighted, else by the count of behavior by. Both edges of the window are

@@ -484,4 +484,3 @@ func (s *Store) Count(v *View) int64 {
 	}
 	return -1
 }
-

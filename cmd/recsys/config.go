@@ -34,7 +34,7 @@ type config struct {
 		AllowedLateness time.Duration `yaml:"allowed-lateness"`
 	} `yaml:"ingest"`
 	Store storeConfig `yaml:",inline"`
-	Demo struct {
+	Demo  struct {
 		Enabled bool `yaml:"enabled"`
 		Events  int  `yaml:"events"`
 	} `yaml:"demo"`
