@@ -110,7 +110,7 @@ def test_rest_features_match_csv(loaded, taobao_expected, recents, view):
     names = USER_FEATURES if view == "user_features" else ITEM_FEATURES
     actual = {}
     for ids in chunks(sorted(expected), BATCH):
-        r = s.post("/v1/features:get", json={"view": view, "ids": ids})
+        r = s.post("/v1/features:get", json={"view": view, "ids": ids, "features": list(names)})
         assert r.status_code == 200, r.text[:2000]
         body = r.json()
         assert body["view"] == view
@@ -132,7 +132,7 @@ def test_grpc_features_match_csv(loaded, taobao_expected, recents, pb, view):
     expected = expected_view(taobao_expected, view)
     actual = {}
     for ids in chunks(sorted(expected), BATCH):
-        resp = stub.GetFeatures(pb.m.GetFeaturesRequest(view=view, ids=ids), timeout=30)
+        resp = stub.GetFeatures(pb.m.GetFeaturesRequest(view=view, ids=ids, features=list(USER_FEATURES if view == "user_features" else ITEM_FEATURES)), timeout=30)
         assert resp.view == view
         assert [e.id for e in resp.entities] == ids, "entities not in request order"
         for e in resp.entities:
@@ -161,7 +161,8 @@ def _schema_pairs(schema):
 def test_flight_full_scan_matches_csv(loaded, taobao_expected, recents, view):
     s, _ = loaded
     expected = expected_view(taobao_expected, view)
-    info, table, rows = flight_rows(s, view)
+    names = list(USER_FEATURES if view == "user_features" else ITEM_FEATURES)
+    info, table, rows = flight_rows(s, view, columns=names)
     assert _schema_pairs(table.schema) == EXPECTED_SCHEMA[view]
     assert _schema_pairs(info.schema) == EXPECTED_SCHEMA[view]
     assert info.total_records == len(expected)
@@ -177,13 +178,15 @@ def test_flight_list_flights(loaded, taobao_expected):
     client = s.flight()
     try:
         flights = {tuple(p.decode() for p in f.descriptor.path): f for f in client.list_flights()}
-        assert set(flights) == {("user_features",), ("item_features",)}
+        assert set(flights) == {("user_features",), ("item_features",), ("dead_letters",)}
         assert flights[("user_features",)].total_records == len(taobao_expected.users)
         assert flights[("item_features",)].total_records == len(taobao_expected.items)
-        for (view,), f in flights.items():
-            assert _schema_pairs(f.schema) == EXPECTED_SCHEMA[view]
-            import pyarrow.flight as fl
-            assert _schema_pairs(client.get_schema(fl.FlightDescriptor.for_path(view)).schema) == EXPECTED_SCHEMA[view]
+        import pyarrow.flight as fl
+        for view in ("user_features", "item_features"):
+            # The lifetime features come first, then the window features.
+            n = len(EXPECTED_SCHEMA[view])
+            assert _schema_pairs(flights[(view,)].schema)[:n] == EXPECTED_SCHEMA[view]
+            assert _schema_pairs(client.get_schema(fl.FlightDescriptor.for_path(view)).schema)[:n] == EXPECTED_SCHEMA[view]
     finally:
         client.close()
 
@@ -198,7 +201,7 @@ def test_single_entity_endpoints(loaded, taobao_expected, pb):
     stub = pb.g.FeatureServiceStub(s.channel())
     mm = []
     for u in users:
-        r = s.get(f"/v1/users/{u}/features")
+        r = s.get(f"/v1/users/{u}/features", params={"features": list(USER_FEATURES)})
         assert r.status_code == 200, r.text
         assert r.json()["id"] == u
         rest = {f["name"]: f["value"] for f in r.json()["features"]}
@@ -209,7 +212,7 @@ def test_single_entity_endpoints(loaded, taobao_expected, pb):
         lt = next(f for f in r.json()["features"] if f["name"] == "last_event_ts")
         assert lt["event_time"] is not None
     for i in items:
-        r = s.get(f"/v1/items/{i}/features")
+        r = s.get(f"/v1/items/{i}/features", params={"features": list(ITEM_FEATURES)})
         assert r.status_code == 200, r.text
         rest = {f["name"]: f["value"] for f in r.json()["features"]}
         grpc_ = {f.name: pb_value(f.value) for f in stub.GetItemFeatures(pb.m.GetItemFeaturesRequest(item_id=i), timeout=10).features}
