@@ -417,7 +417,7 @@ func ParseDuration(s string) (time.Duration, error) {
 // FormatDuration writes whole days as "7d" and other durations compactly.
 func FormatDuration(d time.Duration) string {
 	switch {
-	case d > 0 && d%(24*time.Hour) == 0:
+	case d > 24*time.Hour && d%(24*time.Hour) == 0:
 		return strconv.Itoa(int(d/(24*time.Hour))) + "d"
 	case d > 0 && d%time.Hour == 0:
 		return strconv.Itoa(int(d/time.Hour)) + "h"
