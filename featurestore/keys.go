@@ -11,8 +11,7 @@ import (
 //	m/applied                          offset one past the last applied log entry (8 bytes BE)
 //	m/stats                            counters: events, duplicates, users, items, max event time
 //	e<day><event_id>                   dedup marker; value: log offset (8 bytes BE); day of the event time (4 bytes BE)
-//	t<day><res><kind><id>\x00<start>   tile: behavior counts (merge operands), res f (5 min) or c (1 h)
-//	r<day><kind><id>\x00<ts><offset>   raw event of an entity: behavior (1 byte)
+//	t<day><res><kind><id>\x00<start>   tile: res c (1 h): behavior counts; res f (5 min): the events (offset, behavior)
 //	h<day><hour><category>\x00<item>   hourly item counts per category ("" for all items)
 //	u/<user_id>                        UserRecord
 //	i/<item_id>                        ItemRecord

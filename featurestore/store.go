@@ -314,6 +314,7 @@ func (s *Store) apply(end uint64, entries []Entry) (ApplyResult, error) {
 	users := make(map[string]*UserRecord)
 	items := make(map[string]*itemState)
 	seen := make(map[string]struct{})
+	tiles := newTileBatch()
 	if end < st.AppliedOffset {
 		return ApplyResult{}, fmt.Errorf("apply: end %d is before the applied offset %d", end, st.AppliedOffset)
 	}
@@ -391,9 +392,7 @@ func (s *Store) apply(end uint64, entries []Entry) (ApplyResult, error) {
 			it.rec.CategoryID, it.rec.CategoryTS = ev.CategoryID, ev.TS
 		}
 		it.rec.Pop = logAddExp2(it.rec.Pop, s.logWeight[ev.Behavior]+float64(ev.TS)/s.halfMS)
-		if err := s.addTiles(b, en); err != nil {
-			return ApplyResult{}, err
-		}
+		tiles.add(ev)
 
 		if ev.Behavior == BehaviorPurchase {
 			if err := b.Set(boughtKey(ev.UserID, ev.ItemID), nil, nil); err != nil {
@@ -402,6 +401,9 @@ func (s *Store) apply(end uint64, entries []Entry) (ApplyResult, error) {
 		}
 		st.MaxTS = max(st.MaxTS, ev.TS)
 		res.Applied++
+	}
+	if err := tiles.flush(b); err != nil {
+		return ApplyResult{}, err
 	}
 	var buf []byte
 	for id, u := range users {
@@ -425,11 +427,7 @@ func (s *Store) apply(end uint64, entries []Entry) (ApplyResult, error) {
 	if err := b.Set([]byte(keyApplied), binary.BigEndian.AppendUint64(nil, st.AppliedOffset), nil); err != nil {
 		return ApplyResult{}, err
 	}
-	e := encoder{b: []byte{recordVersion}}
-	for _, v := range []int64{st.Events, st.Duplicates, st.Users, st.Items, st.MaxTS} {
-		e.varint(v)
-	}
-	if err := b.Set([]byte(keyStats), e.b, nil); err != nil {
+	if err := b.Set([]byte(keyStats), encodeStats(&st), nil); err != nil {
 		return ApplyResult{}, err
 	}
 	// The log is the durable copy; state is rebuilt from it after a crash,
@@ -456,31 +454,58 @@ func (s *Store) apply(end uint64, entries []Entry) (ApplyResult, error) {
 	return res, nil
 }
 
-// addTiles records event en in the tiles and raw events of its user and
-// item and in the hourly item counts of its category and of all items.
-func (s *Store) addTiles(b *pebble.Batch, en *Entry) error {
-	ev := &en.Event
-	one := oneCount(ev.Behavior)
-	raw := []byte{byte(ev.Behavior)}
+// tileBatch combines the tile updates of one apply batch: one merge per
+// tile, however many of the batch's events fall in it.
+type tileBatch struct {
+	events map[string][]byte  // 5-minute tiles: event lists
+	sums   map[string]*counts // 1-hour tiles and hourly item counts
+}
+
+func newTileBatch() *tileBatch {
+	return &tileBatch{events: make(map[string][]byte), sums: make(map[string]*counts)}
+}
+
+func (tb *tileBatch) count(key []byte, b Behavior) {
+	c, ok := tb.sums[string(key)]
+	if !ok {
+		c = new(counts)
+		tb.sums[string(key)] = c
+	}
+	c[b]++
+}
+
+// add records ev in the tiles of its user and item and in the hourly item
+// counts of its category and of all items.
+func (tb *tileBatch) add(ev *Event) {
 	fine, coarse := floorTo(ev.TS, fineTile), floorTo(ev.TS, coarseTile)
 	for _, e := range [...]struct {
 		kind byte
 		id   string
 	}{{kindUser, ev.UserID}, {kindItem, ev.ItemID}} {
-		if err := errors.Join(
-			b.Merge(tileKey(resFine, e.kind, e.id, fine), one, nil),
-			b.Merge(tileKey(resCoarse, e.kind, e.id, coarse), one, nil),
-			b.Set(rawKey(e.kind, e.id, ev.TS, en.Offset), raw, nil),
-		); err != nil {
-			return err
-		}
+		k := string(tileKey(resFine, e.kind, e.id, fine))
+		tb.events[k] = appendEvent(tb.events[k], fine, ev.TS, ev.Behavior)
+		tb.count(tileKey(resCoarse, e.kind, e.id, coarse), ev.Behavior)
 	}
 	if ev.CategoryID != "" {
-		if err := b.Merge(hourKey(ev.CategoryID, coarse, ev.ItemID), one, nil); err != nil {
+		tb.count(hourKey(ev.CategoryID, coarse, ev.ItemID), ev.Behavior)
+	}
+	tb.count(hourKey("", coarse, ev.ItemID), ev.Behavior)
+}
+
+func (tb *tileBatch) flush(b *pebble.Batch) error {
+	for k, v := range tb.events {
+		if err := b.Merge([]byte(k), v, nil); err != nil {
 			return err
 		}
 	}
-	return b.Merge(hourKey("", coarse, ev.ItemID), one, nil)
+	var buf []byte
+	for k, c := range tb.sums {
+		buf = c.appendTo(buf[:0])
+		if err := b.Merge([]byte(k), buf, nil); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Now is the read clock in Unix ms: the wall clock, or with the event
@@ -521,16 +546,20 @@ func (s *Store) rebuildIDFilter(n uint) error {
 	return nil
 }
 
+// encodeStats is the value of keyStats.
+func encodeStats(st *Stats) []byte {
+	e := encoder{b: []byte{recordVersion}}
+	for _, v := range []int64{st.Events, st.Duplicates, st.Users, st.Items, st.MaxTS} {
+		e.varint(v)
+	}
+	return e.b
+}
+
 // reindex moves item it in the global and category popularity indexes.
 func (s *Store) reindex(b *pebble.Batch, id string, it *itemState) error {
 	if it.existed {
-		if err := b.Delete(popKey("", it.oldPop, id), nil); err != nil {
+		if err := s.unindex(b, id, it); err != nil {
 			return err
-		}
-		if it.oldCat != "" {
-			if err := b.Delete(popKey(it.oldCat, it.oldPop, id), nil); err != nil {
-				return err
-			}
 		}
 	}
 	if err := b.Set(popKey("", it.rec.Pop, id), nil, nil); err != nil {

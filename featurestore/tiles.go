@@ -11,10 +11,14 @@ import (
 )
 
 // Tiles are partial aggregates of one entity over a fixed span of event
-// time: the behavior counts of its events in [start, start+size). Two
-// resolutions are kept for every entity, 5 minutes and 1 hour; a window is
-// read by summing the tiles it covers (see windowCounts). Tiles are updated
-// with Pebble merges, so a hot entity costs no read-modify-write.
+// time. Two resolutions are kept for every entity: 1-hour tiles hold the
+// behavior counts of its events in [start, start+1h); 5-minute tiles hold
+// the events themselves, as (time offset, behavior) pairs, so that the
+// newest edge of a window is exact to the millisecond. A window is read by
+// combining the tiles it covers (see windowReader). Tiles are updated with
+// Pebble merges (sums for counts, concatenation for event lists), and the
+// updates of one apply batch are combined first, so a hot entity costs one
+// merge per tile and batch and no read-modify-write.
 const (
 	fineTile   = int64(5 * 60 * 1000)  // 5 minutes
 	coarseTile = int64(60 * 60 * 1000) // 1 hour
@@ -45,14 +49,33 @@ func floorTo(ts, g int64) int64 {
 
 func dayOf(ts int64) uint32 { return uint32(floorTo(ts, dayMS) / dayMS) }
 
-// tileKey: 't' day(4) res kind id 0x00 start(8). Day-major so that a whole
-// expired day is one range delete.
-func tileKey(res, kind byte, id string, start int64) []byte {
-	return tileKeyIn(dayOf(start), res, kind, id, start)
+// bucketDays is how many days of tiles of a resolution share one key
+// range: a window is read with one seek per bucket it touches, and expired
+// tiles are removed a bucket at a time. 1-hour tiles (windows up to 12 d)
+// use 4-day buckets, 5-minute tiles 1-day buckets.
+func bucketDays(res byte) uint32 {
+	if res == resCoarse {
+		return 4
+	}
+	return 1
 }
 
-// tileKeyIn is tileKey in the given day's part of the key space; with start
-// at the day's end it is an exclusive upper bound for the day's tiles.
+// bucketOf is the first day of the bucket of res holding ts.
+func bucketOf(res byte, ts int64) uint32 {
+	d := dayOf(ts)
+	return d - d%bucketDays(res)
+}
+
+// tileKey: 't' bucket(4) res kind id 0x00 start(8), where bucket is the
+// first day of the tile's bucket (see bucketDays). Bucket-major so that a
+// whole expired bucket is one range delete.
+func tileKey(res, kind byte, id string, start int64) []byte {
+	return tileKeyIn(bucketOf(res, start), res, kind, id, start)
+}
+
+// tileKeyIn is tileKey in the part of the key space of the bucket starting
+// at day; with start at the bucket's end it is an exclusive upper bound for
+// the bucket's tiles.
 func tileKeyIn(day uint32, res, kind byte, id string, start int64) []byte {
 	k := make([]byte, 0, 1+4+2+len(id)+1+8)
 	k = append(k, 't')
@@ -61,19 +84,6 @@ func tileKeyIn(day uint32, res, kind byte, id string, start int64) []byte {
 	k = append(k, id...)
 	k = append(k, 0)
 	return binary.BigEndian.AppendUint64(k, uint64(start))
-}
-
-// rawKey: 'r' day(4) kind id 0x00 ts(8) offset(8) -> behavior(1). Raw events
-// make the newest edge of a window exact for reads as of a past time.
-func rawKey(kind byte, id string, ts int64, off uint64) []byte {
-	k := make([]byte, 0, 1+4+1+len(id)+1+16)
-	k = append(k, 'r')
-	k = binary.BigEndian.AppendUint32(k, dayOf(ts))
-	k = append(k, kind)
-	k = append(k, id...)
-	k = append(k, 0)
-	k = binary.BigEndian.AppendUint64(k, uint64(ts))
-	return binary.BigEndian.AppendUint64(k, off)
 }
 
 // counts is the value of a tile: events per behavior.
@@ -118,12 +128,31 @@ func oneCount(b Behavior) []byte {
 var merger = &pebble.Merger{
 	Name: "recsys.counts.v1",
 	Merge: func(key, value []byte) (pebble.ValueMerger, error) {
-		if len(key) == 0 || (key[0] != 't' && key[0] != 'h') {
-			return nil, fmt.Errorf("featurestore: merge on key %q, which is not a counter", key)
+		switch {
+		case len(key) > 5 && key[0] == 't' && key[5] == resFine:
+			return &concatMerger{buf: append([]byte(nil), value...)}, nil
+		case len(key) > 0 && (key[0] == 't' || key[0] == 'h'):
+		default:
+			return nil, fmt.Errorf("featurestore: merge on key %q, which is not a tile", key)
 		}
 		m := &countMerger{}
 		return m, m.MergeNewer(value)
 	},
+}
+
+// concatMerger joins event lists; their order does not matter.
+type concatMerger struct{ buf []byte }
+
+func (m *concatMerger) MergeNewer(value []byte) error { m.buf = append(m.buf, value...); return nil }
+func (m *concatMerger) MergeOlder(value []byte) error { m.buf = append(m.buf, value...); return nil }
+func (m *concatMerger) Finish(bool) ([]byte, io.Closer, error) {
+	return m.buf, nil, nil
+}
+
+// appendEvent adds one event to a 5-minute tile's list: the offset of ts
+// from the tile start (uvarint) and the behavior.
+func appendEvent(b []byte, start, ts int64, beh Behavior) []byte {
+	return append(binary.AppendUvarint(b, uint64(ts-start)), byte(beh))
 }
 
 type countMerger struct{ sum counts }
@@ -143,7 +172,8 @@ func (m *countMerger) Finish(bool) ([]byte, io.Closer, error) {
 	return m.sum.appendTo(nil), nil, nil
 }
 
-// tile is one tile read back.
+// tile is one tile read back: counts of a 1-hour tile, or one event of a
+// 5-minute tile (start = its time, one count).
 type tile struct {
 	start int64
 	c     counts
@@ -154,13 +184,12 @@ type tile struct {
 type windowReader struct {
 	s      *Store
 	iter   *pebble.Iterator
-	coarse []tile
-	fine   []tile
-	raw    []tile // one per raw event (start = its ts)
+	coarse []tile // 1-hour tiles
+	events []tile // the events of the 5-minute tiles
 }
 
 func (s *Store) newWindowReader() (*windowReader, error) {
-	iter, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{'r'}, UpperBound: []byte{'u'}})
+	iter, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{'t'}, UpperBound: []byte{'u'}})
 	if err != nil {
 		return nil, err
 	}
@@ -169,58 +198,33 @@ func (s *Store) newWindowReader() (*windowReader, error) {
 
 func (w *windowReader) close() error { return w.iter.Close() }
 
-// scanTiles appends the tiles of res for (kind, id) with start in [lo, hi).
-func (w *windowReader) scanTiles(dst []tile, res, kind byte, id string, lo, hi int64) ([]tile, error) {
+// scanTiles calls fn with the start and value of every tile of res for
+// (kind, id) with start in [lo, hi).
+func (w *windowReader) scanTiles(res, kind byte, id string, lo, hi int64, fn func(start int64, v []byte) error) error {
 	if lo >= hi {
-		return dst, nil
+		return nil
 	}
-	for day := dayOf(lo); day <= dayOf(hi-1); day++ {
+	n := bucketDays(res)
+	for day := bucketOf(res, lo); day <= bucketOf(res, hi-1); day += n {
 		from := max(lo, int64(day)*dayMS)
-		to := min(hi, int64(day+1)*dayMS)
+		to := min(hi, int64(day+n)*dayMS)
 		start := tileKeyIn(day, res, kind, id, from)
 		end := tileKeyIn(day, res, kind, id, to)
 		for ok := w.iter.SeekGE(start); ok && string(w.iter.Key()) < string(end); ok = w.iter.Next() {
 			k := w.iter.Key()
 			v, err := w.iter.ValueAndErr()
 			if err != nil {
-				return dst, err
+				return err
 			}
-			t := tile{start: int64(binary.BigEndian.Uint64(k[len(k)-8:]))}
-			if err := t.c.decode(v); err != nil {
-				return dst, fmt.Errorf("tile %q: %w", k, err)
+			if err := fn(int64(binary.BigEndian.Uint64(k[len(k)-8:])), v); err != nil {
+				return fmt.Errorf("tile %q: %w", k, err)
 			}
-			dst = append(dst, t)
 		}
 		if err := w.iter.Error(); err != nil {
-			return dst, err
+			return err
 		}
 	}
-	return dst, nil
-}
-
-// scanRaw appends one tile per raw event of (kind, id) with ts in [lo, hi].
-func (w *windowReader) scanRaw(dst []tile, kind byte, id string, lo, hi int64) ([]tile, error) {
-	for day := dayOf(lo); day <= dayOf(hi); day++ {
-		start := rawKey(kind, id, max(lo, int64(day)*dayMS), 0)
-		end := rawKey(kind, id, min(hi, int64(day+1)*dayMS-1), ^uint64(0))
-		for ok := w.iter.SeekGE(start); ok && string(w.iter.Key()) <= string(end); ok = w.iter.Next() {
-			k := w.iter.Key()
-			v, err := w.iter.ValueAndErr()
-			if err != nil {
-				return dst, err
-			}
-			if len(v) < 1 || v[0] >= byte(numBehaviors) {
-				return dst, fmt.Errorf("raw event %q: %w", k, ErrCorrupt)
-			}
-			t := tile{start: int64(binary.BigEndian.Uint64(k[len(k)-16:]))}
-			t.c[v[0]] = 1
-			dst = append(dst, t)
-		}
-		if err := w.iter.Error(); err != nil {
-			return dst, err
-		}
-	}
-	return dst, nil
+	return nil
 }
 
 // windowSpec is a window length in ms.
@@ -231,13 +235,14 @@ type windowSpec = int64
 // to the start of the tile that holds its first millisecond.
 func windowStart(asOf, w int64) int64 { return floorTo(asOf-w+1, tileSize(w)) }
 
-// load reads what windows ws of (kind, id) as of asOf need. lastTS is the
-// entity's newest event time: when asOf is at or after it, the newest fine
-// tile is complete as of asOf and is read whole instead of event by event.
-func (w *windowReader) load(kind byte, id string, asOf, lastTS int64, ws []windowSpec) error {
-	w.coarse, w.fine, w.raw = w.coarse[:0], w.fine[:0], w.raw[:0]
+// load reads what windows ws of (kind, id) as of asOf need: the 1-hour
+// tiles from the oldest coarse window start to the hour holding asOf, and
+// the events of the 5-minute tiles from there (or the oldest fine window
+// start) up to asOf. Events after asOf are left out, so the newest edge
+// is exact.
+func (w *windowReader) load(kind byte, id string, asOf int64, ws []windowSpec) error {
+	w.coarse, w.events = w.coarse[:0], w.events[:0]
 	hour := floorTo(asOf, coarseTile)
-	newest := floorTo(asOf, fineTile)
 	coarseLo, fineLo := hour, hour
 	for _, win := range ws {
 		lo := windowStart(asOf, win)
@@ -247,21 +252,32 @@ func (w *windowReader) load(kind byte, id string, asOf, lastTS int64, ws []windo
 			fineLo = min(fineLo, lo)
 		}
 	}
-	var err error
-	if w.coarse, err = w.scanTiles(w.coarse, resCoarse, kind, id, coarseLo, hour); err != nil {
+	err := w.scanTiles(resCoarse, kind, id, coarseLo, hour, func(start int64, v []byte) error {
+		t := tile{start: start}
+		if err := t.c.decode(v); err != nil {
+			return err
+		}
+		w.coarse = append(w.coarse, t)
+		return nil
+	})
+	if err != nil {
 		return err
 	}
-	fineHi := newest
-	if asOf >= lastTS {
-		fineHi = newest + fineTile
-	}
-	if w.fine, err = w.scanTiles(w.fine, resFine, kind, id, fineLo, fineHi); err != nil {
-		return err
-	}
-	if asOf < lastTS {
-		w.raw, err = w.scanRaw(w.raw, kind, id, newest, asOf)
-	}
-	return err
+	return w.scanTiles(resFine, kind, id, fineLo, floorTo(asOf, fineTile)+fineTile, func(start int64, v []byte) error {
+		for len(v) > 0 {
+			off, n := binary.Uvarint(v)
+			if n <= 0 || n >= len(v) || off >= uint64(fineTile) || v[n] >= byte(numBehaviors) {
+				return ErrCorrupt
+			}
+			t := tile{start: start + int64(off)}
+			t.c[v[n]] = 1
+			v = v[n+1:]
+			if t.start <= asOf {
+				w.events = append(w.events, t)
+			}
+		}
+		return nil
+	})
 }
 
 // windowSum is a window's counts and, per behavior, the time of its newest
@@ -294,13 +310,10 @@ func (w *windowReader) sum(asOf int64, win windowSpec) windowSum {
 		}
 		fineFrom = max(lo, hour)
 	}
-	for i := range w.fine {
-		if w.fine[i].start >= fineFrom {
-			ws.add(&w.fine[i])
+	for i := range w.events {
+		if w.events[i].start >= fineFrom {
+			ws.add(&w.events[i])
 		}
-	}
-	for i := range w.raw {
-		ws.add(&w.raw[i])
 	}
 	return ws
 }

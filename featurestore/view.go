@@ -235,7 +235,7 @@ func (r *reader) values(id string, rec []byte, out []Value) error {
 	current := rt.AsOf >= c.LastTSAny // the record is the state as of AsOf
 	clear(r.sums)
 	if len(r.wins) > 0 {
-		if err := r.wr.load(r.v.kind, id, rt.AsOf, c.LastTSAny, r.wins); err != nil {
+		if err := r.wr.load(r.v.kind, id, rt.AsOf, r.wins); err != nil {
 			return err
 		}
 	}

@@ -147,6 +147,8 @@ func (u *Updater) Watermark() (maxTS, watermark int64) {
 	return u.maxTS, u.maxTS - u.opts.AllowedLateness.Milliseconds()
 }
 
+const dayMS = 24 * 60 * 60 * 1000
+
 func fmtTS(ms int64) string { return time.UnixMilli(ms).UTC().Format(time.RFC3339Nano) }
 
 // LogEnd is the offset after the last durable event.
@@ -157,6 +159,7 @@ func (u *Updater) LogEnd() uint64 { return u.log.End() }
 func (u *Updater) Run(ctx context.Context) error {
 	entries := make([]featurestore.Entry, 0, u.opts.ApplyBatch)
 	var ev recsysv1.Event
+	var lastExpiry int64
 	for {
 		from := u.store.AppliedOffset()
 		if err := u.log.Wait(ctx, from); err != nil {
@@ -186,6 +189,13 @@ func (u *Updater) Run(ctx context.Context) error {
 		}
 		if _, err := u.store.Apply(end, entries); err != nil {
 			return fmt.Errorf("updater: %w", err)
+		}
+		// Once a day of the store's clock, remove what is past the TTL.
+		if now := u.store.Now(); now/dayMS != lastExpiry {
+			lastExpiry = now / dayMS
+			if _, err := u.store.Expire(now); err != nil {
+				return fmt.Errorf("updater: %w", err)
+			}
 		}
 		u.mu.Lock()
 		close(u.mu.applied)

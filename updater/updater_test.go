@@ -55,7 +55,7 @@ func openEnv(t testing.TB, fs vfs.FS, opts Options) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := featurestore.Open("store", featurestore.Options{FS: fs, Logger: quietLogger(), CacheBytes: 4 << 20})
+	s, err := featurestore.Open("store", featurestore.Options{FS: fs, Logger: quietLogger(), CacheBytes: 4 << 20, Clock: "event"})
 	if err != nil {
 		_ = l.Close()
 		t.Fatal(err)

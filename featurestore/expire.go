@@ -1,0 +1,148 @@
+package featurestore
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// Expiry keeps disk bounded under an endless stream. Everything keyed by
+// time is removed with range deletes a whole bucket at a time once it is
+// more than the longest TTL plus a day old (reads treat data that old as
+// expired already); records of entities without events for that long are
+// deleted one by one with their index entries. Expire runs from Apply when
+// the clock has moved to a new day.
+
+// retention is the age past which data may be removed: the longest view
+// TTL (7 days when no view has one) plus a day.
+func (s *Store) retention() int64 {
+	var ttl int64
+	for _, v := range s.defs.Views {
+		ttl = max(ttl, v.TTL.Milliseconds())
+	}
+	if ttl == 0 {
+		ttl = 7 * dayMS
+	}
+	return ttl + dayMS
+}
+
+// ExpireStats says what one Expire removed.
+type ExpireStats struct {
+	CutoffDay uint32 // time-keyed data of days before this one was removed
+	Users     int
+	Items     int
+}
+
+// Expire removes data older than the retention as of now (Unix ms): tiles,
+// hourly item counts, dead letters and dedup entries of old days, and the
+// records, purchase markers and popularity entries of entities whose newest
+// event is older than that.
+func (s *Store) Expire(now int64) (ExpireStats, error) {
+	s.applyMu.Lock()
+	defer s.applyMu.Unlock()
+	if err := s.acquire(); err != nil {
+		return ExpireStats{}, err
+	}
+	defer s.release()
+	cutoff := now - s.retention()
+	if cutoff <= 0 {
+		return ExpireStats{}, nil
+	}
+	// Align to the coarsest bucket so no bucket is cut in half.
+	day := dayOf(cutoff)
+	day -= day % bucketDays(resCoarse)
+	es := ExpireStats{CutoffDay: day}
+	b := s.db.NewBatch()
+	defer b.Close()
+	for _, p := range []byte{'t', 'h', 'd', 'e'} {
+		end := binary.BigEndian.AppendUint32([]byte{p}, day)
+		if err := b.DeleteRange([]byte{p}, end, nil); err != nil {
+			return es, err
+		}
+	}
+	st := s.Stats()
+	var err error
+	if es.Users, err = s.expireEntities(b, prefixUser, cutoff, func(id string, rec []byte) error {
+		s.users.Remove(id)
+		p := makeKey(prefixBought, id, "")
+		return b.DeleteRange(p, prefixEnd(p[:len(p)-1]), nil)
+	}); err != nil {
+		return es, err
+	}
+	if es.Items, err = s.expireEntities(b, prefixItem, cutoff, func(id string, rec []byte) error {
+		s.items.Remove(id)
+		var it ItemRecord
+		if err := it.decode(rec); err != nil {
+			return err
+		}
+		st := &itemState{rec: &it, existed: true, oldPop: it.Pop, oldCat: it.CategoryID}
+		return s.unindex(b, id, st)
+	}); err != nil {
+		return es, err
+	}
+	st.Users -= int64(es.Users)
+	st.Items -= int64(es.Items)
+	if err := b.Set([]byte(keyStats), encodeStats(&st), nil); err != nil {
+		return es, err
+	}
+	if err := b.Commit(pebble.NoSync); err != nil {
+		return es, fmt.Errorf("expire: %w", err)
+	}
+	s.mu.Lock()
+	s.mu.stats.Users, s.mu.stats.Items = st.Users, st.Items
+	s.mu.Unlock()
+	s.logger.Debug("expired old data", "cutoff_day", day, "users", es.Users, "items", es.Items)
+	return es, nil
+}
+
+// expireEntities deletes the records under prefix whose newest event is
+// before cutoff, calling drop for each first.
+func (s *Store) expireEntities(b *pebble.Batch, prefix []byte, cutoff int64, drop func(id string, rec []byte) error) (int, error) {
+	iter, err := s.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for iter.First(); iter.Valid(); iter.Next() {
+		v, err := iter.ValueAndErr()
+		if err != nil {
+			return n, errors.Join(err, iter.Close())
+		}
+		var c Counters
+		d := decoder{b: v}
+		d.version()
+		d.counters(&c)
+		if d.err {
+			return n, errors.Join(fmt.Errorf("expire %q: %w", iter.Key(), ErrCorrupt), iter.Close())
+		}
+		if c.LastTSAny >= cutoff {
+			continue
+		}
+		id := string(iter.Key()[len(prefix):])
+		if err := drop(id, v); err != nil {
+			return n, errors.Join(err, iter.Close())
+		}
+		if err := b.Delete(iter.Key(), nil); err != nil {
+			return n, errors.Join(err, iter.Close())
+		}
+		n++
+	}
+	return n, errors.Join(iter.Error(), iter.Close())
+}
+
+// unindex removes an item's popularity index entries.
+func (s *Store) unindex(b *pebble.Batch, id string, it *itemState) error {
+	if math.IsInf(it.oldPop, -1) {
+		return nil
+	}
+	if err := b.Delete(popKey("", it.oldPop, id), nil); err != nil {
+		return err
+	}
+	if it.oldCat != "" {
+		return b.Delete(popKey(it.oldCat, it.oldPop, id), nil)
+	}
+	return nil
+}

@@ -1,0 +1,101 @@
+package featurestore
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+)
+
+// countKeys counts the keys starting with prefix.
+func countKeys(t *testing.T, s *Store, prefix []byte) int {
+	t.Helper()
+	iter, err := s.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer iter.Close()
+	n := 0
+	for iter.First(); iter.Valid(); iter.Next() {
+		n++
+	}
+	return n
+}
+
+// An endless stream keeps only what the TTL needs: old tiles, hourly
+// counts, dedup entries and inactive entities go; recent data stays and
+// reads the same.
+func TestExpire(t *testing.T) {
+	s, err := Open("db", Options{FS: vfs.NewMem(), Logger: quietLogger(), Clock: "event"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	// Day 0-19: user "old" and item "gone" only on day 0; "u" and "i" daily.
+	var ents []Entry
+	for d := range int64(20) {
+		ts := t0 + d*dayMS
+		ents = append(ents, Entry{Event: ev(fmt.Sprintf("e%d", d), "u", "i", "c", BehaviorView, ts)})
+		if d == 0 {
+			ents = append(ents, Entry{Event: ev("old", "old", "gone", "c", BehaviorPurchase, ts)})
+		}
+	}
+	for i := range ents {
+		ents[i].Offset = uint64(i)
+	}
+	mustApply(t, s, uint64(len(ents)), ents)
+	before := map[byte]int{}
+	for _, p := range []byte{'t', 'h', 'e'} {
+		before[p] = countKeys(t, s, []byte{p})
+	}
+	now := s.Now()
+	rt := ReadTime{Now: now, AsOf: now}
+	idx, err := ItemView.Resolve([]string{"view_count_7d", "view_count_24h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := s.Get(ItemView, []string{"i"}, idx, rt)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	es, err := s.Expire(now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if es.Users != 1 || es.Items != 1 {
+		t.Errorf("Expire removed %d users and %d items, want 1 and 1 (old, gone)", es.Users, es.Items)
+	}
+	if st := s.Stats(); st.Users != 1 || st.Items != 1 {
+		t.Errorf("stats after expiry: %d users, %d items, want 1 and 1", st.Users, st.Items)
+	}
+	for _, p := range []byte{'t', 'h', 'e'} {
+		if after := countKeys(t, s, []byte{p}); after >= before[p] || after == 0 {
+			t.Errorf("%c keys: %d before, %d after expiry; want fewer but some", p, before[p], after)
+		}
+	}
+	if _, ok, _ := s.User("old"); ok {
+		t.Error("user old survived expiry")
+	}
+	if bought, _ := s.Purchased("old", "gone"); bought {
+		t.Error("purchase marker of an expired user survived")
+	}
+	pop, err := s.Popular("", 10, nil)
+	if err != nil || len(pop) != 1 || pop[0].ItemID != "i" {
+		t.Errorf("Popular after expiry = %v, %v; want only i", pop, err)
+	}
+	got, err := s.Get(ItemView, []string{"i"}, idx, rt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for j := range idx {
+		if !valueEqual(got[0].Values[j], want[0].Values[j]) {
+			t.Errorf("%s after expiry = %+v, before %+v", ItemView.Features[idx[j]].Name, got[0].Values[j], want[0].Values[j])
+		}
+	}
+	// Expiry is idempotent.
+	if es, err := s.Expire(now); err != nil || es.Users != 0 || es.Items != 0 {
+		t.Errorf("second Expire = %+v, %v", es, err)
+	}
+}
