@@ -81,6 +81,7 @@ const (
 	AggTopCategories         = "top_categories"
 	AggCategoryID            = "category_id"
 	AggTopItems              = "top_items"
+	AggDistinct              = "distinct"
 )
 
 // aggEntities says which entities each aggregation serves, and its kind.
@@ -100,6 +101,7 @@ var aggInfo = map[string]struct {
 	AggTopCategories:         {[]string{"user"}, KindStringList},
 	AggCategoryID:            {[]string{"item"}, KindString},
 	AggTopItems:              {[]string{"category"}, KindStringList},
+	AggDistinct:              {[]string{"user", "item"}, KindInt},
 }
 
 var entityPrefix = map[string]struct {
@@ -278,7 +280,7 @@ func compileFeature(file string, v *View, n *yaml.Node) (Feature, error) {
 	if !slices.Contains(info.entities, v.Entity) {
 		return bad("aggregation %s does not apply to entity %s", fd.Agg, v.Entity)
 	}
-	f := Feature{Name: fd.Name, Kind: info.kind, Agg: fd.Agg, Doc: fd.Doc, K: fd.K}
+	f := Feature{Name: fd.Name, Kind: info.kind, Agg: fd.Agg, Doc: fd.Doc, K: fd.K, Entity: v.Entity}
 	window := func(field, s string, required bool) (int64, error) {
 		if s == "" {
 			if required {
@@ -346,6 +348,13 @@ func compileFeature(file string, v *View, n *yaml.Node) (Feature, error) {
 		if f.Long <= f.Window {
 			return bad("long %s must be longer than short %s", fd.Long, fd.Short)
 		}
+	case AggDistinct:
+		if f.Window, err = window("window", fd.Window, true); err != nil {
+			return bad("%v", err)
+		}
+		if f.Window%coarseTile != 0 {
+			return bad("window %q: distinct windows are whole hours", fd.Window)
+		}
 	case AggTopCategories:
 		if fd.K <= 0 || fd.K > MaxAffinities {
 			return bad("k must be in 1..%d", MaxAffinities)
@@ -392,6 +401,12 @@ func describe(f *Feature) string {
 			by = f.Behavior.String() + " count"
 		}
 		return fmt.Sprintf("top %d items by %s, %s", f.K, by, win)
+	case AggDistinct:
+		other := "items"
+		if f.Entity == "item" {
+			other = "users"
+		}
+		return fmt.Sprintf("distinct %s (HyperLogLog, about 3%% error), %s, resolved to whole hours", other, win)
 	case AggTopCategories:
 		return fmt.Sprintf("top %d categories by time-decayed behavior-weighted affinity", f.K)
 	}

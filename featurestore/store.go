@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/axiomhq/hyperloglog"
 	idbloom "github.com/bits-and-blooms/bloom/v3"
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
@@ -457,12 +458,22 @@ func (s *Store) apply(end uint64, entries []Entry) (ApplyResult, error) {
 // tileBatch combines the tile updates of one apply batch: one merge per
 // tile, however many of the batch's events fall in it.
 type tileBatch struct {
-	events map[string][]byte  // 5-minute tiles: event lists
-	sums   map[string]*counts // 1-hour tiles and hourly item counts
+	events   map[string][]byte              // 5-minute tiles: event lists
+	sums     map[string]*counts             // 1-hour tiles and hourly item counts
+	sketches map[string]*hyperloglog.Sketch // hourly distinct-count sketches
 }
 
 func newTileBatch() *tileBatch {
-	return &tileBatch{events: make(map[string][]byte), sums: make(map[string]*counts)}
+	return &tileBatch{events: make(map[string][]byte), sums: make(map[string]*counts), sketches: make(map[string]*hyperloglog.Sketch)}
+}
+
+func (tb *tileBatch) distinct(key []byte, value string) {
+	sk, ok := tb.sketches[string(key)]
+	if !ok {
+		sk = newSketch()
+		tb.sketches[string(key)] = sk
+	}
+	sk.Insert([]byte(value))
 }
 
 func (tb *tileBatch) count(key []byte, b Behavior) {
@@ -479,12 +490,13 @@ func (tb *tileBatch) count(key []byte, b Behavior) {
 func (tb *tileBatch) add(ev *Event) {
 	fine, coarse := floorTo(ev.TS, fineTile), floorTo(ev.TS, coarseTile)
 	for _, e := range [...]struct {
-		kind byte
-		id   string
-	}{{kindUser, ev.UserID}, {kindItem, ev.ItemID}} {
+		kind      byte
+		id, other string
+	}{{kindUser, ev.UserID, ev.ItemID}, {kindItem, ev.ItemID, ev.UserID}} {
 		k := string(tileKey(resFine, e.kind, e.id, fine))
 		tb.events[k] = appendEvent(tb.events[k], fine, ev.TS, ev.Behavior)
 		tb.count(tileKey(resCoarse, e.kind, e.id, coarse), ev.Behavior)
+		tb.distinct(tileKey(resDistinct, e.kind, e.id, coarse), e.other)
 	}
 	if ev.CategoryID != "" {
 		tb.count(hourKey(ev.CategoryID, coarse, ev.ItemID), ev.Behavior)
@@ -502,6 +514,15 @@ func (tb *tileBatch) flush(b *pebble.Batch) error {
 	for k, c := range tb.sums {
 		buf = c.appendTo(buf[:0])
 		if err := b.Merge([]byte(k), buf, nil); err != nil {
+			return err
+		}
+	}
+	for k, sk := range tb.sketches {
+		v, err := sk.MarshalBinary()
+		if err != nil {
+			return err
+		}
+		if err := b.Merge([]byte(k), v, nil); err != nil {
 			return err
 		}
 	}

@@ -51,6 +51,7 @@ type Feature struct {
 	PriorStrength float64  // rate
 	K             int      // top_categories, top_items
 	Weighted      bool     // top_items by weighted count
+	Entity        string   // the view's entity
 }
 
 // Versioned reports whether the feature can be read as of a past time.
@@ -58,7 +59,7 @@ func (f *Feature) Versioned() bool {
 	switch f.Agg {
 	case AggCount:
 		return f.Window > 0
-	case AggWeightedCount, AggRate, AggTrend, AggTopItems:
+	case AggWeightedCount, AggRate, AggTrend, AggTopItems, AggDistinct:
 		return true
 	}
 	return false
@@ -182,7 +183,14 @@ func (s *Store) newReader(v *View, idx []int, rt ReadTime) (*reader, error) {
 	r := &reader{s: s, v: v, idx: idx, rt: rt, sums: make(map[int64]windowSum)}
 	for _, i := range idx {
 		f := &v.Features[i]
-		if f.Agg == AggTopItems {
+		if f.Agg == AggTopItems || f.Agg == AggDistinct {
+			if f.Agg == AggDistinct && r.wr == nil {
+				wr, err := s.newWindowReader()
+				if err != nil {
+					return nil, err
+				}
+				r.wr = wr
+			}
 			continue
 		}
 		for _, w := range []int64{f.Window, f.Long} {
@@ -191,7 +199,7 @@ func (s *Store) newReader(v *View, idx []int, rt ReadTime) (*reader, error) {
 			}
 		}
 	}
-	if len(r.wins) > 0 {
+	if len(r.wins) > 0 && r.wr == nil {
 		wr, err := s.newWindowReader()
 		if err != nil {
 			return nil, err
@@ -250,6 +258,14 @@ func (r *reader) values(id string, rec []byte, out []Value) error {
 		}
 		if f.Window > 0 && r.v.TTL > 0 && windowStart(rt.AsOf, max(f.Window, f.Long)) < retained {
 			out[j] = Value{Status: StatusExpired}
+			continue
+		}
+		if f.Agg == AggDistinct {
+			n, ts, err := r.wr.distinct(r.v.kind, id, rt.AsOf, f.Window)
+			if err != nil {
+				return err
+			}
+			out[j] = Value{Status: StatusPresent, Int: n, EventTS: ts}
 			continue
 		}
 		out[j] = r.value(f, c, current)

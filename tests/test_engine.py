@@ -54,6 +54,17 @@ def test_window_counts_on_replay(taobao_server, taobao_path):
     assert r.status_code == 200, r.text
     got = {e["id"]: e["features"][0]["value"] for e in r.json()["entities"]}
     assert got == {i: counts[i] for i in busiest}
+    # distinct_users_24h: HyperLogLog over whole hours, within 10%.
+    hour_lo = (now - 24 * HOUR_MS + 1) // HOUR_MS * HOUR_MS
+    users = defaultdict(set)
+    for u, item, _c, _b, ts in rows:
+        if hour_lo <= ts:
+            users[item].add(u)
+    r = taobao_server.post("/v1/features:get", json={"view": "item_features", "ids": busiest, "features": ["distinct_users_24h"]})
+    assert r.status_code == 200, r.text
+    for e in r.json()["entities"]:
+        est, exact = e["features"][0]["value"], len(users[e["id"]])
+        assert abs(est - exact) <= max(1, 0.1 * exact), (e["id"], est, exact)
     # As of one hour earlier, the same rule.
     asof = now - HOUR_MS
     lo = (asof - HOUR_MS + 1) // 300_000 * 300_000
