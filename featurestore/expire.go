@@ -16,9 +16,9 @@ import (
 // deleted one by one with their index entries. Expire runs from Apply when
 // the clock has moved to a new day.
 
-// retention is the age past which data may be removed: the longest view
-// TTL (7 days when no view has one) plus a day.
-func (s *Store) retention() int64 {
+// Retention is the age (ms) past which data may be removed: the longest
+// view TTL (7 days when no view has one) plus a day.
+func (s *Store) Retention() int64 {
 	var ttl int64
 	for _, v := range s.defs.Views {
 		ttl = max(ttl, v.TTL.Milliseconds())
@@ -47,7 +47,7 @@ func (s *Store) Expire(now int64) (ExpireStats, error) {
 		return ExpireStats{}, err
 	}
 	defer s.release()
-	cutoff := now - s.retention()
+	cutoff := now - s.Retention()
 	if cutoff <= 0 {
 		return ExpireStats{}, nil
 	}

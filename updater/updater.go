@@ -160,6 +160,13 @@ func (u *Updater) Run(ctx context.Context) error {
 	entries := make([]featurestore.Entry, 0, u.opts.ApplyBatch)
 	var ev recsysv1.Event
 	var lastExpiry int64
+	// marks remembers the applied offset at each daily expiry, to truncate
+	// the log once a mark is older than the retention.
+	type mark struct {
+		at      int64
+		applied uint64
+	}
+	var marks []mark
 	for {
 		from := u.store.AppliedOffset()
 		if err := u.log.Wait(ctx, from); err != nil {
@@ -190,11 +197,24 @@ func (u *Updater) Run(ctx context.Context) error {
 		if _, err := u.store.Apply(end, entries); err != nil {
 			return fmt.Errorf("updater: %w", err)
 		}
-		// Once a day of the store's clock, remove what is past the TTL.
+		// Once a day of the store's clock, remove what is past the TTL, and
+		// the log records applied more than the retention ago.
 		if now := u.store.Now(); now/dayMS != lastExpiry {
 			lastExpiry = now / dayMS
 			if _, err := u.store.Expire(now); err != nil {
 				return fmt.Errorf("updater: %w", err)
+			}
+			marks = append(marks, mark{now, end})
+			keep := now - u.store.Retention()
+			i := 0
+			for i < len(marks) && marks[i].at <= keep {
+				i++
+			}
+			if i > 0 {
+				if err := u.log.TruncateBefore(marks[i-1].applied); err != nil {
+					return fmt.Errorf("updater: %w", err)
+				}
+				marks = marks[i:]
 			}
 		}
 		u.mu.Lock()

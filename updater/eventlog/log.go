@@ -9,8 +9,9 @@
 // published in order, so a reader that sees End() == n can read every
 // record below n.
 //
-// Records are kept forever in this version; a retention policy can delete
-// a prefix with a range delete once every consumer has passed it.
+// TruncateBefore deletes a prefix of the log (the updater does once it
+// has applied the records and they are past the store's retention), so the
+// log stays bounded under an endless stream.
 package eventlog
 
 import (
@@ -262,10 +263,11 @@ func (l *Log) Read(from uint64, max int, fn func(off uint64, rec []byte) error) 
 	next := from
 	for iter.First(); iter.Valid(); iter.Next() {
 		off := binary.BigEndian.Uint64(iter.Key()[len(keyPrefix):])
-		if off != next {
+		if off != next && next != from {
 			err = fmt.Errorf("read: offset %d missing (found %d)", next, off)
 			break
 		}
+		next = off // a reader that starts below a truncated prefix skips it
 		v, verr := iter.ValueAndErr()
 		if verr != nil {
 			err = verr
@@ -277,6 +279,29 @@ func (l *Log) Read(from uint64, max int, fn func(off uint64, rec []byte) error) 
 		next++
 	}
 	return next, errors.Join(err, iter.Error(), iter.Close())
+}
+
+// TruncateBefore deletes the records below off, except the last record of
+// the log. Reading them afterwards finds nothing; offsets of later records
+// do not change.
+func (l *Log) TruncateBefore(off uint64) error {
+	l.readers.RLock()
+	defer l.readers.RUnlock()
+	l.mu.Lock()
+	closed, end := l.mu.closed, l.mu.end
+	l.mu.Unlock()
+	if closed {
+		return ErrClosed
+	}
+	// The last record always stays: Open finds the end of the log from it.
+	if end == 0 {
+		return nil
+	}
+	off = min(off, end-1)
+	if err := l.db.DeleteRange(key(0), key(off), pebble.NoSync); err != nil {
+		return fmt.Errorf("truncate log: %w", err)
+	}
+	return nil
 }
 
 // Close stops the writer and closes the log; pending appends fail with

@@ -534,3 +534,51 @@ func BenchmarkAppendBatch(b *testing.B) {
 	}
 	b.ReportMetric(float64(l.End())/b.Elapsed().Seconds(), "records/s")
 }
+
+// A truncated prefix is gone; later offsets and End are unchanged, also
+// after reopening.
+func TestTruncateBefore(t *testing.T) {
+	fs := vfs.NewMem()
+	l, err := Open("log", Options{FS: fs, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustAppend(t, l, "a", "b", "c", "d", "e")
+	if err := l.TruncateBefore(3); err != nil {
+		t.Fatal(err)
+	}
+	check := func(l *Log) {
+		t.Helper()
+		var got []uint64
+		next, err := l.Read(0, 100, func(off uint64, _ []byte) error { got = append(got, off); return nil })
+		if err != nil || next != 5 || !slices.Equal(got, []uint64{3, 4}) || l.End() != 5 {
+			t.Fatalf("after truncation: read %v next %d err %v end %d; want [3 4] 5 nil 5", got, next, err, l.End())
+		}
+	}
+	check(l)
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if l, err = Open("log", Options{FS: fs, Logger: quietLogger()}); err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	check(l)
+	if first := mustAppend(t, l, "f"); first != 5 {
+		t.Fatalf("append after truncation got offset %d, want 5", first)
+	}
+	// Truncating everything keeps the last record, so End survives a reopen.
+	if err := l.TruncateBefore(100); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if l, err = Open("log", Options{FS: fs, Logger: quietLogger()}); err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if l.End() != 6 {
+		t.Fatalf("End after truncating everything and reopening = %d, want 6", l.End())
+	}
+}
