@@ -538,6 +538,15 @@ func (s *Store) Now() int64 {
 	return s.opts.Now().UnixMilli()
 }
 
+// Flush writes the memtables to disk (for measuring disk use).
+func (s *Store) Flush() error {
+	if err := s.acquire(); err != nil {
+		return err
+	}
+	defer s.release()
+	return s.db.Flush()
+}
+
 // Definitions returns the views the store serves.
 func (s *Store) Definitions() *Definitions { return s.defs }
 

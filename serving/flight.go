@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
+	"time"
 
 	"github.com/apache/arrow/go/v17/arrow"
 	"github.com/apache/arrow/go/v17/arrow/array"
@@ -133,14 +135,23 @@ func viewSchema(v *featurestore.View, idx []int) *arrow.Schema {
 	fields := []arrow.Field{{Name: v.IDColumn, Type: arrow.BinaryTypes.String}}
 	for _, i := range idx {
 		f := v.Features[i]
+		window := ""
+		if f.Window > 0 {
+			window = featurestore.FormatDuration(time.Duration(f.Window) * time.Millisecond)
+		}
 		fields = append(fields, arrow.Field{
 			Name:     f.Name,
 			Type:     arrowType(f.Kind),
 			Nullable: true,
-			Metadata: arrow.NewMetadata([]string{"description"}, []string{f.Doc}),
+			Metadata: arrow.NewMetadata([]string{"description", "aggregation", "window", "versioned"},
+				[]string{f.Doc, f.Agg, window, strconv.FormatBool(f.Versioned())}),
 		})
 	}
-	md := arrow.NewMetadata([]string{"view", "entity"}, []string{v.Name, v.Entity})
+	ttl := ""
+	if v.TTL > 0 {
+		ttl = featurestore.FormatDuration(v.TTL)
+	}
+	md := arrow.NewMetadata([]string{"view", "entity", "ttl"}, []string{v.Name, v.Entity, ttl})
 	return arrow.NewSchema(fields, &md)
 }
 

@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"slices"
@@ -21,6 +23,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/streamrec/recsys/featurestore"
 	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
 	"github.com/streamrec/recsys/serving"
 	"github.com/streamrec/recsys/updater/synth"
@@ -34,6 +37,8 @@ type benchOpts struct {
 	dir      string
 	cpuprof  string
 	readProf string
+	soak     bool
+	soakDays int
 }
 
 func benchCmd() *cobra.Command {
@@ -43,8 +48,14 @@ func benchCmd() *cobra.Command {
 		Short: "Measure embedded ingest events/s and features:get latency under concurrent load",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if o.events <= 0 || o.batch <= 0 || o.clients <= 0 || o.duration <= 0 {
-				return usageError{fmt.Errorf("events, batch, clients and duration must be positive")}
+			if o.events <= 0 || o.batch <= 0 || o.clients <= 0 || o.duration <= 0 || o.soakDays <= 0 {
+				return usageError{fmt.Errorf("events, batch, clients, duration and soak.days must be positive")}
+			}
+			if o.soak {
+				if !cmd.Flags().Changed("events") {
+					o.events = 10_000_000
+				}
+				return soak(cmd.Context(), &o)
 			}
 			return bench(cmd.Context(), &o)
 		},
@@ -57,6 +68,8 @@ func benchCmd() *cobra.Command {
 	f.StringVar(&o.dir, "dir", "", "data dir to use (default: a temporary one, removed afterwards)")
 	f.StringVar(&o.cpuprof, "cpuprofile", "", "write a CPU profile of the ingest phase to this file")
 	f.StringVar(&o.readProf, "cpuprofile-reads", "", "write a CPU profile of the read phase to this file")
+	f.BoolVar(&o.soak, "soak", false, "instead: stream --events (default 10M here) over --soak.days of event time on the event clock and print bytes on disk per simulated day")
+	f.IntVar(&o.soakDays, "soak.days", 30, "simulated days of the soak")
 	return cmd
 }
 
@@ -128,7 +141,16 @@ func bench(ctx context.Context, o *benchOpts) error {
 	}
 	fmt.Printf("ingest, embedded log (%d events, batches of %d, %d users, %d items):\n", len(evs), o.batch, gcfg.Users, gcfg.Items)
 	fmt.Printf("  durable (fsynced): %8.0f events/s (%s)\n", float64(len(evs))/durable.Seconds(), durable.Round(time.Millisecond))
-	fmt.Printf("  applied (readable): %7.0f events/s (%s)\n", float64(len(evs))/applied.Seconds(), applied.Round(time.Millisecond))
+	fmt.Printf("  applied (readable): %7.0f events/s (%s), full default feature set (%d user, %d item features)\n",
+		float64(len(evs))/applied.Seconds(), applied.Round(time.Millisecond), len(featurestore.UserView.Features), len(featurestore.ItemView.Features))
+	if err := eng.store.Flush(); err != nil {
+		stopUpd()
+		return err
+	}
+	st := eng.store.Stats()
+	state, logBytes := dirBytes(filepath.Join(dir, "state")), dirBytes(filepath.Join(dir, "log"))
+	fmt.Printf("  on disk: state %.1f MiB, log %.1f MiB; %d active users + %d active items: %.0f state bytes per entity\n",
+		float64(state)/(1<<20), float64(logBytes)/(1<<20), st.Users, st.Items, float64(state)/float64(st.Users+st.Items))
 
 	srv := serving.New(eng.store, eng.upd, serving.Options{Logger: logger})
 	handler, err := srv.HTTPHandler(ctx)
@@ -176,10 +198,18 @@ func bench(ctx context.Context, o *benchOpts) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	fmt.Printf("features:get on user_features, closed-loop clients in this process, %s per scenario (random users of %d):\n", o.duration, gcfg.Users)
+	fmt.Printf("features:get of every item_features feature (%d), closed-loop clients in this process, %s per scenario (items of random events):\n",
+		len(featurestore.ItemView.Features), o.duration)
+	randomItems := func(r *rand.Rand, n int) []string {
+		ids := make([]string, n)
+		for i := range ids {
+			ids[i] = evs[r.IntN(len(evs))].ItemId
+		}
+		return ids
+	}
 	for _, n := range []int{1, 500} {
 		restCall := func(r *rand.Rand) error {
-			body, _ := json.Marshal(map[string]any{"view": "user_features", "ids": randomUsers(r, n, gcfg.Users)})
+			body, _ := json.Marshal(map[string]any{"view": "item_features", "ids": randomItems(r, n)})
 			resp, err := hc.Post(url, "application/json", bytes.NewReader(body))
 			if err != nil {
 				return err
@@ -192,7 +222,7 @@ func bench(ctx context.Context, o *benchOpts) error {
 			return nil
 		}
 		grpcCall := func(r *rand.Rand) error {
-			_, err := gc.GetFeatures(ctx, &recsysv1.GetFeaturesRequest{View: "user_features", Ids: randomUsers(r, n, gcfg.Users)})
+			_, err := gc.GetFeatures(ctx, &recsysv1.GetFeaturesRequest{View: "item_features", Ids: randomItems(r, n)})
 			return err
 		}
 		for _, sc := range []struct {
@@ -210,12 +240,107 @@ func bench(ctx context.Context, o *benchOpts) error {
 	return <-updDone
 }
 
-func randomUsers(r *rand.Rand, n, users int) []string {
-	ids := make([]string, n)
-	for i := range ids {
-		ids[i] = fmt.Sprintf("u%d", 1+r.IntN(users))
+// dirBytes is the size of the files under dir.
+func dirBytes(dir string) int64 {
+	var n int64
+	_ = filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			if fi, err := d.Info(); err == nil {
+				n += fi.Size()
+			}
+		}
+		return nil
+	})
+	return n
+}
+
+// soak streams o.events generated events spread over o.soakDays days of
+// event time through the embedded path, on the event clock, and prints the
+// bytes on disk at the end of every simulated day: with a TTL they level
+// off instead of growing with the stream.
+func soak(ctx context.Context, o *benchOpts) error {
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	dir := o.dir
+	if dir == "" {
+		tmp, err := os.MkdirTemp("", "recsys-soak-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(tmp)
+		dir = tmp
 	}
-	return ids
+	gcfg := synth.Config{Seed: 7, Events: o.events, Users: 100_000, Items: 200_000, Categories: 2_000,
+		Start: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), Span: time.Duration(o.soakDays) * 24 * time.Hour}
+	gen, err := synth.New(gcfg)
+	if err != nil {
+		return err
+	}
+	eng, err := openEngine(dir, storeConfig{Clock: "event"}, time.Hour, logger)
+	if err != nil {
+		return err
+	}
+	defer eng.Close()
+	uctx, stopUpd := context.WithCancel(ctx)
+	defer stopUpd()
+	updDone := make(chan error, 1)
+	go func() { updDone <- eng.upd.Run(uctx) }()
+	fmt.Printf("soak: %d events over %d days of event time, %d users, %d items, TTL %s, %d cores\n",
+		o.events, o.soakDays, gcfg.Users, gcfg.Items, featurestore.FormatDuration(featurestore.UserView.TTL), runtime.NumCPU())
+	fmt.Println("  day   events     state MiB   log MiB   users    items    events/s")
+	start := time.Now()
+	day := gcfg.Start.UnixMilli() / 86_400_000
+	total := 0
+	batch := make([]*recsysv1.Event, 0, o.batch)
+	report := func() error {
+		if err := eng.upd.WaitApplied(ctx, eng.log.End()); err != nil {
+			return err
+		}
+		if err := eng.store.Flush(); err != nil {
+			return err
+		}
+		st := eng.store.Stats()
+		fmt.Printf("  %3d %9d %11.1f %9.1f %8d %8d %10.0f\n", day-gcfg.Start.UnixMilli()/86_400_000+1, total,
+			float64(dirBytes(filepath.Join(dir, "state")))/(1<<20), float64(dirBytes(filepath.Join(dir, "log")))/(1<<20),
+			st.Users, st.Items, float64(total)/time.Since(start).Seconds())
+		return nil
+	}
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		res, err := eng.upd.Ingest(ctx, batch, nil)
+		if err != nil {
+			return err
+		}
+		total += res.Accepted
+		batch = batch[:0]
+		return nil
+	}
+	for ev, ok := gen.Next(); ok; ev, ok = gen.Next() {
+		if d := ev.TS / 86_400_000; d != day {
+			if err := flush(); err != nil {
+				return err
+			}
+			if err := report(); err != nil {
+				return err
+			}
+			day = d
+		}
+		batch = append(batch, &recsysv1.Event{UserId: ev.UserID, ItemId: ev.ItemID, CategoryId: ev.CategoryID, Behavior: ev.Behavior, Ts: ev.TS})
+		if len(batch) == o.batch {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return err
+	}
+	if err := report(); err != nil {
+		return err
+	}
+	stopUpd()
+	return <-updDone
 }
 
 // loadGen runs call from clients goroutines for d and returns the
