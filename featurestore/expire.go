@@ -37,7 +37,8 @@ type ExpireStats struct {
 }
 
 // Expire removes data older than the retention as of now (Unix ms): tiles,
-// hourly item counts, dead letters and dedup entries of old days, and the
+// hourly item counts and dead letters of old days, dedup entries of days
+// before the dedup horizon, and the
 // records, purchase markers and popularity entries of entities whose newest
 // event is older than that.
 func (s *Store) Expire(now int64) (ExpireStats, error) {
@@ -57,9 +58,16 @@ func (s *Store) Expire(now int64) (ExpireStats, error) {
 	es := ExpireStats{CutoffDay: day}
 	b := s.db.NewBatch()
 	defer b.Close()
-	for _, p := range []byte{'t', 'h', 'd', 'e'} {
+	for _, p := range []byte{'t', 'h', 'd'} {
 		end := binary.BigEndian.AppendUint32([]byte{p}, day)
 		if err := b.DeleteRange([]byte{p}, end, nil); err != nil {
+			return es, err
+		}
+	}
+	// Dedup entries live for the dedup horizon, by the day of the event time.
+	if dedupCut := now - s.opts.DedupHorizon.Milliseconds(); dedupCut > 0 {
+		end := binary.BigEndian.AppendUint32(append([]byte(nil), prefixDedup...), dayOf(dedupCut))
+		if err := b.DeleteRange(prefixDedup, end, nil); err != nil {
 			return es, err
 		}
 	}

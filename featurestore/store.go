@@ -38,6 +38,10 @@ type Options struct {
 	Clock string
 	// Now is the wall clock; tests replace it. Default time.Now.
 	Now func() time.Time
+	// DedupHorizon is how long an event id is remembered: a resend within
+	// it is applied once. Default 7 days. (A resend older than the allowed
+	// lateness is rejected as late before it reaches the store.)
+	DedupHorizon time.Duration
 	// RecordCacheEntries bounds the writer's cache of decoded user and item
 	// records (each LRU holds this many). Default: 131072.
 	RecordCacheEntries int
@@ -65,6 +69,9 @@ func (o *Options) EnsureDefaults() {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.DedupHorizon <= 0 {
+		o.DedupHorizon = 7 * 24 * time.Hour
 	}
 	if o.RecordCacheEntries <= 0 {
 		o.RecordCacheEntries = 128 << 10

@@ -96,7 +96,10 @@ type plan struct {
 	schema *arrow.Schema
 }
 
-func (f *FlightServer) planQuery(q flightQuery) (*plan, error) {
+func (f *FlightServer) planQuery(q flightQuery) (*plan, error) { return f.plan(q, true) }
+
+// plan validates q; forTicket is false for GetSchema, which serves any view.
+func (f *FlightServer) plan(q flightQuery, forTicket bool) (*plan, error) {
 	if q.View == "" {
 		return nil, invalidArg("view", "required (see ListFlights)")
 	}
@@ -113,7 +116,7 @@ func (f *FlightServer) planQuery(q flightQuery) (*plan, error) {
 	if q.AsOf < 0 {
 		return nil, invalidArg("as_of", "%d is negative", q.AsOf)
 	}
-	if !v.Scannable() && q.IDs == nil {
+	if !v.Scannable() && q.IDs == nil && forTicket {
 		return nil, invalidArg("ids", "view %s is read by id only: give ids", v.Name)
 	}
 	cols := slices.DeleteFunc(slices.Clone(q.Columns), func(c string) bool { return c == v.IDColumn })
@@ -172,6 +175,10 @@ func arrowType(k featurestore.Kind) arrow.DataType {
 
 // decodeDescriptor turns a PATH [view] or a JSON CMD descriptor into a plan.
 func (f *FlightServer) decodeDescriptor(d *flight.FlightDescriptor) (*plan, error) {
+	return f.decode(d, true)
+}
+
+func (f *FlightServer) decode(d *flight.FlightDescriptor, forTicket bool) (*plan, error) {
 	if d == nil {
 		return nil, invalidArg("descriptor", "required")
 	}
@@ -180,13 +187,13 @@ func (f *FlightServer) decodeDescriptor(d *flight.FlightDescriptor) (*plan, erro
 		if len(d.Path) != 1 {
 			return nil, invalidArg("descriptor.path", "want one element, the view name; got %d", len(d.Path))
 		}
-		return f.planQuery(flightQuery{View: d.Path[0]})
+		return f.plan(flightQuery{View: d.Path[0]}, forTicket)
 	case flight.DescriptorCMD:
 		q, err := decodeQuery("descriptor.cmd", d.Cmd)
 		if err != nil {
 			return nil, err
 		}
-		return f.planQuery(q)
+		return f.plan(q, forTicket)
 	}
 	return nil, invalidArg("descriptor.type", "unknown descriptor type %d", d.Type)
 }
@@ -267,7 +274,7 @@ func (f *FlightServer) GetFlightInfo(_ context.Context, d *flight.FlightDescript
 
 // GetSchema returns the schema of a view or query.
 func (f *FlightServer) GetSchema(_ context.Context, d *flight.FlightDescriptor) (*flight.SchemaResult, error) {
-	p, err := f.decodeDescriptor(d)
+	p, err := f.decode(d, false)
 	if err != nil {
 		return nil, err
 	}

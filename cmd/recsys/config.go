@@ -43,18 +43,23 @@ type config struct {
 
 // storeConfig configures the feature engine of a data dir.
 type storeConfig struct {
-	Features string `yaml:"features"`
-	Clock    string `yaml:"clock"`
+	Features     string        `yaml:"features"`
+	Clock        string        `yaml:"clock"`
+	DedupHorizon time.Duration `yaml:"dedup-horizon"`
 }
 
 func (c *storeConfig) bindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.Features, "features", "", "feature definitions file (default: the built-in features.yaml)")
 	fs.StringVar(&c.Clock, "clock", "wall", "read clock: wall, or event (the newest event time, for replays of historical data)")
+	fs.DurationVar(&c.DedupHorizon, "dedup-horizon", 7*24*time.Hour, "how long event ids are remembered for deduplication")
 }
 
 func (c *storeConfig) validate() error {
 	if c.Clock != "wall" && c.Clock != "event" {
 		return fmt.Errorf("clock: %q is neither wall nor event", c.Clock)
+	}
+	if c.DedupHorizon < 0 {
+		return fmt.Errorf("dedup-horizon: %s is negative", c.DedupHorizon)
 	}
 	return nil
 }

@@ -38,7 +38,7 @@ func openEngine(dir string, sc storeConfig, lateness time.Duration, logger *slog
 	if err != nil {
 		return nil, err
 	}
-	st, err := featurestore.Open(filepath.Join(dir, "state"), featurestore.Options{Logger: logger, Definitions: defs, Clock: sc.Clock})
+	st, err := featurestore.Open(filepath.Join(dir, "state"), featurestore.Options{Logger: logger, Definitions: defs, Clock: sc.Clock, DedupHorizon: sc.DedupHorizon})
 	if err != nil {
 		_ = lg.Close()
 		return nil, err
