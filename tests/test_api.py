@@ -471,7 +471,7 @@ def test_replay_into_data_dir_then_serve(tmp_path, server_factory):
         users[e["user_id"]][canon.get(e["behavior"], e["behavior"]) + "_count"] += 1
 
     s = server_factory(start=False)
-    res = subprocess.run([recsys_bin(), "replay", "--format", "jsonl", "--progress", "off", "--data.dir", str(s.data_dir),
+    res = subprocess.run([recsys_bin(), "replay", "--format", "jsonl", "--progress", "off", "--clock", "event", "--data.dir", str(s.data_dir),
                           str(src)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     m = re.search(r"replay: (\d+) events read, (\d+) accepted, (\d+) rejected", res.stdout + res.stderr)
@@ -492,7 +492,7 @@ def test_replay_into_data_dir_then_serve(tmp_path, server_factory):
 
     # Replaying the same file again into the (stopped) data dir adds nothing.
     assert s.stop() == 0
-    res = subprocess.run([recsys_bin(), "replay", "--format", "jsonl", "--progress", "off", "--data.dir", str(s.data_dir),
+    res = subprocess.run([recsys_bin(), "replay", "--format", "jsonl", "--progress", "off", "--clock", "event", "--data.dir", str(s.data_dir),
                           str(src)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     s.start()
