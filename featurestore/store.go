@@ -341,7 +341,7 @@ func (s *Store) apply(end uint64, entries []Entry) (ApplyResult, error) {
 		}
 		dk := dedupKey(ev.TS, ev.ID)
 		if s.ids.f.TestString(ev.ID) {
-			dup, err := s.has(dk)
+			dup, err := s.seenID(ev.ID, ev.TS)
 			if err != nil {
 				return ApplyResult{}, fmt.Errorf("apply: %w", err)
 			}
@@ -581,6 +581,21 @@ func (s *Store) rebuildIDFilter(n uint) error {
 	}
 	s.ids = f
 	return nil
+}
+
+// seenID reports whether id was applied with an event time within the
+// dedup horizon of ts. Dedup keys are bucketed by the day of their event
+// time (so that they expire by range deletes), so an id reused with
+// another time is looked up in every day of the horizon around ts.
+func (s *Store) seenID(id string, ts int64) (bool, error) {
+	h := s.opts.DedupHorizon.Milliseconds()
+	for day := dayOf(ts - h); day <= dayOf(ts+h); day++ {
+		ok, err := s.has(dedupKey(int64(day)*dayMS, id))
+		if err != nil || ok {
+			return ok, err
+		}
+	}
+	return false, nil
 }
 
 // encodeStats is the value of keyStats.
