@@ -1,7 +1,9 @@
 package featurestore
 
 import (
+	"bytes"
 	"encoding/binary"
+	"errors"
 
 	"fmt"
 	"github.com/axiomhq/hyperloglog"
@@ -188,23 +190,48 @@ type tile struct {
 }
 
 // windowReader reads the tiles of entities for window features as of a
-// time. It is reused across the entities of one request.
+// time. It is reused across the entities of one request, which Get visits
+// in id order: with one iterator per (bucket, resolution), every iterator
+// seeks forward only, and Pebble turns short forward seeks into nexts.
 type windowReader struct {
 	s      *Store
-	iter   *pebble.Iterator
-	coarse []tile // 1-hour tiles
-	events []tile // the events of the 5-minute tiles
+	iters  map[iterKey]*pebble.Iterator
+	coarse []tile              // 1-hour tiles
+	events []tile              // the events of the 5-minute tiles
+	sk     *hyperloglog.Sketch // decoding buffer
+}
+
+type iterKey struct {
+	day uint32
+	res byte
 }
 
 func (s *Store) newWindowReader() (*windowReader, error) {
-	iter, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{'t'}, UpperBound: []byte{'u'}})
+	return &windowReader{s: s, iters: make(map[iterKey]*pebble.Iterator), sk: newSketch()}, nil
+}
+
+// iter returns the iterator over the tiles of res in the bucket of day.
+func (w *windowReader) iter(day uint32, res byte) (*pebble.Iterator, error) {
+	k := iterKey{day, res}
+	if it, ok := w.iters[k]; ok {
+		return it, nil
+	}
+	lo := binary.BigEndian.AppendUint32([]byte{'t'}, day)
+	it, err := w.s.db.NewIter(&pebble.IterOptions{LowerBound: append(lo, res), UpperBound: append(slices.Clip(lo), res+1)})
 	if err != nil {
 		return nil, err
 	}
-	return &windowReader{s: s, iter: iter}, nil
+	w.iters[k] = it
+	return it, nil
 }
 
-func (w *windowReader) close() error { return w.iter.Close() }
+func (w *windowReader) close() error {
+	var errs []error
+	for _, it := range w.iters {
+		errs = append(errs, it.Close())
+	}
+	return errors.Join(errs...)
+}
 
 // scanTiles calls fn with the start and value of every tile of res for
 // (kind, id) with start in [lo, hi).
@@ -218,9 +245,13 @@ func (w *windowReader) scanTiles(res, kind byte, id string, lo, hi int64, fn fun
 		to := min(hi, int64(day+n)*dayMS)
 		start := tileKeyIn(day, res, kind, id, from)
 		end := tileKeyIn(day, res, kind, id, to)
-		for ok := w.iter.SeekGE(start); ok && string(w.iter.Key()) < string(end); ok = w.iter.Next() {
-			k := w.iter.Key()
-			v, err := w.iter.ValueAndErr()
+		it, err := w.iter(day, res)
+		if err != nil {
+			return err
+		}
+		for ok := it.SeekGE(start); ok && bytes.Compare(it.Key(), end) < 0; ok = it.Next() {
+			k := it.Key()
+			v, err := it.ValueAndErr()
 			if err != nil {
 				return err
 			}
@@ -228,7 +259,7 @@ func (w *windowReader) scanTiles(res, kind byte, id string, lo, hi int64, fn fun
 				return fmt.Errorf("tile %q: %w", k, err)
 			}
 		}
-		if err := w.iter.Error(); err != nil {
+		if err := it.Error(); err != nil {
 			return err
 		}
 	}
@@ -425,19 +456,22 @@ func (m *sketchMerger) Finish(bool) ([]byte, io.Closer, error) {
 // distinct estimates the distinct values in the hourly sketches of (kind,
 // id) for the hours from the one holding asOf-w+1 to the one holding asOf.
 func (w *windowReader) distinct(kind byte, id string, asOf, win int64) (int64, int64, error) {
+	// The union is dense (1 KiB of registers): merging a sparse sketch into
+	// it is a pass over the sparse entries, far cheaper than sparse merges.
 	var union *hyperloglog.Sketch
 	var newest int64
 	err := w.scanTiles(resDistinct, kind, id, floorTo(asOf-win+1, coarseTile), floorTo(asOf, coarseTile)+coarseTile, func(start int64, v []byte) error {
-		sk := newSketch()
-		if err := sk.UnmarshalBinary(v); err != nil {
+		if err := w.sk.UnmarshalBinary(v); err != nil {
 			return fmt.Errorf("%w: sketch: %v", ErrCorrupt, err)
 		}
 		newest = max(newest, start)
 		if union == nil {
-			union = sk
-			return nil
+			var err error
+			if union, err = hyperloglog.NewSketch(hllPrecision, false); err != nil {
+				return err
+			}
 		}
-		return union.Merge(sk)
+		return union.Merge(w.sk)
 	})
 	if err != nil || union == nil {
 		return 0, 0, err

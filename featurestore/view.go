@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -398,7 +399,13 @@ func (s *Store) Get(v *View, ids []string, idx []int, rt ReadTime) ([]Row, error
 		return nil, err
 	}
 	defer rd.close()
-	for r := range rows {
+	// Visit the entities in id order: the tile iterators then seek forward.
+	order := make([]int, len(rows))
+	for r := range order {
+		order[r] = r
+	}
+	slices.SortFunc(order, func(a, b int) int { return strings.Compare(ids[a], ids[b]) })
+	for _, r := range order {
 		row := &rows[r]
 		b, ok, err := s.get(makeKey(v.prefix, row.ID))
 		if err != nil {
