@@ -32,6 +32,7 @@ type config struct {
 		MaxBatch        int           `yaml:"max-batch"`
 		MaxBodyBytes    int64         `yaml:"max-body-bytes"`
 		AllowedLateness time.Duration `yaml:"allowed-lateness"`
+		MaxFutureSkew   time.Duration `yaml:"max-future-skew"`
 	} `yaml:"ingest"`
 	Store storeConfig `yaml:",inline"`
 	Demo  struct {
@@ -77,6 +78,7 @@ func (c *config) bindFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.Ingest.MaxBatch, "ingest.max-batch", 10_000, "most events in one ingest request")
 	fs.Int64Var(&c.Ingest.MaxBodyBytes, "ingest.max-body-bytes", 16<<20, "largest REST request body in bytes")
 	fs.DurationVar(&c.Ingest.AllowedLateness, "ingest.allowed-lateness", time.Hour, "events older than the newest event time minus this are rejected as late")
+	fs.DurationVar(&c.Ingest.MaxFutureSkew, "ingest.max-future-skew", 5*time.Minute, "events more than this past the wall clock are rejected as future")
 	fs.BoolVar(&c.Demo.Enabled, "demo", false, "load the synthetic demo stream on first start (empty log)")
 	fs.IntVar(&c.Demo.Events, "demo.events", 200_000, "events in the demo stream")
 	c.Store.bindFlags(fs)
@@ -96,6 +98,8 @@ func (c *config) validate() error {
 		return fmt.Errorf("ingest.max-batch: %d is not positive", c.Ingest.MaxBatch)
 	case c.Ingest.MaxBodyBytes <= 0:
 		return fmt.Errorf("ingest.max-body-bytes: %d is not positive", c.Ingest.MaxBodyBytes)
+	case c.Ingest.MaxFutureSkew <= 0:
+		return fmt.Errorf("ingest.max-future-skew: %s is not positive", c.Ingest.MaxFutureSkew)
 	case c.Ingest.AllowedLateness <= 0:
 		return fmt.Errorf("ingest.allowed-lateness: %s is not positive", c.Ingest.AllowedLateness)
 	case c.Demo.Events <= 0:

@@ -13,6 +13,11 @@ import (
 	"github.com/streamrec/recsys/updater/eventlog"
 )
 
+// ingestConfig is the event-time policy of the updater.
+type ingestConfig struct {
+	lateness, futureSkew time.Duration
+}
+
 // engine is the stateful core of a data dir: the event log, the store and
 // the updater between them.
 type engine struct {
@@ -23,7 +28,7 @@ type engine struct {
 
 // openEngine opens (or creates) the data dir: <dir>/log holds the durable
 // event log, <dir>/state the feature store.
-func openEngine(dir string, sc storeConfig, lateness time.Duration, logger *slog.Logger) (*engine, error) {
+func openEngine(dir string, sc storeConfig, ing ingestConfig, logger *slog.Logger) (*engine, error) {
 	defs := featurestore.DefaultDefinitions()
 	if sc.Features != "" {
 		var err error
@@ -47,7 +52,7 @@ func openEngine(dir string, sc storeConfig, lateness time.Duration, logger *slog
 		_ = errors.Join(st.Close(), lg.Close())
 		return nil, fmt.Errorf("data dir %s: store applied offset %d is past the log end %d (log and state from different runs?)", dir, st.AppliedOffset(), lg.End())
 	}
-	return &engine{log: lg, store: st, upd: updater.New(lg, st, updater.Options{Logger: logger, AllowedLateness: lateness})}, nil
+	return &engine{log: lg, store: st, upd: updater.New(lg, st, updater.Options{Logger: logger, AllowedLateness: ing.lateness, MaxFutureSkew: ing.futureSkew})}, nil
 }
 
 func (e *engine) Close() error {

@@ -67,7 +67,7 @@ func replayCmd() *cobra.Command {
 	f.IntVar(&o.batch, "batch", 5_000, "events per request or ingest batch")
 	f.DurationVar(&o.retryFor, "retry-for", 5*time.Minute, "how long to keep retrying a batch the server did not acknowledge")
 	f.StringVar(&o.progress, "progress", "auto", "progress bar: auto (when stderr is a terminal), on or off")
-	f.DurationVar(&o.maxSkew, "max-future-skew", 5*time.Minute, "reject events this far past the wall clock")
+	f.DurationVar(&o.maxSkew, "ingest.max-future-skew", 5*time.Minute, "reject events this far past the wall clock")
 	o.log.bindFlags(f)
 	o.store.bindFlags(f)
 	f.DurationVar(&o.lateness, "ingest.allowed-lateness", time.Hour, "with --data.dir: events older than the newest event time minus this are rejected as late")
@@ -113,7 +113,7 @@ func replay(ctx context.Context, o *replayOpts, files []string) error {
 	if o.target != "" {
 		snk = &httpSink{url: strings.TrimRight(o.target, "/") + "/v1/events", retryFor: o.retryFor, client: &http.Client{Timeout: time.Minute}, logger: logger}
 	} else {
-		eng, err := openEngine(o.dataDir, o.store, o.lateness, logger)
+		eng, err := openEngine(o.dataDir, o.store, ingestConfig{o.lateness, o.maxSkew}, logger)
 		if err != nil {
 			return err
 		}

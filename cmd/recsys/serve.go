@@ -47,7 +47,7 @@ const shutdownTimeout = 15 * time.Second
 
 func serve(ctx context.Context, cfg *config) error {
 	logger := cfg.Log.logger()
-	eng, err := openEngine(cfg.Data.Dir, cfg.Store, cfg.Ingest.AllowedLateness, logger)
+	eng, err := openEngine(cfg.Data.Dir, cfg.Store, ingestConfig{cfg.Ingest.AllowedLateness, cfg.Ingest.MaxFutureSkew}, logger)
 	if err != nil {
 		return err
 	}
