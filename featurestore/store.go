@@ -715,3 +715,21 @@ func (p pebbleLogger) Fatalf(format string, args ...any) {
 	p.l.Error(fmt.Sprintf(format, args...))
 	panic(fmt.Sprintf(format, args...))
 }
+
+// PebbleStats are the figures of Pebble that recsys exports as metrics.
+type PebbleStats struct {
+	DiskBytes   uint64
+	Compactions int64
+	CacheHits   int64
+	CacheMisses int64
+}
+
+// PebbleStats returns Pebble's disk use, compaction and cache counters.
+func (s *Store) PebbleStats() (PebbleStats, error) {
+	if err := s.acquire(); err != nil {
+		return PebbleStats{}, err
+	}
+	defer s.release()
+	m := s.db.Metrics()
+	return PebbleStats{DiskBytes: m.DiskSpaceUsage(), Compactions: m.Compact.Count, CacheHits: m.BlockCache.Hits, CacheMisses: m.BlockCache.Misses}, nil
+}

@@ -34,6 +34,8 @@ type Options struct {
 	MaxIDs int
 	// MaxK is the largest k for recommendations. Default 1,000.
 	MaxK int
+	// Metrics, when set, is served at /metrics.
+	Metrics *Metrics
 	// MaxReadyLag is how many log entries the updater may be behind while
 	// /readyz still reports ready. Default 100,000.
 	MaxReadyLag uint64

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -30,6 +31,8 @@ type Options struct {
 	AllowedLateness time.Duration
 	// Now is the wall clock. Default time.Now.
 	Now func() time.Time
+	// Registerer receives the updater's metrics; nil registers nowhere.
+	Registerer prometheus.Registerer
 }
 
 func (o *Options) ensureDefaults() {
@@ -64,12 +67,53 @@ type Updater struct {
 	// ingestMu orders the watermark check of concurrent ingests.
 	ingestMu sync.Mutex
 	maxTS    int64 // newest event time accepted; guarded by ingestMu
+
+	// acked remembers when each ingest was acknowledged, by the log end it
+	// reached, to observe freshness once it is applied.
+	ackMu sync.Mutex
+	acked []ack
+
+	m metrics
+}
+
+type ack struct {
+	end uint64
+	at  time.Time
+}
+
+type metrics struct {
+	events    *prometheus.CounterVec
+	apply     prometheus.Histogram
+	freshness prometheus.Histogram
+}
+
+func newMetrics(reg prometheus.Registerer) metrics {
+	m := metrics{
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "recsys_ingest_events_total",
+			Help: "Events received by ingest, by result (accepted, rejected) and rejection code.",
+		}, []string{"result", "code"}),
+		apply: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "recsys_updater_apply_duration_seconds",
+			Help:    "Time to apply one batch of log entries to the store.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}),
+		freshness: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "recsys_updater_freshness_seconds",
+			Help:    "Time from an ingest's acknowledgement to its events being readable.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.events, m.apply, m.freshness)
+	}
+	return m
 }
 
 // New returns an Updater over log and store. Call Run to apply.
 func New(log *eventlog.Log, store *featurestore.Store, opts Options) *Updater {
 	opts.ensureDefaults()
-	u := &Updater{log: log, store: store, opts: opts, maxTS: store.Stats().MaxTS}
+	u := &Updater{log: log, store: store, opts: opts, maxTS: store.Stats().MaxTS, m: newMetrics(opts.Registerer)}
 	u.mu.applied = make(chan struct{})
 	return u
 }
@@ -123,6 +167,9 @@ func (u *Updater) Ingest(ctx context.Context, events []*recsysv1.Event, index []
 		recs = append(recs, rec)
 	}
 	u.ingestMu.Unlock()
+	for _, r := range res.Rejected {
+		u.m.events.WithLabelValues("rejected", r.Code).Inc()
+	}
 	if err := u.store.AddDeadLetters(now.UnixMilli(), dead); err != nil {
 		return IngestResult{}, fmt.Errorf("ingest: %w", err)
 	}
@@ -136,6 +183,12 @@ func (u *Updater) Ingest(ctx context.Context, events []*recsysv1.Event, index []
 	}
 	res.Accepted = len(recs)
 	res.End = first + uint64(len(recs))
+	u.m.events.WithLabelValues("accepted", "").Add(float64(res.Accepted))
+	u.ackMu.Lock()
+	if len(u.acked) < 100_000 {
+		u.acked = append(u.acked, ack{res.End, time.Now()})
+	}
+	u.ackMu.Unlock()
 	return res, nil
 }
 
@@ -194,9 +247,19 @@ func (u *Updater) Run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("updater: read log at %d: %w", from, err)
 		}
+		applyStart := time.Now()
 		if _, err := u.store.Apply(end, entries); err != nil {
 			return fmt.Errorf("updater: %w", err)
 		}
+		done := time.Now()
+		u.m.apply.Observe(done.Sub(applyStart).Seconds())
+		u.ackMu.Lock()
+		i := 0
+		for ; i < len(u.acked) && u.acked[i].end <= end; i++ {
+			u.m.freshness.Observe(done.Sub(u.acked[i].at).Seconds())
+		}
+		u.acked = append(u.acked[:0], u.acked[i:]...)
+		u.ackMu.Unlock()
 		// Once a day of the store's clock, remove what is past the TTL, and
 		// the log records applied more than the retention ago.
 		if now := u.store.Now(); now/dayMS != lastExpiry {

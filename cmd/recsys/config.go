@@ -35,7 +35,20 @@ type config struct {
 		MaxFutureSkew   time.Duration `yaml:"max-future-skew"`
 	} `yaml:"ingest"`
 	Store storeConfig `yaml:",inline"`
-	Demo  struct {
+	Auth  struct {
+		TokenFile   string `yaml:"token-file"`
+		AllowRemote bool   `yaml:"allow-unauthenticated-remote"`
+	} `yaml:"auth"`
+	TLS struct {
+		Cert     string `yaml:"cert"`
+		Key      string `yaml:"key"`
+		ClientCA string `yaml:"client-ca"`
+	} `yaml:"tls"`
+	Limits struct {
+		MaxInFlight    int           `yaml:"max-in-flight"`
+		RequestTimeout time.Duration `yaml:"request-timeout"`
+	} `yaml:"limits"`
+	Demo struct {
 		Enabled bool `yaml:"enabled"`
 		Events  int  `yaml:"events"`
 	} `yaml:"demo"`
@@ -82,6 +95,13 @@ func (c *config) bindFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&c.Demo.Enabled, "demo", false, "load the synthetic demo stream on first start (empty log)")
 	fs.IntVar(&c.Demo.Events, "demo.events", 200_000, "events in the demo stream")
 	c.Store.bindFlags(fs)
+	fs.StringVar(&c.Auth.TokenFile, "auth.token-file", "", "file of TOKEN SCOPE lines (scopes read, write, admin); without it no call is authenticated and the server listens on loopback only")
+	fs.BoolVar(&c.Auth.AllowRemote, "auth.allow-unauthenticated-remote", false, "without a token file, listen on the addresses as given instead of loopback only")
+	fs.StringVar(&c.TLS.Cert, "tls.cert", "", "PEM certificate: serve TLS on all three listeners")
+	fs.StringVar(&c.TLS.Key, "tls.key", "", "PEM private key of --tls.cert")
+	fs.StringVar(&c.TLS.ClientCA, "tls.client-ca", "", "PEM CA bundle: require client certificates signed by it (mTLS)")
+	fs.IntVar(&c.Limits.MaxInFlight, "limits.max-in-flight", 256, "requests in flight per listener; more are refused at once with 429 / RESOURCE_EXHAUSTED")
+	fs.DurationVar(&c.Limits.RequestTimeout, "limits.request-timeout", 30*time.Second, "deadline of each REST and unary gRPC request")
 	c.Log.bindFlags(fs)
 }
 
@@ -98,6 +118,14 @@ func (c *config) validate() error {
 		return fmt.Errorf("ingest.max-batch: %d is not positive", c.Ingest.MaxBatch)
 	case c.Ingest.MaxBodyBytes <= 0:
 		return fmt.Errorf("ingest.max-body-bytes: %d is not positive", c.Ingest.MaxBodyBytes)
+	case (c.TLS.Cert == "") != (c.TLS.Key == ""):
+		return fmt.Errorf("tls.cert, tls.key: give both or neither")
+	case c.TLS.ClientCA != "" && c.TLS.Cert == "":
+		return fmt.Errorf("tls.client-ca: needs tls.cert and tls.key")
+	case c.Limits.MaxInFlight < 0:
+		return fmt.Errorf("limits.max-in-flight: %d is negative", c.Limits.MaxInFlight)
+	case c.Limits.RequestTimeout < 0:
+		return fmt.Errorf("limits.request-timeout: %s is negative", c.Limits.RequestTimeout)
 	case c.Ingest.MaxFutureSkew <= 0:
 		return fmt.Errorf("ingest.max-future-skew: %s is not positive", c.Ingest.MaxFutureSkew)
 	case c.Ingest.AllowedLateness <= 0:

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/streamrec/recsys/featurestore"
 	"github.com/streamrec/recsys/updater"
 	"github.com/streamrec/recsys/updater/eventlog"
@@ -28,7 +30,7 @@ type engine struct {
 
 // openEngine opens (or creates) the data dir: <dir>/log holds the durable
 // event log, <dir>/state the feature store.
-func openEngine(dir string, sc storeConfig, ing ingestConfig, logger *slog.Logger) (*engine, error) {
+func openEngine(dir string, sc storeConfig, ing ingestConfig, logger *slog.Logger, reg prometheus.Registerer) (*engine, error) {
 	defs := featurestore.DefaultDefinitions()
 	if sc.Features != "" {
 		var err error
@@ -52,7 +54,7 @@ func openEngine(dir string, sc storeConfig, ing ingestConfig, logger *slog.Logge
 		_ = errors.Join(st.Close(), lg.Close())
 		return nil, fmt.Errorf("data dir %s: store applied offset %d is past the log end %d (log and state from different runs?)", dir, st.AppliedOffset(), lg.End())
 	}
-	return &engine{log: lg, store: st, upd: updater.New(lg, st, updater.Options{Logger: logger, AllowedLateness: ing.lateness, MaxFutureSkew: ing.futureSkew})}, nil
+	return &engine{log: lg, store: st, upd: updater.New(lg, st, updater.Options{Logger: logger, AllowedLateness: ing.lateness, MaxFutureSkew: ing.futureSkew, Registerer: reg})}, nil
 }
 
 func (e *engine) Close() error {

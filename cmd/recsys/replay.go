@@ -113,7 +113,7 @@ func replay(ctx context.Context, o *replayOpts, files []string) error {
 	if o.target != "" {
 		snk = &httpSink{url: strings.TrimRight(o.target, "/") + "/v1/events", retryFor: o.retryFor, client: &http.Client{Timeout: time.Minute}, logger: logger}
 	} else {
-		eng, err := openEngine(o.dataDir, o.store, ingestConfig{o.lateness, o.maxSkew}, logger)
+		eng, err := openEngine(o.dataDir, o.store, ingestConfig{o.lateness, o.maxSkew}, logger, nil)
 		if err != nil {
 			return err
 		}

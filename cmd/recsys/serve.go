@@ -2,16 +2,21 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
 	"github.com/streamrec/recsys/serving"
@@ -47,7 +52,24 @@ const shutdownTimeout = 15 * time.Second
 
 func serve(ctx context.Context, cfg *config) error {
 	logger := cfg.Log.logger()
-	eng, err := openEngine(cfg.Data.Dir, cfg.Store, ingestConfig{cfg.Ingest.AllowedLateness, cfg.Ingest.MaxFutureSkew}, logger)
+	var tokens serving.Tokens
+	if cfg.Auth.TokenFile != "" {
+		var err error
+		if tokens, err = serving.LoadTokens(cfg.Auth.TokenFile); err != nil {
+			return usageError{err}
+		}
+	} else if !cfg.Auth.AllowRemote {
+		for _, a := range []*string{&cfg.HTTP.Addr, &cfg.GRPC.Addr, &cfg.Flight.Addr} {
+			*a = loopbackOnly(*a)
+		}
+		logger.Warn("no --auth.token-file: every call is allowed, so the server listens on loopback only (--auth.allow-unauthenticated-remote to override)")
+	}
+	tlsCfg, err := serverTLS(cfg.TLS.Cert, cfg.TLS.Key, cfg.TLS.ClientCA)
+	if err != nil {
+		return usageError{err}
+	}
+	reg := prometheus.NewRegistry()
+	eng, err := openEngine(cfg.Data.Dir, cfg.Store, ingestConfig{cfg.Ingest.AllowedLateness, cfg.Ingest.MaxFutureSkew}, logger, reg)
 	if err != nil {
 		return err
 	}
@@ -56,11 +78,16 @@ func serve(ctx context.Context, cfg *config) error {
 			logger.Error("close data dir", "err", err)
 		}
 	}()
+	metrics := serving.NewMetrics(reg, eng.store, eng.upd)
 	srv := serving.New(eng.store, eng.upd, serving.Options{
 		Logger:       logger,
 		MaxBatch:     cfg.Ingest.MaxBatch,
 		MaxBodyBytes: cfg.Ingest.MaxBodyBytes,
+		Metrics:      metrics,
 	})
+	guard := func(name string) *serving.Guard {
+		return serving.NewGuard(name, tokens, cfg.Limits.MaxInFlight, cfg.Limits.RequestTimeout, metrics)
+	}
 
 	var lc net.ListenConfig
 	listen := func(name, addr string) (net.Listener, error) {
@@ -83,14 +110,19 @@ func serve(ctx context.Context, cfg *config) error {
 		return err
 	}
 
-	grpcSrv, hs := srv.GRPCServer(grpc.MaxRecvMsgSize(int(cfg.Ingest.MaxBodyBytes)))
-	flightSrv := serving.NewFlightServer(eng.store, nil).GRPCServer()
+	var creds []grpc.ServerOption
+	if tlsCfg != nil {
+		creds = append(creds, grpc.Creds(credentials.NewTLS(tlsCfg)))
+		httpL = tls.NewListener(httpL, tlsCfg)
+	}
+	grpcSrv, hs := srv.GRPCServer(append(append(creds, grpc.MaxRecvMsgSize(int(cfg.Ingest.MaxBodyBytes))), guard("grpc").ServerOptions()...)...)
+	flightSrv := serving.NewFlightServer(eng.store, nil).GRPCServer(append(creds, guard("flight").ServerOptions()...)...)
 
 	handler, err := srv.HTTPHandler(ctx)
 	if err != nil {
 		return err
 	}
-	httpSrv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	httpSrv := &http.Server{Handler: guard("http").HTTPMiddleware(handler), ReadHeaderTimeout: 10 * time.Second}
 
 	g, gctx := errgroup.WithContext(ctx)
 	// The updater runs on its own context so that it can drain the log after
@@ -128,8 +160,12 @@ func serve(ctx context.Context, cfg *config) error {
 		return ignoreClosed(err)
 	})
 
-	fmt.Printf("recsys serving (data dir %s)\n  REST:   http://%s  (OpenAPI at /openapi.json)\n  gRPC:   %s\n  Flight: grpc://%s\n",
-		cfg.Data.Dir, hostPort(httpL.Addr()), hostPort(grpcL.Addr()), hostPort(flightL.Addr()))
+	scheme, fscheme := "http", "grpc"
+	if tlsCfg != nil {
+		scheme, fscheme = "https", "grpc+tls"
+	}
+	fmt.Printf("recsys serving (data dir %s)\n  REST:   %s://%s  (OpenAPI at /openapi.json, metrics at /metrics)\n  gRPC:   %s\n  Flight: %s://%s\n",
+		cfg.Data.Dir, scheme, hostPort(httpL.Addr()), hostPort(grpcL.Addr()), fscheme, hostPort(flightL.Addr()))
 	logger.Info("listening", "http", httpL.Addr().String(), "grpc", grpcL.Addr().String(), "flight", flightL.Addr().String(),
 		"applied_offset", eng.store.AppliedOffset(), "log_end", eng.log.End())
 	err = g.Wait()
@@ -137,6 +173,46 @@ func serve(ctx context.Context, cfg *config) error {
 		err = nil
 	}
 	return err
+}
+
+// loopbackOnly replaces an unspecified host (":8080", "0.0.0.0:8080") by
+// the loopback address.
+func loopbackOnly(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		return net.JoinHostPort("127.0.0.1", port)
+	}
+	return addr
+}
+
+// serverTLS builds the TLS configuration of the three listeners; nil
+// without a certificate. With a client CA, clients must present a
+// certificate it signed (mTLS).
+func serverTLS(cert, key, clientCA string) (*tls.Config, error) {
+	if cert == "" {
+		return nil, nil
+	}
+	pair, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		return nil, fmt.Errorf("tls.cert, tls.key: %w", err)
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}}
+	if clientCA != "" {
+		pem, err := os.ReadFile(clientCA)
+		if err != nil {
+			return nil, fmt.Errorf("tls.client-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("tls.client-ca: no PEM certificate in %s", clientCA)
+		}
+		cfg.ClientCAs = pool
+		cfg.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return cfg, nil
 }
 
 func gracefulStop(ctx context.Context, s *grpc.Server) {
