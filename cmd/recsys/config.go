@@ -166,27 +166,54 @@ func (l *logConfig) logger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, opts))
 }
 
-// loadConfigFile reads the YAML file path into c, then re-applies the flags
-// set on the command line so that they win. Unknown keys are errors.
-func loadConfigFile(path string, c *config, fs *pflag.FlagSet) error {
-	set := map[string]string{}
-	fs.Visit(func(f *pflag.Flag) { set[f.Name] = f.Value.String() })
-	b, err := os.ReadFile(path)
+// resolveConfig fills c from, by increasing precedence: the defaults, the
+// YAML file path (if any; unknown keys are errors), the environment
+// (RECSYS_ and the flag name upper-cased with dots and dashes as
+// underscores, e.g. RECSYS_DATA_DIR) and the command-line flags. It returns
+// where each flag's value came from.
+func resolveConfig(path string, c *config, fs *pflag.FlagSet) (map[string]string, error) {
+	source := map[string]string{}
+	cli := map[string]string{}
+	fs.Visit(func(f *pflag.Flag) { cli[f.Name] = f.Value.String() })
+	if path != "" {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("config: %w", err)
+		}
+		before := map[string]string{}
+		fs.VisitAll(func(f *pflag.Flag) { before[f.Name] = f.Value.String() })
+		dec := yaml.NewDecoder(bytes.NewReader(b))
+		dec.KnownFields(true)
+		if err := dec.Decode(c); err != nil && err.Error() != "EOF" {
+			return nil, fmt.Errorf("config %s: %s", path, strings.TrimPrefix(err.Error(), "yaml: "))
+		}
+		fs.VisitAll(func(f *pflag.Flag) {
+			if f.Value.String() != before[f.Name] {
+				source[f.Name] = "file"
+			}
+		})
+	}
+	var err error
+	fs.VisitAll(func(f *pflag.Flag) {
+		if _, ok := cli[f.Name]; ok || err != nil || f.Name == "config" || f.Name == "help" {
+			return
+		}
+		env := "RECSYS_" + strings.NewReplacer(".", "_", "-", "_").Replace(strings.ToUpper(f.Name))
+		if v, ok := os.LookupEnv(env); ok {
+			if serr := fs.Set(f.Name, v); serr != nil {
+				err = fmt.Errorf("%s: %w", env, serr)
+			}
+			source[f.Name] = "env " + env
+		}
+	})
 	if err != nil {
-		return fmt.Errorf("config: %w", err)
+		return nil, err
 	}
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(c); err != nil && err.Error() != "EOF" {
-		return fmt.Errorf("config %s: %s", path, strings.TrimPrefix(err.Error(), "yaml: "))
-	}
-	for name, v := range set {
-		if name == "config" {
-			continue
-		}
+	for name, v := range cli {
 		if err := fs.Set(name, v); err != nil {
-			return err
+			return nil, err
 		}
+		source[name] = "flag"
 	}
-	return nil
+	return source, nil
 }

@@ -5,6 +5,8 @@
 //	recsys replay   stream Taobao CSV or JSONL files into a server or a data dir
 //	recsys gen      write a synthetic behavior stream
 //	recsys bench    measure ingest and online-read speed on this machine
+//	recsys config   print the effective configuration
+//	recsys load     drive ingest and reads against a server for a set time
 package main
 
 import (
@@ -27,7 +29,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCmd(), replayCmd(), genCmd(), benchCmd())
+	root.AddCommand(serveCmd(), replayCmd(), genCmd(), benchCmd(), configCmd(), loadCmd())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "recsys:", err)
 		var ue usageError

@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -31,10 +32,8 @@ func serveCmd() *cobra.Command {
 		Short: "Run the updater and the REST, gRPC and Arrow Flight servers",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if cfgFile != "" {
-				if err := loadConfigFile(cfgFile, &cfg, cmd.Flags()); err != nil {
-					return usageError{err}
-				}
+			if _, err := resolveConfig(cfgFile, &cfg, cmd.Flags()); err != nil {
+				return usageError{err}
 			}
 			if err := cfg.validate(); err != nil {
 				return usageError{err}
@@ -45,6 +44,42 @@ func serveCmd() *cobra.Command {
 	cfg.bindFlags(cmd.Flags())
 	cmd.Flags().StringVar(&cfgFile, "config", "", "YAML configuration file; flags override it")
 	return cmd
+}
+
+func configCmd() *cobra.Command {
+	root := &cobra.Command{Use: "config", Short: "Inspect the configuration of recsys serve"}
+	var cfg config
+	var cfgFile string
+	print := &cobra.Command{
+		Use:   "print [--config FILE] [serve flags]",
+		Short: "Print the effective configuration of recsys serve (defaults < file < RECSYS_* environment < flags) and each value's source",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			source, err := resolveConfig(cfgFile, &cfg, cmd.Flags())
+			if err != nil {
+				return usageError{err}
+			}
+			verr := cfg.validate()
+			cmd.Flags().VisitAll(func(f *pflag.Flag) {
+				if f.Name == "config" || f.Name == "help" {
+					return
+				}
+				src := source[f.Name]
+				if src == "" {
+					src = "default"
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: %q  # %s\n", f.Name, f.Value.String(), src)
+			})
+			if verr != nil {
+				return usageError{verr}
+			}
+			return nil
+		},
+	}
+	cfg.bindFlags(print.Flags())
+	print.Flags().StringVar(&cfgFile, "config", "", "YAML configuration file")
+	root.AddCommand(print)
+	return root
 }
 
 // shutdownTimeout bounds each stage of a graceful shutdown.
