@@ -7,7 +7,7 @@ VPY := $(VENV)/bin/python
 BIN := bin/recsys
 GENERATED := recsys/v1/recsys.pb.go recsys/v1/recsys_grpc.pb.go recsys/v1/recsys.pb.gw.go recsys/v1/openapi.json
 
-.PHONY: all build run test test-go test-py vet proto proto-check bench soak fuzz venv clean
+.PHONY: all build run test test-go test-py vet proto proto-check bench soak fuzz fuzz-short venv clean
 
 all: build
 
@@ -41,8 +41,8 @@ vet:
 	$(GO) vet ./...
 	@fmt=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.')); [ -z "$$fmt" ] || { echo "gofmt needed: $$fmt"; exit 1; }
 
-## test: everything: vet, generated-code check, Go tests with -race, Python end-to-end tests.
-test: vet proto-check test-go test-py
+## test: everything: vet, generated-code check, Go tests with -race, a short fuzz run, Python end-to-end tests.
+test: vet proto-check test-go fuzz-short test-py
 
 test-go:
 	$(GO) test -race -count=1 ./...
@@ -59,11 +59,21 @@ bench: build
 soak: build
 	$(BIN) bench --soak
 
+# Every decoder of outside input, as PACKAGE:TARGET.
+FUZZ_TARGETS := ./updater:FuzzDecodeJSONEvent ./updater:FuzzDecodeTaobaoCSV ./updater:FuzzDecodeIngestRequest \
+	./updater:FuzzProtoEvent ./featurestore:FuzzParseDefinitions ./featurestore:FuzzUserRecordDecode \
+	./featurestore:FuzzItemRecordDecode ./serving:FuzzFlightQuery
+
+## fuzz-short: a few seconds of fuzzing per target (part of make test).
+fuzz-short:
+	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \
+	  $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime 3s $$pkg >/dev/null || { echo "fuzz: $$fn failed"; $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime 3s $$pkg; exit 1; }; \
+	  echo "fuzz: $$fn ok"; done
+
 ## fuzz: a longer fuzz run of every decoder of outside input.
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzDecodeJSONEvent -fuzztime 60s ./updater
-	$(GO) test -run '^$$' -fuzz FuzzDecodeTaobaoCSV -fuzztime 60s ./updater
-	$(GO) test -run '^$$' -fuzz FuzzDecodeIngestRequest -fuzztime 60s ./updater
+	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \
+	  $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime 60s $$pkg || exit 1; done
 
 clean:
 	rm -rf bin .bin
