@@ -252,6 +252,9 @@ func (f *FlightServer) ListFlights(_ *flight.Criteria, stream flight.FlightServi
 			return err
 		}
 	}
+	if ScopeFrom(stream.Context()) < ScopeAdmin {
+		return nil // dead letters are for admins
+	}
 	p, err := f.planQuery(flightQuery{View: deadLettersView})
 	if err != nil {
 		return err
@@ -264,10 +267,15 @@ func (f *FlightServer) ListFlights(_ *flight.Criteria, stream flight.FlightServi
 }
 
 // GetFlightInfo returns the schema, row count and ticket of a view or query.
-func (f *FlightServer) GetFlightInfo(_ context.Context, d *flight.FlightDescriptor) (*flight.FlightInfo, error) {
+func (f *FlightServer) GetFlightInfo(ctx context.Context, d *flight.FlightDescriptor) (*flight.FlightInfo, error) {
 	p, err := f.decodeDescriptor(d)
 	if err != nil {
 		return nil, err
+	}
+	if p.view == nil {
+		if err := requireScope(ctx, ScopeAdmin, "the dead_letters view"); err != nil {
+			return nil, err
+		}
 	}
 	return f.info(p, d)
 }
@@ -292,6 +300,11 @@ func (f *FlightServer) DoGet(t *flight.Ticket, stream flight.FlightService_DoGet
 	p, err := f.planQuery(q)
 	if err != nil {
 		return err
+	}
+	if p.view == nil {
+		if err := requireScope(stream.Context(), ScopeAdmin, "the dead_letters view"); err != nil {
+			return err
+		}
 	}
 	w := flight.NewRecordWriter(stream, ipc.WithSchema(p.schema), ipc.WithAllocator(f.mem))
 	defer w.Close()

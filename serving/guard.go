@@ -84,22 +84,47 @@ func LoadTokens(path string) (Tokens, error) {
 	return t, nil
 }
 
-// check returns nil when the Authorization value grants need, else an
-// UNAUTHENTICATED or PERMISSION_DENIED status.
-func (t Tokens) check(authorization string, need Scope) error {
-	if t == nil || need == ScopeNone {
-		return nil
+// check returns the scope the Authorization value grants (ScopeAdmin when
+// auth is off) and nil when it covers need, else an UNAUTHENTICATED or
+// PERMISSION_DENIED status.
+func (t Tokens) check(authorization string, need Scope) (Scope, error) {
+	if t == nil {
+		return ScopeAdmin, nil
 	}
-	token, ok := strings.CutPrefix(authorization, "Bearer ")
-	if !ok || token == "" {
-		return status.Error(codes.Unauthenticated, "authorization: a bearer token is required")
+	have := t.scopeOf(authorization)
+	if need == ScopeNone {
+		return have, nil
 	}
-	have, ok := t[strings.TrimSpace(token)]
-	if !ok {
-		return status.Error(codes.Unauthenticated, "authorization: unknown token")
+	if have == ScopeNone {
+		return have, status.Error(codes.Unauthenticated, "authorization: a valid bearer token is required")
 	}
 	if have < need {
-		return status.Errorf(codes.PermissionDenied, "authorization: this call needs scope %s, the token has %s", need, have)
+		return have, status.Errorf(codes.PermissionDenied, "authorization: this call needs scope %s, the token has %s", need, have)
+	}
+	return have, nil
+}
+
+func (t Tokens) scopeOf(authorization string) Scope {
+	scheme, token, ok := strings.Cut(strings.TrimSpace(authorization), " ")
+	if !ok || !strings.EqualFold(scheme, "bearer") {
+		return ScopeNone
+	}
+	return t[strings.TrimSpace(token)]
+}
+
+type scopeKey struct{}
+
+// ScopeFrom returns the scope of the caller of a guarded request
+// (ScopeAdmin when auth is off; ScopeNone outside a guard).
+func ScopeFrom(ctx context.Context) Scope {
+	s, _ := ctx.Value(scopeKey{}).(Scope)
+	return s
+}
+
+// requireScope fails with PERMISSION_DENIED unless the caller has need.
+func requireScope(ctx context.Context, need Scope, what string) error {
+	if have := ScopeFrom(ctx); have < need {
+		return status.Errorf(codes.PermissionDenied, "authorization: %s needs scope %s, the token has %s", what, need, have)
 	}
 	return nil
 }
@@ -172,14 +197,19 @@ func (g *Guard) UnaryInterceptor() grpc.UnaryServerInterceptor {
 }
 
 func (g *Guard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	if err := g.tokens.check(authorization(ctx), methodScope(info.FullMethod)); err != nil {
-		return nil, err
-	}
-	release, err := g.acquire()
+	need := methodScope(info.FullMethod)
+	scope, err := g.tokens.check(authorization(ctx), need)
 	if err != nil {
 		return nil, err
 	}
-	defer release()
+	ctx = context.WithValue(ctx, scopeKey{}, scope)
+	if need != ScopeNone { // health and reflection are never refused for load
+		release, err := g.acquire()
+		if err != nil {
+			return nil, err
+		}
+		defer release()
+	}
 	if g.deadline > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, g.deadline)
@@ -200,16 +230,28 @@ func (g *Guard) StreamInterceptor() grpc.StreamServerInterceptor {
 }
 
 func (g *Guard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	if err := g.tokens.check(authorization(ss.Context()), methodScope(info.FullMethod)); err != nil {
-		return err
-	}
-	release, err := g.acquire()
+	need := methodScope(info.FullMethod)
+	scope, err := g.tokens.check(authorization(ss.Context()), need)
 	if err != nil {
 		return err
 	}
-	defer release()
-	return handler(srv, ss)
+	if need != ScopeNone {
+		release, err := g.acquire()
+		if err != nil {
+			return err
+		}
+		defer release()
+	}
+	return handler(srv, &scopedStream{ServerStream: ss, ctx: context.WithValue(ss.Context(), scopeKey{}, scope)})
 }
+
+// scopedStream carries the caller's scope in its context.
+type scopedStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *scopedStream) Context() context.Context { return s.ctx }
 
 // ServerOptions are the interceptors of the guard as gRPC server options.
 func (g *Guard) ServerOptions() []grpc.ServerOption {
@@ -236,16 +278,21 @@ func (g *Guard) HTTPMiddleware(next http.Handler) http.Handler {
 		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
 		defer func() { g.metrics.observe(g.name, routeOf(r), strconvItoa(rec.code), time.Since(start)) }()
-		if err := g.tokens.check(r.Header.Get("Authorization"), httpScope(r)); err != nil {
-			writeStatus(rec, err)
-			return
-		}
-		release, err := g.acquire()
+		need := httpScope(r)
+		scope, err := g.tokens.check(r.Header.Get("Authorization"), need)
 		if err != nil {
 			writeStatus(rec, err)
 			return
 		}
-		defer release()
+		r = r.WithContext(context.WithValue(r.Context(), scopeKey{}, scope))
+		if need != ScopeNone { // health, metrics and the spec are never refused for load
+			release, err := g.acquire()
+			if err != nil {
+				writeStatus(rec, err)
+				return
+			}
+			defer release()
+		}
 		if g.deadline > 0 {
 			ctx, cancel := context.WithTimeout(r.Context(), g.deadline)
 			defer cancel()

@@ -94,8 +94,15 @@ func serve(ctx context.Context, cfg *config) error {
 			return usageError{err}
 		}
 	} else if !cfg.Auth.AllowRemote {
-		for _, a := range []*string{&cfg.HTTP.Addr, &cfg.GRPC.Addr, &cfg.Flight.Addr} {
-			*a = loopbackOnly(*a)
+		for _, a := range []struct {
+			name string
+			addr *string
+		}{{"http.addr", &cfg.HTTP.Addr}, {"grpc.addr", &cfg.GRPC.Addr}, {"flight.addr", &cfg.Flight.Addr}} {
+			addr, err := loopbackOnly(*a.addr)
+			if err != nil {
+				return usageError{fmt.Errorf("%s: %w", a.name, err)}
+			}
+			*a.addr = addr
 		}
 		logger.Warn("no --auth.token-file: every call is allowed, so the server listens on loopback only (--auth.allow-unauthenticated-remote to override)")
 	}
@@ -157,7 +164,10 @@ func serve(ctx context.Context, cfg *config) error {
 	if err != nil {
 		return err
 	}
-	httpSrv := &http.Server{Handler: guard("http").HTTPMiddleware(handler), ReadHeaderTimeout: 10 * time.Second}
+	// ReadTimeout bounds reading a whole request, body included, so that a
+	// slow client cannot hold a concurrency slot past the request deadline.
+	httpSrv := &http.Server{Handler: guard("http").HTTPMiddleware(handler), ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout: cfg.Limits.RequestTimeout, IdleTimeout: 2 * time.Minute}
 
 	g, gctx := errgroup.WithContext(ctx)
 	// The updater runs on its own context so that it can drain the log after
@@ -211,16 +221,20 @@ func serve(ctx context.Context, cfg *config) error {
 }
 
 // loopbackOnly replaces an unspecified host (":8080", "0.0.0.0:8080") by
-// the loopback address.
-func loopbackOnly(addr string) string {
+// the loopback address and refuses any other host that is not loopback.
+func loopbackOnly(addr string) (string, error) {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
-		return addr
+		return "", err
 	}
-	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
-		return net.JoinHostPort("127.0.0.1", port)
+	ip := net.ParseIP(host)
+	switch {
+	case host == "" || (ip != nil && ip.IsUnspecified()):
+		return net.JoinHostPort("127.0.0.1", port), nil
+	case host == "localhost" || (ip != nil && ip.IsLoopback()):
+		return addr, nil
 	}
-	return addr
+	return "", fmt.Errorf("%s is not a loopback address: without --auth.token-file the server listens on loopback only (--auth.allow-unauthenticated-remote to override)", host)
 }
 
 // serverTLS builds the TLS configuration of the three listeners; nil
