@@ -48,6 +48,9 @@ type config struct {
 		MaxInFlight    int           `yaml:"max-in-flight"`
 		RequestTimeout time.Duration `yaml:"request-timeout"`
 	} `yaml:"limits"`
+	Readyz struct {
+		MaxLag uint64 `yaml:"max-lag"`
+	} `yaml:"readyz"`
 	Demo struct {
 		Enabled bool `yaml:"enabled"`
 		Events  int  `yaml:"events"`
@@ -100,6 +103,7 @@ func (c *config) bindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.TLS.Cert, "tls.cert", "", "PEM certificate: serve TLS on all three listeners")
 	fs.StringVar(&c.TLS.Key, "tls.key", "", "PEM private key of --tls.cert")
 	fs.StringVar(&c.TLS.ClientCA, "tls.client-ca", "", "PEM CA bundle: require client certificates signed by it (mTLS)")
+	fs.Uint64Var(&c.Readyz.MaxLag, "readyz.max-lag", 100_000, "log entries the updater may be behind while /readyz reports ready")
 	fs.IntVar(&c.Limits.MaxInFlight, "limits.max-in-flight", 256, "requests in flight per listener; more are refused at once with 429 / RESOURCE_EXHAUSTED")
 	fs.DurationVar(&c.Limits.RequestTimeout, "limits.request-timeout", 30*time.Second, "deadline of each REST and unary gRPC request")
 	c.Log.bindFlags(fs)
@@ -122,6 +126,8 @@ func (c *config) validate() error {
 		return fmt.Errorf("tls.cert, tls.key: give both or neither")
 	case c.TLS.ClientCA != "" && c.TLS.Cert == "":
 		return fmt.Errorf("tls.client-ca: needs tls.cert and tls.key")
+	case c.Readyz.MaxLag == 0:
+		return fmt.Errorf("readyz.max-lag: must be positive")
 	case c.Limits.MaxInFlight < 0:
 		return fmt.Errorf("limits.max-in-flight: %d is negative", c.Limits.MaxInFlight)
 	case c.Limits.RequestTimeout < 0:

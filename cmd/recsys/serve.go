@@ -126,6 +126,7 @@ func serve(ctx context.Context, cfg *config) error {
 		MaxBatch:     cfg.Ingest.MaxBatch,
 		MaxBodyBytes: cfg.Ingest.MaxBodyBytes,
 		Metrics:      metrics,
+		MaxReadyLag:  cfg.Readyz.MaxLag,
 	})
 	guard := func(name string) *serving.Guard {
 		return serving.NewGuard(name, tokens, cfg.Limits.MaxInFlight, cfg.Limits.RequestTimeout, metrics)
