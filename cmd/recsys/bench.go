@@ -73,17 +73,30 @@ func benchCmd() *cobra.Command {
 	return cmd
 }
 
-func bench(ctx context.Context, o *benchOpts) error {
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	dir := o.dir
-	if dir == "" {
-		tmp, err := os.MkdirTemp("", "recsys-bench-")
-		if err != nil {
-			return err
-		}
-		defer os.RemoveAll(tmp)
-		dir = tmp
+// benchDir returns the data dir of a benchmark: o.dir, or a temporary one
+// that cleanup removes.
+func benchDir(o *benchOpts, prefix string) (dir string, cleanup func(), err error) {
+	if o.dir != "" {
+		return o.dir, func() {}, nil
 	}
+	tmp, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		return "", nil, err
+	}
+	return tmp, func() { _ = os.RemoveAll(tmp) }, nil
+}
+
+func benchLogger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+func bench(ctx context.Context, o *benchOpts) error {
+	logger := benchLogger()
+	dir, cleanup, err := benchDir(o, "recsys-bench-")
+	if err != nil {
+		return err
+	}
+	defer cleanup()
 	fmt.Printf("machine: %d cores (GOMAXPROCS %d), %s %s/%s\n", runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 
 	// Generate first so that generation does not count as ingest time.
@@ -259,16 +272,12 @@ func dirBytes(dir string) int64 {
 // bytes on disk at the end of every simulated day: with a TTL they level
 // off instead of growing with the stream.
 func soak(ctx context.Context, o *benchOpts) error {
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	dir := o.dir
-	if dir == "" {
-		tmp, err := os.MkdirTemp("", "recsys-soak-")
-		if err != nil {
-			return err
-		}
-		defer os.RemoveAll(tmp)
-		dir = tmp
+	logger := benchLogger()
+	dir, cleanup, err := benchDir(o, "recsys-soak-")
+	if err != nil {
+		return err
 	}
+	defer cleanup()
 	gcfg := synth.Config{Seed: 7, Events: o.events, Users: 100_000, Items: 200_000, Categories: 2_000,
 		Start: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), Span: time.Duration(o.soakDays) * 24 * time.Hour}
 	gen, err := synth.New(gcfg)
