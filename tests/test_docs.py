@@ -49,13 +49,15 @@ def test_readme_curl_examples(demo_server):
             assert all(f["status"] == "present" for f in body["features"] if f["name"] == "view_count"), body
 
 
-def test_readme_python_example(demo_server, capsys):
+def test_readme_python_examples(demo_server, capsys):
     blocks = readme_blocks("python")
-    assert len(blocks) == 1
-    exec(compile(localize(blocks[0], demo_server), "README.md", "exec"), {})
+    assert len(blocks) == 2
+    for block in blocks:
+        exec(compile(localize(block, demo_server), "README.md", "exec"), {})
     out = capsys.readouterr().out
     assert "[b'user_features']" in out and "[b'item_features']" in out, out
     assert "'item_id': 'i42'" in out, out
+    assert "'user.view_count_1h'" in out and "'label': [1, 0]" in out, out
 
 
 @pytest.mark.parametrize("notebook", sorted(p.name for p in (REPO / "notebooks").glob("*.ipynb")))

@@ -1,0 +1,198 @@
+package serving
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"slices"
+
+	"github.com/apache/arrow/go/v17/arrow"
+	"github.com/apache/arrow/go/v17/arrow/array"
+	"github.com/apache/arrow/go/v17/arrow/flight"
+	"github.com/apache/arrow/go/v17/arrow/ipc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/streamrec/recsys/featurestore"
+)
+
+// exchangeCmd is the command of DoExchange.
+type exchangeCmd struct {
+	Op       string   `json:"op"`
+	Views    []string `json:"views"`
+	Features []string `json:"features,omitempty"`
+}
+
+// pitView is one view of a point-in-time join: which spine column holds
+// its ids and which of its features to add.
+type pitView struct {
+	view   *featurestore.View
+	idCol  int
+	idx    []int
+	fields []arrow.Field
+}
+
+// DoExchange with {"op": "point_in_time", "views": [...], "features": [...]}
+// joins a spine streamed by the client with feature values as of each row's
+// time: the client sends record batches with the id column of every view
+// (user_id, item_id) and a ts column (timestamp or int64 Unix ms), plus any
+// other columns (labels), which pass through; the server sends back the
+// spine with one column per feature, named <entity>.<feature>, read as of
+// that row's ts. No event after ts is ever used: window features are exact
+// at their newest edge, and features without history are null unless the
+// entity had no later event (status not_versioned otherwise).
+func (f *FlightServer) DoExchange(stream flight.FlightService_DoExchangeServer) error {
+	rdr, err := flight.NewRecordReader(stream, ipc.WithAllocator(f.mem))
+	if err != nil {
+		return invalidArg("stream", "want a FlightDescriptor and a spine schema: %v", err)
+	}
+	defer rdr.Release()
+	d := rdr.LatestFlightDescriptor()
+	if d == nil || d.Type != flight.DescriptorCMD {
+		return invalidArg("descriptor", "want a command {\"op\": \"point_in_time\", \"views\": [...], \"features\": [...]}")
+	}
+	var cmd exchangeCmd
+	dec := json.NewDecoder(bytes.NewReader(d.Cmd))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&cmd); err != nil {
+		return invalidArg("descriptor.cmd", "not a JSON object {\"op\", \"views\", \"features\"}: %v", err)
+	}
+	if cmd.Op != "point_in_time" {
+		return invalidArg("op", "%q is not point_in_time", cmd.Op)
+	}
+	if len(cmd.Views) == 0 {
+		return invalidArg("views", "required: at least one view")
+	}
+	spine := rdr.Schema()
+	tsCol := slices.IndexFunc(spine.Fields(), func(fl arrow.Field) bool { return fl.Name == "ts" })
+	if tsCol < 0 {
+		return invalidArg("spine", "no ts column (timestamp or int64 Unix ms)")
+	}
+	switch spine.Field(tsCol).Type.ID() {
+	case arrow.TIMESTAMP, arrow.INT64:
+	default:
+		return invalidArg("spine.ts", "type %s is neither timestamp nor int64", spine.Field(tsCol).Type)
+	}
+	var views []pitView
+	used := map[string]bool{}
+	for _, name := range cmd.Views {
+		v, err := f.store.Definitions().View(name)
+		if err != nil || !v.Scannable() {
+			return status.Errorf(codes.NotFound, "views: %q is not a user or item view", name)
+		}
+		pv := pitView{view: v, idCol: slices.IndexFunc(spine.Fields(), func(fl arrow.Field) bool { return fl.Name == v.IDColumn })}
+		if pv.idCol < 0 || spine.Field(pv.idCol).Type.ID() != arrow.STRING {
+			return invalidArg("spine", "view %s needs a string column %s", v.Name, v.IDColumn)
+		}
+		names := cmd.Features
+		if len(names) == 0 {
+			for _, ft := range v.Features {
+				names = append(names, ft.Name)
+			}
+		}
+		for _, name := range names { // in the order asked for
+			i := slices.IndexFunc(v.Features, func(ft featurestore.Feature) bool { return ft.Name == name })
+			if i < 0 {
+				continue
+			}
+			ft := v.Features[i]
+			pv.idx = append(pv.idx, i)
+			used[ft.Name] = true
+			fl := arrow.Field{Name: v.Entity + "." + ft.Name, Type: arrowType(ft.Kind), Nullable: true}
+			if spine.HasField(fl.Name) {
+				return invalidArg("spine", "column %s collides with a feature column", fl.Name)
+			}
+			pv.fields = append(pv.fields, fl)
+		}
+		views = append(views, pv)
+	}
+	for _, name := range cmd.Features {
+		if !used[name] {
+			return invalidArg("features", "%q is in none of the views", name)
+		}
+	}
+	fields := slices.Clone(spine.Fields())
+	for _, pv := range views {
+		fields = append(fields, pv.fields...)
+	}
+	out := arrow.NewSchema(fields, nil)
+	w := flight.NewRecordWriter(stream, ipc.WithSchema(out), ipc.WithAllocator(f.mem))
+	defer w.Close()
+	now := f.store.Now()
+	for rdr.Next() {
+		if err := stream.Context().Err(); err != nil {
+			return toStatus(err)
+		}
+		if err := f.joinBatch(w, out, rdr.Record(), tsCol, views, now); err != nil {
+			return err
+		}
+	}
+	if err := rdr.Err(); err != nil {
+		return invalidArg("spine", "%v", err)
+	}
+	return nil
+}
+
+// joinBatch writes one spine batch joined with its features.
+func (f *FlightServer) joinBatch(w *flight.Writer, out *arrow.Schema, rec arrow.Record, tsCol int, views []pitView, now int64) error {
+	n := int(rec.NumRows())
+	ts := make([]int64, n)
+	switch col := rec.Column(tsCol).(type) {
+	case *array.Timestamp:
+		unit := col.DataType().(*arrow.TimestampType).Unit
+		for i := range ts {
+			if col.IsNull(i) {
+				return invalidArg("spine.ts", "row %d is null", i)
+			}
+			ts[i] = int64(col.Value(i)) * int64(unit.Multiplier()) / int64(arrow.Millisecond.Multiplier())
+		}
+	case *array.Int64:
+		for i := range ts {
+			if col.IsNull(i) {
+				return invalidArg("spine.ts", "row %d is null", i)
+			}
+			ts[i] = col.Value(i)
+		}
+	}
+	cols := make([]arrow.Array, 0, out.NumFields())
+	for i := range rec.NumCols() {
+		a := rec.Column(int(i))
+		a.Retain()
+		cols = append(cols, a)
+	}
+	defer func() {
+		for _, c := range cols {
+			c.Release()
+		}
+	}()
+	for _, pv := range views {
+		ids := rec.Column(pv.idCol).(*array.String)
+		p := &plan{view: pv.view, idx: pv.idx}
+		bb := &batchBuilder{p: p, b: array.NewRecordBuilder(f.mem, arrow.NewSchema(append([]arrow.Field{{Name: "id", Type: arrow.BinaryTypes.String}}, pv.fields...), nil))}
+		for i := 0; i < n; i++ {
+			if ids.IsNull(i) {
+				return invalidArg("spine."+pv.view.IDColumn, "row %d is null", i)
+			}
+			rows, err := f.store.Get(pv.view, []string{ids.Value(i)}, pv.idx, featurestore.ReadTime{Now: now, AsOf: ts[i]})
+			if err != nil {
+				bb.release()
+				return toStatus(err)
+			}
+			bb.append(&rows[0])
+		}
+		joined := bb.b.NewRecord()
+		bb.release()
+		for j := 1; j < int(joined.NumCols()); j++ {
+			a := joined.Column(j)
+			a.Retain()
+			cols = append(cols, a)
+		}
+		joined.Release()
+	}
+	res := array.NewRecord(out, cols, int64(n))
+	defer res.Release()
+	if err := w.Write(res); err != nil {
+		return fmt.Errorf("write joined batch: %w", err)
+	}
+	return nil
+}

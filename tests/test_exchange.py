@@ -1,0 +1,88 @@
+"""DoExchange point-in-time joins: a spine in, features as of each row out."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.flight as fl
+import pytest
+
+BASE = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+MIN = 60_000
+
+
+def exchange(server, cmd, table):
+    client = fl.connect(server.flight_uri)
+    try:
+        writer, reader = client.do_exchange(fl.FlightDescriptor.for_command(json.dumps(cmd)))
+        writer.begin(table.schema)
+        writer.write_table(table)
+        writer.done_writing()
+        out = reader.read_all()
+        writer.close()
+        return out
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory):
+    from conftest import Server
+    s = Server(tmp_path_factory.mktemp("pit"), name="pit")
+    s.start()
+    # u1 views i1 every 10 minutes for 3 hours; u2 buys i1 once at +95 min.
+    evs = [{"user_id": "u1", "item_id": "i1", "category_id": "c1", "behavior": "view", "ts": BASE + k * 10 * MIN}
+           for k in range(18)]
+    evs.append({"user_id": "u2", "item_id": "i1", "category_id": "c1", "behavior": "purchase", "ts": BASE + 95 * MIN})
+    assert s.ingest(evs)["accepted"] == len(evs)
+    s.wait_caught_up()
+    yield s, evs
+    s.close()
+
+
+def brute_views_1h(evs, user, asof):
+    lo = (asof - 60 * MIN + 1) // (5 * MIN) * (5 * MIN)
+    return sum(1 for e in evs if e["user_id"] == user and e["behavior"] == "view" and lo <= e["ts"] <= asof)
+
+
+def test_point_in_time_join_is_leak_free(loaded):
+    s, evs = loaded
+    times = [BASE - MIN, BASE + 5 * MIN, BASE + 60 * MIN, BASE + 60 * MIN - 1, BASE + 95 * MIN - 1, BASE + 95 * MIN, BASE + 170 * MIN]
+    spine = pa.table({
+        "user_id": ["u1"] * len(times) + ["u2", "u2"],
+        "item_id": ["i1"] * (len(times) + 2),
+        "ts": pa.array(times + [BASE + 95 * MIN - 1, BASE + 95 * MIN], type=pa.timestamp("ms", tz="UTC")),
+        "label": list(range(len(times) + 2)),
+    })
+    out = exchange(s, {"op": "point_in_time", "views": ["user_features", "item_features"],
+                       "features": ["view_count_1h", "purchase_count_24h", "view_count"]}, spine)
+    assert out.column_names == ["user_id", "item_id", "ts", "label", "user.view_count_1h", "user.purchase_count_24h",
+                                "user.view_count", "item.view_count_1h", "item.purchase_count_24h", "item.view_count"]
+    assert out.column("label").to_pylist() == list(range(len(times) + 2)), "spine rows must pass through in order"
+    got = out.column("user.view_count_1h").to_pylist()
+    want = [brute_views_1h(evs, "u1", t) for t in times] + [0, 0]
+    assert got == want
+    # The purchase at +95 min is not visible 1 ms before it, and is at it.
+    assert out.column("item.purchase_count_24h").to_pylist()[-2:] == [0, 1]
+    assert out.column("user.purchase_count_24h").to_pylist()[-2:] == [0, 1]
+    # A lifetime count has no history: null before the entity's last event,
+    # the value at or after it.
+    life = out.column("user.view_count").to_pylist()
+    assert life[:len(times) - 1] == [None] * (len(times) - 1) and life[len(times) - 1] == 18
+
+
+def test_point_in_time_int_ts_and_errors(loaded):
+    s, _ = loaded
+    spine = pa.table({"user_id": ["u1"], "ts": pa.array([BASE + 30 * MIN], type=pa.int64())})
+    out = exchange(s, {"op": "point_in_time", "views": ["user_features"], "features": ["view_count_1h"]}, spine)
+    assert out.column("user.view_count_1h").to_pylist() == [4]
+    for cmd, table, fragment in [
+        ({"op": "nope", "views": ["user_features"]}, spine, "op"),
+        ({"op": "point_in_time", "views": ["user_features"], "features": ["zzz"]}, spine, "features"),
+        ({"op": "point_in_time", "views": ["item_features"]}, spine, "item_id"),
+        ({"op": "point_in_time", "views": ["user_features"]}, pa.table({"user_id": ["u1"]}), "ts"),
+    ]:
+        with pytest.raises((fl.FlightError, pa.ArrowException)) as exc:
+            exchange(s, cmd, table)
+        assert fragment in str(exc.value), exc.value
