@@ -733,3 +733,28 @@ func (s *Store) PebbleStats() (PebbleStats, error) {
 	m := s.db.Metrics()
 	return PebbleStats{DiskBytes: m.DiskSpaceUsage(), Compactions: m.Compact.Count, CacheHits: m.BlockCache.Hits, CacheMisses: m.BlockCache.Misses}, nil
 }
+
+// Checkpoint writes a consistent copy of the store to dir (which must not
+// exist), hard-linking its files where it can.
+func (s *Store) Checkpoint(dir string) error {
+	if err := s.acquire(); err != nil {
+		return err
+	}
+	defer s.release()
+	if err := s.db.Checkpoint(dir, pebble.WithFlushedWAL()); err != nil {
+		return fmt.Errorf("checkpoint store: %w", err)
+	}
+	return nil
+}
+
+// RecordBytes estimates the disk bytes of the records of view v.
+func (s *Store) RecordBytes(v *View) (uint64, error) {
+	if v.prefix == nil {
+		return 0, nil
+	}
+	if err := s.acquire(); err != nil {
+		return 0, err
+	}
+	defer s.release()
+	return s.db.EstimateDiskUsage(v.prefix, prefixEnd(v.prefix))
+}

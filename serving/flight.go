@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"slices"
 	"strconv"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/streamrec/recsys/featurestore"
+	"github.com/streamrec/recsys/updater"
 )
 
 const (
@@ -36,8 +38,89 @@ const (
 type FlightServer struct {
 	flight.BaseFlightServer
 	store     *featurestore.Store
+	upd       *updater.Updater // for the actions; may be nil
 	mem       memory.Allocator
 	batchRows int // rows per record batch; flightBatchRows outside tests
+}
+
+// WithUpdater enables the actions that need the updater (health, backup).
+func (f *FlightServer) WithUpdater(u *updater.Updater) *FlightServer {
+	f.upd = u
+	return f
+}
+
+var flightActions = []*flight.ActionType{
+	{Type: "health", Description: "Liveness and apply progress: {status, log_end_offset, applied_offset}."},
+	{Type: "stats", Description: "Rows and record bytes per view, dead letters, disk bytes."},
+	{Type: "backup", Description: "Write a consistent checkpoint of the data dir; body {\"dir\": \"/path/that/does/not/exist\"} (a path on the server)."},
+}
+
+// ListActions lists the actions of DoAction.
+func (f *FlightServer) ListActions(_ *flight.Empty, stream flight.FlightService_ListActionsServer) error {
+	for _, a := range flightActions {
+		if err := stream.Send(a); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// DoAction runs health, stats or backup and sends one JSON result.
+func (f *FlightServer) DoAction(a *flight.Action, stream flight.FlightService_DoActionServer) error {
+	var body any
+	switch a.GetType() {
+	case "health":
+		st := f.store.Stats()
+		h := map[string]any{"status": "ok", "applied_offset": st.AppliedOffset}
+		if f.upd != nil {
+			h["log_end_offset"] = f.upd.LogEnd()
+		}
+		body = h
+	case "stats":
+		views := map[string]any{}
+		for _, v := range f.store.Definitions().Views {
+			if !v.Scannable() {
+				continue
+			}
+			b, err := f.store.RecordBytes(v)
+			if err != nil {
+				return toStatus(err)
+			}
+			views[v.Name] = map[string]any{"rows": f.store.Count(v), "record_bytes": b}
+		}
+		ps, err := f.store.PebbleStats()
+		if err != nil {
+			return toStatus(err)
+		}
+		views[deadLettersView] = map[string]any{"rows": f.store.DeadLetterCount()}
+		body = map[string]any{"views": views, "disk_bytes": ps.DiskBytes}
+	case "backup":
+		var req struct {
+			Dir string `json:"dir"`
+		}
+		dec := json.NewDecoder(bytes.NewReader(a.GetBody()))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil || req.Dir == "" {
+			return invalidArg("body", "want {\"dir\": \"/path/that/does/not/exist\"}")
+		}
+		if f.upd == nil {
+			return status.Error(codes.Unimplemented, "backup: not available on this server")
+		}
+		if _, err := os.Stat(req.Dir); err == nil {
+			return status.Errorf(codes.AlreadyExists, "dir: %s exists", req.Dir)
+		}
+		if err := f.upd.Backup(req.Dir); err != nil {
+			return toStatus(err)
+		}
+		body = map[string]any{"dir": req.Dir, "applied_offset": f.store.AppliedOffset()}
+	default:
+		return invalidArg("type", "unknown action %q (want health, stats or backup)", a.GetType())
+	}
+	b, err := json.Marshal(body)
+	if err != nil {
+		return toStatus(err)
+	}
+	return stream.Send(&flight.Result{Body: b})
 }
 
 // NewFlightServer returns a Flight service over store; mem is the Arrow

@@ -86,3 +86,32 @@ def test_point_in_time_int_ts_and_errors(loaded):
         with pytest.raises((fl.FlightError, pa.ArrowException)) as exc:
             exchange(s, cmd, table)
         assert fragment in str(exc.value), exc.value
+
+
+def test_flight_actions_health_stats_backup(loaded, tmp_path, server_factory):
+    s, evs = loaded
+    client = fl.connect(s.flight_uri)
+    try:
+        assert {a.type for a in client.list_actions()} == {"health", "stats", "backup"}
+        health = json.loads(next(iter(client.do_action(fl.Action("health", b"")))).body.to_pybytes())
+        assert health["status"] == "ok" and health["applied_offset"] == health["log_end_offset"] == len(evs)
+        stats = json.loads(next(iter(client.do_action(fl.Action("stats", b"")))).body.to_pybytes())
+        assert stats["views"]["user_features"]["rows"] == 2 and stats["views"]["item_features"]["rows"] == 1
+        assert stats["disk_bytes"] > 0
+        backup = tmp_path / "backup"
+        res = json.loads(next(iter(client.do_action(fl.Action("backup", json.dumps({"dir": str(backup)}).encode())))).body.to_pybytes())
+        assert res["dir"] == str(backup)
+        with pytest.raises((fl.FlightError, pa.ArrowException)) as exc:  # the dir exists now
+            list(client.do_action(fl.Action("backup", json.dumps({"dir": str(backup)}).encode())))
+        assert "exists" in str(exc.value)
+        with pytest.raises((fl.FlightError, pa.ArrowException)):
+            list(client.do_action(fl.Action("nope", b"")))
+    finally:
+        client.close()
+    # A server on the backup has the same state.
+    restored = server_factory(start=False)
+    restored.data_dir.parent.mkdir(parents=True, exist_ok=True)
+    backup.rename(restored.data_dir)
+    restored.start()
+    st = restored.wait_caught_up()
+    assert st["events_applied"] == len(evs) and st["users"] == 2 and st["items"] == 1

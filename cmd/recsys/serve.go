@@ -159,7 +159,7 @@ func serve(ctx context.Context, cfg *config) error {
 		httpL = tls.NewListener(httpL, tlsCfg)
 	}
 	grpcSrv, hs := srv.GRPCServer(append(append(creds, grpc.MaxRecvMsgSize(int(cfg.Ingest.MaxBodyBytes))), guard("grpc").ServerOptions()...)...)
-	flightSrv := serving.NewFlightServer(eng.store, nil).GRPCServer(append(creds, guard("flight").ServerOptions()...)...)
+	flightSrv := serving.NewFlightServer(eng.store, nil).WithUpdater(eng.upd).GRPCServer(append(creds, guard("flight").ServerOptions()...)...)
 
 	handler, err := srv.HTTPHandler(ctx)
 	if err != nil {

@@ -304,6 +304,23 @@ func (l *Log) TruncateBefore(off uint64) error {
 	return nil
 }
 
+// Checkpoint writes a consistent copy of the log to dir (which must not
+// exist).
+func (l *Log) Checkpoint(dir string) error {
+	l.readers.RLock()
+	defer l.readers.RUnlock()
+	l.mu.Lock()
+	closed := l.mu.closed
+	l.mu.Unlock()
+	if closed {
+		return ErrClosed
+	}
+	if err := l.db.Checkpoint(dir, pebble.WithFlushedWAL()); err != nil {
+		return fmt.Errorf("checkpoint log: %w", err)
+	}
+	return nil
+}
+
 // Close stops the writer and closes the log; pending appends fail with
 // ErrClosed. It is safe to call twice.
 func (l *Log) Close() error {
