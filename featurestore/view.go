@@ -507,3 +507,34 @@ func (s *Store) Count(v *View) int64 {
 	}
 	return -1
 }
+
+// SplitIDs returns up to k-1 ids that split the entities of v into k runs
+// of about equal size, in id order (fewer when v has fewer entities).
+func (s *Store) SplitIDs(v *View, k int) ([]string, error) {
+	if !v.Scannable() || k <= 1 {
+		return nil, nil
+	}
+	if err := s.acquire(); err != nil {
+		return nil, err
+	}
+	defer s.release()
+	n := s.Count(v)
+	step := n / int64(k)
+	if step == 0 {
+		return nil, nil
+	}
+	iter, err := s.db.NewIter(&pebble.IterOptions{LowerBound: v.prefix, UpperBound: prefixEnd(v.prefix)})
+	if err != nil {
+		return nil, err
+	}
+	defer iter.Close()
+	var splits []string
+	var i int64
+	for iter.First(); iter.Valid() && len(splits) < k-1; iter.Next() {
+		if i > 0 && i%step == 0 {
+			splits = append(splits, string(iter.Key()[len(v.prefix):]))
+		}
+		i++
+	}
+	return splits, iter.Error()
+}

@@ -151,7 +151,18 @@ type flightQuery struct {
 	// AsOf (Unix ms) reads window features as of that event time. A ticket
 	// of a query without as_of reads at redemption time.
 	AsOf int64 `json:"as_of,omitempty"`
+	// Partitions asks GetFlightInfo for this many endpoints of a full scan
+	// (default: one per 250,000 rows, at most 8).
+	Partitions int `json:"partitions,omitempty"`
+	// Lo and Hi bound the ids of a partition's ticket: [lo, hi), hi "" = no bound.
+	Lo string `json:"lo,omitempty"`
+	Hi string `json:"hi,omitempty"`
 }
+
+const (
+	rowsPerPartition = 250_000
+	maxPartitions    = 64
+)
 
 // deadLettersView is the Flight view of the dead-letter store.
 const deadLettersView = "dead_letters"
@@ -201,6 +212,14 @@ func (f *FlightServer) plan(q flightQuery, forTicket bool) (*plan, error) {
 	}
 	if !v.Scannable() && q.IDs == nil && forTicket {
 		return nil, invalidArg("ids", "view %s is read by id only: give ids", v.Name)
+	}
+	switch {
+	case q.Partitions < 0 || q.Partitions > maxPartitions:
+		return nil, invalidArg("partitions", "%d is outside 0 to %d", q.Partitions, maxPartitions)
+	case q.IDs != nil && (q.Partitions != 0 || q.Lo != "" || q.Hi != ""):
+		return nil, invalidArg("ids", "cannot be combined with partitions, lo or hi")
+	case q.Hi != "" && q.Hi <= q.Lo:
+		return nil, invalidArg("hi", "%q is not after lo %q", q.Hi, q.Lo)
 	}
 	cols := slices.DeleteFunc(slices.Clone(q.Columns), func(c string) bool { return c == v.IDColumn })
 	if len(q.Columns) > 0 && len(cols) == 0 {
@@ -295,9 +314,9 @@ func decodeQuery(field string, b []byte) (flightQuery, error) {
 }
 
 func (f *FlightServer) info(p *plan, d *flight.FlightDescriptor) (*flight.FlightInfo, error) {
-	ticket, err := json.Marshal(p.q)
+	endpoints, err := f.endpoints(p)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	var rows int64
 	if p.view != nil {
@@ -311,10 +330,46 @@ func (f *FlightServer) info(p *plan, d *flight.FlightDescriptor) (*flight.Flight
 	return &flight.FlightInfo{
 		Schema:           flight.SerializeSchema(p.schema, f.mem),
 		FlightDescriptor: d,
-		Endpoint:         []*flight.FlightEndpoint{{Ticket: &flight.Ticket{Ticket: ticket}}},
+		Endpoint:         endpoints,
 		TotalRecords:     rows,
 		TotalBytes:       -1,
 	}, nil
+}
+
+// endpoints splits a full scan of a view into partitions of disjoint id
+// ranges, one self-contained ticket each, so that clients can read them in
+// parallel (or on other replicas); other queries get one endpoint.
+func (f *FlightServer) endpoints(p *plan) ([]*flight.FlightEndpoint, error) {
+	q := p.q
+	q.Partitions = 0
+	k := 1
+	if p.view != nil && p.q.IDs == nil && p.q.Lo == "" && p.q.Hi == "" {
+		k = p.q.Partitions
+		if k == 0 {
+			k = min(8, 1+int(f.store.Count(p.view)/rowsPerPartition))
+		}
+	}
+	bounds := []string{""}
+	if k > 1 {
+		splits, err := f.store.SplitIDs(p.view, k)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		bounds = append(bounds, splits...)
+	}
+	var eps []*flight.FlightEndpoint
+	for i, lo := range bounds {
+		q.Lo, q.Hi = lo, ""
+		if i+1 < len(bounds) {
+			q.Hi = bounds[i+1]
+		}
+		t, err := json.Marshal(q)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		eps = append(eps, &flight.FlightEndpoint{Ticket: &flight.Ticket{Ticket: t}})
+	}
+	return eps, nil
 }
 
 // ListFlights lists every feature view with its schema and row count.
@@ -418,7 +473,7 @@ func (f *FlightServer) DoGet(t *flight.Ticket, stream flight.FlightService_DoGet
 				return toStatus(err)
 			}
 		}
-	} else if err := f.store.Scan(p.view, "", "", p.idx, rt, emit); err != nil {
+	} else if err := f.store.Scan(p.view, p.q.Lo, p.q.Hi, p.idx, rt, emit); err != nil {
 		return toStatus(err)
 	}
 	if bb.rows > 0 {
