@@ -115,3 +115,48 @@ def test_flight_actions_health_stats_backup(loaded, tmp_path, server_factory):
     restored.start()
     st = restored.wait_caught_up()
     assert st["events_applied"] == len(evs) and st["users"] == 2 and st["items"] == 1
+
+
+def test_doput_backfill_from_parquet(server_factory, tmp_path):
+    import pyarrow.parquet as pq
+    s = server_factory("--ingest.allowed-lateness", "1h")
+    n = 2000
+    table = pa.table({
+        "user_id": [f"bu{i % 50}" for i in range(n)] + ["", "bu1"],
+        "item_id": [f"bi{i % 70}" for i in range(n)] + ["bi1", "bi1"],
+        "category_id": ["c1"] * (n + 2),
+        "behavior": ["view", "cart", "fav", "pv"] * (n // 4) + ["view", "click"],
+        "ts": pa.array([BASE + i * 1000 for i in range(n)] + [BASE, BASE], type=pa.timestamp("ms")),
+    })
+    path = tmp_path / "events.parquet"
+    pq.write_table(table, path)
+    back = pq.read_table(path)
+    client = fl.connect(s.flight_uri)
+    try:
+        writer, meta = client.do_put(fl.FlightDescriptor.for_path("events"), back.schema)
+        writer.write_table(back, max_chunksize=700)
+        writer.done_writing()
+        result = json.loads(meta.read().to_pybytes())
+        writer.close()
+    finally:
+        client.close()
+    assert result["accepted"] == n and result["rejected"] == 2, result
+    assert {(r["index"], r["field"], r["code"]) for r in result["rejections"]} == {(n, "user_id", "missing"), (n + 1, "behavior", "unknown_behavior")}
+    st = s.wait_caught_up()
+    assert st["events_applied"] == n
+    # The same backfill again is deduplicated.
+    client = fl.connect(s.flight_uri)
+    try:
+        writer, meta = client.do_put(fl.FlightDescriptor.for_path("events"), back.schema)
+        writer.write_table(back)
+        writer.done_writing()
+        json.loads(meta.read().to_pybytes())
+        writer.close()
+    finally:
+        client.close()
+    st = s.wait_caught_up()
+    assert st["events_applied"] == n and st["duplicates_skipped"] == n
+    counts = s.post("/v1/features:get", json={"view": "user_features", "ids": ["bu0"], "features": ["view_count", "cart_count"]}).json()
+    vals = {f["name"]: f["value"] for f in counts["entities"][0]["features"]}
+    assert vals == {"view_count": sum(1 for i in range(n) if i % 50 == 0 and i % 4 in (0, 3)),
+                    "cart_count": sum(1 for i in range(n) if i % 50 == 0 and i % 4 == 1)}

@@ -1,0 +1,155 @@
+package serving
+
+import (
+	"encoding/json"
+	"slices"
+
+	"github.com/apache/arrow/go/v17/arrow"
+	"github.com/apache/arrow/go/v17/arrow/array"
+	"github.com/apache/arrow/go/v17/arrow/flight"
+	"github.com/apache/arrow/go/v17/arrow/ipc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
+)
+
+// putChunk is the most events ingested at once from a DoPut batch.
+const putChunk = 10_000
+
+// maxPutRejections bounds the rejections listed in a DoPut result.
+const maxPutRejections = 100
+
+// putResult is the JSON app metadata of DoPut's result.
+type putResult struct {
+	Accepted       int64                 `json:"accepted"`
+	Rejected       int64                 `json:"rejected"`
+	RejectedByCode map[string]int64      `json:"rejected_by_code"`
+	Rejections     []*recsysv1.Rejection `json:"rejections"` // the first maxPutRejections, index = row in the stream
+}
+
+// DoPut with path ["events"] backfills events from an Arrow stream (for
+// example a Parquet file read with pyarrow) through the same validation,
+// watermark, dedup and durability as POST /v1/events. Columns: user_id,
+// item_id, behavior (strings), ts (timestamp or int64 Unix ms), and
+// optionally category_id and event_id (strings); others are refused. One
+// result carries the counts and the first rejections with their row index
+// in the stream.
+func (f *FlightServer) DoPut(stream flight.FlightService_DoPutServer) error {
+	if f.upd == nil {
+		return status.Error(codes.Unimplemented, "DoPut: ingest is not available on this server")
+	}
+	rdr, err := flight.NewRecordReader(stream, ipc.WithAllocator(f.mem))
+	if err != nil {
+		return invalidArg("stream", "want a FlightDescriptor and an Arrow schema: %v", err)
+	}
+	defer rdr.Release()
+	d := rdr.LatestFlightDescriptor()
+	if d == nil || d.Type != flight.DescriptorPATH || len(d.Path) != 1 || d.Path[0] != "events" {
+		return invalidArg("descriptor", `want the path ["events"]`)
+	}
+	sch := rdr.Schema()
+	col := func(name string, required bool, types ...arrow.Type) (int, error) {
+		i := slices.IndexFunc(sch.Fields(), func(fl arrow.Field) bool { return fl.Name == name })
+		if i < 0 {
+			if required {
+				return -1, invalidArg("schema", "column %s is required", name)
+			}
+			return -1, nil
+		}
+		if !slices.Contains(types, sch.Field(i).Type.ID()) {
+			return -1, invalidArg("schema."+name, "type %s is not allowed", sch.Field(i).Type)
+		}
+		return i, nil
+	}
+	for _, fl := range sch.Fields() {
+		if !slices.Contains([]string{"user_id", "item_id", "behavior", "ts", "category_id", "event_id"}, fl.Name) {
+			return invalidArg("schema", "unknown column %s (want user_id, item_id, category_id, behavior, ts, event_id)", fl.Name)
+		}
+	}
+	var idx [6]int
+	for i, c := range []struct {
+		name     string
+		required bool
+		types    []arrow.Type
+	}{
+		{"user_id", true, []arrow.Type{arrow.STRING}}, {"item_id", true, []arrow.Type{arrow.STRING}},
+		{"behavior", true, []arrow.Type{arrow.STRING}}, {"ts", true, []arrow.Type{arrow.TIMESTAMP, arrow.INT64}},
+		{"category_id", false, []arrow.Type{arrow.STRING}}, {"event_id", false, []arrow.Type{arrow.STRING}},
+	} {
+		if idx[i], err = col(c.name, c.required, c.types...); err != nil {
+			return err
+		}
+	}
+	res := putResult{RejectedByCode: map[string]int64{}, Rejections: []*recsysv1.Rejection{}}
+	row := 0
+	ctx := stream.Context()
+	for rdr.Next() {
+		rec := rdr.Record()
+		str := func(c, i int) string {
+			if c < 0 {
+				return ""
+			}
+			a := rec.Column(c).(*array.String)
+			if a.IsNull(i) {
+				return ""
+			}
+			return a.Value(i)
+		}
+		var evs []*recsysv1.Event
+		var index []int
+		flush := func() error {
+			if len(evs) == 0 {
+				return nil
+			}
+			out, err := f.upd.Ingest(ctx, evs, index)
+			if err != nil {
+				return toStatus(err)
+			}
+			res.Accepted += int64(out.Accepted)
+			for _, r := range out.Rejected {
+				res.Rejected++
+				res.RejectedByCode[r.Code]++
+				if len(res.Rejections) < maxPutRejections {
+					res.Rejections = append(res.Rejections, r)
+				}
+			}
+			evs, index = evs[:0], index[:0]
+			return nil
+		}
+		for i := 0; i < int(rec.NumRows()); i++ {
+			ev := &recsysv1.Event{UserId: str(idx[0], i), ItemId: str(idx[1], i), Behavior: str(idx[2], i),
+				CategoryId: str(idx[4], i), EventId: str(idx[5], i)}
+			switch ts := rec.Column(idx[3]).(type) {
+			case *array.Timestamp:
+				if !ts.IsNull(i) {
+					unit := ts.DataType().(*arrow.TimestampType).Unit
+					ev.Ts = int64(ts.Value(i)) * int64(unit.Multiplier()) / int64(arrow.Millisecond.Multiplier())
+				}
+			case *array.Int64:
+				if !ts.IsNull(i) {
+					ev.Ts = ts.Value(i)
+				}
+			}
+			evs = append(evs, ev)
+			index = append(index, row)
+			row++
+			if len(evs) == putChunk {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+		}
+		if err := flush(); err != nil {
+			return err
+		}
+	}
+	if err := rdr.Err(); err != nil {
+		return invalidArg("stream", "%v", err)
+	}
+	b, err := json.Marshal(res)
+	if err != nil {
+		return toStatus(err)
+	}
+	return stream.Send(&flight.PutResult{AppMetadata: b})
+}
