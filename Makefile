@@ -7,7 +7,7 @@ VPY := $(VENV)/bin/python
 BIN := bin/recsys
 GENERATED := recsys/v1/recsys.pb.go recsys/v1/recsys_grpc.pb.go recsys/v1/recsys.pb.gw.go recsys/v1/openapi.json
 
-.PHONY: all build run test test-go test-py vet proto proto-check bench soak fuzz fuzz-short venv clean
+.PHONY: all build run test test-go test-py vet proto proto-check bench bench-flight soak fuzz fuzz-short venv clean
 
 all: build
 
@@ -54,6 +54,10 @@ test-py: build venv
 bench: build
 	$(BIN) bench --events 1000000
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./featurestore ./updater/...
+
+## bench-flight: DoGet and point-in-time-join throughput into pyarrow (1 M rows).
+bench-flight: build venv
+	RECSYS_BIN=$(abspath $(BIN)) $(VPY) tests/bench_flight.py
 
 ## soak: 10 M events over 30 simulated days with a 7-day TTL; bytes on disk per day.
 soak: build
