@@ -422,6 +422,51 @@ func (s *Store) Get(v *View, ids []string, idx []int, rt ReadTime) ([]Row, error
 	return rows, nil
 }
 
+// GetEach reads features idx of entity ids[i] as of asOf[i] (the clock
+// being now) for every i, one Row per id in order, sharing one reader.
+// This is the point-in-time join: every row has its own time.
+func (s *Store) GetEach(v *View, ids []string, idx []int, now int64, asOf []int64) ([]Row, error) {
+	if len(asOf) != len(ids) {
+		return nil, fmt.Errorf("get each: %d ids but %d times", len(ids), len(asOf))
+	}
+	if !v.Scannable() {
+		return nil, fmt.Errorf("get each %s: %w", v.Name, errNotScannable)
+	}
+	if err := s.acquire(); err != nil {
+		return nil, err
+	}
+	defer s.release()
+	rows := make([]Row, len(ids))
+	vals := make([]Value, len(ids)*len(idx))
+	order := make([]int, len(ids))
+	for r, id := range ids {
+		rows[r] = Row{ID: id, Values: vals[r*len(idx) : (r+1)*len(idx) : (r+1)*len(idx)]}
+		order[r] = r
+	}
+	slices.SortFunc(order, func(a, b int) int { return strings.Compare(ids[a], ids[b]) })
+	rd, err := s.newReader(v, idx, ReadTime{Now: now})
+	if err != nil {
+		return nil, err
+	}
+	defer rd.close()
+	for _, r := range order {
+		row := &rows[r]
+		b, ok, err := s.get(makeKey(v.prefix, row.ID))
+		if err != nil {
+			return nil, fmt.Errorf("get %s %q: %w", v.Name, row.ID, err)
+		}
+		if !ok {
+			continue
+		}
+		row.Found = true
+		rd.rt = ReadTime{Now: now, AsOf: asOf[r]}
+		if err := rd.values(row.ID, b, row.Values); err != nil {
+			return nil, fmt.Errorf("get %s %q: %w", v.Name, row.ID, err)
+		}
+	}
+	return rows, nil
+}
+
 // categoryValues fills the top_items features of one category row.
 func (s *Store) categoryValues(v *View, row *Row, idx []int, rt ReadTime) error {
 	for j, i := range idx {

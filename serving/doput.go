@@ -22,10 +22,19 @@ const maxPutRejections = 100
 
 // putResult is the JSON app metadata of DoPut's result.
 type putResult struct {
-	Accepted       int64                 `json:"accepted"`
-	Rejected       int64                 `json:"rejected"`
-	RejectedByCode map[string]int64      `json:"rejected_by_code"`
-	Rejections     []*recsysv1.Rejection `json:"rejections"` // the first maxPutRejections, index = row in the stream
+	Accepted       int64            `json:"accepted"`
+	Rejected       int64            `json:"rejected"`
+	RejectedByCode map[string]int64 `json:"rejected_by_code"`
+	Rejections     []putRejection   `json:"rejections"` // the first maxPutRejections
+}
+
+// putRejection is a rejected row; Index is its row number in the stream
+// (always present, also when 0).
+type putRejection struct {
+	Index  int32  `json:"index"`
+	Field  string `json:"field"`
+	Code   string `json:"code"`
+	Reason string `json:"reason"`
 }
 
 // DoPut with path ["events"] backfills events from an Arrow stream (for
@@ -81,7 +90,7 @@ func (f *FlightServer) DoPut(stream flight.FlightService_DoPutServer) error {
 			return err
 		}
 	}
-	res := putResult{RejectedByCode: map[string]int64{}, Rejections: []*recsysv1.Rejection{}}
+	res := putResult{RejectedByCode: map[string]int64{}, Rejections: []putRejection{}}
 	row := 0
 	ctx := stream.Context()
 	for rdr.Next() {
@@ -111,7 +120,7 @@ func (f *FlightServer) DoPut(stream flight.FlightService_DoPutServer) error {
 				res.Rejected++
 				res.RejectedByCode[r.Code]++
 				if len(res.Rejections) < maxPutRejections {
-					res.Rejections = append(res.Rejections, r)
+					res.Rejections = append(res.Rejections, putRejection{r.Index, r.Field, r.Code, r.Reason})
 				}
 			}
 			evs, index = evs[:0], index[:0]

@@ -169,16 +169,21 @@ func (f *FlightServer) joinBatch(w *flight.Writer, out *arrow.Schema, rec arrow.
 		ids := rec.Column(pv.idCol).(*array.String)
 		p := &plan{view: pv.view, idx: pv.idx}
 		bb := &batchBuilder{p: p, b: array.NewRecordBuilder(f.mem, arrow.NewSchema(append([]arrow.Field{{Name: "id", Type: arrow.BinaryTypes.String}}, pv.fields...), nil))}
-		for i := 0; i < n; i++ {
+		idList := make([]string, n)
+		for i := range idList {
 			if ids.IsNull(i) {
+				bb.release()
 				return invalidArg("spine."+pv.view.IDColumn, "row %d is null", i)
 			}
-			rows, err := f.store.Get(pv.view, []string{ids.Value(i)}, pv.idx, featurestore.ReadTime{Now: now, AsOf: ts[i]})
-			if err != nil {
-				bb.release()
-				return toStatus(err)
-			}
-			bb.append(&rows[0])
+			idList[i] = ids.Value(i)
+		}
+		rows, err := f.store.GetEach(pv.view, idList, pv.idx, now, ts)
+		if err != nil {
+			bb.release()
+			return toStatus(err)
+		}
+		for i := range rows {
+			bb.append(&rows[i])
 		}
 		joined := bb.b.NewRecord()
 		bb.release()
