@@ -118,20 +118,46 @@ func (f *FlightServer) DoExchange(stream flight.FlightService_DoExchangeServer) 
 	out := arrow.NewSchema(fields, nil)
 	w := flight.NewRecordWriter(stream, ipc.WithSchema(out), ipc.WithAllocator(f.mem))
 	defer w.Close()
-	now := f.store.Now()
+	// Read the whole spine before answering: a client that writes all of it
+	// before reading (the usual pyarrow pattern) would otherwise deadlock
+	// with a server blocked on sending, once gRPC's flow-control windows
+	// fill. The spine is bounded by maxSpineRows.
+	var spineRecs []arrow.Record
+	defer func() {
+		for _, r := range spineRecs {
+			r.Release()
+		}
+	}()
+	var total int64
 	for rdr.Next() {
 		if err := stream.Context().Err(); err != nil {
 			return toStatus(err)
 		}
-		if err := f.joinBatch(w, out, rdr.Record(), tsCol, views, now); err != nil {
-			return err
+		rec := rdr.Record()
+		total += rec.NumRows()
+		if total > maxSpineRows {
+			return invalidArg("spine", "more than %d rows; split it into several exchanges", maxSpineRows)
 		}
+		rec.Retain()
+		spineRecs = append(spineRecs, rec)
 	}
 	if err := rdr.Err(); err != nil {
 		return invalidArg("spine", "%v", err)
 	}
+	now := f.store.Now()
+	for _, rec := range spineRecs {
+		if err := stream.Context().Err(); err != nil {
+			return toStatus(err)
+		}
+		if err := f.joinBatch(w, out, rec, tsCol, views, now); err != nil {
+			return err
+		}
+	}
 	return nil
 }
+
+// maxSpineRows bounds one point-in-time join (the spine is held in memory).
+const maxSpineRows = 20_000_000
 
 // joinBatch writes one spine batch joined with its features.
 func (f *FlightServer) joinBatch(w *flight.Writer, out *arrow.Schema, rec arrow.Record, tsCol int, views []pitView, now int64) error {
