@@ -119,17 +119,10 @@ func bench(ctx context.Context, o *benchOpts) error {
 	uctx, stopUpd := context.WithCancel(ctx)
 	updDone := make(chan error, 1)
 	go func() { updDone <- eng.upd.Run(uctx) }()
-	if o.cpuprof != "" {
-		pf, err := os.Create(o.cpuprof)
-		if err != nil {
-			stopUpd()
-			return err
-		}
-		defer pf.Close()
-		if err := pprof.StartCPUProfile(pf); err != nil {
-			stopUpd()
-			return err
-		}
+	stopIngestProfile, err := startProfile(o.cpuprof)
+	if err != nil {
+		stopUpd()
+		return err
 	}
 	start := time.Now()
 	for i := 0; i < len(evs); i += o.batch {
@@ -149,9 +142,7 @@ func bench(ctx context.Context, o *benchOpts) error {
 		return err
 	}
 	applied := time.Since(start)
-	if o.cpuprof != "" {
-		pprof.StopCPUProfile()
-	}
+	stopIngestProfile()
 	fmt.Printf("ingest, embedded log (%d events, batches of %d, %d users, %d items):\n", len(evs), o.batch, gcfg.Users, gcfg.Items)
 	fmt.Printf("  durable (fsynced): %8.0f events/s (%s)\n", float64(len(evs))/durable.Seconds(), durable.Round(time.Millisecond))
 	fmt.Printf("  applied (readable): %7.0f events/s (%s), full default feature set (%d user, %d item features)\n",
@@ -198,19 +189,12 @@ func bench(ctx context.Context, o *benchOpts) error {
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: o.clients}}
 	url := "http://" + hl.Addr().String() + "/v1/features:get"
 
-	if o.readProf != "" {
-		pf, err := os.Create(o.readProf)
-		if err != nil {
-			stopUpd()
-			return err
-		}
-		defer pf.Close()
-		if err := pprof.StartCPUProfile(pf); err != nil {
-			stopUpd()
-			return err
-		}
-		defer pprof.StopCPUProfile()
+	stopReadProfile, err := startProfile(o.readProf)
+	if err != nil {
+		stopUpd()
+		return err
 	}
+	defer stopReadProfile()
 	fmt.Printf("features:get of every item_features feature (%d), closed-loop clients in this process, %s per scenario (items of random events):\n",
 		len(featurestore.ItemView.Features), o.duration)
 	randomItems := func(r *rand.Rand, n int) []string {
@@ -251,6 +235,23 @@ func bench(ctx context.Context, o *benchOpts) error {
 	}
 	stopUpd()
 	return <-updDone
+}
+
+// startProfile starts a CPU profile into path ("" profiles nothing) and
+// returns the function that stops it.
+func startProfile(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		_ = f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); _ = f.Close() }, nil
 }
 
 // dirBytes is the size of the files under dir.
