@@ -377,16 +377,12 @@ func recentValue(list []Recent, n int) Value {
 
 // Get reads features idx of the entities ids at rt, one Row per id in order.
 func (s *Store) Get(v *View, ids []string, idx []int, rt ReadTime) ([]Row, error) {
-	if err := s.acquire(); err != nil {
-		return nil, err
-	}
-	defer s.release()
-	rows := make([]Row, len(ids))
-	vals := make([]Value, len(ids)*len(idx))
-	for r, id := range ids {
-		rows[r] = Row{ID: id, Values: vals[r*len(idx) : (r+1)*len(idx) : (r+1)*len(idx)]}
-	}
 	if !v.Scannable() {
+		if err := s.acquire(); err != nil {
+			return nil, err
+		}
+		defer s.release()
+		rows := newRows(ids, len(idx))
 		for r := range rows {
 			if err := s.categoryValues(v, &rows[r], idx, rt); err != nil {
 				return nil, err
@@ -394,12 +390,46 @@ func (s *Store) Get(v *View, ids []string, idx []int, rt ReadTime) ([]Row, error
 		}
 		return rows, nil
 	}
-	rd, err := s.newReader(v, idx, rt)
+	return s.getRows(v, ids, idx, rt.Now, func(int) int64 { return rt.AsOf })
+}
+
+// GetEach reads features idx of entity ids[i] as of asOf[i] (the clock
+// being now) for every i, one Row per id in order, sharing one reader.
+// This is the point-in-time join: every row has its own time.
+func (s *Store) GetEach(v *View, ids []string, idx []int, now int64, asOf []int64) ([]Row, error) {
+	if len(asOf) != len(ids) {
+		return nil, fmt.Errorf("get each: %d ids but %d times", len(ids), len(asOf))
+	}
+	if !v.Scannable() {
+		return nil, fmt.Errorf("get each %s: %w", v.Name, errNotScannable)
+	}
+	return s.getRows(v, ids, idx, now, func(r int) int64 { return asOf[r] })
+}
+
+// newRows returns one Row per id with room for n values each.
+func newRows(ids []string, n int) []Row {
+	rows := make([]Row, len(ids))
+	vals := make([]Value, len(ids)*n)
+	for r, id := range ids {
+		rows[r] = Row{ID: id, Values: vals[r*n : (r+1)*n : (r+1)*n]}
+	}
+	return rows
+}
+
+// getRows reads the entities ids of a scannable view, row r as of
+// asOf(r), through one reader. It visits them in id order, so that the
+// tile iterators only seek forward.
+func (s *Store) getRows(v *View, ids []string, idx []int, now int64, asOf func(r int) int64) ([]Row, error) {
+	if err := s.acquire(); err != nil {
+		return nil, err
+	}
+	defer s.release()
+	rows := newRows(ids, len(idx))
+	rd, err := s.newReader(v, idx, ReadTime{Now: now})
 	if err != nil {
 		return nil, err
 	}
 	defer rd.close()
-	// Visit the entities in id order: the tile iterators then seek forward.
 	order := make([]int, len(rows))
 	for r := range order {
 		order[r] = r
@@ -415,51 +445,7 @@ func (s *Store) Get(v *View, ids []string, idx []int, rt ReadTime) ([]Row, error
 			continue
 		}
 		row.Found = true
-		if err := rd.values(row.ID, b, row.Values); err != nil {
-			return nil, fmt.Errorf("get %s %q: %w", v.Name, row.ID, err)
-		}
-	}
-	return rows, nil
-}
-
-// GetEach reads features idx of entity ids[i] as of asOf[i] (the clock
-// being now) for every i, one Row per id in order, sharing one reader.
-// This is the point-in-time join: every row has its own time.
-func (s *Store) GetEach(v *View, ids []string, idx []int, now int64, asOf []int64) ([]Row, error) {
-	if len(asOf) != len(ids) {
-		return nil, fmt.Errorf("get each: %d ids but %d times", len(ids), len(asOf))
-	}
-	if !v.Scannable() {
-		return nil, fmt.Errorf("get each %s: %w", v.Name, errNotScannable)
-	}
-	if err := s.acquire(); err != nil {
-		return nil, err
-	}
-	defer s.release()
-	rows := make([]Row, len(ids))
-	vals := make([]Value, len(ids)*len(idx))
-	order := make([]int, len(ids))
-	for r, id := range ids {
-		rows[r] = Row{ID: id, Values: vals[r*len(idx) : (r+1)*len(idx) : (r+1)*len(idx)]}
-		order[r] = r
-	}
-	slices.SortFunc(order, func(a, b int) int { return strings.Compare(ids[a], ids[b]) })
-	rd, err := s.newReader(v, idx, ReadTime{Now: now})
-	if err != nil {
-		return nil, err
-	}
-	defer rd.close()
-	for _, r := range order {
-		row := &rows[r]
-		b, ok, err := s.get(makeKey(v.prefix, row.ID))
-		if err != nil {
-			return nil, fmt.Errorf("get %s %q: %w", v.Name, row.ID, err)
-		}
-		if !ok {
-			continue
-		}
-		row.Found = true
-		rd.rt = ReadTime{Now: now, AsOf: asOf[r]}
+		rd.rt = ReadTime{Now: now, AsOf: asOf(r)}
 		if err := rd.values(row.ID, b, row.Values); err != nil {
 			return nil, fmt.Errorf("get %s %q: %w", v.Name, row.ID, err)
 		}

@@ -389,15 +389,11 @@ func (s *Server) ListDeadLetters(ctx context.Context, req *recsysv1.ListDeadLett
 	case limit < 0 || limit > 10_000:
 		return nil, invalidArg("limit", "%d is outside 1 to 10000", limit)
 	}
-	dead, err := s.deadLetters(limit)
+	dead, err := decodeDeadLetters(s.store, limit)
 	if err != nil {
 		return nil, err
 	}
 	return &recsysv1.ListDeadLettersResponse{DeadLetters: dead, Total: s.store.DeadLetterCount()}, nil
-}
-
-func (s *Server) deadLetters(limit int) ([]*recsysv1.DeadLetter, error) {
-	return decodeDeadLetters(s.store, limit)
 }
 
 func decodeDeadLetters(st *featurestore.Store, limit int) ([]*recsysv1.DeadLetter, error) {

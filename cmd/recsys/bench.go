@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"math/rand/v2"
@@ -207,16 +206,7 @@ func bench(ctx context.Context, o *benchOpts) error {
 	for _, n := range []int{1, 500} {
 		restCall := func(r *rand.Rand) error {
 			body, _ := json.Marshal(map[string]any{"view": "item_features", "ids": randomItems(r, n)})
-			resp, err := hc.Post(url, "application/json", bytes.NewReader(body))
-			if err != nil {
-				return err
-			}
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				return fmt.Errorf("HTTP %d", resp.StatusCode)
-			}
-			return nil
+			return okResponse(hc.Post(url, "application/json", bytes.NewReader(body)))
 		}
 		grpcCall := func(r *rand.Rand) error {
 			_, err := gc.GetFeatures(ctx, &recsysv1.GetFeaturesRequest{View: "item_features", Ids: randomItems(r, n)})

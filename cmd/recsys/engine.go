@@ -60,5 +60,3 @@ func openEngine(dir string, sc storeConfig, ing ingestConfig, logger *slog.Logge
 func (e *engine) Close() error {
 	return errors.Join(e.log.Close(), e.store.Close())
 }
-
-func joinErrs(errs ...error) error { return errors.Join(errs...) }

@@ -140,16 +140,7 @@ func load(ctx context.Context, o *loadOpts) error {
 			req.Header.Set("Authorization", "Bearer "+o.token)
 		}
 		req.Header.Set("Content-Type", "application/json")
-		resp, err := client.Do(req)
-		if err != nil {
-			return err
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("HTTP %d", resp.StatusCode)
-		}
-		return nil
+		return okResponse(client.Do(req))
 	}
 	var requests struct {
 		sync.Mutex
@@ -293,6 +284,20 @@ func load(ctx context.Context, o *loadOpts) error {
 	fmt.Printf("total: ingest %d requests p50 %.2f p99 %.2f p999 %.2f ms; reads %d requests p50 %.2f p99 %.2f p999 %.2f ms; errors %v\n",
 		len(allIngest), pct(allIngest, .5), pct(allIngest, .99), pct(allIngest, .999),
 		len(allReads), pct(allReads, .5), pct(allReads, .99), pct(allReads, .999), totalErrs)
+	return nil
+}
+
+// okResponse drains and closes the body of a response and fails unless it
+// is a 200.
+func okResponse(resp *http.Response, err error) error {
+	if err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("HTTP %d", resp.StatusCode)
+	}
 	return nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"compress/gzip"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -387,5 +388,5 @@ func (d *dirSink) close(ctx context.Context) error {
 	if werr != nil {
 		werr = fmt.Errorf("wait for the updater: %w", werr)
 	}
-	return joinErrs(werr, rerr, d.eng.Close())
+	return errors.Join(werr, rerr, d.eng.Close())
 }
