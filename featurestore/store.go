@@ -45,6 +45,8 @@ type Options struct {
 	// RecordCacheEntries bounds the writer's cache of decoded user and item
 	// records (each LRU holds this many). Default: 131072.
 	RecordCacheEntries int
+	// Models are the hyperparameters of the incremental models.
+	Models ModelOptions
 }
 
 // EnsureDefaults fills in zero fields with their defaults.
@@ -76,6 +78,7 @@ func (o *Options) EnsureDefaults() {
 	if o.RecordCacheEntries <= 0 {
 		o.RecordCacheEntries = 128 << 10
 	}
+	o.Models.EnsureDefaults()
 }
 
 // Stats are the store's counters.
@@ -120,7 +123,10 @@ type Store struct {
 	// id (the common case) is known to be new without a Pebble lookup; a
 	// "maybe" is settled by Pebble. Only Apply touches it.
 	ids *idFilter
-	mu  struct {
+	// models is the state of the incremental models; see model.go.
+	models       *models
+	modelsFrozen atomic.Bool
+	mu           struct {
 		sync.RWMutex
 		stats Stats
 	}
@@ -164,6 +170,17 @@ func Open(dir string, opts Options) (*Store, error) {
 	s.users, _ = lru.New[string, *UserRecord](opts.RecordCacheEntries)
 	s.items, _ = lru.New[string, *ItemRecord](opts.RecordCacheEntries)
 	if err := s.loadMeta(); err != nil {
+		_ = db.Close()
+		cache.Unref()
+		return nil, fmt.Errorf("open store %s: %w", dir, err)
+	}
+	if err := opts.Models.Validate(); err != nil {
+		_ = db.Close()
+		cache.Unref()
+		return nil, err
+	}
+	s.models = newModels(opts.Models, max(1024, opts.RecordCacheEntries/4))
+	if err := s.loadModels(); err != nil {
 		_ = db.Close()
 		cache.Unref()
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
@@ -310,6 +327,9 @@ func (s *Store) Apply(end uint64, entries []Entry) (ApplyResult, error) {
 		// batch: they are ahead of Pebble now.
 		s.users.Purge()
 		s.items.Purge()
+		if merr := s.abortModels(); merr != nil {
+			err = errors.Join(err, merr)
+		}
 	}
 	return res, err
 }
@@ -323,6 +343,8 @@ func (s *Store) apply(end uint64, entries []Entry) (ApplyResult, error) {
 	items := make(map[string]*itemState)
 	seen := make(map[string]struct{})
 	tiles := newTileBatch()
+	mb := s.newModelBatch()
+	mb.itemRecs = items
 	if end < st.AppliedOffset {
 		return ApplyResult{}, fmt.Errorf("apply: end %d is before the applied offset %d", end, st.AppliedOffset)
 	}
@@ -373,11 +395,6 @@ func (s *Store) apply(end uint64, entries []Entry) (ApplyResult, error) {
 			}
 			users[ev.UserID] = u
 		}
-		u.add(ev.Behavior, ev.TS)
-		u.RecentItems = pushRecent(u.RecentItems, ev.ItemID, ev.TS)
-		u.RecentCategories = pushRecent(u.RecentCategories, ev.CategoryID, ev.TS)
-		u.Affinities = pushAffinity(u.Affinities, ev.CategoryID, ev.TS, s.logWeight[ev.Behavior]+float64(ev.TS)/s.affHalfMS)
-
 		it, ok := items[ev.ItemID]
 		if !ok {
 			it = new(itemState)
@@ -395,6 +412,14 @@ func (s *Store) apply(end uint64, entries []Entry) (ApplyResult, error) {
 			it.rec, it.existed, it.oldPop, it.oldCat = rec, found, rec.Pop, rec.CategoryID
 			items[ev.ItemID] = it
 		}
+		if err := s.applyModels(mb, ev, u, it.rec); err != nil {
+			return ApplyResult{}, fmt.Errorf("apply: models: %w", err)
+		}
+		u.add(ev.Behavior, ev.TS)
+		u.RecentItems = pushRecent(u.RecentItems, ev.ItemID, ev.TS)
+		u.RecentCategories = pushRecent(u.RecentCategories, ev.CategoryID, ev.TS)
+		u.Affinities = pushAffinity(u.Affinities, ev.CategoryID, ev.TS, s.logWeight[ev.Behavior]+float64(ev.TS)/s.affHalfMS)
+
 		it.rec.add(ev.Behavior, ev.TS)
 		if ev.CategoryID != "" && ev.TS >= it.rec.CategoryTS {
 			it.rec.CategoryID, it.rec.CategoryTS = ev.CategoryID, ev.TS
@@ -429,6 +454,9 @@ func (s *Store) apply(end uint64, entries []Entry) (ApplyResult, error) {
 			return ApplyResult{}, err
 		}
 	}
+	if err := s.flushModels(b, mb); err != nil {
+		return ApplyResult{}, err
+	}
 	st.AppliedOffset = end
 	st.Events += int64(res.Applied)
 	st.Duplicates += int64(res.Duplicates)
@@ -449,6 +477,7 @@ func (s *Store) apply(end uint64, entries []Entry) (ApplyResult, error) {
 	for id, it := range items {
 		s.items.Add(id, it.rec)
 	}
+	s.commitModels(mb)
 	s.mu.Lock()
 	s.mu.stats = st
 	s.mu.Unlock()

@@ -7,6 +7,7 @@
 //	recsys bench    measure ingest and online-read speed on this machine
 //	recsys config   print the effective configuration
 //	recsys load     drive ingest and reads against a server for a set time
+//	recsys eval     prequential evaluation of the recommenders on a behavior file
 package main
 
 import (
@@ -29,7 +30,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCmd(), replayCmd(), genCmd(), benchCmd(), configCmd(), loadCmd())
+	root.AddCommand(serveCmd(), replayCmd(), genCmd(), benchCmd(), configCmd(), loadCmd(), evalCmd())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "recsys:", err)
 		var ue usageError

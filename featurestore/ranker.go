@@ -1,0 +1,398 @@
+package featurestore
+
+import (
+	"math"
+	"slices"
+)
+
+// The ranker's features, computed by one function (rankFeatures) for
+// training, inside Apply, and for serving, so the two cannot drift.
+var rankFeatureNames = [...]string{
+	"bias",
+	"item2item",         // log1p of the item's similarity to the user's history, recency-weighted
+	"mf",                // dot product of the user's and item's factors
+	"popularity",        // log1p of the item's decayed popularity
+	"item_events",       // log1p of the item's lifetime events
+	"item_conversion",   // (carts + favs + purchases + 1) / (views + 5)
+	"category_affinity", // the user's share of decayed affinity in the item's category
+	"recent_category",   // 1 if the item's category is the user's most recent one
+	"seen",              // 1 if the item is in the user's history
+	"seen_strength",     // strongest behavior with the item, weight / purchase weight
+	"seen_recency",      // 2^(-hours since the user's last event with the item), 0 if unseen
+	"seen_count",        // log1p of the user's events with the item
+	"seen_position",     // 1 / (1 + the item's position in the user's history, newest first)
+	"item_recency",      // 2^(-hours since the item's last event)
+	"user_events",       // log1p of the user's lifetime events
+}
+
+const numRankFeatures = len(rankFeatureNames)
+
+// RankFeatureNames lists the ranker's features in weight order.
+func RankFeatureNames() []string { return rankFeatureNames[:] }
+
+// rankerState is the FTRL-Proximal state, the published weights and the
+// rolling progressive-validation window.
+type rankerState struct {
+	Z, N      []float64
+	Published []float64
+	Version   int64 // version of Published; 0 = all zeros, never trained
+	Examples  int64 // examples learned
+	LastTS    int64 // event time of the last example
+	// Window holds the newest examples' predictions by the training
+	// weights and by the published weights, and their labels, round-robin
+	// at Pos.
+	Train, Pub []float32
+	Labels     []byte
+	Pos        int
+	// Published version's metrics on the window when it was published.
+	PubAUC float64
+
+	publishedDirty bool
+}
+
+func (r *rankerState) init(n int) {
+	if len(r.Z) != n {
+		r.Z, r.N, r.Published = make([]float64, n), make([]float64, n), make([]float64, n)
+	}
+}
+
+func (r *rankerState) encode(e *encoder) {
+	e.uvarint(uint64(len(r.Z)))
+	for i := range r.Z {
+		e.f64(r.Z[i])
+		e.f64(r.N[i])
+		e.f64(r.Published[i])
+	}
+	e.varint(r.Version)
+	e.varint(r.Examples)
+	e.varint(r.LastTS)
+	e.f64(r.PubAUC)
+	e.uvarint(uint64(len(r.Labels)))
+	for i := range r.Labels {
+		e.b = appendF32(e.b, r.Train[i])
+		e.b = appendF32(e.b, r.Pub[i])
+		e.b = append(e.b, r.Labels[i])
+	}
+	e.uvarint(uint64(r.Pos))
+}
+
+func (r *rankerState) decode(d *decoder) {
+	n := d.uvarint()
+	if n > 1024 {
+		d.err, d.b = true, nil
+		return
+	}
+	r.Z, r.N, r.Published = make([]float64, n), make([]float64, n), make([]float64, n)
+	for i := range n {
+		r.Z[i], r.N[i], r.Published[i] = d.f64(), d.f64(), d.f64()
+	}
+	r.Version, r.Examples, r.LastTS = d.varint(), d.varint(), d.varint()
+	r.PubAUC = d.f64()
+	w := d.uvarint()
+	if w > 1<<22 || uint64(len(d.b)) < 9*w {
+		d.err, d.b = true, nil
+		return
+	}
+	r.Train, r.Pub, r.Labels = make([]float32, w), make([]float32, w), make([]byte, w)
+	for i := range w {
+		r.Train[i] = math.Float32frombits(le32(d.b))
+		r.Pub[i] = math.Float32frombits(le32(d.b[4:]))
+		r.Labels[i] = d.b[8]
+		d.b = d.b[9:]
+	}
+	r.Pos = int(d.uvarint())
+	if len(r.Z) != numRankFeatures && n != 0 {
+		d.err, d.b = true, nil
+	}
+	if r.Pos > int(w) {
+		d.err, d.b = true, nil
+	}
+}
+
+func appendF32(b []byte, f float32) []byte {
+	u := math.Float32bits(f)
+	return append(b, byte(u), byte(u>>8), byte(u>>16), byte(u>>24))
+}
+
+func le32(b []byte) uint32 {
+	return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24
+}
+
+// weights returns the FTRL-Proximal weights from z and n.
+func (r *rankerState) weights(o *ModelOptions) []float64 {
+	w := make([]float64, len(r.Z))
+	for i := range w {
+		z := r.Z[i]
+		if math.Abs(z) <= o.RankerL1 {
+			continue
+		}
+		sign := 1.0
+		if z < 0 {
+			sign = -1
+		}
+		w[i] = -(z - sign*o.RankerL1) / ((o.RankerBeta+math.Sqrt(r.N[i]))/o.RankerAlpha + o.RankerL2)
+	}
+	return w
+}
+
+func predict(w []float64, x *[numRankFeatures]float64) float64 {
+	var dot float64
+	for i := range w {
+		dot += w[i] * x[i]
+	}
+	dot = max(-30, min(30, dot))
+	return 1 / (1 + math.Exp(-dot))
+}
+
+// rankContext is what ranking needs of one user at one time.
+type rankContext struct {
+	now      int64
+	user     *UserRecord
+	model    *userModel
+	affTotal float64 // sum of 2^(affinity - ref) over the user's categories
+	affRef   float64
+	seen     map[string]histEntry
+	seenPos  map[string]int
+	// hist are the neighbour records of the newest history items and
+	// histW their recency and behavior weights.
+	hist  []*neighborRecord
+	histW []float64
+	fwd   float64
+	// i2i sums, per candidate item, the recency- and behavior-weighted
+	// similarity to the user's history items; built only for serving
+	// (nil: i2iScore looks candidates up one by one).
+	i2i map[string]float64
+	// best remembers, per candidate, the history item that contributed
+	// most to i2i (for reasons).
+	best map[string]histEntry
+}
+
+// candidateInfo is what ranking needs of one candidate item.
+type candidateInfo struct {
+	ID   string
+	Item *ItemRecord
+	Vec  []float32
+}
+
+// historyForScoring is how many of the newest history items item-to-item
+// scores are computed from.
+const historyForScoring = 20
+
+// rankContextAt builds the ranking context of user from their records,
+// reading the neighbour lists of the history items through mb (nil reads
+// committed state). With all, it also gathers every neighbour of the
+// history as an item-to-item candidate.
+func (s *Store) rankContextAt(mb *modelBatch, um *userModel, urec *UserRecord, now int64, all bool) (*rankContext, error) {
+	ctx := &rankContext{now: now, user: urec, model: um, seen: make(map[string]histEntry, len(um.History)),
+		fwd: float64(now) / s.models.decayMS}
+	ctx.seenPos = make(map[string]int, len(um.History))
+	for i, h := range um.History {
+		ctx.seen[h.Item] = h
+		ctx.seenPos[h.Item] = i
+	}
+	if urec != nil && len(urec.Affinities) > 0 {
+		ctx.affRef = math.Inf(-1)
+		for _, a := range urec.Affinities {
+			ctx.affRef = max(ctx.affRef, a.Score)
+		}
+		for _, a := range urec.Affinities {
+			ctx.affTotal += math.Exp2(a.Score - ctx.affRef)
+		}
+	}
+	for i, h := range um.History {
+		if i == historyForScoring {
+			break
+		}
+		var r *neighborRecord
+		var err error
+		if mb != nil {
+			r, err = s.neighborsFor(mb, h.Item)
+		} else {
+			r, err = s.readNeighbors(h.Item)
+		}
+		if err != nil {
+			return nil, err
+		}
+		ctx.hist = append(ctx.hist, r)
+		ctx.histW = append(ctx.histW, s.weights[h.Behavior]/s.weights[BehaviorPurchase]*math.Exp2(-math.Max(0, float64(now-h.TS))/s.models.pairMS))
+	}
+	if all {
+		ctx.i2i = make(map[string]float64)
+		ctx.best = make(map[string]histEntry)
+		bestContrib := make(map[string]float64)
+		for i, r := range ctx.hist {
+			for j := range r.List {
+				n := &r.List[j]
+				c := r.sim(n, ctx.fwd, s.models.opts.Shrinkage) * ctx.histW[i]
+				ctx.i2i[n.ID] += c
+				if c > bestContrib[n.ID] {
+					bestContrib[n.ID] = c
+					ctx.best[n.ID] = um.History[i]
+				}
+			}
+		}
+	}
+	return ctx, nil
+}
+
+// i2iScore is item id's similarity to the user's history.
+func (s *Store) i2iScore(ctx *rankContext, id string) float64 {
+	if ctx.i2i != nil {
+		return ctx.i2i[id]
+	}
+	var sum float64
+	for i, r := range ctx.hist {
+		if j := r.find(id); j >= 0 {
+			sum += r.sim(&r.List[j], ctx.fwd, s.models.opts.Shrinkage) * ctx.histW[i]
+		}
+	}
+	return sum
+}
+
+// rankFeatures computes the ranker's features of candidate c for ctx.
+func (s *Store) rankFeatures(ctx *rankContext, c *candidateInfo) [numRankFeatures]float64 {
+	var x [numRankFeatures]float64
+	x[0] = 1
+	x[1] = math.Log1p(100 * s.i2iScore(ctx, c.ID))
+	if len(ctx.model.Vec) == len(c.Vec) {
+		var dot float32
+		for i := range c.Vec {
+			dot += ctx.model.Vec[i] * c.Vec[i]
+		}
+		x[2] = max(-5, min(5, float64(dot)))
+	}
+	if it := c.Item; it != nil && !math.IsInf(it.Pop, -1) {
+		x[3] = math.Log1p(math.Exp2(it.Pop - float64(ctx.now)/s.halfMS))
+		var views, other int64
+		for b, n := range it.Count {
+			if Behavior(b) == BehaviorView {
+				views += n
+			} else {
+				other += n
+			}
+		}
+		x[4] = math.Log1p(float64(views + other))
+		x[5] = float64(other+1) / float64(views+5)
+		if ctx.user != nil && it.CategoryID != "" {
+			for _, a := range ctx.user.Affinities {
+				if a.ID == it.CategoryID && ctx.affTotal > 0 {
+					x[6] = math.Exp2(a.Score-ctx.affRef) / ctx.affTotal
+				}
+			}
+			if len(ctx.user.RecentCategories) > 0 && ctx.user.RecentCategories[0].ID == it.CategoryID {
+				x[7] = 1
+			}
+		}
+	}
+	if h, ok := ctx.seen[c.ID]; ok {
+		x[8] = 1
+		x[9] = s.weights[h.Behavior] / s.weights[BehaviorPurchase]
+		x[10] = math.Exp2(-math.Max(0, float64(ctx.now-h.TS)) / 3.6e6)
+		x[11] = math.Log1p(float64(h.Count))
+		x[12] = 1 / float64(1+ctx.seenPos[c.ID])
+	}
+	if it := c.Item; it != nil && it.LastTSAny > 0 {
+		x[13] = math.Exp2(-math.Max(0, float64(ctx.now-it.LastTSAny)) / 3.6e6)
+	}
+	x[14] = math.Log1p(float64(ctx.model.Events))
+	return x
+}
+
+// learnRanker scores one example with the training and published weights
+// (progressive validation), records both in the rolling window, and then
+// takes one FTRL-Proximal step on it.
+func (s *Store) learnRanker(mb *modelBatch, ctx *rankContext, c *candidateInfo, label float64) error {
+	o := &s.models.opts
+	r := &mb.meta.Ranker
+	r.init(numRankFeatures)
+	x := s.rankFeatures(ctx, c)
+	w := r.weights(o)
+	p := predict(w, &x)
+	pPub := predict(r.Published, &x)
+	if len(r.Labels) < o.RankerWindow {
+		r.Train = append(r.Train, float32(p))
+		r.Pub = append(r.Pub, float32(pPub))
+		r.Labels = append(r.Labels, byte(label))
+	} else {
+		if r.Pos >= len(r.Labels) {
+			r.Pos = 0
+		}
+		r.Train[r.Pos], r.Pub[r.Pos], r.Labels[r.Pos] = float32(p), float32(pPub), byte(label)
+	}
+	r.Pos = (r.Pos + 1) % o.RankerWindow
+	g := p - label
+	for i, xi := range x {
+		if xi == 0 {
+			continue
+		}
+		gi := g * xi
+		sigma := (math.Sqrt(r.N[i]+gi*gi) - math.Sqrt(r.N[i])) / o.RankerAlpha
+		r.Z[i] += gi - sigma*w[i]
+		r.N[i] += gi * gi
+	}
+	r.Examples++
+	r.LastTS = max(r.LastTS, ctx.now)
+	if r.Examples%int64(o.PublishEvery) == 0 {
+		trainAUC, _ := windowMetrics(r.Train, r.Labels)
+		pubAUC, _ := windowMetrics(r.Pub, r.Labels)
+		if r.Version == 0 || trainAUC >= pubAUC-o.PublishMargin {
+			r.Published = w
+			r.Version++
+			r.PubAUC = trainAUC
+			r.publishedDirty = true
+		}
+	}
+	return nil
+}
+
+// windowMetrics returns the AUC and mean log loss of predictions p for
+// labels; AUC is NaN when the window lacks either class.
+func windowMetrics(p []float32, labels []byte) (auc, logLoss float64) {
+	n := len(labels)
+	if n == 0 {
+		return math.NaN(), math.NaN()
+	}
+	idx := make([]int, n)
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortFunc(idx, func(a, b int) int {
+		switch {
+		case p[a] < p[b]:
+			return -1
+		case p[a] > p[b]:
+			return 1
+		}
+		return 0
+	})
+	// Rank-sum (Mann-Whitney) with average ranks for ties.
+	var pos, rankSum float64
+	for i := 0; i < n; {
+		j := i
+		for j < n && p[idx[j]] == p[idx[i]] {
+			j++
+		}
+		avg := float64(i+j+1) / 2
+		for k := i; k < j; k++ {
+			if labels[idx[k]] == 1 {
+				pos++
+				rankSum += avg
+			}
+		}
+		i = j
+	}
+	neg := float64(n) - pos
+	auc = math.NaN()
+	if pos > 0 && neg > 0 {
+		auc = (rankSum - pos*(pos+1)/2) / (pos * neg)
+	}
+	for i := range labels {
+		q := max(1e-7, min(1-1e-7, float64(p[i])))
+		if labels[i] == 1 {
+			logLoss -= math.Log(q)
+		} else {
+			logLoss -= math.Log(1 - q)
+		}
+	}
+	return auc, logLoss / float64(n)
+}
