@@ -75,6 +75,10 @@ func (s *Store) Expire(now int64) (ExpireStats, error) {
 	var err error
 	if es.Users, err = s.expireEntities(b, prefixUser, cutoff, func(id string, rec []byte) error {
 		s.users.Remove(id)
+		s.models.users.Remove(id)
+		if err := b.Delete(userModelKey(id), nil); err != nil {
+			return err
+		}
 		p := makeKey(prefixBought, id, "")
 		return b.DeleteRange(p, prefixEnd(p[:len(p)-1]), nil)
 	}); err != nil {
@@ -82,6 +86,9 @@ func (s *Store) Expire(now int64) (ExpireStats, error) {
 	}
 	if es.Items, err = s.expireEntities(b, prefixItem, cutoff, func(id string, rec []byte) error {
 		s.items.Remove(id)
+		if err := s.dropItemModel(b, id); err != nil {
+			return err
+		}
 		var it ItemRecord
 		if err := it.decode(rec); err != nil {
 			return err

@@ -93,6 +93,9 @@ func (f *FlightServer) DoAction(a *flight.Action, stream flight.FlightService_Do
 			return toStatus(err)
 		}
 		views[deadLettersView] = map[string]any{"rows": f.store.DeadLetterCount()}
+		for _, t := range modelTables {
+			views[t.name] = map[string]any{"rows": t.rows(f.store)}
+		}
 		body = map[string]any{"views": views, "disk_bytes": ps.DiskBytes}
 	case "backup":
 		var req struct {
@@ -188,6 +191,7 @@ type plan struct {
 	view   *featurestore.View
 	idx    []int
 	schema *arrow.Schema
+	model  *modelTable // a model table instead of a view
 }
 
 func (f *FlightServer) planQuery(q flightQuery) (*plan, error) { return f.plan(q, true) }
@@ -202,6 +206,12 @@ func (f *FlightServer) plan(q flightQuery, forTicket bool) (*plan, error) {
 			return nil, invalidArg("view", "dead_letters takes no columns, ids or as_of")
 		}
 		return &plan{q: q, schema: deadLettersSchema}, nil
+	}
+	if t := modelTableNamed(q.View); t != nil {
+		if q.Columns != nil || q.IDs != nil || q.AsOf != 0 || q.Partitions != 0 || q.Lo != "" || q.Hi != "" {
+			return nil, invalidArg("view", "model table %s takes no columns, ids, as_of or partitions", t.name)
+		}
+		return &plan{q: q, schema: t.schema(f.store.FactorDim()), model: t}, nil
 	}
 	v, err := f.store.Definitions().View(q.View)
 	if err != nil {
@@ -321,6 +331,8 @@ func (f *FlightServer) info(p *plan, d *flight.FlightDescriptor) (*flight.Flight
 	var rows int64
 	if p.view != nil {
 		rows = f.store.Count(p.view)
+	} else if p.model != nil {
+		rows = p.model.rows(f.store)
 	} else {
 		rows = f.store.DeadLetterCount()
 	}
@@ -390,6 +402,19 @@ func (f *FlightServer) ListFlights(_ *flight.Criteria, stream flight.FlightServi
 			return err
 		}
 	}
+	for _, t := range modelTables {
+		p, err := f.planQuery(flightQuery{View: t.name})
+		if err != nil {
+			return err
+		}
+		info, err := f.info(p, &flight.FlightDescriptor{Type: flight.DescriptorPATH, Path: []string{t.name}})
+		if err != nil {
+			return err
+		}
+		if err := stream.Send(info); err != nil {
+			return err
+		}
+	}
 	if ScopeFrom(stream.Context()) < ScopeAdmin {
 		return nil // dead letters are for admins
 	}
@@ -410,7 +435,7 @@ func (f *FlightServer) GetFlightInfo(ctx context.Context, d *flight.FlightDescri
 	if err != nil {
 		return nil, err
 	}
-	if p.view == nil {
+	if p.view == nil && p.model == nil {
 		if err := requireScope(ctx, ScopeAdmin, "the dead_letters view"); err != nil {
 			return nil, err
 		}
@@ -439,13 +464,16 @@ func (f *FlightServer) DoGet(t *flight.Ticket, stream flight.FlightService_DoGet
 	if err != nil {
 		return err
 	}
-	if p.view == nil {
+	if p.view == nil && p.model == nil {
 		if err := requireScope(stream.Context(), ScopeAdmin, "the dead_letters view"); err != nil {
 			return err
 		}
 	}
 	w := flight.NewRecordWriter(stream, ipc.WithSchema(p.schema), ipc.WithAllocator(f.mem))
 	defer w.Close()
+	if p.model != nil {
+		return f.doGetModel(p, w)
+	}
 	if p.view == nil {
 		return f.doGetDeadLetters(w)
 	}

@@ -70,6 +70,10 @@ func (s *Server) HTTPHandler(ctx context.Context) (http.Handler, error) {
 		func(r *recsysv1.GetItemFeaturesRequest, id string) { r.ItemId = id }, s.GetItemFeatures))
 	mux.HandleFunc("GET /v1/users/{user_id}/recommendations", pathRoute(gw, "user_id",
 		func(r *recsysv1.RecommendRequest, id string) { r.UserId = id }, s.Recommend))
+	mux.HandleFunc("GET /v1/users/{user_id}/similar", pathRoute(gw, "user_id",
+		func(r *recsysv1.SimilarUsersRequest, id string) { r.UserId = id }, s.SimilarUsers))
+	mux.HandleFunc("GET /v1/items/{item_id}/similar", pathRoute(gw, "item_id",
+		func(r *recsysv1.SimilarItemsRequest, id string) { r.ItemId = id }, s.SimilarItems))
 	mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(recsysv1.OpenAPI)

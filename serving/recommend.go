@@ -1,106 +1,39 @@
 package serving
 
 import (
-	"slices"
+	"context"
+	"strings"
 	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/streamrec/recsys/featurestore"
 	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
 )
 
-// modelVersion names the recommender below; a later model replaces it.
-const modelVersion = "popularity-affinity-v1"
-
-// affinityBoost weighs the popularity of items in the user's most recent
-// categories (newest first) against global popularity (weight 1).
-var affinityBoost = []float64{2.0, 1.6, 1.3}
-
-// recommender is a simple, honest baseline: recent popularity (decayed,
-// behavior-weighted counts) within the user's most recent categories,
-// boosted by recency of the category, filled up with globally popular
-// items, excluding what the user bought and explicit exclusions.
+// recommender adapts the store's recommendations to the API.
 type recommender struct {
 	store *featurestore.Store
 }
 
-func (r *recommender) recommend(user string, k int, category string, exclude []string) ([]*recsysv1.ScoredItem, error) {
-	u, found, err := r.store.User(user)
-	if err != nil {
-		return nil, err
-	}
-	excluded := make(map[string]bool, len(exclude))
+func (r *recommender) recommend(user string, k int, category string, exclude []string, excludeSeen bool) ([]*recsysv1.ScoredItem, error) {
+	ex := make(map[string]bool, len(exclude))
 	for _, id := range exclude {
-		excluded[id] = true
+		ex[id] = true
 	}
-	var skipErr error
-	skip := func(item string) bool {
-		if excluded[item] {
-			return true
-		}
-		if !found || u.Count[featurestore.BehaviorPurchase] == 0 {
-			return false
-		}
-		bought, err := r.store.Purchased(user, item)
-		if err != nil {
-			skipErr = err
-		}
-		return bought
-	}
-	if category != "" {
-		items, err := r.popular(category, k, skip)
-		if err == nil {
-			err = skipErr
-		}
-		return items, err
-	}
-
-	best := make(map[string]*recsysv1.ScoredItem)
-	add := func(cands []featurestore.Scored, boost float64, reason string) {
-		for _, c := range cands {
-			score := c.Score * boost
-			if cur, ok := best[c.ItemID]; !ok || score > cur.Score {
-				best[c.ItemID] = &recsysv1.ScoredItem{ItemId: c.ItemID, Score: score, Reason: reason}
-			}
-		}
-	}
-	for i, cat := range u.RecentCategories {
-		if i == len(affinityBoost) {
-			break
-		}
-		cands, err := r.store.Popular(cat.ID, k, skip)
-		if err != nil {
-			return nil, err
-		}
-		add(cands, affinityBoost[i], "popular in category "+cat.ID+", which you recently browsed")
-	}
-	cands, err := r.store.Popular("", k, skip)
+	recs, err := r.store.Recommend(user, featurestore.RecommendOptions{K: k, Category: category, Exclude: ex, ExcludeSeen: excludeSeen})
 	if err != nil {
 		return nil, err
 	}
-	add(cands, 1, "popular now")
-	if skipErr != nil {
-		return nil, skipErr
+	return scoredItems(recs), nil
+}
+
+func scoredItems(recs []featurestore.Recommendation) []*recsysv1.ScoredItem {
+	out := make([]*recsysv1.ScoredItem, len(recs))
+	for i, c := range recs {
+		out[i] = &recsysv1.ScoredItem{ItemId: c.ItemID, Score: c.Score, Reason: c.Reason}
 	}
-	out := make([]*recsysv1.ScoredItem, 0, len(best))
-	for _, it := range best {
-		out = append(out, it)
-	}
-	slices.SortFunc(out, func(a, b *recsysv1.ScoredItem) int {
-		if a.Score != b.Score {
-			if a.Score > b.Score {
-				return -1
-			}
-			return 1
-		}
-		if a.ItemId < b.ItemId {
-			return -1
-		}
-		return 1
-	})
-	if len(out) > k {
-		out = out[:k]
-	}
-	return out, nil
+	return out
 }
 
 func (r *recommender) popular(category string, k int, skip func(string) bool) ([]*recsysv1.ScoredItem, error) {
@@ -117,6 +50,73 @@ func (r *recommender) popular(category string, k int, skip func(string) bool) ([
 		out[i] = &recsysv1.ScoredItem{ItemId: c.ItemID, Score: c.Score, Reason: reason}
 	}
 	return out, nil
+}
+
+// splitExclude splits every exclude value at commas (REST's exclude=a,b).
+func splitExclude(values []string) []string {
+	var out []string
+	for _, v := range values {
+		for _, id := range strings.Split(v, ",") {
+			if id != "" {
+				out = append(out, id)
+			}
+		}
+	}
+	return out
+}
+
+// SimilarItems implements RecommendService.SimilarItems.
+func (s *Server) SimilarItems(ctx context.Context, req *recsysv1.SimilarItemsRequest) (*recsysv1.SimilarItemsResponse, error) {
+	if err := checkID("item_id", req.GetItemId()); err != nil {
+		return nil, err
+	}
+	k, err := s.k(req.K)
+	if err != nil {
+		return nil, err
+	}
+	recs, err := s.store.SimilarItems(req.ItemId, k)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &recsysv1.SimilarItemsResponse{Items: scoredItems(recs)}, nil
+}
+
+// SimilarUsers implements RecommendService.SimilarUsers.
+func (s *Server) SimilarUsers(ctx context.Context, req *recsysv1.SimilarUsersRequest) (*recsysv1.SimilarUsersResponse, error) {
+	if err := checkID("user_id", req.GetUserId()); err != nil {
+		return nil, err
+	}
+	k, err := s.k(req.K)
+	if err != nil {
+		return nil, err
+	}
+	users, err := s.store.SimilarUsers(req.UserId, k)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	resp := &recsysv1.SimilarUsersResponse{Users: make([]*recsysv1.ScoredUser, len(users))}
+	for i, u := range users {
+		resp.Users[i] = &recsysv1.ScoredUser{UserId: u.UserID, Score: u.Score}
+	}
+	return resp, nil
+}
+
+// ListModels implements RecommendService.ListModels.
+func (s *Server) ListModels(ctx context.Context, _ *recsysv1.ListModelsRequest) (*recsysv1.ListModelsResponse, error) {
+	ms, err := s.store.Models()
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	resp := &recsysv1.ListModelsResponse{ModelVersion: s.store.ModelVersion()}
+	for _, m := range ms {
+		mi := &recsysv1.ModelInfo{Name: m.Name, Version: m.Version, Examples: m.Examples, Frozen: m.Frozen,
+			RollingAuc: m.AUC, RollingLogLoss: m.LogLoss, PublishedAuc: m.PublishedAUC, PublishedLogLoss: m.PublishedLogLoss}
+		if m.LastEventTS > 0 {
+			mi.LastUpdate = timestamppb.New(msTime(m.LastEventTS))
+		}
+		resp.Models = append(resp.Models, mi)
+	}
+	return resp, nil
 }
 
 func msTime(ms int64) time.Time { return time.UnixMilli(ms).UTC() }

@@ -299,11 +299,15 @@ func (s *Server) Recommend(ctx context.Context, req *recsysv1.RecommendRequest) 
 	if err != nil {
 		return nil, err
 	}
-	items, err := s.rec.recommend(req.UserId, k, req.Category, req.Exclude)
+	exclude := splitExclude(req.Exclude)
+	if len(exclude) > 10_000 {
+		return nil, invalidArg("exclude", "%d ids; at most 10000", len(exclude))
+	}
+	items, err := s.rec.recommend(req.UserId, k, req.Category, exclude, req.ExcludeSeen)
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &recsysv1.RecommendResponse{Items: items, ModelVersion: modelVersion}, nil
+	return &recsysv1.RecommendResponse{Items: items, ModelVersion: s.store.ModelVersion()}, nil
 }
 
 // PopularItems implements RecommendService.PopularItems.

@@ -10,6 +10,8 @@ import (
 
 	"github.com/spf13/pflag"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/streamrec/recsys/featurestore"
 )
 
 // config is the whole configuration of `recsys serve`. Every key can be set
@@ -63,12 +65,95 @@ type storeConfig struct {
 	Features     string        `yaml:"features"`
 	Clock        string        `yaml:"clock"`
 	DedupHorizon time.Duration `yaml:"dedup-horizon"`
+	Models       modelConfig   `yaml:"models"`
+}
+
+// modelConfig holds the models' hyperparameters (featurestore.ModelOptions
+// documents each).
+type modelConfig struct {
+	HistoryCap    int           `yaml:"history-cap"`
+	PairCap       int           `yaml:"pair-cap"`
+	PairWindow    time.Duration `yaml:"pair-window"`
+	PairHalfLife  time.Duration `yaml:"pair-half-life"`
+	DecayHalfLife time.Duration `yaml:"decay-half-life"`
+	UserAlpha     float64       `yaml:"user-alpha"`
+	Shrinkage     float64       `yaml:"shrinkage"`
+	Neighbors     int           `yaml:"neighbors"`
+	RecentUsers   int           `yaml:"recent-users"`
+	Dim           int           `yaml:"dim"`
+	LearningRate  float64       `yaml:"learning-rate"`
+	Reg           float64       `yaml:"reg"`
+	Negatives     int           `yaml:"negatives"`
+	RankerAlpha   float64       `yaml:"ranker-alpha"`
+	RankerBeta    float64       `yaml:"ranker-beta"`
+	RankerL1      float64       `yaml:"ranker-l1"`
+	RankerL2      float64       `yaml:"ranker-l2"`
+	RankerWindow  int           `yaml:"ranker-window"`
+	PublishEvery  int           `yaml:"publish-every"`
+	PublishMargin float64       `yaml:"publish-margin"`
+}
+
+func (m *modelConfig) bindFlags(fs *pflag.FlagSet) {
+	var d featurestore.ModelOptions
+	d.EnsureDefaults()
+	fs.IntVar(&m.HistoryCap, "models.history-cap", d.HistoryCap, "interactions a user's model history keeps (Swing's cap on very active users)")
+	fs.IntVar(&m.PairCap, "models.pair-cap", d.PairCap, "newest history items each event is paired with for item-item co-occurrence")
+	fs.DurationVar(&m.PairWindow, "models.pair-window", d.PairWindow, "history items older than this before an event are not paired with it")
+	fs.DurationVar(&m.PairHalfLife, "models.pair-half-life", d.PairHalfLife, "a pair's weight halves with each this much time between its two events")
+	fs.DurationVar(&m.DecayHalfLife, "models.decay-half-life", d.DecayHalfLife, "forward decay of co-occurrence evidence")
+	fs.Float64Var(&m.UserAlpha, "models.user-alpha", d.UserAlpha, "a user's pairs weigh 1/sqrt(user-alpha + the user's events)")
+	fs.Float64Var(&m.Shrinkage, "models.shrinkage", d.Shrinkage, "added to the cosine denominator so rare pairs do not score 1")
+	fs.IntVar(&m.Neighbors, "models.neighbors", d.Neighbors, "neighbours exposed per item (twice as many kept)")
+	fs.IntVar(&m.RecentUsers, "models.recent-users", d.RecentUsers, "recent users kept per item for user-user similarity")
+	fs.IntVar(&m.Dim, "models.dim", d.Dim, "latent factors of matrix factorization")
+	fs.Float64Var(&m.LearningRate, "models.learning-rate", d.LearningRate, "SGD step of matrix factorization")
+	fs.Float64Var(&m.Reg, "models.reg", d.Reg, "L2 penalty of matrix factorization")
+	fs.IntVar(&m.Negatives, "models.negatives", d.Negatives, "sampled negatives per event for matrix factorization and the ranker")
+	fs.Float64Var(&m.RankerAlpha, "models.ranker-alpha", d.RankerAlpha, "FTRL-Proximal alpha of the ranker")
+	fs.Float64Var(&m.RankerBeta, "models.ranker-beta", d.RankerBeta, "FTRL-Proximal beta")
+	fs.Float64Var(&m.RankerL1, "models.ranker-l1", d.RankerL1, "FTRL-Proximal L1")
+	fs.Float64Var(&m.RankerL2, "models.ranker-l2", d.RankerL2, "FTRL-Proximal L2")
+	fs.IntVar(&m.RankerWindow, "models.ranker-window", d.RankerWindow, "examples in the ranker's rolling AUC and log loss")
+	fs.IntVar(&m.PublishEvery, "models.publish-every", d.PublishEvery, "ranker examples between publication checks")
+	fs.Float64Var(&m.PublishMargin, "models.publish-margin", d.PublishMargin, "a new ranker version is published only if its rolling AUC is at least the current one's minus this")
+}
+
+// options converts m; Open validates the values.
+func (m *modelConfig) options() featurestore.ModelOptions {
+	return featurestore.ModelOptions{
+		HistoryCap: m.HistoryCap, PairCap: m.PairCap, PairWindow: m.PairWindow, PairHalfLife: m.PairHalfLife,
+		DecayHalfLife: m.DecayHalfLife, UserAlpha: m.UserAlpha, Shrinkage: m.Shrinkage, Neighbors: m.Neighbors,
+		RecentUsers: m.RecentUsers, Dim: m.Dim, LearningRate: m.LearningRate, Reg: m.Reg, Negatives: m.Negatives,
+		RankerAlpha: m.RankerAlpha, RankerBeta: m.RankerBeta, RankerL1: m.RankerL1, RankerL2: m.RankerL2,
+		RankerWindow: m.RankerWindow, PublishEvery: m.PublishEvery, PublishMargin: m.PublishMargin,
+	}
+}
+
+func (m *modelConfig) validate() error {
+	for _, c := range []struct {
+		name string
+		v    float64
+	}{
+		{"history-cap", float64(m.HistoryCap)}, {"pair-cap", float64(m.PairCap)}, {"pair-window", float64(m.PairWindow)},
+		{"pair-half-life", float64(m.PairHalfLife)}, {"decay-half-life", float64(m.DecayHalfLife)}, {"user-alpha", m.UserAlpha},
+		{"shrinkage", m.Shrinkage}, {"neighbors", float64(m.Neighbors)}, {"recent-users", float64(m.RecentUsers)}, {"dim", float64(m.Dim)},
+		{"learning-rate", m.LearningRate}, {"reg", m.Reg}, {"negatives", float64(m.Negatives)}, {"ranker-alpha", m.RankerAlpha},
+		{"ranker-beta", m.RankerBeta}, {"ranker-l1", m.RankerL1}, {"ranker-l2", m.RankerL2}, {"ranker-window", float64(m.RankerWindow)},
+		{"publish-every", float64(m.PublishEvery)}, {"publish-margin", m.PublishMargin},
+	} {
+		if !(c.v > 0) {
+			return fmt.Errorf("models.%s: %v is not positive", c.name, c.v)
+		}
+	}
+	o := m.options()
+	return o.Validate()
 }
 
 func (c *storeConfig) bindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.Features, "features", "", "feature definitions file (default: the built-in features.yaml)")
 	fs.StringVar(&c.Clock, "clock", "wall", "read clock: wall, or event (the newest event time, for replays of historical data)")
 	fs.DurationVar(&c.DedupHorizon, "dedup-horizon", 7*24*time.Hour, "how long event ids are remembered for deduplication")
+	c.Models.bindFlags(fs)
 }
 
 func (c *storeConfig) validate() error {
@@ -78,7 +163,7 @@ func (c *storeConfig) validate() error {
 	if c.DedupHorizon < 0 {
 		return fmt.Errorf("dedup-horizon: %s is negative", c.DedupHorizon)
 	}
-	return nil
+	return c.Models.validate()
 }
 
 type logConfig struct {

@@ -45,7 +45,7 @@ func openEngine(dir string, sc storeConfig, ing ingestConfig, logger *slog.Logge
 	if err != nil {
 		return nil, err
 	}
-	st, err := featurestore.Open(filepath.Join(dir, "state"), featurestore.Options{Logger: logger, Definitions: defs, Clock: sc.Clock, DedupHorizon: sc.DedupHorizon})
+	st, err := featurestore.Open(filepath.Join(dir, "state"), featurestore.Options{Logger: logger, Definitions: defs, Clock: sc.Clock, DedupHorizon: sc.DedupHorizon, Models: sc.Models.options()})
 	if err != nil {
 		_ = lg.Close()
 		return nil, err

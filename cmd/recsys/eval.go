@@ -37,6 +37,7 @@ type evalOptions struct {
 func evalCmd() *cobra.Command {
 	var o evalOptions
 	var ks string
+	var mc modelConfig
 	cmd := &cobra.Command{
 		Use:   "eval --format taobao FILE [--warmup 0.5] [--k 10,20] [--json]",
 		Short: "Prequential evaluation: replay events in time order, asking for each target's top K before it is ingested",
@@ -73,6 +74,10 @@ intervals.`,
 				}
 				o.ks = append(o.ks, k)
 			}
+			if err := mc.validate(); err != nil {
+				return usageError{err}
+			}
+			o.models = mc.options()
 			slices.Sort(o.ks)
 			o.ks = slices.Compact(o.ks)
 			rep, err := runEval(args[0], &o, cmd.ErrOrStderr())
@@ -97,6 +102,7 @@ intervals.`,
 	f.Float64Var(&o.viewSample, "view-sample", 0.02, "share of view events evaluated as view targets (reported separately)")
 	f.IntVar(&o.bootstrap, "bootstrap", 1000, "bootstrap resamples for the 95% intervals")
 	f.Uint64Var(&o.seed, "seed", 1, "seed of the view sample and the bootstrap")
+	mc.bindFlags(f)
 	return cmd
 }
 

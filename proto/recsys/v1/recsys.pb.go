@@ -960,8 +960,11 @@ type RecommendRequest struct {
 	K int32 `protobuf:"varint,2,opt,name=k,proto3" json:"k,omitempty"`
 	// Optional: only items of this category.
 	Category string `protobuf:"bytes,3,opt,name=category,proto3" json:"category,omitempty"`
-	// Optional: item ids never to return.
-	Exclude       []string `protobuf:"bytes,4,rep,name=exclude,proto3" json:"exclude,omitempty"`
+	// Optional: item ids never to return. Over REST, exclude=id1,id2 (each
+	// value is also split at commas) or repeated exclude= parameters.
+	Exclude []string `protobuf:"bytes,4,rep,name=exclude,proto3" json:"exclude,omitempty"`
+	// Drop items the user already interacted with (their recent history).
+	ExcludeSeen   bool `protobuf:"varint,5,opt,name=exclude_seen,json=excludeSeen,proto3" json:"exclude_seen,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1022,6 +1025,13 @@ func (x *RecommendRequest) GetExclude() []string {
 		return x.Exclude
 	}
 	return nil
+}
+
+func (x *RecommendRequest) GetExcludeSeen() bool {
+	if x != nil {
+		return x.ExcludeSeen
+	}
+	return false
 }
 
 type RecommendResponse struct {
@@ -1200,6 +1210,461 @@ func (x *PopularItemsResponse) GetItems() []*ScoredItem {
 	return nil
 }
 
+type SimilarItemsRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	ItemId string                 `protobuf:"bytes,1,opt,name=item_id,json=itemId,proto3" json:"item_id,omitempty"`
+	// Number of items, 1 to 1,000; 10 when 0.
+	K             int32 `protobuf:"varint,2,opt,name=k,proto3" json:"k,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SimilarItemsRequest) Reset() {
+	*x = SimilarItemsRequest{}
+	mi := &file_recsys_v1_recsys_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SimilarItemsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SimilarItemsRequest) ProtoMessage() {}
+
+func (x *SimilarItemsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_recsys_v1_recsys_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SimilarItemsRequest.ProtoReflect.Descriptor instead.
+func (*SimilarItemsRequest) Descriptor() ([]byte, []int) {
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *SimilarItemsRequest) GetItemId() string {
+	if x != nil {
+		return x.ItemId
+	}
+	return ""
+}
+
+func (x *SimilarItemsRequest) GetK() int32 {
+	if x != nil {
+		return x.K
+	}
+	return 0
+}
+
+type SimilarItemsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Neighbours by item-to-item similarity, then (for items with few) popular
+	// items of the item's category and overall, each with its reason.
+	Items         []*ScoredItem `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SimilarItemsResponse) Reset() {
+	*x = SimilarItemsResponse{}
+	mi := &file_recsys_v1_recsys_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SimilarItemsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SimilarItemsResponse) ProtoMessage() {}
+
+func (x *SimilarItemsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_recsys_v1_recsys_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SimilarItemsResponse.ProtoReflect.Descriptor instead.
+func (*SimilarItemsResponse) Descriptor() ([]byte, []int) {
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *SimilarItemsResponse) GetItems() []*ScoredItem {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+type SimilarUsersRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	UserId string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// Number of users, 1 to 1,000; 10 when 0.
+	K             int32 `protobuf:"varint,2,opt,name=k,proto3" json:"k,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SimilarUsersRequest) Reset() {
+	*x = SimilarUsersRequest{}
+	mi := &file_recsys_v1_recsys_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SimilarUsersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SimilarUsersRequest) ProtoMessage() {}
+
+func (x *SimilarUsersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_recsys_v1_recsys_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SimilarUsersRequest.ProtoReflect.Descriptor instead.
+func (*SimilarUsersRequest) Descriptor() ([]byte, []int) {
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *SimilarUsersRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *SimilarUsersRequest) GetK() int32 {
+	if x != nil {
+		return x.K
+	}
+	return 0
+}
+
+type ScoredUser struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Score         float64                `protobuf:"fixed64,2,opt,name=score,proto3" json:"score,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ScoredUser) Reset() {
+	*x = ScoredUser{}
+	mi := &file_recsys_v1_recsys_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ScoredUser) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ScoredUser) ProtoMessage() {}
+
+func (x *ScoredUser) ProtoReflect() protoreflect.Message {
+	mi := &file_recsys_v1_recsys_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ScoredUser.ProtoReflect.Descriptor instead.
+func (*ScoredUser) Descriptor() ([]byte, []int) {
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ScoredUser) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *ScoredUser) GetScore() float64 {
+	if x != nil {
+		return x.Score
+	}
+	return 0
+}
+
+type SimilarUsersResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Users         []*ScoredUser          `protobuf:"bytes,1,rep,name=users,proto3" json:"users,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SimilarUsersResponse) Reset() {
+	*x = SimilarUsersResponse{}
+	mi := &file_recsys_v1_recsys_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SimilarUsersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SimilarUsersResponse) ProtoMessage() {}
+
+func (x *SimilarUsersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_recsys_v1_recsys_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SimilarUsersResponse.ProtoReflect.Descriptor instead.
+func (*SimilarUsersResponse) Descriptor() ([]byte, []int) {
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *SimilarUsersResponse) GetUsers() []*ScoredUser {
+	if x != nil {
+		return x.Users
+	}
+	return nil
+}
+
+type ListModelsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListModelsRequest) Reset() {
+	*x = ListModelsRequest{}
+	mi := &file_recsys_v1_recsys_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListModelsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListModelsRequest) ProtoMessage() {}
+
+func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_recsys_v1_recsys_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListModelsRequest.ProtoReflect.Descriptor instead.
+func (*ListModelsRequest) Descriptor() ([]byte, []int) {
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{24}
+}
+
+type ModelInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// item2item, user2user, mf or ranker.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// For the ranker, the published weight version; for the others, the
+	// number of events learned (every event is a new version).
+	Version int64 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	// Examples learned: pair updates (item2item), events (user2user, mf),
+	// scored-then-learned examples (ranker).
+	Examples int64 `protobuf:"varint,3,opt,name=examples,proto3" json:"examples,omitempty"`
+	// Ranker only: progressive-validation AUC and log loss of the training
+	// weights and of the published weights over the rolling window; NaN
+	// (null in JSON) for the other models or an empty window.
+	RollingAuc       float64 `protobuf:"fixed64,4,opt,name=rolling_auc,json=rollingAuc,proto3" json:"rolling_auc,omitempty"`
+	RollingLogLoss   float64 `protobuf:"fixed64,5,opt,name=rolling_log_loss,json=rollingLogLoss,proto3" json:"rolling_log_loss,omitempty"`
+	PublishedAuc     float64 `protobuf:"fixed64,6,opt,name=published_auc,json=publishedAuc,proto3" json:"published_auc,omitempty"`
+	PublishedLogLoss float64 `protobuf:"fixed64,7,opt,name=published_log_loss,json=publishedLogLoss,proto3" json:"published_log_loss,omitempty"`
+	// Event time of the last update.
+	LastUpdate *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=last_update,json=lastUpdate,proto3" json:"last_update,omitempty"`
+	// True while learning is frozen.
+	Frozen        bool `protobuf:"varint,9,opt,name=frozen,proto3" json:"frozen,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ModelInfo) Reset() {
+	*x = ModelInfo{}
+	mi := &file_recsys_v1_recsys_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ModelInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ModelInfo) ProtoMessage() {}
+
+func (x *ModelInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_recsys_v1_recsys_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ModelInfo.ProtoReflect.Descriptor instead.
+func (*ModelInfo) Descriptor() ([]byte, []int) {
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ModelInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ModelInfo) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetExamples() int64 {
+	if x != nil {
+		return x.Examples
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetRollingAuc() float64 {
+	if x != nil {
+		return x.RollingAuc
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetRollingLogLoss() float64 {
+	if x != nil {
+		return x.RollingLogLoss
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetPublishedAuc() float64 {
+	if x != nil {
+		return x.PublishedAuc
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetPublishedLogLoss() float64 {
+	if x != nil {
+		return x.PublishedLogLoss
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetLastUpdate() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastUpdate
+	}
+	return nil
+}
+
+func (x *ModelInfo) GetFrozen() bool {
+	if x != nil {
+		return x.Frozen
+	}
+	return false
+}
+
+type ListModelsResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Models []*ModelInfo           `protobuf:"bytes,1,rep,name=models,proto3" json:"models,omitempty"`
+	// The version recommendations report.
+	ModelVersion  string `protobuf:"bytes,2,opt,name=model_version,json=modelVersion,proto3" json:"model_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListModelsResponse) Reset() {
+	*x = ListModelsResponse{}
+	mi := &file_recsys_v1_recsys_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListModelsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListModelsResponse) ProtoMessage() {}
+
+func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_recsys_v1_recsys_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListModelsResponse.ProtoReflect.Descriptor instead.
+func (*ListModelsResponse) Descriptor() ([]byte, []int) {
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ListModelsResponse) GetModels() []*ModelInfo {
+	if x != nil {
+		return x.Models
+	}
+	return nil
+}
+
+func (x *ListModelsResponse) GetModelVersion() string {
+	if x != nil {
+		return x.ModelVersion
+	}
+	return ""
+}
+
 type GetStatsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1208,7 +1673,7 @@ type GetStatsRequest struct {
 
 func (x *GetStatsRequest) Reset() {
 	*x = GetStatsRequest{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[19]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1220,7 +1685,7 @@ func (x *GetStatsRequest) String() string {
 func (*GetStatsRequest) ProtoMessage() {}
 
 func (x *GetStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[19]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1233,7 +1698,7 @@ func (x *GetStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatsRequest.ProtoReflect.Descriptor instead.
 func (*GetStatsRequest) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{19}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{27}
 }
 
 type GetStatsResponse struct {
@@ -1257,7 +1722,7 @@ type GetStatsResponse struct {
 
 func (x *GetStatsResponse) Reset() {
 	*x = GetStatsResponse{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[20]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1269,7 +1734,7 @@ func (x *GetStatsResponse) String() string {
 func (*GetStatsResponse) ProtoMessage() {}
 
 func (x *GetStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[20]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1282,7 +1747,7 @@ func (x *GetStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatsResponse.ProtoReflect.Descriptor instead.
 func (*GetStatsResponse) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{20}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GetStatsResponse) GetLogEndOffset() int64 {
@@ -1363,7 +1828,7 @@ type DeadLetter struct {
 
 func (x *DeadLetter) Reset() {
 	*x = DeadLetter{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[21]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1375,7 +1840,7 @@ func (x *DeadLetter) String() string {
 func (*DeadLetter) ProtoMessage() {}
 
 func (x *DeadLetter) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[21]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1388,7 +1853,7 @@ func (x *DeadLetter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeadLetter.ProtoReflect.Descriptor instead.
 func (*DeadLetter) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{21}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DeadLetter) GetEvent() *Event {
@@ -1429,7 +1894,7 @@ type ListDeadLettersRequest struct {
 
 func (x *ListDeadLettersRequest) Reset() {
 	*x = ListDeadLettersRequest{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[22]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1441,7 +1906,7 @@ func (x *ListDeadLettersRequest) String() string {
 func (*ListDeadLettersRequest) ProtoMessage() {}
 
 func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[22]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1454,7 +1919,7 @@ func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersRequest.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersRequest) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{22}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListDeadLettersRequest) GetLimit() int32 {
@@ -1475,7 +1940,7 @@ type ListDeadLettersResponse struct {
 
 func (x *ListDeadLettersResponse) Reset() {
 	*x = ListDeadLettersResponse{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[23]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1487,7 +1952,7 @@ func (x *ListDeadLettersResponse) String() string {
 func (*ListDeadLettersResponse) ProtoMessage() {}
 
 func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[23]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1500,7 +1965,7 @@ func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersResponse.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersResponse) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{23}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListDeadLettersResponse) GetDeadLetters() []*DeadLetter {
@@ -1583,12 +2048,13 @@ const file_recsys_v1_recsys_proto_rawDesc = "" +
 	"ScoredItem\x12\x17\n" +
 	"\aitem_id\x18\x01 \x01(\tR\x06itemId\x12\x14\n" +
 	"\x05score\x18\x02 \x01(\x01R\x05score\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"o\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x92\x01\n" +
 	"\x10RecommendRequest\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\f\n" +
 	"\x01k\x18\x02 \x01(\x05R\x01k\x12\x1a\n" +
 	"\bcategory\x18\x03 \x01(\tR\bcategory\x12\x18\n" +
-	"\aexclude\x18\x04 \x03(\tR\aexclude\"e\n" +
+	"\aexclude\x18\x04 \x03(\tR\aexclude\x12!\n" +
+	"\fexclude_seen\x18\x05 \x01(\bR\vexcludeSeen\"e\n" +
 	"\x11RecommendResponse\x12+\n" +
 	"\x05items\x18\x01 \x03(\v2\x15.recsys.v1.ScoredItemR\x05items\x12#\n" +
 	"\rmodel_version\x18\x02 \x01(\tR\fmodelVersion\"|\n" +
@@ -1599,7 +2065,37 @@ const file_recsys_v1_recsys_proto_rawDesc = "" +
 	"\x02by\x18\x04 \x01(\tR\x02by\x12\x13\n" +
 	"\x05as_of\x18\x05 \x01(\x03R\x04asOf\"C\n" +
 	"\x14PopularItemsResponse\x12+\n" +
-	"\x05items\x18\x01 \x03(\v2\x15.recsys.v1.ScoredItemR\x05items\"\x11\n" +
+	"\x05items\x18\x01 \x03(\v2\x15.recsys.v1.ScoredItemR\x05items\"<\n" +
+	"\x13SimilarItemsRequest\x12\x17\n" +
+	"\aitem_id\x18\x01 \x01(\tR\x06itemId\x12\f\n" +
+	"\x01k\x18\x02 \x01(\x05R\x01k\"C\n" +
+	"\x14SimilarItemsResponse\x12+\n" +
+	"\x05items\x18\x01 \x03(\v2\x15.recsys.v1.ScoredItemR\x05items\"<\n" +
+	"\x13SimilarUsersRequest\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\f\n" +
+	"\x01k\x18\x02 \x01(\x05R\x01k\";\n" +
+	"\n" +
+	"ScoredUser\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x14\n" +
+	"\x05score\x18\x02 \x01(\x01R\x05score\"C\n" +
+	"\x14SimilarUsersResponse\x12+\n" +
+	"\x05users\x18\x01 \x03(\v2\x15.recsys.v1.ScoredUserR\x05users\"\x13\n" +
+	"\x11ListModelsRequest\"\xc8\x02\n" +
+	"\tModelInfo\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x03R\aversion\x12\x1a\n" +
+	"\bexamples\x18\x03 \x01(\x03R\bexamples\x12\x1f\n" +
+	"\vrolling_auc\x18\x04 \x01(\x01R\n" +
+	"rollingAuc\x12(\n" +
+	"\x10rolling_log_loss\x18\x05 \x01(\x01R\x0erollingLogLoss\x12#\n" +
+	"\rpublished_auc\x18\x06 \x01(\x01R\fpublishedAuc\x12,\n" +
+	"\x12published_log_loss\x18\a \x01(\x01R\x10publishedLogLoss\x12;\n" +
+	"\vlast_update\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"lastUpdate\x12\x16\n" +
+	"\x06frozen\x18\t \x01(\bR\x06frozen\"g\n" +
+	"\x12ListModelsResponse\x12,\n" +
+	"\x06models\x18\x01 \x03(\v2\x14.recsys.v1.ModelInfoR\x06models\x12#\n" +
+	"\rmodel_version\x18\x02 \x01(\tR\fmodelVersion\"\x11\n" +
 	"\x0fGetStatsRequest\"\xc4\x02\n" +
 	"\x10GetStatsResponse\x12$\n" +
 	"\x0elog_end_offset\x18\x01 \x01(\x03R\flogEndOffset\x12%\n" +
@@ -1630,10 +2126,14 @@ const file_recsys_v1_recsys_proto_rawDesc = "" +
 	"\x0fGetUserFeatures\x12!.recsys.v1.GetUserFeaturesRequest\x1a\x19.recsys.v1.EntityFeatures\x12O\n" +
 	"\x0fGetItemFeatures\x12!.recsys.v1.GetItemFeaturesRequest\x1a\x19.recsys.v1.EntityFeatures\x12L\n" +
 	"\vGetFeatures\x12\x1d.recsys.v1.GetFeaturesRequest\x1a\x1e.recsys.v1.GetFeaturesResponse\x12[\n" +
-	"\x10ListFeatureViews\x12\".recsys.v1.ListFeatureViewsRequest\x1a#.recsys.v1.ListFeatureViewsResponse2\xab\x01\n" +
+	"\x10ListFeatureViews\x12\".recsys.v1.ListFeatureViewsRequest\x1a#.recsys.v1.ListFeatureViewsResponse2\x98\x03\n" +
 	"\x10RecommendService\x12F\n" +
 	"\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12O\n" +
-	"\fPopularItems\x12\x1e.recsys.v1.PopularItemsRequest\x1a\x1f.recsys.v1.PopularItemsResponse2\xad\x01\n" +
+	"\fPopularItems\x12\x1e.recsys.v1.PopularItemsRequest\x1a\x1f.recsys.v1.PopularItemsResponse\x12O\n" +
+	"\fSimilarItems\x12\x1e.recsys.v1.SimilarItemsRequest\x1a\x1f.recsys.v1.SimilarItemsResponse\x12O\n" +
+	"\fSimilarUsers\x12\x1e.recsys.v1.SimilarUsersRequest\x1a\x1f.recsys.v1.SimilarUsersResponse\x12I\n" +
+	"\n" +
+	"ListModels\x12\x1c.recsys.v1.ListModelsRequest\x1a\x1d.recsys.v1.ListModelsResponse2\xad\x01\n" +
 	"\fAdminService\x12X\n" +
 	"\x0fListDeadLetters\x12!.recsys.v1.ListDeadLettersRequest\x1a\".recsys.v1.ListDeadLettersResponse\x12C\n" +
 	"\bGetStats\x12\x1a.recsys.v1.GetStatsRequest\x1a\x1b.recsys.v1.GetStatsResponseB6Z4github.com/streamrec/recsys/proto/recsys/v1;recsysv1b\x06proto3"
@@ -1650,7 +2150,7 @@ func file_recsys_v1_recsys_proto_rawDescGZIP() []byte {
 	return file_recsys_v1_recsys_proto_rawDescData
 }
 
-var file_recsys_v1_recsys_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_recsys_v1_recsys_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_recsys_v1_recsys_proto_goTypes = []any{
 	(*Event)(nil),                    // 0: recsys.v1.Event
 	(*IngestRequest)(nil),            // 1: recsys.v1.IngestRequest
@@ -1671,51 +2171,69 @@ var file_recsys_v1_recsys_proto_goTypes = []any{
 	(*RecommendResponse)(nil),        // 16: recsys.v1.RecommendResponse
 	(*PopularItemsRequest)(nil),      // 17: recsys.v1.PopularItemsRequest
 	(*PopularItemsResponse)(nil),     // 18: recsys.v1.PopularItemsResponse
-	(*GetStatsRequest)(nil),          // 19: recsys.v1.GetStatsRequest
-	(*GetStatsResponse)(nil),         // 20: recsys.v1.GetStatsResponse
-	(*DeadLetter)(nil),               // 21: recsys.v1.DeadLetter
-	(*ListDeadLettersRequest)(nil),   // 22: recsys.v1.ListDeadLettersRequest
-	(*ListDeadLettersResponse)(nil),  // 23: recsys.v1.ListDeadLettersResponse
-	(*structpb.Value)(nil),           // 24: google.protobuf.Value
-	(*timestamppb.Timestamp)(nil),    // 25: google.protobuf.Timestamp
+	(*SimilarItemsRequest)(nil),      // 19: recsys.v1.SimilarItemsRequest
+	(*SimilarItemsResponse)(nil),     // 20: recsys.v1.SimilarItemsResponse
+	(*SimilarUsersRequest)(nil),      // 21: recsys.v1.SimilarUsersRequest
+	(*ScoredUser)(nil),               // 22: recsys.v1.ScoredUser
+	(*SimilarUsersResponse)(nil),     // 23: recsys.v1.SimilarUsersResponse
+	(*ListModelsRequest)(nil),        // 24: recsys.v1.ListModelsRequest
+	(*ModelInfo)(nil),                // 25: recsys.v1.ModelInfo
+	(*ListModelsResponse)(nil),       // 26: recsys.v1.ListModelsResponse
+	(*GetStatsRequest)(nil),          // 27: recsys.v1.GetStatsRequest
+	(*GetStatsResponse)(nil),         // 28: recsys.v1.GetStatsResponse
+	(*DeadLetter)(nil),               // 29: recsys.v1.DeadLetter
+	(*ListDeadLettersRequest)(nil),   // 30: recsys.v1.ListDeadLettersRequest
+	(*ListDeadLettersResponse)(nil),  // 31: recsys.v1.ListDeadLettersResponse
+	(*structpb.Value)(nil),           // 32: google.protobuf.Value
+	(*timestamppb.Timestamp)(nil),    // 33: google.protobuf.Timestamp
 }
 var file_recsys_v1_recsys_proto_depIdxs = []int32{
 	0,  // 0: recsys.v1.IngestRequest.events:type_name -> recsys.v1.Event
 	2,  // 1: recsys.v1.IngestResponse.rejected:type_name -> recsys.v1.Rejection
-	24, // 2: recsys.v1.FeatureValue.value:type_name -> google.protobuf.Value
-	25, // 3: recsys.v1.FeatureValue.event_time:type_name -> google.protobuf.Timestamp
+	32, // 2: recsys.v1.FeatureValue.value:type_name -> google.protobuf.Value
+	33, // 3: recsys.v1.FeatureValue.event_time:type_name -> google.protobuf.Timestamp
 	4,  // 4: recsys.v1.EntityFeatures.features:type_name -> recsys.v1.FeatureValue
 	5,  // 5: recsys.v1.GetFeaturesResponse.entities:type_name -> recsys.v1.EntityFeatures
 	10, // 6: recsys.v1.FeatureView.features:type_name -> recsys.v1.FeatureInfo
 	11, // 7: recsys.v1.ListFeatureViewsResponse.views:type_name -> recsys.v1.FeatureView
 	14, // 8: recsys.v1.RecommendResponse.items:type_name -> recsys.v1.ScoredItem
 	14, // 9: recsys.v1.PopularItemsResponse.items:type_name -> recsys.v1.ScoredItem
-	0,  // 10: recsys.v1.DeadLetter.event:type_name -> recsys.v1.Event
-	25, // 11: recsys.v1.DeadLetter.received_at:type_name -> google.protobuf.Timestamp
-	21, // 12: recsys.v1.ListDeadLettersResponse.dead_letters:type_name -> recsys.v1.DeadLetter
-	1,  // 13: recsys.v1.EventService.Ingest:input_type -> recsys.v1.IngestRequest
-	6,  // 14: recsys.v1.FeatureService.GetUserFeatures:input_type -> recsys.v1.GetUserFeaturesRequest
-	7,  // 15: recsys.v1.FeatureService.GetItemFeatures:input_type -> recsys.v1.GetItemFeaturesRequest
-	8,  // 16: recsys.v1.FeatureService.GetFeatures:input_type -> recsys.v1.GetFeaturesRequest
-	12, // 17: recsys.v1.FeatureService.ListFeatureViews:input_type -> recsys.v1.ListFeatureViewsRequest
-	15, // 18: recsys.v1.RecommendService.Recommend:input_type -> recsys.v1.RecommendRequest
-	17, // 19: recsys.v1.RecommendService.PopularItems:input_type -> recsys.v1.PopularItemsRequest
-	22, // 20: recsys.v1.AdminService.ListDeadLetters:input_type -> recsys.v1.ListDeadLettersRequest
-	19, // 21: recsys.v1.AdminService.GetStats:input_type -> recsys.v1.GetStatsRequest
-	3,  // 22: recsys.v1.EventService.Ingest:output_type -> recsys.v1.IngestResponse
-	5,  // 23: recsys.v1.FeatureService.GetUserFeatures:output_type -> recsys.v1.EntityFeatures
-	5,  // 24: recsys.v1.FeatureService.GetItemFeatures:output_type -> recsys.v1.EntityFeatures
-	9,  // 25: recsys.v1.FeatureService.GetFeatures:output_type -> recsys.v1.GetFeaturesResponse
-	13, // 26: recsys.v1.FeatureService.ListFeatureViews:output_type -> recsys.v1.ListFeatureViewsResponse
-	16, // 27: recsys.v1.RecommendService.Recommend:output_type -> recsys.v1.RecommendResponse
-	18, // 28: recsys.v1.RecommendService.PopularItems:output_type -> recsys.v1.PopularItemsResponse
-	23, // 29: recsys.v1.AdminService.ListDeadLetters:output_type -> recsys.v1.ListDeadLettersResponse
-	20, // 30: recsys.v1.AdminService.GetStats:output_type -> recsys.v1.GetStatsResponse
-	22, // [22:31] is the sub-list for method output_type
-	13, // [13:22] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	14, // 10: recsys.v1.SimilarItemsResponse.items:type_name -> recsys.v1.ScoredItem
+	22, // 11: recsys.v1.SimilarUsersResponse.users:type_name -> recsys.v1.ScoredUser
+	33, // 12: recsys.v1.ModelInfo.last_update:type_name -> google.protobuf.Timestamp
+	25, // 13: recsys.v1.ListModelsResponse.models:type_name -> recsys.v1.ModelInfo
+	0,  // 14: recsys.v1.DeadLetter.event:type_name -> recsys.v1.Event
+	33, // 15: recsys.v1.DeadLetter.received_at:type_name -> google.protobuf.Timestamp
+	29, // 16: recsys.v1.ListDeadLettersResponse.dead_letters:type_name -> recsys.v1.DeadLetter
+	1,  // 17: recsys.v1.EventService.Ingest:input_type -> recsys.v1.IngestRequest
+	6,  // 18: recsys.v1.FeatureService.GetUserFeatures:input_type -> recsys.v1.GetUserFeaturesRequest
+	7,  // 19: recsys.v1.FeatureService.GetItemFeatures:input_type -> recsys.v1.GetItemFeaturesRequest
+	8,  // 20: recsys.v1.FeatureService.GetFeatures:input_type -> recsys.v1.GetFeaturesRequest
+	12, // 21: recsys.v1.FeatureService.ListFeatureViews:input_type -> recsys.v1.ListFeatureViewsRequest
+	15, // 22: recsys.v1.RecommendService.Recommend:input_type -> recsys.v1.RecommendRequest
+	17, // 23: recsys.v1.RecommendService.PopularItems:input_type -> recsys.v1.PopularItemsRequest
+	19, // 24: recsys.v1.RecommendService.SimilarItems:input_type -> recsys.v1.SimilarItemsRequest
+	21, // 25: recsys.v1.RecommendService.SimilarUsers:input_type -> recsys.v1.SimilarUsersRequest
+	24, // 26: recsys.v1.RecommendService.ListModels:input_type -> recsys.v1.ListModelsRequest
+	30, // 27: recsys.v1.AdminService.ListDeadLetters:input_type -> recsys.v1.ListDeadLettersRequest
+	27, // 28: recsys.v1.AdminService.GetStats:input_type -> recsys.v1.GetStatsRequest
+	3,  // 29: recsys.v1.EventService.Ingest:output_type -> recsys.v1.IngestResponse
+	5,  // 30: recsys.v1.FeatureService.GetUserFeatures:output_type -> recsys.v1.EntityFeatures
+	5,  // 31: recsys.v1.FeatureService.GetItemFeatures:output_type -> recsys.v1.EntityFeatures
+	9,  // 32: recsys.v1.FeatureService.GetFeatures:output_type -> recsys.v1.GetFeaturesResponse
+	13, // 33: recsys.v1.FeatureService.ListFeatureViews:output_type -> recsys.v1.ListFeatureViewsResponse
+	16, // 34: recsys.v1.RecommendService.Recommend:output_type -> recsys.v1.RecommendResponse
+	18, // 35: recsys.v1.RecommendService.PopularItems:output_type -> recsys.v1.PopularItemsResponse
+	20, // 36: recsys.v1.RecommendService.SimilarItems:output_type -> recsys.v1.SimilarItemsResponse
+	23, // 37: recsys.v1.RecommendService.SimilarUsers:output_type -> recsys.v1.SimilarUsersResponse
+	26, // 38: recsys.v1.RecommendService.ListModels:output_type -> recsys.v1.ListModelsResponse
+	31, // 39: recsys.v1.AdminService.ListDeadLetters:output_type -> recsys.v1.ListDeadLettersResponse
+	28, // 40: recsys.v1.AdminService.GetStats:output_type -> recsys.v1.GetStatsResponse
+	29, // [29:41] is the sub-list for method output_type
+	17, // [17:29] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_recsys_v1_recsys_proto_init() }
@@ -1729,7 +2247,7 @@ func file_recsys_v1_recsys_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_recsys_v1_recsys_proto_rawDesc), len(file_recsys_v1_recsys_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

@@ -349,6 +349,9 @@ var FeatureService_ServiceDesc = grpc.ServiceDesc{
 const (
 	RecommendService_Recommend_FullMethodName    = "/recsys.v1.RecommendService/Recommend"
 	RecommendService_PopularItems_FullMethodName = "/recsys.v1.RecommendService/PopularItems"
+	RecommendService_SimilarItems_FullMethodName = "/recsys.v1.RecommendService/SimilarItems"
+	RecommendService_SimilarUsers_FullMethodName = "/recsys.v1.RecommendService/SimilarUsers"
+	RecommendService_ListModels_FullMethodName   = "/recsys.v1.RecommendService/ListModels"
 )
 
 // RecommendServiceClient is the client API for RecommendService service.
@@ -357,6 +360,9 @@ const (
 type RecommendServiceClient interface {
 	Recommend(ctx context.Context, in *RecommendRequest, opts ...grpc.CallOption) (*RecommendResponse, error)
 	PopularItems(ctx context.Context, in *PopularItemsRequest, opts ...grpc.CallOption) (*PopularItemsResponse, error)
+	SimilarItems(ctx context.Context, in *SimilarItemsRequest, opts ...grpc.CallOption) (*SimilarItemsResponse, error)
+	SimilarUsers(ctx context.Context, in *SimilarUsersRequest, opts ...grpc.CallOption) (*SimilarUsersResponse, error)
+	ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error)
 }
 
 type recommendServiceClient struct {
@@ -387,12 +393,45 @@ func (c *recommendServiceClient) PopularItems(ctx context.Context, in *PopularIt
 	return out, nil
 }
 
+func (c *recommendServiceClient) SimilarItems(ctx context.Context, in *SimilarItemsRequest, opts ...grpc.CallOption) (*SimilarItemsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SimilarItemsResponse)
+	err := c.cc.Invoke(ctx, RecommendService_SimilarItems_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *recommendServiceClient) SimilarUsers(ctx context.Context, in *SimilarUsersRequest, opts ...grpc.CallOption) (*SimilarUsersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SimilarUsersResponse)
+	err := c.cc.Invoke(ctx, RecommendService_SimilarUsers_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *recommendServiceClient) ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListModelsResponse)
+	err := c.cc.Invoke(ctx, RecommendService_ListModels_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RecommendServiceServer is the server API for RecommendService service.
 // All implementations must embed UnimplementedRecommendServiceServer
 // for forward compatibility.
 type RecommendServiceServer interface {
 	Recommend(context.Context, *RecommendRequest) (*RecommendResponse, error)
 	PopularItems(context.Context, *PopularItemsRequest) (*PopularItemsResponse, error)
+	SimilarItems(context.Context, *SimilarItemsRequest) (*SimilarItemsResponse, error)
+	SimilarUsers(context.Context, *SimilarUsersRequest) (*SimilarUsersResponse, error)
+	ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error)
 	mustEmbedUnimplementedRecommendServiceServer()
 }
 
@@ -408,6 +447,15 @@ func (UnimplementedRecommendServiceServer) Recommend(context.Context, *Recommend
 }
 func (UnimplementedRecommendServiceServer) PopularItems(context.Context, *PopularItemsRequest) (*PopularItemsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method PopularItems not implemented")
+}
+func (UnimplementedRecommendServiceServer) SimilarItems(context.Context, *SimilarItemsRequest) (*SimilarItemsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SimilarItems not implemented")
+}
+func (UnimplementedRecommendServiceServer) SimilarUsers(context.Context, *SimilarUsersRequest) (*SimilarUsersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SimilarUsers not implemented")
+}
+func (UnimplementedRecommendServiceServer) ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListModels not implemented")
 }
 func (UnimplementedRecommendServiceServer) mustEmbedUnimplementedRecommendServiceServer() {}
 func (UnimplementedRecommendServiceServer) testEmbeddedByValue()                          {}
@@ -466,6 +514,60 @@ func _RecommendService_PopularItems_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RecommendService_SimilarItems_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SimilarItemsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecommendServiceServer).SimilarItems(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RecommendService_SimilarItems_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecommendServiceServer).SimilarItems(ctx, req.(*SimilarItemsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RecommendService_SimilarUsers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SimilarUsersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecommendServiceServer).SimilarUsers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RecommendService_SimilarUsers_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecommendServiceServer).SimilarUsers(ctx, req.(*SimilarUsersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RecommendService_ListModels_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListModelsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecommendServiceServer).ListModels(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RecommendService_ListModels_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecommendServiceServer).ListModels(ctx, req.(*ListModelsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // RecommendService_ServiceDesc is the grpc.ServiceDesc for RecommendService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -480,6 +582,18 @@ var RecommendService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "PopularItems",
 			Handler:    _RecommendService_PopularItems_Handler,
+		},
+		{
+			MethodName: "SimilarItems",
+			Handler:    _RecommendService_SimilarItems_Handler,
+		},
+		{
+			MethodName: "SimilarUsers",
+			Handler:    _RecommendService_SimilarUsers_Handler,
+		},
+		{
+			MethodName: "ListModels",
+			Handler:    _RecommendService_ListModels_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1,0 +1,155 @@
+package serving
+
+import (
+	"github.com/apache/arrow/go/v17/arrow"
+	"github.com/apache/arrow/go/v17/arrow/array"
+	"github.com/apache/arrow/go/v17/arrow/flight"
+
+	"github.com/streamrec/recsys/featurestore"
+)
+
+// modelTable is a Flight view of one model's state.
+type modelTable struct {
+	name   string
+	schema func(dim int) *arrow.Schema
+	// rows estimates the row count.
+	rows func(s *featurestore.Store) int64
+	// scan appends every row to b, calling flush whenever a batch is full.
+	scan func(s *featurestore.Store, b *array.RecordBuilder, flush func() error) error
+}
+
+var factorsType = arrow.ListOf(arrow.PrimitiveTypes.Float32)
+
+// modelTables are the model views, in ListFlights order.
+var modelTables = []*modelTable{
+	{
+		name: "item_neighbors",
+		schema: func(int) *arrow.Schema {
+			return arrow.NewSchema([]arrow.Field{
+				{Name: "item_id", Type: arrow.BinaryTypes.String},
+				{Name: "neighbor_id", Type: arrow.BinaryTypes.String},
+				{Name: "rank", Type: arrow.PrimitiveTypes.Int32},
+				{Name: "score", Type: arrow.PrimitiveTypes.Float64},
+			}, nil)
+		},
+		// Each item keeps up to Neighbors neighbours; most keep fewer.
+		rows: func(s *featurestore.Store) int64 { return s.ModelItems() * 10 },
+		scan: func(s *featurestore.Store, b *array.RecordBuilder, flush func() error) error {
+			return s.ScanItemNeighbors(func(item string, ns []featurestore.Neighbor) error {
+				for i, n := range ns {
+					b.Field(0).(*array.StringBuilder).Append(item)
+					b.Field(1).(*array.StringBuilder).Append(n.ItemID)
+					b.Field(2).(*array.Int32Builder).Append(int32(i + 1))
+					b.Field(3).(*array.Float64Builder).Append(n.Score)
+				}
+				return flush()
+			})
+		},
+	},
+	{
+		name: "user_factors",
+		schema: func(int) *arrow.Schema {
+			return arrow.NewSchema([]arrow.Field{
+				{Name: "user_id", Type: arrow.BinaryTypes.String},
+				{Name: "factors", Type: factorsType},
+				{Name: "events", Type: arrow.PrimitiveTypes.Int64},
+			}, nil)
+		},
+		rows: func(s *featurestore.Store) int64 { return s.Stats().Users },
+		scan: func(s *featurestore.Store, b *array.RecordBuilder, flush func() error) error {
+			return s.ScanUserFactors(func(user string, f []float32, events int64) error {
+				b.Field(0).(*array.StringBuilder).Append(user)
+				appendFactors(b.Field(1).(*array.ListBuilder), f)
+				b.Field(2).(*array.Int64Builder).Append(events)
+				return flush()
+			})
+		},
+	},
+	{
+		name: "item_factors",
+		schema: func(int) *arrow.Schema {
+			return arrow.NewSchema([]arrow.Field{
+				{Name: "item_id", Type: arrow.BinaryTypes.String},
+				{Name: "factors", Type: factorsType},
+			}, nil)
+		},
+		rows: func(s *featurestore.Store) int64 { return s.ModelItems() },
+		scan: func(s *featurestore.Store, b *array.RecordBuilder, flush func() error) error {
+			return s.ScanItemFactors(func(item string, f []float32) error {
+				b.Field(0).(*array.StringBuilder).Append(item)
+				appendFactors(b.Field(1).(*array.ListBuilder), f)
+				return flush()
+			})
+		},
+	},
+	{
+		name: "ranker_weights",
+		schema: func(int) *arrow.Schema {
+			return arrow.NewSchema([]arrow.Field{
+				{Name: "feature", Type: arrow.BinaryTypes.String},
+				{Name: "weight", Type: arrow.PrimitiveTypes.Float64},
+				{Name: "version", Type: arrow.PrimitiveTypes.Int64},
+			}, nil)
+		},
+		rows: func(*featurestore.Store) int64 { return int64(len(featurestore.RankFeatureNames())) },
+		scan: func(s *featurestore.Store, b *array.RecordBuilder, flush func() error) error {
+			names, w, version := s.RankerWeights()
+			for i, n := range names {
+				b.Field(0).(*array.StringBuilder).Append(n)
+				var wi float64
+				if i < len(w) {
+					wi = w[i]
+				}
+				b.Field(1).(*array.Float64Builder).Append(wi)
+				b.Field(2).(*array.Int64Builder).Append(version)
+			}
+			return flush()
+		},
+	},
+}
+
+func modelTableNamed(name string) *modelTable {
+	for _, t := range modelTables {
+		if t.name == name {
+			return t
+		}
+	}
+	return nil
+}
+
+func appendFactors(lb *array.ListBuilder, f []float32) {
+	lb.Append(true)
+	vb := lb.ValueBuilder().(*array.Float32Builder)
+	vb.AppendValues(f, nil)
+}
+
+// doGetModel streams a model table in batches of at most batchRows rows
+// (and about flightBatchBytes).
+func (f *FlightServer) doGetModel(p *plan, w *flight.Writer) error {
+	b := array.NewRecordBuilder(f.mem, p.schema)
+	defer b.Release()
+	rows := 0
+	write := func() error {
+		rec := b.NewRecord()
+		defer rec.Release()
+		rows = 0
+		if rec.NumRows() == 0 {
+			return nil
+		}
+		return w.Write(rec)
+	}
+	flush := func() error {
+		rows++
+		if rows < f.batchRows && b.Field(0).(*array.StringBuilder).DataLen() < flightBatchBytes/2 {
+			return nil
+		}
+		return write()
+	}
+	if err := p.model.scan(f.store, b, flush); err != nil {
+		return toStatus(err)
+	}
+	if err := write(); err != nil {
+		return toStatus(err)
+	}
+	return nil
+}
