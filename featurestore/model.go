@@ -7,6 +7,7 @@ import (
 	"hash/maphash"
 	"math"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -39,8 +40,8 @@ type ModelOptions struct {
 	// Shrinkage is added to the denominator of the cosine similarity so
 	// that pairs seen once between rare items do not score 1. Default 1.
 	Shrinkage float64
-	// Neighbors is how many neighbours each item exposes; twice as many
-	// candidates are kept so that new pairs can grow. Default 100.
+	// Neighbors is how many neighbours each item exposes; up to half as
+	// many again are kept so that new pairs can grow. Default 100.
 	Neighbors int
 	// RecentUsers is how many recent users each item keeps for user-user
 	// similarity. Default 50.
@@ -874,15 +875,18 @@ func (s *Store) pairWithHistory(mb *modelBatch, ev *Event, um *userModel) error 
 			return err
 		}
 		lw := 0.5*(logW+s.logWeight[h.Behavior]) + damp - gap/m.pairMS + fwd
-		addPair(self, h.Item, lw, other.LogMass, o.Neighbors*2, fwd)
-		addPair(other, ev.ItemID, lw, self.LogMass, o.Neighbors*2, fwd)
+		addPair(self, h.Item, lw, other.LogMass, o.Neighbors)
+		addPair(other, ev.ItemID, lw, self.LogMass, o.Neighbors)
 	}
 	return nil
 }
 
 // addPair adds weight 2^logW to r's pair with id (whose mass is
-// 2^logMass), evicting the weakest pair when r holds more than keep.
-func addPair(r *neighborRecord, id string, logW, logMass float64, keep int, fwd float64) {
+// 2^logMass). When r holds more than keep pairs plus half as many again,
+// it prunes back to keep, dropping the weakest (their evidence is lost, as
+// in space-saving top-k sketches); pruning in bulk keeps the cost per pair
+// constant.
+func addPair(r *neighborRecord, id string, logW, logMass float64, keep int) {
 	if i := r.find(id); i >= 0 {
 		r.List[i].LogC = logAddExp2(r.List[i].LogC, logW)
 		r.List[i].LogMass = logMass
@@ -890,26 +894,28 @@ func addPair(r *neighborRecord, id string, logW, logMass float64, keep int, fwd 
 	}
 	r.List = append(r.List, neighbor{ID: id, LogC: logW, LogMass: logMass})
 	r.index[id] = len(r.List) - 1
-	if len(r.List) <= keep {
-		return
+	if len(r.List) > keep+keep/2 {
+		r.prune(keep)
 	}
-	// Evict the pair with the lowest similarity (ties: the larger id), so
-	// the list stays bounded; its evidence is lost, as in space-saving
-	// top-k sketches.
-	worst, worstSim := 0, math.Inf(1)
-	for i, n := range r.List {
-		sim := r.sim(&n, fwd, 1)
-		if sim < worstSim || (sim == worstSim && n.ID > r.List[worst].ID) {
-			worst, worstSim = i, sim
+}
+
+// prune keeps the keep strongest pairs. Strength is log2 of the
+// co-occurrence over the partner's root mass, which orders pairs as the
+// similarity does (up to the shrinkage) without leaving log space.
+func (r *neighborRecord) prune(keep int) {
+	strength := func(n *neighbor) float64 { return n.LogC - n.LogMass/2 }
+	slices.SortFunc(r.List, func(a, b neighbor) int {
+		sa, sb := strength(&a), strength(&b)
+		switch {
+		case sa > sb:
+			return -1
+		case sa < sb:
+			return 1
 		}
-	}
-	last := len(r.List) - 1
-	delete(r.index, r.List[worst].ID)
-	if worst != last {
-		r.List[worst] = r.List[last]
-		r.index[r.List[worst].ID] = worst
-	}
-	r.List = r.List[:last]
+		return strings.Compare(a.ID, b.ID)
+	})
+	r.List = r.List[:keep]
+	r.index = nil
 }
 
 // sim is the similarity of r's item with n as of the decay reference fwd

@@ -223,8 +223,71 @@ func bench(ctx context.Context, o *benchOpts) error {
 			}
 		}
 	}
+	if err := benchRecommend(ctx, eng, hc, "http://"+hl.Addr().String(), evs, o); err != nil {
+		stopUpd()
+		return err
+	}
 	stopUpd()
 	return <-updDone
+}
+
+// benchRecommend measures REST recommendations of random users while
+// events are ingested concurrently at a steady 10,000 events/s (with
+// event times of now, so they pass the watermark).
+func benchRecommend(ctx context.Context, eng *engine, hc *http.Client, base string, evs []*recsysv1.Event, o *benchOpts) error {
+	const rate = 10_000
+	const tick = 50 * time.Millisecond
+	perTick := rate * int(tick) / int(time.Second)
+	ictx, stopIngest := context.WithCancel(ctx)
+	defer stopIngest()
+	var ingested, lagMax int
+	ingestErr := make(chan error, 1)
+	go func() {
+		t := time.NewTicker(tick)
+		defer t.Stop()
+		r := rand.New(rand.NewPCG(3, 3))
+		for {
+			select {
+			case <-ictx.Done():
+				ingestErr <- nil
+				return
+			case <-t.C:
+			}
+			batch := make([]*recsysv1.Event, perTick)
+			now := time.Now().UnixMilli()
+			for i := range batch {
+				src := evs[r.IntN(len(evs))]
+				batch[i] = &recsysv1.Event{UserId: src.UserId, ItemId: src.ItemId, CategoryId: src.CategoryId, Behavior: src.Behavior, Ts: now}
+			}
+			if _, err := eng.upd.Ingest(ictx, batch, nil); err != nil {
+				if ictx.Err() != nil {
+					ingestErr <- nil
+				} else {
+					ingestErr <- err
+				}
+				return
+			}
+			ingested += len(batch)
+			lagMax = max(lagMax, int(eng.log.End()-eng.store.AppliedOffset()))
+		}
+	}()
+	fmt.Printf("recommendations (k=20, full method), REST, closed-loop clients, %s per scenario, while ingest runs at %d events/s:\n", o.duration, rate)
+	call := func(r *rand.Rand) error {
+		u := evs[r.IntN(len(evs))].UserId
+		return okResponse(hc.Get(base + "/v1/users/" + u + "/recommendations?k=20"))
+	}
+	start := time.Now()
+	for _, clients := range []int{1, 4} {
+		lat, errs, el := loadGen(clients, o.duration, call)
+		fmt.Printf("  %d clients: %7.0f req/s  p50 %6.2f ms  p99 %6.2f ms  p999 %6.2f ms  (%d requests, %d errors)\n",
+			clients, float64(len(lat))/el.Seconds(), pct(lat, 0.50), pct(lat, 0.99), pct(lat, 0.999), len(lat), errs)
+	}
+	stopIngest()
+	if err := <-ingestErr; err != nil {
+		return err
+	}
+	fmt.Printf("  ingest during the scenarios: %.0f events/s, largest apply lag seen %d events\n", float64(ingested)/time.Since(start).Seconds(), lagMax)
+	return nil
 }
 
 // startProfile starts a CPU profile into path ("" profiles nothing) and
