@@ -112,4 +112,3 @@ func (s *Store) Meta(prefix string) (map[string][]byte, error) {
 	}
 	return out, nil
 }
-

@@ -7,6 +7,9 @@
 //	recsys bench    measure ingest and online-read speed on this machine
 //	recsys config   print the effective configuration
 //	recsys load     drive ingest and reads against a server for a set time
+//	recsys kafka    produce to a topic, measure the Kafka update path
+//	recsys backup   checkpoint a running server (state with Kafka offsets, log)
+//	recsys rebuild  reset the state and re-consume the Kafka topic
 package main
 
 import (
@@ -29,7 +32,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCmd(), replayCmd(), genCmd(), benchCmd(), configCmd(), loadCmd())
+	root.AddCommand(serveCmd(), replayCmd(), genCmd(), benchCmd(), configCmd(), loadCmd(), kafkaCmd(), backupCmd(), rebuildCmd())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "recsys:", err)
 		var ue usageError
