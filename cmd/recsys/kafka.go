@@ -19,6 +19,7 @@ type kafkaConfig struct {
 	Brokers     []string `yaml:"brokers"`
 	Topic       string   `yaml:"topic"`
 	Group       string   `yaml:"group"`
+	InstanceID  string   `yaml:"instance-id"`
 	DLQTopic    string   `yaml:"dlq-topic"`
 	ContentType string   `yaml:"content-type"`
 	MaxBatch    int      `yaml:"max-batch"`
@@ -28,6 +29,7 @@ func (c *kafkaConfig) bindFlags(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&c.Brokers, "kafka.brokers", nil, "Kafka seed brokers (host:port, comma-separated): consume events from --kafka.topic instead of the embedded log, and publish POST /v1/events there")
 	fs.StringVar(&c.Topic, "kafka.topic", "events", "topic of behavior events (records keyed by user id)")
 	fs.StringVar(&c.Group, "kafka.group", "recsys", "consumer group")
+	fs.StringVar(&c.InstanceID, "kafka.instance-id", "", "static group membership id: a restarted process with the same id gets its partitions back without waiting for the session timeout")
 	fs.StringVar(&c.DLQTopic, "kafka.dlq-topic", "", "dead-letter topic (default <kafka.topic>.dlq)")
 	fs.StringVar(&c.ContentType, "kafka.content-type", "json", "encoding of record values without a content-type header: json or protobuf")
 	fs.IntVar(&c.MaxBatch, "kafka.max-batch", 8192, "most records applied in one store batch")
@@ -64,7 +66,7 @@ func (c *kafkaConfig) contentType() string {
 // consumerOptions are the consumer's options for serve and rebuild.
 func (c *kafkaConfig) consumerOptions(ing ingestConfig, logger *slog.Logger, reg prometheus.Registerer) kafka.Options {
 	return kafka.Options{
-		Brokers: c.Brokers, Topic: c.Topic, Group: c.Group, DLQTopic: c.DLQTopic, ContentType: c.contentType(),
+		Brokers: c.Brokers, Topic: c.Topic, Group: c.Group, InstanceID: c.InstanceID, DLQTopic: c.DLQTopic, ContentType: c.contentType(),
 		MaxBatch: c.MaxBatch, AllowedLateness: ing.lateness, MaxFutureSkew: ing.futureSkew,
 		Logger: logger.With("component", "kafka"), Registerer: reg,
 	}

@@ -6,13 +6,10 @@ import (
 	"compress/gzip"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
-	"sort"
 	"sync/atomic"
 	"time"
 
@@ -23,7 +20,6 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
-	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
 	"github.com/streamrec/recsys/updater"
 	"github.com/streamrec/recsys/updater/kafka"
 )
@@ -31,8 +27,71 @@ import (
 // kafkaCmd groups the Kafka tools: produce (load a topic) and bench.
 func kafkaCmd() *cobra.Command {
 	root := &cobra.Command{Use: "kafka", Short: "Kafka tools: load a topic, measure the Kafka update path"}
-	root.AddCommand(kafkaProduceCmd(), kafkaBenchCmd())
+	root.AddCommand(kafkaProduceCmd(), kafkaBenchCmd(), kafkaDumpCmd())
 	return root
+}
+
+// kafkaDumpCmd prints every record of a topic up to its current end as
+// JSON lines (tests read the dead-letter topic with it).
+func kafkaDumpCmd() *cobra.Command {
+	var kc kafkaConfig
+	cmd := &cobra.Command{
+		Use:   "dump --kafka.brokers HOST:PORT --kafka.topic TOPIC",
+		Short: "Print the records of a topic up to its current end as JSON lines: partition, offset, key, headers, value",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			end, err := kafka.EndOffsets(ctx, kc.Brokers, kc.Topic)
+			if err != nil {
+				return err
+			}
+			parts := map[int32]kgo.Offset{}
+			left := 0
+			for p, e := range end {
+				if e > 0 {
+					parts[p] = kgo.NewOffset().AtStart()
+					left++
+				}
+			}
+			if left == 0 {
+				return nil
+			}
+			cl, err := kgo.NewClient(kgo.SeedBrokers(kc.Brokers...), kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{kc.Topic: parts}))
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			enc := json.NewEncoder(cmd.OutOrStdout())
+			for left > 0 {
+				fs := cl.PollFetches(ctx)
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				var perr error
+				fs.EachRecord(func(r *kgo.Record) {
+					if r.Offset >= end[r.Partition] {
+						return
+					}
+					h := map[string]string{}
+					for _, x := range r.Headers {
+						h[x.Key] = string(x.Value)
+					}
+					if err := enc.Encode(map[string]any{"partition": r.Partition, "offset": r.Offset, "key": string(r.Key), "headers": h, "value": string(r.Value)}); err != nil {
+						perr = err
+					}
+					if r.Offset == end[r.Partition]-1 {
+						left--
+					}
+				})
+				if perr != nil {
+					return perr
+				}
+			}
+			return nil
+		},
+	}
+	kc.bindFlags(cmd.Flags())
+	return cmd
 }
 
 func kafkaProduceCmd() *cobra.Command {
@@ -288,8 +347,3 @@ func rebuild(ctx context.Context, cfg *config, fromMS int64, out io.Writer) erro
 	return json.NewEncoder(out).Encode(map[string]any{"events": st.Events, "duplicates": st.Duplicates, "dead_letters": eng.store.DeadLetterCount(),
 		"seconds": time.Since(began).Seconds()})
 }
-
-var _ = errors.New
-var _ = sort.Ints
-var _ slog.Logger
-var _ recsysv1.Event

@@ -112,7 +112,7 @@ func loadPositions(store *featurestore.Store, topic string) (map[int32]position,
 // until every listed partition is applied up to its offset. It returns
 // the first error of the store or of producing dead letters.
 func (c *Consumer) Run(ctx context.Context) error {
-	cl, err := kgo.NewClient(
+	opts := []kgo.Opt{
 		kgo.SeedBrokers(c.opts.Brokers...),
 		kgo.ConsumerGroup(c.opts.Group),
 		kgo.ConsumeTopics(c.opts.Topic),
@@ -126,11 +126,16 @@ func (c *Consumer) Run(ctx context.Context) error {
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.FetchMaxBytes(c.opts.FetchMaxBytes),
 		kgo.FetchMaxPartitionBytes(c.opts.FetchMaxBytes),
-		kgo.FetchMaxWait(100*time.Millisecond),
+		kgo.FetchMaxWait(100 * time.Millisecond),
 		// The dead-letter producer.
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.AllowAutoTopicCreation(),
-	)
+		kgo.SessionTimeout(15 * time.Second),
+	}
+	if c.opts.InstanceID != "" {
+		opts = append(opts, kgo.InstanceID(c.opts.InstanceID))
+	}
+	cl, err := kgo.NewClient(opts...)
 	if err != nil {
 		return fmt.Errorf("kafka consumer: %w", err)
 	}

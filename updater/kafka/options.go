@@ -22,6 +22,10 @@ type Options struct {
 	Topic   string   // required
 	// Group is the consumer group. Default "recsys".
 	Group string
+	// InstanceID, when set, makes the consumer a static group member: a
+	// restarted process with the same id takes its partitions back at once
+	// instead of waiting for the dead member's session to time out.
+	InstanceID string
 	// DLQTopic receives bad records. Default Topic + ".dlq".
 	DLQTopic string
 	// ContentType is how values without a content-type header are read:
