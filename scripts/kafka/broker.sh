@@ -23,7 +23,7 @@ jars() {
     mkdir -p "$CACHE"
     rm -rf "$JARS"
     echo "kafka: downloading Apache Kafka $VERSION jars from Maven Central into $JARS" >&2
-    mvn -q -B -f "$HERE/pom.xml" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$JARS" >&2
+    mvn -q -B -Dstyle.color=never -f "$HERE/pom.xml" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$JARS" >&2
     touch "$CACHE/.complete"
   fi
 }
