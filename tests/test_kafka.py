@@ -77,7 +77,7 @@ def test_ingest_dead_letters_checkpoint_rebuild(kafka_broker, tmp_path):
         want, counts = digest(srv)
         want_stats = srv.stats()
         assert counts["dead_letters"] == sum(BAD_REASONS.values())
-        assert want_stats["duplicates_skipped"] == 0 or want_stats["events_applied"] > 0
+        assert want_stats["events_applied"] > 190_000
     finally:
         srv.stop()
         srv.close()
