@@ -7,7 +7,7 @@ VPY := $(VENV)/bin/python
 BIN := bin/recsys
 GENERATED := recsys/v1/recsys.pb.go recsys/v1/recsys_grpc.pb.go recsys/v1/recsys.pb.gw.go recsys/v1/openapi.json
 
-.PHONY: all build run test test-go test-py vet proto proto-check bench bench-flight soak fuzz fuzz-short venv clean
+.PHONY: all build run test test-go test-py test-kafka kafka-jars vet proto proto-check bench bench-flight bench-kafka soak fuzz fuzz-short venv clean
 
 all: build
 
@@ -41,19 +41,34 @@ vet:
 	$(GO) vet ./...
 	@fmt=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.')); [ -z "$$fmt" ] || { echo "gofmt needed: $$fmt"; exit 1; }
 
-## test: everything: vet, generated-code check, Go tests with -race, a short fuzz run, Python end-to-end tests.
-test: vet proto-check test-go fuzz-short test-py
+## test: everything: vet, generated-code check, Go tests with -race, a short fuzz run, Python end-to-end tests, Kafka tests on a real broker.
+test: vet proto-check test-go fuzz-short test-py test-kafka
 
 test-go:
 	$(GO) test -race -count=1 ./...
 
 test-py: build venv
-	RECSYS_BIN=$(abspath $(BIN)) $(VPY) -m pytest -q tests
+	RECSYS_BIN=$(abspath $(BIN)) $(VPY) -m pytest -q tests --ignore-glob='tests/test_kafka*'
+
+## kafka-jars: the pinned Apache Kafka jars (Maven Central, cached in ~/.cache/recsys).
+kafka-jars:
+	scripts/kafka/broker.sh jars >/dev/null
+
+## test-kafka: the end-to-end Kafka tests (a real single-node KRaft broker, the crash test).
+test-kafka: build venv kafka-jars
+	RECSYS_BIN=$(abspath $(BIN)) $(VPY) -m pytest -q tests/test_kafka.py tests/test_kafka_crash.py
 
 ## bench: ingest events/s (1 M generated events) and features:get latency, then Go micro-benchmarks.
 bench: build
 	$(BIN) bench --events 1000000
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./featurestore ./updater/...
+	$(MAKE) bench-kafka
+
+## bench-kafka: the Kafka update path on a real broker: events/s, freshness p50/p99 at 20 k events/s, lag.
+bench-kafka: build kafka-jars
+	@dir=$$(mktemp -d) && trap 'scripts/kafka/broker.sh stop $$dir; rm -rf $$dir' EXIT && \
+	addr=$$(scripts/kafka/broker.sh start $$dir) && \
+	$(BIN) kafka bench --kafka.brokers $$addr
 
 ## bench-flight: DoGet and point-in-time-join throughput into pyarrow (1 M rows).
 bench-flight: build venv

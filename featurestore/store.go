@@ -321,7 +321,7 @@ func (s *Store) Apply(end uint64, entries []Entry) (ApplyResult, error) {
 		return ApplyResult{}, err
 	}
 	defer s.release()
-	res, err := s.apply(end, entries)
+	res, err := s.apply(end, entries, nil)
 	if err != nil {
 		// Cached records may have been modified in place by the failed
 		// batch: they are ahead of Pebble now.
@@ -334,7 +334,7 @@ func (s *Store) Apply(end uint64, entries []Entry) (ApplyResult, error) {
 	return res, err
 }
 
-func (s *Store) apply(end uint64, entries []Entry) (ApplyResult, error) {
+func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, error) {
 	st := s.Stats()
 	var res ApplyResult
 	b := s.db.NewBatch()
@@ -348,12 +348,16 @@ func (s *Store) apply(end uint64, entries []Entry) (ApplyResult, error) {
 	if end < st.AppliedOffset {
 		return ApplyResult{}, fmt.Errorf("apply: end %d is before the applied offset %d", end, st.AppliedOffset)
 	}
+	lo, hi := st.AppliedOffset, end // entries of the embedded log
+	if extra != nil {
+		lo, hi = 0, math.MaxUint64 // an outside source's offsets (ApplyWith)
+	}
 	for i := range entries {
 		en := &entries[i]
-		if en.Offset < st.AppliedOffset {
+		if en.Offset < lo {
 			continue
 		}
-		if en.Offset >= end {
+		if en.Offset >= hi {
 			return ApplyResult{}, fmt.Errorf("apply: entry offset %d is not below end %d", en.Offset, end)
 		}
 		ev := &en.Event
@@ -465,6 +469,11 @@ func (s *Store) apply(end uint64, entries []Entry) (ApplyResult, error) {
 	}
 	if err := b.Set([]byte(keyStats), encodeStats(&st), nil); err != nil {
 		return ApplyResult{}, err
+	}
+	if extra != nil {
+		if err := extra.write(b); err != nil {
+			return ApplyResult{}, err
+		}
 	}
 	// The log is the durable copy; state is rebuilt from it after a crash,
 	// so the state commit need not wait for fsync.

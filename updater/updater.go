@@ -35,6 +35,11 @@ type Options struct {
 	Now func() time.Time
 	// Registerer receives the updater's metrics; nil registers nowhere.
 	Registerer prometheus.Registerer
+	// Publish, when set, replaces the embedded log: Ingest hands it the
+	// valid events (normalized) and acknowledges once it returns nil. The
+	// watermark is then checked by whoever consumes what it published
+	// (updater/kafka), so Ingest rejects only invalid and future events.
+	Publish func(ctx context.Context, events []*recsysv1.Event) error
 }
 
 func (o *Options) ensureDefaults() {
@@ -137,6 +142,7 @@ func (u *Updater) Ingest(ctx context.Context, events []*recsysv1.Event, index []
 	now := u.opts.Now()
 	recs := make([][]byte, 0, len(events))
 	var dead [][]byte
+	var pubs []*recsysv1.Event
 	u.ingestMu.Lock()
 	for i, ev := range events {
 		pos := i
@@ -144,7 +150,7 @@ func (u *Updater) Ingest(ctx context.Context, events []*recsysv1.Event, index []
 			pos = index[i]
 		}
 		norm, ferr := Normalize(ev, now, u.opts.MaxFutureSkew)
-		if ferr == nil && norm.TS < u.maxTS-u.opts.AllowedLateness.Milliseconds() {
+		if ferr == nil && u.opts.Publish == nil && norm.TS < u.maxTS-u.opts.AllowedLateness.Milliseconds() {
 			ferr = fieldErr("ts", CodeLate, "%s is older than the watermark %s (newest event time %s minus the allowed lateness %s)",
 				fmtTS(norm.TS), fmtTS(u.maxTS-u.opts.AllowedLateness.Milliseconds()), fmtTS(u.maxTS), u.opts.AllowedLateness)
 		}
@@ -161,6 +167,10 @@ func (u *Updater) Ingest(ctx context.Context, events []*recsysv1.Event, index []
 			continue
 		}
 		u.maxTS = max(u.maxTS, norm.TS)
+		if u.opts.Publish != nil {
+			pubs = append(pubs, toProto(&norm))
+			continue
+		}
 		rec, err := proto.Marshal(toProto(&norm))
 		if err != nil {
 			u.ingestMu.Unlock()
@@ -174,6 +184,13 @@ func (u *Updater) Ingest(ctx context.Context, events []*recsysv1.Event, index []
 	}
 	if err := u.store.AddDeadLetters(now.UnixMilli(), dead); err != nil {
 		return IngestResult{}, fmt.Errorf("ingest: %w", err)
+	}
+	if len(pubs) > 0 {
+		if err := u.opts.Publish(ctx, pubs); err != nil {
+			return IngestResult{}, fmt.Errorf("ingest: %w", err)
+		}
+		res.Accepted = len(pubs)
+		u.m.events.WithLabelValues("accepted", "").Add(float64(res.Accepted))
 	}
 	if len(recs) == 0 {
 		res.End = u.log.End()

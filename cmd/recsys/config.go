@@ -57,7 +57,8 @@ type config struct {
 		Enabled bool `yaml:"enabled"`
 		Events  int  `yaml:"events"`
 	} `yaml:"demo"`
-	Log logConfig `yaml:"log"`
+	Log   logConfig   `yaml:"log"`
+	Kafka kafkaConfig `yaml:"kafka"`
 }
 
 // storeConfig configures the feature engine of a data dir.
@@ -192,6 +193,7 @@ func (c *config) bindFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.Limits.MaxInFlight, "limits.max-in-flight", 256, "requests in flight per listener; more are refused at once with 429 / RESOURCE_EXHAUSTED")
 	fs.DurationVar(&c.Limits.RequestTimeout, "limits.request-timeout", 30*time.Second, "deadline of each REST and unary gRPC request")
 	c.Log.bindFlags(fs)
+	c.Kafka.bindFlags(fs)
 }
 
 func (l *logConfig) bindFlags(fs *pflag.FlagSet) {
@@ -225,6 +227,9 @@ func (c *config) validate() error {
 		return fmt.Errorf("demo.events: %d is not positive", c.Demo.Events)
 	}
 	if err := c.Store.validate(); err != nil {
+		return err
+	}
+	if err := c.Kafka.validate(); err != nil {
 		return err
 	}
 	return c.Log.validate()

@@ -30,7 +30,8 @@ type engine struct {
 
 // openEngine opens (or creates) the data dir: <dir>/log holds the durable
 // event log, <dir>/state the feature store.
-func openEngine(dir string, sc storeConfig, ing ingestConfig, logger *slog.Logger, reg prometheus.Registerer) (*engine, error) {
+// tune, if given, adjusts the updater's options (Kafka mode sets Publish).
+func openEngine(dir string, sc storeConfig, ing ingestConfig, logger *slog.Logger, reg prometheus.Registerer, tune ...func(*updater.Options)) (*engine, error) {
 	defs := featurestore.DefaultDefinitions()
 	if sc.Features != "" {
 		var err error
@@ -54,7 +55,11 @@ func openEngine(dir string, sc storeConfig, ing ingestConfig, logger *slog.Logge
 		_ = errors.Join(st.Close(), lg.Close())
 		return nil, fmt.Errorf("data dir %s: store applied offset %d is past the log end %d (log and state from different runs?)", dir, st.AppliedOffset(), lg.End())
 	}
-	return &engine{log: lg, store: st, upd: updater.New(lg, st, updater.Options{Logger: logger, AllowedLateness: ing.lateness, MaxFutureSkew: ing.futureSkew, Registerer: reg})}, nil
+	uo := updater.Options{Logger: logger, AllowedLateness: ing.lateness, MaxFutureSkew: ing.futureSkew, Registerer: reg}
+	for _, f := range tune {
+		f(&uo)
+	}
+	return &engine{log: lg, store: st, upd: updater.New(lg, st, uo)}, nil
 }
 
 func (e *engine) Close() error {

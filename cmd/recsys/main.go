@@ -8,6 +8,9 @@
 //	recsys config   print the effective configuration
 //	recsys load     drive ingest and reads against a server for a set time
 //	recsys eval     prequential evaluation of the recommenders on a behavior file
+//	recsys kafka    produce to a topic, measure the Kafka update path
+//	recsys backup   checkpoint a running server (state with Kafka offsets, log)
+//	recsys rebuild  reset the state and re-consume the Kafka topic
 package main
 
 import (
@@ -30,7 +33,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCmd(), replayCmd(), genCmd(), benchCmd(), configCmd(), loadCmd(), evalCmd())
+	root.AddCommand(serveCmd(), replayCmd(), genCmd(), benchCmd(), configCmd(), loadCmd(), evalCmd(), kafkaCmd(), backupCmd(), rebuildCmd())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "recsys:", err)
 		var ue usageError

@@ -111,7 +111,13 @@ func serve(ctx context.Context, cfg *config) error {
 		return usageError{err}
 	}
 	reg := prometheus.NewRegistry()
-	eng, err := openEngine(cfg.Data.Dir, cfg.Store, ingestConfig{cfg.Ingest.AllowedLateness, cfg.Ingest.MaxFutureSkew}, logger, reg)
+	ing := ingestConfig{cfg.Ingest.AllowedLateness, cfg.Ingest.MaxFutureSkew}
+	kafkaSrc, err := newKafkaSource(&cfg.Kafka, ing) // nil without --kafka.brokers
+	if err != nil {
+		return err
+	}
+	defer kafkaSrc.Close()
+	eng, err := openEngine(cfg.Data.Dir, cfg.Store, ing, logger, reg, kafkaSrc.tune)
 	if err != nil {
 		return err
 	}
@@ -175,7 +181,11 @@ func serve(ctx context.Context, cfg *config) error {
 	// the front doors have stopped.
 	updCtx, stopUpd := context.WithCancel(context.Background())
 	defer stopUpd()
-	g.Go(func() error { return eng.upd.Run(updCtx) })
+	if kafkaSrc != nil {
+		g.Go(func() error { return kafkaSrc.Run(updCtx, eng, cfg, logger, reg) })
+	} else {
+		g.Go(func() error { return eng.upd.Run(updCtx) })
+	}
 	g.Go(func() error { return ignoreClosed(httpSrv.Serve(httpL)) })
 	g.Go(func() error { return grpcSrv.Serve(grpcL) })
 	g.Go(func() error { return flightSrv.Serve(flightL) })

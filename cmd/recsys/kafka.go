@@ -1,0 +1,118 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spf13/pflag"
+
+	"github.com/streamrec/recsys/updater"
+	"github.com/streamrec/recsys/updater/kafka"
+)
+
+// kafkaConfig is the Kafka source of `recsys serve` and `recsys rebuild`.
+// Without brokers the embedded event log is used.
+type kafkaConfig struct {
+	Brokers     []string `yaml:"brokers"`
+	Topic       string   `yaml:"topic"`
+	Group       string   `yaml:"group"`
+	InstanceID  string   `yaml:"instance-id"`
+	DLQTopic    string   `yaml:"dlq-topic"`
+	ContentType string   `yaml:"content-type"`
+	MaxBatch    int      `yaml:"max-batch"`
+}
+
+func (c *kafkaConfig) bindFlags(fs *pflag.FlagSet) {
+	fs.StringSliceVar(&c.Brokers, "kafka.brokers", nil, "Kafka seed brokers (host:port, comma-separated): consume events from --kafka.topic instead of the embedded log, and publish POST /v1/events there")
+	fs.StringVar(&c.Topic, "kafka.topic", "events", "topic of behavior events (records keyed by user id)")
+	fs.StringVar(&c.Group, "kafka.group", "recsys", "consumer group")
+	fs.StringVar(&c.InstanceID, "kafka.instance-id", "", "static group membership id: a restarted process with the same id gets its partitions back without waiting for the session timeout")
+	fs.StringVar(&c.DLQTopic, "kafka.dlq-topic", "", "dead-letter topic (default <kafka.topic>.dlq)")
+	fs.StringVar(&c.ContentType, "kafka.content-type", "json", "encoding of record values without a content-type header: json or protobuf")
+	fs.IntVar(&c.MaxBatch, "kafka.max-batch", 8192, "most records applied in one store batch")
+}
+
+func (c *kafkaConfig) validate() error {
+	switch {
+	case len(c.Brokers) == 0:
+		return nil
+	case c.Topic == "":
+		return fmt.Errorf("kafka.topic: required with kafka.brokers")
+	case c.Group == "":
+		return fmt.Errorf("kafka.group: required with kafka.brokers")
+	case c.ContentType != "json" && c.ContentType != "protobuf":
+		return fmt.Errorf("kafka.content-type: %q is neither json nor protobuf", c.ContentType)
+	case c.MaxBatch <= 0:
+		return fmt.Errorf("kafka.max-batch: %d is not positive", c.MaxBatch)
+	}
+	for _, b := range c.Brokers {
+		if !strings.Contains(b, ":") {
+			return fmt.Errorf("kafka.brokers: %q is not host:port", b)
+		}
+	}
+	return nil
+}
+
+func (c *kafkaConfig) contentType() string {
+	if c.ContentType == "protobuf" {
+		return kafka.ContentProtobuf
+	}
+	return kafka.ContentJSON
+}
+
+// consumerOptions are the consumer's options for serve and rebuild.
+func (c *kafkaConfig) consumerOptions(ing ingestConfig, logger *slog.Logger, reg prometheus.Registerer) kafka.Options {
+	return kafka.Options{
+		Brokers: c.Brokers, Topic: c.Topic, Group: c.Group, InstanceID: c.InstanceID, DLQTopic: c.DLQTopic, ContentType: c.contentType(),
+		MaxBatch: c.MaxBatch, AllowedLateness: ing.lateness, MaxFutureSkew: ing.futureSkew,
+		Logger: logger.With("component", "kafka"), Registerer: reg,
+	}
+}
+
+// kafkaSource is serve's Kafka mode: the producer behind POST /v1/events
+// and the consumer that replaces the embedded log's updater.
+type kafkaSource struct {
+	cfg  *kafkaConfig
+	ing  ingestConfig
+	prod *kafka.Producer
+}
+
+// newKafkaSource returns nil without brokers.
+func newKafkaSource(cfg *kafkaConfig, ing ingestConfig) (*kafkaSource, error) {
+	if len(cfg.Brokers) == 0 {
+		return nil, nil
+	}
+	prod, err := kafka.NewProducer(cfg.Brokers, cfg.Topic)
+	if err != nil {
+		return nil, err
+	}
+	return &kafkaSource{cfg: cfg, ing: ing, prod: prod}, nil
+}
+
+// tune makes ingest publish to the topic instead of appending to the
+// embedded log; without Kafka it changes nothing.
+func (k *kafkaSource) tune(o *updater.Options) {
+	if k != nil {
+		o.Publish = k.prod.Publish
+	}
+}
+
+// Run consumes the topic into eng's store until ctx is done.
+func (k *kafkaSource) Run(ctx context.Context, eng *engine, _ *config, logger *slog.Logger, reg prometheus.Registerer) error {
+	c, err := kafka.New(eng.store, k.cfg.consumerOptions(k.ing, logger, reg))
+	if err != nil {
+		return err
+	}
+	logger.Info("consuming from Kafka", "brokers", k.cfg.Brokers, "topic", k.cfg.Topic, "group", k.cfg.Group)
+	return c.Run(ctx)
+}
+
+// Close closes the producer; safe on nil.
+func (k *kafkaSource) Close() {
+	if k != nil {
+		k.prod.Close()
+	}
+}

@@ -1,0 +1,349 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"github.com/apache/arrow/go/v17/arrow/flight"
+	"github.com/spf13/cobra"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/streamrec/recsys/updater"
+	"github.com/streamrec/recsys/updater/kafka"
+)
+
+// kafkaCmd groups the Kafka tools: produce (load a topic) and bench.
+func kafkaCmd() *cobra.Command {
+	root := &cobra.Command{Use: "kafka", Short: "Kafka tools: load a topic, measure the Kafka update path"}
+	root.AddCommand(kafkaProduceCmd(), kafkaBenchCmd(), kafkaDumpCmd())
+	return root
+}
+
+// kafkaDumpCmd prints every record of a topic up to its current end as
+// JSON lines (tests read the dead-letter topic with it).
+func kafkaDumpCmd() *cobra.Command {
+	var kc kafkaConfig
+	cmd := &cobra.Command{
+		Use:   "dump --kafka.brokers HOST:PORT --kafka.topic TOPIC",
+		Short: "Print the records of a topic up to its current end as JSON lines: partition, offset, key, headers, value",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			end, err := kafka.EndOffsets(ctx, kc.Brokers, kc.Topic)
+			if err != nil {
+				return err
+			}
+			parts := map[int32]kgo.Offset{}
+			left := 0
+			for p, e := range end {
+				if e > 0 {
+					parts[p] = kgo.NewOffset().AtStart()
+					left++
+				}
+			}
+			if left == 0 {
+				return nil
+			}
+			cl, err := kgo.NewClient(kgo.SeedBrokers(kc.Brokers...), kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{kc.Topic: parts}))
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			enc := json.NewEncoder(cmd.OutOrStdout())
+			for left > 0 {
+				fs := cl.PollFetches(ctx)
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				var perr error
+				fs.EachRecord(func(r *kgo.Record) {
+					if r.Offset >= end[r.Partition] {
+						return
+					}
+					h := map[string]string{}
+					for _, x := range r.Headers {
+						h[x.Key] = string(x.Value)
+					}
+					if err := enc.Encode(map[string]any{"partition": r.Partition, "offset": r.Offset, "key": string(r.Key), "headers": h, "value": string(r.Value)}); err != nil {
+						perr = err
+					}
+					if r.Offset == end[r.Partition]-1 {
+						left--
+					}
+				})
+				if perr != nil {
+					return perr
+				}
+			}
+			return nil
+		},
+	}
+	kc.bindFlags(cmd.Flags())
+	return cmd
+}
+
+func kafkaProduceCmd() *cobra.Command {
+	var kc kafkaConfig
+	var format string
+	var partitions int32
+	var rate float64
+	cmd := &cobra.Command{
+		Use:   "produce --kafka.brokers HOST:PORT [--format taobao|lines] FILE...",
+		Short: "Produce events to a topic (taobao: CSV lines as protobuf events keyed by user; lines: each line verbatim as a value) and print the end offsets as JSON",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, files []string) error {
+			if len(kc.Brokers) == 0 {
+				return usageError{fmt.Errorf("kafka.brokers: required")}
+			}
+			if format != "taobao" && format != "lines" {
+				return usageError{fmt.Errorf("format: %q is neither taobao nor lines", format)}
+			}
+			return produceFiles(cmd.Context(), &kc, format, partitions, rate, files, cmd.OutOrStdout())
+		},
+	}
+	kc.bindFlags(cmd.Flags())
+	cmd.Flags().StringVar(&format, "format", "taobao", "taobao (user,item,category,behavior,seconds CSV, gzip or not) or lines (one record value per line, sent as is without a content-type header)")
+	cmd.Flags().Int32Var(&partitions, "partitions", 4, "partitions of the topic if it has to be created")
+	cmd.Flags().Float64Var(&rate, "rate", 0, "records per second (0: as fast as the broker takes them)")
+	return cmd
+}
+
+// produceFiles produces every line of files and prints
+// {"records": n, "skipped": n, "end_offsets": {"0": n, ...}}.
+func produceFiles(ctx context.Context, kc *kafkaConfig, format string, partitions int32, rate float64, files []string, out io.Writer) error {
+	if err := kafka.CreateTopic(ctx, kc.Brokers, kc.Topic, partitions); err != nil {
+		return err
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(kc.Brokers...), kgo.DefaultProduceTopic(kc.Topic),
+		kgo.RequiredAcks(kgo.AllISRAcks()), kgo.ProducerLinger(5*time.Millisecond), kgo.MaxBufferedRecords(50_000))
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	var sent, skipped int64
+	var firstErr atomic.Value
+	start := time.Now()
+	for _, file := range files {
+		err := eachLine(file, func(line []byte) error {
+			var rec *kgo.Record
+			if format == "taobao" {
+				ev, ferr := updater.DecodeTaobaoCSV(string(line))
+				if ferr != nil {
+					skipped++
+					return nil
+				}
+				var err error
+				if rec, err = kafka.EventRecord(ev); err != nil {
+					return err
+				}
+			} else {
+				var k struct {
+					UserID json.RawMessage `json:"user_id"`
+				}
+				_ = json.Unmarshal(line, &k)
+				rec = &kgo.Record{Key: bytes.Trim(k.UserID, `"`), Value: append([]byte(nil), line...)}
+			}
+			if rate > 0 {
+				if d := time.Until(start.Add(time.Duration(float64(sent) / rate * float64(time.Second)))); d > 0 {
+					time.Sleep(d)
+				}
+			}
+			sent++
+			cl.Produce(ctx, rec, func(_ *kgo.Record, err error) {
+				if err != nil {
+					firstErr.CompareAndSwap(nil, err)
+				}
+			})
+			if err, _ := firstErr.Load().(error); err != nil {
+				return err
+			}
+			return ctx.Err()
+		})
+		if err != nil {
+			return fmt.Errorf("produce %s: %w", file, err)
+		}
+	}
+	if err := cl.Flush(ctx); err != nil {
+		return err
+	}
+	if err, _ := firstErr.Load().(error); err != nil {
+		return fmt.Errorf("produce: %w", err)
+	}
+	end, err := kafka.EndOffsets(ctx, kc.Brokers, kc.Topic)
+	if err != nil {
+		return err
+	}
+	ends := map[string]int64{}
+	for p, o := range end {
+		ends[fmt.Sprint(p)] = o
+	}
+	return json.NewEncoder(out).Encode(map[string]any{"records": sent, "skipped": skipped, "end_offsets": ends})
+}
+
+// eachLine calls fn with every non-blank line of file (gzip or plain).
+func eachLine(file string, fn func([]byte) error) error {
+	f, err := os.Open(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	br := bufio.NewReaderSize(f, 1<<20)
+	var r io.Reader = br
+	if magic, _ := br.Peek(2); bytes.Equal(magic, []byte{0x1f, 0x8b}) {
+		gz, err := gzip.NewReader(br)
+		if err != nil {
+			return err
+		}
+		defer gz.Close()
+		r = gz
+	}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 4<<20)
+	for sc.Scan() {
+		if len(bytes.TrimSpace(sc.Bytes())) == 0 {
+			continue
+		}
+		if err := fn(sc.Bytes()); err != nil {
+			return err
+		}
+	}
+	return sc.Err()
+}
+
+// backupCmd asks a running server for a checkpoint (the Flight backup
+// action): the store, with the Kafka offsets, then the embedded log.
+func backupCmd() *cobra.Command {
+	var to, addr, token string
+	cmd := &cobra.Command{
+		Use:   "backup --to DIR [--flight.addr HOST:PORT]",
+		Short: "Write a consistent checkpoint of a running server's data dir (state with its Kafka offsets, and the event log) to DIR on the server's machine",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if to == "" {
+				return usageError{fmt.Errorf("to: required")}
+			}
+			abs, err := filepath.Abs(to)
+			if err != nil {
+				return usageError{fmt.Errorf("to: %w", err)}
+			}
+			c, err := flight.NewClientWithMiddleware(addr, nil, nil, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			ctx := cmd.Context()
+			if token != "" {
+				ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+			}
+			body, _ := json.Marshal(map[string]string{"dir": abs})
+			stream, err := c.DoAction(ctx, &flight.Action{Type: "backup", Body: body})
+			if err != nil {
+				return fmt.Errorf("backup: %w", err)
+			}
+			res, err := stream.Recv()
+			if err != nil {
+				return fmt.Errorf("backup: %w", err)
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), string(res.Body))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&to, "to", "", "checkpoint directory (must not exist)")
+	cmd.Flags().StringVar(&addr, "flight.addr", "127.0.0.1:8815", "the server's Arrow Flight address")
+	cmd.Flags().StringVar(&token, "token", os.Getenv("RECSYS_TOKEN"), "bearer token with the admin scope (default $RECSYS_TOKEN)")
+	return cmd
+}
+
+// rebuildCmd resets the state of a data dir and re-consumes the topic.
+func rebuildCmd() *cobra.Command {
+	var cfg config
+	var cfgFile, from string
+	cmd := &cobra.Command{
+		Use:   "rebuild --data.dir DIR --kafka.brokers HOST:PORT [--from-time RFC3339]",
+		Short: "Reset the feature state of a data dir and re-consume the Kafka topic from the start (or a time) up to its current end; the server must be stopped",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if _, err := resolveConfig(cfgFile, &cfg, cmd.Flags()); err != nil {
+				return usageError{err}
+			}
+			if err := cfg.validate(); err != nil {
+				return usageError{err}
+			}
+			if len(cfg.Kafka.Brokers) == 0 {
+				return usageError{fmt.Errorf("kafka.brokers: required")}
+			}
+			var fromMS int64 = -1
+			if from != "" {
+				t, err := time.Parse(time.RFC3339, from)
+				if err != nil {
+					return usageError{fmt.Errorf("from-time: %w", err)}
+				}
+				fromMS = t.UnixMilli()
+			}
+			return rebuild(cmd.Context(), &cfg, fromMS, cmd.OutOrStdout())
+		},
+	}
+	cfg.bindFlags(cmd.Flags())
+	cmd.Flags().StringVar(&cfgFile, "config", "", "YAML configuration file; flags override it")
+	cmd.Flags().StringVar(&from, "from-time", "", "start at the first record of each partition at or after this time (RFC 3339) instead of the beginning")
+	return cmd
+}
+
+func rebuild(ctx context.Context, cfg *config, fromMS int64, out io.Writer) error {
+	logger := cfg.Log.logger()
+	kc := &cfg.Kafka
+	end, err := kafka.EndOffsets(ctx, kc.Brokers, kc.Topic)
+	if err != nil {
+		return err
+	}
+	var start map[int32]int64
+	if fromMS >= 0 {
+		if start, err = kafka.OffsetsAfter(ctx, kc.Brokers, kc.Topic, fromMS); err != nil {
+			return err
+		}
+	}
+	state := filepath.Join(cfg.Data.Dir, "state")
+	logger.Info("rebuild: removing the state", "dir", state)
+	if err := os.RemoveAll(state); err != nil {
+		return fmt.Errorf("rebuild: %w", err)
+	}
+	ing := ingestConfig{cfg.Ingest.AllowedLateness, cfg.Ingest.MaxFutureSkew}
+	eng, err := openEngine(cfg.Data.Dir, cfg.Store, ing, logger, nil)
+	if err != nil {
+		return err
+	}
+	defer eng.Close()
+	if start != nil {
+		if err := kafka.SetPositions(eng.store, kc.Topic, start); err != nil {
+			return fmt.Errorf("rebuild: %w", err)
+		}
+	}
+	opts := kc.consumerOptions(ing, logger, nil)
+	opts.StopAt = end
+	c, err := kafka.New(eng.store, opts)
+	if err != nil {
+		return err
+	}
+	began := time.Now()
+	if err := c.Run(ctx); err != nil {
+		return err
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("rebuild: interrupted; run it again")
+	}
+	st := eng.store.Stats()
+	return json.NewEncoder(out).Encode(map[string]any{"events": st.Events, "duplicates": st.Duplicates, "dead_letters": eng.store.DeadLetterCount(),
+		"seconds": time.Since(began).Seconds()})
+}

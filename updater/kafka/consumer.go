@@ -1,0 +1,478 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/streamrec/recsys/featurestore"
+	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
+	"github.com/streamrec/recsys/updater"
+)
+
+// Headers of dead-letter records.
+const (
+	HeaderReason          = "recsys-reason"           // stable code: undecodable, late, future, missing, ...
+	HeaderError           = "recsys-error"            // the field and the reason, for humans
+	HeaderSourceTopic     = "recsys-source-topic"     //
+	HeaderSourcePartition = "recsys-source-partition" // decimal
+	HeaderSourceOffset    = "recsys-source-offset"    // decimal
+)
+
+// CodeUndecodable is the dead-letter reason of a value that is not an
+// event in its content type (or names an unknown content type).
+const CodeUndecodable = "undecodable"
+
+const dayMS = 24 * 60 * 60 * 1000
+
+// Consumer applies a Kafka topic to a store. See the package comment.
+type Consumer struct {
+	store *featurestore.Store
+	opts  Options
+	m     *metrics
+	// mu guards pos; the group callbacks and the poll loop share it.
+	mu struct {
+		sync.Mutex
+		pos map[int32]*position // partitions assigned (or seen) since start
+	}
+	lastExpiry int64 // day of the last Expire; only Run touches it
+	onApply    func(BatchInfo)
+}
+
+// BatchInfo describes one applied batch (see OnApply).
+type BatchInfo struct {
+	Records   int             // records consumed (applied, duplicates and dead letters)
+	Freshness []time.Duration // per applied record: commit time minus record timestamp
+}
+
+// New returns a Consumer of opts.Topic into store. Call Run.
+func New(store *featurestore.Store, opts Options) (*Consumer, error) {
+	if err := opts.ensureDefaults(); err != nil {
+		return nil, err
+	}
+	c := &Consumer{store: store, opts: opts, m: newMetrics(opts.Registerer)}
+	c.mu.pos = map[int32]*position{}
+	return c, nil
+}
+
+// Positions returns the next offset of every partition of topic stored in
+// store.
+func Positions(store *featurestore.Store, topic string) (map[int32]int64, error) {
+	ps, err := loadPositions(store, topic)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[int32]int64, len(ps))
+	for p, pos := range ps {
+		out[p] = pos.next
+	}
+	return out, nil
+}
+
+// SetPositions stores the next offset of the given partitions of topic (a
+// rebuild from a time starts there); their watermarks start empty.
+func SetPositions(store *featurestore.Store, topic string, next map[int32]int64) error {
+	var extra featurestore.Extra
+	for p, off := range next {
+		extra.Meta = append(extra.Meta, featurestore.KV{Key: positionKey(topic, p), Value: position{next: off}.encode()})
+	}
+	_, err := store.ApplyWith(nil, extra)
+	return err
+}
+
+func loadPositions(store *featurestore.Store, topic string) (map[int32]position, error) {
+	prefix := positionPrefix(topic)
+	meta, err := store.Meta(prefix)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[int32]position, len(meta))
+	for k, v := range meta {
+		p, ok := parsePositionKey(prefix, k)
+		if !ok {
+			continue // a topic whose name extends this one's
+		}
+		pos, err := decodePosition(k, v)
+		if err != nil {
+			return nil, err
+		}
+		out[p] = pos
+	}
+	return out, nil
+}
+
+// Run consumes until ctx is done (then it returns nil) or, with StopAt,
+// until every listed partition is applied up to its offset. It returns
+// the first error of the store or of producing dead letters.
+func (c *Consumer) Run(ctx context.Context) error {
+	opts := []kgo.Opt{
+		kgo.SeedBrokers(c.opts.Brokers...),
+		kgo.ConsumerGroup(c.opts.Group),
+		kgo.ConsumeTopics(c.opts.Topic),
+		kgo.Balancers(kgo.CooperativeStickyBalancer()),
+		kgo.BlockRebalanceOnPoll(),
+		kgo.AutoCommitMarks(),
+		kgo.AutoCommitInterval(time.Second),
+		kgo.AdjustFetchOffsetsFn(c.adjust),
+		kgo.OnPartitionsRevoked(c.revoked),
+		kgo.OnPartitionsLost(c.lost),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.FetchMaxBytes(c.opts.FetchMaxBytes),
+		kgo.FetchMaxPartitionBytes(c.opts.FetchMaxBytes),
+		kgo.FetchMaxWait(100 * time.Millisecond),
+		// The dead-letter producer.
+		kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.AllowAutoTopicCreation(),
+		kgo.SessionTimeout(15 * time.Second),
+	}
+	if c.opts.InstanceID != "" {
+		opts = append(opts, kgo.InstanceID(c.opts.InstanceID))
+	}
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return fmt.Errorf("kafka consumer: %w", err)
+	}
+	defer cl.Close()
+	defer cl.AllowRebalance()
+	if done, err := c.reachedStop(); err != nil || done {
+		return err
+	}
+	for {
+		pollCtx, cancel := ctx, context.CancelFunc(func() {})
+		if c.opts.StopAt != nil {
+			// The stop may be reached through another consumer of the store
+			// (or be reached already): look again every half second.
+			pollCtx, cancel = context.WithTimeout(ctx, 500*time.Millisecond)
+		}
+		fetches := cl.PollRecords(pollCtx, c.opts.MaxBatch)
+		cancel()
+		if ctx.Err() != nil || fetches.IsClientClosed() {
+			return nil
+		}
+		err := c.process(ctx, cl, fetches)
+		cl.AllowRebalance()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		if done, err := c.reachedStop(); err != nil || done {
+			return err
+		}
+	}
+}
+
+// OnApply is called after every committed batch when set; tools measure
+// with it. Set it before Run.
+func (c *Consumer) OnApply(fn func(BatchInfo)) { c.onApply = fn }
+
+// reachedStop reports whether every partition of StopAt is applied up to
+// its offset.
+func (c *Consumer) reachedStop() (bool, error) {
+	if c.opts.StopAt == nil {
+		return false, nil
+	}
+	ps, err := loadPositions(c.store, c.opts.Topic)
+	if err != nil {
+		return false, err
+	}
+	for p, stop := range c.opts.StopAt {
+		if ps[p].next < stop {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// adjust replaces the offsets the group fetched (the broker's committed
+// ones) by the positions stored with the state; a partition without one
+// starts at its beginning.
+func (c *Consumer) adjust(_ context.Context, offsets map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
+	stored, err := loadPositions(c.store, c.opts.Topic)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for topic, parts := range offsets {
+		if topic != c.opts.Topic {
+			continue
+		}
+		for p := range parts {
+			pos, ok := stored[p]
+			if ok {
+				parts[p] = kgo.NewOffset().At(pos.next).WithEpoch(-1)
+			} else {
+				parts[p] = kgo.NewOffset().AtStart()
+			}
+			c.mu.pos[p] = &pos
+			c.m.next.WithLabelValues(topic, strconv.Itoa(int(p))).Set(float64(pos.next))
+			c.opts.Logger.Info("kafka: partition assigned", "topic", topic, "partition", p, "resume_at", pos.next, "stored", ok)
+		}
+	}
+	return offsets, nil
+}
+
+func (c *Consumer) revoked(ctx context.Context, cl *kgo.Client, revoked map[string][]int32) {
+	// The batch in flight was applied before the rebalance could start
+	// (BlockRebalanceOnPoll); commit its offsets to the group for lag
+	// monitoring, then forget the partitions.
+	if err := cl.CommitMarkedOffsets(ctx); err != nil {
+		c.opts.Logger.Warn("kafka: commit offsets on revocation", "err", err)
+	}
+	c.forget(revoked)
+}
+
+func (c *Consumer) lost(_ context.Context, _ *kgo.Client, lost map[string][]int32) { c.forget(lost) }
+
+func (c *Consumer) forget(parts map[string][]int32) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, p := range parts[c.opts.Topic] {
+		delete(c.mu.pos, p)
+		lbl := strconv.Itoa(int(p))
+		c.m.lag.DeleteLabelValues(c.opts.Topic, lbl)
+		c.m.next.DeleteLabelValues(c.opts.Topic, lbl)
+		c.opts.Logger.Info("kafka: partition revoked", "topic", c.opts.Topic, "partition", p)
+	}
+}
+
+// positionLocked returns the position of partition p, reading it from the
+// store if the partition was not assigned through adjust.
+func (c *Consumer) positionLocked(p int32) (*position, error) {
+	if pos, ok := c.mu.pos[p]; ok {
+		return pos, nil
+	}
+	stored, err := loadPositions(c.store, c.opts.Topic)
+	if err != nil {
+		return nil, err
+	}
+	pos := stored[p]
+	c.mu.pos[p] = &pos
+	return &pos, nil
+}
+
+// process applies one polled batch: every partition's records, dead
+// letters and new positions in one store batch.
+func (c *Consumer) process(ctx context.Context, cl *kgo.Client, fetches kgo.Fetches) error {
+	start := time.Now()
+	now := c.opts.Now()
+	var (
+		entries  []featurestore.Entry
+		extra    featurestore.Extra
+		dlq      []*kgo.Record
+		applied  []*kgo.Record
+		last     []*kgo.Record
+		newPos   = map[int32]position{}
+		seek     map[string]map[int32]kgo.EpochOffset
+		dlqCount = map[string]int{}
+		hw       = map[int32]int64{}
+		records  int
+	)
+	c.mu.Lock()
+	var perr error
+	fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
+		if fp.Err != nil {
+			if !errors.Is(fp.Err, context.Canceled) {
+				c.m.fetchError.Inc()
+				c.opts.Logger.Warn("kafka: fetch", "topic", fp.Topic, "partition", fp.Partition, "err", fp.Err)
+			}
+			return
+		}
+		if fp.Topic != c.opts.Topic || perr != nil || len(fp.Records) == 0 {
+			return
+		}
+		ptr, err := c.positionLocked(fp.Partition)
+		if err != nil {
+			perr = err
+			return
+		}
+		pos := *ptr
+		var lastRec *kgo.Record
+		for _, r := range fp.Records {
+			if r.Offset < pos.next {
+				c.m.skipped.WithLabelValues("already_applied").Inc()
+				continue
+			}
+			if r.Offset > pos.next {
+				if !ptr.seeked {
+					// The fetch did not start where the state stops: go back
+					// rather than skip. Only a second gap is taken as real.
+					ptr.seeked = true
+					if seek == nil {
+						seek = map[string]map[int32]kgo.EpochOffset{c.opts.Topic: {}}
+					}
+					seek[c.opts.Topic][fp.Partition] = kgo.EpochOffset{Epoch: -1, Offset: pos.next}
+					c.opts.Logger.Warn("kafka: fetch started past the stored offset; seeking back", "partition", fp.Partition, "stored", pos.next, "fetched", r.Offset)
+					break
+				}
+				c.opts.Logger.Warn("kafka: offsets missing from the partition (deleted by retention?); skipping them", "partition", fp.Partition, "from", pos.next, "to", r.Offset)
+				c.m.skipped.WithLabelValues("gap").Add(float64(r.Offset - pos.next))
+			}
+			ptr.seeked = false
+			records++
+			lastRec = r
+			pos.next = r.Offset + 1
+			d, code, ferr := c.decode(r, &pos, now)
+			if ferr != nil {
+				dlqCount[code]++
+				dlq = append(dlq, deadRecord(c.opts.DLQTopic, r, code, ferr.Error()))
+				extra.DeadLetters = append(extra.DeadLetters, featurestore.DeadLetter{
+					Received: r.Timestamp.UnixMilli(),
+					Seq:      1<<63 | uint64(fp.Partition)<<40 | uint64(r.Offset),
+					Record:   deadLetter(d, code, fmt.Sprintf("%s (topic %s, partition %d, offset %d)", ferr.Error(), r.Topic, r.Partition, r.Offset), r.Timestamp),
+				})
+				continue
+			}
+			entries = append(entries, featurestore.Entry{Offset: uint64(r.Offset), Event: d.norm})
+			applied = append(applied, r)
+		}
+		if lastRec != nil {
+			last = append(last, lastRec)
+			newPos[fp.Partition] = pos
+			extra.Meta = append(extra.Meta, featurestore.KV{Key: positionKey(c.opts.Topic, fp.Partition), Value: pos.encode()})
+		}
+		hw[fp.Partition] = fp.HighWatermark
+	})
+	c.mu.Unlock()
+	if perr != nil {
+		return fmt.Errorf("kafka consumer: %w", perr)
+	}
+	if seek != nil {
+		cl.SetOffsets(seek)
+	}
+	if records == 0 {
+		return nil
+	}
+	// Dead letters reach their topic before the positions past them
+	// commit: at least once (a crash in between produces them again).
+	if len(dlq) > 0 {
+		if err := cl.ProduceSync(ctx, dlq...).FirstErr(); err != nil {
+			return fmt.Errorf("kafka consumer: produce dead letters to %s: %w", c.opts.DLQTopic, err)
+		}
+	}
+	res, err := c.store.ApplyWith(entries, extra)
+	if err != nil {
+		return fmt.Errorf("kafka consumer: %w", err)
+	}
+	done := time.Now()
+	c.mu.Lock()
+	for p, pos := range newPos {
+		if ptr, ok := c.mu.pos[p]; ok {
+			ptr.next, ptr.maxTS = pos.next, pos.maxTS
+		}
+		lbl := strconv.Itoa(int(p))
+		c.m.next.WithLabelValues(c.opts.Topic, lbl).Set(float64(pos.next))
+	}
+	for p, h := range hw {
+		if ptr, ok := c.mu.pos[p]; ok {
+			c.m.lag.WithLabelValues(c.opts.Topic, strconv.Itoa(int(p))).Set(float64(max(h-ptr.next, 0)))
+		}
+	}
+	c.mu.Unlock()
+	cl.MarkCommitRecords(last...)
+	c.m.apply.Observe(done.Sub(start).Seconds())
+	c.m.records.WithLabelValues("applied").Add(float64(res.Applied))
+	c.m.records.WithLabelValues("duplicate").Add(float64(res.Duplicates))
+	var fresh []time.Duration
+	if c.onApply != nil {
+		fresh = make([]time.Duration, 0, len(applied))
+	}
+	for _, r := range applied {
+		d := done.Sub(r.Timestamp)
+		c.m.freshness.Observe(d.Seconds())
+		if fresh != nil {
+			fresh = append(fresh, d)
+		}
+	}
+	for code, n := range dlqCount {
+		c.m.dead.WithLabelValues(code).Add(float64(n))
+		c.m.records.WithLabelValues("dead_letter").Add(float64(n))
+	}
+	// Once a day of the store's clock, remove what is past the TTL. The
+	// day's start is the expiry time, so expiring again the same day (after
+	// a restart) removes nothing more.
+	if day := c.store.Now() / dayMS; day != c.lastExpiry {
+		c.lastExpiry = day
+		if _, err := c.store.Expire(day * dayMS); err != nil {
+			return fmt.Errorf("kafka consumer: %w", err)
+		}
+	}
+	if c.onApply != nil {
+		c.onApply(BatchInfo{Records: records, Freshness: fresh})
+	}
+	return nil
+}
+
+type decoded struct {
+	norm featurestore.Event
+	ev   *recsysv1.Event
+}
+
+// decode reads, validates and watermark-checks one record, advancing the
+// partition's newest event time. On failure it returns the decoded event
+// (nil if undecodable), the dead-letter code and the error.
+func (c *Consumer) decode(r *kgo.Record, pos *position, now time.Time) (decoded, string, error) {
+	ct := c.opts.ContentType
+	for _, h := range r.Headers {
+		if h.Key == HeaderContentType {
+			var ok bool
+			if ct, ok = normalizeContentType(string(h.Value)); !ok {
+				return decoded{}, CodeUndecodable, fmt.Errorf("header %s: unknown content type %q", HeaderContentType, h.Value)
+			}
+		}
+	}
+	var ev *recsysv1.Event
+	if ct == ContentProtobuf {
+		ev = new(recsysv1.Event)
+		if err := proto.Unmarshal(r.Value, ev); err != nil {
+			return decoded{}, CodeUndecodable, fmt.Errorf("value: not a protobuf recsys.v1.Event: %v", err)
+		}
+	} else {
+		var ferr *updater.FieldError
+		if ev, ferr = updater.DecodeJSONEvent(r.Value); ferr != nil {
+			return decoded{}, CodeUndecodable, fmt.Errorf("value: %w", ferr)
+		}
+	}
+	norm, ferr := updater.Normalize(ev, now, c.opts.MaxFutureSkew)
+	if ferr != nil {
+		return decoded{ev: ev}, ferr.Code, ferr
+	}
+	if wm := pos.maxTS - c.opts.AllowedLateness.Milliseconds(); pos.maxTS != 0 && norm.TS < wm {
+		return decoded{ev: ev}, updater.CodeLate, fmt.Errorf("ts: %s is older than the partition's watermark %s (its newest event time minus the allowed lateness %s)",
+			fmtTS(norm.TS), fmtTS(wm), c.opts.AllowedLateness)
+	}
+	pos.maxTS = max(pos.maxTS, norm.TS)
+	return decoded{norm: norm, ev: ev}, "", nil
+}
+
+func fmtTS(ms int64) string { return time.UnixMilli(ms).UTC().Format(time.RFC3339Nano) }
+
+// deadRecord is the dead-letter topic's copy of r: same key, value and
+// headers, plus the reason and the source position.
+func deadRecord(topic string, r *kgo.Record, code, msg string) *kgo.Record {
+	h := append([]kgo.RecordHeader(nil), r.Headers...)
+	h = append(h,
+		kgo.RecordHeader{Key: HeaderReason, Value: []byte(code)},
+		kgo.RecordHeader{Key: HeaderError, Value: []byte(msg)},
+		kgo.RecordHeader{Key: HeaderSourceTopic, Value: []byte(r.Topic)},
+		kgo.RecordHeader{Key: HeaderSourcePartition, Value: []byte(strconv.Itoa(int(r.Partition)))},
+		kgo.RecordHeader{Key: HeaderSourceOffset, Value: []byte(strconv.FormatInt(r.Offset, 10))},
+	)
+	return &kgo.Record{Topic: topic, Key: r.Key, Value: r.Value, Headers: h, Timestamp: r.Timestamp}
+}
+
+// deadLetter is the store's copy: the proto DeadLetter, received at the
+// record's timestamp (so a re-read record writes the same bytes).
+func deadLetter(d decoded, code, reason string, ts time.Time) []byte {
+	b, _ := proto.Marshal(&recsysv1.DeadLetter{Event: d.ev, Code: code, Reason: reason, ReceivedAt: timestamppb.New(ts)})
+	return b
+}
