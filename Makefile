@@ -7,7 +7,7 @@ VPY := $(VENV)/bin/python
 BIN := bin/recsys
 GENERATED := recsys/v1/recsys.pb.go recsys/v1/recsys_grpc.pb.go recsys/v1/recsys.pb.gw.go recsys/v1/openapi.json
 
-.PHONY: all build run test test-go test-py test-kafka kafka-jars vet proto proto-check bench bench-flight bench-kafka soak fuzz fuzz-short venv clean
+.PHONY: all build run test test-go test-py notebooks test-kafka kafka-jars vet proto proto-check bench bench-flight bench-kafka soak fuzz fuzz-short venv clean
 
 all: build
 
@@ -57,6 +57,10 @@ kafka-jars:
 ## test-kafka: the end-to-end Kafka tests (a real single-node KRaft broker, the crash test).
 test-kafka: build venv kafka-jars
 	RECSYS_BIN=$(abspath $(BIN)) $(VPY) -m pytest -q tests/test_kafka.py tests/test_kafka_crash.py
+
+## notebooks: execute the three notebooks headless (nbclient) against a server loaded with the Taobao sample.
+notebooks: build venv
+	RECSYS_BIN=$(abspath $(BIN)) $(VPY) -m pytest -q tests/test_notebooks.py
 
 ## bench: ingest events/s (1 M generated events) and features:get latency, then Go micro-benchmarks.
 bench: build

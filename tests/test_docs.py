@@ -58,28 +58,3 @@ def test_readme_python_examples(demo_server, capsys):
     assert "[b'user_features']" in out and "[b'item_features']" in out, out
     assert "'item_id': 'i42'" in out, out
     assert "'user.view_count_1h'" in out and "'label': [1, 0]" in out, out
-
-
-@pytest.mark.parametrize("notebook", sorted(p.name for p in (REPO / "notebooks").glob("*.ipynb")))
-def test_notebook_runs(demo_server, notebook, monkeypatch):
-    """Executes every code cell of the notebook, in order, in one namespace."""
-    nb = json.loads((REPO / "notebooks" / notebook).read_text())
-    for cell in nb["cells"]:
-        if cell["cell_type"] == "code":
-            assert cell.get("outputs") == [] and cell.get("execution_count") is None, \
-                f"{notebook}: notebooks are stored with outputs cleared"
-    monkeypatch.setenv("RECSYS_FLIGHT", demo_server.flight_uri)
-    monkeypatch.setenv("RECSYS_HTTP", demo_server.url)
-    ns: dict = {}
-    for i, cell in enumerate(nb["cells"]):
-        if cell["cell_type"] != "code":
-            continue
-        src = "".join(cell["source"])
-        try:
-            exec(compile(src, f"{notebook}[cell {i}]", "exec"), ns)
-        except Exception as exc:  # noqa: BLE001
-            pytest.fail(f"{notebook} cell {i} failed: {exc!r}\n{src}")
-    if notebook.startswith("01_"):
-        assert len(ns["users"]) > 0 and len(ns["items"]) > 0
-        assert ns["counts"]["view_count"] >= ns["counts"]["purchase_count"] > 0
-        assert len(ns["top"]) == 10
