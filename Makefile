@@ -62,9 +62,11 @@ test-kafka: build venv kafka-jars
 notebooks: build venv
 	RECSYS_BIN=$(abspath $(BIN)) $(VPY) -m pytest -q tests/test_notebooks.py
 
-## bench: ingest events/s (1 M generated events) and features:get latency, then Go micro-benchmarks.
+## bench: ingest events/s (1 M generated events), features:get and recommendation latency, the prequential
+## evaluation on the whole Taobao users sample, Go micro-benchmarks, the Kafka path.
 bench: build
 	$(BIN) bench --events 1000000
+	$(BIN) eval --format taobao ../shared/data/taobao/UserBehavior-users-84k.csv.gz
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./featurestore ./updater/...
 	$(MAKE) bench-kafka
 
