@@ -666,11 +666,13 @@ func (s *Store) applyModels(mb *modelBatch, ev *Event, urec *UserRecord, irec *I
 			if err != nil {
 				return err
 			}
-			hm, err := s.itemModelFor(mb, id)
-			if err != nil {
-				return err
+			// Read the factors without marking the item's record dirty: the
+			// ranker does not change it.
+			vec := s.itemVec(id)
+			if hm, ok := mb.items[id]; ok {
+				vec = hm.Vec
 			}
-			neg := candidateInfo{ID: id, Item: rec, Vec: hm.Vec}
+			neg := candidateInfo{ID: id, Item: rec, Vec: vec}
 			if err := s.learnRanker(mb, ctx, &neg, 0); err != nil {
 				return err
 			}

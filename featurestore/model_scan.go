@@ -85,3 +85,30 @@ func (s *Store) ModelItems() int64 {
 	defer s.models.table.RUnlock()
 	return int64(len(s.models.table.idx))
 }
+
+// ItemNeighborRows estimates the rows of the item_neighbors table: the
+// items with factors times the mean exposed list length of up to the first
+// 1,000 neighbour records.
+func (s *Store) ItemNeighborRows() (int64, error) {
+	var n, sum int64
+	var r neighborRecord
+	errEnough := errors.New("enough")
+	err := s.scanPrefix(prefixNeighbors, func(id string, v []byte) error {
+		if err := r.decode(v); err != nil {
+			return fmt.Errorf("neighbours of %q: %w", id, err)
+		}
+		n++
+		sum += int64(min(len(r.List), s.models.opts.Neighbors))
+		if n == 1000 {
+			return errEnough
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errEnough) {
+		return 0, err
+	}
+	if n == 0 {
+		return 0, nil
+	}
+	return s.ModelItems() * sum / n, nil
+}

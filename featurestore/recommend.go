@@ -161,6 +161,9 @@ func (s *Store) Recommend(user string, o RecommendOptions) ([]Recommendation, er
 			if o.Category != "" && (it == nil || it.CategoryID != o.Category) {
 				return false
 			}
+			if it == nil {
+				return false // expired (or never had an event)
+			}
 		}
 		return true
 	}
@@ -532,7 +535,7 @@ func (s *Store) userToUser(user string, um *userModel, k int) ([]candidate, erro
 				scores[h.Item] = a
 			}
 			a.score += su.Score * s.weights[h.Behavior] / s.weights[BehaviorPurchase]
-			a.beh = max(a.beh, h.Behavior)
+			a.beh = strongest(a.beh, h.Behavior)
 		}
 	}
 	out := make([]candidate, 0, len(scores))
@@ -609,6 +612,13 @@ func (s *Store) SimilarItems(item string, k int) ([]Recommendation, error) {
 	out := make([]Recommendation, 0, k)
 	taken := map[string]bool{item: true}
 	for _, n := range ns {
+		// Neighbour lists may still name an expired item until its pair is
+		// pruned: skip items without a record.
+		if _, found, err := s.Item(n.ItemID); err != nil {
+			return nil, err
+		} else if !found {
+			continue
+		}
 		out = append(out, Recommendation{ItemID: n.ItemID, Score: n.Score, Reason: "often together with " + item})
 		taken[n.ItemID] = true
 	}

@@ -14,7 +14,7 @@ type modelTable struct {
 	schema func(dim int) *arrow.Schema
 	// rows estimates the row count.
 	rows func(s *featurestore.Store) int64
-	// scan appends every row to b, calling flush whenever a batch is full.
+	// scan appends every row to b, calling flush after each row.
 	scan func(s *featurestore.Store, b *array.RecordBuilder, flush func() error) error
 }
 
@@ -32,8 +32,14 @@ var modelTables = []*modelTable{
 				{Name: "score", Type: arrow.PrimitiveTypes.Float64},
 			}, nil)
 		},
-		// Each item keeps up to Neighbors neighbours; most keep fewer.
-		rows: func(s *featurestore.Store) int64 { return s.ModelItems() * 10 },
+		// Estimated from a sample of neighbour lists.
+		rows: func(s *featurestore.Store) int64 {
+			n, err := s.ItemNeighborRows()
+			if err != nil {
+				return -1
+			}
+			return n
+		},
 		scan: func(s *featurestore.Store, b *array.RecordBuilder, flush func() error) error {
 			return s.ScanItemNeighbors(func(item string, ns []featurestore.Neighbor) error {
 				for i, n := range ns {
@@ -41,8 +47,11 @@ var modelTables = []*modelTable{
 					b.Field(1).(*array.StringBuilder).Append(n.ItemID)
 					b.Field(2).(*array.Int32Builder).Append(int32(i + 1))
 					b.Field(3).(*array.Float64Builder).Append(n.Score)
+					if err := flush(); err != nil {
+						return err
+					}
 				}
-				return flush()
+				return nil
 			})
 		},
 	},

@@ -410,10 +410,6 @@ def test_similar_k_out_of_range(srv, path, k):
     assert_bad_request(srv.get(path, params={"k": k}), "k")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: an item removed by expiry (no event for the TTL plus a day: its features are "
-                                       "not_found and it left the popular index) is still served by /v1/items/{id}/similar "
-                                       "('often together with ...') and in recommendations ('similar to ... you viewed'): "
-                                       "other items' neighbour lists keep naming it and nothing filters items without a record")
 def test_expired_items_are_not_served(server_factory):
     # The default feature definitions (TTL 7 days, so expiry after 8 days).
     s = server_factory("--features", str(REPO / "featurestore/features.yaml"))
@@ -678,9 +674,6 @@ def test_flight_model_table_rejects_columns_and_ids(srv, name, extra):
         client.close()
 
 
-@pytest.mark.xfail(strict=True, reason="bug: DoGet of item_neighbors sends record batches of more than 64 K rows (README: "
-                                       "'DoGet streams record batches (<= 64 K rows)'; doGetModel counts items, not rows, "
-                                       "against the batch limit): here one batch of ~87,000 rows")
 def test_flight_item_neighbors_batches_are_bounded(server_factory):
     # 300 items, each user views all of them in a random order: with up to
     # 1000 neighbours per item and pairs with the newest 50 history items,
@@ -900,9 +893,6 @@ def test_eval_missing_file(tmp_path):
     assert str(missing) in res.stderr, res.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="bug: `recsys eval --json` fails with 'json: unsupported value: NaN' (exit 1) "
-                                       "when the ranker's rolling AUC is NaN, e.g. on a file whose catalogue has too "
-                                       "few items for negatives; the text report prints NaN")
 def test_eval_json_tiny_file(tmp_path):
     path = tmp_path / "tiny.csv"
     path.write_text("1,10,100,pv,1511658000\n1,11,100,buy,1511659000\n")

@@ -137,9 +137,10 @@ type evalReport struct {
 	Items     int     `json:"items"`
 	WarmupEnd string  `json:"warmup_end"`
 	Seconds   float64 `json:"seconds"`
-	// Ranker is the online ranker's rolling AUC at the end of the replay.
-	RankerAUC     float64 `json:"ranker_auc"`
-	RankerLogLoss float64 `json:"ranker_log_loss"`
+	// Ranker is the online ranker's rolling AUC at the end of the replay;
+	// null when its window lacks either class.
+	RankerAUC     *float64 `json:"ranker_auc"`
+	RankerLogLoss *float64 `json:"ranker_log_loss"`
 	// RankerWeights are the published ranker weights at the end.
 	RankerWeights map[string]float64 `json:"ranker_weights"`
 }
@@ -204,6 +205,21 @@ func loadTaobao(path string, sample float64) ([]featurestore.Event, int, error) 
 		return 0
 	})
 	return evs, rejected, nil
+}
+
+// finiteOrNil is f, or nil when f is NaN or infinite (JSON has neither).
+func finiteOrNil(f float64) *float64 {
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return nil
+	}
+	return &f
+}
+
+func orNaN(f *float64) float64 {
+	if f == nil {
+		return math.NaN()
+	}
+	return *f
 }
 
 func hash32(s string) uint32 {
@@ -338,7 +354,7 @@ func runEval(path string, o *evalOptions, progress io.Writer) (*evalReport, erro
 	}
 	for _, m := range ms {
 		if m.Name == "ranker" {
-			rep.RankerAUC, rep.RankerLogLoss = m.AUC, m.LogLoss
+			rep.RankerAUC, rep.RankerLogLoss = finiteOrNil(m.AUC), finiteOrNil(m.LogLoss)
 		}
 	}
 	names, weights, _ := live.RankerWeights()
@@ -471,7 +487,7 @@ func summarize(results []targetResult, ks []int, maxK, resamples int, rng *rand.
 
 func printEval(w io.Writer, rep *evalReport, ks []int) {
 	fmt.Fprintf(w, "events %d (rejected %d), users %d, items %d; evaluation from %s; %.1f s; ranker rolling AUC %.4f, log loss %.4f\n",
-		rep.Events, rep.Rejected, rep.Users, rep.Items, rep.WarmupEnd, rep.Seconds, rep.RankerAUC, rep.RankerLogLoss)
+		rep.Events, rep.Rejected, rep.Users, rep.Items, rep.WarmupEnd, rep.Seconds, orNaN(rep.RankerAUC), orNaN(rep.RankerLogLoss))
 	names := make([]string, 0, len(rep.RankerWeights))
 	for n := range rep.RankerWeights {
 		names = append(names, n)
