@@ -816,7 +816,9 @@ def expected_eval(path, sample: float, warmup: float = 0.5) -> dict:
             if fnv1a32(user) / 2**32 < sample:
                 rows.append((int(secs) * 1000, user, item, beh))
     rows.sort(key=lambda r: r[0])  # stable: file order within a timestamp
-    first, last = rows[0][0], rows[-1][0]
+    # The span runs from the 0.1% to the 99.9% quantile of event times.
+    trim = len(rows) // 1000
+    first, last = rows[trim][0], rows[-1 - trim][0]
     warm_end = first + int(warmup * (last - first))
     seen = defaultdict(set)
     disc, reng = Counter(), Counter()
