@@ -190,6 +190,8 @@ type neighborRecord struct {
 	LogMass float64
 	List    []neighbor
 	index   map[string]int // ID → position in List; built lazily
+	// dirty marks a record the batch changed; only those are written.
+	dirty bool
 }
 
 func (r *neighborRecord) find(id string) int {
@@ -386,10 +388,11 @@ func (m *modelMeta) decode(b []byte) error {
 	for range n {
 		m.Ring = append(m.Ring, d.str())
 	}
-	m.RingPos = int(d.uvarint())
-	if m.RingPos > negRingSize {
+	pos := d.uvarint()
+	if pos >= negRingSize || (n < negRingSize && pos != n%negRingSize) {
 		return ErrCorrupt
 	}
+	m.RingPos = int(pos)
 	m.Learned, m.Pairs, m.LastTS, m.Items = d.varint(), d.varint(), d.varint(), d.varint()
 	m.Ranker.decode(&d)
 	return d.done()
@@ -591,6 +594,20 @@ func (s *Store) itemModelFor(mb *modelBatch, id string) (*itemModel, error) {
 	return it, nil
 }
 
+// existingItemModel is itemModelFor for an item that must already have a
+// model: nil when it has none (it expired), without creating one.
+func (s *Store) existingItemModel(mb *modelBatch, id string) (*itemModel, error) {
+	if it, ok := mb.items[id]; ok {
+		return it, nil
+	}
+	if _, ok := s.models.items.Get(id); !ok {
+		if found, err := s.has(itemModelKey(id)); err != nil || !found {
+			return nil, err
+		}
+	}
+	return s.itemModelFor(mb, id)
+}
+
 func (s *Store) neighborsFor(mb *modelBatch, id string) (*neighborRecord, error) {
 	if r, ok := mb.neighbors[id]; ok {
 		return r, nil
@@ -629,10 +646,12 @@ func (s *Store) applyModels(mb *modelBatch, ev *Event, urec *UserRecord, irec *I
 	if err != nil {
 		return err
 	}
-	if um.Vec == nil {
+	// New entities (and factors of another dimension, after a change of
+	// models.dim) start from their deterministic initial factors.
+	if len(um.Vec) != o.Dim {
 		um.Vec = initVec("u/"+ev.UserID, o.Dim)
 	}
-	if im.Vec == nil {
+	if len(im.Vec) != o.Dim {
 		im.Vec = initVec("i/"+ev.ItemID, o.Dim)
 	}
 	negs := s.drawNegatives(mb.meta, ev)
@@ -642,16 +661,21 @@ func (s *Store) applyModels(mb *modelBatch, ev *Event, urec *UserRecord, irec *I
 	if err != nil {
 		return err
 	}
-	negModels := make([]*itemModel, len(negs))
-	for i, id := range negs {
-		nm, err := s.itemModelFor(mb, id)
+	negModels := make([]*itemModel, 0, len(negs))
+	for _, id := range negs {
+		// A ring item may have expired since: it is not a negative then
+		// (and must not get a model again).
+		nm, err := s.existingItemModel(mb, id)
 		if err != nil {
 			return err
 		}
-		if nm.Vec == nil {
+		if nm == nil {
+			continue
+		}
+		if len(nm.Vec) != o.Dim {
 			nm.Vec = initVec("i/"+id, o.Dim)
 		}
-		negModels[i] = nm
+		negModels = append(negModels, nm)
 	}
 	{
 		pos := candidateInfo{ID: ev.ItemID, Item: irec, Vec: im.Vec}
@@ -857,6 +881,7 @@ func (s *Store) pairWithHistory(mb *modelBatch, ev *Event, um *userModel) error 
 	}
 	logW := s.logWeight[ev.Behavior]
 	self.LogMass = logAddExp2(self.LogMass, logW+fwd)
+	self.dirty = true
 	damp := -0.5 * math.Log2(o.UserAlpha+float64(um.Events))
 	paired := 0
 	for _, h := range um.History {
@@ -889,6 +914,7 @@ func (s *Store) pairWithHistory(mb *modelBatch, ev *Event, um *userModel) error 
 // in space-saving top-k sketches); pruning in bulk keeps the cost per pair
 // constant.
 func addPair(r *neighborRecord, id string, logW, logMass float64, keep int) {
+	r.dirty = true
 	if i := r.find(id); i >= 0 {
 		r.List[i].LogC = logAddExp2(r.List[i].LogC, logW)
 		r.List[i].LogMass = logMass
@@ -945,6 +971,9 @@ func (s *Store) flushModels(b *pebble.Batch, mb *modelBatch) error {
 		}
 	}
 	for id, r := range mb.neighbors {
+		if !r.dirty {
+			continue // loaded to score, not changed
+		}
 		buf = r.appendTo(buf[:0])
 		if err := b.Set(neighborKey(id), buf, nil); err != nil {
 			return err
@@ -968,7 +997,12 @@ func (s *Store) commitModels(mb *modelBatch) {
 		m.setVec(id, it.Seq, it.Vec)
 	}
 	for id, r := range mb.neighbors {
-		m.neighbors.Add(id, r)
+		if r.dirty {
+			r.dirty = false
+			m.neighbors.Add(id, r)
+		} else if _, cached := m.neighbors.Peek(id); !cached && len(r.List) > 0 {
+			m.neighbors.Add(id, r) // a committed record, read for scoring
+		}
 	}
 	if mb.meta.Ranker.publishedDirty {
 		mb.meta.Ranker.publishedDirty = false

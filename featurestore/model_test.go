@@ -1183,7 +1183,6 @@ func TestModelExpiry(t *testing.T) {
 // table row), which no expiry ever removes again (expiry walks item
 // feature records, and the item has none) and which MF then recommends.
 func TestModelExpiredItemNotResurrected(t *testing.T) {
-	t.Skip("bug: expired items are drawn as negatives from the ring and get an item model again (see the comment)")
 	s := openModelStore(t, vfs.NewMem(), "db", ModelOptions{})
 	evs := []Event{ev("o1", "old", "gone", "c", BehaviorPurchase, t0)}
 	for d := range int64(20) {
@@ -1220,7 +1219,6 @@ func TestModelExpiredItemNotResurrected(t *testing.T) {
 // empty n/<item> record reappears for the expired item and is never
 // deleted again.
 func TestModelExpiredNeighborRecordNotRewritten(t *testing.T) {
-	t.Skip("bug: every event rewrites the neighbour records of the user's history items, recreating n/<expired item>")
 	s := openModelStore(t, vfs.NewMem(), "db", ModelOptions{})
 	evs := []Event{ev("k0", "keep", "gone", "c", BehaviorView, t0)}
 	for d := range int64(20) {
@@ -1245,7 +1243,6 @@ func TestModelExpiredNeighborRecordNotRewritten(t *testing.T) {
 // is full, Apply panics with an index out of range instead of the store
 // reporting ErrCorrupt when it opens.
 func TestModelMetaDecodeRejectsBadPositions(t *testing.T) {
-	t.Skip("bug: modelMeta.decode accepts RingPos/Pos values that make Apply panic")
 	full := func() *modelMeta {
 		m := &modelMeta{}
 		for i := range negRingSize {
@@ -1302,7 +1299,6 @@ func TestModelMetaDecodeRejectsBadPositions(t *testing.T) {
 // panics in sgdStep (index out of range) instead of Open reporting the
 // mismatch or the factors being re-initialised.
 func TestModelDimChangeOnReopen(t *testing.T) {
-	t.Skip("bug: reopening with another ModelOptions.Dim makes Apply panic in sgdStep")
 	fs := vfs.NewMem()
 	s := openModelStore(t, fs, "db", ModelOptions{Dim: 8})
 	applyAll(t, s, ev("a", "u", "i0", "c", BehaviorView, t0), ev("b", "u", "i1", "c", BehaviorView, t0+minute))

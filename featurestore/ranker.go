@@ -100,13 +100,14 @@ func (r *rankerState) decode(d *decoder) {
 		r.Labels[i] = d.b[8]
 		d.b = d.b[9:]
 	}
-	r.Pos = int(d.uvarint())
+	pos := d.uvarint()
 	if len(r.Z) != numRankFeatures && n != 0 {
 		d.err, d.b = true, nil
 	}
-	if r.Pos > int(w) {
+	if pos > w {
 		d.err, d.b = true, nil
 	}
+	r.Pos = int(pos)
 }
 
 func appendF32(b []byte, f float32) []byte {
