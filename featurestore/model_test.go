@@ -1178,7 +1178,7 @@ func TestModelExpiry(t *testing.T) {
 	}
 }
 
-// bug: an expired item stays in the negative-sampling ring, so later
+// Regression (was a bug): an expired item stays in the negative-sampling ring, so later
 // events draw it as a negative and recreate its item model (a new factor
 // table row), which no expiry ever removes again (expiry walks item
 // feature records, and the item has none) and which MF then recommends.
@@ -1213,7 +1213,7 @@ func TestModelExpiredItemNotResurrected(t *testing.T) {
 	}
 }
 
-// bug: a user's history keeps naming an expired item; each later event of
+// Regression (was a bug): a user's history keeps naming an expired item; each later event of
 // the user loads the neighbour records of its history items (the ranker's
 // context) and flushModels writes back every record it loaded, so an
 // empty n/<item> record reappears for the expired item and is never
@@ -1237,7 +1237,7 @@ func TestModelExpiredNeighborRecordNotRewritten(t *testing.T) {
 	}
 }
 
-// bug: the metadata decoder accepts ring and window positions that the
+// Regression (was a bug): the metadata decoder accepts ring and window positions that the
 // writer then indexes with: a negative position (a uvarint above
 // MaxInt64) or RingPos == negRingSize. Once the ring or the ranker window
 // is full, Apply panics with an index out of range instead of the store
@@ -1293,7 +1293,7 @@ func TestModelMetaDecodeRejectsBadPositions(t *testing.T) {
 	}
 }
 
-// bug: user and item factors keep the length they were created with, but
+// Regression (was a bug): user and item factors keep the length they were created with, but
 // applyModels pairs them regardless: after the store is reopened with
 // another models.dim, the first event of an existing user with a new item
 // panics in sgdStep (index out of range) instead of Open reporting the

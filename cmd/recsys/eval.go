@@ -114,8 +114,18 @@ type variantReport struct {
 	Methods map[string]map[string]float64 `json:"methods"`
 	// Intervals holds, per method and metric, the 95% bootstrap interval.
 	Intervals map[string]map[string][2]float64 `json:"intervals"`
+	// VsFull holds, per method, the paired difference full − method in
+	// NDCG@K (the smallest K): mean and 95% bootstrap interval over the
+	// same resamples of targets. An interval above 0 means full is better.
+	VsFull map[string]pairedDelta `json:"vs_full"`
 	// ByDay is NDCG@K (the smallest K) per day of event time.
 	ByDay []dayReport `json:"by_day"`
+}
+
+type pairedDelta struct {
+	Metric string     `json:"metric"`
+	Mean   float64    `json:"mean"`
+	CI     [2]float64 `json:"ci"`
 }
 
 type dayReport struct {
@@ -465,6 +475,32 @@ func summarize(results []targetResult, ks []int, maxK, resamples int, rng *rand.
 			}
 		}
 	}
+	rep.VsFull = make(map[string]pairedDelta)
+	if full := slices.Index(evalMethods, "full"); n > 0 && resamples > 0 {
+		key := fmt.Sprintf("ndcg@%d", ks[0])
+		for mi, m := range evalMethods {
+			if mi == full {
+				continue
+			}
+			diff := make([]float64, n)
+			var sum float64
+			for j, r := range results {
+				diff[j] = metricValue("ndcg", ks[0], r.ranks[full]) - metricValue("ndcg", ks[0], r.ranks[mi])
+				sum += diff[j]
+			}
+			means := make([]float64, resamples)
+			for r := range idx {
+				var t float64
+				for _, j := range idx[r] {
+					t += diff[j]
+				}
+				means[r] = t / float64(n)
+			}
+			slices.Sort(means)
+			rep.VsFull[m] = pairedDelta{Metric: key, Mean: sum / float64(n),
+				CI: [2]float64{means[int(0.025*float64(resamples))], means[min(resamples-1, int(0.975*float64(resamples)))]}}
+		}
+	}
 	byDay := make(map[string][]targetResult)
 	for _, r := range results {
 		byDay[r.day] = append(byDay[r.day], r)
@@ -524,5 +560,12 @@ func printEval(w io.Writer, rep *evalReport, ks []int) {
 			}
 			fmt.Fprintln(w)
 		}
+		fmt.Fprint(w, "  full − method, paired:")
+		for _, m := range evalMethods {
+			if d, ok := v.r.VsFull[m]; ok {
+				fmt.Fprintf(w, "  %s %+.4f [%+.4f,%+.4f]", m, d.Mean, d.CI[0], d.CI[1])
+			}
+		}
+		fmt.Fprintf(w, " (%s)\n", fmt.Sprintf("NDCG@%d", ks[0]))
 	}
 }
