@@ -487,12 +487,17 @@ func (m *models) setPublished(r *rankerState) {
 
 // setVec stores v as row seq (item id) of the factor table.
 func (m *models) setVec(id string, seq int64, v []float32) {
+	m.table.Lock()
+	defer m.table.Unlock()
+	m.setVecLocked(id, seq, v)
+}
+
+// setVecLocked is setVec with m.table locked.
+func (m *models) setVecLocked(id string, seq int64, v []float32) {
 	d := m.opts.Dim
 	if len(v) != d {
 		return
 	}
-	m.table.Lock()
-	defer m.table.Unlock()
 	if n := int(seq) + 1; n > len(m.table.ids) {
 		m.table.ids = append(m.table.ids, make([]string, n-len(m.table.ids))...)
 		m.table.vecs = append(m.table.vecs, make([]float32, n*d-len(m.table.vecs))...)
@@ -992,9 +997,15 @@ func (s *Store) commitModels(mb *modelBatch) {
 	for id, u := range mb.users {
 		m.users.Add(id, u)
 	}
+	// One lock for the whole batch: readers scanning the table (MF
+	// candidates) wait once, not once per item.
+	m.table.Lock()
+	for id, it := range mb.items {
+		m.setVecLocked(id, it.Seq, it.Vec)
+	}
+	m.table.Unlock()
 	for id, it := range mb.items {
 		m.items.Add(id, it)
-		m.setVec(id, it.Seq, it.Vec)
 	}
 	for id, r := range mb.neighbors {
 		if r.dirty {

@@ -300,7 +300,7 @@ func (s *Store) recommendFull(user string, o RecommendOptions, ctx *rankContext,
 			add(c.ItemID, "popular in category "+cat, i, 0.7)
 		}
 	}
-	trend, err := s.TopItems("", ctx.now, 3_600_000, 20, true, 0)
+	trend, err := s.trending(ctx.now)
 	if err != nil {
 		return nil, err
 	}
@@ -366,6 +366,32 @@ func (s *Store) recommendFull(user string, o RecommendOptions, ctx *rankContext,
 		}
 	}
 	return out, nil
+}
+
+// trending returns the 20 items with the most weighted events in the hour
+// ending at now. The list is shared by every request within the same
+// second of the read clock: computing it scans the hour's counts of every
+// item, the largest cost of a recommendation under heavy ingest.
+func (s *Store) trending(now int64) ([]Scored, error) {
+	sec := now / 1000
+	s.trend.Lock()
+	if s.trend.sec == sec && s.trend.list != nil {
+		list := s.trend.list
+		s.trend.Unlock()
+		return list, nil
+	}
+	s.trend.Unlock()
+	list, err := s.TopItems("", now, 3_600_000, 20, true, 0)
+	if err != nil {
+		return nil, err
+	}
+	if list == nil {
+		list = []Scored{}
+	}
+	s.trend.Lock()
+	s.trend.sec, s.trend.list = sec, list
+	s.trend.Unlock()
+	return list, nil
 }
 
 // itemVec returns a copy of item id's factors, or nil.

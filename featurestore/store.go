@@ -126,7 +126,14 @@ type Store struct {
 	// models is the state of the incremental models; see model.go.
 	models       *models
 	modelsFrozen atomic.Bool
-	mu           struct {
+	// trend caches the hour's trending items for a second of the read
+	// clock (see trending).
+	trend struct {
+		sync.Mutex
+		sec  int64
+		list []Scored
+	}
+	mu struct {
 		sync.RWMutex
 		stats Stats
 	}
