@@ -61,6 +61,7 @@ func NewMetrics(reg *prometheus.Registry, store *featurestore.Store, upd *update
 	gauge("recsys_store_users", "Users with features.", func() float64 { return float64(store.Stats().Users) })
 	gauge("recsys_store_items", "Items with features.", func() float64 { return float64(store.Stats().Items) })
 	gauge("recsys_store_dead_letters", "Dead letters kept.", func() float64 { return float64(store.DeadLetterCount()) })
+	reg.MustRegister(modelCollector{store})
 	pm := func(f func(*featurestore.PebbleStats) float64) func() float64 {
 		return func() float64 {
 			st, err := store.PebbleStats()
@@ -107,7 +108,7 @@ func routeOf(r *http.Request) string {
 		}
 	}
 	switch p {
-	case "/v1/events", "/v1/features:get", "/v1/stats", "/v1/feature-views", "/v1/dead-letters", "/v1/items/popular",
+	case "/v1/events", "/v1/features:get", "/v1/stats", "/v1/feature-views", "/v1/dead-letters", "/v1/items/popular", "/v1/models",
 		"/healthz", "/readyz", "/metrics", "/openapi.json":
 		return r.Method + " " + p
 	}
@@ -115,3 +116,38 @@ func routeOf(r *http.Request) string {
 }
 
 func strconvItoa(n int) string { return strconv.Itoa(n) }
+
+// modelCollector exports the models' state at each scrape.
+type modelCollector struct{ store *featurestore.Store }
+
+var (
+	modelExamplesDesc = prometheus.NewDesc("recsys_model_examples_total", "Examples each model learned (pair updates for item2item, scored-then-learned examples for the ranker).", []string{"model"}, nil)
+	modelVersionDesc  = prometheus.NewDesc("recsys_model_version", "Model version (the published version for the ranker).", []string{"model"}, nil)
+	modelAUCDesc      = prometheus.NewDesc("recsys_model_rolling_auc", "Progressive-validation AUC over the rolling window, by weights (training, published).", []string{"model", "weights"}, nil)
+	modelLogLossDesc  = prometheus.NewDesc("recsys_model_rolling_log_loss", "Progressive-validation log loss over the rolling window, by weights.", []string{"model", "weights"}, nil)
+	modelUpdateDesc   = prometheus.NewDesc("recsys_model_last_update_event_time_seconds", "Event time of each model's last update, Unix seconds.", []string{"model"}, nil)
+)
+
+func (c modelCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{modelExamplesDesc, modelVersionDesc, modelAUCDesc, modelLogLossDesc, modelUpdateDesc} {
+		ch <- d
+	}
+}
+
+func (c modelCollector) Collect(ch chan<- prometheus.Metric) {
+	ms, err := c.store.Models()
+	if err != nil {
+		return
+	}
+	for _, m := range ms {
+		ch <- prometheus.MustNewConstMetric(modelExamplesDesc, prometheus.CounterValue, float64(m.Examples), m.Name)
+		ch <- prometheus.MustNewConstMetric(modelVersionDesc, prometheus.GaugeValue, float64(m.Version), m.Name)
+		ch <- prometheus.MustNewConstMetric(modelUpdateDesc, prometheus.GaugeValue, float64(m.LastEventTS)/1000, m.Name)
+		if m.Name == "ranker" {
+			ch <- prometheus.MustNewConstMetric(modelAUCDesc, prometheus.GaugeValue, m.AUC, m.Name, "training")
+			ch <- prometheus.MustNewConstMetric(modelAUCDesc, prometheus.GaugeValue, m.PublishedAUC, m.Name, "published")
+			ch <- prometheus.MustNewConstMetric(modelLogLossDesc, prometheus.GaugeValue, m.LogLoss, m.Name, "training")
+			ch <- prometheus.MustNewConstMetric(modelLogLossDesc, prometheus.GaugeValue, m.PublishedLogLoss, m.Name, "published")
+		}
+	}
+}

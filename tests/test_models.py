@@ -500,6 +500,23 @@ def test_models(srv):
     assert recs(srv, "cold-nobody", k=3)["model_version"] == version
 
 
+def test_model_metrics(srv):
+    """/metrics exports each model's examples, version and last update, and
+    the ranker's rolling AUC and log loss, equal to /v1/models."""
+    by_name, _ = models(srv)
+    text = srv.get("/metrics").text
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("recsys_model_"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    for name in MODEL_NAMES:
+        assert values[f'recsys_model_examples_total{{model="{name}"}}'] == int(by_name[name]["examples"])
+        assert values[f'recsys_model_version{{model="{name}"}}'] == int(by_name[name]["version"])
+    assert abs(values['recsys_model_rolling_auc{model="ranker",weights="training"}'] - by_name["ranker"]["rolling_auc"]) < 1e-9
+    assert 'recsys_model_rolling_log_loss{model="ranker",weights="published"}' in values
+
+
 def test_models_grow_with_ingest_and_ignore_duplicates(srv):
     before, _ = models(srv)
     t = srv.ledger.max_ts + 1000
