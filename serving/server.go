@@ -39,6 +39,10 @@ type Options struct {
 	// MaxReadyLag is how many log entries the updater may be behind while
 	// /readyz still reports ready. Default 100,000.
 	MaxReadyLag uint64
+	// Lag, when set, is how far the updater is behind its source (Kafka
+	// mode: records behind the partitions' high watermarks); /readyz and
+	// stats use it instead of the embedded log's lag.
+	Lag func() uint64
 }
 
 func (o *Options) ensureDefaults() {
@@ -378,7 +382,7 @@ func (s *Server) GetStats(ctx context.Context, _ *recsysv1.GetStatsRequest) (*re
 		DuplicatesSkipped: st.Duplicates,
 		Users:             st.Users,
 		Items:             st.Items,
-		MaxEventTs:        maxTS,
+		MaxEventTs:        max(maxTS, st.MaxTS),
 		Watermark:         wm,
 		DeadLetters:       s.store.DeadLetterCount(),
 	}, nil
@@ -425,6 +429,13 @@ func checkID(field, id string) error {
 
 // ready reports whether the store is open and the updater caught up.
 func (s *Server) ready() (bool, string) {
+	if s.opts.Lag != nil {
+		lag := s.opts.Lag()
+		if lag > s.opts.MaxReadyLag {
+			return false, fmt.Sprintf("consumer is %d records behind the source (limit %d)", lag, s.opts.MaxReadyLag)
+		}
+		return true, fmt.Sprintf("consumer lag %d records", lag)
+	}
 	end, applied := s.upd.LogEnd(), s.store.AppliedOffset()
 	if end-applied > s.opts.MaxReadyLag {
 		return false, fmt.Sprintf("updater is %d events behind the log (limit %d)", end-applied, s.opts.MaxReadyLag)

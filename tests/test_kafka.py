@@ -60,6 +60,10 @@ def test_ingest_dead_letters_checkpoint_rebuild(kafka_broker, tmp_path):
 
         wait_applied(srv, topic, first["end_offsets"])
         assert srv.stats()["dead_letters"] == sum(BAD_REASONS.values())
+        # Readiness and stats follow the consumer in Kafka mode.
+        ready = srv.get("/readyz")
+        assert ready.status_code == 200 and "consumer lag" in ready.json()["detail"], ready.text
+        assert int(srv.get("/v1/stats").json()["max_event_ts"]) > 0
         dlq = dump(kafka_broker, topic + ".dlq")
         assert collections.Counter(d["headers"]["recsys-reason"] for d in dlq) == BAD_REASONS
         for d in dlq:

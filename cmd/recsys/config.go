@@ -189,7 +189,7 @@ func (c *config) bindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.TLS.Cert, "tls.cert", "", "PEM certificate: serve TLS on all three listeners")
 	fs.StringVar(&c.TLS.Key, "tls.key", "", "PEM private key of --tls.cert")
 	fs.StringVar(&c.TLS.ClientCA, "tls.client-ca", "", "PEM CA bundle: require client certificates signed by it (mTLS)")
-	fs.Uint64Var(&c.Readyz.MaxLag, "readyz.max-lag", 100_000, "log entries the updater may be behind while /readyz reports ready")
+	fs.Uint64Var(&c.Readyz.MaxLag, "readyz.max-lag", 100_000, "log entries (Kafka mode: records behind the high watermarks) the updater may be behind while /readyz reports ready")
 	fs.IntVar(&c.Limits.MaxInFlight, "limits.max-in-flight", 256, "requests in flight per listener; more are refused at once with 429 / RESOURCE_EXHAUSTED")
 	fs.DurationVar(&c.Limits.RequestTimeout, "limits.request-timeout", 30*time.Second, "deadline of each REST and unary gRPC request")
 	c.Log.bindFlags(fs)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
@@ -75,9 +76,10 @@ func (c *kafkaConfig) consumerOptions(ing ingestConfig, logger *slog.Logger, reg
 // kafkaSource is serve's Kafka mode: the producer behind POST /v1/events
 // and the consumer that replaces the embedded log's updater.
 type kafkaSource struct {
-	cfg  *kafkaConfig
-	ing  ingestConfig
-	prod *kafka.Producer
+	cfg      *kafkaConfig
+	ing      ingestConfig
+	prod     *kafka.Producer
+	consumer atomic.Pointer[kafka.Consumer] // set once Run has created it
 }
 
 // newKafkaSource returns nil without brokers.
@@ -106,8 +108,17 @@ func (k *kafkaSource) Run(ctx context.Context, eng *engine, _ *config, logger *s
 	if err != nil {
 		return err
 	}
+	k.consumer.Store(c)
 	logger.Info("consuming from Kafka", "brokers", k.cfg.Brokers, "topic", k.cfg.Topic, "group", k.cfg.Group)
 	return c.Run(ctx)
+}
+
+// lag is the consumer's lag in records (0 before it starts).
+func (k *kafkaSource) lag() uint64 {
+	if c := k.consumer.Load(); c != nil {
+		return uint64(max(c.Lag(), 0))
+	}
+	return 0
 }
 
 // Close closes the producer; safe on nil.

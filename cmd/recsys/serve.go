@@ -127,13 +127,17 @@ func serve(ctx context.Context, cfg *config) error {
 		}
 	}()
 	metrics := serving.NewMetrics(reg, eng.store, eng.upd)
-	srv := serving.New(eng.store, eng.upd, serving.Options{
+	sopts := serving.Options{
 		Logger:       logger,
 		MaxBatch:     cfg.Ingest.MaxBatch,
 		MaxBodyBytes: cfg.Ingest.MaxBodyBytes,
 		Metrics:      metrics,
 		MaxReadyLag:  cfg.Readyz.MaxLag,
-	})
+	}
+	if kafkaSrc != nil {
+		sopts.Lag = kafkaSrc.lag
+	}
+	srv := serving.New(eng.store, eng.upd, sopts)
 	guard := func(name string) *serving.Guard {
 		return serving.NewGuard(name, tokens, cfg.Limits.MaxInFlight, cfg.Limits.RequestTimeout, metrics)
 	}

@@ -41,9 +41,22 @@ type Consumer struct {
 	mu struct {
 		sync.Mutex
 		pos map[int32]*position // partitions assigned (or seen) since start
+		lag map[int32]int64     // records behind the high watermark, per partition
 	}
 	lastExpiry int64 // day of the last Expire; only Run touches it
 	onApply    func(BatchInfo)
+}
+
+// Lag is how many records the consumer is behind the high watermarks of
+// its partitions, as of the last fetch.
+func (c *Consumer) Lag() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var n int64
+	for _, l := range c.mu.lag {
+		n += l
+	}
+	return n
 }
 
 // BatchInfo describes one applied batch (see OnApply).
@@ -59,6 +72,7 @@ func New(store *featurestore.Store, opts Options) (*Consumer, error) {
 	}
 	c := &Consumer{store: store, opts: opts, m: newMetrics(opts.Registerer)}
 	c.mu.pos = map[int32]*position{}
+	c.mu.lag = map[int32]int64{}
 	return c, nil
 }
 
@@ -240,6 +254,7 @@ func (c *Consumer) forget(parts map[string][]int32) {
 		delete(c.mu.pos, p)
 		lbl := strconv.Itoa(int(p))
 		c.m.lag.DeleteLabelValues(c.opts.Topic, lbl)
+		delete(c.mu.lag, p)
 		c.m.next.DeleteLabelValues(c.opts.Topic, lbl)
 		c.opts.Logger.Info("kafka: partition revoked", "topic", c.opts.Topic, "partition", p)
 	}
@@ -375,6 +390,7 @@ func (c *Consumer) process(ctx context.Context, cl *kgo.Client, fetches kgo.Fetc
 	for p, h := range hw {
 		if ptr, ok := c.mu.pos[p]; ok {
 			c.m.lag.WithLabelValues(c.opts.Topic, strconv.Itoa(int(p))).Set(float64(max(h-ptr.next, 0)))
+			c.mu.lag[p] = max(h-ptr.next, 0)
 		}
 	}
 	c.mu.Unlock()
