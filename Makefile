@@ -87,7 +87,8 @@ soak: build
 # Every decoder of outside input, as PACKAGE:TARGET.
 FUZZ_TARGETS := ./updater:FuzzDecodeJSONEvent ./updater:FuzzDecodeTaobaoCSV ./updater:FuzzDecodeIngestRequest \
 	./updater:FuzzProtoEvent ./featurestore:FuzzParseDefinitions ./featurestore:FuzzUserRecordDecode \
-	./featurestore:FuzzItemRecordDecode ./serving:FuzzFlightQuery
+	./featurestore:FuzzItemRecordDecode ./featurestore:FuzzModelRecordDecode ./serving:FuzzFlightQuery \
+	./updater/kafka:FuzzKafkaRecord
 
 ## fuzz-short: a few seconds of fuzzing per target (part of make test).
 fuzz-short:
