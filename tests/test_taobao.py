@@ -178,7 +178,8 @@ def test_flight_list_flights(loaded, taobao_expected):
     client = s.flight()
     try:
         flights = {tuple(p.decode() for p in f.descriptor.path): f for f in client.list_flights()}
-        assert set(flights) == {("user_features",), ("item_features",), ("dead_letters",)}
+        assert set(flights) == {("user_features",), ("item_features",), ("dead_letters",), ("item_neighbors",),
+                                ("user_factors",), ("item_factors",), ("ranker_weights",)}
         assert flights[("user_features",)].total_records == len(taobao_expected.users)
         assert flights[("item_features",)].total_records == len(taobao_expected.items)
         import pyarrow.flight as fl
