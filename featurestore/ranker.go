@@ -184,12 +184,15 @@ const historyForScoring = 20
 // committed state). With all, it also gathers every neighbour of the
 // history as an item-to-item candidate.
 func (s *Store) rankContextAt(mb *modelBatch, um *userModel, urec *UserRecord, now int64, all bool) (*rankContext, error) {
-	ctx := &rankContext{now: now, user: urec, model: um, seen: make(map[string]histEntry, len(um.History)),
-		fwd: float64(now) / s.models.decayMS}
-	ctx.seenPos = make(map[string]int, len(um.History))
-	for i, h := range um.History {
-		ctx.seen[h.Item] = h
-		ctx.seenPos[h.Item] = i
+	ctx := &rankContext{now: now, user: urec, model: um, fwd: float64(now) / s.models.decayMS}
+	if all {
+		// Serving scores hundreds of candidates: index the history.
+		ctx.seen = make(map[string]histEntry, len(um.History))
+		ctx.seenPos = make(map[string]int, len(um.History))
+		for i, h := range um.History {
+			ctx.seen[h.Item] = h
+			ctx.seenPos[h.Item] = i
+		}
 	}
 	if urec != nil && len(urec.Affinities) > 0 {
 		ctx.affRef = math.Inf(-1)
@@ -234,6 +237,20 @@ func (s *Store) rankContextAt(mb *modelBatch, um *userModel, urec *UserRecord, n
 		}
 	}
 	return ctx, nil
+}
+
+// history returns id's entry in the user's history and its position.
+func (ctx *rankContext) history(id string) (histEntry, int, bool) {
+	if ctx.seen != nil {
+		h, ok := ctx.seen[id]
+		return h, ctx.seenPos[id], ok
+	}
+	for i, h := range ctx.model.History {
+		if h.Item == id {
+			return h, i, true
+		}
+	}
+	return histEntry{}, 0, false
 }
 
 // i2iScore is item id's similarity to the user's history.
@@ -285,12 +302,12 @@ func (s *Store) rankFeatures(ctx *rankContext, c *candidateInfo) [numRankFeature
 			}
 		}
 	}
-	if h, ok := ctx.seen[c.ID]; ok {
+	if h, pos, ok := ctx.history(c.ID); ok {
 		x[8] = 1
 		x[9] = s.weights[h.Behavior] / s.weights[BehaviorPurchase]
 		x[10] = math.Exp2(-math.Max(0, float64(ctx.now-h.TS)) / 3.6e6)
 		x[11] = math.Log1p(float64(h.Count))
-		x[12] = 1 / float64(1+ctx.seenPos[c.ID])
+		x[12] = 1 / float64(1+pos)
 	}
 	if it := c.Item; it != nil && it.LastTSAny > 0 {
 		x[13] = math.Exp2(-math.Max(0, float64(ctx.now-it.LastTSAny)) / 3.6e6)

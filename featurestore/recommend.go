@@ -134,7 +134,7 @@ func (s *Store) Recommend(user string, o RecommendOptions) ([]Recommendation, er
 			return false
 		}
 		if hasPurchases {
-			if h, ok := ctx.seen[id]; ok && h.Behavior == BehaviorPurchase {
+			if h, _, ok := ctx.history(id); ok && h.Behavior == BehaviorPurchase {
 				return false
 			}
 			if bought, err := s.Purchased(user, id); err != nil {

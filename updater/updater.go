@@ -23,7 +23,7 @@ import (
 type Options struct {
 	Logger *slog.Logger // default slog.Default()
 	// ApplyBatch is the most log entries applied in one store batch.
-	// Default 4096.
+	// Default 16384.
 	ApplyBatch int
 	// MaxFutureSkew is how far past the clock an event time may be.
 	// Default 5m.
@@ -47,7 +47,7 @@ func (o *Options) ensureDefaults() {
 		o.Logger = slog.Default()
 	}
 	if o.ApplyBatch <= 0 {
-		o.ApplyBatch = 4096
+		o.ApplyBatch = 16384
 	}
 	if o.MaxFutureSkew <= 0 {
 		o.MaxFutureSkew = 5 * time.Minute

@@ -31,7 +31,7 @@ type Options struct {
 	// ContentType is how values without a content-type header are read:
 	// ContentJSON (default) or ContentProtobuf.
 	ContentType string
-	// MaxBatch is the most records applied in one store batch. Default 8192.
+	// MaxBatch is the most records applied in one store batch. Default 16384.
 	MaxBatch int
 	// FetchMaxBytes bounds one fetch response, and so the memory buffered
 	// ahead of the updater. Default 16 MiB.
@@ -76,7 +76,7 @@ func (o *Options) ensureDefaults() error {
 	}
 	o.ContentType = ct
 	if o.MaxBatch <= 0 {
-		o.MaxBatch = 8192
+		o.MaxBatch = 16384
 	}
 	if o.FetchMaxBytes <= 0 {
 		o.FetchMaxBytes = 16 << 20
