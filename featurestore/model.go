@@ -445,7 +445,9 @@ func newModels(opts ModelOptions, cacheEntries int) *models {
 	m := &models{opts: opts, decayMS: float64(opts.DecayHalfLife.Milliseconds()), pairMS: float64(opts.PairHalfLife.Milliseconds())}
 	m.users, _ = lru.New[string, *userModel](cacheEntries)
 	m.items, _ = lru.New[string, *itemModel](cacheEntries)
-	m.neighbors, _ = lru.New[string, *neighborRecord](cacheEntries)
+	// Neighbour records are the largest (up to 150 pairs and their index,
+	// about 20 KB decoded): a quarter as many keep the heap in check.
+	m.neighbors, _ = lru.New[string, *neighborRecord](max(1024, cacheEntries/4))
 	m.table.idx = make(map[string]int32)
 	m.seed = maphash.MakeSeed()
 	return m

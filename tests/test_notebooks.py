@@ -80,6 +80,7 @@ def test_notebook(taobao_server, eval_json, notebook):
     got = run_notebook(notebook, {"RECSYS_FLIGHT": s.flight_uri, "RECSYS_HTTP": s.url, "RECSYS_TAOBAO": str(TAOBAO_USERS),
                                   "RECSYS_EVAL_JSON": str(eval_json), "RECSYS_BIN": recsys_bin(), "MPLBACKEND": "Agg"})
     name = notebook.name
+    print(f"{name}: {got}")
     if name.startswith("01_"):
         assert got["users"] > 500 and got["items"] > 10_000
         assert got["views"] >= got["purchases"] > 0
