@@ -701,7 +701,8 @@ func TestModelRankerLearns(t *testing.T) {
 }
 
 // A new weight version is published only if its rolling AUC is at least
-// the published version's minus PublishMargin (the first always).
+// the published version's minus PublishMargin (the first always); it
+// carries the weights after the step that triggered the check.
 func TestRankerPublicationGate(t *testing.T) {
 	s := openModelStore(t, vfs.NewMem(), "db", ModelOptions{RankerWindow: 8, PublishEvery: 1})
 	o := &s.models.opts
@@ -758,8 +759,10 @@ func TestRankerPublicationGate(t *testing.T) {
 			continue
 		}
 		if published {
-			if r.Version != c.version+1 || !slices.Equal(r.Published, before) || r.PubAUC != trainAUC {
-				t.Errorf("%s: version %d, published %v (want the weights %v), PubAUC %v", c.name, r.Version, r.Published, before, r.PubAUC)
+			// The published weights include the step just taken.
+			after := r.weights(o)
+			if r.Version != c.version+1 || !slices.Equal(r.Published, after) || slices.Equal(after, before) || r.PubAUC != trainAUC {
+				t.Errorf("%s: version %d, published %v (want the weights after the step %v), PubAUC %v", c.name, r.Version, r.Published, after, r.PubAUC)
 			}
 		} else if !slices.Equal(r.Published, make([]float64, numRankFeatures)) {
 			t.Errorf("%s: published weights changed to %v without a new version", c.name, r.Published)

@@ -354,7 +354,7 @@ func (s *Store) learnRanker(mb *modelBatch, ctx *rankContext, c *candidateInfo, 
 		trainAUC, _ := windowMetrics(r.Train, r.Labels)
 		pubAUC, _ := windowMetrics(r.Pub, r.Labels)
 		if r.Version == 0 || trainAUC >= pubAUC-o.PublishMargin {
-			r.Published = w
+			r.Published = r.weights(o) // including this example's step
 			r.Version++
 			r.PubAUC = trainAUC
 			r.publishedDirty = true
