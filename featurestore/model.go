@@ -850,33 +850,6 @@ func strongest(a, b Behavior) Behavior {
 	return a
 }
 
-func pushRecentN(list []Recent, id string, ts int64, capN int) []Recent {
-	for i, r := range list {
-		if r.ID == id {
-			if ts <= r.TS {
-				return list
-			}
-			list = append(list[:i], list[i+1:]...)
-			break
-		}
-	}
-	pos := len(list)
-	for i, r := range list {
-		if ts >= r.TS {
-			pos = i
-			break
-		}
-	}
-	if pos >= capN {
-		return list
-	}
-	list = slices.Insert(list, pos, Recent{ID: id, TS: ts})
-	if len(list) > capN {
-		list = list[:capN]
-	}
-	return list
-}
-
 // pairWithHistory adds the event's pairs with the user's newest history
 // items to both items' neighbour records.
 func (s *Store) pairWithHistory(mb *modelBatch, ev *Event, um *userModel) error {

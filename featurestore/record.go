@@ -3,6 +3,7 @@ package featurestore
 import (
 	"encoding/binary"
 	"math"
+	"slices"
 )
 
 // MaxRecent is how many distinct recent items and categories a user keeps.
@@ -84,8 +85,15 @@ type ItemRecord struct {
 	Pop float64
 }
 
-// pushRecent records id at ts in a newest-first list of distinct ids.
+// pushRecent records id at ts in a newest-first list of distinct ids, at
+// most MaxRecent long.
 func pushRecent(list []Recent, id string, ts int64) []Recent {
+	return pushRecentN(list, id, ts, MaxRecent)
+}
+
+// pushRecentN records id at ts in a newest-first list of distinct ids, at
+// most capN long. An empty id is not recorded.
+func pushRecentN(list []Recent, id string, ts int64, capN int) []Recent {
 	if id == "" {
 		return list
 	}
@@ -105,14 +113,12 @@ func pushRecent(list []Recent, id string, ts int64) []Recent {
 			break
 		}
 	}
-	if pos >= MaxRecent {
+	if pos >= capN {
 		return list
 	}
-	list = append(list, Recent{})
-	copy(list[pos+1:], list[pos:])
-	list[pos] = Recent{ID: id, TS: ts}
-	if len(list) > MaxRecent {
-		list = list[:MaxRecent]
+	list = slices.Insert(list, pos, Recent{ID: id, TS: ts})
+	if len(list) > capN {
+		list = list[:capN]
 	}
 	return list
 }
