@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bufio"
-	"compress/gzip"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -19,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/streamrec/recsys/featurestore"
+	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
 	"github.com/streamrec/recsys/updater"
 )
 
@@ -165,45 +164,26 @@ type targetResult struct {
 type collector struct{ results []targetResult }
 
 func loadTaobao(path string, sample float64) ([]featurestore.Event, int, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, 0, err
-	}
-	defer f.Close()
-	var r io.Reader = f
-	if strings.HasSuffix(path, ".gz") {
-		gz, err := gzip.NewReader(f)
-		if err != nil {
-			return nil, 0, fmt.Errorf("%s: %w", path, err)
-		}
-		defer gz.Close()
-		r = gz
-	}
-	sc := bufio.NewScanner(r)
 	var evs []featurestore.Event
 	rejected := 0
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.TrimSpace(line) == "" {
-			continue
-		}
-		pev, ferr := updater.DecodeTaobaoCSV(line)
+	err := readEvents(path, "taobao", io.Discard, func(pev *recsysv1.Event, ferr *updater.FieldError) error {
 		if ferr != nil {
 			rejected++
-			continue
+			return nil
 		}
 		ev, ferr := updater.Normalize(pev, time.UnixMilli(pev.Ts), 0)
 		if ferr != nil {
 			rejected++
-			continue
+			return nil
 		}
 		if sample < 1 && float64(hash32(ev.UserID))/float64(1<<32) >= sample {
-			continue
+			return nil
 		}
 		evs = append(evs, ev)
-	}
-	if err := sc.Err(); err != nil {
-		return nil, 0, fmt.Errorf("%s: %w", path, err)
+		return nil
+	})
+	if err != nil {
+		return nil, 0, err
 	}
 	slices.SortStableFunc(evs, func(a, b featurestore.Event) int {
 		switch {
