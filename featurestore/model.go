@@ -466,19 +466,14 @@ func (s *Store) loadModels() error {
 		}
 	}
 	m.setPublished(&m.meta.Ranker)
-	iter, err := s.db.NewIter(&pebble.IterOptions{LowerBound: prefixItemModel, UpperBound: prefixEnd(prefixItemModel)})
-	if err != nil {
-		return err
-	}
 	var im itemModel
-	for iter.First(); iter.Valid(); iter.Next() {
-		if err := im.decode(iter.Value()); err != nil {
-			_ = iter.Close()
-			return fmt.Errorf("item model %q: %w", iter.Key(), err)
+	return s.scanPrefix(prefixItemModel, func(id string, v []byte) error {
+		if err := im.decode(v); err != nil {
+			return fmt.Errorf("item model %q: %w", id, err)
 		}
-		m.setVec(string(iter.Key()[len(prefixItemModel):]), im.Seq, im.Vec)
-	}
-	return errors.Join(iter.Error(), iter.Close())
+		m.setVec(id, im.Seq, im.Vec)
+		return nil
+	})
 }
 
 func (m *models) setPublished(r *rankerState) {
@@ -566,33 +561,42 @@ func (s *Store) userModelFor(mb *modelBatch, id string) (*userModel, error) {
 	}
 	u, ok := s.models.users.Get(id)
 	if !ok {
-		u = new(userModel)
-		if v, found, err := s.get(userModelKey(id)); err != nil {
+		var err error
+		if u, _, err = s.readUserModel(id); err != nil {
 			return nil, err
-		} else if found {
-			if err := u.decode(v); err != nil {
-				return nil, fmt.Errorf("user model %q: %w", id, err)
-			}
 		}
 	}
 	mb.users[id] = u
 	return u, nil
 }
 
+// itemModelFor returns item id's model as of the batch, creating it (with
+// the next creation sequence number) when the item has none.
 func (s *Store) itemModelFor(mb *modelBatch, id string) (*itemModel, error) {
+	return s.loadItemModel(mb, id, true)
+}
+
+// existingItemModel is itemModelFor for an item that must already have a
+// model: nil when it has none (it expired), without creating one.
+func (s *Store) existingItemModel(mb *modelBatch, id string) (*itemModel, error) {
+	return s.loadItemModel(mb, id, false)
+}
+
+func (s *Store) loadItemModel(mb *modelBatch, id string, create bool) (*itemModel, error) {
 	if it, ok := mb.items[id]; ok {
 		return it, nil
 	}
 	it, ok := s.models.items.Get(id)
 	if !ok {
-		it = new(itemModel)
-		if v, found, err := s.get(itemModelKey(id)); err != nil {
+		var found bool
+		var err error
+		if it, found, err = s.readItemModel(id); err != nil {
 			return nil, err
-		} else if found {
-			if err := it.decode(v); err != nil {
-				return nil, fmt.Errorf("item model %q: %w", id, err)
+		}
+		if !found {
+			if !create {
+				return nil, nil
 			}
-		} else {
 			it.Seq = mb.meta.Items
 			mb.meta.Items++
 			mb.newSeq[it.Seq] = id
@@ -602,33 +606,15 @@ func (s *Store) itemModelFor(mb *modelBatch, id string) (*itemModel, error) {
 	return it, nil
 }
 
-// existingItemModel is itemModelFor for an item that must already have a
-// model: nil when it has none (it expired), without creating one.
-func (s *Store) existingItemModel(mb *modelBatch, id string) (*itemModel, error) {
-	if it, ok := mb.items[id]; ok {
-		return it, nil
-	}
-	if _, ok := s.models.items.Get(id); !ok {
-		if found, err := s.has(itemModelKey(id)); err != nil || !found {
-			return nil, err
-		}
-	}
-	return s.itemModelFor(mb, id)
-}
-
 func (s *Store) neighborsFor(mb *modelBatch, id string) (*neighborRecord, error) {
 	if r, ok := mb.neighbors[id]; ok {
 		return r, nil
 	}
 	r, ok := s.models.neighbors.Get(id)
 	if !ok {
-		r = &neighborRecord{LogMass: math.Inf(-1)}
-		if v, found, err := s.get(neighborKey(id)); err != nil {
+		var err error
+		if r, err = s.readNeighbors(id); err != nil {
 			return nil, err
-		} else if found {
-			if err := r.decode(v); err != nil {
-				return nil, fmt.Errorf("neighbours of %q: %w", id, err)
-			}
 		}
 	}
 	mb.neighbors[id] = r

@@ -972,7 +972,7 @@ func TestModelFreeze(t *testing.T) {
 	}
 	// Histories moved: u0's newest history item is newitem, fresh has one.
 	for user, want := range map[string][]string{"u0": {"newitem"}, "fresh": {"i1", "newitem"}} {
-		um, err := s.readUserModel(user)
+		um, _, err := s.readUserModel(user)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -1032,7 +1032,7 @@ func TestModelRecommend(t *testing.T) {
 		evs = append(evs, ev(fmt.Sprint("w", i+2), "w", item, cats[item], BehaviorView, ts+int64(i+1)*minute))
 	}
 	applyAll(t, s, evs...)
-	if um, err := s.readUserModel("w"); err != nil || slices.ContainsFunc(um.History, func(h histEntry) bool { return h.Item == "A" }) {
+	if um, _, err := s.readUserModel("w"); err != nil || slices.ContainsFunc(um.History, func(h histEntry) bool { return h.Item == "A" }) {
 		t.Fatalf("w's history = %+v, %v; the test needs A pushed out", um, err)
 	}
 

@@ -36,41 +36,49 @@ type Recommendation struct {
 	Reason string
 }
 
-// readNeighbors returns the committed neighbour record of item id.
+// readModel decodes the committed record at key into rec and reports
+// whether there was one; what names the record in errors.
+func readModel[T interface{ decode([]byte) error }](s *Store, key []byte, what, id string, rec T) (bool, error) {
+	v, ok, err := s.get(key)
+	if err != nil || !ok {
+		return false, err
+	}
+	if err := rec.decode(v); err != nil {
+		return false, fmt.Errorf("%s %q: %w", what, id, err)
+	}
+	return true, nil
+}
+
+// readNeighbors returns the committed neighbour record of item id (empty
+// when it has none).
 func (s *Store) readNeighbors(id string) (*neighborRecord, error) {
 	r := &neighborRecord{LogMass: math.Inf(-1)}
-	v, ok, err := s.get(neighborKey(id))
-	if err != nil || !ok {
-		return r, err
-	}
-	if err := r.decode(v); err != nil {
-		return nil, fmt.Errorf("neighbours of %q: %w", id, err)
+	if _, err := readModel(s, neighborKey(id), "neighbours of", id, r); err != nil {
+		return nil, err
 	}
 	return r, nil
 }
 
-func (s *Store) readUserModel(id string) (*userModel, error) {
+// readUserModel returns the committed model of user id and whether it has
+// one (an empty model otherwise).
+func (s *Store) readUserModel(id string) (*userModel, bool, error) {
 	u := new(userModel)
-	v, ok, err := s.get(userModelKey(id))
-	if err != nil || !ok {
-		return u, err
+	found, err := readModel(s, userModelKey(id), "user model", id, u)
+	if err != nil {
+		return nil, false, err
 	}
-	if err := u.decode(v); err != nil {
-		return nil, fmt.Errorf("user model %q: %w", id, err)
-	}
-	return u, nil
+	return u, found, nil
 }
 
-func (s *Store) readItemModel(id string) (*itemModel, error) {
+// readItemModel returns the committed model of item id and whether it has
+// one (an empty model otherwise).
+func (s *Store) readItemModel(id string) (*itemModel, bool, error) {
 	it := new(itemModel)
-	v, ok, err := s.get(itemModelKey(id))
-	if err != nil || !ok {
-		return it, err
+	found, err := readModel(s, itemModelKey(id), "item model", id, it)
+	if err != nil {
+		return nil, false, err
 	}
-	if err := it.decode(v); err != nil {
-		return nil, fmt.Errorf("item model %q: %w", id, err)
-	}
-	return it, nil
+	return it, found, nil
 }
 
 // ModelVersion names the served model: the published ranker version.
@@ -110,7 +118,7 @@ func (s *Store) Recommend(user string, o RecommendOptions) ([]Recommendation, er
 	if err != nil {
 		return nil, err
 	}
-	um, err := s.readUserModel(user)
+	um, _, err := s.readUserModel(user)
 	if err != nil {
 		return nil, err
 	}
@@ -498,7 +506,7 @@ func (s *Store) similarUsers(user string, um *userModel, k int) ([]SimilarUser, 
 		if i == historyForScoring {
 			break
 		}
-		im, err := s.readItemModel(h.Item)
+		im, _, err := s.readItemModel(h.Item)
 		if err != nil {
 			return nil, err
 		}
@@ -524,7 +532,7 @@ func (s *Store) SimilarUsers(user string, k int) ([]SimilarUser, error) {
 		return nil, err
 	}
 	defer s.release()
-	um, err := s.readUserModel(user)
+	um, _, err := s.readUserModel(user)
 	if err != nil {
 		return nil, err
 	}
@@ -544,7 +552,7 @@ func (s *Store) userToUser(user string, um *userModel, k int) ([]candidate, erro
 	}
 	scores := make(map[string]*acc)
 	for _, su := range sims {
-		vm, err := s.readUserModel(su.UserID)
+		vm, _, err := s.readUserModel(su.UserID)
 		if err != nil {
 			return nil, err
 		}
