@@ -189,7 +189,7 @@ func (s *Store) Recommend(user string, o RecommendOptions) ([]Recommendation, er
 			return nil, err
 		}
 		for _, c := range cands {
-			out = append(out, Recommendation{ItemID: c.ItemID, Score: c.Score, Reason: popularReason(o.Category)})
+			out = append(out, Recommendation{ItemID: c.ItemID, Score: c.Score, Reason: PopularReason(o.Category)})
 		}
 	case MethodRecentPopular:
 		cands, err := s.TopItems(o.Category, now, 3_600_000, margin, true, 0)
@@ -240,7 +240,9 @@ func (s *Store) Recommend(user string, o RecommendOptions) ([]Recommendation, er
 	return out, nil
 }
 
-func popularReason(category string) string {
+// PopularReason is the reason given for a popular item of category (""
+// for all items).
+func PopularReason(category string) string {
 	if category != "" {
 		return "popular in category " + category
 	}
@@ -370,7 +372,7 @@ func (s *Store) recommendFull(user string, o RecommendOptions, ctx *rankContext,
 			return nil, err
 		}
 		for _, c := range fill {
-			out = append(out, Recommendation{ItemID: c.ItemID, Score: 0, Reason: popularReason(o.Category)})
+			out = append(out, Recommendation{ItemID: c.ItemID, Score: 0, Reason: PopularReason(o.Category)})
 		}
 	}
 	return out, nil
@@ -674,7 +676,7 @@ func (s *Store) SimilarItems(item string, k int) ([]Recommendation, error) {
 				return nil, err
 			}
 			for _, c := range pop {
-				out = append(out, Recommendation{ItemID: c.ItemID, Score: 0, Reason: popularReason(cat)})
+				out = append(out, Recommendation{ItemID: c.ItemID, Score: 0, Reason: PopularReason(cat)})
 				taken[c.ItemID] = true
 			}
 		}

@@ -41,10 +41,7 @@ func (r *recommender) popular(category string, k int, skip func(string) bool) ([
 	if err != nil {
 		return nil, err
 	}
-	reason := "popular now"
-	if category != "" {
-		reason = "popular in category " + category
-	}
+	reason := featurestore.PopularReason(category)
 	out := make([]*recsysv1.ScoredItem, len(cands))
 	for i, c := range cands {
 		out[i] = &recsysv1.ScoredItem{ItemId: c.ItemID, Score: c.Score, Reason: reason}
