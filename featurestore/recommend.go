@@ -122,9 +122,14 @@ func (s *Store) Recommend(user string, o RecommendOptions) ([]Recommendation, er
 	if err != nil {
 		return nil, err
 	}
-	ctx, err := s.rankContextAt(nil, um, &urec, now, true)
-	if err != nil {
-		return nil, err
+	// Only the methods that score by similarity to the history read the
+	// history's neighbour lists; the others need the history alone (for
+	// the purchase filter).
+	ctx := &rankContext{now: now, user: &urec, model: um}
+	if o.Method == MethodFull || o.Method == MethodItem2Item {
+		if ctx, err = s.rankContextAt(nil, um, &urec, now, true); err != nil {
+			return nil, err
+		}
 	}
 	seen := make(map[string]bool, len(urec.RecentItems)+len(um.History))
 	for _, h := range um.History {
