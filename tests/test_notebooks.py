@@ -92,7 +92,7 @@ def test_notebook(taobao_server, eval_json, notebook):
         assert isinstance(got["ranker_auc"], float) and 0.5 < got["ranker_auc"] <= 1, got
     elif name.startswith("03_"):
         assert got["users"] == 3 and got["recs"] == 24
-        assert got["methods"] == sorted(["popular", "recent_popular", "item2item", "mf", "full", "full_frozen"])
+        assert got["methods"] == sorted(["popular", "recent_popular", "item2item", "mf", "recent", "itemknn", "als", "full", "full_frozen"])
         assert got["days"] >= 2
     else:
         pytest.fail(f"no assertions for {name}")

@@ -1,0 +1,494 @@
+package eval
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/streamrec/recsys/featurestore"
+)
+
+// The methods, in report order. The store's methods are its single
+// candidate sources and the full system; the baselines are computed here
+// from the evaluation's own exact histories.
+const (
+	MethodPopular       = featurestore.MethodPopular
+	MethodRecentPopular = featurestore.MethodRecentPopular
+	MethodItem2Item     = featurestore.MethodItem2Item
+	MethodMF            = featurestore.MethodMF
+	MethodRecent        = "recent"  // the user's own items, newest first (re-engagement only)
+	MethodItemKNN       = "itemknn" // item-kNN cosine, rebuilt every Rebuild of event time
+	MethodALS           = "als"     // implicit ALS, rebuilt every Rebuild, users folded in
+	MethodFull          = featurestore.MethodFull
+	MethodFullFrozen    = "full_frozen" // full with the models frozen at the end of the warm-up
+)
+
+// Methods lists every method in report order.
+var Methods = []string{MethodPopular, MethodRecentPopular, MethodItem2Item, MethodMF,
+	MethodRecent, MethodItemKNN, MethodALS, MethodFull, MethodFullFrozen}
+
+// isStoreMethod reports whether the method asks a store.
+func isStoreMethod(m string) bool {
+	return m != MethodRecent && m != MethodItemKNN && m != MethodALS
+}
+
+// Options configure a run.
+type Options struct {
+	// Warmup is the share of the time span (0.1% to 99.9% quantile of
+	// event times) ingested before evaluation starts, in [0, 1).
+	Warmup float64
+	// Ks are the list lengths reported, ascending; the first is the one
+	// of the paired differences and the per-day figures.
+	Ks []int
+	// ViewSample is the share of view events evaluated as view targets.
+	ViewSample float64
+	// Bootstrap is the number of resamples of the 95% intervals.
+	Bootstrap int
+	// Seed seeds the view sample and the bootstrap.
+	Seed uint64
+	// Methods are the methods evaluated (nil: all), in any order.
+	Methods []string
+	// Models configure the stores' models.
+	Models featurestore.ModelOptions
+	// Baselines configure recent, itemknn and als.
+	Baselines BaselineOptions
+	// Dir is where the temporary stores go ("" for the system's temp dir).
+	Dir string
+	// Logger receives the stores' logs (nil: discarded).
+	Logger *slog.Logger
+	// Progress, if set, is called every few hundred events with the
+	// events done and the total.
+	Progress func(done, total int)
+}
+
+// Validate checks the options; errors name the field as the CLI flag.
+func (o *Options) Validate() error {
+	if o.Warmup < 0 || o.Warmup >= 1 || math.IsNaN(o.Warmup) {
+		return fmt.Errorf("warmup: %v is not in [0, 1)", o.Warmup)
+	}
+	if len(o.Ks) == 0 {
+		return errors.New("k: at least one list length is needed")
+	}
+	for _, k := range o.Ks {
+		if k <= 0 || k > 1000 {
+			return fmt.Errorf("k: %d is not a whole number in [1, 1000]", k)
+		}
+	}
+	if o.ViewSample < 0 || o.ViewSample > 1 || math.IsNaN(o.ViewSample) {
+		return fmt.Errorf("view-sample: %v is not in [0, 1]", o.ViewSample)
+	}
+	if o.Bootstrap < 0 || o.Bootstrap > 100000 {
+		return fmt.Errorf("bootstrap: %d is not in [0, 100000]", o.Bootstrap)
+	}
+	for _, m := range o.Methods {
+		if !slices.Contains(Methods, m) {
+			return fmt.Errorf("methods: %q is not a method (%s)", m, strings.Join(Methods, ", "))
+		}
+	}
+	return nil
+}
+
+// Report is the result of a run. Its JSON form is `recsys eval --json`.
+type Report struct {
+	Discovery    *VariantReport `json:"discovery"`
+	Reengagement *VariantReport `json:"reengagement"`
+	Views        struct {
+		Discovery    *VariantReport `json:"discovery"`
+		Reengagement *VariantReport `json:"reengagement"`
+	} `json:"views"`
+	Events    int     `json:"events"`
+	Users     int     `json:"users"`
+	Items     int     `json:"items"`
+	WarmupEnd string  `json:"warmup_end"`
+	Seconds   float64 `json:"seconds"`
+	// RankerAUC is the online ranker's rolling AUC at the end of the
+	// replay; null when its window lacks either class (or no store ran).
+	RankerAUC     *float64 `json:"ranker_auc"`
+	RankerLogLoss *float64 `json:"ranker_log_loss"`
+	// RankerWeights are the published ranker weights at the end.
+	RankerWeights map[string]float64 `json:"ranker_weights"`
+	// Baselines are the hyperparameters the baselines ran with.
+	Baselines BaselineReport `json:"baselines"`
+}
+
+// BaselineReport is BaselineOptions in JSON.
+type BaselineReport struct {
+	RebuildHours  float64 `json:"rebuild_hours"`
+	History       int     `json:"history"`
+	KNNNeighbors  int     `json:"knn_neighbors"`
+	ALSFactors    int     `json:"als_factors"`
+	ALSIterations int     `json:"als_iterations"`
+	ALSReg        float64 `json:"als_reg"`
+	ALSAlpha      float64 `json:"als_alpha"`
+	ALSCGSteps    int     `json:"als_cg_steps"`
+	Builds        int     `json:"builds"`
+}
+
+// Run replays evs (sorted by event time; see SortByTime) through a live
+// store, a store whose models freeze after the warm-up, and the baselines,
+// asking before each target event is ingested for the user's top K under
+// every method.
+func Run(ctx context.Context, evs []featurestore.Event, o Options) (*Report, error) {
+	start := time.Now()
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	if len(evs) == 0 {
+		return nil, errors.New("eval: no events")
+	}
+	o.Baselines.EnsureDefaults()
+	ks := slices.Clone(o.Ks)
+	slices.Sort(ks)
+	ks = slices.Compact(ks)
+	maxK := ks[len(ks)-1]
+	methods := Methods
+	if o.Methods != nil {
+		methods = nil
+		for _, m := range Methods {
+			if slices.Contains(o.Methods, m) {
+				methods = append(methods, m)
+			}
+		}
+	}
+	r := &runner{o: &o, maxK: maxK, methods: methods, hist: newHistories(),
+		knn: &itemKNN{o: &o.Baselines}, als: &als{o: &o.Baselines}}
+	for _, m := range methods {
+		if m != MethodRecent {
+			r.discMethods = append(r.discMethods, m)
+		}
+		switch m {
+		case MethodItemKNN, MethodALS:
+			r.needBuild = true
+		case MethodFullFrozen:
+			r.needFrozen = true
+		}
+		if isStoreMethod(m) {
+			r.needLive = true
+		}
+	}
+	if err := r.openStores(); err != nil {
+		return nil, err
+	}
+	defer r.close()
+
+	// The time span runs from the 0.1% to the 99.9% quantile of event
+	// times, so that a few stray timestamps (the Taobao sample has events
+	// weeks before its nine days) do not move the end of the warm-up.
+	first, last := evs[len(evs)/1000].TS, evs[len(evs)-1-len(evs)/1000].TS
+	warmEnd := first + int64(o.Warmup*float64(last-first))
+	rng := rand.New(rand.NewPCG(o.Seed, 0x5eed))
+	users := make(map[string]bool)
+	var disc, reng, vdisc, vreng []targetResult
+	isFrozen := false
+	for i := range evs {
+		ev := &evs[i]
+		users[ev.UserID] = true
+		if ev.TS >= warmEnd {
+			if !isFrozen {
+				if err := r.flush(); err != nil {
+					return nil, err
+				}
+				if r.frozen != nil {
+					r.frozen.FreezeModels(true)
+				}
+				isFrozen = true
+			}
+			target := ev.Behavior != featurestore.BehaviorView
+			view := !target && rng.Float64() < o.ViewSample
+			if target || view {
+				if err := r.flush(); err != nil {
+					return nil, err
+				}
+				d, rr, err := r.rank(ev)
+				if err != nil {
+					return nil, err
+				}
+				day := time.UnixMilli(ev.TS).UTC().Format("2006-01-02")
+				dc, rc := &disc, &reng
+				if view {
+					dc, rc = &vdisc, &vreng
+				}
+				if d != nil {
+					*dc = append(*dc, targetResult{day, d})
+				}
+				*rc = append(*rc, targetResult{day, rr})
+			}
+		}
+		if err := r.ingest(ev); err != nil {
+			return nil, err
+		}
+		if i%512 == 511 {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			if o.Progress != nil {
+				o.Progress(i+1, len(evs))
+			}
+		}
+	}
+	if err := r.flush(); err != nil {
+		return nil, err
+	}
+	if o.Progress != nil {
+		o.Progress(len(evs), len(evs))
+	}
+	rep := &Report{Events: len(evs), Users: len(users), Items: len(r.hist.names),
+		WarmupEnd: time.UnixMilli(warmEnd).UTC().Format(time.RFC3339)}
+	bs := rand.New(rand.NewPCG(o.Seed, 0xb007))
+	rep.Discovery = summarize(disc, r.discMethods, ks, o.Bootstrap, bs)
+	rep.Reengagement = summarize(reng, methods, ks, o.Bootstrap, bs)
+	rep.Views.Discovery = summarize(vdisc, r.discMethods, ks, o.Bootstrap, bs)
+	rep.Views.Reengagement = summarize(vreng, methods, ks, o.Bootstrap, bs)
+	b := o.Baselines
+	rep.Baselines = BaselineReport{RebuildHours: b.Rebuild.Hours(), History: b.History, KNNNeighbors: b.KNNNeighbors,
+		ALSFactors: b.ALSFactors, ALSIterations: b.ALSIterations, ALSReg: b.ALSReg, ALSAlpha: b.ALSAlpha,
+		ALSCGSteps: b.ALSCGSteps, Builds: r.builds}
+	rep.RankerWeights = map[string]float64{}
+	if r.live != nil {
+		ms, err := r.live.Models()
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range ms {
+			if m.Name == "ranker" {
+				rep.RankerAUC, rep.RankerLogLoss = finiteOrNil(m.AUC), finiteOrNil(m.LogLoss)
+			}
+		}
+		names, weights, _ := r.live.RankerWeights()
+		for i, n := range names {
+			if i < len(weights) {
+				rep.RankerWeights[n] = weights[i]
+			}
+		}
+	}
+	rep.Seconds = time.Since(start).Seconds()
+	return rep, nil
+}
+
+// SortByTime sorts events by event time, keeping the file order of equal
+// times.
+func SortByTime(evs []featurestore.Event) {
+	slices.SortStableFunc(evs, func(a, b featurestore.Event) int {
+		switch {
+		case a.TS < b.TS:
+			return -1
+		case a.TS > b.TS:
+			return 1
+		}
+		return 0
+	})
+}
+
+// targetResult is the rank (1-based, 0 = not in the list) of the target
+// under each method of its variant.
+type targetResult struct {
+	day   string
+	ranks []int
+}
+
+type runner struct {
+	o           *Options
+	maxK        int
+	methods     []string // re-engagement, in report order
+	discMethods []string // discovery: without recent
+	needLive    bool
+	needFrozen  bool
+	needBuild   bool
+	tmp         string
+	live        *featurestore.Store
+	frozen      *featurestore.Store
+	pending     []featurestore.Entry
+	off         uint64
+	hist        *histories
+	seen        map[string]map[string]bool
+	knn         *itemKNN
+	als         *als
+	lastBuild   int64
+	builds      int
+}
+
+func (r *runner) openStores() error {
+	r.seen = make(map[string]map[string]bool)
+	if !r.needLive && !r.needFrozen {
+		return nil
+	}
+	tmp, err := os.MkdirTemp(r.o.Dir, "recsys-eval-")
+	if err != nil {
+		return fmt.Errorf("eval: %w", err)
+	}
+	r.tmp = tmp
+	logger := r.o.Logger
+	if logger == nil {
+		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	open := func(name string) (*featurestore.Store, error) {
+		return featurestore.Open(filepath.Join(tmp, name), featurestore.Options{Logger: logger, Clock: "event", CacheBytes: 64 << 20, Models: r.o.Models})
+	}
+	if r.live, err = open("live"); err != nil {
+		return err
+	}
+	if r.needFrozen {
+		if r.frozen, err = open("frozen"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *runner) close() {
+	for _, st := range []*featurestore.Store{r.live, r.frozen} {
+		if st != nil {
+			st.Close()
+		}
+	}
+	if r.tmp != "" {
+		os.RemoveAll(r.tmp)
+	}
+}
+
+func (r *runner) stores() []*featurestore.Store {
+	var out []*featurestore.Store
+	for _, st := range []*featurestore.Store{r.live, r.frozen} {
+		if st != nil {
+			out = append(out, st)
+		}
+	}
+	return out
+}
+
+func (r *runner) flush() error {
+	if len(r.pending) == 0 {
+		return nil
+	}
+	for _, st := range r.stores() {
+		if _, err := st.Apply(r.off, r.pending); err != nil {
+			return err
+		}
+	}
+	r.pending = r.pending[:0]
+	return nil
+}
+
+func (r *runner) ingest(ev *featurestore.Event) error {
+	r.hist.add(ev)
+	mine := r.seen[ev.UserID]
+	if mine == nil {
+		mine = make(map[string]bool)
+		r.seen[ev.UserID] = mine
+	}
+	mine[ev.ItemID] = true
+	if r.live == nil {
+		return nil
+	}
+	r.pending = append(r.pending, featurestore.Entry{Offset: r.off, Event: *ev})
+	r.off++
+	if len(r.pending) >= 4096 {
+		return r.flush()
+	}
+	return nil
+}
+
+// rank asks every method for the user's top K and returns the target's
+// rank per discovery method (nil when the user had already touched the
+// item: no discovery target) and per re-engagement method.
+func (r *runner) rank(ev *featurestore.Event) (disc, reng []int, err error) {
+	mine := r.seen[ev.UserID]
+	isDisc := !mine[ev.ItemID]
+	if r.needBuild && (r.builds == 0 || ev.TS >= r.lastBuild+r.o.Baselines.Rebuild.Milliseconds()) {
+		r.knn.build(r.hist)
+		r.als.build(r.hist)
+		r.lastBuild = ev.TS
+		r.builds++
+	}
+	u := r.hist.users[ev.UserID]
+	target, known := r.hist.itemIDs[ev.ItemID]
+	rankOf := func(list []int32) int {
+		if !known {
+			return 0
+		}
+		if i := slices.Index(list, target); i >= 0 {
+			return i + 1
+		}
+		return 0
+	}
+	seenItem := func(it int32) bool {
+		_, ok := u.pos[it]
+		return ok
+	}
+	for _, m := range r.methods {
+		var d, g int // discovery and re-engagement ranks
+		switch m {
+		case MethodRecent:
+			if u != nil {
+				var list []int32
+				for _, it := range u.newest(r.maxK) {
+					list = append(list, it.item)
+				}
+				g = rankOf(list)
+			}
+		case MethodItemKNN, MethodALS:
+			if u != nil {
+				var sc []scoredItem
+				if m == MethodItemKNN {
+					sc = r.knn.scores(u, len(r.hist.names))
+				} else {
+					sc = r.als.scores(u)
+				}
+				g = rankOf(topK(sc, r.maxK, nil))
+				if isDisc {
+					d = rankOf(topK(sc, r.maxK, seenItem))
+				}
+			}
+		default:
+			st, method := r.live, m
+			if m == MethodFullFrozen {
+				st, method = r.frozen, MethodFull
+			}
+			ask := func(exclude map[string]bool) (int, error) {
+				recs, err := st.Recommend(ev.UserID, featurestore.RecommendOptions{K: r.maxK, Exclude: exclude, ExcludeSeen: exclude != nil, Method: method})
+				if err != nil {
+					return 0, fmt.Errorf("eval: %s for user %s: %w", m, ev.UserID, err)
+				}
+				for i, rec := range recs {
+					if rec.ItemID == ev.ItemID {
+						return i + 1, nil
+					}
+				}
+				return 0, nil
+			}
+			if isDisc {
+				if d, err = ask(mine); err != nil {
+					return nil, nil, err
+				}
+			}
+			if g, err = ask(nil); err != nil {
+				return nil, nil, err
+			}
+		}
+		if m != MethodRecent {
+			disc = append(disc, d)
+		}
+		reng = append(reng, g)
+	}
+	if !isDisc {
+		disc = nil
+	}
+	return disc, reng, nil
+}
+
+// finiteOrNil is f, or nil when f is NaN or infinite (JSON has neither).
+func finiteOrNil(f float64) *float64 {
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return nil
+	}
+	return &f
+}
