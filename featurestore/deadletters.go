@@ -26,7 +26,17 @@ func deadKey(received int64, seq uint64) []byte {
 	return binary.BigEndian.AppendUint64(k, seq)
 }
 
-// AddDeadLetters stores recs, received at the given time (Unix ms).
+// logDeadLetterBit marks the sequence numbers of the embedded log's dead
+// letters (their log offsets) apart from those of AddDeadLetters (a
+// counter) and of Kafka mode (2^63 | partition<<40 | offset).
+const logDeadLetterBit = 1 << 62
+
+// LogDeadLetterSeq is the sequence number of the dead letter at log
+// offset off (see ApplyLog).
+func LogDeadLetterSeq(off uint64) uint64 { return logDeadLetterBit | off }
+
+// AddDeadLetters stores recs, received at the given time (Unix ms). (The
+// embedded log's dead letters go through the log and ApplyLog instead.)
 func (s *Store) AddDeadLetters(received int64, recs [][]byte) error {
 	if len(recs) == 0 {
 		return nil
@@ -42,7 +52,7 @@ func (s *Store) AddDeadLetters(received int64, recs [][]byte) error {
 			return err
 		}
 	}
-	if err := b.Commit(pebble.NoSync); err != nil {
+	if err := s.plog.Guard(func() error { return b.Commit(pebble.NoSync) }); err != nil {
 		return fmt.Errorf("add dead letters: %w", err)
 	}
 	s.deadCount.Add(int64(len(recs)))

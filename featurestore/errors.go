@@ -11,4 +11,8 @@ var (
 	ErrUnknownFeature = errors.New("featurestore: unknown feature")
 	// ErrCorrupt is returned when a stored record cannot be decoded.
 	ErrCorrupt = errors.New("featurestore: corrupt record")
+	// ErrStorage is returned once Pebble failed to write (a failed WAL
+	// write or sync, a full disk): the instance refuses writes until the
+	// process restarts and recovers from what was synced.
+	ErrStorage = errors.New("featurestore: storage failed")
 )

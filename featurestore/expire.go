@@ -103,7 +103,7 @@ func (s *Store) Expire(now int64) (ExpireStats, error) {
 	if err := b.Set([]byte(keyStats), encodeStats(&st), nil); err != nil {
 		return es, err
 	}
-	if err := b.Commit(pebble.NoSync); err != nil {
+	if err := s.plog.Guard(func() error { return b.Commit(pebble.NoSync) }); err != nil {
 		return es, fmt.Errorf("expire: %w", err)
 	}
 	s.mu.Lock()

@@ -1271,7 +1271,7 @@ func TestModelMetaDecodeRejectsBadPositions(t *testing.T) {
 		// panics once the ring (or window) is full.
 		fs := vfs.NewMem()
 		s := openModelStore(t, fs, "db", ModelOptions{RankerWindow: 4})
-		if err := s.db.Set([]byte(keyModels), m.appendTo(nil), pebble.Sync); err != nil {
+		if err := s.db.Set([]byte(keyModels), m.appendTo(nil), pebble.NoSync); err != nil {
 			t.Fatal(err)
 		}
 		if err := s.Close(); err != nil {

@@ -25,6 +25,9 @@ type Extra struct {
 	// own (Received, Seq): a source that derives them from the record's
 	// position writes the same key when it re-reads a record.
 	DeadLetters []DeadLetter
+	// embedded marks the extra of the embedded log's own dead letters
+	// (ApplyLog): the entries keep the log's offsets.
+	embedded bool
 }
 
 // KV is one meta key and its value.

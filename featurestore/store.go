@@ -47,6 +47,11 @@ type Options struct {
 	RecordCacheEntries int
 	// Models are the hyperparameters of the incremental models.
 	Models ModelOptions
+	// FlushWait bounds the wait for a flush of the memtables (Flush,
+	// Checkpoint, Close): a disk that fails or is full makes Pebble retry
+	// the flush in the background, and waiting on stops at this. Default
+	// 10s.
+	FlushWait time.Duration
 }
 
 // EnsureDefaults fills in zero fields with their defaults.
@@ -78,6 +83,9 @@ func (o *Options) EnsureDefaults() {
 	if o.RecordCacheEntries <= 0 {
 		o.RecordCacheEntries = 128 << 10
 	}
+	if o.FlushWait <= 0 {
+		o.FlushWait = 10 * time.Second
+	}
 	o.Models.EnsureDefaults()
 }
 
@@ -95,6 +103,7 @@ type Stats struct {
 // goroutine at a time; reads are safe from any goroutine.
 type Store struct {
 	db        *pebble.DB
+	plog      *PebbleLog // Pebble's logger; Failed after a fatal storage error
 	cache     interface{ Unref() }
 	halfMS    float64 // popularity half-life, ms
 	affHalfMS float64 // category affinity half-life, ms
@@ -114,7 +123,8 @@ type Store struct {
 		ops    sync.WaitGroup
 	}
 
-	applyMu sync.Mutex // serializes Apply; guards the record caches
+	applyMu   sync.Mutex // serializes Apply; guards the record caches and lastFlush
+	lastFlush time.Time  // start of the last periodic flush (maybeFlush)
 	// The caches hold the newest committed record of hot entities so that
 	// Apply need not read them back from Pebble. Only Apply touches them.
 	users *lru.Cache[string, *UserRecord]
@@ -143,13 +153,22 @@ type Store struct {
 func Open(dir string, opts Options) (*Store, error) {
 	opts.EnsureDefaults()
 	cache := pebble.NewCache(opts.CacheBytes)
+	plog := NewPebbleLog(opts.Logger.With("component", "pebble"))
 	popts := &pebble.Options{
 		FS:                 opts.FS,
 		Cache:              cache,
 		FormatMajorVersion: pebble.FormatNewest,
-		Logger:             pebbleLogger{opts.Logger.With("component", "pebble")},
+		Logger:             plog,
 		Merger:             merger,
 		MemTableSize:       32 << 20,
+		// The state has no write-ahead log: it is derived from the event
+		// log (or the Kafka topic), which is the durable copy, and its
+		// applied offset lives in the same instance. Memtable flushes are
+		// its checkpoints: after a crash the state is that of the last
+		// flush, consistent with its offset, and the rest is applied again.
+		// Without a WAL a failed write can only fail a flush (reported and
+		// retried) instead of killing the process inside Pebble.
+		DisableWAL: true,
 	}
 	// Bloom filters make the dedup check of a new event id (a miss) cheap.
 	for i := range popts.Levels {
@@ -166,7 +185,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open store %s: clock %q is neither wall nor event", dir, opts.Clock)
 	}
 	s := &Store{
-		db: db, cache: cache, logger: opts.Logger, opts: opts, defs: opts.Definitions,
+		db: db, cache: cache, plog: plog, logger: opts.Logger, opts: opts, defs: opts.Definitions,
 		halfMS:    float64(opts.PopularityHalfLife.Milliseconds()),
 		affHalfMS: float64(opts.Definitions.AffinityHalfLife.Milliseconds()),
 		weights:   opts.Definitions.BehaviorWeights,
@@ -217,6 +236,15 @@ func (s *Store) Close() error {
 	s.life.closed = true
 	s.life.Unlock()
 	s.life.ops.Wait()
+	// Without a WAL the memtables are lost on close unless flushed; a
+	// failed flush costs only a longer replay at the next open.
+	var ferr error
+	if s.plog.Failed() == nil {
+		ferr = s.flush()
+		if ferr != nil {
+			s.logger.Warn("cannot flush the state before closing; the log is applied again at the next start", "err", ferr)
+		}
+	}
 	err := s.db.Close()
 	s.cache.Unref()
 	return err
@@ -322,13 +350,44 @@ type ApplyResult struct {
 // applied. Entries below AppliedOffset are skipped, so re-applying a prefix
 // after a crash is harmless.
 func (s *Store) Apply(end uint64, entries []Entry) (ApplyResult, error) {
+	return s.ApplyLog(end, entries, nil)
+}
+
+// ApplyLog is Apply with the dead letters of the same run of log entries,
+// written in the same batch, each under its own key (Seq is
+// LogDeadLetterSeq of its log offset: re-applying the run after a crash
+// rewrites the same keys, and dead letters below the applied offset are
+// skipped like entries).
+func (s *Store) ApplyLog(end uint64, entries []Entry, dead []DeadLetter) (ApplyResult, error) {
 	s.applyMu.Lock()
 	defer s.applyMu.Unlock()
 	if err := s.acquire(); err != nil {
 		return ApplyResult{}, err
 	}
 	defer s.release()
-	res, err := s.apply(end, entries, nil)
+	var extra *Extra
+	var newDead int64
+	if len(dead) > 0 {
+		lo := s.Stats().AppliedOffset
+		extra = &Extra{embedded: true}
+		for _, d := range dead {
+			if d.Seq&^logDeadLetterBit < lo {
+				continue // applied before (a re-read prefix)
+			}
+			ok, err := s.has(deadKey(d.Received, d.Seq))
+			if err != nil {
+				return ApplyResult{}, fmt.Errorf("apply: %w", err)
+			}
+			if !ok {
+				newDead++
+			}
+			extra.DeadLetters = append(extra.DeadLetters, d)
+		}
+	}
+	res, err := s.apply(end, entries, extra)
+	if err == nil {
+		s.deadCount.Add(newDead)
+	}
 	if err != nil {
 		// Cached records may have been modified in place by the failed
 		// batch: they are ahead of Pebble now.
@@ -356,7 +415,7 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 		return ApplyResult{}, fmt.Errorf("apply: end %d is before the applied offset %d", end, st.AppliedOffset)
 	}
 	lo, hi := st.AppliedOffset, end // entries of the embedded log
-	if extra != nil {
+	if extra != nil && !extra.embedded {
 		lo, hi = 0, math.MaxUint64 // an outside source's offsets (ApplyWith)
 	}
 	for i := range entries {
@@ -484,7 +543,7 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 	}
 	// The log is the durable copy; state is rebuilt from it after a crash,
 	// so the state commit need not wait for fsync.
-	if err := b.Commit(pebble.NoSync); err != nil {
+	if err := s.plog.Guard(func() error { return b.Commit(pebble.NoSync) }); err != nil {
 		return ApplyResult{}, fmt.Errorf("apply: commit: %w", err)
 	}
 	for id, u := range users {
@@ -494,6 +553,7 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 		s.items.Add(id, it.rec)
 	}
 	s.commitModels(mb)
+	s.maybeFlush()
 	s.mu.Lock()
 	s.mu.stats = st
 	s.mu.Unlock()
@@ -590,14 +650,51 @@ func (s *Store) Now() int64 {
 	return s.opts.Now().UnixMilli()
 }
 
-// Flush writes the memtables to disk (for measuring disk use).
+// Flush writes the memtables to disk. A flush that has not finished
+// within flushWait (a failing or full disk: Pebble retries it in the
+// background) is an error.
 func (s *Store) Flush() error {
 	if err := s.acquire(); err != nil {
 		return err
 	}
 	defer s.release()
-	return s.db.Flush()
+	return s.flush()
 }
+
+func (s *Store) flush() error {
+	flushWait := s.opts.FlushWait
+	var done <-chan struct{}
+	if err := s.plog.Guard(func() (err error) { done, err = s.db.AsyncFlush(); return err }); err != nil {
+		return fmt.Errorf("flush state: %w", err)
+	}
+	select {
+	case <-done:
+		return nil
+	case <-time.After(flushWait):
+		return fmt.Errorf("flush state: not done after %s (is the disk full or failing?)", flushWait)
+	}
+}
+
+// flushEvery bounds how much applied state a crash can lose (and the log
+// must then apply again): the memtables are flushed at least this often
+// while batches are applied.
+const flushEvery = 30 * time.Second
+
+// maybeFlush starts a flush of the memtables when the last one is older
+// than flushEvery. Only Apply calls it (under applyMu).
+func (s *Store) maybeFlush() {
+	if time.Since(s.lastFlush) < flushEvery {
+		return
+	}
+	s.lastFlush = time.Now()
+	if err := s.plog.Guard(func() error { _, err := s.db.AsyncFlush(); return err }); err != nil {
+		s.logger.Warn("cannot start a flush of the state", "err", err)
+	}
+}
+
+// Failed is ErrStorage once Pebble reported a fatal error (writes are
+// refused from then on); nil while the store is healthy.
+func (s *Store) Failed() error { return s.plog.Failed() }
 
 // Definitions returns the views the store serves.
 func (s *Store) Definitions() *Definitions { return s.defs }
@@ -746,19 +843,58 @@ func (s *Store) Popular(category string, k int, skip func(item string) bool) ([]
 	return out, iter.Error()
 }
 
-// PebbleLogger adapts l to Pebble's logger: Pebble's chatty info messages
-// become debug records.
-func PebbleLogger(l *slog.Logger) pebble.Logger { return pebbleLogger{l} }
+// PebbleLog adapts a slog.Logger to Pebble's logger: Pebble's chatty info
+// messages become debug records. Pebble calls Fatalf when it cannot go on
+// (a WAL write or sync that failed, a MANIFEST it cannot write); instead
+// of panicking, PebbleLog records the first such error, and the owner of
+// the instance checks Failed after every write and refuses writes from
+// then on. A restart recovers from what was synced.
+type PebbleLog struct {
+	l     *slog.Logger
+	fatal atomic.Pointer[string]
+}
 
-type pebbleLogger struct{ l *slog.Logger }
+// NewPebbleLog returns a PebbleLog writing to l.
+func NewPebbleLog(l *slog.Logger) *PebbleLog { return &PebbleLog{l: l} }
 
-func (p pebbleLogger) Infof(format string, args ...any) { p.l.Debug(fmt.Sprintf(format, args...)) }
+func (p *PebbleLog) Infof(format string, args ...any) { p.l.Debug(fmt.Sprintf(format, args...)) }
 
-func (p pebbleLogger) Errorf(format string, args ...any) { p.l.Error(fmt.Sprintf(format, args...)) }
+func (p *PebbleLog) Errorf(format string, args ...any) { p.l.Error(fmt.Sprintf(format, args...)) }
 
-func (p pebbleLogger) Fatalf(format string, args ...any) {
-	p.l.Error(fmt.Sprintf(format, args...))
-	panic(fmt.Sprintf(format, args...))
+func (p *PebbleLog) Fatalf(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	p.fatal.CompareAndSwap(nil, &msg)
+	p.l.Error("storage failed; writes are refused until a restart", "err", msg)
+}
+
+// Failed is ErrStorage with Pebble's fatal message once there was one.
+func (p *PebbleLog) Failed() error {
+	if m := p.fatal.Load(); m != nil {
+		return fmt.Errorf("%w: %s", ErrStorage, *m)
+	}
+	return nil
+}
+
+// Guard runs a write of Pebble (a batch commit) and returns its error, or
+// ErrStorage when Pebble failed during it or before: after a failed WAL
+// write Pebble reports success (having called Fatalf) or panics on the
+// next write, and both must reach the caller as an error.
+func (p *PebbleLog) Guard(write func() error) (err error) {
+	if err := p.Failed(); err != nil {
+		return err
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			msg := fmt.Sprint(r)
+			p.fatal.CompareAndSwap(nil, &msg)
+			err = fmt.Errorf("%w: %v", ErrStorage, r)
+		}
+	}()
+	err = write()
+	if ferr := p.Failed(); ferr != nil {
+		return ferr
+	}
+	return err
 }
 
 // PebbleStats are the figures of Pebble that recsys exports as metrics.
@@ -786,7 +922,15 @@ func (s *Store) Checkpoint(dir string) error {
 		return err
 	}
 	defer s.release()
-	if err := s.db.Checkpoint(dir, pebble.WithFlushedWAL()); err != nil {
+	// The memtables hold the newest state (there is no WAL): flush them
+	// so that the checkpoint is current.
+	err := s.flush()
+	if err == nil {
+		err = s.plog.Guard(func() error { return s.db.Checkpoint(dir) })
+	}
+	if err != nil {
+		// No half-written checkpoint is left behind.
+		_ = s.opts.FS.RemoveAll(dir)
 		return fmt.Errorf("checkpoint store: %w", err)
 	}
 	return nil

@@ -1053,7 +1053,7 @@ func TestCorruptStoredData(t *testing.T) {
 	s := openStore(t, fs, "db")
 	mustApply(t, s, 1, entries(0, ev("a", "good", "i", "c", BehaviorView, t0)))
 	for _, k := range [][]byte{userKey("bad"), itemKey("bad")} {
-		if err := s.db.Set(k, []byte{recordVersion, 1, 2}, pebble.Sync); err != nil {
+		if err := s.db.Set(k, []byte{recordVersion, 1, 2}, pebble.NoSync); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -1097,7 +1097,7 @@ func TestCorruptMetadata(t *testing.T) {
 			t.Fatal(err)
 		}
 		mustApply(t, s, 1, entries(0, ev("a", "u", "i", "c", BehaviorView, t0)))
-		if err := s.db.Set([]byte(tc.key), []byte(tc.val), pebble.Sync); err != nil {
+		if err := s.db.Set([]byte(tc.key), []byte(tc.val), pebble.NoSync); err != nil {
 			t.Fatal(err)
 		}
 		if err := s.Close(); err != nil {

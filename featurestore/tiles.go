@@ -236,6 +236,10 @@ func (w *windowReader) close() error {
 // scanTiles calls fn with the start and value of every tile of res for
 // (kind, id) with start in [lo, hi).
 func (w *windowReader) scanTiles(res, kind byte, id string, lo, hi int64, fn func(start int64, v []byte) error) error {
+	// No tile starts before 1970: a window reaching back past it (an as_of
+	// near 0, or a negative one) reads from 0, and the unsigned day
+	// arithmetic below never sees a negative time.
+	lo = max(lo, 0)
 	if lo >= hi {
 		return nil
 	}

@@ -982,3 +982,43 @@ func TestTopItems(t *testing.T) {
 	}
 	t.Logf("%d ties in the expected lists", ties)
 }
+
+// A read as of a time at or before 1970 (a point-in-time spine row with
+// ts -5) ends at once with nothing counted: the windows reach back past
+// 0, where no tile can be, and the unsigned day arithmetic of the tile
+// scan must not wrap around (it once looped without end, allocating an
+// iterator per day).
+func TestWindowsAsOfBefore1970(t *testing.T) {
+	s, _ := newMemStore(t)
+	mustApply(t, s, 1, entries(0, ev("e1", "u1", "i1", "c1", BehaviorView, t0)))
+	v, err := s.Definitions().View("user_features")
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx := make([]int, len(v.Features))
+	for i := range idx {
+		idx[i] = i
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.GetEach(v, []string{"u1", "u1", "u1"}, idx, t0, []int64{-5, 0, -3 * dayMS})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("GetEach as of a negative time did not return")
+	}
+	rows, err := s.GetEach(v, []string{"u1"}, idx, t0, []int64{-5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for j, f := range v.Features {
+		if f.Window > 0 && f.Kind == KindInt && rows[0].Values[j].Int != 0 {
+			t.Errorf("%s as of -5 = %d, want 0", f.Name, rows[0].Values[j].Int)
+		}
+	}
+}

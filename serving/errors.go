@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/streamrec/recsys/featurestore"
+	"github.com/streamrec/recsys/updater"
 	"github.com/streamrec/recsys/updater/eventlog"
 )
 
@@ -49,8 +50,35 @@ func toStatus(err error) error {
 		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, featurestore.ErrClosed), errors.Is(err, eventlog.ErrClosed):
 		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, updater.ErrDiskFull):
+		// RESOURCE_EXHAUSTED with the reason DISK_FULL, which REST answers
+		// with 507 Insufficient Storage.
+		st := status.New(codes.ResourceExhausted, err.Error())
+		if d, derr := st.WithDetails(&errdetails.ErrorInfo{Reason: reasonDiskFull, Domain: "recsys"}); derr == nil {
+			return d.Err()
+		}
+		return st.Err()
+	case errors.Is(err, featurestore.ErrStorage):
+		return status.Error(codes.Unavailable, err.Error()+" (the server must be restarted)")
 	}
 	return status.Error(codes.Internal, err.Error())
+}
+
+const reasonDiskFull = "DISK_FULL"
+
+// isDiskFull reports whether err is the status of a refused ingest on a
+// full disk.
+func isDiskFull(err error) bool {
+	st, ok := status.FromError(err)
+	if !ok || st.Code() != codes.ResourceExhausted {
+		return false
+	}
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.Reason == reasonDiskFull {
+			return true
+		}
+	}
+	return false
 }
 
 // trimPkg drops the package prefix of a sentinel-wrapped error message.

@@ -128,15 +128,19 @@ func (f *FlightServer) DoExchange(stream flight.FlightService_DoExchangeServer) 
 			r.Release()
 		}
 	}()
-	var total int64
+	var total, bytes int64
 	for rdr.Next() {
 		if err := stream.Context().Err(); err != nil {
 			return toStatus(err)
 		}
 		rec := rdr.Record()
 		total += rec.NumRows()
+		bytes += recordBytes(rec)
 		if total > maxSpineRows {
 			return invalidArg("spine", "more than %d rows; split it into several exchanges", maxSpineRows)
+		}
+		if bytes > f.maxSpineBytes() {
+			return invalidArg("spine", "more than %d MiB held (%d rows so far); split it into several exchanges", f.maxSpineBytes()>>20, total)
 		}
 		rec.Retain()
 		spineRecs = append(spineRecs, rec)
@@ -159,6 +163,37 @@ func (f *FlightServer) DoExchange(stream flight.FlightService_DoExchangeServer) 
 // maxSpineRows bounds one point-in-time join (the spine is held in memory).
 const maxSpineRows = 20_000_000
 
+// defaultMaxSpineBytes bounds the memory a spine holds: 20 M rows of
+// short ids fit; longer ids or extra columns need several exchanges.
+const defaultMaxSpineBytes = 256 << 20
+
+func (f *FlightServer) maxSpineBytes() int64 {
+	if f.spineBytes > 0 {
+		return f.spineBytes
+	}
+	return defaultMaxSpineBytes
+}
+
+// recordBytes is the size of the buffers of rec's columns.
+func recordBytes(rec arrow.Record) int64 {
+	var n int64
+	var add func(d arrow.ArrayData)
+	add = func(d arrow.ArrayData) {
+		for _, b := range d.Buffers() {
+			if b != nil {
+				n += int64(b.Len())
+			}
+		}
+		for _, c := range d.Children() {
+			add(c)
+		}
+	}
+	for _, c := range rec.Columns() {
+		add(c.Data())
+	}
+	return n
+}
+
 // joinBatch writes one spine batch joined with its features.
 func (f *FlightServer) joinBatch(w *flight.Writer, out *arrow.Schema, rec arrow.Record, tsCol int, views []pitView, now int64) error {
 	n := int(rec.NumRows())
@@ -178,6 +213,11 @@ func (f *FlightServer) joinBatch(w *flight.Writer, out *arrow.Schema, rec arrow.
 				return invalidArg("spine.ts", "row %d is null", i)
 			}
 			ts[i] = col.Value(i)
+		}
+	}
+	for i, t := range ts {
+		if t < 0 {
+			return invalidArg("spine.ts", "row %d is %d, before 1970 (Unix milliseconds expected)", i, t)
 		}
 	}
 	cols := make([]arrow.Array, 0, out.NumFields())

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"slices"
 	"strconv"
 	"time"
@@ -39,8 +38,12 @@ type FlightServer struct {
 	flight.BaseFlightServer
 	store     *featurestore.Store
 	upd       *updater.Updater // for the actions; may be nil
+	backups   *BackupRoot      // where backup may write; nil: backups refused
 	mem       memory.Allocator
 	batchRows int // rows per record batch; flightBatchRows outside tests
+	// spineBytes bounds the spine a point-in-time join holds;
+	// defaultMaxSpineBytes when 0.
+	spineBytes int64
 }
 
 // WithUpdater enables the actions that need the updater (health, backup).
@@ -49,10 +52,16 @@ func (f *FlightServer) WithUpdater(u *updater.Updater) *FlightServer {
 	return f
 }
 
+// WithBackups lets the backup action write under root (nil: refused).
+func (f *FlightServer) WithBackups(root *BackupRoot) *FlightServer {
+	f.backups = root
+	return f
+}
+
 var flightActions = []*flight.ActionType{
 	{Type: "health", Description: "Liveness and apply progress: {status, log_end_offset, applied_offset}."},
 	{Type: "stats", Description: "Rows and record bytes per view, dead letters, disk bytes."},
-	{Type: "backup", Description: "Write a consistent checkpoint of the data dir; body {\"dir\": \"/path/that/does/not/exist\"} (a path on the server)."},
+	{Type: "backup", Description: "Write a consistent checkpoint of the data dir; body {\"dir\": \"name\"}: a new directory under the server's --backup.dir (a relative name, or an absolute path inside it)."},
 }
 
 // ListActions lists the actions of DoAction.
@@ -104,18 +113,22 @@ func (f *FlightServer) DoAction(a *flight.Action, stream flight.FlightService_Do
 		dec := json.NewDecoder(bytes.NewReader(a.GetBody()))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&req); err != nil || req.Dir == "" {
-			return invalidArg("body", "want {\"dir\": \"/path/that/does/not/exist\"}")
+			return invalidArg("body", "want {\"dir\": \"name\"} (a new directory under the server's --backup.dir)")
 		}
 		if f.upd == nil {
 			return status.Error(codes.Unimplemented, "backup: not available on this server")
 		}
-		if _, err := os.Stat(req.Dir); err == nil {
-			return status.Errorf(codes.AlreadyExists, "dir: %s exists", req.Dir)
+		if f.backups == nil {
+			return status.Error(codes.FailedPrecondition, "backup: not enabled on this server (start it with --backup.dir ROOT)")
 		}
-		if err := f.upd.Backup(req.Dir); err != nil {
+		dir, err := f.backups.Resolve(req.Dir)
+		if err != nil {
+			return err
+		}
+		if err := f.upd.Backup(dir); err != nil {
 			return toStatus(err)
 		}
-		body = map[string]any{"dir": req.Dir, "applied_offset": f.store.AppliedOffset()}
+		body = map[string]any{"dir": dir, "applied_offset": f.store.AppliedOffset()}
 	default:
 		return invalidArg("type", "unknown action %q (want health, stats or backup)", a.GetType())
 	}

@@ -2,8 +2,10 @@ package serving
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"strings"
@@ -152,6 +154,18 @@ type Guard struct {
 	deadline time.Duration
 	name     string
 	metrics  *Metrics
+	// maxBody: REST request bodies are read (up to this many bytes, the
+	// rest is left for the handler's own limit to refuse) before a slot
+	// is taken, so that slow or stalled uploads never hold one. 0: bodies
+	// are read by the handler, inside the slot.
+	maxBody int64
+}
+
+// WithBodyPrefetch makes the REST middleware read request bodies of up
+// to n bytes before taking a concurrency slot.
+func (g *Guard) WithBodyPrefetch(n int64) *Guard {
+	g.maxBody = n
+	return g
 }
 
 // NewGuard returns a guard allowing maxInFlight concurrent requests (0:
@@ -197,10 +211,14 @@ func (g *Guard) UnaryInterceptor() grpc.UnaryServerInterceptor {
 }
 
 func (g *Guard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	decErr, undecodable := takeDecodeError(req)
 	need := methodScope(info.FullMethod)
 	scope, err := g.tokens.check(authorization(ctx), need)
 	if err != nil {
 		return nil, err
+	}
+	if undecodable {
+		return nil, decodeStatus(decErr)
 	}
 	ctx = context.WithValue(ctx, scopeKey{}, scope)
 	if need != ScopeNone { // health and reflection are never refused for load
@@ -245,7 +263,8 @@ func (g *Guard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInf
 	return handler(srv, &scopedStream{ServerStream: ss, ctx: context.WithValue(ss.Context(), scopeKey{}, scope)})
 }
 
-// scopedStream carries the caller's scope in its context.
+// scopedStream carries the caller's scope in its context, and fails a
+// received message that did not decode with INVALID_ARGUMENT.
 type scopedStream struct {
 	grpc.ServerStream
 	ctx context.Context
@@ -253,9 +272,19 @@ type scopedStream struct {
 
 func (s *scopedStream) Context() context.Context { return s.ctx }
 
+func (s *scopedStream) RecvMsg(m any) error {
+	if err := s.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	if err, bad := takeDecodeError(m); bad {
+		return decodeStatus(err)
+	}
+	return nil
+}
+
 // ServerOptions are the interceptors of the guard as gRPC server options.
 func (g *Guard) ServerOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{grpc.ChainUnaryInterceptor(g.UnaryInterceptor()), grpc.ChainStreamInterceptor(g.StreamInterceptor())}
+	return []grpc.ServerOption{codecOption(), grpc.ChainUnaryInterceptor(g.UnaryInterceptor()), grpc.ChainStreamInterceptor(g.StreamInterceptor())}
 }
 
 // httpScope is the scope a REST request needs.
@@ -285,6 +314,18 @@ func (g *Guard) HTTPMiddleware(next http.Handler) http.Handler {
 			return
 		}
 		r = r.WithContext(context.WithValue(r.Context(), scopeKey{}, scope))
+		if g.maxBody > 0 && r.Body != nil && r.Body != http.NoBody {
+			// The body arrives before the request counts as in flight: a
+			// client that sends it slowly (or never finishes) holds only its
+			// own connection, until the server's read timeout ends it.
+			body, err := io.ReadAll(io.LimitReader(r.Body, g.maxBody+1))
+			if err != nil {
+				writeJSON(rec, http.StatusRequestTimeout, map[string]any{"code": int(codes.DeadlineExceeded),
+					"message": "body: not received in time: " + err.Error(), "details": []any{}})
+				return
+			}
+			r.Body = io.NopCloser(bytes.NewReader(body))
+		}
 		if need != ScopeNone { // health, metrics and the spec are never refused for load
 			release, err := g.acquire()
 			if err != nil {

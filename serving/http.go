@@ -4,11 +4,16 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"mime"
 	"net/http"
+	"strings"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/grpc-ecosystem/grpc-gateway/v2/utilities"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
@@ -47,8 +52,17 @@ func (s *Server) HTTPHandler(ctx context.Context) (http.Handler, error) {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/events", func(w http.ResponseWriter, r *http.Request) {
+		if msg := jsonContentType(r); msg != "" {
+			writeJSON(w, http.StatusUnsupportedMediaType, map[string]any{"code": int(codes.InvalidArgument), "message": msg, "details": []any{}})
+			return
+		}
 		resp, err := s.handleIngest(r)
 		if err != nil {
+			if isDiskFull(err) {
+				writeJSON(w, http.StatusInsufficientStorage, map[string]any{"code": int(codes.ResourceExhausted),
+					"message": status.Convert(err).Message(), "details": []any{}})
+				return
+			}
 			runtime.HTTPError(r.Context(), gw, jsonMarshaler, w, r, err)
 			return
 		}
@@ -123,6 +137,17 @@ func pathRoute[Req any, PReq interface {
 }
 
 func (s *Server) handleIngest(r *http.Request) (*recsysv1.IngestResponse, error) {
+	id, seq, ordered, err := streamHeaders(r)
+	if err != nil {
+		return nil, err
+	}
+	if ordered {
+		return s.ingestOrdered(r.Context(), id, seq, func() (*recsysv1.IngestResponse, error) { return s.decodeAndIngest(r) })
+	}
+	return s.decodeAndIngest(r)
+}
+
+func (s *Server) decodeAndIngest(r *http.Request) (*recsysv1.IngestResponse, error) {
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
 		var tooBig *http.MaxBytesError
@@ -140,6 +165,33 @@ func (s *Server) handleIngest(r *http.Request) (*recsysv1.IngestResponse, error)
 		return nil, toStatus(err)
 	}
 	return s.ingest(r.Context(), events, index, rejected)
+}
+
+// jsonContentType returns why r may not post events ("" when it may): a
+// request without a bearer token must say it is JSON. An HTML form or a
+// script's "simple" cross-site request can only send text/plain, form or
+// multipart bodies without a preflight, so this keeps web pages from
+// posting events to a server that runs without tokens.
+func jsonContentType(r *http.Request) string {
+	if r.Header.Get("Authorization") != "" {
+		return ""
+	}
+	ct := r.Header.Get("Content-Type")
+	mt, _, err := mime.ParseMediaType(ct)
+	if err == nil && (mt == "application/json" || (strings.HasPrefix(mt, "application/") && strings.HasSuffix(mt, "+json"))) {
+		return ""
+	}
+	if ct == "" {
+		return "content-type: missing; POST /v1/events takes application/json"
+	}
+	return fmt.Sprintf("content-type: %q is not application/json", truncate(ct, 100))
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -43,6 +43,16 @@ type Options struct {
 	// mode: records behind the partitions' high watermarks); /readyz and
 	// stats use it instead of the embedded log's lag.
 	Lag func() uint64
+	// Source, when set, reports the positions of an outside source (Kafka
+	// mode): stats show them instead of the embedded log's, which stays
+	// empty.
+	Source func() SourceProgress
+}
+
+// SourceProgress is where the updater stands in an outside source.
+type SourceProgress struct {
+	Applied, End uint64 // summed over the source's partitions
+	Watermark    int64  // events older than this are late (Unix ms); 0 before the first
 }
 
 func (o *Options) ensureDefaults() {
@@ -73,16 +83,17 @@ type Server struct {
 	recsysv1.UnimplementedRecommendServiceServer
 	recsysv1.UnimplementedAdminServiceServer
 
-	store *featurestore.Store
-	upd   *updater.Updater
-	opts  Options
-	rec   *recommender
+	store   *featurestore.Store
+	upd     *updater.Updater
+	opts    Options
+	rec     *recommender
+	streams *orderedStreams
 }
 
 // New returns a Server.
 func New(store *featurestore.Store, upd *updater.Updater, opts Options) *Server {
 	opts.ensureDefaults()
-	return &Server{store: store, upd: upd, opts: opts, rec: &recommender{store: store}}
+	return &Server{store: store, upd: upd, opts: opts, rec: &recommender{store: store}, streams: newOrderedStreams()}
 }
 
 // GRPCServer returns a gRPC server with every recsys.v1 service of s, the
@@ -375,9 +386,14 @@ func (s *Server) k(k int32) (int, error) {
 func (s *Server) GetStats(ctx context.Context, _ *recsysv1.GetStatsRequest) (*recsysv1.GetStatsResponse, error) {
 	st := s.store.Stats()
 	maxTS, wm := s.upd.Watermark()
+	end, applied := int64(s.upd.LogEnd()), int64(st.AppliedOffset)
+	if s.opts.Source != nil {
+		p := s.opts.Source()
+		end, applied, wm = int64(p.End), int64(p.Applied), p.Watermark
+	}
 	return &recsysv1.GetStatsResponse{
-		LogEndOffset:      int64(s.upd.LogEnd()),
-		AppliedOffset:     int64(st.AppliedOffset),
+		LogEndOffset:      end,
+		AppliedOffset:     applied,
 		EventsApplied:     st.Events,
 		DuplicatesSkipped: st.Duplicates,
 		Users:             st.Users,
@@ -429,6 +445,12 @@ func checkID(field, id string) error {
 
 // ready reports whether the store is open and the updater caught up.
 func (s *Server) ready() (bool, string) {
+	if err := s.upd.Failed(); err != nil {
+		return false, err.Error()
+	}
+	if err := s.upd.DiskFull(); err != nil {
+		return false, err.Error()
+	}
 	if s.opts.Lag != nil {
 		lag := s.opts.Lag()
 		if lag > s.opts.MaxReadyLag {

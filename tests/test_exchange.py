@@ -29,7 +29,8 @@ def exchange(server, cmd, table):
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory):
     from conftest import Server
-    s = Server(tmp_path_factory.mktemp("pit"), name="pit")
+    work = tmp_path_factory.mktemp("pit")
+    s = Server(work, ["--backup.dir", str(work / "backups")], name="pit")
     s.start()
     # u1 views i1 every 10 minutes for 3 hours; u2 buys i1 once at +95 min.
     evs = [{"user_id": "u1", "item_id": "i1", "category_id": "c1", "behavior": "view", "ts": BASE + k * 10 * MIN}
@@ -98,7 +99,7 @@ def test_flight_actions_health_stats_backup(loaded, tmp_path, server_factory):
         stats = json.loads(next(iter(client.do_action(fl.Action("stats", b"")))).body.to_pybytes())
         assert stats["views"]["user_features"]["rows"] == 2 and stats["views"]["item_features"]["rows"] == 1
         assert stats["disk_bytes"] > 0
-        backup = tmp_path / "backup"
+        backup = s.workdir / "backups" / "backup"
         res = json.loads(next(iter(client.do_action(fl.Action("backup", json.dumps({"dir": str(backup)}).encode())))).body.to_pybytes())
         assert res["dir"] == str(backup)
         with pytest.raises((fl.FlightError, pa.ArrowException)) as exc:  # the dir exists now

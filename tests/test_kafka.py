@@ -50,7 +50,8 @@ def test_ingest_dead_letters_checkpoint_rebuild(kafka_broker, tmp_path):
     # the models depend on the order of events, which only one partition
     # fixes, and the digests below cover the model tables.
     first = produce(kafka_broker, topic, [bad], fmt="lines", partitions=1)
-    srv = kafka_server(tmp_path / "a", kafka_broker, topic, "g-main", name="a").start()
+    # Backups go under --backup.dir only: here the work dir of the copy below.
+    srv = kafka_server(tmp_path / "a", kafka_broker, topic, "g-main", name="a", extra=["--backup.dir", str(tmp_path / "b")]).start()
     try:
         # POST /v1/events publishes to the topic and answers after the ack.
         r = srv.ingest([{"user_id": "rest-1", "item_id": "i9", "behavior": "purchase", "ts": 1511658000000}])
@@ -76,7 +77,7 @@ def test_ingest_dead_letters_checkpoint_rebuild(kafka_broker, tmp_path):
 
         hot = produce(kafka_broker, topic, [TAOBAO_HOT])
         wait_applied(srv, topic, hot["end_offsets"])
-        out = recsys("backup", "--to", str(tmp_path / "b" / "data"), "--flight.addr", srv.flight_uri.removeprefix("grpc://"))
+        out = recsys("backup", "--to", "data", "--flight.addr", srv.flight_uri.removeprefix("grpc://"))
         assert "applied_offset" in out
         users = produce(kafka_broker, topic, [TAOBAO_USERS])
         wait_applied(srv, topic, users["end_offsets"])

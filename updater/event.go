@@ -40,6 +40,7 @@ const (
 	CodeLate             = "late"
 	CodeMalformed        = "malformed"
 	CodeUnknownField     = "unknown_field"
+	CodeReserved         = "reserved"
 )
 
 func fieldErr(field, code, format string, args ...any) *FieldError {
@@ -48,7 +49,22 @@ func fieldErr(field, code, format string, args ...any) *FieldError {
 
 // CheckID validates a required id (user, item or category) named field,
 // as Normalize does for events; read paths use it for their ids.
-func CheckID(field, id string) *FieldError { return checkID(field, id, false) }
+func CheckID(field, id string) *FieldError {
+	if err := checkID(field, id, false); err != nil {
+		return err
+	}
+	return checkPathID(field, id)
+}
+
+// checkPathID refuses the ids that cannot be a segment of a REST path:
+// "." and ".." are resolved away by URL normalization (RFC 3986 §5.2.4),
+// so an entity with such an id could be written but never read.
+func checkPathID(field, id string) *FieldError {
+	if id == "." || id == ".." {
+		return fieldErr(field, CodeReserved, "%q is reserved (a URL path cannot carry it)", id)
+	}
+	return nil
+}
 
 // checkID validates an id field; optional ids may be empty.
 func checkID(field, id string, optional bool) *FieldError {
@@ -90,6 +106,11 @@ func Normalize(ev *recsysv1.Event, now time.Time, maxSkew time.Duration) (featur
 	} {
 		if err := checkID(f.name, f.v, f.optional); err != nil {
 			return featurestore.Event{}, err
+		}
+		if f.name != "event_id" {
+			if err := checkPathID(f.name, f.v); err != nil {
+				return featurestore.Event{}, err
+			}
 		}
 	}
 	b, ok := featurestore.ParseBehavior(ev.Behavior)

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"slices"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,6 +42,51 @@ type Options struct {
 	// watermark is then checked by whoever consumes what it published
 	// (updater/kafka), so Ingest rejects only invalid and future events.
 	Publish func(ctx context.Context, events []*recsysv1.Event) error
+	// DiskFree, when set, returns the free bytes of the data dir's
+	// filesystem. Below MinFreeBytes ingest is refused with ErrDiskFull
+	// (nothing is acknowledged that could not be made durable), and below
+	// half of it the apply loop waits, so that Pebble never meets a full
+	// disk in the middle of a write; both resume by themselves when space
+	// returns.
+	DiskFree     func() (uint64, error)
+	MinFreeBytes uint64
+}
+
+// ErrDiskFull is returned by Ingest while the data dir's filesystem has
+// less free space than Options.MinFreeBytes.
+var ErrDiskFull = errors.New("updater: disk full")
+
+// diskFullError says how full the disk is; it is ErrDiskFull.
+type diskFullError struct{ free, min uint64 }
+
+func (e *diskFullError) Error() string {
+	return fmt.Sprintf("disk: %d MiB free on the data dir's filesystem, below the %d MiB ingest needs (ingest.min-free-bytes); ingest resumes when space is freed",
+		e.free>>20, e.min>>20)
+}
+
+func (e *diskFullError) Is(target error) bool { return target == ErrDiskFull }
+
+// DiskFull returns ErrDiskFull (with the figures) while the data dir's
+// filesystem is below Options.MinFreeBytes, else nil.
+func (u *Updater) DiskFull() error {
+	if u.opts.DiskFree == nil || u.opts.MinFreeBytes == 0 {
+		return nil
+	}
+	free, err := u.opts.DiskFree()
+	if err != nil {
+		return nil // unknown: let the write tell
+	}
+	u.m.diskFree.Set(float64(free))
+	if free < u.opts.MinFreeBytes {
+		return &diskFullError{free, u.opts.MinFreeBytes}
+	}
+	return nil
+}
+
+// Failed is featurestore.ErrStorage once the log or the store could not
+// write; nil while both are healthy.
+func (u *Updater) Failed() error {
+	return errors.Join(u.log.Failed(), u.store.Failed())
 }
 
 func (o *Options) ensureDefaults() {
@@ -92,10 +139,15 @@ type metrics struct {
 	events    *prometheus.CounterVec
 	apply     prometheus.Histogram
 	freshness prometheus.Histogram
+	diskFree  prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) metrics {
 	m := metrics{
+		diskFree: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "recsys_disk_free_bytes",
+			Help: "Free bytes of the data dir's filesystem at the last ingest check; below ingest.min-free-bytes ingest is refused (507).",
+		}),
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "recsys_ingest_events_total",
 			Help: "Events received by ingest, by result (accepted, rejected) and rejection code.",
@@ -112,7 +164,7 @@ func newMetrics(reg prometheus.Registerer) metrics {
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.events, m.apply, m.freshness)
+		reg.MustRegister(m.events, m.apply, m.freshness, m.diskFree)
 	}
 	return m
 }
@@ -139,9 +191,15 @@ type IngestResult struct {
 // means the identity. An error means nothing was appended.
 func (u *Updater) Ingest(ctx context.Context, events []*recsysv1.Event, index []int) (IngestResult, error) {
 	var res IngestResult
+	if u.opts.Publish == nil {
+		if err := u.DiskFull(); err != nil {
+			u.m.events.WithLabelValues("refused", "disk_full").Add(float64(len(events)))
+			return IngestResult{}, err
+		}
+	}
 	now := u.opts.Now()
 	recs := make([][]byte, 0, len(events))
-	var dead [][]byte
+	var dead [][]byte // Kafka mode: straight to the store
 	var pubs []*recsysv1.Event
 	u.ingestMu.Lock()
 	for i, ev := range events {
@@ -162,7 +220,13 @@ func (u *Updater) Ingest(ctx context.Context, events []*recsysv1.Event, index []
 					u.ingestMu.Unlock()
 					return IngestResult{}, fmt.Errorf("ingest: encode dead letter: %w", err)
 				}
-				dead = append(dead, d)
+				if u.opts.Publish != nil {
+					dead = append(dead, d)
+				} else {
+					// Through the log, like the events: durable with them,
+					// applied exactly once, rebuilt with the state.
+					recs = append(recs, append([]byte{deadLetterMark}, d...))
+				}
 			}
 			continue
 		}
@@ -198,9 +262,16 @@ func (u *Updater) Ingest(ctx context.Context, events []*recsysv1.Event, index []
 	}
 	first, err := u.log.Append(ctx, recs)
 	if err != nil {
+		if errors.Is(err, syscall.ENOSPC) {
+			err = errors.Join(ErrDiskFull, err)
+		}
 		return IngestResult{}, fmt.Errorf("ingest: %w", err)
 	}
-	res.Accepted = len(recs)
+	for _, r := range recs {
+		if r[0] != deadLetterMark {
+			res.Accepted++
+		}
+	}
 	res.End = first + uint64(len(recs))
 	u.m.events.WithLabelValues("accepted", "").Add(float64(res.Accepted))
 	u.ackMu.Lock()
@@ -210,6 +281,20 @@ func (u *Updater) Ingest(ctx context.Context, events []*recsysv1.Event, index []
 	u.ackMu.Unlock()
 	return res, nil
 }
+
+// diskLow reports whether the free space is below half of MinFreeBytes.
+func (u *Updater) diskLow() bool {
+	if u.opts.DiskFree == nil || u.opts.MinFreeBytes == 0 {
+		return false
+	}
+	free, err := u.opts.DiskFree()
+	return err == nil && free < u.opts.MinFreeBytes/2
+}
+
+// deadLetterMark starts a log record that holds a DeadLetter instead of
+// an Event. No Event encoding starts with it: 0 is no protobuf tag (field
+// numbers start at 1), and a stored event is never empty.
+const deadLetterMark = 0x00
 
 // Watermark returns the newest event time accepted and the watermark:
 // events older than the watermark are rejected as late.
@@ -226,10 +311,23 @@ func fmtTS(ms int64) string { return time.UnixMilli(ms).UTC().Format(time.RFC333
 // Backup writes a consistent copy of the data dir to dir: the store first,
 // then the log, so the copy's applied offset is never past its log end;
 // serving a copy resumes applying from the store's offset.
-func (u *Updater) Backup(dir string) error {
+func (u *Updater) Backup(dir string) (err error) {
+	if _, err := os.Lstat(dir); err == nil {
+		return fmt.Errorf("backup: %s exists", dir)
+	}
+	if err := u.DiskFull(); err != nil {
+		return fmt.Errorf("backup: %w", err)
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("backup: %w", err)
 	}
+	defer func() {
+		if err != nil {
+			// A failed backup leaves nothing behind that could be taken
+			// for a checkpoint.
+			_ = os.RemoveAll(dir)
+		}
+	}()
 	if err := u.store.Checkpoint(filepath.Join(dir, "state")); err != nil {
 		return fmt.Errorf("backup: %w", err)
 	}
@@ -246,6 +344,7 @@ func (u *Updater) LogEnd() uint64 { return u.log.End() }
 // cancellation and the first error otherwise.
 func (u *Updater) Run(ctx context.Context) error {
 	entries := make([]featurestore.Entry, 0, u.opts.ApplyBatch)
+	var dead []featurestore.DeadLetter
 	var ev recsysv1.Event
 	var lastExpiry int64
 	// marks remembers the applied offset at each daily expiry, to truncate
@@ -263,8 +362,18 @@ func (u *Updater) Run(ctx context.Context) error {
 			}
 			return fmt.Errorf("updater: %w", err)
 		}
-		entries = entries[:0]
+		entries, dead = entries[:0], dead[:0]
 		end, err := u.log.Read(from, u.opts.ApplyBatch, func(off uint64, rec []byte) error {
+			if len(rec) > 0 && rec[0] == deadLetterMark {
+				var dl recsysv1.DeadLetter
+				if err := proto.Unmarshal(rec[1:], &dl); err != nil {
+					u.opts.Logger.Error("skipping undecodable dead letter in the log", "offset", off, "err", err)
+					return nil
+				}
+				dead = append(dead, featurestore.DeadLetter{Received: dl.GetReceivedAt().AsTime().UnixMilli(),
+					Seq: featurestore.LogDeadLetterSeq(off), Record: slices.Clone(rec[1:])})
+				return nil
+			}
 			if err := proto.Unmarshal(rec, &ev); err != nil {
 				// Records are validated before they are appended, so this is
 				// corruption on disk: skip the record rather than stall.
@@ -282,8 +391,20 @@ func (u *Updater) Run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("updater: read log at %d: %w", from, err)
 		}
+		// Below half the free space ingest needs, wait for space rather
+		// than let Pebble meet a full disk in the middle of a write.
+		for waited := false; u.diskLow(); waited = true {
+			if !waited {
+				u.opts.Logger.Warn("the data dir's filesystem is nearly full; applying waits for free space", "min_free_bytes", u.opts.MinFreeBytes)
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(time.Second):
+			}
+		}
 		applyStart := time.Now()
-		if _, err := u.store.Apply(end, entries); err != nil {
+		if _, err := u.store.ApplyLog(end, entries, dead); err != nil {
 			return fmt.Errorf("updater: %w", err)
 		}
 		done := time.Now()

@@ -227,24 +227,25 @@ func TestIngestRejections(t *testing.T) {
 
 	res := e.ingest(t, events, []int{2, 5, 7, 9, 11, 13})
 	want := []rej{{5, "user_id", CodeMissing}, {9, "behavior", CodeUnknownBehavior}, {11, "ts", CodeFuture}, {13, "event", CodeMissing}}
-	if got := rejs(res); !slices.Equal(got, want) || res.Accepted != 2 || res.End != 2 {
+	// The future event is a dead letter, in the log after the two events.
+	if got := rejs(res); !slices.Equal(got, want) || res.Accepted != 2 || res.End != 3 {
 		t.Errorf("Ingest with index = %+v, rejections %v; want 2 accepted, %v", res, got, want)
 	}
 
 	// nil index: positions in the slice.
 	res = e.ingest(t, events, nil)
 	want = []rej{{1, "user_id", CodeMissing}, {3, "behavior", CodeUnknownBehavior}, {4, "ts", CodeFuture}, {5, "event", CodeMissing}}
-	if got := rejs(res); !slices.Equal(got, want) || res.Accepted != 2 || res.End != 4 {
+	if got := rejs(res); !slices.Equal(got, want) || res.Accepted != 2 || res.End != 6 {
 		t.Errorf("Ingest without index = %+v, rejections %v; want 2 accepted, %v", res, got, want)
 	}
 
-	// All rejected: nothing appended, End is the log end.
+	// All rejected (none late or future): nothing appended, End is the log end.
 	res = e.ingest(t, events[1:2], []int{0})
-	if res.Accepted != 0 || len(res.Rejected) != 1 || res.End != 4 || e.log.End() != 4 {
+	if res.Accepted != 0 || len(res.Rejected) != 1 || res.End != 6 || e.log.End() != 6 {
 		t.Errorf("all-rejected Ingest = %+v, log end %d", res, e.log.End())
 	}
 	// Nothing at all.
-	if res = e.ingest(t, nil, nil); res.Accepted != 0 || res.Rejected != nil || res.End != 4 {
+	if res = e.ingest(t, nil, nil); res.Accepted != 0 || res.Rejected != nil || res.End != 6 {
 		t.Errorf("empty Ingest = %+v", res)
 	}
 
@@ -515,4 +516,71 @@ func TestConcurrentIngest(t *testing.T) {
 	}
 	e.waitApplied(t, e.log.End())
 	checkCounts(t, e.store, expectCounts(t, slices.Concat(all...)))
+}
+
+// Dead letters (late and future events) go through the log like events:
+// acknowledged with them, durable across a crash that loses every unsynced
+// write of the state, applied once however often the log is re-read, and
+// rebuilt with the state from the log.
+func TestDeadLettersGoThroughTheLog(t *testing.T) {
+	checkGoroutines(t)
+	mem := vfs.NewCrashableMem()
+	e := openEnv(t, mem, Options{ApplyBatch: 3, AllowedLateness: time.Hour})
+	base := testNow.Add(-48 * time.Hour).UnixMilli()
+	res := e.ingest(t, []*recsysv1.Event{
+		mkEvent("", "u1", "i1", "c1", "view", base+3*3_600_000),
+		mkEvent("", "u1", "i2", "c1", "view", base),                                   // late
+		mkEvent("", "u2", "i1", "c1", "view", testNow.Add(time.Hour).UnixMilli()),     // future
+		mkEvent("", "u2", "i3", "c1", "cart", base+3*3_600_000+1),
+	}, nil)
+	if res.Accepted != 2 || len(res.Rejected) != 2 || res.End != 4 {
+		t.Fatalf("Ingest = %+v, want 2 accepted, 2 rejected, 4 log records", res)
+	}
+	if n := e.store.DeadLetterCount(); n != 0 {
+		t.Fatalf("dead letters before the updater ran: %d, want 0 (they are applied from the log)", n)
+	}
+	// A crash before anything is applied or the state synced: the log has
+	// the dead letters, the state nothing.
+	crashed := mem.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 0})
+	e.close()
+	e = openEnv(t, crashed, Options{ApplyBatch: 3, AllowedLateness: time.Hour})
+	if e.log.End() != 4 || e.store.AppliedOffset() != 0 {
+		t.Fatalf("after the crash: log end %d, applied %d; want 4 and 0", e.log.End(), e.store.AppliedOffset())
+	}
+	stop := e.run(t)
+	e.waitApplied(t, 4)
+	stop()
+	check := func(what string) {
+		t.Helper()
+		if n := e.store.DeadLetterCount(); n != 2 {
+			t.Fatalf("%s: %d dead letters, want 2", what, n)
+		}
+		recs, err := e.store.DeadLetters(10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		codes := map[string]int{}
+		for _, r := range recs {
+			var dl recsysv1.DeadLetter
+			if err := proto.Unmarshal(r, &dl); err != nil {
+				t.Fatal(err)
+			}
+			codes[dl.Code]++
+		}
+		if len(recs) != 2 || codes[CodeLate] != 1 || codes[CodeFuture] != 1 {
+			t.Errorf("%s: dead letters by code %v, want one late and one future", what, codes)
+		}
+		if st := e.store.Stats(); st.Events != 2 {
+			t.Errorf("%s: %d events applied, want 2", what, st.Events)
+		}
+	}
+	check("applied after the crash")
+	// Re-applying the whole log (as after a lost state batch) counts nothing
+	// twice.
+	entries := []featurestore.Entry{}
+	if _, err := e.store.ApplyLog(4, entries, []featurestore.DeadLetter{{Received: 1, Seq: featurestore.LogDeadLetterSeq(1), Record: []byte("x")}}); err != nil {
+		t.Fatal(err)
+	}
+	check("a dead letter below the applied offset again")
+	e.close()
 }

@@ -110,7 +110,7 @@ func bench(ctx context.Context, o *benchOpts) error {
 		evs = append(evs, &recsysv1.Event{UserId: ev.UserID, ItemId: ev.ItemID, CategoryId: ev.CategoryID, Behavior: ev.Behavior, Ts: ev.TS})
 	}
 
-	eng, err := openEngine(dir, storeConfig{Clock: "wall"}, ingestConfig{time.Hour, 5 * time.Minute}, logger, nil)
+	eng, err := openEngine(dir, storeConfig{Clock: "wall"}, ingestConfig{lateness: time.Hour, futureSkew: 5 * time.Minute}, logger, nil)
 	if err != nil {
 		return err
 	}
@@ -338,7 +338,7 @@ func soak(ctx context.Context, o *benchOpts) error {
 	if err != nil {
 		return err
 	}
-	eng, err := openEngine(dir, storeConfig{Clock: "event"}, ingestConfig{time.Hour, 5 * time.Minute}, logger, nil)
+	eng, err := openEngine(dir, storeConfig{Clock: "event"}, ingestConfig{lateness: time.Hour, futureSkew: 5 * time.Minute}, logger, nil)
 	if err != nil {
 		return err
 	}

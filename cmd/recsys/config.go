@@ -35,6 +35,7 @@ type config struct {
 		MaxBodyBytes    int64         `yaml:"max-body-bytes"`
 		AllowedLateness time.Duration `yaml:"allowed-lateness"`
 		MaxFutureSkew   time.Duration `yaml:"max-future-skew"`
+		MinFreeBytes    int64         `yaml:"min-free-bytes"`
 	} `yaml:"ingest"`
 	Store storeConfig `yaml:",inline"`
 	Auth  struct {
@@ -53,6 +54,12 @@ type config struct {
 	Readyz struct {
 		MaxLag uint64 `yaml:"max-lag"`
 	} `yaml:"readyz"`
+	Backup struct {
+		Dir string `yaml:"dir"`
+	} `yaml:"backup"`
+	Shutdown struct {
+		Timeout time.Duration `yaml:"timeout"`
+	} `yaml:"shutdown"`
 	Demo struct {
 		Enabled bool `yaml:"enabled"`
 		Events  int  `yaml:"events"`
@@ -181,6 +188,7 @@ func (c *config) bindFlags(fs *pflag.FlagSet) {
 	fs.Int64Var(&c.Ingest.MaxBodyBytes, "ingest.max-body-bytes", 16<<20, "largest REST request body in bytes")
 	fs.DurationVar(&c.Ingest.AllowedLateness, "ingest.allowed-lateness", time.Hour, "events older than the newest event time minus this are rejected as late")
 	fs.DurationVar(&c.Ingest.MaxFutureSkew, "ingest.max-future-skew", 5*time.Minute, "events more than this past the wall clock are rejected as future")
+	fs.Int64Var(&c.Ingest.MinFreeBytes, "ingest.min-free-bytes", 64<<20, "free bytes the data dir's filesystem must keep: below it ingest is refused with 507 / RESOURCE_EXHAUSTED (reads go on), below half of it applying waits; both resume when space returns. 0 turns the check off")
 	fs.BoolVar(&c.Demo.Enabled, "demo", false, "load the synthetic demo stream on first start (empty log)")
 	fs.IntVar(&c.Demo.Events, "demo.events", 200_000, "events in the demo stream")
 	c.Store.bindFlags(fs)
@@ -190,6 +198,8 @@ func (c *config) bindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.TLS.Key, "tls.key", "", "PEM private key of --tls.cert")
 	fs.StringVar(&c.TLS.ClientCA, "tls.client-ca", "", "PEM CA bundle: require client certificates signed by it (mTLS)")
 	fs.Uint64Var(&c.Readyz.MaxLag, "readyz.max-lag", 100_000, "log entries (Kafka mode: records behind the high watermarks) the updater may be behind while /readyz reports ready")
+	fs.StringVar(&c.Backup.Dir, "backup.dir", "", "the only directory the admin backup action (recsys backup) may write under; without it backups are refused. Must not be inside the data dir")
+	fs.DurationVar(&c.Shutdown.Timeout, "shutdown.timeout", 10*time.Second, "on SIGINT/SIGTERM, how long to drain requests and apply accepted events before exiting (a second signal exits at once)")
 	fs.IntVar(&c.Limits.MaxInFlight, "limits.max-in-flight", 256, "requests in flight per listener; more are refused at once with 429 / RESOURCE_EXHAUSTED")
 	fs.DurationVar(&c.Limits.RequestTimeout, "limits.request-timeout", 30*time.Second, "deadline of each REST and unary gRPC request")
 	c.Log.bindFlags(fs)
@@ -219,10 +229,14 @@ func (c *config) validate() error {
 		return fmt.Errorf("limits.max-in-flight: %d is negative", c.Limits.MaxInFlight)
 	case c.Limits.RequestTimeout < 0:
 		return fmt.Errorf("limits.request-timeout: %s is negative", c.Limits.RequestTimeout)
+	case c.Ingest.MinFreeBytes < 0:
+		return fmt.Errorf("ingest.min-free-bytes: %d is negative", c.Ingest.MinFreeBytes)
 	case c.Ingest.MaxFutureSkew <= 0:
 		return fmt.Errorf("ingest.max-future-skew: %s is not positive", c.Ingest.MaxFutureSkew)
 	case c.Ingest.AllowedLateness <= 0:
 		return fmt.Errorf("ingest.allowed-lateness: %s is not positive", c.Ingest.AllowedLateness)
+	case c.Shutdown.Timeout <= 0:
+		return fmt.Errorf("shutdown.timeout: %s is not positive", c.Shutdown.Timeout)
 	case c.Demo.Events <= 0:
 		return fmt.Errorf("demo.events: %d is not positive", c.Demo.Events)
 	}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -15,9 +16,10 @@ import (
 	"github.com/streamrec/recsys/updater/eventlog"
 )
 
-// ingestConfig is the event-time policy of the updater.
+// ingestConfig is the event-time and disk policy of the updater.
 type ingestConfig struct {
 	lateness, futureSkew time.Duration
+	minFree              uint64 // bytes; 0: no free-space check
 }
 
 // engine is the stateful core of a data dir: the event log, the store and
@@ -55,7 +57,8 @@ func openEngine(dir string, sc storeConfig, ing ingestConfig, logger *slog.Logge
 		_ = errors.Join(st.Close(), lg.Close())
 		return nil, fmt.Errorf("data dir %s: store applied offset %d is past the log end %d (log and state from different runs?)", dir, st.AppliedOffset(), lg.End())
 	}
-	uo := updater.Options{Logger: logger, AllowedLateness: ing.lateness, MaxFutureSkew: ing.futureSkew, Registerer: reg}
+	uo := updater.Options{Logger: logger, AllowedLateness: ing.lateness, MaxFutureSkew: ing.futureSkew, Registerer: reg,
+		MinFreeBytes: ing.minFree, DiskFree: func() (uint64, error) { return diskFree(dir) }}
 	for _, f := range tune {
 		f(&uo)
 	}
@@ -64,4 +67,14 @@ func openEngine(dir string, sc storeConfig, ing ingestConfig, logger *slog.Logge
 
 func (e *engine) Close() error {
 	return errors.Join(e.log.Close(), e.store.Close())
+}
+
+// diskFree returns the bytes available to this process on dir's
+// filesystem.
+func diskFree(dir string) (uint64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, err
+	}
+	return st.Bavail * uint64(st.Bsize), nil
 }

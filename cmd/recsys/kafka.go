@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
 
+	"github.com/streamrec/recsys/serving"
 	"github.com/streamrec/recsys/updater"
 	"github.com/streamrec/recsys/updater/kafka"
 )
@@ -119,6 +120,17 @@ func (k *kafkaSource) lag() uint64 {
 		return uint64(max(c.Lag(), 0))
 	}
 	return 0
+}
+
+// progress is the consumer's position in the topic for stats (zeros
+// before it starts).
+func (k *kafkaSource) progress() serving.SourceProgress {
+	c := k.consumer.Load()
+	if c == nil {
+		return serving.SourceProgress{}
+	}
+	p := c.Progress()
+	return serving.SourceProgress{Applied: uint64(max(p.Applied, 0)), End: uint64(max(p.End, 0)), Watermark: p.Watermark}
 }
 
 // Close closes the producer; safe on nil.

@@ -228,15 +228,17 @@ func backupCmd() *cobra.Command {
 	var to, addr, token string
 	cmd := &cobra.Command{
 		Use:   "backup --to DIR [--flight.addr HOST:PORT]",
-		Short: "Write a consistent checkpoint of a running server's data dir (state with its Kafka offsets, and the event log) to DIR on the server's machine",
-		Args:  cobra.NoArgs,
+		Short: "Write a consistent checkpoint of a running server's data dir (state with its Kafka offsets, and the event log) to DIR under the server's --backup.dir",
+		Long: `backup asks a running server for a consistent checkpoint of its data dir.
+The server writes it on its own machine, only under the directory given to
+its --backup.dir (backups are refused without it): DIR is a new directory's
+name relative to that root, or an absolute path inside it.`,
+		Example: `  recsys serve --data.dir /var/lib/recsys/data --backup.dir /var/lib/recsys/backups &
+  recsys backup --to nightly-2026-12-01`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if to == "" {
 				return usageError{fmt.Errorf("to: required")}
-			}
-			abs, err := filepath.Abs(to)
-			if err != nil {
-				return usageError{fmt.Errorf("to: %w", err)}
 			}
 			c, err := flight.NewClientWithMiddleware(addr, nil, nil, grpc.WithTransportCredentials(insecure.NewCredentials()))
 			if err != nil {
@@ -247,7 +249,7 @@ func backupCmd() *cobra.Command {
 			if token != "" {
 				ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
 			}
-			body, _ := json.Marshal(map[string]string{"dir": abs})
+			body, _ := json.Marshal(map[string]string{"dir": to})
 			stream, err := c.DoAction(ctx, &flight.Action{Type: "backup", Body: body})
 			if err != nil {
 				return fmt.Errorf("backup: %w", err)
@@ -260,7 +262,7 @@ func backupCmd() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&to, "to", "", "checkpoint directory (must not exist)")
+	cmd.Flags().StringVar(&to, "to", "", "checkpoint directory, relative to the server's --backup.dir or an absolute path inside it (must not exist)")
 	cmd.Flags().StringVar(&addr, "flight.addr", "127.0.0.1:8815", "the server's Arrow Flight address")
 	cmd.Flags().StringVar(&token, "token", os.Getenv("RECSYS_TOKEN"), "bearer token with the admin scope (default $RECSYS_TOKEN)")
 	return cmd
@@ -319,7 +321,7 @@ func rebuild(ctx context.Context, cfg *config, fromMS int64, out io.Writer) erro
 	if err := os.RemoveAll(state); err != nil {
 		return fmt.Errorf("rebuild: %w", err)
 	}
-	ing := ingestConfig{cfg.Ingest.AllowedLateness, cfg.Ingest.MaxFutureSkew}
+	ing := ingestConfig{lateness: cfg.Ingest.AllowedLateness, futureSkew: cfg.Ingest.MaxFutureSkew, minFree: uint64(cfg.Ingest.MinFreeBytes)}
 	eng, err := openEngine(cfg.Data.Dir, cfg.Store, ing, logger, nil)
 	if err != nil {
 		return err

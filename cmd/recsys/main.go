@@ -19,7 +19,9 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 )
@@ -27,6 +29,19 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	go func() {
+		<-ctx.Done()
+		// The first signal asks for a graceful stop. From now on the
+		// signals have their default effect again, so a second one ends
+		// the process at once; and a stop that overruns its budget is cut
+		// short (nothing acknowledged depends on it: the log is durable).
+		stop()
+		grace := time.Duration(shutdownGrace.Load())
+		time.AfterFunc(grace, func() {
+			fmt.Fprintf(os.Stderr, "recsys: still stopping %s after the signal; exiting now\n", grace)
+			os.Exit(1)
+		})
+	}()
 	root := &cobra.Command{
 		Use:           "recsys",
 		Short:         "Real-time recommendation backend: streaming feature store and model updates",
@@ -43,6 +58,13 @@ func main() {
 		os.Exit(1)
 	}
 }
+
+// shutdownGrace is how long a command may take to stop after SIGINT or
+// SIGTERM before the process exits anyway (ns); serve sets it from
+// --shutdown.timeout.
+var shutdownGrace atomic.Int64
+
+func init() { shutdownGrace.Store(int64(15 * time.Second)) }
 
 // usageError marks errors in flags or configuration (exit code 2).
 type usageError struct{ error }

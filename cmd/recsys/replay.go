@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -35,6 +38,8 @@ type replayOpts struct {
 	store      storeConfig
 	lateness   time.Duration
 	maxSkew    time.Duration
+	timeout    time.Duration
+	allowRej   bool
 	httpClient *http.Client
 }
 
@@ -54,6 +59,8 @@ func replayCmd() *cobra.Command {
 				return usageError{fmt.Errorf("batch: %d is not positive", o.batch)}
 			case o.progress != "auto" && o.progress != "on" && o.progress != "off":
 				return usageError{fmt.Errorf("progress: %q is not auto, on or off", o.progress)}
+			case o.timeout <= 0:
+				return usageError{fmt.Errorf("timeout: %s is not positive", o.timeout)}
 			}
 			if err := o.log.validate(); err != nil {
 				return usageError{err}
@@ -67,6 +74,8 @@ func replayCmd() *cobra.Command {
 	f.StringVar(&o.dataDir, "data.dir", "", "data dir to ingest into directly (no server may be running on it)")
 	f.IntVar(&o.batch, "batch", 5_000, "events per request or ingest batch")
 	f.DurationVar(&o.retryFor, "retry-for", 5*time.Minute, "how long to keep retrying a batch the server did not acknowledge")
+	f.DurationVar(&o.timeout, "timeout", time.Minute, "with --target: how long to wait for the answer to one request before sending the batch again")
+	f.BoolVar(&o.allowRej, "allow-rejected", false, "exit 0 even when events were rejected (invalid, late, future); by default a run that loses events exits 1")
 	f.StringVar(&o.progress, "progress", "auto", "progress bar: auto (when stderr is a terminal), on or off")
 	f.DurationVar(&o.maxSkew, "ingest.max-future-skew", 5*time.Minute, "reject events this far past the wall clock")
 	o.log.bindFlags(f)
@@ -112,9 +121,10 @@ func replay(ctx context.Context, o *replayOpts, files []string) error {
 	}
 	var snk sink
 	if o.target != "" {
-		snk = &httpSink{url: strings.TrimRight(o.target, "/") + "/v1/events", retryFor: o.retryFor, client: &http.Client{Timeout: time.Minute}, logger: logger}
+		snk = &httpSink{url: strings.TrimRight(o.target, "/") + "/v1/events", retryFor: o.retryFor, client: &http.Client{Timeout: o.timeout},
+			logger: logger, stream: newStreamID()}
 	} else {
-		eng, err := openEngine(o.dataDir, o.store, ingestConfig{o.lateness, o.maxSkew}, logger, nil)
+		eng, err := openEngine(o.dataDir, o.store, ingestConfig{lateness: o.lateness, futureSkew: o.maxSkew, minFree: 64 << 20}, logger, nil)
 		if err != nil {
 			return err
 		}
@@ -206,7 +216,13 @@ func replay(ctx context.Context, o *replayOpts, files []string) error {
 	if runErr != nil {
 		return fmt.Errorf("replay: %w", runErr)
 	}
-	return closeErr
+	if closeErr != nil {
+		return closeErr
+	}
+	if n := st.rejectedTotal(); n > 0 && !o.allowRej {
+		return fmt.Errorf("replay: %d of %d events were rejected and are not in the store (reasons above); --allow-rejected to exit 0 anyway", n, st.read)
+	}
+	return nil
 }
 
 // readEvents decodes every line of file (gzip-compressed or not) in format
@@ -255,11 +271,26 @@ func readEvents(file, format string, counted io.Writer, fn func(*recsysv1.Event,
 // httpSink posts batches to a server's /v1/events, retrying a batch until
 // the server acknowledges it: the server deduplicates by event id, so a
 // batch that was applied but not acknowledged is harmless to resend.
+//
+// Batches go one at a time, in file order, each numbered within the run's
+// stream (headers Recsys-Stream, Recsys-Seq): a retry after a timeout is
+// the same batch number, so the server answers it once, and an attempt
+// that arrives late (after newer batches) is refused instead of being
+// ingested behind them, where its events would be late.
 type httpSink struct {
 	url      string
 	retryFor time.Duration
 	client   *http.Client
 	logger   *slog.Logger
+	stream   string
+	seq      uint64
+}
+
+// newStreamID names a replay run's stream of batches.
+func newStreamID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return "replay-" + hex.EncodeToString(b[:])
 }
 
 type jsonEvent struct {
@@ -282,10 +313,11 @@ func (h *httpSink) send(ctx context.Context, evs []*recsysv1.Event, st *replaySt
 	if err != nil {
 		return err
 	}
+	h.seq++
 	deadline := time.Now().Add(h.retryFor)
 	backoff := 50 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		resp, err := h.post(ctx, body)
+		resp, err := h.post(ctx, body, h.seq)
 		if err == nil && resp.status == http.StatusOK {
 			st.accepted += resp.Accepted
 			for _, r := range resp.Rejected {
@@ -294,10 +326,26 @@ func (h *httpSink) send(ctx context.Context, evs []*recsysv1.Event, st *replaySt
 			return nil
 		}
 		if err == nil && resp.status == http.StatusBadRequest {
-			// Every event of the batch was rejected by the server.
-			st.reject("batch", "server_rejected", int64(len(evs)))
+			// Every event of the batch was rejected by the server: count
+			// them by the reasons it gave.
+			n := int64(0)
+			for _, d := range resp.Details {
+				for _, v := range d.FieldViolations {
+					if n < int64(len(evs)) {
+						// events[i].ts -> ts
+						st.reject(v.Field[strings.LastIndexByte(v.Field, '.')+1:], v.Reason, 1)
+						n++
+					}
+				}
+			}
+			if rest := int64(len(evs)) - n; rest > 0 {
+				st.reject("batch", "server_rejected", rest)
+			}
 			h.logger.Warn("server rejected a whole batch", "events", len(evs), "message", resp.Message)
 			return nil
+		}
+		if err == nil && resp.status == http.StatusConflict {
+			return fmt.Errorf("batch %d: the server refused it as out of order: %s", h.seq, resp.Message)
 		}
 		if err == nil {
 			err = fmt.Errorf("HTTP %d: %s", resp.status, resp.Message)
@@ -326,14 +374,24 @@ type ingestReply struct {
 		Code  string `json:"code"`
 	} `json:"rejected"`
 	Message string `json:"message"`
+	Details []struct {
+		FieldViolations []fieldViolation `json:"field_violations"`
+	} `json:"details"`
 }
 
-func (h *httpSink) post(ctx context.Context, body []byte) (*ingestReply, error) {
+type fieldViolation struct {
+	Field  string `json:"field"`
+	Reason string `json:"reason"`
+}
+
+func (h *httpSink) post(ctx context.Context, body []byte, seq uint64) (*ingestReply, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.url, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Recsys-Stream", h.stream)
+	req.Header.Set("Recsys-Seq", strconv.FormatUint(seq, 10))
 	resp, err := h.client.Do(req)
 	if err != nil {
 		return nil, err

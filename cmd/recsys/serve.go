@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -82,9 +83,6 @@ func configCmd() *cobra.Command {
 	return root
 }
 
-// shutdownTimeout bounds each stage of a graceful shutdown.
-const shutdownTimeout = 15 * time.Second
-
 func serve(ctx context.Context, cfg *config) error {
 	logger := cfg.Log.logger()
 	var tokens serving.Tokens
@@ -111,7 +109,7 @@ func serve(ctx context.Context, cfg *config) error {
 		return usageError{err}
 	}
 	reg := prometheus.NewRegistry()
-	ing := ingestConfig{cfg.Ingest.AllowedLateness, cfg.Ingest.MaxFutureSkew}
+	ing := ingestConfig{cfg.Ingest.AllowedLateness, cfg.Ingest.MaxFutureSkew, uint64(cfg.Ingest.MinFreeBytes)}
 	kafkaSrc, err := newKafkaSource(&cfg.Kafka, ing) // nil without --kafka.brokers
 	if err != nil {
 		return err
@@ -136,6 +134,7 @@ func serve(ctx context.Context, cfg *config) error {
 	}
 	if kafkaSrc != nil {
 		sopts.Lag = kafkaSrc.lag
+		sopts.Source = kafkaSrc.progress
 	}
 	srv := serving.New(eng.store, eng.upd, sopts)
 	guard := func(name string) *serving.Guard {
@@ -169,7 +168,13 @@ func serve(ctx context.Context, cfg *config) error {
 		httpL = tls.NewListener(httpL, tlsCfg)
 	}
 	grpcSrv, hs := srv.GRPCServer(append(append(creds, grpc.MaxRecvMsgSize(int(cfg.Ingest.MaxBodyBytes))), guard("grpc").ServerOptions()...)...)
-	flightSrv := serving.NewFlightServer(eng.store, nil).WithUpdater(eng.upd).GRPCServer(append(creds, guard("flight").ServerOptions()...)...)
+	var backups *serving.BackupRoot
+	if cfg.Backup.Dir != "" {
+		if backups, err = serving.NewBackupRoot(cfg.Backup.Dir, cfg.Data.Dir); err != nil {
+			return usageError{err}
+		}
+	}
+	flightSrv := serving.NewFlightServer(eng.store, nil).WithUpdater(eng.upd).WithBackups(backups).GRPCServer(append(creds, guard("flight").ServerOptions()...)...)
 
 	handler, err := srv.HTTPHandler(ctx)
 	if err != nil {
@@ -177,7 +182,9 @@ func serve(ctx context.Context, cfg *config) error {
 	}
 	// ReadTimeout bounds reading a whole request, body included, so that a
 	// slow client cannot hold a concurrency slot past the request deadline.
-	httpSrv := &http.Server{Handler: guard("http").HTTPMiddleware(handler), ReadHeaderTimeout: 10 * time.Second,
+	// Bodies are read before a concurrency slot is taken (WithBodyPrefetch),
+	// so slow uploads cannot starve other requests of slots.
+	httpSrv := &http.Server{Handler: guard("http").WithBodyPrefetch(cfg.Ingest.MaxBodyBytes).HTTPMiddleware(handler), ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout: cfg.Limits.RequestTimeout, IdleTimeout: 2 * time.Minute}
 
 	g, gctx := errgroup.WithContext(ctx)
@@ -200,23 +207,44 @@ func serve(ctx context.Context, cfg *config) error {
 			logger.Info("demo: the event log is not empty, not loading the demo stream")
 		}
 	}
+	// A stop gets --shutdown.timeout in all: the front doors stop
+	// accepting and finish what is in flight (cut off at 60% of it), then
+	// the updater applies what it can of the accepted events in the rest.
+	// Past the budget (and a few seconds to close the data dir) main exits
+	// anyway: accepted events are durable in the log, so nothing depends on
+	// finishing.
+	shutdownGrace.Store(int64(cfg.Shutdown.Timeout + 5*time.Second))
 	g.Go(func() error {
 		<-gctx.Done()
-		logger.Info("shutting down")
+		logger.Info("shutting down", "timeout", cfg.Shutdown.Timeout)
+		start := time.Now()
 		hs.Shutdown()
-		sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+		sctx, cancel := context.WithTimeout(context.Background(), cfg.Shutdown.Timeout*6/10)
 		defer cancel()
-		err := httpSrv.Shutdown(sctx)
-		gracefulStop(sctx, grpcSrv)
-		gracefulStop(sctx, flightSrv)
+		var wg sync.WaitGroup
+		var err error
+		wg.Add(3)
+		go func() {
+			defer wg.Done()
+			if err = httpSrv.Shutdown(sctx); err != nil {
+				_ = httpSrv.Close() // connections still busy at the deadline
+			}
+		}()
+		go func() { defer wg.Done(); gracefulStop(sctx, grpcSrv) }()
+		go func() { defer wg.Done(); gracefulStop(sctx, flightSrv) }()
+		wg.Wait()
 		// Accepted events are durable in the log already; applying them now
 		// only saves work at the next start.
-		dctx, dcancel := context.WithTimeout(context.Background(), shutdownTimeout)
+		dctx, dcancel := context.WithTimeout(context.Background(), max(cfg.Shutdown.Timeout-time.Since(start), 0))
 		defer dcancel()
 		if derr := eng.upd.WaitApplied(dctx, eng.log.End()); derr != nil {
 			logger.Warn("updater did not catch up before shutdown; the rest is applied at the next start", "err", derr)
 		}
 		stopUpd()
+		if errors.Is(err, context.DeadlineExceeded) {
+			logger.Warn("requests still in flight at the shutdown deadline were cut off")
+			err = nil
+		}
 		return ignoreClosed(err)
 	})
 

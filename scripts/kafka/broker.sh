@@ -82,13 +82,17 @@ PROPS
   fi
   local addr
   addr=$(cat "$dir/addr")
+  # Readiness is read from what this run appends to the log: the log of an
+  # earlier run on the same DIR holds the same line.
+  local from=0
+  [[ -f $dir/broker.log ]] && from=$(stat -c %s "$dir/broker.log")
   # A small heap and few threads: the test machine has 2 cores.
   nohup java -Xms128m -Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$dir/log4j2.properties" -cp "$JARS/*" \
     kafka.Kafka "$dir/server.properties" >>"$dir/broker.log" 2>&1 < /dev/null &
   echo $! > "$dir/pid"
   local deadline=$((SECONDS + 90))
-  until grep -q "Kafka Server started" "$dir/broker.log" 2>/dev/null; do
+  until tail -c +$((from + 1)) "$dir/broker.log" 2>/dev/null | grep -q "Kafka Server started"; do
     if ! kill -0 "$(cat "$dir/pid")" 2>/dev/null; then
       echo "kafka: broker exited during startup; log:" >&2; tail -50 "$dir/broker.log" >&2; exit 1
     fi
@@ -97,8 +101,6 @@ PROPS
     fi
     sleep 0.2
   done
-  # The next start must wait for this line again.
-  sed -i 's/Kafka Server started/Kafka Server started (earlier run)/' "$dir/broker.log"
   echo "$addr"
 }
 

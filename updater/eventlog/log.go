@@ -67,6 +67,7 @@ type appendReq struct {
 // Log is an embedded durable log.
 type Log struct {
 	db   *pebble.DB
+	plog *featurestore.PebbleLog // Failed after a fatal write error
 	opts Options
 	reqs chan *appendReq
 	quit chan struct{}
@@ -87,15 +88,16 @@ type Log struct {
 // Open opens or creates the log in dir.
 func Open(dir string, opts Options) (*Log, error) {
 	opts.ensureDefaults()
+	plog := featurestore.NewPebbleLog(opts.Logger.With("component", "eventlog"))
 	db, err := pebble.Open(dir, &pebble.Options{
 		FS:                 opts.FS,
 		FormatMajorVersion: pebble.FormatNewest,
-		Logger:             featurestore.PebbleLogger(opts.Logger.With("component", "eventlog")),
+		Logger:             plog,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open log %s: %w", dir, err)
 	}
-	l := &Log{db: db, opts: opts, reqs: make(chan *appendReq, 1024), quit: make(chan struct{})}
+	l := &Log{db: db, plog: plog, opts: opts, reqs: make(chan *appendReq, 1024), quit: make(chan struct{})}
 	l.mu.changed = make(chan struct{})
 	iter, err := db.NewIter(&pebble.IterOptions{LowerBound: keyPrefix, UpperBound: []byte("l0")})
 	if err != nil {
@@ -197,7 +199,10 @@ func (l *Log) commit(group []*appendReq) {
 		}
 	}
 	if err == nil {
-		err = b.Commit(pebble.Sync)
+		// A failed write or sync is an error for every request of the
+		// group, never an acknowledgement (nor a panic): Pebble cannot tell
+		// what reached the disk, so the log refuses appends from then on.
+		err = l.plog.Guard(func() error { return b.Commit(pebble.Sync) })
 	}
 	_ = b.Close()
 	if err != nil {
@@ -298,11 +303,15 @@ func (l *Log) TruncateBefore(off uint64) error {
 		return nil
 	}
 	off = min(off, end-1)
-	if err := l.db.DeleteRange(key(0), key(off), pebble.NoSync); err != nil {
+	if err := l.plog.Guard(func() error { return l.db.DeleteRange(key(0), key(off), pebble.NoSync) }); err != nil {
 		return fmt.Errorf("truncate log: %w", err)
 	}
 	return nil
 }
+
+// Failed is featurestore.ErrStorage once a write of the log failed
+// (appends are refused from then on); nil while the log is healthy.
+func (l *Log) Failed() error { return l.plog.Failed() }
 
 // Checkpoint writes a consistent copy of the log to dir (which must not
 // exist).
@@ -315,7 +324,8 @@ func (l *Log) Checkpoint(dir string) error {
 	if closed {
 		return ErrClosed
 	}
-	if err := l.db.Checkpoint(dir, pebble.WithFlushedWAL()); err != nil {
+	if err := l.plog.Guard(func() error { return l.db.Checkpoint(dir, pebble.WithFlushedWAL()) }); err != nil {
+		_ = l.opts.FS.RemoveAll(dir) // no half-written checkpoint
 		return fmt.Errorf("checkpoint log: %w", err)
 	}
 	return nil

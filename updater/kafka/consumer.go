@@ -59,6 +59,41 @@ func (c *Consumer) Lag() int64 {
 	return n
 }
 
+// Progress is where the consumer stands, summed over the partitions it
+// has held since it started.
+type Progress struct {
+	// Applied is the sum of the partitions' next offsets to apply; End
+	// the sum of their high watermarks as of the last fetch (at least
+	// Applied).
+	Applied, End int64
+	// Watermark is the oldest of the partitions' watermarks (newest event
+	// time minus the allowed lateness; older records are late); 0 before
+	// any partition applied an event.
+	Watermark int64
+	// Partitions is how many partitions the sums cover.
+	Partitions int
+}
+
+// Progress returns the consumer's positions and watermark.
+func (c *Consumer) Progress() Progress {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var p Progress
+	first := true
+	for part, pos := range c.mu.pos {
+		p.Partitions++
+		p.Applied += pos.next
+		p.End += pos.next + c.mu.lag[part]
+		if pos.maxTS != 0 {
+			wm := pos.maxTS - c.opts.AllowedLateness.Milliseconds()
+			if first || wm < p.Watermark {
+				p.Watermark, first = wm, false
+			}
+		}
+	}
+	return p
+}
+
 // BatchInfo describes one applied batch (see OnApply).
 type BatchInfo struct {
 	Records   int             // records consumed (applied, duplicates and dead letters)
