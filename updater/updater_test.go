@@ -529,8 +529,8 @@ func TestDeadLettersGoThroughTheLog(t *testing.T) {
 	base := testNow.Add(-48 * time.Hour).UnixMilli()
 	res := e.ingest(t, []*recsysv1.Event{
 		mkEvent("", "u1", "i1", "c1", "view", base+3*3_600_000),
-		mkEvent("", "u1", "i2", "c1", "view", base),                                   // late
-		mkEvent("", "u2", "i1", "c1", "view", testNow.Add(time.Hour).UnixMilli()),     // future
+		mkEvent("", "u1", "i2", "c1", "view", base),                               // late
+		mkEvent("", "u2", "i1", "c1", "view", testNow.Add(time.Hour).UnixMilli()), // future
 		mkEvent("", "u2", "i3", "c1", "cart", base+3*3_600_000+1),
 	}, nil)
 	if res.Accepted != 2 || len(res.Rejected) != 2 || res.End != 4 {
