@@ -490,10 +490,15 @@ def test_replay_into_data_dir_then_serve(tmp_path, server_factory):
         got.update({e["id"]: {f["name"]: f["value"] for f in e["features"]} for e in r.json()["entities"]})
     assert got == dict(users)
 
-    # Replaying the same file again into the (stopped) data dir adds nothing.
+    # Replaying the same file again into the (stopped) data dir adds nothing:
+    # most of it is late now (rejected, so replay exits 1 unless told that
+    # is expected), the rest is skipped as duplicates.
     assert s.stop() == 0
     res = subprocess.run([recsys_bin(), "replay", "--format", "jsonl", "--progress", "off", "--clock", "event", "--data.dir", str(s.data_dir),
                           str(src)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "ts/late" in res.stdout, res.stdout + res.stderr
+    res = subprocess.run([recsys_bin(), "replay", "--format", "jsonl", "--progress", "off", "--clock", "event", "--data.dir", str(s.data_dir),
+                          "--allow-rejected", str(src)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     s.start()
     st2 = s.wait_caught_up()

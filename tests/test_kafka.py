@@ -65,6 +65,14 @@ def test_ingest_dead_letters_checkpoint_rebuild(kafka_broker, tmp_path):
         ready = srv.get("/readyz")
         assert ready.status_code == 200 and "consumer lag" in ready.json()["detail"], ready.text
         assert int(srv.get("/v1/stats").json()["max_event_ts"]) > 0
+        # Stats report the consumer's position in the topic (summed over its
+        # partitions), not the empty embedded log.
+        def caught_up():
+            st = {k: int(v) for k, v in srv.get("/v1/stats").json().items()}
+            return st if st["applied_offset"] == st["log_end_offset"] > 0 else None
+        st = poll(caught_up, 30, what="Kafka stats to show the consumer's position")
+        assert st["applied_offset"] >= sum(int(o) for o in first["end_offsets"].values()), (st, first)
+        assert st["watermark"] > 0, st
         dlq = dump(kafka_broker, topic + ".dlq")
         assert collections.Counter(d["headers"]["recsys-reason"] for d in dlq) == BAD_REASONS
         for d in dlq:
@@ -149,3 +157,21 @@ def test_broker_restart_mid_stream(kafka_broker, tmp_path):
     finally:
         srv.stop()
         srv.close()
+
+
+def test_broker_restart_waits_until_ready(tmp_path):
+    """broker.sh start on a DIR of an earlier run returns only once the new
+    broker is up (its log holds the earlier run's ready line too)."""
+    import socket
+    from kafka_harness import Broker
+    b = Broker(tmp_path / "kafka")
+    b.start()
+    try:
+        b.stop()
+        b.start()
+        host, port = b.addr.rsplit(":", 1)
+        socket.create_connection((host, int(port)), timeout=2).close()
+        log = (tmp_path / "kafka" / "broker.log").read_text()
+        assert log.count("Kafka Server started") == 2, log[-2000:]
+    finally:
+        b.stop()
