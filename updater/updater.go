@@ -2,6 +2,7 @@ package updater
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -282,6 +283,51 @@ func (u *Updater) Ingest(ctx context.Context, events []*recsysv1.Event, index []
 	return res, nil
 }
 
+// mark is the applied offset at a daily expiry and the store clock then.
+type mark struct {
+	at      int64
+	applied uint64
+}
+
+// marksKey names the truncation marks among the log's meta values.
+const marksKey = "truncation-marks"
+
+// maxMarks bounds the marks kept (one a day; the retention is at most a
+// few weeks).
+const maxMarks = 400
+
+func encodeMarks(ms []mark) []byte {
+	var b []byte
+	for _, m := range ms {
+		b = binary.AppendVarint(b, m.at)
+		b = binary.AppendUvarint(b, m.applied)
+	}
+	return b
+}
+
+// loadMarks reads the marks that an earlier run stored.
+func (u *Updater) loadMarks() ([]mark, error) {
+	b, ok, err := u.log.Meta(marksKey)
+	if err != nil || !ok {
+		return nil, err
+	}
+	var ms []mark
+	for len(b) > 0 && len(ms) < maxMarks {
+		at, n := binary.Varint(b)
+		if n <= 0 {
+			return nil, fmt.Errorf("log meta %s: corrupt", marksKey)
+		}
+		b = b[n:]
+		applied, n := binary.Uvarint(b)
+		if n <= 0 {
+			return nil, fmt.Errorf("log meta %s: corrupt", marksKey)
+		}
+		b = b[n:]
+		ms = append(ms, mark{at, applied})
+	}
+	return ms, nil
+}
+
 // diskLow reports whether the free space is below half of MinFreeBytes.
 func (u *Updater) diskLow() bool {
 	if u.opts.DiskFree == nil || u.opts.MinFreeBytes == 0 {
@@ -348,12 +394,16 @@ func (u *Updater) Run(ctx context.Context) error {
 	var ev recsysv1.Event
 	var lastExpiry int64
 	// marks remembers the applied offset at each daily expiry, to truncate
-	// the log once a mark is older than the retention.
-	type mark struct {
-		at      int64
-		applied uint64
+	// the log once a mark is older than the retention. They are kept in
+	// the log itself, so that a server restarted every day still
+	// truncates.
+	marks, err := u.loadMarks()
+	if errors.Is(err, eventlog.ErrClosed) {
+		return nil
 	}
-	var marks []mark
+	if err != nil {
+		return fmt.Errorf("updater: %w", err)
+	}
 	for {
 		from := u.store.AppliedOffset()
 		if err := u.log.Wait(ctx, from); err != nil {
@@ -434,6 +484,9 @@ func (u *Updater) Run(ctx context.Context) error {
 					return fmt.Errorf("updater: %w", err)
 				}
 				marks = marks[i:]
+			}
+			if err := u.log.PutMeta(marksKey, encodeMarks(marks)); err != nil {
+				return fmt.Errorf("updater: %w", err)
 			}
 		}
 		u.mu.Lock()

@@ -584,3 +584,39 @@ func TestDeadLettersGoThroughTheLog(t *testing.T) {
 	check("a dead letter below the applied offset again")
 	e.close()
 }
+
+// A server restarted every day still truncates its log: the marks that say
+// which offset was applied when are kept in the log itself, not only in
+// the memory of one run.
+func TestLogTruncatedAcrossRestarts(t *testing.T) {
+	checkGoroutines(t)
+	fs := vfs.NewMem()
+	opts := Options{AllowedLateness: 1000 * 24 * time.Hour}
+	e := openEnv(t, fs, opts)
+	retention := e.store.Retention()
+	t1 := testNow.Add(-time.Hour).UnixMilli()
+	t0 := t1 - retention - 2*24*3_600_000
+	days := []int64{t0, t0 + 24*3_600_000, t1}
+	var end uint64
+	for i, ts := range days {
+		// One run a day: ingest the day's event, apply it (the day's expiry
+		// runs), stop.
+		stop := e.run(t)
+		end = e.ingest(t, []*recsysv1.Event{mkEvent("", "u1", fmt.Sprint("i", i), "", "view", ts)}, nil).End
+		e.waitApplied(t, end)
+		stop()
+		e.close()
+		e = openEnv(t, fs, opts)
+	}
+	defer e.close()
+	var offs []uint64
+	if _, err := e.log.Read(0, 10, func(off uint64, _ []byte) error { offs = append(offs, off); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	// The marks of the first two days (offsets 1 and 2 applied) are older
+	// than the retention on the last day: everything before the newer of
+	// them is gone. (Marks lost with each run would truncate nothing.)
+	if !slices.Equal(offs, []uint64{2}) {
+		t.Fatalf("log offsets after three daily runs: %v, want [2] (offsets 0 and 1 truncated)", offs)
+	}
+}

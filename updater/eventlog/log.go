@@ -309,6 +309,47 @@ func (l *Log) TruncateBefore(off uint64) error {
 	return nil
 }
 
+// metaPrefix keys the log's own small values (not records): they sort
+// after every "l/" record key.
+const metaPrefix = "m/"
+
+// PutMeta durably stores value under name, beside the records.
+func (l *Log) PutMeta(name string, value []byte) error {
+	l.readers.RLock()
+	defer l.readers.RUnlock()
+	l.mu.Lock()
+	closed := l.mu.closed
+	l.mu.Unlock()
+	if closed {
+		return ErrClosed
+	}
+	if err := l.plog.Guard(func() error { return l.db.Set([]byte(metaPrefix+name), value, pebble.Sync) }); err != nil {
+		return fmt.Errorf("log meta %s: %w", name, err)
+	}
+	return nil
+}
+
+// Meta returns the value stored under name, if any.
+func (l *Log) Meta(name string) ([]byte, bool, error) {
+	l.readers.RLock()
+	defer l.readers.RUnlock()
+	l.mu.Lock()
+	closed := l.mu.closed
+	l.mu.Unlock()
+	if closed {
+		return nil, false, ErrClosed
+	}
+	v, closer, err := l.db.Get([]byte(metaPrefix + name))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("log meta %s: %w", name, err)
+	}
+	out := append([]byte(nil), v...)
+	return out, true, closer.Close()
+}
+
 // Failed is featurestore.ErrStorage once a write of the log failed
 // (appends are refused from then on); nil while the log is healthy.
 func (l *Log) Failed() error { return l.plog.Failed() }
