@@ -37,9 +37,11 @@ func benchEvents(rng *rand.Rand, batch []Entry, next *uint64) {
 	}
 }
 
-func benchStore(b *testing.B) *Store {
+func benchStore(b *testing.B) *Store { return benchStoreWith(b, ModelOptions{}) }
+
+func benchStoreWith(b *testing.B, mo ModelOptions) *Store {
 	b.Helper()
-	s, err := Open("db", Options{FS: vfs.NewMem(), Logger: quietLogger()})
+	s, err := Open("db", Options{FS: vfs.NewMem(), Logger: quietLogger(), Models: mo})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -48,8 +50,14 @@ func benchStore(b *testing.B) *Store {
 }
 
 // BenchmarkApply applies batches of 4096 new events; ns/op is per batch.
-func BenchmarkApply(b *testing.B) {
-	s := benchStore(b)
+func BenchmarkApply(b *testing.B) { benchApply(b, ModelOptions{}) }
+
+// BenchmarkApplyRankerSample is BenchmarkApply with the ranker trained on
+// a quarter of the events.
+func BenchmarkApplyRankerSample(b *testing.B) { benchApply(b, ModelOptions{RankerSample: 0.25}) }
+
+func benchApply(b *testing.B, mo ModelOptions) {
+	s := benchStoreWith(b, mo)
 	rng := rand.New(rand.NewPCG(1, 2))
 	batch := make([]Entry, benchBatch)
 	var next uint64

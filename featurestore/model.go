@@ -71,6 +71,12 @@ type ModelOptions struct {
 	// PublishMargin: a new weight version is published only if its rolling
 	// AUC is at least the published version's minus this. Default 0.005.
 	PublishMargin float64
+	// RankerSample is the share of events the ranker trains on, chosen by
+	// a hash of the event id (so the same events whatever the batches).
+	// Its examples are most of the cost of applying an event with models
+	// (the user's context, 20 neighbour lists, five feature vectors).
+	// Default 1 (every event).
+	RankerSample float64
 }
 
 // EnsureDefaults fills in zero fields with their defaults.
@@ -110,6 +116,7 @@ func (o *ModelOptions) EnsureDefaults() {
 	setInt(&o.RankerWindow, 10000)
 	setInt(&o.PublishEvery, 5000)
 	setF(&o.PublishMargin, 0.005)
+	setF(&o.RankerSample, 1)
 }
 
 // Validate reports hyperparameters out of range, naming the field.
@@ -129,6 +136,8 @@ func (o *ModelOptions) Validate() error {
 		return errors.New("models.learning-rate: at most 1")
 	case o.PublishMargin > 1:
 		return errors.New("models.publish-margin: at most 1")
+	case o.RankerSample > 1:
+		return errors.New("models.ranker-sample: at most 1 (the share of events the ranker trains on)")
 	}
 	return nil
 }
@@ -649,12 +658,6 @@ func (s *Store) applyModels(mb *modelBatch, ev *Event, urec *UserRecord, irec *I
 		im.Vec = initVec("i/"+ev.ItemID, o.Dim)
 	}
 	negs := s.drawNegatives(mb.meta, ev)
-
-	// 1. The ranker: score every example before learning from it.
-	ctx, err := s.rankContextAt(mb, um, urec, ev.TS, false)
-	if err != nil {
-		return err
-	}
 	negModels := make([]*itemModel, 0, len(negs))
 	for _, id := range negs {
 		// A ring item may have expired since: it is not a negative then
@@ -671,7 +674,13 @@ func (s *Store) applyModels(mb *modelBatch, ev *Event, urec *UserRecord, irec *I
 		}
 		negModels = append(negModels, nm)
 	}
-	{
+	// 1. The ranker, on its sample of events: score every example before
+	// learning from it.
+	if rankerSampled(ev.ID, o.RankerSample) {
+		ctx, err := s.rankContextAt(mb, um, urec, ev.TS, false)
+		if err != nil {
+			return err
+		}
 		pos := candidateInfo{ID: ev.ItemID, Item: irec, Vec: im.Vec}
 		if err := s.learnRanker(mb, ctx, &pos, 1); err != nil {
 			return err
@@ -724,6 +733,16 @@ func (s *Store) applyModels(mb *modelBatch, ev *Event, urec *UserRecord, irec *I
 	ring.Learned++
 	ring.LastTS = max(ring.LastTS, ev.TS)
 	return nil
+}
+
+// rankerSampled reports whether the ranker trains on the event with id,
+// for a sample share: a hash of the id, so the choice does not depend on
+// batches, restarts or replays.
+func rankerSampled(id string, share float64) bool {
+	if share >= 1 {
+		return true
+	}
+	return float64(splitmix(fnv64(id)^0x72616e6b)>>11)/(1<<53) < share
 }
 
 // itemRecordFor returns the committed feature record of item id (from the

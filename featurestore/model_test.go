@@ -1427,3 +1427,33 @@ func FuzzModelRecordDecode(f *testing.F) {
 		}
 	})
 }
+
+// With the ranker trained on a sample of events, the model state still
+// depends only on the events: any batch split gives the same tables; and
+// the ranker learns from about that share of the events.
+func TestRankerSampleDeterminism(t *testing.T) {
+	log := modelStream(2, 400)
+	n := len(log)
+	opts := smallModels
+	opts.RankerSample = 0.3
+	ref := openModelStore(t, vfs.NewMem(), "db", opts)
+	applySplit(t, ref, log, []int{n})
+	want := dumpAll(t, ref, dumpUsers, dumpItems)
+	full := openModelStore(t, vfs.NewMem(), "db", smallModels)
+	applySplit(t, full, log, []int{n})
+	all, sampled := mustModels(t, full)["ranker"].Examples, mustModels(t, ref)["ranker"].Examples
+	if r := float64(sampled) / float64(all); r < 0.2 || r > 0.4 {
+		t.Errorf("ranker examples %d with a 0.3 sample against %d without: share %.2f", sampled, all, r)
+	}
+	rng := rand.New(rand.NewPCG(3, 3))
+	var ends []int
+	for p := 0; p < n; {
+		p = min(n, p+1+rng.IntN(30))
+		ends = append(ends, p)
+	}
+	s := openModelStore(t, vfs.NewMem(), "db", opts)
+	applySplit(t, s, log, ends)
+	if got := dumpAll(t, s, dumpUsers, dumpItems); got != want {
+		t.Errorf("sampled ranker: state after %d batches differs from one batch: %s", len(ends), diffLines(got, want))
+	}
+}

@@ -17,7 +17,7 @@ import (
 )
 
 var knownCodes = []string{CodeMissing, CodeTooLong, CodeInvalidUTF8, CodeControlCharacter, CodeUnknownBehavior,
-	CodeTooOld, CodeFuture, CodeMalformed, CodeUnknownField}
+	CodeTooOld, CodeFuture, CodeMalformed, CodeUnknownField, CodeReserved}
 
 func TestDecodeJSONEvent(t *testing.T) {
 	tests := []struct {

@@ -99,6 +99,7 @@ type modelConfig struct {
 	RankerWindow  int           `yaml:"ranker-window"`
 	PublishEvery  int           `yaml:"publish-every"`
 	PublishMargin float64       `yaml:"publish-margin"`
+	RankerSample  float64       `yaml:"ranker-sample"`
 }
 
 func (m *modelConfig) bindFlags(fs *pflag.FlagSet) {
@@ -124,6 +125,7 @@ func (m *modelConfig) bindFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&m.RankerWindow, "models.ranker-window", d.RankerWindow, "examples in the ranker's rolling AUC and log loss")
 	fs.IntVar(&m.PublishEvery, "models.publish-every", d.PublishEvery, "ranker examples between publication checks")
 	fs.Float64Var(&m.PublishMargin, "models.publish-margin", d.PublishMargin, "a new ranker version is published only if its rolling AUC is at least the current one's minus this")
+	fs.Float64Var(&m.RankerSample, "models.ranker-sample", d.RankerSample, "share of events the ranker trains on (by a hash of the event id); its examples are most of the cost of applying an event")
 }
 
 // options converts m; Open validates the values.
@@ -133,7 +135,7 @@ func (m *modelConfig) options() featurestore.ModelOptions {
 		DecayHalfLife: m.DecayHalfLife, UserAlpha: m.UserAlpha, Shrinkage: m.Shrinkage, Neighbors: m.Neighbors,
 		RecentUsers: m.RecentUsers, Dim: m.Dim, LearningRate: m.LearningRate, Reg: m.Reg, Negatives: m.Negatives,
 		RankerAlpha: m.RankerAlpha, RankerBeta: m.RankerBeta, RankerL1: m.RankerL1, RankerL2: m.RankerL2,
-		RankerWindow: m.RankerWindow, PublishEvery: m.PublishEvery, PublishMargin: m.PublishMargin,
+		RankerWindow: m.RankerWindow, PublishEvery: m.PublishEvery, PublishMargin: m.PublishMargin, RankerSample: m.RankerSample,
 	}
 }
 
@@ -147,7 +149,7 @@ func (m *modelConfig) validate() error {
 		{"shrinkage", m.Shrinkage}, {"neighbors", float64(m.Neighbors)}, {"recent-users", float64(m.RecentUsers)}, {"dim", float64(m.Dim)},
 		{"learning-rate", m.LearningRate}, {"reg", m.Reg}, {"negatives", float64(m.Negatives)}, {"ranker-alpha", m.RankerAlpha},
 		{"ranker-beta", m.RankerBeta}, {"ranker-l1", m.RankerL1}, {"ranker-l2", m.RankerL2}, {"ranker-window", float64(m.RankerWindow)},
-		{"publish-every", float64(m.PublishEvery)}, {"publish-margin", m.PublishMargin},
+		{"publish-every", float64(m.PublishEvery)}, {"publish-margin", m.PublishMargin}, {"ranker-sample", m.RankerSample},
 	} {
 		if !(c.v > 0) {
 			return fmt.Errorf("models.%s: %v is not positive", c.name, c.v)
