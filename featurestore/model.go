@@ -75,7 +75,9 @@ type ModelOptions struct {
 	// a hash of the event id (so the same events whatever the batches).
 	// Its examples are most of the cost of applying an event with models
 	// (the user's context, 20 neighbour lists, five feature vectors).
-	// Default 1 (every event).
+	// Default 0.25: on the Taobao users sample it applied 31% more events
+	// per second than 1, with NDCG@10 of full 0.0043 (discovery) and
+	// 0.0979 (re-engagement) against 0.0042 and 0.0955.
 	RankerSample float64
 }
 
@@ -116,7 +118,7 @@ func (o *ModelOptions) EnsureDefaults() {
 	setInt(&o.RankerWindow, 10000)
 	setInt(&o.PublishEvery, 5000)
 	setF(&o.PublishMargin, 0.005)
-	setF(&o.RankerSample, 1)
+	setF(&o.RankerSample, 0.25)
 }
 
 // Validate reports hyperparameters out of range, naming the field.

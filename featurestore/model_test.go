@@ -655,7 +655,7 @@ func learnableStream(n int) []Event {
 // chance on the rolling window and publishes versions.
 func TestModelRankerLearns(t *testing.T) {
 	const negatives, events = 3, 400
-	s := openModelStore(t, vfs.NewMem(), "db", ModelOptions{Negatives: negatives, RankerWindow: 200, PublishEvery: 100})
+	s := openModelStore(t, vfs.NewMem(), "db", ModelOptions{Negatives: negatives, RankerWindow: 200, PublishEvery: 100, RankerSample: 1})
 	if _, _, v := s.RankerWeights(); v != 0 || s.ModelVersion() != "ranker-v0" {
 		t.Errorf("fresh store ranker version %d (%s), want 0", v, s.ModelVersion())
 	}
@@ -774,7 +774,7 @@ func TestRankerPublicationGate(t *testing.T) {
 // every cap: history, pairs, neighbour pruning, recent users, the ranker
 // window and publication.
 var smallModels = ModelOptions{Neighbors: 3, HistoryCap: 8, PairCap: 4, RecentUsers: 4, Dim: 4, Negatives: 3,
-	RankerWindow: 60, PublishEvery: 50}
+	RankerWindow: 60, PublishEvery: 50, RankerSample: 1}
 
 // modelStream is a random log over few users and items: times mostly
 // increasing with some late events and some jumps past the pair window,

@@ -115,7 +115,10 @@ def base_stream() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
-    s = Server(tmp_path_factory.mktemp("models"), ["--models.publish-every", str(PUBLISH_EVERY)], name="models-server")
+    # The module's stream is small: the ranker trains on every event (the
+    # default is a quarter of them) so that it publishes several versions.
+    s = Server(tmp_path_factory.mktemp("models"), ["--models.publish-every", str(PUBLISH_EVERY), "--models.ranker-sample", "1"],
+               name="models-server")
     try:
         s.start()
         s.ledger = Ledger()
@@ -433,10 +436,11 @@ def test_expired_items_are_not_served(server_factory):
 # -- 3. models ----------------------------------------------------------------------
 
 def test_models_of_an_empty_and_a_small_store(server_factory):
-    """A fresh server (default models options): nothing learned, ranker-v0, empty
+    """A fresh server (default models options, but a ranker that trains on every
+    event instead of a quarter of them): nothing learned, ranker-v0, empty
     lists and model tables; a few events teach every model but publish no
     ranker (the default publishes every 5000 examples)."""
-    s = server_factory()
+    s = server_factory("--models.ranker-sample", "1")
     s.ledger = Ledger()
     by_name, version = models(s)
     assert version == "ranker-v0"
