@@ -157,7 +157,7 @@ def test_spine_of_20m_rows_is_refused_within_bounds(server):
             assert "spine" in str(exc) and "split it" in str(exc), exc
     finally:
         client.close()
-    assert time.monotonic() - start < 60
+    assert time.monotonic() - start < 5
     assert rss_peak_bytes(server.proc.pid) < 1 << 30, rss_peak_bytes(server.proc.pid)
     assert server.get("/healthz").status_code == 200
 
