@@ -72,29 +72,7 @@ func (s *Store) ApplyWith(entries []Entry, extra Extra) (ApplyResult, error) {
 		return ApplyResult{}, err
 	}
 	defer s.release()
-	var newDead int64
-	for _, d := range extra.DeadLetters {
-		// A dead letter re-written after a crash replaced its own key; count
-		// it once.
-		ok, err := s.has(deadKey(d.Received, d.Seq))
-		if err != nil {
-			return ApplyResult{}, fmt.Errorf("apply: %w", err)
-		}
-		if !ok {
-			newDead++
-		}
-	}
-	res, err := s.apply(s.Stats().AppliedOffset, entries, &extra)
-	if err != nil {
-		s.users.Purge()
-		s.items.Purge()
-		if merr := s.abortModels(); merr != nil {
-			err = errors.Join(err, merr)
-		}
-		return res, err
-	}
-	s.deadCount.Add(newDead)
-	return res, nil
+	return s.applyBatch(s.Stats().AppliedOffset, entries, &extra)
 }
 
 // Meta returns the meta values whose keys (without "m/") start with

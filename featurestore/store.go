@@ -238,11 +238,9 @@ func (s *Store) Close() error {
 	s.life.ops.Wait()
 	// Without a WAL the memtables are lost on close unless flushed; a
 	// failed flush costs only a longer replay at the next open.
-	var ferr error
 	if s.plog.Failed() == nil {
-		ferr = s.flush()
-		if ferr != nil {
-			s.logger.Warn("cannot flush the state before closing; the log is applied again at the next start", "err", ferr)
+		if err := s.flush(); err != nil {
+			s.logger.Warn("cannot flush the state before closing; the log is applied again at the next start", "err", err)
 		}
 	}
 	err := s.db.Close()
@@ -365,15 +363,27 @@ func (s *Store) ApplyLog(end uint64, entries []Entry, dead []DeadLetter) (ApplyR
 		return ApplyResult{}, err
 	}
 	defer s.release()
-	var extra *Extra
+	if len(dead) == 0 {
+		return s.applyBatch(end, entries, nil)
+	}
+	lo := s.Stats().AppliedOffset
+	extra := &Extra{embedded: true}
+	for _, d := range dead {
+		if d.Seq&^logDeadLetterBit >= lo { // below: applied before (a re-read prefix)
+			extra.DeadLetters = append(extra.DeadLetters, d)
+		}
+	}
+	return s.applyBatch(end, entries, extra)
+}
+
+// applyBatch runs apply (under applyMu and acquire) and keeps the dead
+// letter count: a dead letter re-written after a crash replaces its own
+// key and is counted once. After a failed batch it drops the decoded
+// records the batch may have changed in place.
+func (s *Store) applyBatch(end uint64, entries []Entry, extra *Extra) (ApplyResult, error) {
 	var newDead int64
-	if len(dead) > 0 {
-		lo := s.Stats().AppliedOffset
-		extra = &Extra{embedded: true}
-		for _, d := range dead {
-			if d.Seq&^logDeadLetterBit < lo {
-				continue // applied before (a re-read prefix)
-			}
+	if extra != nil {
+		for _, d := range extra.DeadLetters {
 			ok, err := s.has(deadKey(d.Received, d.Seq))
 			if err != nil {
 				return ApplyResult{}, fmt.Errorf("apply: %w", err)
@@ -381,13 +391,9 @@ func (s *Store) ApplyLog(end uint64, entries []Entry, dead []DeadLetter) (ApplyR
 			if !ok {
 				newDead++
 			}
-			extra.DeadLetters = append(extra.DeadLetters, d)
 		}
 	}
 	res, err := s.apply(end, entries, extra)
-	if err == nil {
-		s.deadCount.Add(newDead)
-	}
 	if err != nil {
 		// Cached records may have been modified in place by the failed
 		// batch: they are ahead of Pebble now.
@@ -396,8 +402,10 @@ func (s *Store) ApplyLog(end uint64, entries []Entry, dead []DeadLetter) (ApplyR
 		if merr := s.abortModels(); merr != nil {
 			err = errors.Join(err, merr)
 		}
+		return res, err
 	}
-	return res, err
+	s.deadCount.Add(newDead)
+	return res, nil
 }
 
 func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, error) {
@@ -651,8 +659,8 @@ func (s *Store) Now() int64 {
 }
 
 // Flush writes the memtables to disk. A flush that has not finished
-// within flushWait (a failing or full disk: Pebble retries it in the
-// background) is an error.
+// within Options.FlushWait (a failing or full disk: Pebble retries it in
+// the background) is an error.
 func (s *Store) Flush() error {
 	if err := s.acquire(); err != nil {
 		return err
@@ -662,7 +670,6 @@ func (s *Store) Flush() error {
 }
 
 func (s *Store) flush() error {
-	flushWait := s.opts.FlushWait
 	var done <-chan struct{}
 	if err := s.plog.Guard(func() (err error) { done, err = s.db.AsyncFlush(); return err }); err != nil {
 		return fmt.Errorf("flush state: %w", err)
@@ -670,8 +677,8 @@ func (s *Store) flush() error {
 	select {
 	case <-done:
 		return nil
-	case <-time.After(flushWait):
-		return fmt.Errorf("flush state: not done after %s (is the disk full or failing?)", flushWait)
+	case <-time.After(s.opts.FlushWait):
+		return fmt.Errorf("flush state: not done after %s (is the disk full or failing?)", s.opts.FlushWait)
 	}
 }
 

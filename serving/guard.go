@@ -320,8 +320,7 @@ func (g *Guard) HTTPMiddleware(next http.Handler) http.Handler {
 			// own connection, until the server's read timeout ends it.
 			body, err := io.ReadAll(io.LimitReader(r.Body, g.maxBody+1))
 			if err != nil {
-				writeJSON(rec, http.StatusRequestTimeout, map[string]any{"code": int(codes.DeadlineExceeded),
-					"message": "body: not received in time: " + err.Error(), "details": []any{}})
+				writeError(rec, http.StatusRequestTimeout, codes.DeadlineExceeded, "body: not received in time: "+err.Error())
 				return
 			}
 			r.Body = io.NopCloser(bytes.NewReader(body))
@@ -357,7 +356,13 @@ func writeStatus(w http.ResponseWriter, err error) {
 		code = http.StatusTooManyRequests
 		w.Header().Set("Retry-After", "1")
 	}
-	writeJSON(w, code, map[string]any{"code": int(st.Code()), "message": st.Message(), "details": []any{}})
+	writeError(w, code, st.Code(), st.Message())
+}
+
+// writeError writes an error body in the gateway's shape with the given
+// HTTP status.
+func writeError(w http.ResponseWriter, httpCode int, code codes.Code, msg string) {
+	writeJSON(w, httpCode, map[string]any{"code": int(code), "message": msg, "details": []any{}})
 }
 
 type statusRecorder struct {

@@ -53,14 +53,13 @@ func (s *Server) HTTPHandler(ctx context.Context) (http.Handler, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/events", func(w http.ResponseWriter, r *http.Request) {
 		if msg := jsonContentType(r); msg != "" {
-			writeJSON(w, http.StatusUnsupportedMediaType, map[string]any{"code": int(codes.InvalidArgument), "message": msg, "details": []any{}})
+			writeError(w, http.StatusUnsupportedMediaType, codes.InvalidArgument, msg)
 			return
 		}
 		resp, err := s.handleIngest(r)
 		if err != nil {
 			if isDiskFull(err) {
-				writeJSON(w, http.StatusInsufficientStorage, map[string]any{"code": int(codes.ResourceExhausted),
-					"message": status.Convert(err).Message(), "details": []any{}})
+				writeError(w, http.StatusInsufficientStorage, codes.ResourceExhausted, status.Convert(err).Message())
 				return
 			}
 			runtime.HTTPError(r.Context(), gw, jsonMarshaler, w, r, err)

@@ -39,12 +39,9 @@ type Options struct {
 	// MaxReadyLag is how many log entries the updater may be behind while
 	// /readyz still reports ready. Default 100,000.
 	MaxReadyLag uint64
-	// Lag, when set, is how far the updater is behind its source (Kafka
-	// mode: records behind the partitions' high watermarks); /readyz and
-	// stats use it instead of the embedded log's lag.
-	Lag func() uint64
 	// Source, when set, reports the positions of an outside source (Kafka
-	// mode): stats show them instead of the embedded log's, which stays
+	// mode): stats and /readyz (its lag: records behind the partitions'
+	// high watermarks) use them instead of the embedded log's, which stays
 	// empty.
 	Source func() SourceProgress
 }
@@ -451,8 +448,9 @@ func (s *Server) ready() (bool, string) {
 	if err := s.upd.DiskFull(); err != nil {
 		return false, err.Error()
 	}
-	if s.opts.Lag != nil {
-		lag := s.opts.Lag()
+	if s.opts.Source != nil {
+		p := s.opts.Source()
+		lag := p.End - p.Applied
 		if lag > s.opts.MaxReadyLag {
 			return false, fmt.Sprintf("consumer is %d records behind the source (limit %d)", lag, s.opts.MaxReadyLag)
 		}

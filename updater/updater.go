@@ -70,18 +70,25 @@ func (e *diskFullError) Is(target error) bool { return target == ErrDiskFull }
 // DiskFull returns ErrDiskFull (with the figures) while the data dir's
 // filesystem is below Options.MinFreeBytes, else nil.
 func (u *Updater) DiskFull() error {
-	if u.opts.DiskFree == nil || u.opts.MinFreeBytes == 0 {
-		return nil
-	}
-	free, err := u.opts.DiskFree()
-	if err != nil {
-		return nil // unknown: let the write tell
-	}
-	u.m.diskFree.Set(float64(free))
-	if free < u.opts.MinFreeBytes {
+	if free, ok := u.freeBytes(); ok && free < u.opts.MinFreeBytes {
 		return &diskFullError{free, u.opts.MinFreeBytes}
 	}
 	return nil
+}
+
+// freeBytes returns the free bytes of the data dir's filesystem (and
+// records them in the metric); ok is false when there is no check or the
+// figure is unknown (then the writes themselves tell).
+func (u *Updater) freeBytes() (free uint64, ok bool) {
+	if u.opts.DiskFree == nil || u.opts.MinFreeBytes == 0 {
+		return 0, false
+	}
+	free, err := u.opts.DiskFree()
+	if err != nil {
+		return 0, false
+	}
+	u.m.diskFree.Set(float64(free))
+	return free, true
 }
 
 // Failed is featurestore.ErrStorage once the log or the store could not
@@ -147,7 +154,7 @@ func newMetrics(reg prometheus.Registerer) metrics {
 	m := metrics{
 		diskFree: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "recsys_disk_free_bytes",
-			Help: "Free bytes of the data dir's filesystem at the last ingest check; below ingest.min-free-bytes ingest is refused (507).",
+			Help: "Free bytes of the data dir's filesystem at the last check (ingest, apply, readiness); below ingest.min-free-bytes ingest is refused (507).",
 		}),
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "recsys_ingest_events_total",
@@ -330,11 +337,8 @@ func (u *Updater) loadMarks() ([]mark, error) {
 
 // diskLow reports whether the free space is below half of MinFreeBytes.
 func (u *Updater) diskLow() bool {
-	if u.opts.DiskFree == nil || u.opts.MinFreeBytes == 0 {
-		return false
-	}
-	free, err := u.opts.DiskFree()
-	return err == nil && free < u.opts.MinFreeBytes/2
+	free, ok := u.freeBytes()
+	return ok && free < u.opts.MinFreeBytes/2
 }
 
 // deadLetterMark starts a log record that holds a DeadLetter instead of

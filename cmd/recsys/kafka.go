@@ -114,14 +114,6 @@ func (k *kafkaSource) Run(ctx context.Context, eng *engine, _ *config, logger *s
 	return c.Run(ctx)
 }
 
-// lag is the consumer's lag in records (0 before it starts).
-func (k *kafkaSource) lag() uint64 {
-	if c := k.consumer.Load(); c != nil {
-		return uint64(max(c.Lag(), 0))
-	}
-	return 0
-}
-
 // progress is the consumer's position in the topic for stats (zeros
 // before it starts).
 func (k *kafkaSource) progress() serving.SourceProgress {

@@ -133,7 +133,6 @@ func serve(ctx context.Context, cfg *config) error {
 		MaxReadyLag:  cfg.Readyz.MaxLag,
 	}
 	if kafkaSrc != nil {
-		sopts.Lag = kafkaSrc.lag
 		sopts.Source = kafkaSrc.progress
 	}
 	srv := serving.New(eng.store, eng.upd, sopts)

@@ -243,18 +243,30 @@ func (l *Log) Wait(ctx context.Context, off uint64) error {
 	}
 }
 
-// Read calls fn for the records at offsets [from, min(End(), from+max)) in
-// order and returns the offset after the last one read. The slice passed to
-// fn is valid only during the call.
-func (l *Log) Read(from uint64, max int, fn func(off uint64, rec []byte) error) (uint64, error) {
+// enter registers an operation on the database (Close waits for it to
+// call done) and returns the log end as of then; ErrClosed once Close has
+// begun.
+func (l *Log) enter() (end uint64, done func(), err error) {
 	l.readers.RLock()
-	defer l.readers.RUnlock()
 	l.mu.Lock()
 	end, closed := l.mu.end, l.mu.closed
 	l.mu.Unlock()
 	if closed {
-		return from, ErrClosed
+		l.readers.RUnlock()
+		return 0, nil, ErrClosed
 	}
+	return end, l.readers.RUnlock, nil
+}
+
+// Read calls fn for the records at offsets [from, min(End(), from+max)) in
+// order and returns the offset after the last one read. The slice passed to
+// fn is valid only during the call.
+func (l *Log) Read(from uint64, max int, fn func(off uint64, rec []byte) error) (uint64, error) {
+	end, done, err := l.enter()
+	if err != nil {
+		return from, err
+	}
+	defer done()
 	if from >= end {
 		return from, nil
 	}
@@ -290,14 +302,11 @@ func (l *Log) Read(from uint64, max int, fn func(off uint64, rec []byte) error) 
 // the log. Reading them afterwards finds nothing; offsets of later records
 // do not change.
 func (l *Log) TruncateBefore(off uint64) error {
-	l.readers.RLock()
-	defer l.readers.RUnlock()
-	l.mu.Lock()
-	closed, end := l.mu.closed, l.mu.end
-	l.mu.Unlock()
-	if closed {
-		return ErrClosed
+	end, done, err := l.enter()
+	if err != nil {
+		return err
 	}
+	defer done()
 	// The last record always stays: Open finds the end of the log from it.
 	if end == 0 {
 		return nil
@@ -315,14 +324,11 @@ const metaPrefix = "m/"
 
 // PutMeta durably stores value under name, beside the records.
 func (l *Log) PutMeta(name string, value []byte) error {
-	l.readers.RLock()
-	defer l.readers.RUnlock()
-	l.mu.Lock()
-	closed := l.mu.closed
-	l.mu.Unlock()
-	if closed {
-		return ErrClosed
+	_, done, err := l.enter()
+	if err != nil {
+		return err
 	}
+	defer done()
 	if err := l.plog.Guard(func() error { return l.db.Set([]byte(metaPrefix+name), value, pebble.Sync) }); err != nil {
 		return fmt.Errorf("log meta %s: %w", name, err)
 	}
@@ -331,14 +337,11 @@ func (l *Log) PutMeta(name string, value []byte) error {
 
 // Meta returns the value stored under name, if any.
 func (l *Log) Meta(name string) ([]byte, bool, error) {
-	l.readers.RLock()
-	defer l.readers.RUnlock()
-	l.mu.Lock()
-	closed := l.mu.closed
-	l.mu.Unlock()
-	if closed {
-		return nil, false, ErrClosed
+	_, done, err := l.enter()
+	if err != nil {
+		return nil, false, err
 	}
+	defer done()
 	v, closer, err := l.db.Get([]byte(metaPrefix + name))
 	if errors.Is(err, pebble.ErrNotFound) {
 		return nil, false, nil
@@ -357,14 +360,11 @@ func (l *Log) Failed() error { return l.plog.Failed() }
 // Checkpoint writes a consistent copy of the log to dir (which must not
 // exist).
 func (l *Log) Checkpoint(dir string) error {
-	l.readers.RLock()
-	defer l.readers.RUnlock()
-	l.mu.Lock()
-	closed := l.mu.closed
-	l.mu.Unlock()
-	if closed {
-		return ErrClosed
+	_, done, err := l.enter()
+	if err != nil {
+		return err
 	}
+	defer done()
 	if err := l.plog.Guard(func() error { return l.db.Checkpoint(dir, pebble.WithFlushedWAL()) }); err != nil {
 		_ = l.opts.FS.RemoveAll(dir) // no half-written checkpoint
 		return fmt.Errorf("checkpoint log: %w", err)
