@@ -502,6 +502,31 @@ def run_replay_target(url: str, path: Path, *extra: str, timeout: float = 300) -
                           capture_output=True, text=True, timeout=timeout)
 
 
+def half_sent_post(port: int, content_length: int = 1000) -> socket.socket:
+    """A connection that starts POST /v1/events (JSON) and sends only the start of its body."""
+    c = socket.create_connection(("127.0.0.1", port), timeout=5)
+    c.sendall(b"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n{\"events\": [" % content_length)
+    return c
+
+
+def exchange(server, cmd: dict, table):
+    """A point-in-time DoExchange: streams table as the spine, returns the joined table."""
+    import json
+    import pyarrow.flight as fl
+    client = fl.connect(server.flight_uri)
+    try:
+        writer, reader = client.do_exchange(fl.FlightDescriptor.for_command(json.dumps(cmd)))
+        writer.begin(table.schema)
+        writer.write_table(table)
+        writer.done_writing()
+        out = reader.read_all()
+        writer.close()
+        return out
+    finally:
+        client.close()
+
+
 def chunks(seq, n):
     seq = list(seq)
     for i in range(0, len(seq), n):

@@ -8,22 +8,10 @@ import pyarrow as pa
 import pyarrow.flight as fl
 import pytest
 
+from conftest import exchange
+
 BASE = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 MIN = 60_000
-
-
-def exchange(server, cmd, table):
-    client = fl.connect(server.flight_uri)
-    try:
-        writer, reader = client.do_exchange(fl.FlightDescriptor.for_command(json.dumps(cmd)))
-        writer.begin(table.schema)
-        writer.write_table(table)
-        writer.done_writing()
-        out = reader.read_all()
-        writer.close()
-        return out
-    finally:
-        client.close()
 
 
 @pytest.fixture(scope="module")

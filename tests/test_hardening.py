@@ -27,7 +27,7 @@ import pyarrow.flight as fl
 import pytest
 import requests
 
-from conftest import REPO, Server, free_port, poll, recsys_bin
+from conftest import Server, exchange, half_sent_post, poll, recsys_bin
 
 BASE = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 HOUR = 3_600_000
@@ -101,33 +101,18 @@ def test_full_disk_refuses_ingest_keeps_reads_and_resumes(small_fs, server_facto
 
 # -- 2. one request, bounded memory ------------------------------------------------------------
 
-def exchange(s: Server, table: pa.Table, cmd: dict) -> pa.Table:
-    client = fl.connect(s.flight_uri)
-    try:
-        writer, reader = client.do_exchange(fl.FlightDescriptor.for_command(json.dumps(cmd).encode()))
-        writer.begin(table.schema)
-        for batch in table.to_batches(max_chunksize=1 << 20):
-            writer.write_batch(batch)
-        writer.done_writing()
-        out = reader.read_all()
-        writer.close()
-        return out
-    finally:
-        client.close()
-
-
 def test_spine_before_1970_answers_at_once(server):
     server.ingest([ev("u1", "i1", BASE)])
     server.wait_caught_up()
     spine = pa.table({"user_id": ["u1"], "ts": pa.array([-5], pa.int64())})
     start = time.monotonic()
     with pytest.raises((fl.FlightError, pa.ArrowException)) as exc:
-        exchange(server, spine, {"op": "point_in_time", "views": ["user_features"]})
+        exchange(server, {"op": "point_in_time", "views": ["user_features"]}, spine)
     assert time.monotonic() - start < 5
     assert "spine.ts" in str(exc.value) and "before 1970" in str(exc.value), exc.value
     # The epoch itself is a valid time: an answer with nothing counted.
-    out = exchange(server, pa.table({"user_id": ["u1"], "ts": pa.array([0], pa.int64())}),
-                   {"op": "point_in_time", "views": ["user_features"], "features": ["view_count_1h"]})
+    out = exchange(server, {"op": "point_in_time", "views": ["user_features"], "features": ["view_count_1h"]},
+                   pa.table({"user_id": ["u1"], "ts": pa.array([0], pa.int64())}))
     assert out.column("user.view_count_1h").to_pylist() in ([0], [None])
     assert rss_peak_bytes(server.proc.pid) < 1 << 30
 
@@ -295,10 +280,7 @@ def test_half_sent_bodies_do_not_starve_other_requests(server_factory):
     socks = []
     try:
         for _ in range(16):
-            c = socket.create_connection(("127.0.0.1", s.http_port), timeout=5)
-            c.sendall(b"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                      b"Content-Length: 100000\r\n\r\n{\"events\": [")
-            socks.append(c)
+            socks.append(half_sent_post(s.http_port, 100000))
         time.sleep(0.5)
         start = time.monotonic()
         for _ in range(5):
@@ -385,8 +367,7 @@ def test_sigterm_exits_within_the_shutdown_timeout(server_factory):
     s.wait_caught_up()
     # Hold a half-sent body, an idle keep-alive connection and an open
     # Flight stream that is never read.
-    held = socket.create_connection(("127.0.0.1", s.http_port))
-    held.sendall(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 999\r\n\r\n{")
+    held = half_sent_post(s.http_port)
     idle = socket.create_connection(("127.0.0.1", s.http_port))
     idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     client = fl.connect(s.flight_uri)
@@ -405,8 +386,7 @@ def test_sigterm_exits_within_the_shutdown_timeout(server_factory):
 
 def test_a_second_signal_exits_at_once(server_factory):
     s = server_factory("--shutdown.timeout", "60s")
-    held = socket.create_connection(("127.0.0.1", s.http_port))
-    held.sendall(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 999\r\n\r\n{")
+    held = half_sent_post(s.http_port)
     try:
         s.proc.send_signal(signal.SIGTERM)
         time.sleep(0.5)

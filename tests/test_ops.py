@@ -21,7 +21,7 @@ import pyarrow.flight as fl
 import pytest
 import requests
 
-from conftest import Server, ServerError, chunks, free_port, recsys_bin
+from conftest import Server, ServerError, chunks, free_port, half_sent_post, recsys_bin
 
 BASE_TS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 HOUR_MS = 3_600_000
@@ -658,10 +658,7 @@ def test_slow_body_does_not_hold_a_slot(server_factory):
     slow = []
     try:
         for _ in range(2):
-            c = socket.create_connection(("127.0.0.1", s.http_port), timeout=5)
-            c.sendall(b"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                      b"Content-Length: 1000\r\n\r\n{\"events\": [")
-            slow.append(c)
+            slow.append(half_sent_post(s.http_port))
         time.sleep(0.5)
         for _ in range(3):
             r = requests.get(s.url + "/v1/stats", timeout=5)
