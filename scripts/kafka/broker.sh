@@ -75,7 +75,14 @@ logger.server.level=INFO
 PROPS
     echo "127.0.0.1:$bport" > "$dir/addr"
     local cid
-    cid=$(python3 -c 'import base64,uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
+    # A cluster id that starts with "-" would be taken for an option by the
+    # storage tool (1 in 64 of them; Kafka's own random-uuid avoids them too).
+    cid=$(python3 -c 'import base64,uuid
+while True:
+    c = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    if not c.startswith("-"):
+        print(c)
+        break')
     java -Xmx256m -cp "$JARS/*" -Dlog4j2.configurationFile="$dir/log4j2.properties" \
       kafka.tools.StorageTool format -t "$cid" -c "$dir/server.properties" >"$dir/format.log" 2>&1 \
       || { cat "$dir/format.log" >&2; exit 1; }
