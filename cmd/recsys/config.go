@@ -1,105 +1,102 @@
 package main
 
 import (
-	"bytes"
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
-	"go.yaml.in/yaml/v3"
 
 	"github.com/streamrec/recsys/featurestore"
 )
 
-// config is the whole configuration of `recsys serve`. Every key can be set
-// in the YAML file given with --config and by the flag of the same dotted
-// name (--data.dir for data: {dir: ...}); flags win over the file.
+// config is the whole configuration of `recsys serve`. Its fields are bound
+// to flags; every flag is also a key of the YAML file given with --config
+// and an environment variable (configload.go has the rules).
 type config struct {
 	Data struct {
-		Dir string `yaml:"dir"`
-	} `yaml:"data"`
+		Dir string
+	}
 	HTTP struct {
-		Addr string `yaml:"addr"`
-	} `yaml:"http"`
+		Addr string
+	}
 	GRPC struct {
-		Addr string `yaml:"addr"`
-	} `yaml:"grpc"`
+		Addr string
+	}
 	Flight struct {
-		Addr string `yaml:"addr"`
-	} `yaml:"flight"`
+		Addr string
+	}
 	Ingest struct {
-		MaxBatch        int           `yaml:"max-batch"`
-		MaxBodyBytes    int64         `yaml:"max-body-bytes"`
-		AllowedLateness time.Duration `yaml:"allowed-lateness"`
-		MaxFutureSkew   time.Duration `yaml:"max-future-skew"`
-		MinFreeBytes    int64         `yaml:"min-free-bytes"`
-	} `yaml:"ingest"`
-	Store storeConfig `yaml:",inline"`
+		MaxBatch        int          
+		MaxBodyBytes    int64        
+		AllowedLateness time.Duration
+		MaxFutureSkew   time.Duration
+		MinFreeBytes    int64        
+	}
+	Store storeConfig
 	Auth  struct {
-		TokenFile   string `yaml:"token-file"`
-		AllowRemote bool   `yaml:"allow-unauthenticated-remote"`
-	} `yaml:"auth"`
+		TokenFile   string
+		AllowRemote bool  
+	}
 	TLS struct {
-		Cert     string `yaml:"cert"`
-		Key      string `yaml:"key"`
-		ClientCA string `yaml:"client-ca"`
-	} `yaml:"tls"`
+		Cert     string
+		Key      string
+		ClientCA string
+	}
 	Limits struct {
-		MaxInFlight    int           `yaml:"max-in-flight"`
-		RequestTimeout time.Duration `yaml:"request-timeout"`
-	} `yaml:"limits"`
+		MaxInFlight    int          
+		RequestTimeout time.Duration
+	}
 	Readyz struct {
-		MaxLag uint64 `yaml:"max-lag"`
-	} `yaml:"readyz"`
+		MaxLag uint64
+	}
 	Backup struct {
-		Dir string `yaml:"dir"`
-	} `yaml:"backup"`
+		Dir string
+	}
 	Shutdown struct {
-		Timeout time.Duration `yaml:"timeout"`
-	} `yaml:"shutdown"`
+		Timeout time.Duration
+	}
 	Demo struct {
-		Enabled bool `yaml:"enabled"`
-		Events  int  `yaml:"events"`
-	} `yaml:"demo"`
-	Log   logConfig   `yaml:"log"`
-	Kafka kafkaConfig `yaml:"kafka"`
+		Enabled bool
+		Events  int 
+	}
+	Log   logConfig  
+	Kafka kafkaConfig
 }
 
 // storeConfig configures the feature engine of a data dir.
 type storeConfig struct {
-	Features     string        `yaml:"features"`
-	Clock        string        `yaml:"clock"`
-	DedupHorizon time.Duration `yaml:"dedup-horizon"`
-	Models       modelConfig   `yaml:"models"`
+	Features     string       
+	Clock        string       
+	DedupHorizon time.Duration
+	Models       modelConfig  
 }
 
 // modelConfig holds the models' hyperparameters (featurestore.ModelOptions
 // documents each).
 type modelConfig struct {
-	HistoryCap    int           `yaml:"history-cap"`
-	PairCap       int           `yaml:"pair-cap"`
-	PairWindow    time.Duration `yaml:"pair-window"`
-	PairHalfLife  time.Duration `yaml:"pair-half-life"`
-	DecayHalfLife time.Duration `yaml:"decay-half-life"`
-	UserAlpha     float64       `yaml:"user-alpha"`
-	Shrinkage     float64       `yaml:"shrinkage"`
-	Neighbors     int           `yaml:"neighbors"`
-	RecentUsers   int           `yaml:"recent-users"`
-	Dim           int           `yaml:"dim"`
-	LearningRate  float64       `yaml:"learning-rate"`
-	Reg           float64       `yaml:"reg"`
-	Negatives     int           `yaml:"negatives"`
-	RankerAlpha   float64       `yaml:"ranker-alpha"`
-	RankerBeta    float64       `yaml:"ranker-beta"`
-	RankerL1      float64       `yaml:"ranker-l1"`
-	RankerL2      float64       `yaml:"ranker-l2"`
-	RankerWindow  int           `yaml:"ranker-window"`
-	PublishEvery  int           `yaml:"publish-every"`
-	PublishMargin float64       `yaml:"publish-margin"`
-	RankerSample  float64       `yaml:"ranker-sample"`
+	HistoryCap    int          
+	PairCap       int          
+	PairWindow    time.Duration
+	PairHalfLife  time.Duration
+	DecayHalfLife time.Duration
+	UserAlpha     float64      
+	Shrinkage     float64      
+	Neighbors     int          
+	RecentUsers   int          
+	Dim           int          
+	LearningRate  float64      
+	Reg           float64      
+	Negatives     int          
+	RankerAlpha   float64      
+	RankerBeta    float64      
+	RankerL1      float64      
+	RankerL2      float64      
+	RankerWindow  int          
+	PublishEvery  int          
+	PublishMargin float64      
+	RankerSample  float64      
 }
 
 func (m *modelConfig) bindFlags(fs *pflag.FlagSet) {
@@ -177,8 +174,8 @@ func (c *storeConfig) validate() error {
 }
 
 type logConfig struct {
-	Level  string `yaml:"level"`
-	Format string `yaml:"format"`
+	Level  string
+	Format string
 }
 
 func (c *config) bindFlags(fs *pflag.FlagSet) {
@@ -278,54 +275,3 @@ func (l *logConfig) logger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, opts))
 }
 
-// resolveConfig fills c from, by increasing precedence: the defaults, the
-// YAML file path (if any; unknown keys are errors), the environment
-// (RECSYS_ and the flag name upper-cased with dots and dashes as
-// underscores, e.g. RECSYS_DATA_DIR) and the command-line flags. It returns
-// where each flag's value came from.
-func resolveConfig(path string, c *config, fs *pflag.FlagSet) (map[string]string, error) {
-	source := map[string]string{}
-	cli := map[string]string{}
-	fs.Visit(func(f *pflag.Flag) { cli[f.Name] = f.Value.String() })
-	if path != "" {
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return nil, fmt.Errorf("config: %w", err)
-		}
-		before := map[string]string{}
-		fs.VisitAll(func(f *pflag.Flag) { before[f.Name] = f.Value.String() })
-		dec := yaml.NewDecoder(bytes.NewReader(b))
-		dec.KnownFields(true)
-		if err := dec.Decode(c); err != nil && err.Error() != "EOF" {
-			return nil, fmt.Errorf("config %s: %s", path, strings.TrimPrefix(err.Error(), "yaml: "))
-		}
-		fs.VisitAll(func(f *pflag.Flag) {
-			if f.Value.String() != before[f.Name] {
-				source[f.Name] = "file"
-			}
-		})
-	}
-	var err error
-	fs.VisitAll(func(f *pflag.Flag) {
-		if _, ok := cli[f.Name]; ok || err != nil || f.Name == "config" || f.Name == "help" {
-			return
-		}
-		env := "RECSYS_" + strings.NewReplacer(".", "_", "-", "_").Replace(strings.ToUpper(f.Name))
-		if v, ok := os.LookupEnv(env); ok {
-			if serr := fs.Set(f.Name, v); serr != nil {
-				err = fmt.Errorf("%s: %w", env, serr)
-			}
-			source[f.Name] = "env " + env
-		}
-	})
-	if err != nil {
-		return nil, err
-	}
-	for name, v := range cli {
-		if err := fs.Set(name, v); err != nil {
-			return nil, err
-		}
-		source[name] = "flag"
-	}
-	return source, nil
-}

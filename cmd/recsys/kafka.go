@@ -18,18 +18,33 @@ import (
 // kafkaConfig is the Kafka source of `recsys serve` and `recsys rebuild`.
 // Without brokers the embedded event log is used.
 type kafkaConfig struct {
-	Brokers     []string `yaml:"brokers"`
-	Topic       string   `yaml:"topic"`
-	Group       string   `yaml:"group"`
-	InstanceID  string   `yaml:"instance-id"`
-	DLQTopic    string   `yaml:"dlq-topic"`
-	ContentType string   `yaml:"content-type"`
-	MaxBatch    int      `yaml:"max-batch"`
+	Brokers     []string
+	Topic       string  
+	Group       string  
+	InstanceID  string  
+	DLQTopic    string  
+	ContentType string  
+	MaxBatch    int     
 }
 
 func (c *kafkaConfig) bindFlags(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&c.Brokers, "kafka.brokers", nil, "Kafka seed brokers (host:port, comma-separated): consume events from --kafka.topic instead of the embedded log, and publish POST /v1/events there")
 	fs.StringVar(&c.Topic, "kafka.topic", "events", "topic of behavior events (records keyed by user id)")
+	c.bindConsumerFlags(fs)
+}
+
+// bindClientFlags binds only the brokers and the topic, for the tools that
+// produce to or read a topic without consuming it as the updater does
+// (topic: "" leaves --kafka.topic out).
+func (c *kafkaConfig) bindClientFlags(fs *pflag.FlagSet, topic string) {
+	fs.StringSliceVar(&c.Brokers, "kafka.brokers", nil, "Kafka seed brokers (host:port, comma-separated)")
+	if topic != "" {
+		fs.StringVar(&c.Topic, "kafka.topic", "events", topic)
+	}
+	c.MaxBatch = 8192
+}
+
+func (c *kafkaConfig) bindConsumerFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.Group, "kafka.group", "recsys", "consumer group")
 	fs.StringVar(&c.InstanceID, "kafka.instance-id", "", "static group membership id: a restarted process with the same id gets its partitions back without waiting for the session timeout")
 	fs.StringVar(&c.DLQTopic, "kafka.dlq-topic", "", "dead-letter topic (default <kafka.topic>.dlq)")

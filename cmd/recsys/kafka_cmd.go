@@ -10,11 +10,13 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/apache/arrow/go/v17/arrow/flight"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -90,7 +92,7 @@ func kafkaDumpCmd() *cobra.Command {
 			return nil
 		},
 	}
-	kc.bindFlags(cmd.Flags())
+	kc.bindClientFlags(cmd.Flags(), "topic to print")
 	return cmd
 }
 
@@ -113,7 +115,7 @@ func kafkaProduceCmd() *cobra.Command {
 			return produceFiles(cmd.Context(), &kc, format, partitions, rate, files, cmd.OutOrStdout())
 		},
 	}
-	kc.bindFlags(cmd.Flags())
+	kc.bindClientFlags(cmd.Flags(), "topic to produce to (created with --partitions if missing)")
 	cmd.Flags().StringVar(&format, "format", "taobao", "taobao (user,item,category,behavior,seconds CSV, gzip or not) or lines (one record value per line, sent as is without a content-type header)")
 	cmd.Flags().Int32Var(&partitions, "partitions", 4, "partitions of the topic if it has to be created")
 	cmd.Flags().Float64Var(&rate, "rate", 0, "records per second (0: as fast as the broker takes them)")
@@ -272,12 +274,13 @@ name relative to that root, or an absolute path inside it.`,
 func rebuildCmd() *cobra.Command {
 	var cfg config
 	var cfgFile, from string
+	var all *pflag.FlagSet
 	cmd := &cobra.Command{
 		Use:   "rebuild --data.dir DIR --kafka.brokers HOST:PORT [--from-time RFC3339]",
 		Short: "Reset the feature state of a data dir and re-consume the Kafka topic from the start (or a time) up to its current end; the server must be stopped",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if _, err := resolveConfig(cfgFile, &cfg, cmd.Flags()); err != nil {
+			if _, err := resolveConfig(cfgFile, all); err != nil {
 				return usageError{err}
 			}
 			if err := cfg.validate(); err != nil {
@@ -297,10 +300,33 @@ func rebuildCmd() *cobra.Command {
 			return rebuild(cmd.Context(), &cfg, fromMS, cmd.OutOrStdout())
 		},
 	}
-	cfg.bindFlags(cmd.Flags())
-	cmd.Flags().StringVar(&cfgFile, "config", "", "YAML configuration file; flags override it")
+	// The configuration file is serve's, so every key is accepted from it,
+	// but only the flags that matter to a rebuild are offered.
+	all = pflag.NewFlagSet("rebuild", pflag.ContinueOnError)
+	cfg.bindFlags(all)
+	all.VisitAll(func(f *pflag.Flag) {
+		if rebuildFlag(f.Name) {
+			cmd.Flags().AddFlag(f)
+		}
+	})
+	cmd.Flags().StringVar(&cfgFile, "config", "", "serve's YAML configuration file (default $RECSYS_CONFIG); RECSYS_* variables and flags override it")
 	cmd.Flags().StringVar(&from, "from-time", "", "start at the first record of each partition at or after this time (RFC 3339) instead of the beginning")
 	return cmd
+}
+
+// rebuildFlag reports whether serve's flag name applies to rebuild: the
+// data dir, the feature engine, the event-time policy, Kafka and logging.
+func rebuildFlag(name string) bool {
+	for _, p := range []string{"data.", "models.", "kafka.", "log."} {
+		if strings.HasPrefix(name, p) {
+			return true
+		}
+	}
+	switch name {
+	case "features", "clock", "dedup-horizon", "ingest.allowed-lateness", "ingest.max-future-skew", "ingest.min-free-bytes":
+		return true
+	}
+	return false
 }
 
 func rebuild(ctx context.Context, cfg *config, fromMS int64, out io.Writer) error {

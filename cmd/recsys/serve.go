@@ -15,7 +15,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -33,7 +32,7 @@ func serveCmd() *cobra.Command {
 		Short: "Run the updater and the REST, gRPC and Arrow Flight servers",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if _, err := resolveConfig(cfgFile, &cfg, cmd.Flags()); err != nil {
+			if _, err := resolveConfig(cfgFile, cmd.Flags()); err != nil {
 				return usageError{err}
 			}
 			if err := cfg.validate(); err != nil {
@@ -43,7 +42,7 @@ func serveCmd() *cobra.Command {
 		},
 	}
 	cfg.bindFlags(cmd.Flags())
-	cmd.Flags().StringVar(&cfgFile, "config", "", "YAML configuration file; flags override it")
+	cmd.Flags().StringVar(&cfgFile, "config", "", "YAML configuration file (default $RECSYS_CONFIG); RECSYS_* variables and flags override it")
 	return cmd
 }
 
@@ -53,26 +52,20 @@ func configCmd() *cobra.Command {
 	var cfgFile string
 	print := &cobra.Command{
 		Use:   "print [--config FILE] [serve flags]",
-		Short: "Print the effective configuration of recsys serve (defaults < file < RECSYS_* environment < flags) and each value's source",
+		Short: "Print the effective configuration of recsys serve as YAML (defaults < file < RECSYS_* environment < flags), each value's source in a comment",
+		Example: `  recsys config print --data.dir /var/lib/recsys > recsys.yaml
+  recsys serve --config recsys.yaml`,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			source, err := resolveConfig(cfgFile, &cfg, cmd.Flags())
+			source, err := resolveConfig(cfgFile, cmd.Flags())
 			if err != nil {
 				return usageError{err}
 			}
-			verr := cfg.validate()
-			cmd.Flags().VisitAll(func(f *pflag.Flag) {
-				if f.Name == "config" || f.Name == "help" {
-					return
-				}
-				src := source[f.Name]
-				if src == "" {
-					src = "default"
-				}
-				fmt.Fprintf(cmd.OutOrStdout(), "%s: %q  # %s\n", f.Name, f.Value.String(), src)
-			})
-			if verr != nil {
-				return usageError{verr}
+			if err := printConfig(cmd.OutOrStdout(), cmd.Flags(), source); err != nil {
+				return err
+			}
+			if err := cfg.validate(); err != nil {
+				return usageError{err}
 			}
 			return nil
 		},
