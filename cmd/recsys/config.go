@@ -28,16 +28,16 @@ type config struct {
 		Addr string
 	}
 	Ingest struct {
-		MaxBatch        int          
-		MaxBodyBytes    int64        
+		MaxBatch        int
+		MaxBodyBytes    int64
 		AllowedLateness time.Duration
 		MaxFutureSkew   time.Duration
-		MinFreeBytes    int64        
+		MinFreeBytes    int64
 	}
 	Store storeConfig
 	Auth  struct {
 		TokenFile   string
-		AllowRemote bool  
+		AllowRemote bool
 	}
 	TLS struct {
 		Cert     string
@@ -45,7 +45,7 @@ type config struct {
 		ClientCA string
 	}
 	Limits struct {
-		MaxInFlight    int          
+		MaxInFlight    int
 		RequestTimeout time.Duration
 	}
 	Readyz struct {
@@ -59,44 +59,44 @@ type config struct {
 	}
 	Demo struct {
 		Enabled bool
-		Events  int 
+		Events  int
 	}
-	Log   logConfig  
+	Log   logConfig
 	Kafka kafkaConfig
 }
 
 // storeConfig configures the feature engine of a data dir.
 type storeConfig struct {
-	Features     string       
-	Clock        string       
+	Features     string
+	Clock        string
 	DedupHorizon time.Duration
-	Models       modelConfig  
+	Models       modelConfig
 }
 
 // modelConfig holds the models' hyperparameters (featurestore.ModelOptions
 // documents each).
 type modelConfig struct {
-	HistoryCap    int          
-	PairCap       int          
+	HistoryCap    int
+	PairCap       int
 	PairWindow    time.Duration
 	PairHalfLife  time.Duration
 	DecayHalfLife time.Duration
-	UserAlpha     float64      
-	Shrinkage     float64      
-	Neighbors     int          
-	RecentUsers   int          
-	Dim           int          
-	LearningRate  float64      
-	Reg           float64      
-	Negatives     int          
-	RankerAlpha   float64      
-	RankerBeta    float64      
-	RankerL1      float64      
-	RankerL2      float64      
-	RankerWindow  int          
-	PublishEvery  int          
-	PublishMargin float64      
-	RankerSample  float64      
+	UserAlpha     float64
+	Shrinkage     float64
+	Neighbors     int
+	RecentUsers   int
+	Dim           int
+	LearningRate  float64
+	Reg           float64
+	Negatives     int
+	RankerAlpha   float64
+	RankerBeta    float64
+	RankerL1      float64
+	RankerL2      float64
+	RankerWindow  int
+	PublishEvery  int
+	PublishMargin float64
+	RankerSample  float64
 }
 
 func (m *modelConfig) bindFlags(fs *pflag.FlagSet) {
@@ -274,4 +274,3 @@ func (l *logConfig) logger() *slog.Logger {
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, opts))
 }
-

@@ -19,12 +19,12 @@ import (
 // Without brokers the embedded event log is used.
 type kafkaConfig struct {
 	Brokers     []string
-	Topic       string  
-	Group       string  
-	InstanceID  string  
-	DLQTopic    string  
-	ContentType string  
-	MaxBatch    int     
+	Topic       string
+	Group       string
+	InstanceID  string
+	DLQTopic    string
+	ContentType string
+	MaxBatch    int
 }
 
 func (c *kafkaConfig) bindFlags(fs *pflag.FlagSet) {

@@ -55,7 +55,7 @@ func configCmd() *cobra.Command {
 		Short: "Print the effective configuration of recsys serve as YAML (defaults < file < RECSYS_* environment < flags), each value's source in a comment",
 		Example: `  recsys config print --data.dir /var/lib/recsys > recsys.yaml
   recsys serve --config recsys.yaml`,
-		Args:  cobra.NoArgs,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			source, err := resolveConfig(cfgFile, cmd.Flags())
 			if err != nil {
