@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"os/signal"
 	"slices"
@@ -12,9 +11,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
-	"golang.org/x/term"
 
 	"github.com/streamrec/recsys/featurestore"
 	"github.com/streamrec/recsys/featurestore/eval"
@@ -93,28 +90,10 @@ bootstrap intervals, and the paired difference full − each method.`,
 			if len(evs) == 0 {
 				return fmt.Errorf("%s: no valid events", args[0])
 			}
-			showBar := o.progress == "on" || (o.progress == "auto" && term.IsTerminal(int(os.Stderr.Fd())))
-			if showBar {
-				bar := progressbar.NewOptions(len(evs),
-					progressbar.OptionSetWriter(os.Stderr),
-					progressbar.OptionSetDescription("eval"),
-					progressbar.OptionSetItsString("events"),
-					progressbar.OptionShowIts(),
-					progressbar.OptionShowCount(),
-					progressbar.OptionSetPredictTime(true),
-					progressbar.OptionThrottle(200*time.Millisecond),
-					progressbar.OptionFullWidth(),
-					progressbar.OptionClearOnFinish(),
-				)
-				o.run.Progress = func(done, _ int) { _ = bar.Set(done) }
-			} else if o.progress != "off" {
-				last := time.Now()
-				o.run.Progress = func(done, total int) {
-					if time.Since(last) > 10*time.Second {
-						last = time.Now()
-						fmt.Fprintf(cmd.ErrOrStderr(), "eval: %d/%d events\n", done, total)
-					}
-				}
+			if o.progress != "off" {
+				bar := newProgress(o.progress, "eval", "events", int64(len(evs)))
+				defer bar.Finish()
+				o.run.Progress = func(done, _ int) { bar.Set(int64(done), 0) }
 			}
 			rep, err := eval.Run(ctx, evs, o.run)
 			if err != nil {
@@ -142,7 +121,7 @@ bootstrap intervals, and the paired difference full − each method.`,
 	f.Float64Var(&o.run.ViewSample, "view-sample", 0.02, "share of view events evaluated as view targets (reported separately)")
 	f.IntVar(&o.run.Bootstrap, "bootstrap", 1000, "bootstrap resamples for the 95% intervals")
 	f.Uint64Var(&o.run.Seed, "seed", 1, "seed of the view sample and the bootstrap")
-	f.StringVar(&o.progress, "progress", "auto", "progress: auto (a bar on a terminal, a line every 10 s otherwise), on, off")
+	bindProgress(f, &o.progress)
 	f.DurationVar(&o.run.Baselines.Rebuild, "baselines.rebuild", 24*time.Hour, "event time between two rebuilds of the itemknn and als baselines")
 	f.IntVar(&o.run.Baselines.History, "baselines.history", 200, "newest distinct items per user the baselines learn from and score with")
 	f.IntVar(&o.run.Baselines.KNNNeighbors, "baselines.knn-neighbors", 100, "neighbours per item of itemknn")
@@ -159,7 +138,7 @@ bootstrap intervals, and the paired difference full − each method.`,
 func loadTaobao(path string, sample float64) ([]featurestore.Event, int, error) {
 	var evs []featurestore.Event
 	rejected := 0
-	err := readEvents(path, "taobao", io.Discard, func(pev *recsysv1.Event, ferr *updater.FieldError) error {
+	err := readEvents(path, "taobao", func(pev *recsysv1.Event, ferr *updater.FieldError) error {
 		if ferr != nil {
 			rejected++
 			return nil

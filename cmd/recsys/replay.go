@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"compress/gzip"
 	"context"
 	"crypto/rand"
@@ -12,16 +13,16 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
+	"net/url"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
-	"golang.org/x/term"
 
 	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
 	"github.com/streamrec/recsys/updater"
@@ -40,6 +41,9 @@ type replayOpts struct {
 	maxSkew    time.Duration
 	timeout    time.Duration
 	allowRej   bool
+	token      string
+	sort       bool
+	wait       bool
 	httpClient *http.Client
 }
 
@@ -48,7 +52,20 @@ func replayCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "replay --format taobao|jsonl (--target URL | --data.dir DIR) FILE...",
 		Short: "Stream event files (plain or .gz) into a running server or a data dir",
-		Args:  cobra.MinimumNArgs(1),
+		Long: `replay streams event files (plain or gzip) into a running server (--target)
+or straight into a data dir (--data.dir), one numbered batch at a time, and
+prints how many events were accepted and why the others were rejected. It
+exits 1 when any event was rejected (--allow-rejected to accept that), and at
+once when the target cannot be reached or is not a recsys server. With
+--target it waits until the server has applied what it acknowledged, so that
+reads right after it see every event (--wait=false not to).
+
+Files grouped by user rather than by time (such as the Taobao samples) need
+--sort: their events would otherwise arrive behind the watermark as late.`,
+		Example: `  recsys replay --target http://localhost:8080 --format jsonl events.jsonl
+  recsys replay --target http://localhost:8080 --sort ../shared/data/taobao/UserBehavior-users-84k.csv.gz
+  recsys replay --data.dir ./data --clock event --sort old-events.csv.gz`,
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, files []string) error {
 			switch {
 			case o.format != "taobao" && o.format != "jsonl":
@@ -57,10 +74,15 @@ func replayCmd() *cobra.Command {
 				return usageError{fmt.Errorf("give exactly one of --target and --data.dir")}
 			case o.batch <= 0:
 				return usageError{fmt.Errorf("batch: %d is not positive", o.batch)}
-			case o.progress != "auto" && o.progress != "on" && o.progress != "off":
-				return usageError{fmt.Errorf("progress: %q is not auto, on or off", o.progress)}
+			case checkProgress(o.progress) != nil:
+				return usageError{checkProgress(o.progress)}
 			case o.timeout <= 0:
 				return usageError{fmt.Errorf("timeout: %s is not positive", o.timeout)}
+			}
+			if o.target != "" {
+				if err := checkTarget(o.target); err != nil {
+					return usageError{err}
+				}
 			}
 			if err := o.log.validate(); err != nil {
 				return usageError{err}
@@ -76,7 +98,10 @@ func replayCmd() *cobra.Command {
 	f.DurationVar(&o.retryFor, "retry-for", 5*time.Minute, "how long to keep retrying a batch the server did not acknowledge")
 	f.DurationVar(&o.timeout, "timeout", time.Minute, "with --target: how long to wait for the answer to one request before sending the batch again")
 	f.BoolVar(&o.allowRej, "allow-rejected", false, "exit 0 even when events were rejected (invalid, late, future); by default a run that loses events exits 1")
-	f.StringVar(&o.progress, "progress", "auto", "progress bar: auto (when stderr is a terminal), on or off")
+	bindProgress(f, &o.progress)
+	f.StringVar(&o.token, "token", os.Getenv("RECSYS_TOKEN"), "with --target: bearer token with the write scope (default $RECSYS_TOKEN)")
+	f.BoolVar(&o.sort, "sort", false, "read every file first and send the events in event-time order (holds them in memory, about 150 bytes each)")
+	f.BoolVar(&o.wait, "wait", true, "with --target: after the last batch, wait until the server has applied every event it acknowledged")
 	f.DurationVar(&o.maxSkew, "ingest.max-future-skew", 5*time.Minute, "reject events this far past the wall clock")
 	o.log.bindFlags(f)
 	o.store.bindFlags(f)
@@ -86,9 +111,10 @@ func replayCmd() *cobra.Command {
 
 // replayStats counts what a replay did.
 type replayStats struct {
-	read     int64
-	accepted int64
-	rejected map[string]int64 // by field/code
+	read      int64
+	accepted  int64
+	rejected  map[string]int64 // by field/code
+	estimated int64            // rejections counted by the sample of reasons of their batch
 }
 
 func (s *replayStats) reject(field, code string, n int64) {
@@ -111,18 +137,19 @@ type sink interface {
 
 func replay(ctx context.Context, o *replayOpts, files []string) error {
 	logger := o.log.logger()
-	var total int64
 	for _, f := range files {
-		fi, err := os.Stat(f)
-		if err != nil {
+		if _, err := os.Stat(f); err != nil {
 			return fmt.Errorf("replay: %w", err)
 		}
-		total += fi.Size()
 	}
 	var snk sink
 	if o.target != "" {
-		snk = &httpSink{url: strings.TrimRight(o.target, "/") + "/v1/events", retryFor: o.retryFor, client: &http.Client{Timeout: o.timeout},
-			logger: logger, stream: newStreamID()}
+		h := &httpSink{base: strings.TrimRight(o.target, "/"), retryFor: o.retryFor, client: &http.Client{Timeout: o.timeout},
+			logger: logger, stream: newStreamID(), token: o.token}
+		if err := h.probe(ctx); err != nil {
+			return fmt.Errorf("replay: %w", err)
+		}
+		snk = h
 	} else {
 		eng, err := openEngine(o.dataDir, o.store, ingestConfig{lateness: o.lateness, futureSkew: o.maxSkew, minFree: 64 << 20}, logger, nil)
 		if err != nil {
@@ -131,35 +158,16 @@ func replay(ctx context.Context, o *replayOpts, files []string) error {
 		snk = newDirSink(ctx, eng)
 	}
 
-	showBar := o.progress == "on" || (o.progress == "auto" && term.IsTerminal(int(os.Stderr.Fd())))
-	var bar *progressbar.ProgressBar
-	if showBar {
-		bar = progressbar.NewOptions64(total,
-			progressbar.OptionSetWriter(os.Stderr),
-			progressbar.OptionSetDescription("replay"),
-			progressbar.OptionShowBytes(true),
-			progressbar.OptionSetPredictTime(true),
-			progressbar.OptionThrottle(200*time.Millisecond),
-			progressbar.OptionFullWidth(),
-			progressbar.OptionClearOnFinish(),
-		)
-	}
-	st := &replayStats{rejected: map[string]int64{}}
-	start := time.Now()
-	lastLog := start
-	progress := func() {
-		rate := float64(st.read) / max(time.Since(start).Seconds(), 1e-9)
-		if bar != nil {
-			bar.Describe(fmt.Sprintf("replay: %d events, %.0f events/s", st.read, rate))
-		} else if time.Since(lastLog) > 5*time.Second {
-			lastLog = time.Now()
-			logger.Info("replay progress", "events", st.read, "accepted", st.accepted, "events_per_s", int(rate))
+	var total int64 = -1
+	if o.progress != "off" {
+		var err error
+		if total, err = countEvents(files); err != nil {
+			return fmt.Errorf("replay: %w", err)
 		}
 	}
-	var counted io.Writer = io.Discard
-	if bar != nil {
-		counted = bar
-	}
+	bar := newProgress(o.progress, "replay", "events", total)
+	st := &replayStats{rejected: map[string]int64{}}
+	start := time.Now()
 	batch := make([]*recsysv1.Event, 0, o.batch)
 	flush := func() error {
 		if len(batch) == 0 {
@@ -167,38 +175,37 @@ func replay(ctx context.Context, o *replayOpts, files []string) error {
 		}
 		err := snk.send(ctx, batch, st)
 		batch = batch[:0]
-		progress()
+		bar.Set(st.read, 0)
 		return err
 	}
 	runErr := func() error {
-		for _, f := range files {
-			err := readEvents(f, o.format, counted, func(ev *recsysv1.Event, ferr *updater.FieldError) error {
-				st.read++
-				if ferr == nil {
-					// Validate here with the server's own rules so that the summary
-					// can count every rejection by reason.
-					_, ferr = updater.Normalize(ev, time.Now(), o.maxSkew)
-				}
-				if ferr != nil {
-					st.reject(ferr.Field, ferr.Code, 1)
-					return nil
-				}
-				batch = append(batch, ev)
-				if len(batch) == o.batch {
-					return flush()
-				}
-				return nil
-			})
-			if err != nil {
-				return err
+		err := forEachEvent(files, o.format, o.sort, func(ev *recsysv1.Event, ferr *updater.FieldError) error {
+			st.read++
+			if ferr == nil {
+				// Validate here with the server's own rules so that the summary
+				// can count every rejection by reason.
+				_, ferr = updater.Normalize(ev, time.Now(), o.maxSkew)
 			}
+			if ferr != nil {
+				st.reject(ferr.Field, ferr.Code, 1)
+				return nil
+			}
+			batch = append(batch, ev)
+			if len(batch) == o.batch {
+				return flush()
+			}
+			return nil
+		})
+		if err != nil {
+			return err
 		}
 		return flush()
 	}()
-	closeErr := snk.close(ctx)
-	if bar != nil {
-		_ = bar.Finish()
+	bar.Finish()
+	if h, ok := snk.(*httpSink); ok && runErr == nil && o.wait {
+		runErr = h.waitApplied(ctx, o.progress)
 	}
+	closeErr := snk.close(ctx)
 	el := time.Since(start)
 	fmt.Printf("replay: %d events read, %d accepted, %d rejected in %s (%.0f events/s)\n",
 		st.read, st.accepted, st.rejectedTotal(), el.Round(time.Millisecond), float64(st.read)/max(el.Seconds(), 1e-9))
@@ -211,6 +218,12 @@ func replay(ctx context.Context, o *replayOpts, files []string) error {
 		slices.Sort(keys)
 		for _, k := range keys {
 			fmt.Printf("  %-28s %d\n", k, st.rejected[k])
+		}
+		if st.rejected["ts/late"] > 0 && !o.sort {
+			fmt.Println("  (late: older than the server's watermark; a file not in event-time order, such as one grouped by user, needs --sort)")
+		}
+		if st.estimated > 0 {
+			fmt.Printf("  (%d of them counted from the first reasons the server gave for their batch)\n", st.estimated)
 		}
 	}
 	if runErr != nil {
@@ -226,24 +239,13 @@ func replay(ctx context.Context, o *replayOpts, files []string) error {
 }
 
 // readEvents decodes every line of file (gzip-compressed or not) in format
-// and calls fn with the event or the reason it could not be decoded. Bytes
-// read from the file (before decompression) are also written to counted.
-func readEvents(file, format string, counted io.Writer, fn func(*recsysv1.Event, *updater.FieldError) error) error {
-	f, err := os.Open(file)
+// and calls fn with the event or the reason it could not be decoded.
+func readEvents(file, format string, fn func(*recsysv1.Event, *updater.FieldError) error) error {
+	r, closeFn, err := openEvents(file)
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	br := bufio.NewReaderSize(io.TeeReader(f, counted), 1<<20)
-	var r io.Reader = br
-	if magic, _ := br.Peek(2); bytes.Equal(magic, []byte{0x1f, 0x8b}) {
-		gz, err := gzip.NewReader(br)
-		if err != nil {
-			return fmt.Errorf("%s: %w", file, err)
-		}
-		defer gz.Close()
-		r = gz
-	}
+	defer closeFn()
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
@@ -268,6 +270,25 @@ func readEvents(file, format string, counted io.Writer, fn func(*recsysv1.Event,
 	return nil
 }
 
+// openEvents opens file, decompressing it when it starts with the gzip
+// magic number.
+func openEvents(file string) (io.Reader, func(), error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, nil, err
+	}
+	br := bufio.NewReaderSize(f, 1<<20)
+	if magic, _ := br.Peek(2); bytes.Equal(magic, []byte{0x1f, 0x8b}) {
+		gz, err := gzip.NewReader(br)
+		if err != nil {
+			_ = f.Close()
+			return nil, nil, fmt.Errorf("%s: %w", file, err)
+		}
+		return gz, func() { _ = gz.Close(); _ = f.Close() }, nil
+	}
+	return br, func() { _ = f.Close() }, nil
+}
+
 // httpSink posts batches to a server's /v1/events, retrying a batch until
 // the server acknowledges it: the server deduplicates by event id, so a
 // batch that was applied but not acknowledged is harmless to resend.
@@ -278,7 +299,8 @@ func readEvents(file, format string, counted io.Writer, fn func(*recsysv1.Event,
 // that arrives late (after newer batches) is refused instead of being
 // ingested behind them, where its events would be late.
 type httpSink struct {
-	url      string
+	base     string // the server's base URL
+	token    string
 	retryFor time.Duration
 	client   *http.Client
 	logger   *slog.Logger
@@ -327,22 +349,40 @@ func (h *httpSink) send(ctx context.Context, evs []*recsysv1.Event, st *replaySt
 		}
 		if err == nil && resp.status == http.StatusBadRequest {
 			// Every event of the batch was rejected by the server: count
-			// them by the reasons it gave.
-			n := int64(0)
+			// them by the reasons it gave (for at most its first 100; the
+			// rest in the same proportions).
+			sample := map[string]int64{}
+			var n int64
 			for _, d := range resp.Details {
 				for _, v := range d.FieldViolations {
 					if n < int64(len(evs)) {
 						// events[i].ts -> ts
-						st.reject(v.Field[strings.LastIndexByte(v.Field, '.')+1:], v.Reason, 1)
+						sample[v.Field[strings.LastIndexByte(v.Field, '.')+1:]+"/"+v.Reason]++
 						n++
 					}
 				}
 			}
-			if rest := int64(len(evs)) - n; rest > 0 {
-				st.reject("batch", "server_rejected", rest)
+			rest := int64(len(evs)) - n
+			if n == 0 {
+				st.reject("batch", "invalid_argument", rest)
+				h.logger.Warn("server rejected a whole batch", "events", len(evs), "message", resp.Message)
+				return nil
 			}
-			h.logger.Warn("server rejected a whole batch", "events", len(evs), "message", resp.Message)
+			keys := slices.Sorted(maps.Keys(sample))
+			var given int64
+			for i, k := range keys {
+				extra := rest * sample[k] / n
+				if i == len(keys)-1 {
+					extra = rest - given
+				}
+				given += extra
+				st.rejected[k] += sample[k] + extra
+			}
+			st.estimated += rest
 			return nil
+		}
+		if err == nil && permanent(resp.status) {
+			return fmt.Errorf("%s answers HTTP %d: %s", h.base+"/v1/events", resp.status, resp.Message)
 		}
 		if err == nil && resp.status == http.StatusConflict {
 			return fmt.Errorf("batch %d: the server refused it as out of order: %s", h.seq, resp.Message)
@@ -385,11 +425,14 @@ type fieldViolation struct {
 }
 
 func (h *httpSink) post(ctx context.Context, body []byte, seq uint64) (*ingestReply, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.url, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.base+"/v1/events", bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	if h.token != "" {
+		req.Header.Set("Authorization", "Bearer "+h.token)
+	}
 	req.Header.Set("Recsys-Stream", h.stream)
 	req.Header.Set("Recsys-Seq", strconv.FormatUint(seq, 10))
 	resp, err := h.client.Do(req)
@@ -412,6 +455,195 @@ func (h *httpSink) post(ctx context.Context, body []byte, seq uint64) (*ingestRe
 }
 
 func (h *httpSink) close(context.Context) error { return nil }
+
+// permanent reports whether an HTTP status means that sending the batch
+// again cannot help (a wrong URL, a missing token, a refused body).
+func permanent(status int) bool {
+	return status >= 400 && status < 500 && status != http.StatusRequestTimeout && status != http.StatusTooManyRequests
+}
+
+// checkTarget refuses a --target that is not an http(s) URL.
+func checkTarget(target string) error {
+	u, err := url.Parse(target)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("target: %q is not an http:// or https:// URL such as http://localhost:8080", target)
+	}
+	return nil
+}
+
+// probe checks, within 10 s, that the target is a recsys server that
+// answers: a server that is down, a wrong port or a wrong path fails the
+// replay at once instead of being retried for --retry-for.
+func (h *httpSink) probe(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var stats struct {
+		LogEnd *json.RawMessage `json:"log_end_offset"`
+	}
+	status, msg, err := h.get(ctx, "/v1/stats", &stats)
+	switch {
+	case err != nil:
+		return fmt.Errorf("cannot reach %s: %w", h.base, err)
+	case status == http.StatusUnauthorized || status == http.StatusForbidden:
+		return fmt.Errorf("%s answers HTTP %d: %s (give a token with the write scope: --token or RECSYS_TOKEN)", h.base, status, msg)
+	case status != http.StatusOK || stats.LogEnd == nil:
+		return fmt.Errorf("%s is not a recsys server: GET /v1/stats answers HTTP %d %s", h.base, status, msg)
+	}
+	return nil
+}
+
+// get fetches path as JSON into v and returns the status and, when not
+// 200, the error message of the body.
+func (h *httpSink) get(ctx context.Context, path string, v any) (int, string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, h.base+path, nil)
+	if err != nil {
+		return 0, "", err
+	}
+	if h.token != "" {
+		req.Header.Set("Authorization", "Bearer "+h.token)
+	}
+	resp, err := h.client.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return 0, "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e struct {
+			Message string `json:"message"`
+		}
+		if json.Unmarshal(b, &e) != nil || e.Message == "" {
+			e.Message = strings.TrimSpace(string(b))
+		}
+		return resp.StatusCode, e.Message, nil
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return resp.StatusCode, "", fmt.Errorf("GET %s: %w", path, err)
+	}
+	return resp.StatusCode, "", nil
+}
+
+// waitApplied waits until the server has applied everything in its log
+// now (so every event it acknowledged), showing the progress. It gives up
+// when the applied offset does not move for --retry-for.
+func (h *httpSink) waitApplied(ctx context.Context, mode string) error {
+	type stats struct {
+		LogEnd  uint64 `json:"log_end_offset,string"`
+		Applied uint64 `json:"applied_offset,string"`
+	}
+	var s stats
+	read := func() error {
+		status, msg, err := h.get(ctx, "/v1/stats", &s)
+		if err == nil && status != http.StatusOK {
+			err = fmt.Errorf("GET /v1/stats: HTTP %d: %s", status, msg)
+		}
+		return err
+	}
+	if err := read(); err != nil {
+		return err
+	}
+	end, from := s.LogEnd, s.Applied
+	if from >= end {
+		return nil
+	}
+	bar := newProgress(mode, "applying", "records", int64(end-from))
+	defer bar.Finish()
+	moved := time.Now()
+	for last := s.Applied; s.Applied < end; {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+		if err := read(); err != nil {
+			if time.Since(moved) > h.retryFor {
+				return fmt.Errorf("wait for the server to apply: %w", err)
+			}
+			continue
+		}
+		if s.Applied != last {
+			last, moved = s.Applied, time.Now()
+		} else if time.Since(moved) > h.retryFor {
+			return fmt.Errorf("the server applied nothing for %s (applied offset %d of %d)", h.retryFor, s.Applied, end)
+		}
+		bar.Set(int64(min(s.Applied, end)-from), 0)
+	}
+	return nil
+}
+
+// countEvents counts the lines of files (decompressed), for the progress.
+func countEvents(files []string) (int64, error) {
+	var n int64
+	buf := make([]byte, 1<<20)
+	for _, file := range files {
+		err := func() error {
+			r, closeFn, err := openEvents(file)
+			if err != nil {
+				return err
+			}
+			defer closeFn()
+			var last byte = '\n'
+			for {
+				k, err := r.Read(buf)
+				n += int64(bytes.Count(buf[:k], []byte{'\n'}))
+				if k > 0 {
+					last = buf[k-1]
+				}
+				if err == io.EOF {
+					if last != '\n' {
+						n++
+					}
+					return nil
+				}
+				if err != nil {
+					return fmt.Errorf("%s: %w", file, err)
+				}
+			}
+		}()
+		if err != nil {
+			return 0, err
+		}
+	}
+	return n, nil
+}
+
+// forEachEvent calls fn for every line of files in order, or, with
+// sorted, for all of them in event-time order (stable: lines of equal
+// time keep their order; undecodable lines come first).
+func forEachEvent(files []string, format string, sorted bool, fn func(*recsysv1.Event, *updater.FieldError) error) error {
+	if !sorted {
+		for _, f := range files {
+			if err := readEvents(f, format, fn); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	var evs []*recsysv1.Event
+	for _, f := range files {
+		err := readEvents(f, format, func(ev *recsysv1.Event, ferr *updater.FieldError) error {
+			if ferr != nil {
+				return fn(nil, ferr)
+			}
+			evs = append(evs, ev)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	slices.SortStableFunc(evs, func(a, b *recsysv1.Event) int { return cmp.Compare(a.Ts, b.Ts) })
+	for i, ev := range evs {
+		evs[i] = nil
+		if err := fn(ev, nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 // dirSink ingests straight into a data dir and applies as it goes.
 type dirSink struct {
