@@ -12,7 +12,7 @@ GENERATED := recsys/v1/recsys.pb.go recsys/v1/recsys_grpc.pb.go recsys/v1/recsys
 all: build
 
 build:
-	$(GO) build -o $(BIN) ./cmd/recsys
+	$(GO) build -buildvcs=auto -o $(BIN) ./cmd/recsys
 
 ## run: build and serve on embedded defaults (./data) with the synthetic demo stream.
 run: build

@@ -427,7 +427,7 @@ def test_flight_invalid_argument(api, payload, fragment):
 
 # -- gen and replay --data.dir ------------------------------------------------------
 
-GEN_FLAGS = ["--users", "300", "--items", "800", "--categories", "25", "--events", "20000"]
+GEN_FLAGS = ["--users", "300", "--items", "800", "--categories", "25", "--events", "20000", "--start", "2026-01-01T00:00:00Z", "--span", "24h"]
 
 
 def gen(tmp_path, name, *flags):

@@ -38,6 +38,7 @@ type benchOpts struct {
 	readProf string
 	soak     bool
 	soakDays int
+	progress string
 }
 
 func benchCmd() *cobra.Command {
@@ -45,10 +46,16 @@ func benchCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure embedded ingest events/s and features:get latency under concurrent load",
-		Args:  cobra.NoArgs,
+		Example: `  recsys bench
+  recsys bench --events 200000 --duration 2s --cpuprofile ingest.pprof
+  recsys bench --soak --events 2000000 --soak.days 7`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.events <= 0 || o.batch <= 0 || o.clients <= 0 || o.duration <= 0 || o.soakDays <= 0 {
 				return usageError{fmt.Errorf("events, batch, clients, duration and soak.days must be positive")}
+			}
+			if err := checkProgress(o.progress); err != nil {
+				return usageError{err}
 			}
 			if o.soak {
 				if !cmd.Flags().Changed("events") {
@@ -69,6 +76,7 @@ func benchCmd() *cobra.Command {
 	f.StringVar(&o.readProf, "cpuprofile-reads", "", "write a CPU profile of the read phase to this file")
 	f.BoolVar(&o.soak, "soak", false, "instead: stream --events (default 10M here) over --soak.days of event time on the event clock and print bytes on disk per simulated day")
 	f.IntVar(&o.soakDays, "soak.days", 30, "simulated days of the soak")
+	bindProgress(f, &o.progress)
 	return cmd
 }
 
@@ -124,19 +132,37 @@ func bench(ctx context.Context, o *benchOpts) error {
 		return err
 	}
 	start := time.Now()
+	bar := newProgress(o.progress, "bench: ingest", "events", int64(len(evs)))
 	for i := 0; i < len(evs); i += o.batch {
 		res, err := eng.upd.Ingest(ctx, evs[i:min(i+o.batch, len(evs))], nil)
 		if err != nil {
 			stopUpd()
+			bar.Finish()
 			return err
 		}
+		bar.Set(int64(eng.store.AppliedOffset()), 0)
 		if len(res.Rejected) > 0 {
 			stopUpd()
 			return fmt.Errorf("bench: event rejected: %s", res.Rejected[0].Reason)
 		}
 	}
 	durable := time.Since(start)
-	if err := eng.upd.WaitApplied(ctx, eng.log.End()); err != nil {
+	bar.Describe("bench: apply")
+	appliedCh := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-appliedCh:
+				return
+			case <-time.After(200 * time.Millisecond):
+				bar.Set(int64(eng.store.AppliedOffset()), 0)
+			}
+		}
+	}()
+	err = eng.upd.WaitApplied(ctx, eng.log.End())
+	close(appliedCh)
+	bar.Finish()
+	if err != nil {
 		stopUpd()
 		return err
 	}
@@ -338,6 +364,8 @@ func soak(ctx context.Context, o *benchOpts) error {
 	if err != nil {
 		return err
 	}
+	bar := newProgress(o.progress, "soak", "events", int64(o.events))
+	defer bar.Finish()
 	eng, err := openEngine(dir, storeConfig{Clock: "event"}, ingestConfig{lateness: time.Hour, futureSkew: 5 * time.Minute}, logger, nil)
 	if err != nil {
 		return err
@@ -376,6 +404,7 @@ func soak(ctx context.Context, o *benchOpts) error {
 			return err
 		}
 		total += res.Accepted
+		bar.Add(int64(len(batch)))
 		batch = batch[:0]
 		return nil
 	}

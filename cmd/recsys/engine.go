@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -28,6 +30,7 @@ type engine struct {
 	log   *eventlog.Log
 	store *featurestore.Store
 	upd   *updater.Updater
+	lock  *os.File
 }
 
 // openEngine opens (or creates) the data dir: <dir>/log holds the durable
@@ -44,17 +47,22 @@ func openEngine(dir string, sc storeConfig, ing ingestConfig, logger *slog.Logge
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
+	lock, err := lockDataDir(dir)
+	if err != nil {
+		return nil, err
+	}
 	lg, err := eventlog.Open(filepath.Join(dir, "log"), eventlog.Options{Logger: logger})
 	if err != nil {
+		_ = lock.Close()
 		return nil, err
 	}
 	st, err := featurestore.Open(filepath.Join(dir, "state"), featurestore.Options{Logger: logger, Definitions: defs, Clock: sc.Clock, DedupHorizon: sc.DedupHorizon, Models: sc.Models.options()})
 	if err != nil {
-		_ = lg.Close()
+		_ = errors.Join(lg.Close(), lock.Close())
 		return nil, err
 	}
 	if st.AppliedOffset() > lg.End() {
-		_ = errors.Join(st.Close(), lg.Close())
+		_ = errors.Join(st.Close(), lg.Close(), lock.Close())
 		return nil, fmt.Errorf("data dir %s: store applied offset %d is past the log end %d (log and state from different runs?)", dir, st.AppliedOffset(), lg.End())
 	}
 	uo := updater.Options{Logger: logger, AllowedLateness: ing.lateness, MaxFutureSkew: ing.futureSkew, Registerer: reg,
@@ -62,11 +70,39 @@ func openEngine(dir string, sc storeConfig, ing ingestConfig, logger *slog.Logge
 	for _, f := range tune {
 		f(&uo)
 	}
-	return &engine{log: lg, store: st, upd: updater.New(lg, st, uo)}, nil
+	return &engine{log: lg, store: st, upd: updater.New(lg, st, uo), lock: lock}, nil
 }
 
 func (e *engine) Close() error {
-	return errors.Join(e.log.Close(), e.store.Close())
+	return errors.Join(e.log.Close(), e.store.Close(), e.lock.Close())
+}
+
+// lockDataDir takes the data dir for this process: an exclusive lock on
+// <dir>/recsys.lock, which holds the pid of its owner so that a second
+// process can say who has it. The lock goes with the process, so a crash
+// leaves nothing to clean up.
+func lockDataDir(dir string) (*os.File, error) {
+	path := filepath.Join(dir, "recsys.lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("data dir %s: %w", dir, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		b, _ := os.ReadFile(path)
+		_ = f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			owner := "another process"
+			if pid := strings.TrimSpace(string(b)); pid != "" {
+				owner = "pid " + pid
+			}
+			return nil, fmt.Errorf("data dir %s is in use: another recsys is serving it (%s); stop it or give another --data.dir", dir, owner)
+		}
+		return nil, fmt.Errorf("data dir %s: lock: %w", dir, err)
+	}
+	if err := f.Truncate(0); err == nil {
+		_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	return f, nil
 }
 
 // diskFree returns the bytes available to this process on dir's

@@ -28,7 +28,9 @@ func kafkaBenchCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "bench --kafka.brokers HOST:PORT",
 		Short: "Measure the Kafka update path on a real broker: sustained events/s with exactly-once offsets, freshness p50/p99 at a fixed rate, and lag when producers outrun the updater",
-		Args:  cobra.NoArgs,
+		Example: `  recsys kafka bench --kafka.brokers localhost:9092
+  recsys kafka bench --kafka.brokers localhost:9092 --events 1000000 --rate 10000`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if len(kc.Brokers) == 0 {
 				return usageError{fmt.Errorf("kafka.brokers: required")}

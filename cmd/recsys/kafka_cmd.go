@@ -28,7 +28,9 @@ import (
 
 // kafkaCmd groups the Kafka tools: produce (load a topic) and bench.
 func kafkaCmd() *cobra.Command {
-	root := &cobra.Command{Use: "kafka", Short: "Kafka tools: load a topic, measure the Kafka update path"}
+	root := &cobra.Command{Use: "kafka", Short: "Kafka tools: load a topic, measure the Kafka update path",
+		Example: `  recsys kafka produce --kafka.brokers localhost:9092 --kafka.topic events ../shared/data/taobao/UserBehavior-hot-110k.csv.gz
+  recsys kafka dump --kafka.brokers localhost:9092 --kafka.topic events.dlq`}
 	root.AddCommand(kafkaProduceCmd(), kafkaBenchCmd(), kafkaDumpCmd())
 	return root
 }
@@ -38,9 +40,10 @@ func kafkaCmd() *cobra.Command {
 func kafkaDumpCmd() *cobra.Command {
 	var kc kafkaConfig
 	cmd := &cobra.Command{
-		Use:   "dump --kafka.brokers HOST:PORT --kafka.topic TOPIC",
-		Short: "Print the records of a topic up to its current end as JSON lines: partition, offset, key, headers, value",
-		Args:  cobra.NoArgs,
+		Use:     "dump --kafka.brokers HOST:PORT --kafka.topic TOPIC",
+		Short:   "Print the records of a topic up to its current end as JSON lines: partition, offset, key, headers, value",
+		Example: `  recsys kafka dump --kafka.brokers localhost:9092 --kafka.topic events.dlq | head`,
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			end, err := kafka.EndOffsets(ctx, kc.Brokers, kc.Topic)
@@ -98,13 +101,15 @@ func kafkaDumpCmd() *cobra.Command {
 
 func kafkaProduceCmd() *cobra.Command {
 	var kc kafkaConfig
-	var format string
+	var format, mode string
 	var partitions int32
 	var rate float64
 	cmd := &cobra.Command{
 		Use:   "produce --kafka.brokers HOST:PORT [--format taobao|lines] FILE...",
 		Short: "Produce events to a topic (taobao: CSV lines as protobuf events keyed by user; lines: each line verbatim as a value) and print the end offsets as JSON",
-		Args:  cobra.MinimumNArgs(1),
+		Example: `  recsys kafka produce --kafka.brokers localhost:9092 --kafka.topic events ../shared/data/taobao/UserBehavior-hot-110k.csv.gz
+  recsys gen --events 100000 --out events.jsonl && recsys kafka produce --kafka.brokers localhost:9092 --format lines events.jsonl`,
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, files []string) error {
 			if len(kc.Brokers) == 0 {
 				return usageError{fmt.Errorf("kafka.brokers: required")}
@@ -112,19 +117,32 @@ func kafkaProduceCmd() *cobra.Command {
 			if format != "taobao" && format != "lines" {
 				return usageError{fmt.Errorf("format: %q is neither taobao nor lines", format)}
 			}
-			return produceFiles(cmd.Context(), &kc, format, partitions, rate, files, cmd.OutOrStdout())
+			if err := checkProgress(mode); err != nil {
+				return usageError{err}
+			}
+			var total int64 = -1
+			if mode != "off" {
+				var err error
+				if total, err = countEvents(files); err != nil {
+					return err
+				}
+			}
+			bar := newProgress(mode, "produce", "records", total)
+			defer bar.Finish()
+			return produceFiles(cmd.Context(), &kc, format, partitions, rate, files, cmd.OutOrStdout(), bar)
 		},
 	}
 	kc.bindClientFlags(cmd.Flags(), "topic to produce to (created with --partitions if missing)")
 	cmd.Flags().StringVar(&format, "format", "taobao", "taobao (user,item,category,behavior,seconds CSV, gzip or not) or lines (one record value per line, sent as is without a content-type header)")
 	cmd.Flags().Int32Var(&partitions, "partitions", 4, "partitions of the topic if it has to be created")
 	cmd.Flags().Float64Var(&rate, "rate", 0, "records per second (0: as fast as the broker takes them)")
+	bindProgress(cmd.Flags(), &mode)
 	return cmd
 }
 
 // produceFiles produces every line of files and prints
 // {"records": n, "skipped": n, "end_offsets": {"0": n, ...}}.
-func produceFiles(ctx context.Context, kc *kafkaConfig, format string, partitions int32, rate float64, files []string, out io.Writer) error {
+func produceFiles(ctx context.Context, kc *kafkaConfig, format string, partitions int32, rate float64, files []string, out io.Writer, bar *progress) error {
 	if err := kafka.CreateTopic(ctx, kc.Brokers, kc.Topic, partitions); err != nil {
 		return err
 	}
@@ -144,6 +162,7 @@ func produceFiles(ctx context.Context, kc *kafkaConfig, format string, partition
 				ev, ferr := updater.DecodeTaobaoCSV(string(line))
 				if ferr != nil {
 					skipped++
+					bar.Add(1)
 					return nil
 				}
 				var err error
@@ -167,6 +186,7 @@ func produceFiles(ctx context.Context, kc *kafkaConfig, format string, partition
 				if err != nil {
 					firstErr.CompareAndSwap(nil, err)
 				}
+				bar.Add(1) // acknowledged by the broker
 			})
 			if err, _ := firstErr.Load().(error); err != nil {
 				return err
@@ -273,12 +293,14 @@ name relative to that root, or an absolute path inside it.`,
 // rebuildCmd resets the state of a data dir and re-consumes the topic.
 func rebuildCmd() *cobra.Command {
 	var cfg config
-	var cfgFile, from string
+	var cfgFile, from, mode string
 	var all *pflag.FlagSet
 	cmd := &cobra.Command{
 		Use:   "rebuild --data.dir DIR --kafka.brokers HOST:PORT [--from-time RFC3339]",
 		Short: "Reset the feature state of a data dir and re-consume the Kafka topic from the start (or a time) up to its current end; the server must be stopped",
-		Args:  cobra.NoArgs,
+		Example: `  recsys rebuild --data.dir /var/lib/recsys --kafka.brokers localhost:9092
+  recsys rebuild --config recsys.yaml --from-time 2026-11-24T00:00:00Z`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if _, err := resolveConfig(cfgFile, all); err != nil {
 				return usageError{err}
@@ -297,7 +319,7 @@ func rebuildCmd() *cobra.Command {
 				}
 				fromMS = t.UnixMilli()
 			}
-			return rebuild(cmd.Context(), &cfg, fromMS, cmd.OutOrStdout())
+			return rebuild(cmd.Context(), &cfg, fromMS, mode, cmd.OutOrStdout())
 		},
 	}
 	// The configuration file is serve's, so every key is accepted from it,
@@ -310,6 +332,7 @@ func rebuildCmd() *cobra.Command {
 		}
 	})
 	cmd.Flags().StringVar(&cfgFile, "config", "", "serve's YAML configuration file (default $RECSYS_CONFIG); RECSYS_* variables and flags override it")
+	bindProgress(cmd.Flags(), &mode)
 	cmd.Flags().StringVar(&from, "from-time", "", "start at the first record of each partition at or after this time (RFC 3339) instead of the beginning")
 	return cmd
 }
@@ -329,7 +352,7 @@ func rebuildFlag(name string) bool {
 	return false
 }
 
-func rebuild(ctx context.Context, cfg *config, fromMS int64, out io.Writer) error {
+func rebuild(ctx context.Context, cfg *config, fromMS int64, mode string, out io.Writer) error {
 	logger := cfg.Log.logger()
 	kc := &cfg.Kafka
 	end, err := kafka.EndOffsets(ctx, kc.Brokers, kc.Topic)
@@ -364,8 +387,30 @@ func rebuild(ctx context.Context, cfg *config, fromMS int64, out io.Writer) erro
 	if err != nil {
 		return err
 	}
+	var total int64
+	for p, e := range end {
+		total += e - start[p] // start[p] is 0 without --from-time
+	}
+	bar := newProgress(mode, "rebuild", "records", total)
+	base := eng.store.Stats()
+	baseDL := eng.store.DeadLetterCount()
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(500 * time.Millisecond):
+				st := eng.store.Stats()
+				bar.Set(int64(st.Events-base.Events+st.Duplicates-base.Duplicates+eng.store.DeadLetterCount()-baseDL), 0)
+			}
+		}
+	}()
 	began := time.Now()
-	if err := c.Run(ctx); err != nil {
+	err = c.Run(ctx)
+	close(done)
+	bar.Finish()
+	if err != nil {
 		return err
 	}
 	if ctx.Err() != nil {

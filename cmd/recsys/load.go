@@ -39,7 +39,9 @@ func loadCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "load --target http://127.0.0.1:8080 --duration 10m",
 		Short: "Load and soak a running server on this machine: ingest and reads together, with p50/p99/p999, errors and RSS over time",
-		Args:  cobra.NoArgs,
+		Example: `  recsys load --target http://127.0.0.1:8080 --duration 1m
+  recsys load --target http://127.0.0.1:8080 --duration 2h --ingest-rate 5000 --readers 8 --interval 5m`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			switch {
 			case o.duration <= 0 || o.duration > 24*time.Hour:

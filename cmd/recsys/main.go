@@ -11,6 +11,7 @@
 //	recsys kafka    produce to a topic, measure the Kafka update path
 //	recsys backup   checkpoint a running server (state with Kafka offsets, log)
 //	recsys rebuild  reset the state and re-consume the Kafka topic
+//	recsys version  print the version of this binary
 package main
 
 import (
@@ -42,13 +43,15 @@ func main() {
 			os.Exit(1)
 		})
 	}()
+	v, _, _ := buildVersion()
 	root := &cobra.Command{
 		Use:           "recsys",
+		Version:       v,
 		Short:         "Real-time recommendation backend: streaming feature store and model updates",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCmd(), replayCmd(), genCmd(), benchCmd(), configCmd(), loadCmd(), evalCmd(), kafkaCmd(), backupCmd(), rebuildCmd())
+	root.AddCommand(serveCmd(), replayCmd(), genCmd(), benchCmd(), configCmd(), loadCmd(), evalCmd(), kafkaCmd(), backupCmd(), rebuildCmd(), versionCmd())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "recsys:", err)
 		var ue usageError

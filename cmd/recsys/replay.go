@@ -137,10 +137,17 @@ type sink interface {
 
 func replay(ctx context.Context, o *replayOpts, files []string) error {
 	logger := o.log.logger()
+	regular := true // all files can be read twice: counted, then sent
 	for _, f := range files {
-		if _, err := os.Stat(f); err != nil {
+		if f == "-" {
+			regular = false
+			continue
+		}
+		fi, err := os.Stat(f)
+		if err != nil {
 			return fmt.Errorf("replay: %w", err)
 		}
+		regular = regular && fi.Mode().IsRegular()
 	}
 	var snk sink
 	if o.target != "" {
@@ -159,7 +166,7 @@ func replay(ctx context.Context, o *replayOpts, files []string) error {
 	}
 
 	var total int64 = -1
-	if o.progress != "off" {
+	if o.progress != "off" && regular {
 		var err error
 		if total, err = countEvents(files); err != nil {
 			return fmt.Errorf("replay: %w", err)
@@ -270,12 +277,15 @@ func readEvents(file, format string, fn func(*recsysv1.Event, *updater.FieldErro
 	return nil
 }
 
-// openEvents opens file, decompressing it when it starts with the gzip
+// openEvents opens file (- is the standard input), decompressing it when it starts with the gzip
 // magic number.
 func openEvents(file string) (io.Reader, func(), error) {
-	f, err := os.Open(file)
-	if err != nil {
-		return nil, nil, err
+	f := os.Stdin
+	if file != "-" {
+		var err error
+		if f, err = os.Open(file); err != nil {
+			return nil, nil, err
+		}
 	}
 	br := bufio.NewReaderSize(f, 1<<20)
 	if magic, _ := br.Peek(2); bytes.Equal(magic, []byte{0x1f, 0x8b}) {

@@ -30,7 +30,11 @@ func serveCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the updater and the REST, gRPC and Arrow Flight servers",
-		Args:  cobra.NoArgs,
+		Example: `  recsys serve --demo
+  recsys serve --data.dir /var/lib/recsys --auth.token-file tokens.txt --tls.cert cert.pem --tls.key key.pem
+  recsys serve --load ../shared/data/taobao/UserBehavior-users-84k.csv.gz
+  recsys serve --config recsys.yaml --kafka.brokers kafka-1:9092,kafka-2:9092`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if _, err := resolveConfig(cfgFile, cmd.Flags()); err != nil {
 				return usageError{err}
@@ -47,7 +51,7 @@ func serveCmd() *cobra.Command {
 }
 
 func configCmd() *cobra.Command {
-	root := &cobra.Command{Use: "config", Short: "Inspect the configuration of recsys serve"}
+	root := &cobra.Command{Use: "config", Short: "Inspect the configuration of recsys serve", Example: "  recsys config print --config recsys.yaml"}
 	var cfg config
 	var cfgFile string
 	print := &cobra.Command{
