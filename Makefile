@@ -7,7 +7,7 @@ VPY := $(VENV)/bin/python
 BIN := bin/recsys
 GENERATED := recsys/v1/recsys.pb.go recsys/v1/recsys_grpc.pb.go recsys/v1/recsys.pb.gw.go recsys/v1/openapi.json
 
-.PHONY: all build run test test-go test-py notebooks test-kafka kafka-jars vet proto proto-check bench bench-flight bench-kafka soak fuzz fuzz-short venv clean
+.PHONY: all build run serve-sample test test-go test-py notebooks test-kafka kafka-jars vet proto proto-check bench bench-flight bench-kafka soak fuzz fuzz-short venv clean
 
 all: build
 
@@ -17,6 +17,11 @@ build:
 ## run: build and serve on embedded defaults (./data) with the synthetic demo stream.
 run: build
 	$(BIN) serve --demo
+
+## serve-sample: serve the Taobao users sample (sorted by time on the way in, event clock) from ./data-sample, for the notebooks.
+SAMPLE ?= ../shared/data/taobao/UserBehavior-users-84k.csv.gz
+serve-sample: build
+	$(BIN) serve --data.dir ./data-sample --load $(SAMPLE)
 
 ## venv: the Python environment of the tests and of `make proto` (pinned).
 venv: $(VENV)/.stamp

@@ -44,6 +44,9 @@ type Options struct {
 	// high watermarks) use them instead of the embedded log's, which stays
 	// empty.
 	Source func() SourceProgress
+	// Starting, when set, says why the server is not ready yet while it
+	// starts (loading its initial events); "" once it is.
+	Starting func() string
 }
 
 // SourceProgress is where the updater stands in an outside source.
@@ -442,6 +445,11 @@ func checkID(field, id string) error {
 
 // ready reports whether the store is open and the updater caught up.
 func (s *Server) ready() (bool, string) {
+	if s.opts.Starting != nil {
+		if r := s.opts.Starting(); r != "" {
+			return false, r
+		}
+	}
 	if err := s.upd.Failed(); err != nil {
 		return false, err.Error()
 	}

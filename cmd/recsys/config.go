@@ -57,6 +57,10 @@ type config struct {
 	Shutdown struct {
 		Timeout time.Duration
 	}
+	Load struct {
+		Files  []string
+		Format string
+	}
 	Demo struct {
 		Enabled bool
 		Events  int
@@ -190,6 +194,8 @@ func (c *config) bindFlags(fs *pflag.FlagSet) {
 	fs.Int64Var(&c.Ingest.MinFreeBytes, "ingest.min-free-bytes", 64<<20, "free bytes the data dir's filesystem must keep: below it ingest is refused with 507 / RESOURCE_EXHAUSTED (reads go on), below half of it applying waits; both resume when space returns. 0 turns the check off")
 	fs.BoolVar(&c.Demo.Enabled, "demo", false, "load the synthetic demo stream on first start (empty log)")
 	fs.IntVar(&c.Demo.Events, "demo.events", 200_000, "events in the demo stream")
+	fs.StringSliceVar(&c.Load.Files, "load", nil, "event files (plain or .gz) to load on first start (empty log), sorted by event time on the way in; the clock defaults to event for them. /readyz reports ready once they are applied")
+	fs.StringVar(&c.Load.Format, "load.format", "auto", "format of the --load files: taobao (CSV user,item,category,behavior,unix_seconds), jsonl, or auto (jsonl for .jsonl and .json names, else taobao)")
 	c.Store.bindFlags(fs)
 	fs.StringVar(&c.Auth.TokenFile, "auth.token-file", "", "file of TOKEN SCOPE lines (scopes read, write, admin); without it no call is authenticated and the server listens on loopback only")
 	fs.BoolVar(&c.Auth.AllowRemote, "auth.allow-unauthenticated-remote", false, "without a token file, listen on the addresses as given instead of loopback only")
@@ -238,6 +244,10 @@ func (c *config) validate() error {
 		return fmt.Errorf("shutdown.timeout: %s is not positive", c.Shutdown.Timeout)
 	case c.Demo.Events <= 0:
 		return fmt.Errorf("demo.events: %d is not positive", c.Demo.Events)
+	case c.Demo.Enabled && len(c.Load.Files) > 0:
+		return fmt.Errorf("demo, load: give one or the other")
+	case c.Load.Format != "auto" && c.Load.Format != "taobao" && c.Load.Format != "jsonl":
+		return fmt.Errorf("load.format: %q is not auto, taobao or jsonl", c.Load.Format)
 	}
 	if err := c.Store.validate(); err != nil {
 		return err

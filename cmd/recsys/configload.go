@@ -21,13 +21,17 @@ import (
 // dotted name is the key's path in the YAML file (--data.dir is
 // data: {dir: ...}) and, upper-cased with dots and dashes as underscores
 // and RECSYS_ in front, its environment variable (RECSYS_DATA_DIR). The one
-// exception is --demo, whose key is demo.enabled (demo.events is beside
-// it). Precedence: defaults < file < environment < flags.
+// exceptions are --demo and --load, whose keys are demo.enabled and
+// load.files (demo.events and load.format are beside them). Precedence:
+// defaults < file < environment < flags.
 
 // configKey returns the file key of flag name.
 func configKey(flag string) string {
-	if flag == "demo" {
+	switch flag {
+	case "demo":
 		return "demo.enabled"
+	case "load":
+		return "load.files"
 	}
 	return flag
 }

@@ -10,7 +10,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -21,6 +23,7 @@ import (
 
 	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
 	"github.com/streamrec/recsys/serving"
+	"github.com/streamrec/recsys/updater"
 	"github.com/streamrec/recsys/updater/synth"
 )
 
@@ -41,6 +44,9 @@ func serveCmd() *cobra.Command {
 			}
 			if err := cfg.validate(); err != nil {
 				return usageError{err}
+			}
+			if len(cfg.Load.Files) > 0 && !cmd.Flags().Lookup("clock").Changed {
+				cfg.Store.Clock = "event" // loaded files are history: read as of their newest event
 			}
 			return serve(cmd.Context(), &cfg)
 		},
@@ -132,6 +138,15 @@ func serve(ctx context.Context, cfg *config) error {
 	if kafkaSrc != nil {
 		sopts.Source = kafkaSrc.progress
 	}
+	// A demo stream or files loaded at the first start make the server
+	// ready only once they are applied, so that what a newcomer reads
+	// first is the loaded data and what they post next shows at once.
+	var gate startGate
+	firstLoad := eng.log.End() == 0 && (cfg.Demo.Enabled || len(cfg.Load.Files) > 0)
+	if firstLoad {
+		gate.set("loading the initial events")
+	}
+	sopts.Starting = gate.get
 	srv := serving.New(eng.store, eng.upd, sopts)
 	guard := func(name string) *serving.Guard {
 		return serving.NewGuard(name, tokens, cfg.Limits.MaxInFlight, cfg.Limits.RequestTimeout, metrics)
@@ -196,12 +211,18 @@ func serve(ctx context.Context, cfg *config) error {
 	g.Go(func() error { return ignoreClosed(httpSrv.Serve(httpL)) })
 	g.Go(func() error { return grpcSrv.Serve(grpcL) })
 	g.Go(func() error { return flightSrv.Serve(flightL) })
-	if cfg.Demo.Enabled {
-		if eng.log.End() == 0 {
-			g.Go(func() error { return loadDemo(gctx, eng, cfg.Demo.Events, logger) })
-		} else {
-			logger.Info("demo: the event log is not empty, not loading the demo stream")
-		}
+	if firstLoad {
+		g.Go(func() error {
+			what, err := loadInitial(gctx, cfg, eng, &gate, logger)
+			if err != nil || gctx.Err() != nil {
+				return err
+			}
+			gate.set("")
+			fmt.Printf("recsys ready: %s applied. Fresh data, for example:\n%s", what, tryCurls(scheme(cfg), hostPort(httpL.Addr()), cfg.Demo.Enabled))
+			return nil
+		})
+	} else if cfg.Demo.Enabled || len(cfg.Load.Files) > 0 {
+		logger.Info("the event log is not empty: not loading the demo stream or --load files again")
 	}
 	// A stop gets --shutdown.timeout in all: the front doors stop
 	// accepting and finish what is in flight (cut off at 60% of it), then
@@ -244,12 +265,15 @@ func serve(ctx context.Context, cfg *config) error {
 		return ignoreClosed(err)
 	})
 
-	scheme, fscheme := "http", "grpc"
+	fscheme := "grpc"
 	if tlsCfg != nil {
-		scheme, fscheme = "https", "grpc+tls"
+		fscheme = "grpc+tls"
 	}
 	fmt.Printf("recsys serving (data dir %s)\n  REST:   %s://%s  (OpenAPI at /openapi.json, metrics at /metrics)\n  gRPC:   %s\n  Flight: %s://%s\n",
-		cfg.Data.Dir, scheme, hostPort(httpL.Addr()), hostPort(grpcL.Addr()), fscheme, hostPort(flightL.Addr()))
+		cfg.Data.Dir, scheme(cfg), hostPort(httpL.Addr()), hostPort(grpcL.Addr()), fscheme, hostPort(flightL.Addr()))
+	if firstLoad {
+		fmt.Println("loading the initial events; /readyz reports ready once they are applied")
+	}
 	logger.Info("listening", "http", httpL.Addr().String(), "grpc", grpcL.Addr().String(), "flight", flightL.Addr().String(),
 		"applied_offset", eng.store.AppliedOffset(), "log_end", eng.log.End())
 	err = g.Wait()
@@ -333,28 +357,154 @@ func hostPort(a net.Addr) string {
 	return net.JoinHostPort(host, port)
 }
 
+// startGate holds why the server is not ready yet while it starts ("":
+// ready as far as starting goes).
+type startGate struct{ reason atomic.Pointer[string] }
+
+func (g *startGate) set(r string) { g.reason.Store(&r) }
+
+func (g *startGate) get() string {
+	if r := g.reason.Load(); r != nil {
+		return *r
+	}
+	return ""
+}
+
+func scheme(cfg *config) string {
+	if cfg.TLS.Cert != "" {
+		return "https"
+	}
+	return "http"
+}
+
+// tryCurls are the commands the ready message suggests: an event, then its
+// effect on the user's features.
+func tryCurls(scheme, addr string, demo bool) string {
+	base := addr
+	if scheme == "https" {
+		base = "https://" + addr
+	}
+	user, item, cat := "u1", "i42", "c7"
+	if !demo {
+		user, item, cat = "newcomer", "42", "7"
+	}
+	return fmt.Sprintf(`  curl -XPOST %[1]s/v1/events -H 'Content-Type: application/json' -d '{"events":[{"user_id":"%[2]s","item_id":"%[3]s","category_id":"%[4]s","behavior":"cart","ts":'$(date +%%s000)'}]}'
+  curl %[1]s/v1/users/%[2]s/features    # cart_count_1h counts the cart just posted
+  curl '%[1]s/v1/users/%[2]s/recommendations?k=10'
+`, base, user, item, cat)
+}
+
+// loadInitial ingests the demo stream or the --load files into the empty
+// log, waits until they are applied (the gate says how far) and returns
+// what was loaded.
+func loadInitial(ctx context.Context, cfg *config, eng *engine, gate *startGate, logger *slog.Logger) (string, error) {
+	start := time.Now()
+	var what string
+	if cfg.Demo.Enabled {
+		gate.set("loading the demo stream")
+		n, err := loadDemo(ctx, eng, cfg.Demo.Events)
+		if err != nil {
+			return "", err
+		}
+		what = fmt.Sprintf("the demo stream (%d events over the last 24 h; users u1 to u2000, items i1 to i5000)", n)
+	} else {
+		gate.set("loading " + strings.Join(cfg.Load.Files, ", "))
+		n, rejected, err := loadFiles(ctx, eng, cfg.Load.Files, cfg.Load.Format)
+		if err != nil {
+			return "", err
+		}
+		what = fmt.Sprintf("%s (%d events", strings.Join(cfg.Load.Files, ", "), n)
+		if rejected > 0 {
+			what += fmt.Sprintf(", %d rejected: /v1/dead-letters", rejected)
+		}
+		what += ")"
+	}
+	end := eng.log.End()
+	done, exited := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(exited)
+		for {
+			gate.set(fmt.Sprintf("loading the initial events: %d of %d applied", eng.store.AppliedOffset(), end))
+			select {
+			case <-done:
+				return
+			case <-time.After(500 * time.Millisecond):
+			}
+		}
+	}()
+	err := eng.upd.WaitApplied(ctx, end)
+	close(done)
+	<-exited
+	if err != nil {
+		if ctx.Err() != nil {
+			return "", nil
+		}
+		return "", fmt.Errorf("initial events: %w", err)
+	}
+	logger.Info("initial events applied", "what", what, "took", time.Since(start).Round(time.Millisecond))
+	return what, nil
+}
+
 // loadDemo ingests a synthetic stream of n events whose event times cover
 // the last 24 hours.
-func loadDemo(ctx context.Context, eng *engine, n int, logger *slog.Logger) error {
+func loadDemo(ctx context.Context, eng *engine, n int) (int, error) {
 	now := time.Now()
 	gen, err := synth.New(synth.Config{
 		Seed: 1, Users: 2_000, Items: 5_000, Categories: 100, Events: n,
 		Start: now.Add(-24 * time.Hour), Span: 24 * time.Hour,
 	})
 	if err != nil {
-		return fmt.Errorf("demo: %w", err)
+		return 0, fmt.Errorf("demo: %w", err)
 	}
-	start := time.Now()
 	total, err := ingestGenerated(ctx, eng, gen, 10_000)
-	if err != nil {
-		if ctx.Err() != nil {
+	if err != nil && ctx.Err() == nil {
+		return 0, fmt.Errorf("demo: %w", err)
+	}
+	return total, nil
+}
+
+// loadFiles ingests files in event-time order and returns how many events
+// were accepted and how many rejected (kept as dead letters when they were
+// late or future; undecodable lines are only counted).
+func loadFiles(ctx context.Context, eng *engine, files []string, format string) (accepted, rejected int, err error) {
+	batch := make([]*recsysv1.Event, 0, 10_000)
+	flush := func() error {
+		if len(batch) == 0 {
 			return nil
 		}
-		return fmt.Errorf("demo: %w", err)
+		res, err := eng.upd.Ingest(ctx, batch, nil)
+		if err != nil {
+			return err
+		}
+		accepted += res.Accepted
+		rejected += len(res.Rejected)
+		batch = batch[:0]
+		return nil
 	}
-	logger.Info("demo stream loaded", "events", total, "took", time.Since(start).Round(time.Millisecond),
-		"try", "curl localhost:8080/v1/users/u1/features")
-	return nil
+	for _, f := range files {
+		ff := format
+		if ff == "auto" {
+			ff = "taobao"
+			if strings.HasSuffix(strings.TrimSuffix(f, ".gz"), ".jsonl") || strings.HasSuffix(strings.TrimSuffix(f, ".gz"), ".json") {
+				ff = "jsonl"
+			}
+		}
+		err := forEachEvent([]string{f}, ff, true, func(ev *recsysv1.Event, ferr *updater.FieldError) error {
+			if ferr != nil {
+				rejected++
+				return nil
+			}
+			batch = append(batch, ev)
+			if len(batch) == cap(batch) {
+				return flush()
+			}
+			return nil
+		})
+		if err != nil {
+			return accepted, rejected, fmt.Errorf("load %s: %w", f, err)
+		}
+	}
+	return accepted, rejected, flush()
 }
 
 // ingestGenerated ingests every event of gen through the updater in
