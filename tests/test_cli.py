@@ -4,14 +4,16 @@ dir. Every test runs the real binary."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import recsys_bin
+from conftest import free_port, recsys_bin
 
 
 def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -113,3 +115,128 @@ def test_bad_values_in_the_users_terms(tmp_path):
     assert res.returncode == 2 and "not a YAML mapping" in res.stderr, res.stderr
     res = run("config", "print", "--config", str(tmp_path / "missing.yaml"))
     assert res.returncode == 2 and "no such file or directory" in res.stderr, res.stderr
+
+
+# --- commands ----------------------------------------------------------------
+
+COMMANDS = ["serve", "replay", "gen", "bench", "load", "eval", "backup", "rebuild", "config", "config print", "kafka",
+            "kafka produce", "kafka bench", "kafka dump", "version"]
+
+
+def test_version():
+    res = run("version")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert re.fullmatch(r"recsys v\S+", lines[0]), res.stdout
+    assert re.fullmatch(r"commit [0-9a-f]{40}( \(modified\))?", lines[1]), res.stdout
+    assert lines[2].startswith("go1."), res.stdout
+    assert run("--version").stdout.strip() == "recsys version " + lines[0].split()[1]
+    j = json.loads(run("version", "--json").stdout)
+    assert j["revision"] == lines[1].split()[1] and j["go"] == lines[2].split()[0]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_help_has_an_example(command):
+    res = run(*command.split(), "--help")
+    assert res.returncode == 0, res.stderr
+    assert "\nExamples:\n  recsys " in res.stdout, res.stdout
+
+
+def test_flags_only_where_they_apply():
+    rebuild = run("rebuild", "--help").stdout
+    for absent in ("--http.addr", "--auth.token-file", "--demo", "--tls.cert", "--limits.max-in-flight"):
+        assert absent not in rebuild, absent
+    for present in ("--data.dir", "--kafka.brokers", "--models.dim", "--config", "--from-time", "--progress"):
+        assert present in rebuild, present
+    for tool in ("produce", "dump", "bench"):
+        out = run("kafka", tool, "--help").stdout
+        assert "--kafka.brokers" in out
+        for absent in ("--kafka.group", "--kafka.instance-id", "--kafka.dlq-topic", "--kafka.content-type"):
+            assert absent not in out, (tool, absent)
+
+
+# --- replay --------------------------------------------------------------------
+
+
+def write_jsonl(path: Path, events: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    return path
+
+
+def by_user(tmp_path: Path, n: int = 3000) -> tuple[Path, int]:
+    """A generated stream regrouped by user, as the Taobao samples are."""
+    src = tmp_path / "gen.jsonl"
+    res = run("gen", "--events", str(n), "--users", "40", "--items", "300", "--categories", "10",
+              "--start", "2026-01-01T00:00:00Z", "--span", "24h", "--out", str(src))
+    assert res.returncode == 0, res.stderr
+    events = [json.loads(line) for line in src.read_text().splitlines()]
+    events.sort(key=lambda e: e["user_id"])
+    return write_jsonl(tmp_path / "grouped.jsonl", events), len(events)
+
+
+def test_replay_fails_fast_on_a_bad_target(tmp_path, server):
+    f, _ = by_user(tmp_path, 100)
+    res = run("replay", "--format", "jsonl", "--target", f"127.0.0.1:{server.http_port}", str(f), timeout=30)
+    assert res.returncode == 2 and "is not an http:// or https:// URL" in res.stderr, res.stderr
+    # Nothing listens there: refused at once, not retried for --retry-for (5 min).
+    res = run("replay", "--format", "jsonl", "--target", f"http://127.0.0.1:{free_port()}", str(f), timeout=30)
+    assert res.returncode == 1 and "connection refused" in res.stderr, res.stderr
+    res = run("replay", "--format", "jsonl", "--target", server.url + "/wrong/path", str(f), timeout=30)
+    assert res.returncode == 1 and "is not a recsys server" in res.stderr and "404" in res.stderr, res.stderr
+    assert server.stats()["log_end_offset"] == 0
+
+
+def test_replay_sort_and_rejections_by_reason(tmp_path, server_factory):
+    f, n = by_user(tmp_path)
+    s = server_factory("--ingest.allowed-lateness", "1h")
+    res = run("replay", "--format", "jsonl", "--progress", "off", "--batch", "500", "--target", s.url, str(f), timeout=120)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "batch/server_rejected" not in res.stdout
+    m = re.search(r"ts/late\s+(\d+)", res.stdout)
+    assert m, res.stdout
+    accepted = int(re.search(r"(\d+) accepted", res.stdout).group(1))
+    assert accepted + int(m.group(1)) == n, res.stdout
+    assert "needs --sort" in res.stdout
+    assert s.stats()["dead_letters"] == int(m.group(1))
+
+    s2 = server_factory("--ingest.allowed-lateness", "1h")
+    res = run("replay", "--format", "jsonl", "--sort", "--progress", "on", "--target", s2.url, str(f), timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"{n} events read, {n} accepted, 0 rejected" in res.stdout, res.stdout
+    # The bar counts events out of the file's lines, not bytes.
+    assert f"/{n}, " in res.stderr and " events/" in res.stderr and "B/s" not in res.stderr, res.stderr
+    # --wait (the default): applied when replay returns.
+    st = s2.stats()
+    assert st["applied_offset"] == st["log_end_offset"] == n, st
+
+
+def test_gen_output_is_accepted_by_a_live_server(tmp_path, server_factory):
+    s = server_factory("--clock", "wall", "--ingest.allowed-lateness", "1h", "--demo", "--demo.events", "5000")
+    out = tmp_path / "now.jsonl"
+    res = run("gen", "--events", "2000", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    ts = [json.loads(line)["ts"] for line in out.read_text().splitlines()]
+    now = time.time() * 1000
+    assert now - 3_700_000 < min(ts) and max(ts) <= now, (min(ts), max(ts), now)
+    res = run("replay", "--format", "jsonl", "--progress", "off", "--target", s.url, str(out), timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "2000 accepted, 0 rejected" in res.stdout, res.stdout
+
+
+def test_locked_data_dir_names_the_owner(tmp_path, server):
+    f, _ = by_user(tmp_path, 100)
+    res = run("replay", "--format", "jsonl", "--data.dir", str(server.data_dir), str(f), timeout=30)
+    assert res.returncode == 1
+    assert f"data dir {server.data_dir} is in use: another recsys is serving it (pid {server.proc.pid})" in res.stderr, res.stderr
+    assert "resource temporarily unavailable" not in res.stderr
+
+
+def test_serve_load_is_ready_once_applied(tmp_path, server_factory):
+    f, n = by_user(tmp_path)
+    s = server_factory("--load", str(f), "--ingest.allowed-lateness", "1h")
+    st = s.stats()  # start() waited for /readyz
+    assert st["applied_offset"] == st["log_end_offset"] == n and st["dead_letters"] == 0, st
+    assert "recsys ready:" in s.log_path.read_text()
+    # A restart does not load the files again.
+    s.restart()
+    assert s.stats()["log_end_offset"] == n

@@ -44,7 +44,7 @@ all of it: events older than its watermark would be rejected as late.`,
 				}
 				cfg.Start = t
 			} else {
-				cfg.Start = time.Now().UTC().Truncate(time.Minute).Add(-cfg.Span)
+				cfg.Start = time.Now().UTC().Add(-cfg.Span)
 			}
 			g, err := synth.New(cfg)
 			if err != nil {
@@ -64,7 +64,7 @@ all of it: events older than its watermark would be rejected as late.`,
 	f.IntVar(&cfg.Items, "items", 50_000, "number of items")
 	f.IntVar(&cfg.Categories, "categories", 500, "number of categories")
 	f.IntVar(&cfg.Events, "events", 1_000_000, "number of events")
-	f.StringVar(&start, "start", "", "event time of the stream's start, RFC 3339 (default: --span before now, to the minute)")
+	f.StringVar(&start, "start", "", "event time of the stream's start, RFC 3339 (default: --span before now; give it to get the same stream again)")
 	f.DurationVar(&cfg.Span, "span", time.Hour, "event times spread over this span")
 	f.Float64Var(&cfg.ZipfS, "zipf", 1.1, "Zipf exponent of item popularity (> 1)")
 	f.StringVar(&format, "format", "jsonl", "output format: jsonl or taobao")
