@@ -184,6 +184,9 @@ def test_replay_fails_fast_on_a_bad_target(tmp_path, server):
     res = run("replay", "--format", "jsonl", "--target", server.url + "/wrong/path", str(f), timeout=30)
     assert res.returncode == 1 and "is not a recsys server" in res.stderr and "404" in res.stderr, res.stderr
     assert server.stats()["log_end_offset"] == 0
+    # The load tool too: it would otherwise count errors for its whole --duration.
+    res = run("load", "--target", f"http://127.0.0.1:{free_port()}", "--duration", "10m", timeout=30)
+    assert res.returncode == 1 and "connection refused" in res.stderr, res.stderr
 
 
 def test_replay_sort_and_rejections_by_reason(tmp_path, server_factory):

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -59,7 +60,7 @@ func loadCmd() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.target, "target", "http://127.0.0.1:8080", "base URL of the server; loopback addresses only")
-	f.StringVar(&o.token, "token", "", "bearer token (write scope, for ingest and reads)")
+	f.StringVar(&o.token, "token", os.Getenv("RECSYS_TOKEN"), "bearer token (write scope, for ingest and reads; default $RECSYS_TOKEN)")
 	f.DurationVar(&o.duration, "duration", time.Minute, "how long to run (at most 24h)")
 	f.Int64Var(&o.maxRequests, "max-requests", 50_000_000, "stop after this many requests in all")
 	f.IntVar(&o.ingestRate, "ingest-rate", 2_000, "events per second to ingest (0: reads only)")
@@ -133,6 +134,9 @@ func load(ctx context.Context, o *loadOpts) error {
 	defer cancel()
 	base := strings.TrimRight(o.target, "/")
 	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: o.readers + 4}}
+	if err := (&httpSink{base: base, token: o.token, client: client}).probe(ctx); err != nil {
+		return fmt.Errorf("load: %w", err)
+	}
 	do := func(method, path string, body []byte) error {
 		req, err := http.NewRequestWithContext(ctx, method, base+path, bytes.NewReader(body))
 		if err != nil {
