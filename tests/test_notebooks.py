@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SHARED, Server, recsys_bin, run_replay_target
+from conftest import REPO, SHARED, Server, recsys_bin
 
 TAOBAO_USERS = SHARED / "data/taobao/UserBehavior-users-84k.csv.gz"
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -21,12 +21,13 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 def taobao_server(tmp_path_factory):
     if not TAOBAO_USERS.exists():
         pytest.skip(f"Taobao sample not found at {TAOBAO_USERS}")
-    s = Server(tmp_path_factory.mktemp("notebooks"), name="notebooks")
-    s.start()
+    # The documented notebook server (make serve-sample): serve --load,
+    # ready once the sample is applied.
+    s = Server(tmp_path_factory.mktemp("notebooks"), ["--load", str(TAOBAO_USERS)], name="notebooks")
+    s.start(timeout=300)
     try:
-        replay = run_replay_target(s.url, TAOBAO_USERS)
-        assert replay.returncode == 0, replay.stderr
-        s.wait_caught_up(min_log_end=80_000)
+        stats = s.stats()
+        assert stats["applied_offset"] == stats["log_end_offset"] >= 80_000 and stats["dead_letters"] == 0, stats
         yield s
     finally:
         s.close()
