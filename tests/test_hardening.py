@@ -168,7 +168,8 @@ def test_doput_batch_over_the_message_limit_is_refused(server):
 
 class DelayingProxy:
     """Forwards POSTs to a server; holds every third one back for `delay` seconds first,
-    so that the client times out and sends it again while the first attempt is still on its way."""
+    so that the client times out and sends it again while the first attempt is still on its way.
+    GETs (replay's probe and its wait for the server to apply) pass straight through."""
 
     def __init__(self, target: str, delay: float):
         self.target, self.delay, self.count, self.delayed = target, delay, 0, 0
@@ -197,6 +198,17 @@ class DelayingProxy:
                     self.wfile.write(r.content)
                 except OSError:
                     pass  # the client gave up on this attempt
+
+            def do_GET(self):
+                try:
+                    r = requests.get(proxy.target + self.path, timeout=30)
+                    self.send_response(r.status_code)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(r.content)))
+                    self.end_headers()
+                    self.wfile.write(r.content)
+                except (OSError, requests.RequestException):
+                    pass
 
             def log_message(self, *args):
                 pass
