@@ -99,6 +99,15 @@ def test_openapi(api):
     assert "post" in doc["paths"]["/v1/features:get"]
 
 
+def test_metrics_build_info(api):
+    r = api.get("/metrics")
+    assert r.status_code == 200
+    lines = [l for l in r.text.splitlines() if l.startswith("recsys_build_info{")]
+    assert len(lines) == 1, lines
+    m = re.fullmatch(r'recsys_build_info\{goversion="(go[^"]+)",revision="([^"]+)",version="([^"]+)"\} 1', lines[0])
+    assert m, lines[0]
+
+
 def test_unknown_route_is_404(api):
     assert api.get("/v1/nope").status_code == 404
 
