@@ -265,6 +265,16 @@ def test_stats(api):
     assert st["items"] == len(CATEGORY)
 
 
+def test_non_finite_numbers_are_null(server):
+    """A model without examples has NaN metrics: JSON null, never the string "NaN"."""
+    r = server.get("/v1/models")
+    assert r.status_code == 200, r.text
+    assert not re.search(r'"(-?Infinity|NaN)"', r.text), r.text
+    for m in r.json()["models"]:
+        for k in ("rolling_auc", "rolling_log_loss", "published_auc", "published_log_loss"):
+            assert m[k] is None, (m["name"], k, m[k])
+
+
 # -- popular items and recommendations ---------------------------------------------
 
 def test_popular_items(api, pb):

@@ -1506,7 +1506,7 @@ type ModelInfo struct {
 	Examples int64 `protobuf:"varint,3,opt,name=examples,proto3" json:"examples,omitempty"`
 	// Ranker only: progressive-validation AUC and log loss of the training
 	// weights and of the published weights over the rolling window; NaN
-	// (the string "NaN" in JSON) for the other models or an empty window.
+	// (null in JSON) for the other models or an empty window.
 	RollingAuc       float64 `protobuf:"fixed64,4,opt,name=rolling_auc,json=rollingAuc,proto3" json:"rolling_auc,omitempty"`
 	RollingLogLoss   float64 `protobuf:"fixed64,5,opt,name=rolling_log_loss,json=rollingLogLoss,proto3" json:"rolling_log_loss,omitempty"`
 	PublishedAuc     float64 `protobuf:"fixed64,6,opt,name=published_auc,json=publishedAuc,proto3" json:"published_auc,omitempty"`
