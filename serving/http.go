@@ -105,11 +105,66 @@ func (s *Server) HTTPHandler(ctx context.Context) (http.Handler, error) {
 		}
 		writeJSON(w, code, map[string]any{"status": st, "detail": detail})
 	})
-	mux.Handle("/", gw)
+	// The other gateway routes, each with its method, so that the mux
+	// knows every route: a known path asked with another method is 405
+	// with an Allow header, not the gateway's 501.
+	for _, route := range gatewayRoutes {
+		mux.Handle(route, gw)
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes)
+		if _, pattern := mux.Handler(r); pattern == "" {
+			routingError(mux, w, r)
+			return
+		}
 		mux.ServeHTTP(w, r)
 	}), nil
+}
+
+// gatewayRoutes are the routes of recsys_http.yaml that the generated
+// gateway serves as it is (the others have handlers of their own above).
+var gatewayRoutes = []string{
+	"POST /v1/features:get",
+	"GET /v1/feature-views",
+	"GET /v1/items/popular",
+	"GET /v1/models",
+	"GET /v1/dead-letters",
+	"GET /v1/stats",
+}
+
+// routingError answers a request that matches no route in the project's
+// JSON error shape: 405 with the mux's Allow header when the path has
+// routes for other methods, else 404.
+func routingError(mux *http.ServeMux, w http.ResponseWriter, r *http.Request) {
+	probe := &headerRecorder{header: http.Header{}}
+	mux.ServeHTTP(probe, r) // the mux's own 404 or 405 (its body is dropped)
+	if probe.code == http.StatusMethodNotAllowed {
+		allow := probe.header.Get("Allow")
+		w.Header().Set("Allow", allow)
+		writeError(w, http.StatusMethodNotAllowed, codes.Unimplemented,
+			fmt.Sprintf("method %s is not allowed on %s (allowed: %s)", truncate(r.Method, 20), truncate(r.URL.Path, 200), allow))
+		return
+	}
+	writeError(w, http.StatusNotFound, codes.NotFound, fmt.Sprintf("path %s: no such route (see /openapi.json)", truncate(r.URL.Path, 200)))
+}
+
+// headerRecorder keeps the status and headers of a response, not its body.
+type headerRecorder struct {
+	header http.Header
+	code   int
+}
+
+func (h *headerRecorder) Header() http.Header { return h.header }
+
+func (h *headerRecorder) WriteHeader(code int) {
+	if h.code == 0 {
+		h.code = code
+	}
+}
+
+func (h *headerRecorder) Write(b []byte) (int, error) {
+	h.WriteHeader(http.StatusOK)
+	return len(b), nil
 }
 
 // pathRoute serves a GET whose one path parameter is param, as the

@@ -109,7 +109,25 @@ def test_metrics_build_info(api):
 
 
 def test_unknown_route_is_404(api):
-    assert api.get("/v1/nope").status_code == 404
+    r = api.get("/v1/nope")
+    assert r.status_code == 404 and r.json()["code"] == 5, r.text
+
+
+@pytest.mark.parametrize("method,path,allow", [
+    ("GET", "/v1/events", "POST"),
+    ("PUT", "/v1/events", "POST"),
+    ("POST", "/v1/stats", "GET, HEAD"),
+    ("GET", "/v1/features:get", "POST"),
+    ("DELETE", "/v1/users/alice/features", "GET, HEAD"),
+    ("POST", "/v1/items/a1/similar", "GET, HEAD"),
+    ("POST", "/metrics", "GET, HEAD"),
+])
+def test_wrong_method_is_405(api, method, path, allow):
+    r = api.session.request(method, api.url + path, timeout=10)
+    assert r.status_code == 405, f"{method} {path} -> {r.status_code} {r.text}"
+    assert r.headers["Allow"] == allow
+    body = r.json()
+    assert body["code"] == 12 and method in body["message"] and body["details"] == [], body
 
 
 def test_startup_failure_is_reported_with_log(tmp_path):
