@@ -91,7 +91,18 @@ def test_openapi(api):
     r = api.get("/openapi.json")
     assert r.status_code == 200
     doc = r.json()
-    assert doc["swagger"] == "2.0"
+    assert doc["openapi"].startswith("3."), doc.get("openapi")
+    assert doc["info"]["title"] == "recsys" and doc["info"]["version"] not in ("", "version not set"), doc["info"]
+    assert doc["components"]["securitySchemes"]["bearer"] == {**doc["components"]["securitySchemes"]["bearer"], "type": "http", "scheme": "bearer"}
+    assert doc["servers"], doc.get("servers")
+    ops = {(m.upper(), p): op for p, item in doc["paths"].items() for m, op in item.items()}
+    # The hand-written routes are described too, open ones without security.
+    for route in (("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/openapi.json")):
+        assert ops[route]["security"] == [] and ops[route]["x-recsys-scope"] == "none", route
+    assert ops[("POST", "/v1/events")]["x-recsys-scope"] == "write"
+    assert ops[("GET", "/v1/dead-letters")]["x-recsys-scope"] == "admin"
+    assert ops[("GET", "/v1/stats")]["security"] == [{"bearer": []}]
+    assert doc["components"]["schemas"]["v1ModelInfo"]["properties"]["rolling_auc"]["nullable"] is True
     for path in ("/v1/events", "/v1/features:get", "/v1/users/{user_id}/features", "/v1/items/{item_id}/features",
                  "/v1/users/{user_id}/recommendations", "/v1/items/popular", "/v1/stats"):
         assert path in doc["paths"], f"{path} missing from {sorted(doc['paths'])}"
