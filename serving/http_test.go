@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 )
@@ -75,5 +76,21 @@ func TestRESTUnknownPathIs404(t *testing.T) {
 		if resp.StatusCode != 404 || json.Unmarshal(body, &out) != nil || out["code"] != float64(codes.NotFound) {
 			t.Errorf("GET %s = %d %s, want 404 with the JSON error", path, resp.StatusCode, body)
 		}
+	}
+}
+
+func TestStatsBeforeAndAfterTheFirstEvent(t *testing.T) {
+	e := newEnv(t)
+	st, err := e.srv.GetStats(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Watermark != 0 || st.MaxEventTs != 0 || st.LogEndOffset != 0 {
+		t.Errorf("empty server: %v, want zeros (no watermark before the first event)", st)
+	}
+	e.ingest(t, userViews(3))
+	st, _ = e.srv.GetStats(context.Background(), nil)
+	if st.MaxEventTs != baseTS+2 || st.Watermark != baseTS+2-time.Hour.Milliseconds() || st.EventsApplied != 3 || st.Users != 3 || st.Items != 3 {
+		t.Errorf("after 3 events: %v", st)
 	}
 }

@@ -294,6 +294,11 @@ def test_stats(api):
     assert st["items"] == len(CATEGORY)
 
 
+def test_stats_before_the_first_event(server):
+    st = server.stats()
+    assert st == {k: 0 for k in st}, st  # the watermark too: nothing is late yet
+
+
 def test_non_finite_numbers_are_null(server):
     """A model without examples has NaN metrics: JSON null, never the string "NaN"."""
     r = server.get("/v1/models")
