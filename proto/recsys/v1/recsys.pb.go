@@ -418,8 +418,10 @@ func (x *EntityFeatures) GetFeatures() []*FeatureValue {
 }
 
 type GetUserFeaturesRequest struct {
-	state  protoimpl.MessageState `protogen:"open.v1"`
-	UserId string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The user. Over REST a path segment, URL-escaped: an id with '/' is sent
+	// as %2F.
+	UserId string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
 	// Optional subset of feature names; all when empty.
 	Features      []string `protobuf:"bytes,2,rep,name=features,proto3" json:"features,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -471,9 +473,11 @@ func (x *GetUserFeaturesRequest) GetFeatures() []string {
 }
 
 type GetItemFeaturesRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ItemId        string                 `protobuf:"bytes,1,opt,name=item_id,json=itemId,proto3" json:"item_id,omitempty"`
-	Features      []string               `protobuf:"bytes,2,rep,name=features,proto3" json:"features,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The item, URL-escaped over REST as user_id is.
+	ItemId string `protobuf:"bytes,1,opt,name=item_id,json=itemId,proto3" json:"item_id,omitempty"`
+	// Optional subset of feature names; all when empty.
+	Features      []string `protobuf:"bytes,2,rep,name=features,proto3" json:"features,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -954,8 +958,9 @@ func (x *ScoredItem) GetReason() string {
 }
 
 type RecommendRequest struct {
-	state  protoimpl.MessageState `protogen:"open.v1"`
-	UserId string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The user, URL-escaped over REST. An unknown user gets popular items.
+	UserId string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
 	// Number of items, 1 to 1,000; 10 when 0.
 	K int32 `protobuf:"varint,2,opt,name=k,proto3" json:"k,omitempty"`
 	// Optional: only items of this category.
@@ -1211,8 +1216,9 @@ func (x *PopularItemsResponse) GetItems() []*ScoredItem {
 }
 
 type SimilarItemsRequest struct {
-	state  protoimpl.MessageState `protogen:"open.v1"`
-	ItemId string                 `protobuf:"bytes,1,opt,name=item_id,json=itemId,proto3" json:"item_id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The item, URL-escaped over REST.
+	ItemId string `protobuf:"bytes,1,opt,name=item_id,json=itemId,proto3" json:"item_id,omitempty"`
 	// Number of items, 1 to 1,000; 10 when 0.
 	K             int32 `protobuf:"varint,2,opt,name=k,proto3" json:"k,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -1310,8 +1316,9 @@ func (x *SimilarItemsResponse) GetItems() []*ScoredItem {
 }
 
 type SimilarUsersRequest struct {
-	state  protoimpl.MessageState `protogen:"open.v1"`
-	UserId string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The user, URL-escaped over REST.
+	UserId string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
 	// Number of users, 1 to 1,000; 10 when 0.
 	K             int32 `protobuf:"varint,2,opt,name=k,proto3" json:"k,omitempty"`
 	unknownFields protoimpl.UnknownFields
