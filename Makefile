@@ -5,6 +5,9 @@ PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 BIN := bin/recsys
+# VCS stamping (the revision in recsys_build_info) even where GOFLAGS turns it off;
+# BUILDVCS=false builds outside a git checkout that go cannot read.
+BUILDVCS ?= auto
 GENERATED := recsys/v1/recsys.pb.go recsys/v1/recsys_grpc.pb.go recsys/v1/recsys.pb.gw.go recsys/v1/openapi.json
 
 .PHONY: all build run serve-sample test test-go test-py notebooks test-kafka kafka-jars vet proto proto-check bench bench-flight bench-kafka soak fuzz fuzz-short venv clean
@@ -12,7 +15,7 @@ GENERATED := recsys/v1/recsys.pb.go recsys/v1/recsys_grpc.pb.go recsys/v1/recsys
 all: build
 
 build:
-	$(GO) build -buildvcs=auto -o $(BIN) ./cmd/recsys
+	$(GO) build -buildvcs=$(BUILDVCS) -o $(BIN) ./cmd/recsys
 
 ## run: build and serve on embedded defaults (./data) with the synthetic demo stream.
 run: build

@@ -3,7 +3,7 @@
 //
 //   - gRPC (package recsys.v1, with server reflection and the health service);
 //   - REST, through grpc-gateway over the same service implementations, with
-//     the OpenAPI description at /openapi.json. POST /v1/events has its own
+//     the OpenAPI 3 description at /openapi.json. POST /v1/events has its own
 //     JSON decoder so that one bad event is rejected alone, with a reason
 //     naming its field, and RFC 3339 event times are accepted;
 //   - Arrow Flight, for bulk reads of feature views as Arrow record batches

@@ -5,7 +5,6 @@ import (
 	"slices"
 
 	"github.com/apache/arrow/go/v17/arrow"
-	"github.com/apache/arrow/go/v17/arrow/array"
 	"github.com/apache/arrow/go/v17/arrow/flight"
 	"github.com/apache/arrow/go/v17/arrow/ipc"
 	"google.golang.org/grpc/codes"
@@ -40,8 +39,9 @@ type putRejection struct {
 // DoPut with path ["events"] backfills events from an Arrow stream (for
 // example a Parquet file read with pyarrow) through the same validation,
 // watermark, dedup and durability as POST /v1/events. Columns: user_id,
-// item_id, behavior (strings), ts (timestamp or int64 Unix ms), and
-// optionally category_id and event_id (strings); others are refused. One
+// item_id, behavior (strings: any string-like type, see isStringLike), ts
+// (a timestamp of any unit, or int64 Unix ms), and optionally category_id
+// and event_id (strings); others are refused. One
 // result carries the counts and the first rejections with their row index
 // in the stream.
 func (f *FlightServer) DoPut(stream flight.FlightService_DoPutServer) error {
@@ -58,7 +58,7 @@ func (f *FlightServer) DoPut(stream flight.FlightService_DoPutServer) error {
 		return invalidArg("descriptor", `want the path ["events"]`)
 	}
 	sch := rdr.Schema()
-	col := func(name string, required bool, types ...arrow.Type) (int, error) {
+	col := func(name string, required bool, ok func(arrow.DataType) bool, want string) (int, error) {
 		i := slices.IndexFunc(sch.Fields(), func(fl arrow.Field) bool { return fl.Name == name })
 		if i < 0 {
 			if required {
@@ -66,8 +66,8 @@ func (f *FlightServer) DoPut(stream flight.FlightService_DoPutServer) error {
 			}
 			return -1, nil
 		}
-		if !slices.Contains(types, sch.Field(i).Type.ID()) {
-			return -1, invalidArg("schema."+name, "type %s is not allowed", sch.Field(i).Type)
+		if !ok(sch.Field(i).Type) {
+			return -1, invalidArg("schema."+name, "type %s is not allowed (want %s)", sch.Field(i).Type, want)
 		}
 		return i, nil
 	}
@@ -80,13 +80,14 @@ func (f *FlightServer) DoPut(stream flight.FlightService_DoPutServer) error {
 	for i, c := range []struct {
 		name     string
 		required bool
-		types    []arrow.Type
 	}{
-		{"user_id", true, []arrow.Type{arrow.STRING}}, {"item_id", true, []arrow.Type{arrow.STRING}},
-		{"behavior", true, []arrow.Type{arrow.STRING}}, {"ts", true, []arrow.Type{arrow.TIMESTAMP, arrow.INT64}},
-		{"category_id", false, []arrow.Type{arrow.STRING}}, {"event_id", false, []arrow.Type{arrow.STRING}},
+		{"user_id", true}, {"item_id", true}, {"behavior", true}, {"ts", true}, {"category_id", false}, {"event_id", false},
 	} {
-		if idx[i], err = col(c.name, c.required, c.types...); err != nil {
+		ok, want := isStringLike, stringLikeTypes
+		if c.name == "ts" {
+			ok, want = isTimeLike, timeLikeTypes
+		}
+		if idx[i], err = col(c.name, c.required, ok, want); err != nil {
 			return err
 		}
 	}
@@ -95,16 +96,20 @@ func (f *FlightServer) DoPut(stream flight.FlightService_DoPutServer) error {
 	ctx := stream.Context()
 	for rdr.Next() {
 		rec := rdr.Record()
-		str := func(c, i int) string {
-			if c < 0 {
-				return ""
+		var strs [6]func(int) (string, bool) // by the columns of idx; ts (3) apart
+		for c, i := range idx {
+			if i >= 0 && c != 3 {
+				strs[c] = stringReader(rec.Column(i))
 			}
-			a := rec.Column(c).(*array.String)
-			if a.IsNull(i) {
-				return ""
-			}
-			return a.Value(i)
 		}
+		str := func(c, i int) string {
+			if strs[c] == nil {
+				return ""
+			}
+			v, _ := strs[c](i) // null reads as "" (missing, for required columns)
+			return v
+		}
+		ts := msReader(rec.Column(idx[3]))
 		var evs []*recsysv1.Event
 		var index []int
 		flush := func() error {
@@ -127,18 +132,12 @@ func (f *FlightServer) DoPut(stream flight.FlightService_DoPutServer) error {
 			return nil
 		}
 		for i := 0; i < int(rec.NumRows()); i++ {
-			ev := &recsysv1.Event{UserId: str(idx[0], i), ItemId: str(idx[1], i), Behavior: str(idx[2], i),
-				CategoryId: str(idx[4], i), EventId: str(idx[5], i)}
-			switch ts := rec.Column(idx[3]).(type) {
-			case *array.Timestamp:
-				if !ts.IsNull(i) {
-					unit := ts.DataType().(*arrow.TimestampType).Unit
-					ev.Ts = int64(ts.Value(i)) * int64(unit.Multiplier()) / int64(arrow.Millisecond.Multiplier())
+			ev := &recsysv1.Event{UserId: str(0, i), ItemId: str(1, i), Behavior: str(2, i), CategoryId: str(4, i), EventId: str(5, i)}
+			if ms, valid, bad := ts(i); valid {
+				if bad != "" {
+					return invalidArg("ts", "row %d: %s", row, bad)
 				}
-			case *array.Int64:
-				if !ts.IsNull(i) {
-					ev.Ts = ts.Value(i)
-				}
+				ev.Ts = ms // null stays 0: rejected as missing
 			}
 			evs = append(evs, ev)
 			index = append(index, row)

@@ -35,8 +35,10 @@ type pitView struct {
 // DoExchange with {"op": "point_in_time", "views": [...], "features": [...]}
 // joins a spine streamed by the client with feature values as of each row's
 // time: the client sends record batches with the id column of every view
-// (user_id, item_id) and a ts column (timestamp or int64 Unix ms), plus any
-// other columns (labels), which pass through; the server sends back the
+// (user_id, item_id; any string-like type) and a ts column (a timestamp of
+// any unit, or int64 Unix ms: an integer that can only be seconds or
+// microseconds is refused), plus any other columns (labels), which pass
+// through; the server sends back the
 // spine with one column per feature, named <entity>.<feature>, read as of
 // that row's ts. No event after ts is ever used: window features are exact
 // at their newest edge, and features without history are null unless the
@@ -66,12 +68,10 @@ func (f *FlightServer) DoExchange(stream flight.FlightService_DoExchangeServer) 
 	spine := rdr.Schema()
 	tsCol := slices.IndexFunc(spine.Fields(), func(fl arrow.Field) bool { return fl.Name == "ts" })
 	if tsCol < 0 {
-		return invalidArg("spine", "no ts column (timestamp or int64 Unix ms)")
+		return invalidArg("spine", "no ts column (%s)", timeLikeTypes)
 	}
-	switch spine.Field(tsCol).Type.ID() {
-	case arrow.TIMESTAMP, arrow.INT64:
-	default:
-		return invalidArg("spine.ts", "type %s is neither timestamp nor int64", spine.Field(tsCol).Type)
+	if !isTimeLike(spine.Field(tsCol).Type) {
+		return invalidArg("spine.ts", "type %s is not allowed (want %s)", spine.Field(tsCol).Type, timeLikeTypes)
 	}
 	var views []pitView
 	used := map[string]bool{}
@@ -81,8 +81,8 @@ func (f *FlightServer) DoExchange(stream flight.FlightService_DoExchangeServer) 
 			return status.Errorf(codes.NotFound, "views: %q is not a user or item view", name)
 		}
 		pv := pitView{view: v, idCol: slices.IndexFunc(spine.Fields(), func(fl arrow.Field) bool { return fl.Name == v.IDColumn })}
-		if pv.idCol < 0 || spine.Field(pv.idCol).Type.ID() != arrow.STRING {
-			return invalidArg("spine", "view %s needs a string column %s", v.Name, v.IDColumn)
+		if pv.idCol < 0 || !isStringLike(spine.Field(pv.idCol).Type) {
+			return invalidArg("spine", "view %s needs a string column %s (%s)", v.Name, v.IDColumn, stringLikeTypes)
 		}
 		names := cmd.Features
 		if len(names) == 0 {
@@ -149,13 +149,15 @@ func (f *FlightServer) DoExchange(stream flight.FlightService_DoExchangeServer) 
 		return invalidArg("spine", "%v", err)
 	}
 	now := f.store.Now()
+	var first int64 // row number of rec's first row in the spine
 	for _, rec := range spineRecs {
 		if err := stream.Context().Err(); err != nil {
 			return toStatus(err)
 		}
-		if err := f.joinBatch(w, out, rec, tsCol, views, now); err != nil {
+		if err := f.joinBatch(w, out, rec, first, tsCol, views, now); err != nil {
 			return err
 		}
+		first += rec.NumRows()
 	}
 	return nil
 }
@@ -194,31 +196,31 @@ func recordBytes(rec arrow.Record) int64 {
 	return n
 }
 
-// joinBatch writes one spine batch joined with its features.
-func (f *FlightServer) joinBatch(w *flight.Writer, out *arrow.Schema, rec arrow.Record, tsCol int, views []pitView, now int64) error {
+// joinBatch writes one spine batch joined with its features; first is
+// the spine row number of its first row (errors name spine rows).
+func (f *FlightServer) joinBatch(w *flight.Writer, out *arrow.Schema, rec arrow.Record, first int64, tsCol int, views []pitView, now int64) error {
 	n := int(rec.NumRows())
 	ts := make([]int64, n)
-	switch col := rec.Column(tsCol).(type) {
-	case *array.Timestamp:
-		unit := col.DataType().(*arrow.TimestampType).Unit
-		for i := range ts {
-			if col.IsNull(i) {
-				return invalidArg("spine.ts", "row %d is null", i)
+	read := msReader(rec.Column(tsCol))
+	isInt := rec.Column(tsCol).DataType().ID() == arrow.INT64
+	for i := range ts {
+		t, valid, bad := read(i)
+		switch {
+		case !valid:
+			return invalidArg("spine.ts", "row %d is null", first+int64(i))
+		case bad != "":
+			return invalidArg("spine.ts", "row %d: %s", first+int64(i), bad)
+		case t < 0:
+			return invalidArg("spine.ts", "row %d is %d, before 1970 (Unix milliseconds expected)", first+int64(i), t)
+		}
+		if isInt {
+			// Integers are Unix milliseconds; values that can only be in
+			// another unit would silently read as 1970 or the far future.
+			if why := intMillisUnitError(t); why != "" {
+				return invalidArg("spine.ts", "row %d: %s", first+int64(i), why)
 			}
-			ts[i] = int64(col.Value(i)) * int64(unit.Multiplier()) / int64(arrow.Millisecond.Multiplier())
 		}
-	case *array.Int64:
-		for i := range ts {
-			if col.IsNull(i) {
-				return invalidArg("spine.ts", "row %d is null", i)
-			}
-			ts[i] = col.Value(i)
-		}
-	}
-	for i, t := range ts {
-		if t < 0 {
-			return invalidArg("spine.ts", "row %d is %d, before 1970 (Unix milliseconds expected)", i, t)
-		}
+		ts[i] = t
 	}
 	cols := make([]arrow.Array, 0, out.NumFields())
 	for i := range rec.NumCols() {
@@ -232,16 +234,17 @@ func (f *FlightServer) joinBatch(w *flight.Writer, out *arrow.Schema, rec arrow.
 		}
 	}()
 	for _, pv := range views {
-		ids := rec.Column(pv.idCol).(*array.String)
+		ids := stringReader(rec.Column(pv.idCol))
 		p := &plan{view: pv.view, idx: pv.idx}
 		bb := &batchBuilder{p: p, b: array.NewRecordBuilder(f.mem, arrow.NewSchema(append([]arrow.Field{{Name: "id", Type: arrow.BinaryTypes.String}}, pv.fields...), nil))}
 		idList := make([]string, n)
 		for i := range idList {
-			if ids.IsNull(i) {
+			id, valid := ids(i)
+			if !valid {
 				bb.release()
-				return invalidArg("spine."+pv.view.IDColumn, "row %d is null", i)
+				return invalidArg("spine."+pv.view.IDColumn, "row %d is null", first+int64(i))
 			}
-			idList[i] = ids.Value(i)
+			idList[i] = id
 		}
 		rows, err := f.store.GetEach(pv.view, idList, pv.idx, now, ts)
 		if err != nil {

@@ -1,6 +1,7 @@
 package serving
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"mime"
 	"net/http"
 	"strings"
+	"sync"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/grpc-ecosystem/grpc-gateway/v2/utilities"
@@ -27,7 +29,7 @@ var jsonMarshaler = fastJSON{&runtime.JSONPb{
 }}
 
 // HTTPHandler returns the REST front door: grpc-gateway routes over s, the
-// ingest endpoint, /openapi.json, /healthz and /readyz.
+// ingest endpoint, /openapi.json, /metrics, /healthz and /readyz.
 func (s *Server) HTTPHandler(ctx context.Context) (http.Handler, error) {
 	gw := runtime.NewServeMux(
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, jsonMarshaler),
@@ -51,7 +53,32 @@ func (s *Server) HTTPHandler(ctx context.Context) (http.Handler, error) {
 		}
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /v1/events", func(w http.ResponseWriter, r *http.Request) {
+	for _, rt := range s.routes(gw) {
+		mux.Handle(rt.pattern, rt.handler)
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes)
+		if _, pattern := mux.Handler(r); pattern == "" {
+			routingError(mux, w, r)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	}), nil
+}
+
+// route is a REST route: a net/http pattern with its method.
+type route struct {
+	pattern string
+	handler http.Handler
+}
+
+// routes are every REST route (the OpenAPI document describes each; a
+// test checks it).
+func (s *Server) routes(gw *runtime.ServeMux) []route {
+	var routes []route
+	addHandler := func(pattern string, h http.Handler) { routes = append(routes, route{pattern, h}) }
+	add := func(pattern string, h http.HandlerFunc) { addHandler(pattern, h) }
+	add("POST /v1/events", func(w http.ResponseWriter, r *http.Request) {
 		if msg := jsonContentType(r); msg != "" {
 			writeError(w, http.StatusUnsupportedMediaType, codes.InvalidArgument, msg)
 			return
@@ -77,27 +104,27 @@ func (s *Server) HTTPHandler(ctx context.Context) (http.Handler, error) {
 	// matches escaped segments, so that an id containing '/' (sent as %2F)
 	// is one path parameter. grpc-gateway splits such paths (and its
 	// unescaping modes are ambiguous for ids containing "%2F" literally).
-	mux.HandleFunc("GET /v1/users/{user_id}/features", pathRoute(gw, "user_id",
+	add("GET /v1/users/{user_id}/features", pathRoute(gw, "user_id",
 		func(r *recsysv1.GetUserFeaturesRequest, id string) { r.UserId = id }, s.GetUserFeatures))
-	mux.HandleFunc("GET /v1/items/{item_id}/features", pathRoute(gw, "item_id",
+	add("GET /v1/items/{item_id}/features", pathRoute(gw, "item_id",
 		func(r *recsysv1.GetItemFeaturesRequest, id string) { r.ItemId = id }, s.GetItemFeatures))
-	mux.HandleFunc("GET /v1/users/{user_id}/recommendations", pathRoute(gw, "user_id",
+	add("GET /v1/users/{user_id}/recommendations", pathRoute(gw, "user_id",
 		func(r *recsysv1.RecommendRequest, id string) { r.UserId = id }, s.Recommend))
-	mux.HandleFunc("GET /v1/users/{user_id}/similar", pathRoute(gw, "user_id",
+	add("GET /v1/users/{user_id}/similar", pathRoute(gw, "user_id",
 		func(r *recsysv1.SimilarUsersRequest, id string) { r.UserId = id }, s.SimilarUsers))
-	mux.HandleFunc("GET /v1/items/{item_id}/similar", pathRoute(gw, "item_id",
+	add("GET /v1/items/{item_id}/similar", pathRoute(gw, "item_id",
 		func(r *recsysv1.SimilarItemsRequest, id string) { r.ItemId = id }, s.SimilarItems))
-	mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, r *http.Request) {
+	add("GET /openapi.json", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write(recsysv1.OpenAPI)
+		_, _ = w.Write(servedOpenAPI())
 	})
 	if s.opts.Metrics != nil {
-		mux.Handle("GET /metrics", s.opts.Metrics.Handler())
+		addHandler("GET /metrics", s.opts.Metrics.Handler())
 	}
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+	add("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
 	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+	add("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		ok, detail := s.ready()
 		code, st := http.StatusOK, "ready"
 		if !ok {
@@ -105,11 +132,88 @@ func (s *Server) HTTPHandler(ctx context.Context) (http.Handler, error) {
 		}
 		writeJSON(w, code, map[string]any{"status": st, "detail": detail})
 	})
-	mux.Handle("/", gw)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		r.Body = http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes)
-		mux.ServeHTTP(w, r)
-	}), nil
+	// The other gateway routes, each with its method, so that the mux
+	// knows every route: a known path asked with another method is 405
+	// with an Allow header, not the gateway's 501.
+	for _, pattern := range gatewayRoutes {
+		addHandler(pattern, gw)
+	}
+	return routes
+}
+
+// servedOpenAPI is the OpenAPI document as served: the generated one with
+// the build's version as info.version (when the build has one).
+var servedOpenAPI = sync.OnceValue(func() []byte { return withVersion(recsysv1.OpenAPI, BuildInfo().Version) })
+
+func withVersion(doc []byte, version string) []byte {
+	if version == "" || version == "(devel)" {
+		return doc
+	}
+	var m map[string]any
+	d := json.NewDecoder(bytes.NewReader(doc))
+	d.UseNumber()
+	if err := d.Decode(&m); err != nil {
+		return doc
+	}
+	info, ok := m["info"].(map[string]any)
+	if !ok {
+		return doc
+	}
+	info["version"] = version
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(m); err != nil {
+		return doc
+	}
+	return b.Bytes()
+}
+
+// gatewayRoutes are the routes of recsys_http.yaml that the generated
+// gateway serves as it is (the others have handlers of their own above).
+var gatewayRoutes = []string{
+	"POST /v1/features:get",
+	"GET /v1/feature-views",
+	"GET /v1/items/popular",
+	"GET /v1/models",
+	"GET /v1/dead-letters",
+	"GET /v1/stats",
+}
+
+// routingError answers a request that matches no route in the project's
+// JSON error shape: 405 with the mux's Allow header when the path has
+// routes for other methods, else 404.
+func routingError(mux *http.ServeMux, w http.ResponseWriter, r *http.Request) {
+	probe := &headerRecorder{header: http.Header{}}
+	mux.ServeHTTP(probe, r) // the mux's own 404 or 405 (its body is dropped)
+	if probe.code == http.StatusMethodNotAllowed {
+		allow := probe.header.Get("Allow")
+		w.Header().Set("Allow", allow)
+		writeError(w, http.StatusMethodNotAllowed, codes.Unimplemented,
+			fmt.Sprintf("method %s is not allowed on %s (allowed: %s)", truncate(r.Method, 20), truncate(r.URL.Path, 200), allow))
+		return
+	}
+	writeError(w, http.StatusNotFound, codes.NotFound, fmt.Sprintf("path %s: no such route (see /openapi.json)", truncate(r.URL.Path, 200)))
+}
+
+// headerRecorder keeps the status and headers of a response, not its body.
+type headerRecorder struct {
+	header http.Header
+	code   int
+}
+
+func (h *headerRecorder) Header() http.Header { return h.header }
+
+func (h *headerRecorder) WriteHeader(code int) {
+	if h.code == 0 {
+		h.code = code
+	}
+}
+
+func (h *headerRecorder) Write(b []byte) (int, error) {
+	h.WriteHeader(http.StatusOK)
+	return len(b), nil
 }
 
 // pathRoute serves a GET whose one path parameter is param, as the

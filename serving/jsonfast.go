@@ -8,6 +8,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -17,7 +18,10 @@ import (
 // fastJSON is the REST marshaler. Feature responses, the hot read path, are
 // encoded by hand (the same JSON that protojson writes with UseProtoNames
 // and EmitUnpopulated, several times faster); everything else goes through
-// protojson.
+// protojson. Either way a number that is not finite (NaN, ±Inf) is JSON
+// null: protojson would write the strings "NaN" and "Infinity" for double
+// fields (and fail on such a google.protobuf.Value), which a client reading
+// numbers cannot tell from data.
 type fastJSON struct {
 	*runtime.JSONPb
 }
@@ -28,6 +32,8 @@ func (m fastJSON) Marshal(v any) ([]byte, error) {
 		return appendFeaturesResponse(nil, r), nil
 	case *recsysv1.EntityFeatures:
 		return appendEntity(nil, r), nil
+	case proto.Message:
+		return m.marshalFinite(r)
 	}
 	return m.JSONPb.Marshal(v)
 }

@@ -38,7 +38,14 @@ func NewMetrics(reg *prometheus.Registry, store *featurestore.Store, upd *update
 			Help: "Requests refused at once because the listener's concurrency limit was reached.",
 		}, []string{"listener"}),
 	}
-	reg.MustRegister(m.requests, m.overload,
+	b := BuildInfo()
+	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "recsys_build_info",
+		Help:        "Always 1; the labels name the build: module version, VCS revision (-modified: uncommitted changes) and Go version.",
+		ConstLabels: prometheus.Labels{"version": b.Version, "revision": b.Revision, "goversion": b.GoVersion},
+	})
+	buildInfo.Set(1)
+	reg.MustRegister(m.requests, m.overload, buildInfo,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	gauge := func(name, help string, f func() float64) {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f))

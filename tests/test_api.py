@@ -91,7 +91,18 @@ def test_openapi(api):
     r = api.get("/openapi.json")
     assert r.status_code == 200
     doc = r.json()
-    assert doc["swagger"] == "2.0"
+    assert doc["openapi"].startswith("3."), doc.get("openapi")
+    assert doc["info"]["title"] == "recsys" and doc["info"]["version"] not in ("", "version not set"), doc["info"]
+    assert doc["components"]["securitySchemes"]["bearer"] == {**doc["components"]["securitySchemes"]["bearer"], "type": "http", "scheme": "bearer"}
+    assert doc["servers"], doc.get("servers")
+    ops = {(m.upper(), p): op for p, item in doc["paths"].items() for m, op in item.items()}
+    # The hand-written routes are described too, open ones without security.
+    for route in (("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/openapi.json")):
+        assert ops[route]["security"] == [] and ops[route]["x-recsys-scope"] == "none", route
+    assert ops[("POST", "/v1/events")]["x-recsys-scope"] == "write"
+    assert ops[("GET", "/v1/dead-letters")]["x-recsys-scope"] == "admin"
+    assert ops[("GET", "/v1/stats")]["security"] == [{"bearer": []}]
+    assert doc["components"]["schemas"]["v1ModelInfo"]["properties"]["rolling_auc"]["nullable"] is True
     for path in ("/v1/events", "/v1/features:get", "/v1/users/{user_id}/features", "/v1/items/{item_id}/features",
                  "/v1/users/{user_id}/recommendations", "/v1/items/popular", "/v1/stats"):
         assert path in doc["paths"], f"{path} missing from {sorted(doc['paths'])}"
@@ -99,8 +110,35 @@ def test_openapi(api):
     assert "post" in doc["paths"]["/v1/features:get"]
 
 
+def test_metrics_build_info(api):
+    r = api.get("/metrics")
+    assert r.status_code == 200
+    lines = [l for l in r.text.splitlines() if l.startswith("recsys_build_info{")]
+    assert len(lines) == 1, lines
+    m = re.fullmatch(r'recsys_build_info\{goversion="(go[^"]+)",revision="([^"]+)",version="([^"]+)"\} 1', lines[0])
+    assert m, lines[0]
+
+
 def test_unknown_route_is_404(api):
-    assert api.get("/v1/nope").status_code == 404
+    r = api.get("/v1/nope")
+    assert r.status_code == 404 and r.json()["code"] == 5, r.text
+
+
+@pytest.mark.parametrize("method,path,allow", [
+    ("GET", "/v1/events", "POST"),
+    ("PUT", "/v1/events", "POST"),
+    ("POST", "/v1/stats", "GET, HEAD"),
+    ("GET", "/v1/features:get", "POST"),
+    ("DELETE", "/v1/users/alice/features", "GET, HEAD"),
+    ("POST", "/v1/items/a1/similar", "GET, HEAD"),
+    ("POST", "/metrics", "GET, HEAD"),
+])
+def test_wrong_method_is_405(api, method, path, allow):
+    r = api.session.request(method, api.url + path, timeout=10)
+    assert r.status_code == 405, f"{method} {path} -> {r.status_code} {r.text}"
+    assert r.headers["Allow"] == allow
+    body = r.json()
+    assert body["code"] == 12 and method in body["message"] and body["details"] == [], body
 
 
 def test_startup_failure_is_reported_with_log(tmp_path):
@@ -254,6 +292,21 @@ def test_stats(api):
     assert st["events_applied"] == len(dataset())
     assert st["users"] == len({e["user_id"] for e in dataset()})
     assert st["items"] == len(CATEGORY)
+
+
+def test_stats_before_the_first_event(server):
+    st = server.stats()
+    assert st == {k: 0 for k in st}, st  # the watermark too: nothing is late yet
+
+
+def test_non_finite_numbers_are_null(server):
+    """A model without examples has NaN metrics: JSON null, never the string "NaN"."""
+    r = server.get("/v1/models")
+    assert r.status_code == 200, r.text
+    assert not re.search(r'"(-?Infinity|NaN)"', r.text), r.text
+    for m in r.json()["models"]:
+        for k in ("rolling_auc", "rolling_log_loss", "published_auc", "published_log_loss"):
+            assert m[k] is None, (m["name"], k, m[k])
 
 
 # -- popular items and recommendations ---------------------------------------------

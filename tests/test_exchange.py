@@ -149,3 +149,123 @@ def test_doput_backfill_from_parquet(server_factory, tmp_path):
     vals = {f["name"]: f["value"] for f in counts["entities"][0]["features"]}
     assert vals == {"view_count": sum(1 for i in range(n) if i % 50 == 0 and i % 4 in (0, 3)),
                     "cart_count": sum(1 for i in range(n) if i % 50 == 0 and i % 4 == 1)}
+
+
+# -- column types of pandas 3 and pyarrow >= 22 ---------------------------------------
+# pandas 3 keeps strings as pyarrow large_string ("str"; "string[pyarrow]" in pandas 2),
+# categoricals become dictionaries, datetimes come in s, ms, us or ns, naive or with a zone.
+
+def do_put_table(s, table, chunk=None):
+    client = fl.connect(s.flight_uri)
+    try:
+        writer, meta = client.do_put(fl.FlightDescriptor.for_path("events"), table.schema)
+        writer.write_table(table, max_chunksize=chunk)
+        writer.done_writing()
+        buf = meta.read()
+        writer.close()  # raises the server's error, if any
+        return json.loads(buf.to_pybytes())
+    finally:
+        client.close()
+
+
+def ts_array(ms: list[int], unit: str, tz: str | None):
+    """Arrow timestamps of the instants ms (Unix milliseconds) in unit, naive or in zone tz."""
+    scale = {"s": 1 / 1000, "ms": 1, "us": 1000, "ns": 1_000_000}[unit]
+    return pa.array([int(v * scale) for v in ms], type=pa.int64()).cast(pa.timestamp(unit, tz=tz))
+
+
+STRING_TYPES = {"large_string": pa.large_string(), "string_view": pa.string_view(),
+                "large_binary": pa.large_binary(), "binary": pa.binary(), "binary_view": pa.binary_view()}
+
+
+@pytest.mark.parametrize("unit,tz", [("s", None), ("ms", "UTC"), ("us", None), ("us", "Europe/Berlin"), ("ns", "UTC"), ("ns", None)])
+@pytest.mark.parametrize("strings", sorted(STRING_TYPES))
+def test_doput_accepts_string_likes_and_timestamp_units(server_factory, strings, unit, tz):
+    s = server_factory()
+    n = 12
+    times = [BASE + k * MIN + (0 if unit == "s" else 7) for k in range(n)]  # whole seconds for unit s
+    str_type = STRING_TYPES[strings]
+    col = lambda values: pa.array(values, type=pa.string()).cast(str_type)  # noqa: E731
+    table = pa.table({
+        "user_id": col([f"tu{k % 3}" for k in range(n)]),
+        "item_id": col([f"ti{k % 4}" for k in range(n)]),
+        "category_id": col(["c1"] * n),
+        "behavior": pa.array(["view", "cart", "view", "purchase"] * (n // 4)).dictionary_encode(),
+        "ts": ts_array(times, unit, tz),
+        "event_id": col([f"te{k}" for k in range(n)]),
+    })
+    res = do_put_table(s, table, chunk=5)
+    assert res["accepted"] == n and res["rejected"] == 0, res
+    s.wait_caught_up()
+    r = s.post("/v1/features:get", json={"view": "user_features", "ids": ["tu0", "tu1", "tu2"],
+                                         "features": ["first_event_ts", "last_event_ts", "view_count"]})
+    assert r.status_code == 200, r.text
+    got = {e["id"]: {f["name"]: f["value"] for f in e["features"]} for e in r.json()["entities"]}
+    for u in range(3):
+        mine = [times[k] for k in range(n) if k % 3 == u]
+        assert got[f"tu{u}"]["first_event_ts"] == min(mine) and got[f"tu{u}"]["last_event_ts"] == max(mine), (u, got)
+    assert sum(got[f"tu{u}"]["view_count"] for u in range(3)) == n // 2
+
+
+def test_doput_from_a_pandas_frame(server_factory):
+    pd = pytest.importorskip("pandas")
+    s = server_factory()
+    df = pd.DataFrame({
+        "user_id": pd.array(["pu1", "pu2", "pu1"], dtype="string[pyarrow]"),  # pandas 3's default "str"
+        "item_id": pd.array(["pi1", "pi1", "pi2"], dtype="string[pyarrow]"),
+        "behavior": pd.Categorical(["view", "cart", "purchase"]),
+        "ts": pd.to_datetime([BASE, BASE + 1000, BASE + 2000], unit="ms", utc=True).as_unit("us"),
+    })
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    assert table.schema.field("user_id").type == pa.large_string()
+    res = do_put_table(s, table)
+    assert res["accepted"] == 3 and res["rejected"] == 0, res
+    s.wait_caught_up()
+    body = s.get("/v1/users/pu1/features", params={"features": ["first_event_ts", "purchase_count"]}).json()
+    assert {f["name"]: f["value"] for f in body["features"]} == {"first_event_ts": BASE, "purchase_count": 1}
+
+
+def test_doput_refuses_other_types_naming_the_column(server_factory):
+    s = server_factory()
+    table = pa.table({"user_id": pa.array([1, 2], pa.int64()), "item_id": ["i", "i"], "behavior": ["view", "view"],
+                      "ts": pa.array([BASE, BASE], pa.int64())})
+    with pytest.raises(pa.ArrowInvalid) as exc:
+        do_put_table(s, table)
+    assert "schema.user_id" in str(exc.value) and "int64" in str(exc.value), exc.value
+
+
+@pytest.mark.parametrize("unit,tz", [("s", None), ("us", None), ("us", "UTC"), ("ns", "America/New_York"), ("ns", None)])
+@pytest.mark.parametrize("strings", ["large_string", "string_view", "large_binary"])
+def test_point_in_time_accepts_string_likes_and_timestamp_units(loaded, strings, unit, tz):
+    s, evs = loaded
+    times = [BASE + 30 * MIN, BASE + 60 * MIN, BASE + 95 * MIN, BASE + 170 * MIN]  # whole seconds
+    want = exchange(s, {"op": "point_in_time", "views": ["user_features", "item_features"],
+                        "features": ["view_count_1h", "purchase_count_24h"]},
+                    pa.table({"user_id": ["u1", "u1", "u2", "u1"], "item_id": ["i1"] * 4,
+                              "ts": pa.array(times, pa.timestamp("ms", tz="UTC"))}))
+    str_type = STRING_TYPES[strings]
+    spine = pa.table({"user_id": pa.array(["u1", "u1", "u2", "u1"]).cast(str_type),
+                      "item_id": pa.array(["i1"] * 4).cast(str_type),
+                      "ts": ts_array(times, unit, tz), "label": [1, 0, 1, 0]})
+    out = exchange(s, {"op": "point_in_time", "views": ["user_features", "item_features"],
+                       "features": ["view_count_1h", "purchase_count_24h"]}, spine)
+    assert out.schema.field("user_id").type == str_type and out.schema.field("ts").type == spine.schema.field("ts").type
+    assert out.column("label").to_pylist() == [1, 0, 1, 0]
+    for name in ("user.view_count_1h", "user.purchase_count_24h", "item.view_count_1h", "item.purchase_count_24h"):
+        assert out.column(name).to_pylist() == want.column(name).to_pylist(), name
+    assert want.column("user.view_count_1h").to_pylist() == [brute_views_1h(evs, "u1", times[0]), brute_views_1h(evs, "u1", times[1]), 0,
+                                                           brute_views_1h(evs, "u1", times[3])]
+
+
+@pytest.mark.parametrize("values,fragment", [
+    ([BASE // 1000, BASE // 1000 + 60], "Unix seconds"),       # seconds where milliseconds belong
+    ([BASE * 1000, BASE * 1000 + 1], "microseconds"),          # microseconds
+    ([BASE * 1_000_000], "microseconds"),                       # nanoseconds
+])
+def test_point_in_time_int_ts_in_another_unit_is_refused(loaded, values, fragment):
+    s, _ = loaded
+    spine = pa.table({"user_id": ["u1"] * len(values), "ts": pa.array(values, pa.int64())})
+    with pytest.raises(pa.ArrowInvalid) as exc:
+        exchange(s, {"op": "point_in_time", "views": ["user_features"], "features": ["view_count_1h"]}, spine)
+    msg = str(exc.value)
+    assert "invalid argument" in msg and "spine.ts" in msg and "row 0" in msg and fragment in msg, msg

@@ -251,8 +251,8 @@ def models(s: Server) -> tuple[dict[str, dict], str]:
 
 
 def num(v) -> float:
-    """A protojson double: a number, or "NaN" / null for NaN."""
-    if v is None or v == "NaN":
+    """A REST double: a number, or null for NaN (never a string such as "NaN")."""
+    if v is None:
         return math.nan
     assert isinstance(v, (int, float)), v
     return float(v)

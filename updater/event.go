@@ -15,9 +15,13 @@ import (
 // MaxIDBytes is the longest user, item, category or event id accepted.
 const MaxIDBytes = 256
 
-// minTS is the oldest event time accepted: 2000-01-01T00:00:00Z. Older
-// values are almost always Unix seconds sent where milliseconds belong.
-const minTS = 946684800000
+// MinTS is the oldest event time accepted (Unix ms): 2000-01-01T00:00:00Z.
+// Older values are almost always Unix seconds sent where milliseconds
+// belong; serving applies the same rule to the integer times of a
+// point-in-time spine.
+const MinTS = 946684800000
+
+const minTS = MinTS
 
 // FieldError says which field of an event is invalid and why.
 type FieldError struct {

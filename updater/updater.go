@@ -347,10 +347,14 @@ func (u *Updater) diskLow() bool {
 const deadLetterMark = 0x00
 
 // Watermark returns the newest event time accepted and the watermark:
-// events older than the watermark are rejected as late.
+// events older than the watermark are rejected as late. Both are 0 before
+// the first event (nothing is late then).
 func (u *Updater) Watermark() (maxTS, watermark int64) {
 	u.ingestMu.Lock()
 	defer u.ingestMu.Unlock()
+	if u.maxTS == 0 {
+		return 0, 0
+	}
 	return u.maxTS, u.maxTS - u.opts.AllowedLateness.Milliseconds()
 }
 

@@ -25,6 +25,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/streamrec/recsys/serving"
 )
 
 func main() {
@@ -43,7 +45,7 @@ func main() {
 			os.Exit(1)
 		})
 	}()
-	v, _, _ := buildVersion()
+	v := serving.BuildInfo().Version
 	root := &cobra.Command{
 		Use:           "recsys",
 		Version:       v,

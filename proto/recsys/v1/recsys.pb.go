@@ -418,8 +418,10 @@ func (x *EntityFeatures) GetFeatures() []*FeatureValue {
 }
 
 type GetUserFeaturesRequest struct {
-	state  protoimpl.MessageState `protogen:"open.v1"`
-	UserId string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The user. Over REST a path segment, URL-escaped: an id with '/' is sent
+	// as %2F.
+	UserId string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
 	// Optional subset of feature names; all when empty.
 	Features      []string `protobuf:"bytes,2,rep,name=features,proto3" json:"features,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -471,9 +473,11 @@ func (x *GetUserFeaturesRequest) GetFeatures() []string {
 }
 
 type GetItemFeaturesRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ItemId        string                 `protobuf:"bytes,1,opt,name=item_id,json=itemId,proto3" json:"item_id,omitempty"`
-	Features      []string               `protobuf:"bytes,2,rep,name=features,proto3" json:"features,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The item, URL-escaped over REST as user_id is.
+	ItemId string `protobuf:"bytes,1,opt,name=item_id,json=itemId,proto3" json:"item_id,omitempty"`
+	// Optional subset of feature names; all when empty.
+	Features      []string `protobuf:"bytes,2,rep,name=features,proto3" json:"features,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -954,8 +958,9 @@ func (x *ScoredItem) GetReason() string {
 }
 
 type RecommendRequest struct {
-	state  protoimpl.MessageState `protogen:"open.v1"`
-	UserId string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The user, URL-escaped over REST. An unknown user gets popular items.
+	UserId string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
 	// Number of items, 1 to 1,000; 10 when 0.
 	K int32 `protobuf:"varint,2,opt,name=k,proto3" json:"k,omitempty"`
 	// Optional: only items of this category.
@@ -1211,8 +1216,9 @@ func (x *PopularItemsResponse) GetItems() []*ScoredItem {
 }
 
 type SimilarItemsRequest struct {
-	state  protoimpl.MessageState `protogen:"open.v1"`
-	ItemId string                 `protobuf:"bytes,1,opt,name=item_id,json=itemId,proto3" json:"item_id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The item, URL-escaped over REST.
+	ItemId string `protobuf:"bytes,1,opt,name=item_id,json=itemId,proto3" json:"item_id,omitempty"`
 	// Number of items, 1 to 1,000; 10 when 0.
 	K             int32 `protobuf:"varint,2,opt,name=k,proto3" json:"k,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -1310,8 +1316,9 @@ func (x *SimilarItemsResponse) GetItems() []*ScoredItem {
 }
 
 type SimilarUsersRequest struct {
-	state  protoimpl.MessageState `protogen:"open.v1"`
-	UserId string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The user, URL-escaped over REST.
+	UserId string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
 	// Number of users, 1 to 1,000; 10 when 0.
 	K             int32 `protobuf:"varint,2,opt,name=k,proto3" json:"k,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -1506,7 +1513,7 @@ type ModelInfo struct {
 	Examples int64 `protobuf:"varint,3,opt,name=examples,proto3" json:"examples,omitempty"`
 	// Ranker only: progressive-validation AUC and log loss of the training
 	// weights and of the published weights over the rolling window; NaN
-	// (the string "NaN" in JSON) for the other models or an empty window.
+	// (null in JSON) for the other models or an empty window.
 	RollingAuc       float64 `protobuf:"fixed64,4,opt,name=rolling_auc,json=rollingAuc,proto3" json:"rolling_auc,omitempty"`
 	RollingLogLoss   float64 `protobuf:"fixed64,5,opt,name=rolling_log_loss,json=rollingLogLoss,proto3" json:"rolling_log_loss,omitempty"`
 	PublishedAuc     float64 `protobuf:"fixed64,6,opt,name=published_auc,json=publishedAuc,proto3" json:"published_auc,omitempty"`
@@ -1701,20 +1708,42 @@ func (*GetStatsRequest) Descriptor() ([]byte, []int) {
 	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{27}
 }
 
+// GetStatsResponse is the updater's progress and the store's size. Over
+// REST every field is an int64, a JSON string (protojson).
 type GetStatsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Offset one past the last durable event in the log.
+	// Records in the embedded event log, events and dead letters alike: one
+	// past the last durable record, counted since the data dir was created
+	// (truncation does not lower it). In Kafka mode the sum of the consumed
+	// partitions' high watermarks.
 	LogEndOffset int64 `protobuf:"varint,1,opt,name=log_end_offset,json=logEndOffset,proto3" json:"log_end_offset,omitempty"`
-	// Offset one past the last event applied to the feature store.
-	AppliedOffset     int64 `protobuf:"varint,2,opt,name=applied_offset,json=appliedOffset,proto3" json:"applied_offset,omitempty"`
-	EventsApplied     int64 `protobuf:"varint,3,opt,name=events_applied,json=eventsApplied,proto3" json:"events_applied,omitempty"`
+	// Records of the log applied to the store (one past the last applied);
+	// equal to log_end_offset when everything accepted is readable. In
+	// Kafka mode the sum of the partitions' next offsets to apply.
+	AppliedOffset int64 `protobuf:"varint,2,opt,name=applied_offset,json=appliedOffset,proto3" json:"applied_offset,omitempty"`
+	// Events applied to the features and models, each once, since the data
+	// dir was created (expiry does not lower it): duplicates, dead letters
+	// and rejected events are not counted.
+	EventsApplied int64 `protobuf:"varint,3,opt,name=events_applied,json=eventsApplied,proto3" json:"events_applied,omitempty"`
+	// Events accepted but not applied because an event with the same
+	// event_id (given, or derived from the content) was applied before,
+	// within the dedup horizon (--dedup-horizon, 7 days of event time).
 	DuplicatesSkipped int64 `protobuf:"varint,4,opt,name=duplicates_skipped,json=duplicatesSkipped,proto3" json:"duplicates_skipped,omitempty"`
-	Users             int64 `protobuf:"varint,5,opt,name=users,proto3" json:"users,omitempty"`
-	Items             int64 `protobuf:"varint,6,opt,name=items,proto3" json:"items,omitempty"`
-	// Newest event time applied (Unix ms) and the watermark (it minus the
-	// allowed lateness): events older than the watermark are rejected as late.
-	MaxEventTs    int64 `protobuf:"varint,7,opt,name=max_event_ts,json=maxEventTs,proto3" json:"max_event_ts,omitempty"`
-	Watermark     int64 `protobuf:"varint,8,opt,name=watermark,proto3" json:"watermark,omitempty"`
+	// Users with a feature record: every distinct user_id of an applied
+	// event, less those deleted by retention (no event for the longest view
+	// TTL plus a day). Users past their view's TTL but not yet deleted count
+	// (their features read "expired").
+	Users int64 `protobuf:"varint,5,opt,name=users,proto3" json:"users,omitempty"`
+	// Items with a feature record, counted as users are.
+	Items int64 `protobuf:"varint,6,opt,name=items,proto3" json:"items,omitempty"`
+	// Newest event time accepted or applied (Unix ms); 0 before the first.
+	MaxEventTs int64 `protobuf:"varint,7,opt,name=max_event_ts,json=maxEventTs,proto3" json:"max_event_ts,omitempty"`
+	// max_event_ts minus the allowed lateness (--ingest.allowed-lateness):
+	// events older than it are rejected as late (Unix ms); 0 before the
+	// first event. In Kafka mode the oldest of the partitions' watermarks.
+	Watermark int64 `protobuf:"varint,8,opt,name=watermark,proto3" json:"watermark,omitempty"`
+	// Dead letters kept (late and future events; in Kafka mode also
+	// undecodable and invalid records), until retention removes their day.
 	DeadLetters   int64 `protobuf:"varint,9,opt,name=dead_letters,json=deadLetters,proto3" json:"dead_letters,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -1,0 +1,96 @@
+package serving
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+)
+
+// restServer is the REST handler of a fresh env on an httptest server.
+func restServer(t *testing.T) (*env, *httptest.Server) {
+	t.Helper()
+	e := newEnv(t)
+	h, err := e.srv.HTTPHandler(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(h)
+	t.Cleanup(ts.Close)
+	return e, ts
+}
+
+func TestRESTWrongMethodIs405(t *testing.T) {
+	_, ts := restServer(t)
+	for _, tc := range []struct{ method, path, allow string }{
+		{"GET", "/v1/events", "POST"},
+		{"DELETE", "/v1/events", "POST"},
+		{"POST", "/v1/stats", "GET, HEAD"},
+		{"GET", "/v1/features:get", "POST"},
+		{"PUT", "/v1/users/u1/features", "GET, HEAD"},
+		{"POST", "/v1/items/i%2F1/similar", "GET, HEAD"},
+		{"DELETE", "/v1/models", "GET, HEAD"},
+		{"POST", "/healthz", "GET, HEAD"},
+		{"POST", "/openapi.json", "GET, HEAD"},
+	} {
+		req, _ := http.NewRequest(tc.method, ts.URL+tc.path, strings.NewReader("{}"))
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var out struct {
+			Code    int    `json:"code"`
+			Message string `json:"message"`
+			Details []any  `json:"details"`
+		}
+		if err := json.Unmarshal(body, &out); err != nil {
+			t.Errorf("%s %s: body %q is not the JSON error: %v", tc.method, tc.path, body, err)
+		}
+		if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != tc.allow ||
+			resp.Header.Get("Content-Type") != "application/json" ||
+			out.Code != int(codes.Unimplemented) || !strings.Contains(out.Message, tc.method) || out.Details == nil {
+			t.Errorf("%s %s = %d Allow %q %s, want 405 Allow %q with the JSON error", tc.method, tc.path, resp.StatusCode, resp.Header.Get("Allow"), body, tc.allow)
+		}
+	}
+}
+
+func TestRESTUnknownPathIs404(t *testing.T) {
+	_, ts := restServer(t)
+	for _, path := range []string{"/v1/nope", "/", "/v1/users/u1", "/v1/stats/x"} {
+		resp, err := http.Get(ts.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var out map[string]any
+		if resp.StatusCode != 404 || json.Unmarshal(body, &out) != nil || out["code"] != float64(codes.NotFound) {
+			t.Errorf("GET %s = %d %s, want 404 with the JSON error", path, resp.StatusCode, body)
+		}
+	}
+}
+
+func TestStatsBeforeAndAfterTheFirstEvent(t *testing.T) {
+	e := newEnv(t)
+	st, err := e.srv.GetStats(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Watermark != 0 || st.MaxEventTs != 0 || st.LogEndOffset != 0 {
+		t.Errorf("empty server: %v, want zeros (no watermark before the first event)", st)
+	}
+	e.ingest(t, userViews(3))
+	st, _ = e.srv.GetStats(context.Background(), nil)
+	if st.MaxEventTs != baseTS+2 || st.Watermark != baseTS+2-time.Hour.Milliseconds() || st.EventsApplied != 3 || st.Users != 3 || st.Items != 3 {
+		t.Errorf("after 3 events: %v", st)
+	}
+}
