@@ -1,6 +1,8 @@
 package serving
 
 import (
+	"bytes"
+	"encoding/json"
 	"io"
 	"math"
 	"strconv"
@@ -33,9 +35,28 @@ func (m fastJSON) Marshal(v any) ([]byte, error) {
 	case *recsysv1.EntityFeatures:
 		return appendEntity(nil, r), nil
 	case proto.Message:
-		return m.marshalFinite(r)
+		b, err := m.marshalFinite(r)
+		if err != nil {
+			return nil, err
+		}
+		return compact(b)
 	}
 	return m.JSONPb.Marshal(v)
+}
+
+// compact removes the whitespace protojson puts, on purpose at random
+// between builds, after some colons and commas: answers are the same bytes
+// from every build, so that scripts and docs can rely on them.
+func compact(b []byte) ([]byte, error) {
+	if bytes.IndexByte(b, ' ') < 0 {
+		return b, nil
+	}
+	var out bytes.Buffer
+	out.Grow(len(b))
+	if err := json.Compact(&out, b); err != nil {
+		return nil, err
+	}
+	return out.Bytes(), nil
 }
 
 func (m fastJSON) NewEncoder(w io.Writer) runtime.Encoder {

@@ -122,3 +122,17 @@ func BenchmarkFeaturesJSON(b *testing.B) {
 		}
 	})
 }
+
+// protojson puts spaces after some separators at random between builds;
+// REST answers are compact, the same bytes from every build.
+func TestRESTAnswersAreCompact(t *testing.T) {
+	resp := &recsysv1.IngestResponse{Accepted: 1, Rejected: []*recsysv1.Rejection{{Index: 2, Field: "ts", Code: "late", Reason: "a reason, with spaces: kept"}}}
+	b, err := jsonMarshaler.Marshal(resp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"accepted":1,"rejected":[{"index":2,"field":"ts","reason":"a reason, with spaces: kept","code":"late"}]}`
+	if string(b) != want {
+		t.Fatalf("got  %s\nwant %s", b, want)
+	}
+}
