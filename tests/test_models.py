@@ -941,4 +941,4 @@ def test_eval_json_tiny_file(tmp_path):
     assert res.returncode == 0, res.stderr
     rep = json.loads(res.stdout)
     assert rep["events"] == 2 and rep["reengagement"]["targets"] == 1
-    assert rep["ranker_auc"] is None or rep["ranker_auc"] == "NaN"
+    assert rep["ranker_auc"] is None  # no ranker examples: JSON null, never the string "NaN"
