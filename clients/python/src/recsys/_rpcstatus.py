@@ -10,6 +10,7 @@ adding a protobuf dependency to the client.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .errors import FieldViolation
@@ -41,7 +42,7 @@ def _varint(buf: bytes, i: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(buf: bytes):
+def _fields(buf: bytes) -> Iterator[tuple[int, int, int | bytes]]:
     """Yields (field number, wire type, value) of a protobuf message; value is
     an int for varints and bytes for length-delimited fields."""
     i = 0
@@ -69,29 +70,28 @@ def _text(v: object) -> str:
     return v.decode("utf-8", "replace") if isinstance(v, (bytes, bytearray)) else ""
 
 
+def _strings(buf: bytes) -> dict[int, str]:
+    """The length-delimited fields of a message as text, by field number (the last one wins)."""
+    return {num: _text(v) for num, wt, v in _fields(buf) if wt == 2}
+
+
 def decode_status(buf: bytes) -> RPCStatus:
     """Decodes a serialized google.rpc.Status; raises ValueError on garbage."""
     st = RPCStatus()
     for num, wt, v in _fields(buf):
-        if num == 1 and wt == 0:
-            st.code = int(v)  # type: ignore[arg-type]
-        elif num == 2 and wt == 2:
+        if num == 1 and isinstance(v, int):
+            st.code = v
+        elif num == 2 and isinstance(v, bytes):
             st.message = _text(v)
-        elif num == 3 and wt == 2:
-            type_url, value = "", b""
-            for n2, w2, v2 in _fields(v):  # type: ignore[arg-type]
-                if n2 == 1 and w2 == 2:
-                    type_url = _text(v2)
-                elif n2 == 2 and w2 == 2:
-                    value = bytes(v2)  # type: ignore[arg-type]
-            name = type_url.rsplit("/", 1)[-1]
+        elif num == 3 and isinstance(v, bytes):
+            any_ = {n: x for n, w, x in _fields(v) if isinstance(x, bytes)}  # Any: 1 type_url, 2 value
+            name = _text(any_.get(1, b"")).rsplit("/", 1)[-1]
+            value = any_.get(2, b"")
             if name == _BAD_REQUEST:
-                for n3, w3, v3 in _fields(value):
-                    if n3 == 1 and w3 == 2:
-                        parts = {n4: _text(v4) for n4, w4, v4 in _fields(v3) if w4 == 2}  # type: ignore[arg-type]
+                for n, _, fv in _fields(value):
+                    if n == 1 and isinstance(fv, bytes):  # FieldViolation: 1 field, 2 description, 3 reason
+                        parts = _strings(fv)
                         st.violations.append(FieldViolation(parts.get(1, ""), parts.get(2, ""), parts.get(3, "")))
             elif name == _ERROR_INFO:
-                for n3, w3, v3 in _fields(value):
-                    if n3 == 1 and w3 == 2:
-                        st.reason = _text(v3) or None
+                st.reason = _strings(value).get(1) or None  # ErrorInfo: 1 reason, 2 domain
     return st

@@ -609,7 +609,6 @@ class Client:
             The spine's columns and index as given, then one column
             ``<entity>.<feature>`` per feature (``user.view_count_1h``, ...).
         """
-        base = spine if isinstance(spine, pd.DataFrame) else None
         table = C.to_table(spine, "spine")
         if views is None:
             views = [v for col, v in (("user_id", "user_features"), ("item_id", "item_features"))
@@ -631,8 +630,7 @@ class Client:
             outs.append(out.select(out.column_names[part.num_columns:]))
         joined = pa.concat_tables(outs) if len(outs) > 1 else outs[0]
         feats = joined.to_pandas()
-        if base is None:
-            base = spine.to_pandas()  # type: ignore[union-attr]
+        base = spine if isinstance(spine, pd.DataFrame) else spine.to_pandas()
         feats.index = base.index
         return pd.concat([base, feats], axis=1)
 
