@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 import re
+import threading
 
 import numpy as np
 import pandas as pd
@@ -525,6 +526,44 @@ def test_backfill_parquet_with_progress(server, tmp_path, capsys):
     assert c.backfill(secs, ts_unit="s", progress=False).accepted == 1
     c.wait_caught_up()
     assert rest_features(server, "user_features", ["s1"], ["first_event_ts"])[0]["features"][0]["value"] == BASE + 60_000
+
+
+# -- overload -------------------------------------------------------------------------------
+
+def test_overload_is_resource_exhausted_and_retried(server_factory):
+    s = server_factory("--limits.max-in-flight", "1")
+    ids = [f"x{i}" for i in range(1000)]
+
+    def burst(retries: int) -> list:
+        out: list = []
+        lock = threading.Lock()
+        barrier = threading.Barrier(12)
+
+        def one():
+            c = recsys.Client(s.url, retries=retries)
+            barrier.wait(30)
+            try:
+                for _ in range(3):
+                    c.features("item_features", ids, ["view_count"])
+                res = "ok"
+            except recsys.RecsysError as exc:
+                res = exc
+            with lock:
+                out.append(res)
+
+        threads = [threading.Thread(target=one) for _ in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        return out
+
+    refused = [r for r in burst(retries=0) if r != "ok"]
+    assert refused, "twelve concurrent clients on one slot: someone must be refused"
+    for exc in refused:
+        assert isinstance(exc, recsys.ResourceExhausted), repr(exc)
+        assert exc.status == 429 and exc.retry_after is not None and exc.retry_after >= 1, repr(exc)
+    assert burst(retries=10) == ["ok"] * 12, "with retries after Retry-After every call gets through"
 
 
 # -- errors ---------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import random
 import re
 import threading
 import time
@@ -187,7 +188,10 @@ class Client:
             except requests.ConnectionError as exc:
                 raise E.Unavailable(f"{method} {path}: cannot reach {self.url}: {exc}") from exc
             if r.status_code == 429 and attempt < self.retries:
-                time.sleep(min(_retry_after(r) or 1.0, 10.0))
+                # Retry-After, capped, plus up to half of it again so that
+                # clients refused together do not come back together.
+                wait = min(_retry_after(r) or 1.0, 10.0)
+                time.sleep(wait * (1 + random.random() / 2))
                 continue
             if r.status_code >= 400:
                 raise _http_error(r, f"{method} {path}")
