@@ -4,13 +4,15 @@ GO ?= go
 PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
+VENV_LATEST := .venv-latest
+VPY_LATEST := $(VENV_LATEST)/bin/python
 BIN := bin/recsys
 # VCS stamping (the revision in recsys_build_info) even where GOFLAGS turns it off;
 # BUILDVCS=false builds outside a git checkout that go cannot read.
 BUILDVCS ?= auto
 GENERATED := recsys/v1/recsys.pb.go recsys/v1/recsys_grpc.pb.go recsys/v1/recsys.pb.gw.go recsys/v1/openapi.json
 
-.PHONY: all build run serve-sample test test-go test-py notebooks test-kafka kafka-jars vet proto proto-check bench bench-flight bench-kafka soak fuzz fuzz-short venv clean
+.PHONY: all build run serve-sample test test-go test-py test-client-latest venv-latest notebooks test-kafka kafka-jars vet proto proto-check bench bench-flight bench-kafka soak fuzz fuzz-short venv clean
 
 all: build
 
@@ -26,11 +28,18 @@ SAMPLE ?= ../shared/data/taobao/UserBehavior-users-84k.csv.gz
 serve-sample: build
 	$(BIN) serve --data.dir ./data-sample --load $(SAMPLE)
 
-## venv: the Python environment of the tests and of `make proto` (pinned).
+## venv: the Python environment of the tests and of `make proto` (pinned; with the client, editable).
 venv: $(VENV)/.stamp
-$(VENV)/.stamp: tests/requirements.txt
+$(VENV)/.stamp: tests/requirements.txt clients/python/pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+	touch $@
+
+## venv-latest: a second environment with the newest pandas and pyarrow, for the client's tests.
+venv-latest: $(VENV_LATEST)/.stamp
+$(VENV_LATEST)/.stamp: tests/requirements-latest.txt clients/python/pyproject.toml
+	$(PY) -m venv $(VENV_LATEST)
+	$(VPY_LATEST) -m pip install --quiet --disable-pip-version-check -r tests/requirements-latest.txt
 	touch $@
 
 ## proto: regenerate the Go, gateway and OpenAPI code from proto/ (pinned tools).
@@ -49,14 +58,19 @@ vet:
 	$(GO) vet ./...
 	@fmt=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.')); [ -z "$$fmt" ] || { echo "gofmt needed: $$fmt"; exit 1; }
 
-## test: everything: vet, generated-code check, Go tests with -race, a short fuzz run, Python end-to-end tests, Kafka tests on a real broker.
-test: vet proto-check test-go fuzz-short test-py test-kafka
+## test: everything: vet, generated-code check, Go tests with -race, a short fuzz run, Python end-to-end tests
+## (and the client's again with the newest pandas and pyarrow), Kafka tests on a real broker.
+test: vet proto-check test-go fuzz-short test-py test-client-latest test-kafka
 
 test-go:
 	$(GO) test -race -count=1 ./...
 
 test-py: build venv
 	RECSYS_BIN=$(abspath $(BIN)) $(VPY) -m pytest -q tests --ignore-glob='tests/test_kafka*'
+
+## test-client-latest: the Python client's tests (tests/test_client.py) with the newest pandas and pyarrow.
+test-client-latest: build venv-latest
+	RECSYS_BIN=$(abspath $(BIN)) $(VPY_LATEST) -m pytest -q tests/test_client.py
 
 ## kafka-jars: the pinned Apache Kafka jars (Maven Central, cached in ~/.cache/recsys).
 kafka-jars:

@@ -12,6 +12,7 @@ import csv
 import gzip
 import importlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -351,6 +352,96 @@ def server(server_factory) -> Server:
     return server_factory()
 
 
+# ---------------------------------------------------------------------------
+# TLS: a throwaway test CA made with openssl, and servers that use it.
+
+def openssl(*args: str, cwd: Path) -> None:
+    res = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, f"openssl {' '.join(args)}: {res.stderr}"
+
+
+def make_ca(d: Path, name: str) -> None:
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", f"{name}.key", "-out", f"{name}.crt", "-days", "2", "-subj", f"/CN=recsys test {name}",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
+
+
+def make_leaf(d: Path, name: str, ca: str, cn: str, ext: str) -> None:
+    (d / f"{name}.ext").write_text(ext + "\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\n")
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}", cwd=d)
+    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-CAcreateserial",
+            "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext", cwd=d)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory) -> Path:
+    """A test CA with a server cert (127.0.0.1, localhost) and a client cert; a second, untrusted CA with its
+    own client and server certs. Throwaway keys in a temporary directory."""
+    if not shutil.which("openssl"):
+        pytest.skip("openssl not found")
+    d = tmp_path_factory.mktemp("pki")
+    server_ext = ("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
+                  "subjectAltName=IP:127.0.0.1,DNS:localhost")
+    client_ext = "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth"
+    make_ca(d, "ca")
+    make_leaf(d, "server", "ca", "localhost", server_ext)
+    make_leaf(d, "client", "ca", "recsys-test-client", client_ext)
+    make_ca(d, "rogue-ca")
+    make_leaf(d, "rogue-client", "rogue-ca", "rogue-client", client_ext)
+    return d
+
+
+class TLSServer(Server):
+    """A server with --tls.*: https readiness poll with the test CA (and client cert for mTLS)."""
+
+    def __init__(self, workdir, pki: Path, mtls: bool = False, name: str = "tls-server"):
+        args = ["--tls.cert", str(pki / "server.crt"), "--tls.key", str(pki / "server.key")]
+        if mtls:
+            args += ["--tls.client-ca", str(pki / "ca.crt")]
+        super().__init__(workdir, args, name=name)
+        self.ca = str(pki / "ca.crt")
+        self.ca_pem = (pki / "ca.crt").read_bytes()
+        self.client_cert = (str(pki / "client.crt"), str(pki / "client.key")) if mtls else None
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.http_port}"
+
+    @property
+    def flight_uri(self) -> str:
+        return f"grpc+tls://127.0.0.1:{self.flight_port}"
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            code = self.proc.poll()
+            if code is not None:
+                raise ServerError(f"{self.name} exited with code {code} before becoming ready; log:\n{self.log_tail()}")
+            try:
+                if requests.get(self.url + "/readyz", verify=self.ca, cert=self.client_cert, timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise ServerError(f"{self.name} not ready over https after {timeout:.0f}s; log:\n{self.log_tail()}")
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def tls_server_factory(tmp_path, pki):
+    made: list[TLSServer] = []
+
+    def make(mtls: bool = False) -> TLSServer:
+        s = TLSServer(tmp_path / f"tls{len(made)}", pki, mtls=mtls, name=f"{'m' if mtls else ''}tls-server{len(made)}")
+        made.append(s)
+        return s.start()
+
+    yield make
+    for s in made:
+        s.close()
+
+
 # Wire-compatible copies of google.rpc.Status and google.rpc.BadRequest, to
 # read the grpc-status-details-bin trailer without googleapis-common-protos.
 RPC_STATUS_PROTO = """
@@ -408,15 +499,25 @@ def pb(tmp_path_factory) -> PB:
             cmd.append(f"--grpc_python_out={out}")
         res = subprocess.run(cmd, capture_output=True, text=True)
         assert res.returncode == 0, f"protoc failed: {res.stderr}"
+    # The generated modules are the package recsys.v1, whose name is also
+    # that of the Python client (clients/python): make them regular packages
+    # found first, import them aside, and put the client's modules back.
+    (out / "recsys" / "__init__.py").touch()
+    (out / "recsys" / "v1" / "__init__.py").touch()
+    ours = lambda name: name == "recsys" or name.startswith("recsys.")  # noqa: E731
+    saved = {name: mod for name, mod in sys.modules.items() if ours(name)}
     sys.path.insert(0, str(out))
     try:
-        for mod in [m for m in sys.modules if m == "recsys" or m.startswith("recsys.")]:
-            del sys.modules[mod]
+        for name in saved:
+            del sys.modules[name]
         m = importlib.import_module("recsys.v1.recsys_pb2")
         g = importlib.import_module("recsys.v1.recsys_pb2_grpc")
         status = importlib.import_module("e2e_rpc_status_pb2")
     finally:
         sys.path.remove(str(out))
+        for name in [name for name in sys.modules if ours(name)]:
+            del sys.modules[name]
+        sys.modules.update(saved)
     return PB(m, g, status)
 
 

@@ -52,13 +52,16 @@ def test_readme_curl_examples(demo_server):
 
 def test_readme_python_examples(demo_server, capsys):
     blocks = readme_blocks("python")
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     for block in blocks:
         exec(compile(localize(block, demo_server), "README.md", "exec"), {})
     out = capsys.readouterr().out
     assert "[b'user_features']" in out and "[b'item_features']" in out, out
     assert "'item_id': 'i42'" in out, out
     assert "'label': [1, 0]" in out, out
+    # The Python client section.
+    assert re.search(r"item_id\s+score\s+reason", out) and "recent_items" in out, out
+    assert re.search(r"^\d+ items$", out, re.M), out
     # The point-in-time example joins real values, not the nulls of times before the demo data.
     for name in ("user.view_count_24h", "user.purchase_rate_7d"):
         m = re.search(rf"'{re.escape(name)}': \[([^\]]*)\]", out)
@@ -73,3 +76,21 @@ def test_readme_defines_every_stats_field(demo_server):
     defined = re.findall(r"^- `(\w+)`: \S", section.group(1), re.M)
     returned = list(demo_server.get("/v1/stats").json())
     assert sorted(defined) == sorted(returned), (defined, returned)
+
+
+def test_client_readme_examples(demo_server, tmp_path, monkeypatch, capsys):
+    """clients/python/README.md: its ```python blocks run in order, in one namespace
+    (```py blocks need other servers: TLS, tokens)."""
+    text = (REPO / "clients/python/README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) == 3, blocks
+    monkeypatch.chdir(tmp_path)  # the backfill example writes events.parquet
+    ns: dict = {}
+    for block in blocks:
+        exec(compile(localize(block, demo_server), "clients/python/README.md", "exec"), ns)
+    out = capsys.readouterr().out
+    assert "1 [(1, 'behavior', 'unknown_behavior')]" in out, out
+    assert "cart_count.status" in out and "not_found" in out, out
+    assert "user.view_count_1h" in out and "item.purchase_rate_7d" in out, out
+    assert "IngestResult(accepted=2, rejected=0" in out, out
+    assert "400 INVALID_ARGUMENT features - features: unknown feature" in out, out

@@ -21,7 +21,7 @@ import pyarrow.flight as fl
 import pytest
 import requests
 
-from conftest import Server, ServerError, chunks, free_port, half_sent_post, recsys_bin
+from conftest import Server, chunks, free_port, half_sent_post, recsys_bin
 
 BASE_TS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 HOUR_MS = 3_600_000
@@ -444,93 +444,6 @@ def test_explicit_remote_addr_without_tokens_not_exposed(tmp_path):
 
 # ---------------------------------------------------------------------------
 # TLS and mTLS
-
-
-def openssl(*args: str, cwd: Path) -> None:
-    res = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, f"openssl {' '.join(args)}: {res.stderr}"
-
-
-def make_ca(d: Path, name: str) -> None:
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", f"{name}.key", "-out", f"{name}.crt", "-days", "2", "-subj", f"/CN=recsys test {name}",
-            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
-
-
-def make_leaf(d: Path, name: str, ca: str, cn: str, ext: str) -> None:
-    (d / f"{name}.ext").write_text(ext + "\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\n")
-    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}", cwd=d)
-    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-CAcreateserial",
-            "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext", cwd=d)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory) -> Path:
-    """A test CA with a server cert (127.0.0.1, localhost) and a client cert; a second, untrusted CA with its
-    own client and server certs. Throwaway keys in a temporary directory."""
-    if not shutil.which("openssl"):
-        pytest.skip("openssl not found")
-    d = tmp_path_factory.mktemp("pki")
-    server_ext = ("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
-                  "subjectAltName=IP:127.0.0.1,DNS:localhost")
-    client_ext = "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth"
-    make_ca(d, "ca")
-    make_leaf(d, "server", "ca", "localhost", server_ext)
-    make_leaf(d, "client", "ca", "recsys-test-client", client_ext)
-    make_ca(d, "rogue-ca")
-    make_leaf(d, "rogue-client", "rogue-ca", "rogue-client", client_ext)
-    return d
-
-
-class TLSServer(Server):
-    """A server with --tls.*: https readiness poll with the test CA (and client cert for mTLS)."""
-
-    def __init__(self, workdir, pki: Path, mtls: bool = False, name: str = "tls-server"):
-        args = ["--tls.cert", str(pki / "server.crt"), "--tls.key", str(pki / "server.key")]
-        if mtls:
-            args += ["--tls.client-ca", str(pki / "ca.crt")]
-        super().__init__(workdir, args, name=name)
-        self.ca = str(pki / "ca.crt")
-        self.ca_pem = (pki / "ca.crt").read_bytes()
-        self.client_cert = (str(pki / "client.crt"), str(pki / "client.key")) if mtls else None
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.http_port}"
-
-    @property
-    def flight_uri(self) -> str:
-        return f"grpc+tls://127.0.0.1:{self.flight_port}"
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            code = self.proc.poll()
-            if code is not None:
-                raise ServerError(f"{self.name} exited with code {code} before becoming ready; log:\n{self.log_tail()}")
-            try:
-                if requests.get(self.url + "/readyz", verify=self.ca, cert=self.client_cert, timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise ServerError(f"{self.name} not ready over https after {timeout:.0f}s; log:\n{self.log_tail()}")
-            time.sleep(0.05)
-
-
-@pytest.fixture
-def tls_server_factory(tmp_path, pki):
-    made: list[TLSServer] = []
-
-    def make(mtls: bool = False) -> TLSServer:
-        s = TLSServer(tmp_path / f"tls{len(made)}", pki, mtls=mtls, name=f"{'m' if mtls else ''}tls-server{len(made)}")
-        made.append(s)
-        return s.start()
-
-    yield make
-    for s in made:
-        s.close()
 
 
 def grpc_stats(channel, pb, timeout: float = 5):
