@@ -33,6 +33,7 @@ var jsonMarshaler = fastJSON{&runtime.JSONPb{
 func (s *Server) HTTPHandler(ctx context.Context) (http.Handler, error) {
 	gw := runtime.NewServeMux(
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, jsonMarshaler),
+		runtime.SetQueryParameterParser(strictQuery{}),
 	)
 	for _, reg := range []func(context.Context, *runtime.ServeMux) error{
 		func(ctx context.Context, m *runtime.ServeMux) error {

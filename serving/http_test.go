@@ -94,3 +94,35 @@ func TestStatsBeforeAndAfterTheFirstEvent(t *testing.T) {
 		t.Errorf("after 3 events: %v", st)
 	}
 }
+
+// A query parameter that names no field is refused, not ignored: a typo
+// such as exclude_sen=true would otherwise change nothing without a word.
+func TestRESTUnknownQueryParameterIs400(t *testing.T) {
+	_, ts := restServer(t)
+	for _, tc := range []struct{ path, want string }{
+		{"/v1/users/u1/recommendations?k=5&exclude_sen=true", "exclude_sen: unknown query parameter (did you mean exclude_seen?)"},
+		{"/v1/items/i1/similar?kk=3", "kk: unknown query parameter (did you mean k?)"},
+		{"/v1/items/popular?windw=1h", "windw: unknown query parameter (did you mean window?)"},
+		{"/v1/dead-letters?zzzzzzzz=1", "zzzzzzzz: unknown query parameter (known: limit"},
+	} {
+		resp, err := http.Get(ts.URL + tc.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), tc.want) {
+			t.Errorf("GET %s: %d %s, want 400 with %q", tc.path, resp.StatusCode, body, tc.want)
+		}
+	}
+	for _, ok := range []string{"/v1/users/u1/recommendations?k=5&exclude_seen=true&category=c1", "/v1/items/popular?k=3&window=1h&by=view"} {
+		resp, err := http.Get(ts.URL + ok)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("GET %s: %d, want 200", ok, resp.StatusCode)
+		}
+	}
+}

@@ -15,6 +15,8 @@ import (
 	"github.com/knadh/koanf/v2"
 	"github.com/spf13/pflag"
 	yamlv3 "go.yaml.in/yaml/v3"
+
+	"github.com/streamrec/recsys/serving"
 )
 
 // The configuration of `recsys serve` has one key per flag: the flag's
@@ -141,36 +143,10 @@ func resolveConfig(path string, fs *pflag.FlagSet) (map[string]string, error) {
 
 // unknownKey names k as unknown, with the closest of known if one is near.
 func unknownKey(k string, known []string) string {
-	best, bestD := "", len(k)/3+2
-	for _, c := range known {
-		if d := editDistance(k, c); d < bestD {
-			best, bestD = c, d
-		}
-	}
-	if best != "" {
+	if best := serving.Closest(k, known); best != "" {
 		return fmt.Sprintf("%s: unknown key (did you mean %s?)", k, best)
 	}
 	return fmt.Sprintf("%s: unknown key (recsys config print lists every key)", k)
-}
-
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
 
 // setFlag sets f to v, a value from the file (any YAML scalar or a list)
