@@ -26,7 +26,10 @@ type RecommendOptions struct {
 	Category    string          // only items of this category; "" for all
 	Exclude     map[string]bool // never these items
 	ExcludeSeen bool            // drop items in the user's history
-	Method      string          // default MethodFull
+	// KeepPurchased lets items the user bought be recommended (re-purchases
+	// of consumables); by default they are dropped.
+	KeepPurchased bool
+	Method        string // default MethodFull
 }
 
 // Recommendation is one recommended item.
@@ -138,7 +141,7 @@ func (s *Store) Recommend(user string, o RecommendOptions) ([]Recommendation, er
 	for _, r := range urec.RecentItems {
 		seen[r.ID] = true
 	}
-	hasPurchases := urec.Count[BehaviorPurchase] > 0
+	hasPurchases := urec.Count[BehaviorPurchase] > 0 && !o.KeepPurchased
 	items := make(map[string]*ItemRecord)
 	var ferr error
 	// keep reports whether item passes every filter.

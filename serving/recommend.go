@@ -16,12 +16,12 @@ type recommender struct {
 	store *featurestore.Store
 }
 
-func (r *recommender) recommend(user string, k int, category string, exclude []string, excludeSeen bool) ([]*recsysv1.ScoredItem, error) {
+func (r *recommender) recommend(user string, k int, category string, exclude []string, excludeSeen, keepPurchased bool) ([]*recsysv1.ScoredItem, error) {
 	ex := make(map[string]bool, len(exclude))
 	for _, id := range exclude {
 		ex[id] = true
 	}
-	recs, err := r.store.Recommend(user, featurestore.RecommendOptions{K: k, Category: category, Exclude: ex, ExcludeSeen: excludeSeen})
+	recs, err := r.store.Recommend(user, featurestore.RecommendOptions{K: k, Category: category, Exclude: ex, ExcludeSeen: excludeSeen, KeepPurchased: keepPurchased})
 	if err != nil {
 		return nil, err
 	}

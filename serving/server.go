@@ -318,7 +318,7 @@ func (s *Server) Recommend(ctx context.Context, req *recsysv1.RecommendRequest) 
 	if len(exclude) > 10_000 {
 		return nil, invalidArg("exclude", "%d ids; at most 10000", len(exclude))
 	}
-	items, err := s.rec.recommend(req.UserId, k, req.Category, exclude, req.ExcludeSeen)
+	items, err := s.rec.recommend(req.UserId, k, req.Category, exclude, req.ExcludeSeen, req.ExcludePurchased != nil && !*req.ExcludePurchased)
 	if err != nil {
 		return nil, toStatus(err)
 	}

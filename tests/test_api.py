@@ -566,3 +566,24 @@ def test_replay_into_data_dir_of_running_server_refused(tmp_path, server):
                           str(src)], capture_output=True, text=True, timeout=60)
     assert res.returncode != 0, f"replay into a served data dir succeeded:\n{res.stdout}{res.stderr}"
     assert server.running and server.stats() == before
+
+
+def test_exclude_purchased_can_be_turned_off(server):
+    t0 = 1_767_225_600_000
+    events = [{"user_id": "buyer", "item_id": "soap", "category_id": "c1", "behavior": b, "ts": t0 + i * 1000}
+              for i, b in enumerate(["view", "cart", "purchase"])]
+    events += [{"user_id": f"o{u}", "item_id": f"it{j}", "category_id": "c1", "behavior": "view", "ts": t0 + 10_000 + u * 100 + j}
+               for u in range(5) for j in range(6)]
+    events += [{"user_id": "o0", "item_id": "soap", "category_id": "c1", "behavior": "view", "ts": t0 + 20_000}]
+    assert server.post("/v1/events", json={"events": events}).json()["accepted"] == len(events)
+    server.wait_caught_up()
+
+    def recs(**params):
+        r = server.get("/v1/users/buyer/recommendations", params={"k": 50, **params})
+        assert r.status_code == 200, r.text
+        return [x["item_id"] for x in r.json()["items"]]
+    assert "soap" not in recs()
+    assert "soap" not in recs(exclude_purchased="true")
+    again = recs(exclude_purchased="false")
+    assert "soap" in again, again
+    assert "soap" not in recs(exclude_purchased="false", exclude_seen="true")

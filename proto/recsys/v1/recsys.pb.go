@@ -969,9 +969,12 @@ type RecommendRequest struct {
 	// value is also split at commas) or repeated exclude= parameters.
 	Exclude []string `protobuf:"bytes,4,rep,name=exclude,proto3" json:"exclude,omitempty"`
 	// Drop items the user already interacted with (their recent history).
-	ExcludeSeen   bool `protobuf:"varint,5,opt,name=exclude_seen,json=excludeSeen,proto3" json:"exclude_seen,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ExcludeSeen bool `protobuf:"varint,5,opt,name=exclude_seen,json=excludeSeen,proto3" json:"exclude_seen,omitempty"`
+	// Drop items the user bought (default true). false lets re-purchases of
+	// consumables be recommended.
+	ExcludePurchased *bool `protobuf:"varint,6,opt,name=exclude_purchased,json=excludePurchased,proto3,oneof" json:"exclude_purchased,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *RecommendRequest) Reset() {
@@ -1035,6 +1038,13 @@ func (x *RecommendRequest) GetExclude() []string {
 func (x *RecommendRequest) GetExcludeSeen() bool {
 	if x != nil {
 		return x.ExcludeSeen
+	}
+	return false
+}
+
+func (x *RecommendRequest) GetExcludePurchased() bool {
+	if x != nil && x.ExcludePurchased != nil {
+		return *x.ExcludePurchased
 	}
 	return false
 }
@@ -2077,13 +2087,15 @@ const file_recsys_v1_recsys_proto_rawDesc = "" +
 	"ScoredItem\x12\x17\n" +
 	"\aitem_id\x18\x01 \x01(\tR\x06itemId\x12\x14\n" +
 	"\x05score\x18\x02 \x01(\x01R\x05score\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x92\x01\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xda\x01\n" +
 	"\x10RecommendRequest\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\f\n" +
 	"\x01k\x18\x02 \x01(\x05R\x01k\x12\x1a\n" +
 	"\bcategory\x18\x03 \x01(\tR\bcategory\x12\x18\n" +
 	"\aexclude\x18\x04 \x03(\tR\aexclude\x12!\n" +
-	"\fexclude_seen\x18\x05 \x01(\bR\vexcludeSeen\"e\n" +
+	"\fexclude_seen\x18\x05 \x01(\bR\vexcludeSeen\x120\n" +
+	"\x11exclude_purchased\x18\x06 \x01(\bH\x00R\x10excludePurchased\x88\x01\x01B\x14\n" +
+	"\x12_exclude_purchased\"e\n" +
 	"\x11RecommendResponse\x12+\n" +
 	"\x05items\x18\x01 \x03(\v2\x15.recsys.v1.ScoredItemR\x05items\x12#\n" +
 	"\rmodel_version\x18\x02 \x01(\tR\fmodelVersion\"|\n" +
@@ -2270,6 +2282,7 @@ func file_recsys_v1_recsys_proto_init() {
 	if File_recsys_v1_recsys_proto != nil {
 		return
 	}
+	file_recsys_v1_recsys_proto_msgTypes[15].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
