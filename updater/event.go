@@ -15,9 +15,13 @@ import (
 // MaxIDBytes is the longest user, item, category or event id accepted.
 const MaxIDBytes = 256
 
-// minTS is the oldest event time accepted: 2000-01-01T00:00:00Z. Older
-// values are almost always Unix seconds sent where milliseconds belong.
-const minTS = 946684800000
+// minTS is the oldest event time accepted, in Unix ms: 1971-01-01T00:00:00Z.
+// Smaller values are almost always Unix seconds sent where milliseconds
+// belong: seconds stay below it for dates until about the year 2969.
+const minTS = 31_536_000_000
+
+// minTSDate is minTS as a date, for messages.
+var minTSDate = time.UnixMilli(minTS).UTC().Format(time.DateOnly)
 
 // FieldError says which field of an event is invalid and why.
 type FieldError struct {
@@ -124,7 +128,7 @@ func Normalize(ev *recsysv1.Event, now time.Time, maxSkew time.Duration) (featur
 	case ev.Ts == 0:
 		return featurestore.Event{}, fieldErr("ts", CodeMissing, "required (Unix milliseconds)")
 	case ev.Ts < minTS:
-		return featurestore.Event{}, fieldErr("ts", CodeTooOld, "%d is before 2000-01-01 (Unix milliseconds expected, not seconds)", ev.Ts)
+		return featurestore.Event{}, fieldErr("ts", CodeTooOld, "%d is before %s (Unix milliseconds expected, not seconds)", ev.Ts, minTSDate)
 	case ev.Ts > now.Add(maxSkew).UnixMilli():
 		return featurestore.Event{}, fieldErr("ts", CodeFuture, "%s is more than %s in the future", time.UnixMilli(ev.Ts).UTC().Format(time.RFC3339), maxSkew)
 	}
