@@ -103,3 +103,46 @@ func BenchmarkGet500(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkRecommendExcludeSeen asks for the top 10 of a user who touched
+// SeenLimit (10,000) distinct items within the TTL, after the usual
+// stream: the seen set's bound on the cost of one recommendation.
+func BenchmarkRecommendExcludeSeen(b *testing.B) {
+	s, err := Open("db", Options{FS: vfs.NewMem(), Logger: quietLogger(), Clock: "event"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = s.Close() })
+	rng := rand.New(rand.NewPCG(5, 6))
+	batch := make([]Entry, benchBatch)
+	var next uint64
+	for range 10 {
+		benchEvents(rng, batch, &next)
+		if _, err := s.Apply(next, batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+	heavy := make([]Entry, 0, 10_000)
+	for i := range 10_000 {
+		heavy = append(heavy, Entry{Offset: next, Event: Event{ID: "h" + strconv.Itoa(i), UserID: "heavy",
+			ItemID: "i" + strconv.Itoa(i*5%benchItems), CategoryID: "c0", Behavior: BehaviorView, TS: t0 + int64(next)*10}})
+		next++
+	}
+	if _, err := s.Apply(next, heavy); err != nil {
+		b.Fatal(err)
+	}
+	for _, bc := range []struct {
+		name string
+		seen bool
+	}{{"all", false}, {"exclude_seen", true}} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				recs, err := s.Recommend("heavy", RecommendOptions{K: 10, ExcludeSeen: bc.seen})
+				if err != nil || len(recs) != 10 {
+					b.Fatal(len(recs), err)
+				}
+			}
+		})
+	}
+}

@@ -37,10 +37,10 @@ type ExpireStats struct {
 }
 
 // Expire removes data older than the retention as of now (Unix ms): tiles,
-// hourly item counts and dead letters of old days, dedup entries of days
-// before the dedup horizon, and the
-// records, purchase markers and popularity entries of entities whose newest
-// event is older than that.
+// hourly item counts, seen records and dead letters of old days, dedup
+// entries of days before the dedup horizon, and the records, purchase
+// markers and popularity entries of entities whose newest event is older
+// than that.
 func (s *Store) Expire(now int64) (ExpireStats, error) {
 	s.applyMu.Lock()
 	defer s.applyMu.Unlock()
@@ -58,7 +58,7 @@ func (s *Store) Expire(now int64) (ExpireStats, error) {
 	es := ExpireStats{CutoffDay: day}
 	b := s.db.NewBatch()
 	defer b.Close()
-	for _, p := range []byte{'t', 'h', 'd'} {
+	for _, p := range []byte{'t', 'h', 'd', prefixSeen} {
 		end := binary.BigEndian.AppendUint32([]byte{p}, day)
 		if err := b.DeleteRange([]byte{p}, end, nil); err != nil {
 			return es, err

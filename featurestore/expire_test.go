@@ -24,7 +24,7 @@ func countKeys(t *testing.T, s *Store, prefix []byte) int {
 }
 
 // An endless stream keeps only what the TTL needs: old tiles, hourly
-// counts, dedup entries and inactive entities go; recent data stays and
+// counts, dedup entries, seen records and inactive entities go; recent data stays and
 // reads the same.
 func TestExpire(t *testing.T) {
 	s, err := Open("db", Options{FS: vfs.NewMem(), Logger: quietLogger(), Clock: "event"})
@@ -46,7 +46,7 @@ func TestExpire(t *testing.T) {
 	}
 	mustApply(t, s, uint64(len(ents)), ents)
 	before := map[byte]int{}
-	for _, p := range []byte{'t', 'h', 'e'} {
+	for _, p := range []byte{'t', 'h', 'e', prefixSeen} {
 		before[p] = countKeys(t, s, []byte{p})
 	}
 	now := s.Now()
@@ -70,7 +70,7 @@ func TestExpire(t *testing.T) {
 	if st := s.Stats(); st.Users != 1 || st.Items != 1 {
 		t.Errorf("stats after expiry: %d users, %d items, want 1 and 1", st.Users, st.Items)
 	}
-	for _, p := range []byte{'t', 'h', 'e'} {
+	for _, p := range []byte{'t', 'h', 'e', prefixSeen} {
 		if after := countKeys(t, s, []byte{p}); after >= before[p] || after == 0 {
 			t.Errorf("%c keys: %d before, %d after expiry; want fewer but some", p, before[p], after)
 		}

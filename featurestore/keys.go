@@ -15,6 +15,7 @@ import (
 //	h<day><hour><category>\x00<item>   hourly item counts per category ("" for all items)
 //	u/<user_id>                        UserRecord
 //	i/<item_id>                        ItemRecord
+//	s<day><user_id>\x00                seen record: the user's items of that day, newest first (seen.go)
 //	b/<user_id>\x00<item_id>           the user purchased the item (empty value)
 //	p/<category_id>\x00<score><item_id> popularity index, score descending; category "" is global
 const (

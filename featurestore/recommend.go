@@ -25,7 +25,7 @@ type RecommendOptions struct {
 	K           int
 	Category    string          // only items of this category; "" for all
 	Exclude     map[string]bool // never these items
-	ExcludeSeen bool            // drop items in the user's history
+	ExcludeSeen bool            // drop every item the user touched within SeenTTL (see seen.go)
 	// KeepPurchased lets items the user bought be recommended (re-purchases
 	// of consumables); by default they are dropped.
 	KeepPurchased bool
@@ -134,12 +134,27 @@ func (s *Store) Recommend(user string, o RecommendOptions) ([]Recommendation, er
 			return nil, err
 		}
 	}
-	seen := make(map[string]bool, len(urec.RecentItems)+len(um.History))
-	for _, h := range um.History {
-		seen[h.Item] = true
-	}
-	for _, r := range urec.RecentItems {
-		seen[r.ID] = true
+	// own bounds how many of the user's own items a single source may
+	// return, which the purchase filter may drop.
+	own := len(um.History) + len(urec.RecentItems)
+	var seen map[string]bool
+	if o.ExcludeSeen {
+		if seen, err = s.seenItems(user, now); err != nil {
+			return nil, err
+		}
+		// The model history and recent items are in the seen set, except
+		// for events applied before it existed (an older data dir).
+		since := now - s.SeenTTL()
+		for _, h := range um.History {
+			if h.TS > since {
+				seen[h.Item] = true
+			}
+		}
+		for _, r := range urec.RecentItems {
+			if r.TS > since {
+				seen[r.ID] = true
+			}
+		}
 	}
 	hasPurchases := urec.Count[BehaviorPurchase] > 0 && !o.KeepPurchased
 	items := make(map[string]*ItemRecord)
@@ -185,10 +200,7 @@ func (s *Store) Recommend(user string, o RecommendOptions) ([]Recommendation, er
 	}
 	// margin: how many more candidates than K a single source asks for,
 	// so that filtering leaves K.
-	margin := o.K + len(o.Exclude) + 20
-	if o.ExcludeSeen {
-		margin += len(seen)
-	}
+	margin := o.K + len(o.Exclude) + 20 + len(seen)
 	var out []Recommendation
 	switch o.Method {
 	case MethodPopular:
@@ -210,13 +222,13 @@ func (s *Store) Recommend(user string, o RecommendOptions) ([]Recommendation, er
 			}
 		}
 	case MethodItem2Item:
-		for _, c := range topOf(ctx.i2i, margin+len(seen)) {
+		for _, c := range topOf(ctx.i2i, margin+own) {
 			if keep(c.ItemID) {
 				out = append(out, Recommendation{ItemID: c.ItemID, Score: c.Score, Reason: s.similarReason(ctx, c.ItemID)})
 			}
 		}
 	case MethodMF:
-		for _, c := range s.mfTop(um.Vec, margin+len(seen)) {
+		for _, c := range s.mfTop(um.Vec, margin+own) {
 			if keep(c.ItemID) {
 				out = append(out, Recommendation{ItemID: c.ItemID, Score: c.Score, Reason: "matches your taste profile"})
 			}

@@ -47,6 +47,12 @@ type Options struct {
 	RecordCacheEntries int
 	// Models are the hyperparameters of the incremental models.
 	Models ModelOptions
+	// SeenLimit is how many distinct items a user's seen set (what
+	// exclude_seen drops) keeps: the newest touched within SeenTTL. Up to
+	// this many the filter is exact; past it the oldest may come back.
+	// Reading it at recommendation time costs at most SeenTTL in days + 2
+	// point reads. Default 10000; at most 100000.
+	SeenLimit int
 	// FlushWait bounds the wait for a flush of the memtables (Flush,
 	// Checkpoint, Close): a disk that fails or is full makes Pebble retry
 	// the flush in the background, and waiting on stops at this. Default
@@ -85,6 +91,9 @@ func (o *Options) EnsureDefaults() {
 	}
 	if o.FlushWait <= 0 {
 		o.FlushWait = 10 * time.Second
+	}
+	if o.SeenLimit <= 0 {
+		o.SeenLimit = 10_000
 	}
 	o.Models.EnsureDefaults()
 }
@@ -152,6 +161,9 @@ type Store struct {
 // Open opens or creates the store in dir.
 func Open(dir string, opts Options) (*Store, error) {
 	opts.EnsureDefaults()
+	if opts.SeenLimit > maxSeenLimit {
+		return nil, fmt.Errorf("open store %s: seen limit %d is more than %d", dir, opts.SeenLimit, maxSeenLimit)
+	}
 	cache := pebble.NewCache(opts.CacheBytes)
 	plog := NewPebbleLog(opts.Logger.With("component", "pebble"))
 	popts := &pebble.Options{
@@ -159,7 +171,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		Cache:              cache,
 		FormatMajorVersion: pebble.FormatNewest,
 		Logger:             plog,
-		Merger:             merger,
+		Merger:             newMerger(opts.SeenLimit),
 		MemTableSize:       32 << 20,
 		// The state has no write-ahead log: it is derived from the event
 		// log (or the Kafka topic), which is the durable copy, and its
@@ -417,6 +429,7 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 	items := make(map[string]*itemState)
 	seen := make(map[string]struct{})
 	tiles := newTileBatch()
+	seenB := newSeenBatch(s.opts.SeenLimit)
 	mb := s.newModelBatch()
 	mb.itemRecs = items
 	if end < st.AppliedOffset {
@@ -504,6 +517,7 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 		}
 		it.rec.Pop = logAddExp2(it.rec.Pop, s.logWeight[ev.Behavior]+float64(ev.TS)/s.halfMS)
 		tiles.add(ev)
+		seenB.add(ev)
 
 		if ev.Behavior == BehaviorPurchase {
 			if err := b.Set(boughtKey(ev.UserID, ev.ItemID), nil, nil); err != nil {
@@ -514,6 +528,9 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 		res.Applied++
 	}
 	if err := tiles.flush(b); err != nil {
+		return ApplyResult{}, err
+	}
+	if err := seenB.flush(b); err != nil {
 		return ApplyResult{}, err
 	}
 	var buf []byte

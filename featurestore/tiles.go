@@ -130,24 +130,32 @@ func oneCount(b Behavior) []byte {
 	return c.appendTo(make([]byte, 0, 8))
 }
 
-// merger sums count vectors. Its name is stored on disk by Pebble: a store
-// created with another merger cannot be opened with this one.
-var merger = &pebble.Merger{
-	Name: "recsys.counts.v1",
-	Merge: func(key, value []byte) (pebble.ValueMerger, error) {
-		switch {
-		case len(key) > 5 && key[0] == 't' && key[5] == resFine:
-			return &concatMerger{buf: append([]byte(nil), value...)}, nil
-		case len(key) > 5 && key[0] == 't' && key[5] == resDistinct:
-			m := &sketchMerger{}
+// newMerger returns the merge operator: it sums count vectors, joins event
+// lists, unions sketches and unions seen records, keeping seenLimit items.
+// Its name is stored on disk by Pebble: a store created with another merger
+// cannot be opened with this one. (The seen records came later under the
+// same name: a store that has them cannot be read by an older binary.)
+func newMerger(seenLimit int) *pebble.Merger {
+	return &pebble.Merger{
+		Name: "recsys.counts.v1",
+		Merge: func(key, value []byte) (pebble.ValueMerger, error) {
+			switch {
+			case len(key) > 5 && key[0] == 't' && key[5] == resFine:
+				return &concatMerger{buf: append([]byte(nil), value...)}, nil
+			case len(key) > 5 && key[0] == 't' && key[5] == resDistinct:
+				m := &sketchMerger{}
+				return m, m.MergeNewer(value)
+			case len(key) > 0 && key[0] == prefixSeen:
+				m := &seenMerger{limit: seenLimit}
+				return m, m.MergeNewer(value)
+			case len(key) > 0 && (key[0] == 't' || key[0] == 'h'):
+			default:
+				return nil, fmt.Errorf("featurestore: merge on key %q, which is not a tile", key)
+			}
+			m := &countMerger{}
 			return m, m.MergeNewer(value)
-		case len(key) > 0 && (key[0] == 't' || key[0] == 'h'):
-		default:
-			return nil, fmt.Errorf("featurestore: merge on key %q, which is not a tile", key)
-		}
-		m := &countMerger{}
-		return m, m.MergeNewer(value)
-	},
+		},
+	}
 }
 
 // concatMerger joins event lists; their order does not matter.

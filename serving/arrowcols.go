@@ -128,13 +128,13 @@ func floorDiv(a, b int64) int64 {
 const maxIntMillis = 253402300799999
 
 // intMillisUnitError says why an int64 Unix-milliseconds time v can only
-// be in another unit ("" when it can be milliseconds): before 2000-01-01
+// be in another unit ("" when it can be milliseconds): before 1971-01-01
 // (the rule of event times: almost always seconds), or after the year
 // 9999 (microseconds or nanoseconds).
 func intMillisUnitError(v int64) string {
 	switch {
 	case v >= 0 && v < updater.MinTS:
-		return fmt.Sprintf("%d is before 2000-01-01 as Unix milliseconds (%s): Unix seconds? An int64 ts must be Unix milliseconds; send a timestamp column for other units",
+		return fmt.Sprintf("%d is before 1971-01-01 as Unix milliseconds (%s): Unix seconds? An int64 ts must be Unix milliseconds; send a timestamp column for other units",
 			v, time.UnixMilli(v).UTC().Format(time.RFC3339))
 	case v > maxIntMillis:
 		return fmt.Sprintf("%d is after the year 9999 as Unix milliseconds: Unix microseconds or nanoseconds? An int64 ts must be Unix milliseconds; send a timestamp column for other units", v)

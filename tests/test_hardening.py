@@ -111,7 +111,7 @@ def test_spine_before_1970_answers_at_once(server):
     assert time.monotonic() - start < 5
     assert "spine.ts" in str(exc.value) and "before 1970" in str(exc.value), exc.value
     # The epoch itself is a valid time: an answer with nothing counted. (As a
-    # timestamp: an int64 before 2000 can only be seconds, and is refused.)
+    # timestamp: an int64 before 1971 can only be seconds, and is refused.)
     out = exchange(server, {"op": "point_in_time", "views": ["user_features"], "features": ["view_count_1h"]},
                    pa.table({"user_id": ["u1"], "ts": pa.array([0], pa.timestamp("ms"))}))
     assert out.column("user.view_count_1h").to_pylist() in ([0], [None])

@@ -15,13 +15,17 @@ import (
 // MaxIDBytes is the longest user, item, category or event id accepted.
 const MaxIDBytes = 256
 
-// MinTS is the oldest event time accepted (Unix ms): 2000-01-01T00:00:00Z.
-// Older values are almost always Unix seconds sent where milliseconds
-// belong; serving applies the same rule to the integer times of a
-// point-in-time spine.
-const MinTS = 946684800000
+// MinTS is the oldest event time accepted, in Unix ms: 1971-01-01T00:00:00Z.
+// Smaller values are almost always Unix seconds sent where milliseconds
+// belong: seconds stay below it for dates until about the year 2969.
+// Serving applies the same rule to the integer times of a point-in-time
+// spine.
+const MinTS = 31_536_000_000
 
 const minTS = MinTS
+
+// minTSDate is minTS as a date, for messages.
+var minTSDate = time.UnixMilli(minTS).UTC().Format(time.DateOnly)
 
 // FieldError says which field of an event is invalid and why.
 type FieldError struct {
@@ -128,7 +132,7 @@ func Normalize(ev *recsysv1.Event, now time.Time, maxSkew time.Duration) (featur
 	case ev.Ts == 0:
 		return featurestore.Event{}, fieldErr("ts", CodeMissing, "required (Unix milliseconds)")
 	case ev.Ts < minTS:
-		return featurestore.Event{}, fieldErr("ts", CodeTooOld, "%d is before 2000-01-01 (Unix milliseconds expected, not seconds)", ev.Ts)
+		return featurestore.Event{}, fieldErr("ts", CodeTooOld, "%d is before %s (Unix milliseconds expected, not seconds)", ev.Ts, minTSDate)
 	case ev.Ts > now.Add(maxSkew).UnixMilli():
 		return featurestore.Event{}, fieldErr("ts", CodeFuture, "%s is more than %s in the future", time.UnixMilli(ev.Ts).UTC().Format(time.RFC3339), maxSkew)
 	}

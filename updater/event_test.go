@@ -72,8 +72,13 @@ func TestNormalize(t *testing.T) {
 		{name: "cart", mod: func(e *recsysv1.Event) { e.Behavior = "cart" }, behav: featurestore.BehaviorCart},
 		{name: "fav", mod: func(e *recsysv1.Event) { e.Behavior = "fav" }, behav: featurestore.BehaviorFav},
 		{name: "ts in seconds is too old", mod: func(e *recsysv1.Event) { e.Ts = testNow.Unix() }, field: "ts", code: CodeTooOld},
-		{name: "ts just before 2000", mod: func(e *recsysv1.Event) { e.Ts = minTS - 1 }, field: "ts", code: CodeTooOld},
-		{name: "ts at 2000", mod: func(e *recsysv1.Event) { e.Ts = minTS }},
+		{name: "ts in seconds of 2023 is too old", mod: func(e *recsysv1.Event) { e.Ts = 1_700_000_000 }, field: "ts", code: CodeTooOld},
+		{name: "ts in seconds of the year 2900 is too old", mod: func(e *recsysv1.Event) { e.Ts = 29_348_006_400 }, field: "ts", code: CodeTooOld},
+		{name: "ts in 1970-06", mod: func(e *recsysv1.Event) { e.Ts = 13_046_400_000 }, field: "ts", code: CodeTooOld},
+		{name: "ts just before 1971", mod: func(e *recsysv1.Event) { e.Ts = minTS - 1 }, field: "ts", code: CodeTooOld},
+		{name: "ts at 1971", mod: func(e *recsysv1.Event) { e.Ts = minTS }},
+		{name: "ts in 1975", mod: func(e *recsysv1.Event) { e.Ts = 157_766_400_000 }},
+		{name: "ts in 1999", mod: func(e *recsysv1.Event) { e.Ts = 946_684_799_999 }},
 		{name: "negative ts", mod: func(e *recsysv1.Event) { e.Ts = -1 }, field: "ts", code: CodeTooOld},
 		{name: "ts at the skew limit", mod: func(e *recsysv1.Event) { e.Ts = testNow.Add(testSkew).UnixMilli() }},
 		{name: "ts past the skew limit", mod: func(e *recsysv1.Event) { e.Ts = testNow.Add(testSkew).UnixMilli() + 1 }, field: "ts", code: CodeFuture},
@@ -126,6 +131,24 @@ func TestNormalize(t *testing.T) {
 				t.Errorf("ID = %q, want the derived id %q", got.ID, DeriveID(&got))
 			}
 		})
+	}
+}
+
+// Seconds sent as milliseconds are refused with a message that says so;
+// the floor is 1971-01-01, so that seconds of any date until about 2969 are
+// caught.
+func TestNormalizeSecondsMessage(t *testing.T) {
+	if got := time.UnixMilli(minTS).UTC(); !got.Equal(time.Date(1971, 1, 1, 0, 0, 0, 0, time.UTC)) {
+		t.Fatalf("minTS is %s, want 1971-01-01", got)
+	}
+	if last := time.Unix(minTS-1, 0).UTC(); last.Year() != 2969 {
+		t.Errorf("the last date whose seconds are caught is %s, want one in 2969", last)
+	}
+	in := validEvent()
+	in.Ts = 1_700_000_000
+	_, ferr := Normalize(in, testNow, testSkew)
+	if want := "ts: 1700000000 is before 1971-01-01 (Unix milliseconds expected, not seconds)"; ferr == nil || ferr.Error() != want {
+		t.Fatalf("Normalize(ts 1700000000) = %v, want %q", ferr, want)
 	}
 }
 

@@ -309,7 +309,7 @@ type runner struct {
 	pending     []featurestore.Entry
 	off         uint64
 	hist        *histories
-	seen        map[string]map[string]bool
+	seen        map[string]map[string]int64 // user → item → newest touch
 	knn         *itemKNN
 	als         *als
 	lastBuild   int64
@@ -317,7 +317,7 @@ type runner struct {
 }
 
 func (r *runner) openStores() error {
-	r.seen = make(map[string]map[string]bool)
+	r.seen = make(map[string]map[string]int64)
 	if !r.needLive && !r.needFrozen {
 		return nil
 	}
@@ -382,10 +382,10 @@ func (r *runner) ingest(ev *featurestore.Event) error {
 	r.hist.add(ev)
 	mine := r.seen[ev.UserID]
 	if mine == nil {
-		mine = make(map[string]bool)
+		mine = make(map[string]int64)
 		r.seen[ev.UserID] = mine
 	}
-	mine[ev.ItemID] = true
+	mine[ev.ItemID] = max(mine[ev.ItemID], ev.TS)
 	if r.live == nil {
 		return nil
 	}
@@ -402,7 +402,8 @@ func (r *runner) ingest(ev *featurestore.Event) error {
 // item: no discovery target) and per re-engagement method.
 func (r *runner) rank(ev *featurestore.Event) (disc, reng []int, err error) {
 	mine := r.seen[ev.UserID]
-	isDisc := !mine[ev.ItemID]
+	_, touched := mine[ev.ItemID]
+	isDisc := !touched
 	if r.needBuild && (r.builds == 0 || ev.TS >= r.lastBuild+r.o.Baselines.Rebuild.Milliseconds()) {
 		r.knn.build(r.hist)
 		r.als.build(r.hist)
@@ -453,24 +454,32 @@ func (r *runner) rank(ev *featurestore.Event) (disc, reng []int, err error) {
 			if m == MethodFullFrozen {
 				st, method = r.frozen, MethodFull
 			}
-			ask := func(exclude map[string]bool) (int, error) {
-				recs, err := st.Recommend(ev.UserID, featurestore.RecommendOptions{K: r.maxK, Exclude: exclude, ExcludeSeen: exclude != nil, Method: method})
+			ask := func(discovery bool) (int, error) {
+				o := featurestore.RecommendOptions{K: r.maxK, Method: method}
+				if discovery {
+					o.ExcludeSeen, o.Exclude = true, olderThanSeen(st, mine)
+				}
+				recs, err := st.Recommend(ev.UserID, o)
 				if err != nil {
 					return 0, fmt.Errorf("eval: %s for user %s: %w", m, ev.UserID, err)
 				}
+				rank := 0
 				for i, rec := range recs {
-					if rec.ItemID == ev.ItemID {
-						return i + 1, nil
+					if _, ok := mine[rec.ItemID]; ok && discovery {
+						return 0, fmt.Errorf("eval: %s for user %s with exclude_seen returned %s, which the user touched", m, ev.UserID, rec.ItemID)
+					}
+					if rec.ItemID == ev.ItemID && rank == 0 {
+						rank = i + 1
 					}
 				}
-				return 0, nil
+				return rank, nil
 			}
 			if isDisc {
-				if d, err = ask(mine); err != nil {
+				if d, err = ask(true); err != nil {
 					return nil, nil, err
 				}
 			}
-			if g, err = ask(nil); err != nil {
+			if g, err = ask(false); err != nil {
 				return nil, nil, err
 			}
 		}
@@ -483,6 +492,28 @@ func (r *runner) rank(ev *featurestore.Event) (disc, reng []int, err error) {
 		disc = nil
 	}
 	return disc, reng, nil
+}
+
+// olderThanSeen returns what a discovery ask must exclude besides the
+// store's own seen set (exclude_seen, as the server does): the user's items
+// touched before the seen set's TTL, or all of them when more were touched
+// within it than the seen set keeps.
+func olderThanSeen(st *featurestore.Store, mine map[string]int64) map[string]bool {
+	since := st.Now() - st.SeenTTL()
+	old, recent := make(map[string]bool), 0
+	for item, ts := range mine {
+		if ts <= since {
+			old[item] = true
+		} else {
+			recent++
+		}
+	}
+	if recent > st.SeenLimit() {
+		for item := range mine {
+			old[item] = true
+		}
+	}
+	return old
 }
 
 // finiteOrNil is f, or nil when f is NaN or infinite (JSON has neither).

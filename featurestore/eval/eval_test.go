@@ -349,3 +349,40 @@ func TestValidate(t *testing.T) {
 		}
 	}
 }
+
+// Discovery asks go through the store's exclude_seen (the server's path)
+// and fail the run if an answer names an item the user touched: a user
+// with more items than the model history and the recent items hold, and
+// items touched longer ago than the seen set's TTL (excluded by the
+// evaluation itself), both leave no touched item in the answers.
+func TestRunDiscoveryUsesSeenSet(t *testing.T) {
+	var evs []featurestore.Event
+	ts := time.Date(2017, 11, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
+	add := func(user, item string, b featurestore.Behavior) {
+		evs = append(evs, ev(user, item, b, ts))
+		ts += 60_000
+	}
+	add("heavy", "ancient", featurestore.BehaviorView) // 10 days before the rest
+	ts += 10 * 86_400_000
+	for i := range 90 {
+		add(fmt.Sprint("crowd", i%9), fmt.Sprint("h", i), featurestore.BehaviorView)
+		add(fmt.Sprint("crowd", i%9), fmt.Sprint("o", i%30), featurestore.BehaviorView)
+	}
+	add("crowd0", "ancient", featurestore.BehaviorView)
+	for i := range 90 {
+		add("heavy", fmt.Sprint("h", i), featurestore.BehaviorView)
+	}
+	for i := range 12 {
+		add("heavy", fmt.Sprint("o", i), featurestore.BehaviorCart)
+	}
+	for _, m := range []string{MethodFull, MethodFullFrozen, MethodItem2Item, MethodPopular, MethodMF} {
+		rep, err := Run(context.Background(), evs, Options{Warmup: 0.99, Ks: []int{50}, Bootstrap: 10, Seed: 1,
+			Methods: []string{m}, Dir: t.TempDir()})
+		if err != nil {
+			t.Fatalf("%s: %v", m, err)
+		}
+		if rep.Discovery.Targets == 0 {
+			t.Fatalf("%s: no discovery target", m)
+		}
+	}
+}

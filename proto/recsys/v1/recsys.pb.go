@@ -968,7 +968,8 @@ type RecommendRequest struct {
 	// Optional: item ids never to return. Over REST, exclude=id1,id2 (each
 	// value is also split at commas) or repeated exclude= parameters.
 	Exclude []string `protobuf:"bytes,4,rep,name=exclude,proto3" json:"exclude,omitempty"`
-	// Drop items the user already interacted with (their recent history).
+	// Drop every item the user touched within the user features' TTL (exact
+	// up to 10,000 distinct items; past that, the newest 10,000).
 	ExcludeSeen bool `protobuf:"varint,5,opt,name=exclude_seen,json=excludeSeen,proto3" json:"exclude_seen,omitempty"`
 	// Drop items the user bought (default true). false lets re-purchases of
 	// consumables be recommended.
