@@ -62,10 +62,12 @@ func TestJSONNonFiniteNumbersAreNull(t *testing.T) {
 	if _, err := jsonMarshaler.Marshal(v); err != nil || !math.IsNaN(v.Value.GetNumberValue()) {
 		t.Errorf("Marshal changed its argument (%v) or failed: %v", v.Value, err)
 	}
-	// All finite: exactly protojson's output.
+	// All finite: exactly protojson's output, compacted (protojson puts
+	// spaces at random between builds).
 	m := &recsysv1.ListModelsResponse{Models: []*recsysv1.ModelInfo{{Name: "ranker", RollingAuc: 0.75}}}
 	got, _ := jsonMarshaler.Marshal(m)
-	want, _ := jsonMarshaler.JSONPb.Marshal(m)
+	raw, _ := jsonMarshaler.JSONPb.Marshal(m)
+	want, _ := compact(raw)
 	if string(got) != string(want) {
 		t.Errorf("finite message: got %s, want protojson's %s", got, want)
 	}
