@@ -17,8 +17,10 @@
 //
 // # Caveats
 //
-// Features in this version are lifetime aggregates; the dedup set and the
-// records never expire. Popularity scores use forward exponential decay in
+// Lifetime counts sit beside windowed ones built from tiles; Expire
+// (expire.go) removes old tiles, seen records, dedup entries and dead
+// letters by day, and the records of entities idle past the retention.
+// Popularity scores use forward exponential decay in
 // event time, so ranking is stable whatever the read time; the absolute
 // score is reported relative to the newest event time seen.
 package featurestore
