@@ -148,19 +148,9 @@ func bench(ctx context.Context, o *benchOpts) error {
 	}
 	durable := time.Since(start)
 	bar.Describe("bench: apply")
-	appliedCh := make(chan struct{})
-	go func() {
-		for {
-			select {
-			case <-appliedCh:
-				return
-			case <-time.After(200 * time.Millisecond):
-				bar.Set(int64(eng.store.AppliedOffset()), 0)
-			}
-		}
-	}()
+	stopBar := every(200*time.Millisecond, func() { bar.Set(int64(eng.store.AppliedOffset()), 0) })
 	err = eng.upd.WaitApplied(ctx, eng.log.End())
-	close(appliedCh)
+	stopBar()
 	bar.Finish()
 	if err != nil {
 		stopUpd()

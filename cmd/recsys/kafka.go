@@ -41,7 +41,11 @@ func (c *kafkaConfig) bindClientFlags(fs *pflag.FlagSet, topic string) {
 	if topic != "" {
 		fs.StringVar(&c.Topic, "kafka.topic", "events", topic)
 	}
-	c.MaxBatch = 8192
+}
+
+// bindMaxBatch binds --kafka.max-batch, for the updater and kafka bench.
+func (c *kafkaConfig) bindMaxBatch(fs *pflag.FlagSet) {
+	fs.IntVar(&c.MaxBatch, "kafka.max-batch", 8192, "most records applied in one store batch")
 }
 
 func (c *kafkaConfig) bindConsumerFlags(fs *pflag.FlagSet) {
@@ -49,7 +53,7 @@ func (c *kafkaConfig) bindConsumerFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.InstanceID, "kafka.instance-id", "", "static group membership id: a restarted process with the same id gets its partitions back without waiting for the session timeout")
 	fs.StringVar(&c.DLQTopic, "kafka.dlq-topic", "", "dead-letter topic (default <kafka.topic>.dlq)")
 	fs.StringVar(&c.ContentType, "kafka.content-type", "json", "encoding of record values without a content-type header: json or protobuf")
-	fs.IntVar(&c.MaxBatch, "kafka.max-batch", 8192, "most records applied in one store batch")
+	c.bindMaxBatch(fs)
 }
 
 func (c *kafkaConfig) validate() error {

@@ -39,7 +39,7 @@ func kafkaBenchCmd() *cobra.Command {
 		},
 	}
 	kc.bindClientFlags(cmd.Flags(), "") // it makes topics of its own
-	cmd.Flags().IntVar(&kc.MaxBatch, "kafka.max-batch", 8192, "most records applied in one store batch")
+	kc.bindMaxBatch(cmd.Flags())
 	cmd.Flags().IntVar(&events, "events", 500_000, "events of the throughput run")
 	cmd.Flags().IntVar(&rate, "rate", 20_000, "events/s of the freshness run (10 s)")
 	cmd.Flags().DurationVar(&lagFor, "lag-for", 10*time.Second, "how long producers run flat out in the lag run")

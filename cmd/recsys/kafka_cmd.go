@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -216,21 +215,11 @@ func produceFiles(ctx context.Context, kc *kafkaConfig, format string, partition
 
 // eachLine calls fn with every non-blank line of file (gzip or plain).
 func eachLine(file string, fn func([]byte) error) error {
-	f, err := os.Open(file)
+	r, closeFn, err := openEvents(file)
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	br := bufio.NewReaderSize(f, 1<<20)
-	var r io.Reader = br
-	if magic, _ := br.Peek(2); bytes.Equal(magic, []byte{0x1f, 0x8b}) {
-		gz, err := gzip.NewReader(br)
-		if err != nil {
-			return err
-		}
-		defer gz.Close()
-		r = gz
-	}
+	defer closeFn()
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 4<<20)
 	for sc.Scan() {
@@ -394,21 +383,13 @@ func rebuild(ctx context.Context, cfg *config, fromMS int64, mode string, out io
 	bar := newProgress(mode, "rebuild", "records", total)
 	base := eng.store.Stats()
 	baseDL := eng.store.DeadLetterCount()
-	done := make(chan struct{})
-	go func() {
-		for {
-			select {
-			case <-done:
-				return
-			case <-time.After(500 * time.Millisecond):
-				st := eng.store.Stats()
-				bar.Set(int64(st.Events-base.Events+st.Duplicates-base.Duplicates+eng.store.DeadLetterCount()-baseDL), 0)
-			}
-		}
-	}()
+	stopBar := every(500*time.Millisecond, func() {
+		st := eng.store.Stats()
+		bar.Set(int64(st.Events-base.Events+st.Duplicates-base.Duplicates+eng.store.DeadLetterCount()-baseDL), 0)
+	})
 	began := time.Now()
 	err = c.Run(ctx)
-	close(done)
+	stopBar()
 	bar.Finish()
 	if err != nil {
 		return err

@@ -121,6 +121,25 @@ func (p *progress) line() string {
 		100*float64(p.done)/float64(p.total), rate, p.unit, left)
 }
 
+// every calls fn now and then every d until the returned stop is called;
+// stop returns once fn has returned for the last time, so that nothing it
+// reports can come after what the caller does next.
+func every(d time.Duration, fn func()) (stop func()) {
+	done, exited := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(exited)
+		for {
+			fn()
+			select {
+			case <-done:
+				return
+			case <-time.After(d):
+			}
+		}
+	}()
+	return func() { close(done); <-exited }
+}
+
 // Finish ends the bar (it is cleared; the command prints its summary).
 func (p *progress) Finish() {
 	if p == nil {

@@ -420,21 +420,11 @@ func loadInitial(ctx context.Context, cfg *config, eng *engine, gate *startGate,
 		what += ")"
 	}
 	end := eng.log.End()
-	done, exited := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(exited)
-		for {
-			gate.set(fmt.Sprintf("loading the initial events: %d of %d applied", eng.store.AppliedOffset(), end))
-			select {
-			case <-done:
-				return
-			case <-time.After(500 * time.Millisecond):
-			}
-		}
-	}()
+	stopGate := every(500*time.Millisecond, func() {
+		gate.set(fmt.Sprintf("loading the initial events: %d of %d applied", eng.store.AppliedOffset(), end))
+	})
 	err := eng.upd.WaitApplied(ctx, end)
-	close(done)
-	<-exited
+	stopGate()
 	if err != nil {
 		if ctx.Err() != nil {
 			return "", nil
