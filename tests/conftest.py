@@ -12,6 +12,7 @@ import csv
 import gzip
 import importlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -47,6 +48,11 @@ def _kill_leftovers() -> None:
             s.proc.kill()
 
 
+def code_blocks(text: str, lang: str) -> list[str]:
+    """The fenced ```lang blocks of a Markdown text, in order."""
+    return re.findall(rf"```{lang}\n(.*?)```", text, re.S)
+
+
 def recsys_bin() -> str:
     path = os.environ.get("RECSYS_BIN") or str(REPO / "bin/recsys")
     if not os.access(path, os.X_OK):
@@ -61,7 +67,6 @@ def long_ttl_features() -> Path:
     """The default feature definitions with every TTL set to 10 years."""
     global _LONG_TTL
     if _LONG_TTL is None:
-        import re
         import tempfile
         text = (REPO / "featurestore/features.yaml").read_text()
         text, n = re.subn(r"ttl: \w+", "ttl: 3650d", text)

@@ -27,7 +27,7 @@ def printed(out: str, key: str) -> tuple[str, str]:
     under the parent's block) in `config print` output."""
     parts = key.split(".")
     lines = out.splitlines()
-    indent, i = 0, 0
+    i = 0
     for depth, p in enumerate(parts):
         pat = re.compile(r"^" + " " * (2 * depth) + re.escape(p) + r":(.*)$")
         while i < len(lines) and not pat.match(lines[i]):

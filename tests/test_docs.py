@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, code_blocks
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +23,7 @@ def demo_server(tmp_path_factory):
 
 
 def readme_blocks(lang: str) -> list[str]:
-    text = (REPO / "README.md").read_text()
-    return re.findall(rf"```{lang}\n(.*?)```", text, re.S)
+    return code_blocks((REPO / "README.md").read_text(), lang)
 
 
 def localize(code: str, s) -> str:
@@ -82,7 +81,7 @@ def test_client_readme_examples(demo_server, tmp_path, monkeypatch, capsys):
     """clients/python/README.md: its ```python blocks run in order, in one namespace
     (```py blocks need other servers: TLS, tokens)."""
     text = (REPO / "clients/python/README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    blocks = code_blocks(text, "python")
     assert len(blocks) == 3, blocks
     monkeypatch.chdir(tmp_path)  # the backfill example writes events.parquet
     ns: dict = {}

@@ -16,7 +16,7 @@ import time
 import pytest
 import requests
 
-from conftest import REPO, free_port
+from conftest import REPO, code_blocks, free_port
 
 
 def section(name: str) -> str:
@@ -24,10 +24,6 @@ def section(name: str) -> str:
     start = text.index(f"## {name}\n")
     end = text.index("\n## ", start + 1)
     return text[start:end]
-
-
-def blocks(text: str, lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", text, re.S)
 
 
 def commands(block: str) -> list[str]:
@@ -44,7 +40,7 @@ def clone(tmp_path_factory):
 
 def test_quick_start_as_written(clone):
     qs = section("Quick start")
-    sh, text = blocks(qs, "sh"), blocks(qs, "text")
+    sh, text = code_blocks(qs, "sh"), code_blocks(qs, "text")
     setup = commands(sh[0])
     assert setup[0] == "make run" and setup[1] == "make test", setup
     ready_shown = text[0].strip()
