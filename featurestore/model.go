@@ -7,7 +7,6 @@ import (
 	"hash/maphash"
 	"math"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -288,7 +287,9 @@ func (r *neighborRecord) appendTo(b []byte) []byte {
 
 func (r *neighborRecord) decode(b []byte) error {
 	d := decoder{b: b}
-	d.modelVersion()
+	if v := d.byte(); v != modelVersion && v != neighborDeltaVersion {
+		return ErrCorrupt
+	}
 	r.LogMass = d.f64()
 	n := d.uvarint()
 	if n > 2000 {
@@ -419,8 +420,12 @@ type models struct {
 
 	users     *lru.Cache[string, *userModel]
 	items     *lru.Cache[string, *itemModel]
-	neighbors *lru.Cache[string, *neighborRecord]
+	neighbors *lru.Cache[string, *pairRecord]
 	meta      *modelMeta
+	// handles and names intern the item ids of the writer's neighbour
+	// records (pairs.go); Apply alone uses them.
+	handles map[string]int32
+	names   []string
 
 	// table holds every item's MF factors by Seq, for scoring the whole
 	// catalogue and drawing uniform negatives without a Pebble read.
@@ -444,21 +449,26 @@ type models struct {
 type modelBatch struct {
 	users     map[string]*userModel
 	items     map[string]*itemModel
-	neighbors map[string]*neighborRecord
+	neighbors map[string]*pairRecord
 	meta      *modelMeta
 	newSeq    map[int64]string // items created by the batch, by Seq
 	// itemRecs are the item feature records the batch has loaded (with
 	// the batch's earlier events applied).
 	itemRecs map[string]*itemState
+	// newUsers and newItems are the entities without a feature record
+	// before the batch: they have no model records either (models are
+	// created and expired with the feature records), so none are read.
+	newUsers, newItems map[string]bool
 }
 
 func newModels(opts ModelOptions, cacheEntries int) *models {
 	m := &models{opts: opts, decayMS: float64(opts.DecayHalfLife.Milliseconds()), pairMS: float64(opts.PairHalfLife.Milliseconds())}
 	m.users, _ = lru.New[string, *userModel](cacheEntries)
 	m.items, _ = lru.New[string, *itemModel](cacheEntries)
-	// Neighbour records are the largest (up to 150 pairs and their index,
-	// about 20 KB decoded): a quarter as many keep the heap in check.
-	m.neighbors, _ = lru.New[string, *neighborRecord](max(1024, cacheEntries/4))
+	// Neighbour records are the largest: up to 1.5 × Neighbors pairs of
+	// about 21 bytes each in the writer's form (pairs.go).
+	m.neighbors, _ = lru.New[string, *pairRecord](cacheEntries)
+	m.handles = make(map[string]int32)
 	m.table.idx = make(map[string]int32)
 	m.seed = maphash.MakeSeed()
 	return m
@@ -562,7 +572,8 @@ func splitmix(x uint64) uint64 {
 func (s *Store) newModelBatch() *modelBatch {
 	return &modelBatch{
 		users: make(map[string]*userModel), items: make(map[string]*itemModel),
-		neighbors: make(map[string]*neighborRecord), meta: s.models.meta, newSeq: make(map[int64]string),
+		neighbors: make(map[string]*pairRecord), meta: s.models.meta, newSeq: make(map[int64]string),
+		newUsers: make(map[string]bool), newItems: make(map[string]bool),
 	}
 }
 
@@ -571,7 +582,9 @@ func (s *Store) userModelFor(mb *modelBatch, id string) (*userModel, error) {
 		return u, nil
 	}
 	u, ok := s.models.users.Get(id)
-	if !ok {
+	if !ok && mb.newUsers[id] {
+		u = new(userModel)
+	} else if !ok {
 		var err error
 		if u, _, err = s.readUserModel(id); err != nil {
 			return nil, err
@@ -601,7 +614,9 @@ func (s *Store) loadItemModel(mb *modelBatch, id string, create bool) (*itemMode
 	if !ok {
 		var found bool
 		var err error
-		if it, found, err = s.readItemModel(id); err != nil {
+		if mb.newItems[id] {
+			it = new(itemModel)
+		} else if it, found, err = s.readItemModel(id); err != nil {
 			return nil, err
 		}
 		if !found {
@@ -617,16 +632,21 @@ func (s *Store) loadItemModel(mb *modelBatch, id string, create bool) (*itemMode
 	return it, nil
 }
 
-func (s *Store) neighborsFor(mb *modelBatch, id string) (*neighborRecord, error) {
+// neighborsFor returns item id's neighbour record as of the batch, in the
+// writer's form.
+func (s *Store) neighborsFor(mb *modelBatch, id string) (*pairRecord, error) {
 	if r, ok := mb.neighbors[id]; ok {
 		return r, nil
 	}
 	r, ok := s.models.neighbors.Get(id)
-	if !ok {
-		var err error
-		if r, err = s.readNeighbors(id); err != nil {
+	if !ok && mb.newItems[id] {
+		r = &pairRecord{LogMass: math.Inf(-1)}
+	} else if !ok {
+		nr, err := s.readNeighbors(id)
+		if err != nil {
 			return nil, err
 		}
+		r = s.models.pairsFrom(nr)
 	}
 	mb.neighbors[id] = r
 	return r, nil
@@ -870,6 +890,7 @@ func (s *Store) pairWithHistory(mb *modelBatch, ev *Event, um *userModel) error 
 	logW := s.logWeight[ev.Behavior]
 	self.LogMass = logAddExp2(self.LogMass, logW+fwd)
 	self.dirty = true
+	selfH := m.intern(ev.ItemID)
 	damp := -0.5 * math.Log2(o.UserAlpha+float64(um.Events))
 	paired := 0
 	for _, h := range um.History {
@@ -890,48 +911,10 @@ func (s *Store) pairWithHistory(mb *modelBatch, ev *Event, um *userModel) error 
 			return err
 		}
 		lw := 0.5*(logW+s.logWeight[h.Behavior]) + damp - gap/m.pairMS + fwd
-		addPair(self, h.Item, lw, other.LogMass, o.Neighbors)
-		addPair(other, ev.ItemID, lw, self.LogMass, o.Neighbors)
+		self.add(m.intern(h.Item), lw, other.LogMass, o.Neighbors, m.names)
+		other.add(selfH, lw, self.LogMass, o.Neighbors, m.names)
 	}
 	return nil
-}
-
-// addPair adds weight 2^logW to r's pair with id (whose mass is
-// 2^logMass). When r holds more than keep pairs plus half as many again,
-// it prunes back to keep, dropping the weakest (their evidence is lost, as
-// in space-saving top-k sketches); pruning in bulk keeps the cost per pair
-// constant.
-func addPair(r *neighborRecord, id string, logW, logMass float64, keep int) {
-	r.dirty = true
-	if i := r.find(id); i >= 0 {
-		r.List[i].LogC = logAddExp2(r.List[i].LogC, logW)
-		r.List[i].LogMass = logMass
-		return
-	}
-	r.List = append(r.List, neighbor{ID: id, LogC: logW, LogMass: logMass})
-	r.index[id] = len(r.List) - 1
-	if len(r.List) > keep+keep/2 {
-		r.prune(keep)
-	}
-}
-
-// prune keeps the keep strongest pairs. Strength is log2 of the
-// co-occurrence over the partner's root mass, which orders pairs as the
-// similarity does (up to the shrinkage) without leaving log space.
-func (r *neighborRecord) prune(keep int) {
-	strength := func(n *neighbor) float64 { return n.LogC - n.LogMass/2 }
-	slices.SortFunc(r.List, func(a, b neighbor) int {
-		sa, sb := strength(&a), strength(&b)
-		switch {
-		case sa > sb:
-			return -1
-		case sa < sb:
-			return 1
-		}
-		return strings.Compare(a.ID, b.ID)
-	})
-	r.List = r.List[:keep]
-	r.index = nil
 }
 
 // sim is the similarity of r's item with n as of the decay reference fwd
@@ -962,8 +945,16 @@ func (s *Store) flushModels(b *pebble.Batch, mb *modelBatch) error {
 		if !r.dirty {
 			continue // loaded to score, not changed
 		}
-		buf = r.appendTo(buf[:0])
-		if err := b.Set(neighborKey(id), buf, nil); err != nil {
+		// A pruned record is written whole; otherwise only what the batch
+		// changed, merged into the stored record (pairs.go).
+		buf = r.appendTo(buf[:0], s.models.names, !r.full)
+		var err error
+		if r.full {
+			err = b.Set(neighborKey(id), buf, nil)
+		} else {
+			err = b.Merge(neighborKey(id), buf, nil)
+		}
+		if err != nil {
 			return err
 		}
 	}
@@ -992,9 +983,9 @@ func (s *Store) commitModels(mb *modelBatch) {
 	}
 	for id, r := range mb.neighbors {
 		if r.dirty {
-			r.dirty = false
+			r.committed()
 			m.neighbors.Add(id, r)
-		} else if _, cached := m.neighbors.Peek(id); !cached && len(r.List) > 0 {
+		} else if _, cached := m.neighbors.Peek(id); !cached && len(r.P) > 0 {
 			m.neighbors.Add(id, r) // a committed record, read for scoring
 		}
 	}

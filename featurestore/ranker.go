@@ -158,6 +158,8 @@ type rankContext struct {
 	// histW their recency and behavior weights.
 	hist  []*neighborRecord
 	histW []float64
+	// whist replaces hist when the writer trains: its own records.
+	whist []*pairRecord
 	fwd   float64
 	// i2i sums, per candidate item, the recency- and behavior-weighted
 	// similarity to the user's history items; built only for serving
@@ -207,17 +209,19 @@ func (s *Store) rankContextAt(mb *modelBatch, um *userModel, urec *UserRecord, n
 		if i == historyForScoring {
 			break
 		}
-		var r *neighborRecord
-		var err error
 		if mb != nil {
-			r, err = s.neighborsFor(mb, h.Item)
+			r, err := s.neighborsFor(mb, h.Item)
+			if err != nil {
+				return nil, err
+			}
+			ctx.whist = append(ctx.whist, r)
 		} else {
-			r, err = s.readNeighbors(h.Item)
+			r, err := s.readNeighbors(h.Item)
+			if err != nil {
+				return nil, err
+			}
+			ctx.hist = append(ctx.hist, r)
 		}
-		if err != nil {
-			return nil, err
-		}
-		ctx.hist = append(ctx.hist, r)
 		ctx.histW = append(ctx.histW, s.weights[h.Behavior]/s.weights[BehaviorPurchase]*math.Exp2(-math.Max(0, float64(now-h.TS))/s.models.pairMS))
 	}
 	if all {
@@ -259,6 +263,18 @@ func (s *Store) i2iScore(ctx *rankContext, id string) float64 {
 		return ctx.i2i[id]
 	}
 	var sum float64
+	if ctx.whist != nil {
+		h, ok := s.models.handle(id)
+		if !ok {
+			return 0 // in no neighbour record the writer holds
+		}
+		for i, r := range ctx.whist {
+			if j := r.find(h); j >= 0 {
+				sum += r.sim(j, ctx.fwd, s.models.opts.Shrinkage) * ctx.histW[i]
+			}
+		}
+		return sum
+	}
 	for i, r := range ctx.hist {
 		if j := r.find(id); j >= 0 {
 			sum += r.sim(&r.List[j], ctx.fwd, s.models.opts.Shrinkage) * ctx.histW[i]

@@ -172,7 +172,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		FormatMajorVersion: pebble.FormatNewest,
 		Logger:             plog,
 		Merger:             newMerger(opts.SeenLimit),
-		MemTableSize:       32 << 20,
+		MemTableSize:       128 << 20,
 		// The state has no write-ahead log: it is derived from the event
 		// log (or the Kafka topic), which is the durable copy, and its
 		// applied offset lives in the same instance. Memtable flushes are
@@ -483,6 +483,7 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 			}
 			if !found {
 				st.Users++
+				mb.newUsers[ev.UserID] = true // no model records to read
 			}
 			users[ev.UserID] = u
 		}
@@ -499,6 +500,7 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 			}
 			if !found {
 				st.Items++
+				mb.newItems[ev.ItemID] = true
 			}
 			it.rec, it.existed, it.oldPop, it.oldCat = rec, found, rec.Pop, rec.CategoryID
 			items[ev.ItemID] = it

@@ -148,6 +148,9 @@ func newMerger(seenLimit int) *pebble.Merger {
 			case len(key) > 0 && key[0] == prefixSeen:
 				m := &seenMerger{limit: seenLimit}
 				return m, m.MergeNewer(value)
+			case len(key) > 1 && key[0] == 'n' && key[1] == '/':
+				m := &neighborMerger{}
+				return m, m.MergeNewer(value)
 			case len(key) > 0 && (key[0] == 't' || key[0] == 'h'):
 			default:
 				return nil, fmt.Errorf("featurestore: merge on key %q, which is not a tile", key)

@@ -1,0 +1,221 @@
+package featurestore
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"slices"
+	"strings"
+)
+
+// The writer's form of the item-item co-occurrence state, and how it
+// reaches Pebble.
+//
+// Apply keeps the neighbour records it works on as pairRecords: partners
+// are interned handles (int32) rather than strings, in three parallel
+// slices scanned linearly (a record holds at most 1.5 × Neighbors pairs),
+// so a record costs about 20 bytes a pair instead of a decoded string list
+// with its index map, and the writer's cache holds as many records as it
+// holds user and item records. Handles are local to the process: Pebble
+// and every reader see item ids, so results never depend on them.
+//
+// A batch writes only what it changed: a delta (version 2: the record's
+// new mass and the pairs the batch touched, with their new values) as a
+// Pebble merge operand, or the whole record (version 1) as a Set when the
+// batch pruned it (a delta cannot remove pairs). The merge operator folds
+// a base and its deltas in order (the newest value of each pair wins, new
+// pairs are appended), so a read, a compaction or a reload sees the record
+// the writer holds. Both versions have the same layout; readers decode
+// either.
+
+const neighborDeltaVersion = 2
+
+// pairRecord is one item's neighbour record in the writer's form.
+type pairRecord struct {
+	LogMass float64
+	P       []int32   // partner handles (models.names)
+	C       []float64 // log2 of the decayed co-occurrence (neighbor.LogC)
+	M       []float64 // log2 of the partner's mass at the last update (neighbor.LogMass)
+	ch      []bool    // pairs changed by the batch in flight
+	// dirty marks a record the batch changed; full, one it must write
+	// whole (it was pruned).
+	dirty, full bool
+}
+
+// intern returns the handle of item id, creating it.
+func (m *models) intern(id string) int32 {
+	if h, ok := m.handles[id]; ok {
+		return h
+	}
+	h := int32(len(m.names))
+	m.handles[id] = h
+	m.names = append(m.names, id)
+	return h
+}
+
+// handle returns the handle of item id, if it has one.
+func (m *models) handle(id string) (int32, bool) {
+	h, ok := m.handles[id]
+	return h, ok
+}
+
+// pairsFrom converts a committed neighbour record.
+func (m *models) pairsFrom(r *neighborRecord) *pairRecord {
+	p := &pairRecord{LogMass: r.LogMass}
+	n := len(r.List)
+	p.P, p.C, p.M, p.ch = make([]int32, n), make([]float64, n), make([]float64, n), make([]bool, n)
+	for i := range r.List {
+		p.P[i], p.C[i], p.M[i] = m.intern(r.List[i].ID), r.List[i].LogC, r.List[i].LogMass
+	}
+	return p
+}
+
+func (r *pairRecord) find(h int32) int {
+	for i, p := range r.P {
+		if p == h {
+			return i
+		}
+	}
+	return -1
+}
+
+// sim is neighborRecord.sim for pair i.
+func (r *pairRecord) sim(i int, fwd, shrinkage float64) float64 {
+	c := math.Exp2(r.C[i] - fwd)
+	mass := math.Exp2((r.LogMass+r.M[i])/2 - fwd)
+	return c / (mass + shrinkage)
+}
+
+// add adds weight 2^logW to r's pair with h (whose mass is 2^logMass),
+// pruning back to keep pairs when r holds more than keep plus half as many
+// again; names resolves handles for the prune's tie-break.
+func (r *pairRecord) add(h int32, logW, logMass float64, keep int, names []string) {
+	r.dirty = true
+	if i := r.find(h); i >= 0 {
+		r.C[i] = logAddExp2(r.C[i], logW)
+		r.M[i] = logMass
+		r.ch[i] = true
+		return
+	}
+	r.P, r.C, r.M, r.ch = append(r.P, h), append(r.C, logW), append(r.M, logMass), append(r.ch, true)
+	if len(r.P) > keep+keep/2 {
+		r.prune(keep, names)
+	}
+}
+
+// prune keeps the keep strongest pairs, ordered as neighborRecord.prune
+// orders them (strength, then id).
+func (r *pairRecord) prune(keep int, names []string) {
+	idx := make([]int, len(r.P))
+	for i := range idx {
+		idx[i] = i
+	}
+	strength := func(i int) float64 { return r.C[i] - r.M[i]/2 }
+	slices.SortFunc(idx, func(a, b int) int {
+		sa, sb := strength(a), strength(b)
+		switch {
+		case sa > sb:
+			return -1
+		case sa < sb:
+			return 1
+		}
+		return strings.Compare(names[r.P[a]], names[r.P[b]])
+	})
+	idx = idx[:keep]
+	p, c, m := make([]int32, keep), make([]float64, keep), make([]float64, keep)
+	for j, i := range idx {
+		p[j], c[j], m[j] = r.P[i], r.C[i], r.M[i]
+	}
+	r.P, r.C, r.M, r.ch = p, c, m, make([]bool, keep)
+	r.full = true
+}
+
+// appendTo encodes r whole (version 1) or, with delta, its mass and the
+// pairs the batch changed (version 2).
+func (r *pairRecord) appendTo(b []byte, names []string, delta bool) []byte {
+	v := byte(modelVersion)
+	if delta {
+		v = neighborDeltaVersion
+	}
+	e := encoder{b: append(b, v)}
+	e.f64(r.LogMass)
+	n := len(r.P)
+	if delta {
+		n = 0
+		for _, c := range r.ch {
+			if c {
+				n++
+			}
+		}
+	}
+	e.uvarint(uint64(n))
+	for i, h := range r.P {
+		if delta && !r.ch[i] {
+			continue
+		}
+		e.str(names[h])
+		e.f64(r.C[i])
+		e.f64(r.M[i])
+	}
+	return e.b
+}
+
+// committed clears the batch's marks once its writes are committed.
+func (r *pairRecord) committed() {
+	clear(r.ch)
+	r.dirty, r.full = false, false
+}
+
+// neighborMerger folds a neighbour record's operands: an optional base
+// (version 1, only ever the oldest) and deltas (version 2), oldest first.
+type neighborMerger struct {
+	ops [][]byte // oldest first
+}
+
+func (m *neighborMerger) MergeNewer(value []byte) error {
+	m.ops = append(m.ops, slices.Clone(value))
+	return nil
+}
+
+func (m *neighborMerger) MergeOlder(value []byte) error {
+	m.ops = slices.Insert(m.ops, 0, slices.Clone(value))
+	return nil
+}
+
+func (m *neighborMerger) Finish(bool) ([]byte, io.Closer, error) {
+	out, err := foldNeighbors(m.ops)
+	return out, nil, err
+}
+
+// foldNeighbors folds encoded neighbour records, oldest first: the result
+// is a whole record (version 1) when the oldest is one, else a delta.
+func foldNeighbors(ops [][]byte) ([]byte, error) {
+	var acc neighborRecord
+	acc.LogMass = math.Inf(-1)
+	index := map[string]int{}
+	version := byte(neighborDeltaVersion)
+	for k, op := range ops {
+		var r neighborRecord
+		if err := r.decode(op); err != nil {
+			return nil, fmt.Errorf("featurestore: neighbour operand: %w", err)
+		}
+		if op[0] == modelVersion {
+			if k > 0 {
+				return nil, fmt.Errorf("featurestore: neighbour operand: a whole record newer than a delta: %w", ErrCorrupt)
+			}
+			version = modelVersion
+		}
+		acc.LogMass = r.LogMass
+		for _, n := range r.List {
+			if i, ok := index[n.ID]; ok {
+				acc.List[i] = n
+				continue
+			}
+			index[n.ID] = len(acc.List)
+			acc.List = append(acc.List, n)
+		}
+	}
+	b := acc.appendTo(nil)
+	b[0] = version
+	return b, nil
+}
