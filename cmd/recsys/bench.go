@@ -29,16 +29,17 @@ import (
 )
 
 type benchOpts struct {
-	events   int
-	batch    int
-	clients  int
-	duration time.Duration
-	dir      string
-	cpuprof  string
-	readProf string
-	soak     bool
-	soakDays int
-	progress string
+	events    int
+	batch     int
+	clients   int
+	duration  time.Duration
+	dir       string
+	cpuprof   string
+	readProf  string
+	soak      bool
+	soakDays  int
+	applyRuns int
+	progress  string
 }
 
 func benchCmd() *cobra.Command {
@@ -53,6 +54,9 @@ func benchCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.events <= 0 || o.batch <= 0 || o.clients <= 0 || o.duration <= 0 || o.soakDays <= 0 {
 				return usageError{fmt.Errorf("events, batch, clients, duration and soak.days must be positive")}
+			}
+			if o.applyRuns < 0 {
+				return usageError{fmt.Errorf("apply-runs: %d is negative", o.applyRuns)}
 			}
 			if err := checkProgress(o.progress); err != nil {
 				return usageError{err}
@@ -76,6 +80,7 @@ func benchCmd() *cobra.Command {
 	f.StringVar(&o.readProf, "cpuprofile-reads", "", "write a CPU profile of the read phase to this file")
 	f.BoolVar(&o.soak, "soak", false, "instead: stream --events (default 10M here) over --soak.days of event time on the event clock and print bytes on disk per simulated day")
 	f.IntVar(&o.soakDays, "soak.days", 30, "simulated days of the soak")
+	f.IntVar(&o.applyRuns, "apply-runs", 3, "runs of the state-engine benchmark (the events applied straight to a fresh store; the median is printed; 0 skips it)")
 	bindProgress(f, &o.progress)
 	return cmd
 }
@@ -107,15 +112,14 @@ func bench(ctx context.Context, o *benchOpts) error {
 	fmt.Printf("machine: %d cores (GOMAXPROCS %d), %s %s/%s\n", runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 
 	// Generate first so that generation does not count as ingest time.
-	gcfg := synth.Config{Seed: 42, Events: o.events, Start: time.Now().Add(-7 * 24 * time.Hour), Span: 7 * 24 * time.Hour}
-	gen, err := synth.New(gcfg)
+	evs, gcfg, err := benchEvents(o.events)
 	if err != nil {
 		return err
 	}
-	gcfg.EnsureDefaults()
-	evs := make([]*recsysv1.Event, 0, o.events)
-	for ev, ok := gen.Next(); ok; ev, ok = gen.Next() {
-		evs = append(evs, &recsysv1.Event{UserId: ev.UserID, ItemId: ev.ItemID, CategoryId: ev.CategoryID, Behavior: ev.Behavior, Ts: ev.TS})
+	if o.applyRuns > 0 {
+		if err := benchApply(ctx, o, evs); err != nil {
+			return err
+		}
 	}
 
 	eng, err := openEngine(dir, storeConfig{Clock: "wall"}, ingestConfig{lateness: time.Hour, futureSkew: 5 * time.Minute}, logger, nil)
