@@ -314,13 +314,27 @@ type DedupStats struct {
 	// Beyond counts the derived ids since open that were older than the
 	// DedupWindow behind the newest event time, applied as new.
 	Beyond int64
+	// DerivedDiskBytes and ClientDiskBytes estimate the flushed dedup keys
+	// on disk (w and e keys).
+	DerivedDiskBytes, ClientDiskBytes uint64
 }
 
-// DedupStats returns the sizes of the dedup filters.
+// DedupStats returns the sizes of the dedup filters and keys.
 func (s *Store) DedupStats() DedupStats {
 	s.applyMu.Lock()
 	defer s.applyMu.Unlock()
-	d := DedupStats{ClientIDs: uint64(s.dd.client.n), ClientBytes: uint64(s.dd.client.f.Cap()+63) / 64 * 8, Hours: len(s.dd.hours), Beyond: s.dd.beyond}
+	if err := s.acquire(); err != nil {
+		return DedupStats{}
+	}
+	defer s.release()
+	var err1, err2 error
+	var d DedupStats
+	d.DerivedDiskBytes, err1 = s.db.EstimateDiskUsage(prefixDerived, prefixEnd(prefixDerived))
+	d.ClientDiskBytes, err2 = s.db.EstimateDiskUsage(prefixDedup, prefixEnd(prefixDedup))
+	if err1 != nil || err2 != nil {
+		d.DerivedDiskBytes, d.ClientDiskBytes = 0, 0
+	}
+	d = DedupStats{DerivedDiskBytes: d.DerivedDiskBytes, ClientDiskBytes: d.ClientDiskBytes, ClientIDs: uint64(s.dd.client.n), ClientBytes: uint64(s.dd.client.f.Cap()+63) / 64 * 8, Hours: len(s.dd.hours), Beyond: s.dd.beyond}
 	for _, h := range s.dd.hours {
 		d.DerivedIDs += uint64(h.n)
 		d.DerivedBytes += h.bytes()
