@@ -51,7 +51,16 @@ type Event struct {
 	CategoryID string
 	Behavior   Behavior
 	TS         int64 // event time, Unix milliseconds
+	// Derived says that ID is DerivedIDPrefix and the hex of 128 bits of a
+	// hash of the other fields, time included (updater.Normalize sets it):
+	// a resend has the same time, so its dedup state is kept only around
+	// the watermark (see dedup.go). Other ids are kept for the dedup
+	// horizon.
+	Derived bool
 }
+
+// DerivedIDPrefix starts the ids derived from an event's content.
+const DerivedIDPrefix = "h:"
 
 // Entry is an event at its position in the log.
 type Entry struct {

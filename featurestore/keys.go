@@ -3,6 +3,7 @@ package featurestore
 import (
 	"encoding/binary"
 	"math"
+	"strings"
 )
 
 // Key layout. Every key starts with a one-letter prefix and a slash; ids
@@ -10,7 +11,8 @@ import (
 //
 //	m/applied                          offset one past the last applied log entry (8 bytes BE)
 //	m/stats                            counters: events, duplicates, users, items, max event time
-//	e<day><event_id>                   dedup marker; value: log offset (8 bytes BE); day of the event time (4 bytes BE)
+//	e<day><event_id>                   dedup marker of a client id; value: log offset (8 bytes BE); day of the event time (4 bytes BE)
+//	w<hour><hash>                      dedup marker of a derived id: hour of the event time (4 bytes BE), the id's 16 bytes; empty value
 //	t<day><res><kind><id>\x00<start>   tile: res c (1 h): behavior counts; res f (5 min): the events (offset, behavior)
 //	h<day><hour><category>\x00<item>   hourly item counts per category ("" for all items)
 //	u/<user_id>                        UserRecord
@@ -24,11 +26,12 @@ const (
 )
 
 var (
-	prefixDedup  = []byte("e")
-	prefixUser   = []byte("u/")
-	prefixItem   = []byte("i/")
-	prefixBought = []byte("b/")
-	prefixPop    = []byte("p/")
+	prefixDedup   = []byte("e")
+	prefixDerived = []byte("w")
+	prefixUser    = []byte("u/")
+	prefixItem    = []byte("i/")
+	prefixBought  = []byte("b/")
+	prefixPop     = []byte("p/")
 )
 
 func makeKey(prefix []byte, parts ...string) []byte {
@@ -54,6 +57,42 @@ func dedupKey(ts int64, id string) []byte {
 	k = append(k, prefixDedup...)
 	k = binary.BigEndian.AppendUint32(k, dayOf(ts))
 	return append(k, id...)
+}
+
+// hourOf is the hour of ts (hours since the epoch).
+func hourOf(ts int64) uint32 { return uint32(floorTo(ts, coarseTile) / coarseTile) }
+
+// derivedKey is the dedup key of a derived id (DerivedIDPrefix and 32 hex
+// digits) of an event at ts: bucketed by the hour of the event time, so
+// that the keys expire an hour at a time soon after the watermark passes.
+// ok is false if id is not in the derived form.
+func derivedKey(ts int64, id string) (k []byte, ok bool) {
+	hexID, found := strings.CutPrefix(id, DerivedIDPrefix)
+	if !found || len(hexID) != 32 {
+		return nil, false
+	}
+	k = make([]byte, 0, 5+16)
+	k = append(k, prefixDerived...)
+	k = binary.BigEndian.AppendUint32(k, hourOf(ts))
+	for i := 0; i < len(hexID); i += 2 {
+		hi, ok1 := unhex(hexID[i])
+		lo, ok2 := unhex(hexID[i+1])
+		if !ok1 || !ok2 {
+			return nil, false
+		}
+		k = append(k, hi<<4|lo)
+	}
+	return k, true
+}
+
+func unhex(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	}
+	return 0, false
 }
 
 // hourKey is the key of item's count in category's hour starting at hour.

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/axiomhq/hyperloglog"
-	idbloom "github.com/bits-and-blooms/bloom/v3"
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -38,10 +37,22 @@ type Options struct {
 	Clock string
 	// Now is the wall clock; tests replace it. Default time.Now.
 	Now func() time.Time
-	// DedupHorizon is how long an event id is remembered: a resend within
-	// it is applied once. Default 7 days. (A resend older than the allowed
-	// lateness is rejected as late before it reaches the store.)
+	// DedupHorizon is how long a client-supplied event id is remembered: a
+	// resend within it is applied once. Default 7 days. (A resend older than
+	// the allowed lateness is rejected as late before it reaches the store.)
 	DedupHorizon time.Duration
+	// AllowedLateness is the source's: how far behind the newest event
+	// time an event may arrive. The in-memory filters of derived ids
+	// cover the hours from the one holding the newest applied event time
+	// minus AllowedLateness minus 1h on (see dedup.go). Default 1h.
+	AllowedLateness time.Duration
+	// DedupWindow is how long behind the newest applied event time the
+	// dedup keys of derived ids (Event.Derived) are kept; a derived id
+	// older than that is applied as new. Default DedupHorizon, safe with
+	// any source (a Kafka partition may lag the others by any time). The
+	// embedded log sets AllowedLateness + 1h: its ingest rejects older
+	// events in log order. At least AllowedLateness + 1h.
+	DedupWindow time.Duration
 	// RecordCacheEntries bounds the writer's cache of decoded user and item
 	// records (each LRU holds this many). Default: 131072.
 	RecordCacheEntries int
@@ -86,6 +97,13 @@ func (o *Options) EnsureDefaults() {
 	if o.DedupHorizon <= 0 {
 		o.DedupHorizon = 7 * 24 * time.Hour
 	}
+	if o.AllowedLateness <= 0 {
+		o.AllowedLateness = time.Hour
+	}
+	if o.DedupWindow <= 0 {
+		o.DedupWindow = o.DedupHorizon
+	}
+	o.DedupWindow = max(o.DedupWindow, o.AllowedLateness+time.Hour)
 	if o.RecordCacheEntries <= 0 {
 		o.RecordCacheEntries = 128 << 10
 	}
@@ -138,10 +156,10 @@ type Store struct {
 	// Apply need not read them back from Pebble. Only Apply touches them.
 	users *lru.Cache[string, *UserRecord]
 	items *lru.Cache[string, *ItemRecord]
-	// ids is an in-memory Bloom filter over every applied event id. A new
-	// id (the common case) is known to be new without a Pebble lookup; a
-	// "maybe" is settled by Pebble. Only Apply touches it.
-	ids *idFilter
+	// dd holds the in-memory Bloom filters over applied event ids (see
+	// dedup.go). A new id (the common case) is known to be new without a
+	// Pebble lookup; a "maybe" is settled by Pebble. Only Apply touches it.
+	dd *dedup
 	// models is the state of the incremental models; see model.go.
 	models       *models
 	modelsFrozen atomic.Bool
@@ -228,7 +246,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		cache.Unref()
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
-	if err := s.rebuildIDFilter(uint(s.mu.stats.Events)); err != nil {
+	if err := s.openDedup(); err != nil {
 		_ = db.Close()
 		cache.Unref()
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
@@ -427,7 +445,7 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 	defer b.Close()
 	users := make(map[string]*UserRecord)
 	items := make(map[string]*itemState)
-	seen := make(map[string]struct{})
+	ids := newBatchIDs()
 	tiles := newTileBatch()
 	seenB := newSeenBatch(s.opts.SeenLimit)
 	mb := s.newModelBatch()
@@ -448,27 +466,18 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 			return ApplyResult{}, fmt.Errorf("apply: entry offset %d is not below end %d", en.Offset, end)
 		}
 		ev := &en.Event
-		if _, dup := seen[ev.ID]; dup {
+		dk, dv, dup, err := s.dedupEvent(ev, en.Offset, st.MaxTS, ids)
+		if err != nil {
+			return ApplyResult{}, fmt.Errorf("apply: %w", err)
+		}
+		if dup {
 			res.Duplicates++
 			continue
 		}
-		dk := dedupKey(ev.TS, ev.ID)
-		if s.ids.f.TestString(ev.ID) {
-			dup, err := s.seenID(ev.ID, ev.TS)
-			if err != nil {
-				return ApplyResult{}, fmt.Errorf("apply: %w", err)
+		if dk != nil {
+			if err := b.Set(dk, dv, nil); err != nil {
+				return ApplyResult{}, err
 			}
-			if dup {
-				res.Duplicates++
-				continue
-			}
-		} else {
-			s.ids.f.AddString(ev.ID)
-			s.ids.n++
-		}
-		seen[ev.ID] = struct{}{}
-		if err := b.Set(dk, binary.BigEndian.AppendUint64(nil, en.Offset), nil); err != nil {
-			return ApplyResult{}, err
 		}
 
 		u, ok := users[ev.UserID]
@@ -568,6 +577,9 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 			return ApplyResult{}, err
 		}
 	}
+	if err := s.rotateDedup(b, st.MaxTS); err != nil {
+		return ApplyResult{}, err
+	}
 	// The log is the durable copy; state is rebuilt from it after a crash,
 	// so the state commit need not wait for fsync.
 	if err := s.plog.Guard(func() error { return b.Commit(pebble.NoSync) }); err != nil {
@@ -584,13 +596,7 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 	s.mu.Lock()
 	s.mu.stats = st
 	s.mu.Unlock()
-	if s.ids.n > s.ids.capacity {
-		// The batch is committed; a failed rebuild only keeps the full
-		// filter, whose false positives cost lookups, never correctness.
-		if err := s.rebuildIDFilter(s.ids.n); err != nil {
-			s.logger.Warn("cannot rebuild the event id filter; keeping the old one", "err", err)
-		}
-	}
+	s.commitDedup(st.MaxTS)
 	return res, nil
 }
 
@@ -724,47 +730,6 @@ func (s *Store) Failed() error { return s.plog.Failed() }
 
 // Definitions returns the views the store serves.
 func (s *Store) Definitions() *Definitions { return s.defs }
-
-// idFilter is a Bloom filter sized for capacity ids holding about n.
-type idFilter struct {
-	f           *idbloom.BloomFilter
-	n, capacity uint
-}
-
-// rebuildIDFilter sizes a new filter for twice n ids (at least 1 Mi) and
-// fills it from the dedup keys in Pebble.
-func (s *Store) rebuildIDFilter(n uint) error {
-	capacity := max(2*n, 1<<20)
-	f := &idFilter{f: idbloom.NewWithEstimates(capacity, 0.01), capacity: capacity}
-	iter, err := s.db.NewIter(&pebble.IterOptions{LowerBound: prefixDedup, UpperBound: prefixEnd(prefixDedup)})
-	if err != nil {
-		return err
-	}
-	for iter.First(); iter.Valid(); iter.Next() {
-		f.f.Add(iter.Key()[len(prefixDedup)+4:])
-		f.n++
-	}
-	if err := errors.Join(iter.Error(), iter.Close()); err != nil {
-		return fmt.Errorf("rebuild id filter: %w", err)
-	}
-	s.ids = f
-	return nil
-}
-
-// seenID reports whether id was applied with an event time within the
-// dedup horizon of ts. Dedup keys are bucketed by the day of their event
-// time (so that they expire by range deletes), so an id reused with
-// another time is looked up in every day of the horizon around ts.
-func (s *Store) seenID(id string, ts int64) (bool, error) {
-	h := s.opts.DedupHorizon.Milliseconds()
-	for day := dayOf(ts - h); day <= dayOf(ts+h); day++ {
-		ok, err := s.has(dedupKey(int64(day)*dayMS, id))
-		if err != nil || ok {
-			return ok, err
-		}
-	}
-	return false, nil
-}
 
 // encodeStats is the value of keyStats.
 func encodeStats(st *Stats) []byte {

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -144,8 +145,12 @@ func Normalize(ev *recsysv1.Event, now time.Time, maxSkew time.Duration) (featur
 		Behavior:   b,
 		TS:         ev.Ts,
 	}
+	// An id in the derived form (from the log, or from Kafka records this
+	// server published) counts as derived only if it is the content's.
 	if out.ID == "" {
-		out.ID = DeriveID(&out)
+		out.ID, out.Derived = DeriveID(&out), true
+	} else if len(out.ID) == derivedIDLen && strings.HasPrefix(out.ID, featurestore.DerivedIDPrefix) {
+		out.Derived = out.ID == DeriveID(&out)
 	}
 	return out, nil
 }
@@ -162,8 +167,11 @@ func DeriveID(ev *featurestore.Event) string {
 	}
 	h.Write(n[:binary.PutVarint(n[:], ev.TS)])
 	var sum [sha256.Size]byte
-	return "h:" + hex.EncodeToString(h.Sum(sum[:0])[:16])
+	return featurestore.DerivedIDPrefix + hex.EncodeToString(h.Sum(sum[:0])[:16])
 }
+
+// derivedIDLen is the length of a derived id: the prefix and 32 hex digits.
+const derivedIDLen = len(featurestore.DerivedIDPrefix) + 32
 
 func truncate(s string) string {
 	if len(s) > 64 {

@@ -244,3 +244,30 @@ func TestLogFormRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// An event is Derived when its id is the hash of its content: absent (and
+// derived here), or sent in the derived form by the log or a Kafka record.
+// An id that only looks derived is the client's.
+func TestNormalizeDerived(t *testing.T) {
+	ev := validEvent()
+	ev.EventId = ""
+	norm, ferr := Normalize(ev, testNow, testSkew)
+	if ferr != nil || !norm.Derived {
+		t.Fatalf("Normalize without id = %+v, %v; want Derived", norm, ferr)
+	}
+	for _, tc := range []struct {
+		id      string
+		derived bool
+	}{
+		{norm.ID, true},
+		{"h:" + strings.Repeat("0", 32), false},
+		{"h:x", false},
+		{"client-1", false},
+	} {
+		ev.EventId = tc.id
+		got, ferr := Normalize(ev, testNow, testSkew)
+		if ferr != nil || got.Derived != tc.derived || got.ID != tc.id {
+			t.Errorf("Normalize(event_id %q) = %+v, %v; want Derived %v", tc.id, got, ferr, tc.derived)
+		}
+	}
+}

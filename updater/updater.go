@@ -180,7 +180,9 @@ func newMetrics(reg prometheus.Registerer) metrics {
 // New returns an Updater over log and store. Call Run to apply.
 func New(log *eventlog.Log, store *featurestore.Store, opts Options) *Updater {
 	opts.ensureDefaults()
-	u := &Updater{log: log, store: store, opts: opts, maxTS: store.Stats().MaxTS, m: newMetrics(opts.Registerer)}
+	// The newest event time accepted is that of the log (whose tail may
+	// not be applied yet) or of the store (fed by another log before).
+	u := &Updater{log: log, store: store, opts: opts, maxTS: max(store.Stats().MaxTS, log.Mark()), m: newMetrics(opts.Registerer)}
 	u.mu.applied = make(chan struct{})
 	return u
 }
@@ -250,6 +252,18 @@ func (u *Updater) Ingest(ctx context.Context, events []*recsysv1.Event, index []
 		}
 		recs = append(recs, rec)
 	}
+	// The log takes the records in the order of this lock, so every event
+	// in it is within the lateness of every event before it (the store
+	// keeps the dedup state of derived ids only that long); the mark keeps
+	// the newest accepted time across a restart.
+	var pending *eventlog.Pending
+	if len(recs) > 0 {
+		var err error
+		if pending, err = u.log.Enqueue(ctx, recs, u.maxTS); err != nil {
+			u.ingestMu.Unlock()
+			return IngestResult{}, fmt.Errorf("ingest: %w", err)
+		}
+	}
 	u.ingestMu.Unlock()
 	for _, r := range res.Rejected {
 		u.m.events.WithLabelValues("rejected", r.Code).Inc()
@@ -268,7 +282,7 @@ func (u *Updater) Ingest(ctx context.Context, events []*recsysv1.Event, index []
 		res.End = u.log.End()
 		return res, nil
 	}
-	first, err := u.log.Append(ctx, recs)
+	first, err := pending.Wait(ctx)
 	if err != nil {
 		if errors.Is(err, syscall.ENOSPC) {
 			err = errors.Join(ErrDiskFull, err)

@@ -620,3 +620,27 @@ func TestLogTruncatedAcrossRestarts(t *testing.T) {
 		t.Fatalf("log offsets after three daily runs: %v, want [2] (offsets 0 and 1 truncated)", offs)
 	}
 }
+
+// The watermark survives a restart whose log tail is not applied yet: the
+// log keeps the newest accepted event time with the records, so an event
+// the first run would have refused as late is refused after it too (the
+// store keeps derived ids only for the lateness).
+func TestWatermarkAcrossRestart(t *testing.T) {
+	checkGoroutines(t)
+	early := testTS - 5*3600_000
+	fs := vfs.NewMem()
+	e := openEnv(t, fs, Options{})
+	e.ingest(t, []*recsysv1.Event{mkEvent("", "u", "i", "c", "view", early), mkEvent("", "u", "j", "c", "view", testTS)}, nil)
+	e.close()
+	e = openEnv(t, fs, Options{})
+	if e.store.AppliedOffset() != 0 || e.log.Mark() != testTS {
+		t.Fatalf("after restart: applied %d, log mark %d; want 0, %d", e.store.AppliedOffset(), e.log.Mark(), testTS)
+	}
+	if maxTS, _ := e.u.Watermark(); maxTS != testTS {
+		t.Errorf("newest event time after restart = %d, want %d", maxTS, testTS)
+	}
+	res := e.ingest(t, []*recsysv1.Event{mkEvent("", "u", "i", "c", "view", early)}, nil)
+	if len(res.Rejected) != 1 || res.Rejected[0].Code != CodeLate {
+		t.Errorf("resend 5h behind after restart = %+v, want rejected as late", res)
+	}
+}

@@ -174,6 +174,7 @@ func bench(ctx context.Context, o *benchOpts) error {
 	state, logBytes := dirBytes(filepath.Join(dir, "state")), dirBytes(filepath.Join(dir, "log"))
 	fmt.Printf("  on disk: state %.1f MiB, log %.1f MiB; %d active users + %d active items: %.0f state bytes per entity\n",
 		float64(state)/(1<<20), float64(logBytes)/(1<<20), st.Users, st.Items, float64(state)/float64(st.Users+st.Items))
+	printDedup(eng.store.DedupStats())
 
 	srv := serving.New(eng.store, eng.upd, serving.Options{Logger: logger})
 	handler, err := srv.HTTPHandler(ctx)
@@ -371,7 +372,7 @@ func soak(ctx context.Context, o *benchOpts) error {
 	go func() { updDone <- eng.upd.Run(uctx) }()
 	fmt.Printf("soak: %d events over %d days of event time, %d users, %d items, TTL %s, %d cores\n",
 		o.events, o.soakDays, gcfg.Users, gcfg.Items, featurestore.FormatDuration(featurestore.UserView.TTL), runtime.NumCPU())
-	fmt.Println("  day   events     state MiB   log MiB   users    items    events/s")
+	fmt.Println("  day   events     state MiB   log MiB   users    items    events/s  dedup filter KiB  dedup keys MiB")
 	start := time.Now()
 	day := gcfg.Start.UnixMilli() / 86_400_000
 	total := 0
@@ -383,10 +384,11 @@ func soak(ctx context.Context, o *benchOpts) error {
 		if err := eng.store.Flush(); err != nil {
 			return err
 		}
-		st := eng.store.Stats()
-		fmt.Printf("  %3d %9d %11.1f %9.1f %8d %8d %10.0f\n", day-gcfg.Start.UnixMilli()/86_400_000+1, total,
+		st, dd := eng.store.Stats(), eng.store.DedupStats()
+		fmt.Printf("  %3d %9d %11.1f %9.1f %8d %8d %10.0f %17.0f %15.1f\n", day-gcfg.Start.UnixMilli()/86_400_000+1, total,
 			float64(dirBytes(filepath.Join(dir, "state")))/(1<<20), float64(dirBytes(filepath.Join(dir, "log")))/(1<<20),
-			st.Users, st.Items, float64(total)/time.Since(start).Seconds())
+			st.Users, st.Items, float64(total)/time.Since(start).Seconds(),
+			float64(dd.DerivedBytes+dd.ClientBytes)/(1<<10), float64(dd.DerivedDiskBytes+dd.ClientDiskBytes)/(1<<20))
 		return nil
 	}
 	flush := func() error {
@@ -471,4 +473,19 @@ func pct(lat []time.Duration, q float64) float64 {
 	slices.Sort(lat)
 	i := min(int(q*float64(len(lat))), len(lat)-1)
 	return float64(lat[i].Microseconds()) / 1000
+}
+
+// printDedup prints what deduplication holds: the derived ids in memory
+// (the lateness plus one to two hours of event time) with their filter
+// bytes per id, the client ids (kept for the dedup horizon), and the keys
+// on disk.
+func printDedup(d featurestore.DedupStats) {
+	per := func(b, n uint64) float64 {
+		if n == 0 {
+			return 0
+		}
+		return float64(b) / float64(n)
+	}
+	fmt.Printf("  dedup: %d derived ids in memory (%d hours of event time): %.2f filter bytes per id, %.1f bytes of keys on disk per id; %d client ids: %.2f filter bytes per id\n",
+		d.DerivedIDs, d.Hours, per(d.DerivedBytes, d.DerivedIDs), per(d.DerivedDiskBytes, d.DerivedIDs), d.ClientIDs, per(d.ClientBytes, d.ClientIDs))
 }

@@ -22,6 +22,9 @@ import (
 type ingestConfig struct {
 	lateness, futureSkew time.Duration
 	minFree              uint64 // bytes; 0: no free-space check
+	// kafka: the topic is the source (its watermarks are per partition),
+	// not the embedded log.
+	kafka bool
 }
 
 // engine is the stateful core of a data dir: the event log, the store and
@@ -56,7 +59,16 @@ func openEngine(dir string, sc storeConfig, ing ingestConfig, logger *slog.Logge
 		_ = lock.Close()
 		return nil, err
 	}
-	st, err := featurestore.Open(filepath.Join(dir, "state"), featurestore.Options{Logger: logger, Definitions: defs, Clock: sc.Clock, DedupHorizon: sc.DedupHorizon, Models: sc.Models.options()})
+	so := featurestore.Options{Logger: logger, Definitions: defs, Clock: sc.Clock, DedupHorizon: sc.DedupHorizon, AllowedLateness: ing.lateness, Models: sc.Models.options()}
+	if !ing.kafka {
+		// The log holds only events within the lateness of every event
+		// before them (ingest checks in log order), so a resend of a
+		// derived id older than that never reaches the store. Kafka's
+		// watermarks are per partition, and a partition can lag the others
+		// by any time, so there derived ids keep the horizon (the default).
+		so.DedupWindow = ing.lateness + time.Hour
+	}
+	st, err := featurestore.Open(filepath.Join(dir, "state"), so)
 	if err != nil {
 		_ = errors.Join(lg.Close(), lock.Close())
 		return nil, err

@@ -359,7 +359,7 @@ func rebuild(ctx context.Context, cfg *config, fromMS int64, mode string, out io
 	if err := os.RemoveAll(state); err != nil {
 		return fmt.Errorf("rebuild: %w", err)
 	}
-	ing := ingestConfig{lateness: cfg.Ingest.AllowedLateness, futureSkew: cfg.Ingest.MaxFutureSkew, minFree: uint64(cfg.Ingest.MinFreeBytes)}
+	ing := ingestConfig{lateness: cfg.Ingest.AllowedLateness, futureSkew: cfg.Ingest.MaxFutureSkew, minFree: uint64(cfg.Ingest.MinFreeBytes), kafka: true}
 	eng, err := openEngine(cfg.Data.Dir, cfg.Store, ing, logger, nil)
 	if err != nil {
 		return err

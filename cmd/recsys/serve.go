@@ -112,7 +112,7 @@ func serve(ctx context.Context, cfg *config) error {
 		return usageError{err}
 	}
 	reg := prometheus.NewRegistry()
-	ing := ingestConfig{cfg.Ingest.AllowedLateness, cfg.Ingest.MaxFutureSkew, uint64(cfg.Ingest.MinFreeBytes)}
+	ing := ingestConfig{lateness: cfg.Ingest.AllowedLateness, futureSkew: cfg.Ingest.MaxFutureSkew, minFree: uint64(cfg.Ingest.MinFreeBytes), kafka: len(cfg.Kafka.Brokers) > 0}
 	kafkaSrc, err := newKafkaSource(&cfg.Kafka, ing) // nil without --kafka.brokers
 	if err != nil {
 		return err

@@ -59,6 +59,7 @@ func key(off uint64) []byte {
 
 type appendReq struct {
 	recs  [][]byte
+	mark  int64
 	first uint64
 	err   error
 	done  chan struct{}
@@ -80,6 +81,7 @@ type Log struct {
 	mu struct {
 		sync.Mutex
 		end     uint64        // one past the last durable record
+		mark    int64         // the largest durable mark (see Enqueue)
 		changed chan struct{} // closed and replaced when end moves
 		closed  bool
 	}
@@ -111,6 +113,15 @@ func Open(dir string, opts Options) (*Log, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("open log %s: %w", dir, err)
 	}
+	if v, closer, err := db.Get([]byte(markKey)); err == nil {
+		if len(v) == 8 {
+			l.mu.mark = int64(binary.BigEndian.Uint64(v))
+		}
+		_ = closer.Close()
+	} else if !errors.Is(err, pebble.ErrNotFound) {
+		_ = db.Close()
+		return nil, fmt.Errorf("open log %s: %w", dir, err)
+	}
 	l.wg.Add(1)
 	go l.writer()
 	return l, nil
@@ -130,24 +141,57 @@ func (l *Log) Append(ctx context.Context, recs [][]byte) (uint64, error) {
 	if len(recs) == 0 {
 		return l.End(), nil
 	}
-	req := &appendReq{recs: recs, done: make(chan struct{})}
+	p, err := l.Enqueue(ctx, recs, 0)
+	if err != nil {
+		return 0, err
+	}
+	return p.Wait(ctx)
+}
+
+// Pending is an append handed to the writer; Wait for it to be durable.
+type Pending struct {
+	l   *Log
+	req *appendReq
+}
+
+// Enqueue hands recs (at least one) to the writer and returns without
+// waiting for them to be synced: appends get their offsets in the order
+// they were enqueued, so a caller that enqueues under its own lock has the
+// log in that lock's order. mark is an opaque value durable with the
+// records (the updater's newest accepted event time); Mark returns the
+// largest one. If Enqueue fails, nothing was appended.
+func (l *Log) Enqueue(ctx context.Context, recs [][]byte, mark int64) (*Pending, error) {
+	req := &appendReq{recs: recs, mark: mark, done: make(chan struct{})}
 	select {
 	case l.reqs <- req:
+		return &Pending{l, req}, nil
 	case <-l.quit:
-		return 0, ErrClosed
+		return nil, ErrClosed
 	case <-ctx.Done():
-		return 0, ctx.Err()
+		return nil, ctx.Err()
 	}
+}
+
+// Wait blocks until the records are synced or ctx is done (then they may
+// or may not have been appended) and returns the offset of the first.
+func (p *Pending) Wait(ctx context.Context) (uint64, error) {
 	select {
-	case <-req.done:
-		return req.first, req.err
-	case <-l.quit:
+	case <-p.req.done:
+		return p.req.first, p.req.err
+	case <-p.l.quit:
 		// The records may have been committed; a caller that retries is
 		// safe because events are deduplicated by id downstream.
 		return 0, ErrClosed
 	case <-ctx.Done():
 		return 0, ctx.Err()
 	}
+}
+
+// Mark returns the largest mark of the durable appends (0 without any).
+func (l *Log) Mark() int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.mu.mark
 }
 
 // writer is the single goroutine that assigns offsets and commits groups.
@@ -185,11 +229,12 @@ func groupBytes(r *appendReq) int {
 }
 
 func (l *Log) commit(group []*appendReq) {
-	end := l.End()
-	next := end
+	end, mark := l.End(), l.Mark()
+	next, newMark := end, mark
 	b := l.db.NewBatch()
 	var err error
 	for _, req := range group {
+		newMark = max(newMark, req.mark)
 		req.first = next
 		for _, rec := range req.recs {
 			if err = b.Set(key(next), rec, nil); err != nil {
@@ -197,6 +242,9 @@ func (l *Log) commit(group []*appendReq) {
 			}
 			next++
 		}
+	}
+	if err == nil && newMark > mark {
+		err = b.Set([]byte(markKey), binary.BigEndian.AppendUint64(nil, uint64(newMark)), nil)
 	}
 	if err == nil {
 		// A failed write or sync is an error for every request of the
@@ -210,7 +258,7 @@ func (l *Log) commit(group []*appendReq) {
 		l.opts.Logger.Error("event log append failed", "err", err)
 	} else {
 		l.mu.Lock()
-		l.mu.end = next
+		l.mu.end, l.mu.mark = next, newMark
 		close(l.mu.changed)
 		l.mu.changed = make(chan struct{})
 		l.mu.Unlock()
@@ -321,6 +369,10 @@ func (l *Log) TruncateBefore(off uint64) error {
 // metaPrefix keys the log's own small values (not records): they sort
 // after every "l/" record key.
 const metaPrefix = "m/"
+
+// markKey holds the largest mark of the appends (8 bytes BE), written in
+// their batch.
+const markKey = metaPrefix + "mark"
 
 // PutMeta durably stores value under name, beside the records.
 func (l *Log) PutMeta(name string, value []byte) error {

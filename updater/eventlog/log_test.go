@@ -585,3 +585,37 @@ func TestTruncateBefore(t *testing.T) {
 		t.Fatalf("End after truncating everything and reopening = %d, want 6", l.End())
 	}
 }
+
+// Enqueued appends take offsets in the order they were enqueued, and the
+// largest mark is durable with them.
+func TestEnqueueOrderAndMark(t *testing.T) {
+	checkGoroutines(t)
+	fs := vfs.NewMem()
+	l, err := Open("log", Options{FS: fs, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ps []*Pending
+	for i, mark := range []int64{5, 9, 7} {
+		p, err := l.Enqueue(t.Context(), recs(fmt.Sprint(i)), mark)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps = append(ps, p)
+	}
+	for i := len(ps) - 1; i >= 0; i-- {
+		if first, err := ps[i].Wait(t.Context()); err != nil || first != uint64(i) {
+			t.Errorf("append %d at %d, %v; want %d", i, first, err, i)
+		}
+	}
+	if m := l.Mark(); m != 9 {
+		t.Errorf("Mark = %d, want 9", m)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l = openLog(t, fs, "log", Options{})
+	if m := l.Mark(); m != 9 {
+		t.Errorf("Mark after reopen = %d, want 9", m)
+	}
+}
