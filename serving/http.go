@@ -113,6 +113,8 @@ func (s *Server) routes(gw *runtime.ServeMux) []route {
 		func(r *recsysv1.RecommendRequest, id string) { r.UserId = id }, s.Recommend))
 	add("GET /v1/users/{user_id}/similar", pathRoute(gw, "user_id",
 		func(r *recsysv1.SimilarUsersRequest, id string) { r.UserId = id }, s.SimilarUsers))
+	add("GET /v1/users/{user_id}/history", pathRoute(gw, "user_id",
+		func(r *recsysv1.GetUserHistoryRequest, id string) { r.UserId = id }, s.GetUserHistory))
 	add("GET /v1/items/{item_id}/similar", pathRoute(gw, "item_id",
 		func(r *recsysv1.SimilarItemsRequest, id string) { r.ItemId = id }, s.SimilarItems))
 	add("GET /openapi.json", func(w http.ResponseWriter, r *http.Request) {
