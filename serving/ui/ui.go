@@ -110,6 +110,9 @@ func load() map[string]asset {
 			return err
 		}
 		ct, ok := contentTypes[path.Ext(p)]
+		if path.Base(p) == "LICENSE" { // a vendored library's, served for its notice
+			ct, ok = contentTypes[".txt"], true
+		}
 		if !ok {
 			return nil
 		}
