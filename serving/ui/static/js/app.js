@@ -21,6 +21,12 @@ const authState = document.getElementById('auth-state');
 
 let stop = null;
 let current = '';
+// data-ready-ms: when the page showed its first data, in ms since the
+// navigation started (a full load) or since the route changed.
+let routeStart = 0;
+new MutationObserver(() => {
+  if (main.dataset.ready && !main.dataset.readyMs) main.dataset.readyMs = String(Math.round(performance.now() - routeStart));
+}).observe(main, { attributes: true, attributeFilter: ['data-ready'] });
 
 // showBanner reports an error that is not about the token (null hides it).
 export function showBanner(msg) {
@@ -94,6 +100,7 @@ function route() {
   clear(main);
   main.dataset.page = name;
   delete main.dataset.ready;
+  delete main.dataset.readyMs;
   try {
     stop = pages[name].mount(main, params);
   } catch (e) {
@@ -102,7 +109,7 @@ function route() {
   }
 }
 
-window.addEventListener('hashchange', route);
+window.addEventListener('hashchange', () => { routeStart = performance.now(); route(); });
 window.addEventListener('unhandledrejection', ev => {
   const e = ev.reason;
   if (e && e.name === 'AbortError') { ev.preventDefault(); return; }

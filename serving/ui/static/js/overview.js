@@ -87,11 +87,12 @@ export function mount(main) {
     if (busy || document.hidden) return;
     busy = true;
     try {
-      await once(ctl.signal, tiles, modelsBox, deadBox, rejectBox);
-      draw();
-      document.getElementById('ov-updated').textContent = 'updated ' + new Date().toLocaleTimeString();
-      main.dataset.ready = '1';
-      window.recsysBanner(null);
+      await once(ctl.signal, tiles, modelsBox, deadBox, rejectBox, () => {
+        draw();
+        document.getElementById('ov-updated').textContent = 'updated ' + new Date().toLocaleTimeString();
+        main.dataset.ready = '1';
+        window.recsysBanner(null);
+      });
     } catch (e) {
       if (e.name !== 'AbortError' && !e.auth) window.recsysBanner('Overview: ' + e.message);
     } finally {
@@ -103,7 +104,11 @@ export function mount(main) {
   return () => { clearInterval(timer); ctl.abort(); cs.forEach(c => c.destroy()); };
 }
 
-async function once(signal, tiles, modelsBox, deadBox, rejectBox) {
+// once polls and renders; shown is called once the tiles, charts and
+// models are (the dead letters, read every few ticks, come after).
+async function once(signal, tiles, modelsBox, deadBox, rejectBox, shown) {
+  const readDead = tick++ % DEAD_EVERY === 0 && !(dead && dead.forbidden);
+  const deadP = readDead ? api('/v1/dead-letters?limit=1000', { signal, allow: [403] }).then(dl => ({ dl }), err => ({ err })) : null;
   const [stats, prom, models] = await Promise.all([
     api('/v1/stats', { signal }),
     metrics(signal),
@@ -162,14 +167,24 @@ async function once(signal, tiles, modelsBox, deadBox, rejectBox) {
         fmtNum(m.published_auc), fmtNum(m.published_log_loss), fmtTime(m.last_update), m.frozen ? 'frozen' : '']),
       { class: 'models' }));
 
-  if (tick++ % DEAD_EVERY === 0 && !(dead && dead.forbidden)) {
-    try {
-      const dl = await api('/v1/dead-letters?limit=1000', { signal, allow: [403] });
+  const rej = prom && prom.get('recsys_ingest_events_total');
+  const kdead = prom && prom.get('recsys_kafka_dead_letters_total');
+  const rrows = [];
+  for (const r of rej || []) if (r.labels.result !== 'accepted' && r.value > 0) rrows.push([r.labels.code || r.labels.result, r.labels.result, fmtInt(r.value)]);
+  for (const r of kdead || []) if (r.value > 0) rrows.push([r.labels.reason, 'kafka dead letter', fmtInt(r.value)]);
+  rrows.sort((a, b) => Number(b[2].replace(/,/g, '')) - Number(a[2].replace(/,/g, '')));
+  clear(rejectBox, prom == null ? h('p', { class: 'muted' }, 'No /metrics on this server.')
+    : rrows.length ? table(['code', 'result', 'events'], rrows, { class: 'rejections' }) : h('p', { class: 'muted' }, 'None.'));
+  shown();
+
+  if (deadP) {
+    const { dl, err } = await deadP;
+    if (err && err.status === 403) dead = { forbidden: true };
+    else if (err) throw err;
+    else {
       const byCode = new Map();
       for (const d of dl.dead_letters || []) byCode.set(d.code, (byCode.get(d.code) || 0) + 1);
       dead = { byCode, sampled: (dl.dead_letters || []).length, total: Number(dl.total || 0), newest: (dl.dead_letters || [])[0] };
-    } catch (e) {
-      if (e.status === 403) dead = { forbidden: true }; else throw e;
     }
   }
   if (dead && dead.forbidden) {
@@ -181,12 +196,4 @@ async function once(signal, tiles, modelsBox, deadBox, rejectBox) {
       rows.length ? table(['reason', 'dead letters', 'share'], rows, { class: 'dead' }) : null,
       dead.newest ? h('p', { class: 'muted small' }, 'Newest: ', dead.newest.reason || dead.newest.code, ' (received ', fmtTime(dead.newest.received_at), ')') : null);
   }
-  const rej = prom && prom.get('recsys_ingest_events_total');
-  const kdead = prom && prom.get('recsys_kafka_dead_letters_total');
-  const rrows = [];
-  for (const r of rej || []) if (r.labels.result !== 'accepted' && r.value > 0) rrows.push([r.labels.code || r.labels.result, r.labels.result, fmtInt(r.value)]);
-  for (const r of kdead || []) if (r.value > 0) rrows.push([r.labels.reason, 'kafka dead letter', fmtInt(r.value)]);
-  rrows.sort((a, b) => Number(b[2].replace(/,/g, '')) - Number(a[2].replace(/,/g, '')));
-  clear(rejectBox, prom == null ? h('p', { class: 'muted' }, 'No /metrics on this server.')
-    : rrows.length ? table(['code', 'result', 'events'], rrows, { class: 'rejections' }) : h('p', { class: 'muted' }, 'None.'));
 }
