@@ -25,7 +25,7 @@ import requests
 
 from conftest import REPO, TAOBAO_HOT, Server, poll
 
-CHROMIUM = os.environ.get("RECSYS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM = os.environ.get("CHROMIUM_BIN") or shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "tests/artifacts/console"
 READ_TOKEN = "console-read-token-0123456789"
 ADMIN_TOKEN = "console-admin-token-0123456789"
@@ -146,9 +146,16 @@ class Page:
     def text(self, sel: str) -> str:
         return self.page.inner_text(sel).strip()
 
-    def shot(self, name: str, full_page: bool = True) -> Path:
+    def shot(self, name: str, full_page: bool = True, docs: bool = False) -> Path:
+        """A screenshot in the artifacts; with docs and CONSOLE_DOCS_DIR=DIR, also a 256-colour copy in
+        DIR for the README (`CONSOLE_DOCS_DIR=docs/console make test-py` refreshes them)."""
         path = ARTIFACTS / f"{name}.png"
         self.page.screenshot(path=str(path), full_page=full_page)
+        out = os.environ.get("CONSOLE_DOCS_DIR")
+        if docs and out:
+            from PIL import Image
+            Path(out).mkdir(parents=True, exist_ok=True)
+            Image.open(path).convert("RGB").quantize(256).save(Path(out) / f"{name}.png", optimize=True)
         return path
 
     def assert_clean(self):
@@ -286,7 +293,7 @@ def test_overview_counters_move_while_events_are_ingested(tab, console, sample_r
     t.wait(f"document.querySelector('[data-stat=\"watermark\"]').textContent === {json.dumps(fmt_time(stats['watermark']))}", timeout=10_000)
     assert "kept" in t.text(".cols")
     t.shot("overview")
-    t.page.screenshot(path=str(ARTIFACTS / "overview-viewport.png"))
+    t.shot("overview-viewport", full_page=False, docs=True)
     t.assert_clean()
 
 
@@ -374,7 +381,7 @@ def test_recommendations_explorer(tab, console, sample_rows):
     assert rows.count() == len(hist)
     first = rows.nth(0).locator("td").all_inner_texts()
     assert first[1] == hist[0]["item_id"] and first[2] == (hist[0]["category_id"] or "—") and first[3] == hist[0]["behavior"]
-    assert first[0] == fmt_time(hist[0]["event_time"])[5:]
+    assert first[0] == fmt_time(hist[0]["event_time"])[5:16]
     # The recommendations, with scores and reasons, are the API's.
     rec = api.get(f"/v1/users/{user}/recommendations?k=10")["items"]
     shown = t.page.locator("table.recs tbody tr")
@@ -383,7 +390,6 @@ def test_recommendations_explorer(tab, console, sample_rows):
         cells = shown.nth(i).locator("td").all_inner_texts()
         assert cells[1].replace("●", "").strip() == r["item_id"] and cells[3] == r["reason"] and r["reason"]
         assert float(cells[2]) == float(f"{r['score']:.6g}")
-    t.shot("recs", full_page=False)
     # Click an item: its features and similar items.
     item = rec[0]["item_id"]
     t.page.click(f'table.recs button.item[data-item="{item}"]')
@@ -391,6 +397,7 @@ def test_recommendations_explorer(tab, console, sample_rows):
     assert t.text("#rx-item-id").startswith(item)
     sims = api.get(f"/v1/items/{item}/similar?k=10")["items"]
     assert t.page.locator("table.similar-items tbody tr").count() == len(sims) > 0
+    t.shot("recs", full_page=False, docs=True)
     feats = {f["name"]: f for f in api.get(f"/v1/items/{item}/features")["features"]}
     assert t.text('#rx-item tr[data-feature="view_count"] td:nth-child(2)') == str(int(feats["view_count"]["value"]))
     # Similar users, clickable.

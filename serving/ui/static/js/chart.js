@@ -7,7 +7,7 @@ export const palette = ['#1f6feb', '#d9480f', '#2f9e44', '#9c36b5', '#e8590c', '
 
 // lineChart adds a chart to parent. series: [{label, color}]; fmt formats
 // y values (axis and legend).
-export function lineChart(parent, { title, series, fmt = v => String(v), height = 170, yRange }) {
+export function lineChart(parent, { title, series, fmt = v => String(v), height = 170, yRange, ySize = 70 }) {
   const el = h('div', { class: 'chart' });
   parent.append(el);
   const width = () => Math.max(200, Math.floor(el.clientWidth || parent.clientWidth || 400));
@@ -31,7 +31,7 @@ export function lineChart(parent, { title, series, fmt = v => String(v), height 
     ],
     axes: [
       { stroke: '#667', grid: { stroke: '#eef' } },
-      { stroke: '#667', grid: { stroke: '#eef' }, size: 70, values: (u, vals) => vals.map(v => (v == null ? '' : fmt(v))) },
+      { stroke: '#667', grid: { stroke: '#eef' }, size: ySize, values: (u, vals) => vals.map(v => (v == null ? '' : fmt(v))) },
     ],
   };
   const empty = [[], ...series.map(() => [])];

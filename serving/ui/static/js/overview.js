@@ -25,7 +25,11 @@ function push(row) {
   }
 }
 
-const utcClock = v => new Date(v * 1000).toISOString().slice(5, 19).replace('T', ' ');
+// utcClock shows an event time (Unix s) as UTC, with the year when it is not this one's.
+const utcClock = v => {
+  const s = new Date(v * 1000).toISOString();
+  return (s.slice(0, 4) === String(new Date().getUTCFullYear()) ? s.slice(5, 19) : s.slice(0, 16)).replace('T', ' ');
+};
 
 export function mount(main) {
   const ctl = new AbortController();
@@ -67,7 +71,7 @@ export function mount(main) {
     lineChart(charts, { title: 'Events /s', series: [{ label: 'in' }, { label: 'applied' }], fmt: rate }),
     lineChart(charts, { title: 'Lag (records)', series: [{ label: 'lag' }], fmt: v => fmtInt(Math.round(v)) }),
     lineChart(charts, { title: 'Freshness (ack → readable)', series: [{ label: 'p50' }, { label: 'p99' }], fmt: fmtSeconds }),
-    lineChart(charts, { title: 'Event time (UTC)', series: [{ label: 'newest event' }, { label: 'watermark' }], fmt: utcClock }),
+    lineChart(charts, { title: 'Event time (UTC)', series: [{ label: 'newest event' }, { label: 'watermark' }], fmt: utcClock, ySize: 112 }),
     lineChart(charts, { title: 'Ranker rolling AUC', series: [{ label: 'training' }, { label: 'published' }], fmt: v => v.toFixed(4) }),
     lineChart(charts, { title: 'Ranker rolling log loss', series: [{ label: 'training' }, { label: 'published' }], fmt: v => v.toFixed(4) }),
   ];

@@ -99,7 +99,7 @@ export function mount(main, params) {
     const seen = new Set(histItems.map(x => x.item_id));
     clear(historyBox, histItems.length
       ? table(['time', 'item', 'category', 'behavior', 'events'],
-        histItems.map(x => [h('span', { title: fmtTime(x.event_time) }, fmtTime(x.event_time).slice(5)), itemButton(x.item_id), catButton(x.category_id), badge(x.behavior), fmtInt(x.events)]), { class: 'history' })
+        histItems.map(x => [h('span', { title: fmtTime(x.event_time) }, fmtTime(x.event_time).slice(5, 16)), itemButton(x.item_id), catButton(x.category_id), badge(x.behavior), fmtInt(x.events)]), { class: 'history' })
       : h('p', { class: 'muted', id: 'rx-no-history' }, 'No history for this user (an unknown user gets popular items).'));
     const items = recs.items || [];
     clear(recsBox,
