@@ -32,8 +32,9 @@ export function mount(main, params) {
     card(null, form),
     h('div', { class: 'hot-cols' }, COLUMNS.map(c => card(c.title, boxes[c.key]))));
   const prevRank = {};
+  const cats = new Map(); // item -> category, as read
   const submit = () => {
-    for (const c of COLUMNS) delete prevRank[c.key];
+    for (const c of COLUMNS) { delete prevRank[c.key]; delete prevRank[c.key + ':shown']; }
     setHashParams('hot', { category: category.value.trim(), by: by.value === 'weighted' ? '' : by.value, k: k.value === '20' ? '' : k.value });
     poll(true);
   };
@@ -54,16 +55,18 @@ export function mount(main, params) {
         return '/v1/items/popular?' + p;
       };
       const [stats, ...lists] = await Promise.all([api('/v1/stats', { signal: ctl.signal }), ...COLUMNS.map(c => api(q(c), { signal: ctl.signal }))]);
-      // The categories of the listed items, in one read.
-      const ids = [...new Set(lists.flatMap(l => (l.items || []).map(x => x.item_id)))];
-      const cats = new Map();
+      // The lists first (with the categories known from earlier reads),
+      // then the categories of new items in one read.
+      COLUMNS.forEach((c, i) => render(c, lists[i].items || [], false));
+      main.dataset.ready = '1';
+      const ids = [...new Set(lists.flatMap(l => (l.items || []).map(x => x.item_id)))].filter(id => !cats.has(id));
       if (ids.length) {
         const f = await api('/v1/features:get', { method: 'POST', body: { view: 'item_features', ids, features: ['category_id'] }, signal: ctl.signal });
         for (const e of f.entities || []) cats.set(e.id, e.features[0] && e.features[0].value);
+        if (cats.size > 10000) cats.clear();
+        COLUMNS.forEach((c, i) => render(c, lists[i].items || [], true));
       }
-      COLUMNS.forEach((c, i) => render(c, lists[i].items || [], cats));
       status.textContent = `updated ${new Date().toLocaleTimeString()} · event time ${fmtTime(Number(stats.max_event_ts))}${cat ? ' · category ' + cat : ''}`;
-      main.dataset.ready = '1';
       window.recsysBanner(null);
     } catch (e) {
       if (e.name !== 'AbortError' && !e.auth) window.recsysBanner('Hot items: ' + e.message);
@@ -72,10 +75,11 @@ export function mount(main, params) {
     }
   }
 
-  function render(c, items, cats) {
-    const before = prevRank[c.key];
-    const now = new Map(items.map((x, i) => [x.item_id, i]));
-    prevRank[c.key] = now;
+  // render shows a column; again (same items, now with categories) keeps
+  // the moves of the first rendering.
+  function render(c, items, again) {
+    if (!again) { prevRank[c.key + ':shown'] = prevRank[c.key]; prevRank[c.key] = new Map(items.map((x, i) => [x.item_id, i])); }
+    const before = prevRank[c.key + ':shown'];
     const move = (id, i) => {
       if (!before) return '';
       if (!before.has(id)) return h('span', { class: 'move new' }, 'new');
