@@ -12,7 +12,7 @@ BIN := bin/recsys
 BUILDVCS ?= auto
 GENERATED := recsys/v1/recsys.pb.go recsys/v1/recsys_grpc.pb.go recsys/v1/recsys.pb.gw.go recsys/v1/openapi.json
 
-.PHONY: all build run serve-sample test test-go test-py test-client-latest venv-latest notebooks test-kafka kafka-jars vet proto proto-check bench bench-flight bench-kafka soak fuzz fuzz-short venv clean
+.PHONY: all build run serve-sample test test-go test-py chromium test-client-latest venv-latest notebooks test-kafka kafka-jars vet proto proto-check bench bench-flight bench-kafka soak fuzz fuzz-short venv clean
 
 all: build
 
@@ -65,7 +65,11 @@ test: vet proto-check test-go fuzz-short test-py test-client-latest test-kafka
 test-go:
 	$(GO) test -race -count=1 ./...
 
-test-py: build venv
+## chromium: Debian's chromium for the web console's browser tests (installed with apt-get when missing).
+chromium:
+	@scripts/chromium.sh >/dev/null
+
+test-py: build venv chromium
 	RECSYS_BIN=$(abspath $(BIN)) $(VPY) -m pytest -q tests --ignore-glob='tests/test_kafka*'
 
 ## test-client-latest: the Python client's tests (tests/test_client.py) with the newest pandas and pyarrow.

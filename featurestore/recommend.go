@@ -755,3 +755,41 @@ func (s *Store) RankerWeights() (names []string, weights []float64, version int6
 	defer s.models.published.RUnlock()
 	return RankFeatureNames(), slices.Clone(s.models.published.w), s.models.published.version
 }
+
+// HistoryEntry is one item of a user's model history: the distinct items
+// the recommendations and their reasons are built from.
+type HistoryEntry struct {
+	ItemID     string
+	CategoryID string   // the item's category now; "" when it has none (or expired)
+	Behavior   Behavior // strongest behavior with the item
+	TS         int64    // newest event time with the item (Unix ms)
+	Events     int      // events with the item (saturates at 255)
+}
+
+// UserHistory returns up to limit items of user's model history, newest
+// first (at most models.history-cap distinct items are kept). An unknown
+// user has none.
+func (s *Store) UserHistory(user string, limit int) ([]HistoryEntry, error) {
+	if err := s.acquire(); err != nil {
+		return nil, err
+	}
+	defer s.release()
+	um, _, err := s.readUserModel(user)
+	if err != nil {
+		return nil, err
+	}
+	n := min(limit, len(um.History))
+	out := make([]HistoryEntry, 0, n)
+	for _, h := range um.History[:n] {
+		e := HistoryEntry{ItemID: h.Item, Behavior: h.Behavior, TS: h.TS, Events: int(h.Count)}
+		it, found, err := s.Item(h.Item)
+		if err != nil {
+			return nil, err
+		}
+		if found {
+			e.CategoryID = it.CategoryID
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}

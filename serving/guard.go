@@ -292,6 +292,8 @@ func httpScope(r *http.Request) Scope {
 	switch {
 	case r.URL.Path == "/healthz" || r.URL.Path == "/readyz" || r.URL.Path == "/metrics" || r.URL.Path == "/openapi.json":
 		return ScopeNone
+	case r.URL.Path == "/ui" || strings.HasPrefix(r.URL.Path, "/ui/"):
+		return ScopeNone // the console's static files: no data (its API calls need a token)
 	case r.Method == http.MethodPost && r.URL.Path == "/v1/events":
 		return ScopeWrite
 	case strings.HasPrefix(r.URL.Path, "/v1/dead-letters"):

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
+	"github.com/streamrec/recsys/serving/ui"
 	"github.com/streamrec/recsys/updater"
 )
 
@@ -29,7 +30,8 @@ var jsonMarshaler = fastJSON{&runtime.JSONPb{
 }}
 
 // HTTPHandler returns the REST front door: grpc-gateway routes over s, the
-// ingest endpoint, /openapi.json, /metrics, /healthz and /readyz.
+// ingest endpoint, /openapi.json, /metrics, /healthz, /readyz and the web
+// console under /ui/.
 func (s *Server) HTTPHandler(ctx context.Context) (http.Handler, error) {
 	gw := runtime.NewServeMux(
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, jsonMarshaler),
@@ -57,6 +59,12 @@ func (s *Server) HTTPHandler(ctx context.Context) (http.Handler, error) {
 	for _, rt := range s.routes(gw) {
 		mux.Handle(rt.pattern, rt.handler)
 	}
+	// The web console: static files, outside the API (and its OpenAPI
+	// document); open like /openapi.json, its data calls carry the token.
+	mux.Handle("GET "+ui.Prefix, ui.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, codes.NotFound, fmt.Sprintf("path %s: no such file of the web console", truncate(r.URL.Path, 200)))
+	})))
+	mux.Handle("GET /ui", ui.Redirect())
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes)
 		if _, pattern := mux.Handler(r); pattern == "" {
@@ -113,6 +121,8 @@ func (s *Server) routes(gw *runtime.ServeMux) []route {
 		func(r *recsysv1.RecommendRequest, id string) { r.UserId = id }, s.Recommend))
 	add("GET /v1/users/{user_id}/similar", pathRoute(gw, "user_id",
 		func(r *recsysv1.SimilarUsersRequest, id string) { r.UserId = id }, s.SimilarUsers))
+	add("GET /v1/users/{user_id}/history", pathRoute(gw, "user_id",
+		func(r *recsysv1.GetUserHistoryRequest, id string) { r.UserId = id }, s.GetUserHistory))
 	add("GET /v1/items/{item_id}/similar", pathRoute(gw, "item_id",
 		func(r *recsysv1.SimilarItemsRequest, id string) { r.ItemId = id }, s.SimilarItems))
 	add("GET /openapi.json", func(w http.ResponseWriter, r *http.Request) {

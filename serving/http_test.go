@@ -126,3 +126,53 @@ func TestRESTUnknownQueryParameterIs400(t *testing.T) {
 		}
 	}
 }
+
+// The web console's files load without a token (they hold no data) behind
+// the same guard whose API routes need one; unknown files are the JSON 404.
+func TestConsoleBehindTheGuard(t *testing.T) {
+	e := newEnv(t)
+	h, err := e.srv.HTTPHandler(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens := Tokens{"reader-token-0123456789": ScopeRead}
+	ts := httptest.NewServer(NewGuard("http", tokens, 4, time.Minute, nil).HTTPMiddleware(h))
+	t.Cleanup(ts.Close)
+	get := func(method, path, token string) (*http.Response, string) {
+		req, _ := http.NewRequest(method, ts.URL+path, nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp, string(b)
+	}
+	for _, p := range []string{"/ui/", "/ui/js/app.js", "/ui/style.css", "/ui/vendor/uplot-1.6.32/uPlot.iife.min.js"} {
+		if resp, b := get("GET", p, ""); resp.StatusCode != 200 || len(b) == 0 || resp.Header.Get("Content-Security-Policy") == "" {
+			t.Errorf("GET %s without a token = %d (%d bytes)", p, resp.StatusCode, len(b))
+		}
+		if resp, _ := get("GET", p, "wrong-token-0123456789"); resp.StatusCode != 200 {
+			t.Errorf("GET %s with a wrong token = %d, want 200 (no data behind it)", p, resp.StatusCode)
+		}
+	}
+	if resp, _ := get("GET", "/v1/stats", ""); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("GET /v1/stats without a token = %d, want 401", resp.StatusCode)
+	}
+	if resp, _ := get("GET", "/v1/stats", "reader-token-0123456789"); resp.StatusCode != 200 {
+		t.Errorf("GET /v1/stats with the token = %d", resp.StatusCode)
+	}
+	if resp, b := get("GET", "/ui/nope.js", ""); resp.StatusCode != 404 || resp.Header.Get("Content-Type") != "application/json" || !strings.Contains(b, `"code":5`) {
+		t.Errorf("GET /ui/nope.js = %d %q %s, want the JSON 404", resp.StatusCode, resp.Header.Get("Content-Type"), b)
+	}
+	if resp, _ := get("POST", "/ui/", ""); resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("POST /ui/ = %d, want 405", resp.StatusCode)
+	}
+	resp, _ := get("GET", "/ui", "")
+	if resp.StatusCode != 200 || resp.Request.URL.Path != "/ui/" {
+		t.Errorf("GET /ui = %d at %s, want the redirect to /ui/", resp.StatusCode, resp.Request.URL.Path)
+	}
+}

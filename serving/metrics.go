@@ -114,6 +114,9 @@ func routeOf(r *http.Request) string {
 			}
 		}
 	}
+	if p == "/ui" || strings.HasPrefix(p, "/ui/") {
+		return r.Method + " /ui/"
+	}
 	switch p {
 	case "/v1/events", "/v1/features:get", "/v1/stats", "/v1/feature-views", "/v1/dead-letters", "/v1/items/popular", "/v1/models",
 		"/healthz", "/readyz", "/metrics", "/openapi.json":

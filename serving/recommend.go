@@ -117,3 +117,27 @@ func (s *Server) ListModels(ctx context.Context, _ *recsysv1.ListModelsRequest) 
 }
 
 func msTime(ms int64) time.Time { return time.UnixMilli(ms).UTC() }
+
+// GetUserHistory implements RecommendService.GetUserHistory.
+func (s *Server) GetUserHistory(ctx context.Context, req *recsysv1.GetUserHistoryRequest) (*recsysv1.GetUserHistoryResponse, error) {
+	if err := checkID("user_id", req.GetUserId()); err != nil {
+		return nil, err
+	}
+	limit := 50
+	switch {
+	case req.Limit < 0 || req.Limit > 1000:
+		return nil, invalidArg("limit", "%d is outside 1 to 1000", req.Limit)
+	case req.Limit > 0:
+		limit = int(req.Limit)
+	}
+	hist, err := s.store.UserHistory(req.UserId, limit)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	resp := &recsysv1.GetUserHistoryResponse{Items: make([]*recsysv1.HistoryItem, len(hist))}
+	for i, h := range hist {
+		resp.Items[i] = &recsysv1.HistoryItem{ItemId: h.ItemID, CategoryId: h.CategoryID, Behavior: h.Behavior.String(),
+			EventTime: timestamppb.New(msTime(h.TS)), Events: int32(h.Events)}
+	}
+	return resp, nil
+}

@@ -406,6 +406,45 @@ func TestRecommendExcludesPurchasesAndNeverEmpty(t *testing.T) {
 	}
 }
 
+// GetUserHistory lists the user's distinct items newest first, each with
+// its strongest behavior, newest time, events and the item's category.
+func TestUserHistory(t *testing.T) {
+	e := newEnv(t)
+	e.ingest(t, []*recsysv1.Event{
+		{UserId: "h", ItemId: "i1", CategoryId: "c1", Behavior: "view", Ts: baseTS},
+		{UserId: "h", ItemId: "i2", CategoryId: "c2", Behavior: "view", Ts: baseTS + 1000},
+		{UserId: "h", ItemId: "i1", CategoryId: "c1", Behavior: "cart", Ts: baseTS + 2000},
+		{UserId: "h", ItemId: "i3", Behavior: "fav", Ts: baseTS + 3000},
+		{UserId: "other", ItemId: "i9", CategoryId: "c9", Behavior: "view", Ts: baseTS + 4000},
+	})
+	ctx := context.Background()
+	resp, err := e.srv.GetUserHistory(ctx, &recsysv1.GetUserHistoryRequest{UserId: "h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, it := range resp.Items {
+		got = append(got, fmt.Sprintf("%s/%s/%s/%d/%d", it.ItemId, it.CategoryId, it.Behavior, it.EventTime.AsTime().UnixMilli()-baseTS, it.Events))
+	}
+	want := []string{"i3//fav/3000/1", "i1/c1/cart/2000/2", "i2/c2/view/1000/1"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("history = %v, want %v", got, want)
+	}
+	resp, err = e.srv.GetUserHistory(ctx, &recsysv1.GetUserHistoryRequest{UserId: "h", Limit: 1})
+	if err != nil || len(resp.Items) != 1 || resp.Items[0].ItemId != "i3" {
+		t.Fatalf("limit 1: %v %v, want i3 alone", resp, err)
+	}
+	resp, err = e.srv.GetUserHistory(ctx, &recsysv1.GetUserHistoryRequest{UserId: "nobody"})
+	if err != nil || len(resp.Items) != 0 {
+		t.Fatalf("unknown user: %v %v, want an empty history", resp, err)
+	}
+	for _, req := range []*recsysv1.GetUserHistoryRequest{{UserId: "h", Limit: -1}, {UserId: "h", Limit: 1001}, {UserId: ""}, {UserId: ".."}} {
+		if _, err := e.srv.GetUserHistory(ctx, req); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("%v: err = %v, want InvalidArgument", req, err)
+		}
+	}
+}
+
 // grpcurl needs server reflection: every recsys.v1 service is listed.
 func TestGRPCReflectionAndHealth(t *testing.T) {
 	e := newEnv(t)

@@ -1476,6 +1476,188 @@ func (x *SimilarUsersResponse) GetUsers() []*ScoredUser {
 	return nil
 }
 
+type GetUserHistoryRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The user, URL-escaped over REST. An unknown user has an empty history.
+	UserId string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// Most items to return, newest first, 1 to 1,000; 50 when 0. The models
+	// keep at most --models.history-cap distinct items per user (50).
+	Limit         int32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetUserHistoryRequest) Reset() {
+	*x = GetUserHistoryRequest{}
+	mi := &file_recsys_v1_recsys_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetUserHistoryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetUserHistoryRequest) ProtoMessage() {}
+
+func (x *GetUserHistoryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_recsys_v1_recsys_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetUserHistoryRequest.ProtoReflect.Descriptor instead.
+func (*GetUserHistoryRequest) Descriptor() ([]byte, []int) {
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *GetUserHistoryRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *GetUserHistoryRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+// HistoryItem is one distinct item of a user's recent history, as the
+// models keep it: what recommendations and their reasons are built from.
+type HistoryItem struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	ItemId string                 `protobuf:"bytes,1,opt,name=item_id,json=itemId,proto3" json:"item_id,omitempty"`
+	// The item's category now; empty when it has none or its features expired.
+	CategoryId string `protobuf:"bytes,2,opt,name=category_id,json=categoryId,proto3" json:"category_id,omitempty"`
+	// The strongest behavior with the item: view < fav < cart < purchase.
+	Behavior string `protobuf:"bytes,3,opt,name=behavior,proto3" json:"behavior,omitempty"`
+	// Event time of the newest event with the item.
+	EventTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=event_time,json=eventTime,proto3" json:"event_time,omitempty"`
+	// Events with the item (saturates at 255).
+	Events        int32 `protobuf:"varint,5,opt,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HistoryItem) Reset() {
+	*x = HistoryItem{}
+	mi := &file_recsys_v1_recsys_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HistoryItem) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HistoryItem) ProtoMessage() {}
+
+func (x *HistoryItem) ProtoReflect() protoreflect.Message {
+	mi := &file_recsys_v1_recsys_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HistoryItem.ProtoReflect.Descriptor instead.
+func (*HistoryItem) Descriptor() ([]byte, []int) {
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *HistoryItem) GetItemId() string {
+	if x != nil {
+		return x.ItemId
+	}
+	return ""
+}
+
+func (x *HistoryItem) GetCategoryId() string {
+	if x != nil {
+		return x.CategoryId
+	}
+	return ""
+}
+
+func (x *HistoryItem) GetBehavior() string {
+	if x != nil {
+		return x.Behavior
+	}
+	return ""
+}
+
+func (x *HistoryItem) GetEventTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EventTime
+	}
+	return nil
+}
+
+func (x *HistoryItem) GetEvents() int32 {
+	if x != nil {
+		return x.Events
+	}
+	return 0
+}
+
+type GetUserHistoryResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Newest first.
+	Items         []*HistoryItem `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetUserHistoryResponse) Reset() {
+	*x = GetUserHistoryResponse{}
+	mi := &file_recsys_v1_recsys_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetUserHistoryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetUserHistoryResponse) ProtoMessage() {}
+
+func (x *GetUserHistoryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_recsys_v1_recsys_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetUserHistoryResponse.ProtoReflect.Descriptor instead.
+func (*GetUserHistoryResponse) Descriptor() ([]byte, []int) {
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *GetUserHistoryResponse) GetItems() []*HistoryItem {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
 type ListModelsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1484,7 +1666,7 @@ type ListModelsRequest struct {
 
 func (x *ListModelsRequest) Reset() {
 	*x = ListModelsRequest{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[24]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1496,7 +1678,7 @@ func (x *ListModelsRequest) String() string {
 func (*ListModelsRequest) ProtoMessage() {}
 
 func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[24]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1509,7 +1691,7 @@ func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsRequest.ProtoReflect.Descriptor instead.
 func (*ListModelsRequest) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{24}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{27}
 }
 
 type ModelInfo struct {
@@ -1539,7 +1721,7 @@ type ModelInfo struct {
 
 func (x *ModelInfo) Reset() {
 	*x = ModelInfo{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[25]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1551,7 +1733,7 @@ func (x *ModelInfo) String() string {
 func (*ModelInfo) ProtoMessage() {}
 
 func (x *ModelInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[25]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1564,7 +1746,7 @@ func (x *ModelInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelInfo.ProtoReflect.Descriptor instead.
 func (*ModelInfo) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{25}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ModelInfo) GetName() string {
@@ -1641,7 +1823,7 @@ type ListModelsResponse struct {
 
 func (x *ListModelsResponse) Reset() {
 	*x = ListModelsResponse{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[26]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1653,7 +1835,7 @@ func (x *ListModelsResponse) String() string {
 func (*ListModelsResponse) ProtoMessage() {}
 
 func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[26]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1666,7 +1848,7 @@ func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsResponse.ProtoReflect.Descriptor instead.
 func (*ListModelsResponse) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{26}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListModelsResponse) GetModels() []*ModelInfo {
@@ -1691,7 +1873,7 @@ type GetStatsRequest struct {
 
 func (x *GetStatsRequest) Reset() {
 	*x = GetStatsRequest{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[27]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1703,7 +1885,7 @@ func (x *GetStatsRequest) String() string {
 func (*GetStatsRequest) ProtoMessage() {}
 
 func (x *GetStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[27]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1716,7 +1898,7 @@ func (x *GetStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatsRequest.ProtoReflect.Descriptor instead.
 func (*GetStatsRequest) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{27}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{30}
 }
 
 // GetStatsResponse is the updater's progress and the store's size. Over
@@ -1762,7 +1944,7 @@ type GetStatsResponse struct {
 
 func (x *GetStatsResponse) Reset() {
 	*x = GetStatsResponse{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[28]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1774,7 +1956,7 @@ func (x *GetStatsResponse) String() string {
 func (*GetStatsResponse) ProtoMessage() {}
 
 func (x *GetStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[28]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1787,7 +1969,7 @@ func (x *GetStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatsResponse.ProtoReflect.Descriptor instead.
 func (*GetStatsResponse) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{28}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *GetStatsResponse) GetLogEndOffset() int64 {
@@ -1868,7 +2050,7 @@ type DeadLetter struct {
 
 func (x *DeadLetter) Reset() {
 	*x = DeadLetter{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[29]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1880,7 +2062,7 @@ func (x *DeadLetter) String() string {
 func (*DeadLetter) ProtoMessage() {}
 
 func (x *DeadLetter) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[29]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1893,7 +2075,7 @@ func (x *DeadLetter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeadLetter.ProtoReflect.Descriptor instead.
 func (*DeadLetter) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{29}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DeadLetter) GetEvent() *Event {
@@ -1934,7 +2116,7 @@ type ListDeadLettersRequest struct {
 
 func (x *ListDeadLettersRequest) Reset() {
 	*x = ListDeadLettersRequest{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[30]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1946,7 +2128,7 @@ func (x *ListDeadLettersRequest) String() string {
 func (*ListDeadLettersRequest) ProtoMessage() {}
 
 func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[30]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1959,7 +2141,7 @@ func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersRequest.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersRequest) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{30}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListDeadLettersRequest) GetLimit() int32 {
@@ -1980,7 +2162,7 @@ type ListDeadLettersResponse struct {
 
 func (x *ListDeadLettersResponse) Reset() {
 	*x = ListDeadLettersResponse{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[31]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1992,7 +2174,7 @@ func (x *ListDeadLettersResponse) String() string {
 func (*ListDeadLettersResponse) ProtoMessage() {}
 
 func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[31]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2005,7 +2187,7 @@ func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersResponse.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersResponse) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{31}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListDeadLettersResponse) GetDeadLetters() []*DeadLetter {
@@ -2121,7 +2303,20 @@ const file_recsys_v1_recsys_proto_rawDesc = "" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x14\n" +
 	"\x05score\x18\x02 \x01(\x01R\x05score\"C\n" +
 	"\x14SimilarUsersResponse\x12+\n" +
-	"\x05users\x18\x01 \x03(\v2\x15.recsys.v1.ScoredUserR\x05users\"\x13\n" +
+	"\x05users\x18\x01 \x03(\v2\x15.recsys.v1.ScoredUserR\x05users\"F\n" +
+	"\x15GetUserHistoryRequest\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\x05R\x05limit\"\xb6\x01\n" +
+	"\vHistoryItem\x12\x17\n" +
+	"\aitem_id\x18\x01 \x01(\tR\x06itemId\x12\x1f\n" +
+	"\vcategory_id\x18\x02 \x01(\tR\n" +
+	"categoryId\x12\x1a\n" +
+	"\bbehavior\x18\x03 \x01(\tR\bbehavior\x129\n" +
+	"\n" +
+	"event_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\teventTime\x12\x16\n" +
+	"\x06events\x18\x05 \x01(\x05R\x06events\"F\n" +
+	"\x16GetUserHistoryResponse\x12,\n" +
+	"\x05items\x18\x01 \x03(\v2\x16.recsys.v1.HistoryItemR\x05items\"\x13\n" +
 	"\x11ListModelsRequest\"\xc8\x02\n" +
 	"\tModelInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
@@ -2168,12 +2363,13 @@ const file_recsys_v1_recsys_proto_rawDesc = "" +
 	"\x0fGetUserFeatures\x12!.recsys.v1.GetUserFeaturesRequest\x1a\x19.recsys.v1.EntityFeatures\x12O\n" +
 	"\x0fGetItemFeatures\x12!.recsys.v1.GetItemFeaturesRequest\x1a\x19.recsys.v1.EntityFeatures\x12L\n" +
 	"\vGetFeatures\x12\x1d.recsys.v1.GetFeaturesRequest\x1a\x1e.recsys.v1.GetFeaturesResponse\x12[\n" +
-	"\x10ListFeatureViews\x12\".recsys.v1.ListFeatureViewsRequest\x1a#.recsys.v1.ListFeatureViewsResponse2\x98\x03\n" +
+	"\x10ListFeatureViews\x12\".recsys.v1.ListFeatureViewsRequest\x1a#.recsys.v1.ListFeatureViewsResponse2\xef\x03\n" +
 	"\x10RecommendService\x12F\n" +
 	"\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12O\n" +
 	"\fPopularItems\x12\x1e.recsys.v1.PopularItemsRequest\x1a\x1f.recsys.v1.PopularItemsResponse\x12O\n" +
 	"\fSimilarItems\x12\x1e.recsys.v1.SimilarItemsRequest\x1a\x1f.recsys.v1.SimilarItemsResponse\x12O\n" +
-	"\fSimilarUsers\x12\x1e.recsys.v1.SimilarUsersRequest\x1a\x1f.recsys.v1.SimilarUsersResponse\x12I\n" +
+	"\fSimilarUsers\x12\x1e.recsys.v1.SimilarUsersRequest\x1a\x1f.recsys.v1.SimilarUsersResponse\x12U\n" +
+	"\x0eGetUserHistory\x12 .recsys.v1.GetUserHistoryRequest\x1a!.recsys.v1.GetUserHistoryResponse\x12I\n" +
 	"\n" +
 	"ListModels\x12\x1c.recsys.v1.ListModelsRequest\x1a\x1d.recsys.v1.ListModelsResponse2\xad\x01\n" +
 	"\fAdminService\x12X\n" +
@@ -2192,7 +2388,7 @@ func file_recsys_v1_recsys_proto_rawDescGZIP() []byte {
 	return file_recsys_v1_recsys_proto_rawDescData
 }
 
-var file_recsys_v1_recsys_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_recsys_v1_recsys_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_recsys_v1_recsys_proto_goTypes = []any{
 	(*Event)(nil),                    // 0: recsys.v1.Event
 	(*IngestRequest)(nil),            // 1: recsys.v1.IngestRequest
@@ -2218,22 +2414,25 @@ var file_recsys_v1_recsys_proto_goTypes = []any{
 	(*SimilarUsersRequest)(nil),      // 21: recsys.v1.SimilarUsersRequest
 	(*ScoredUser)(nil),               // 22: recsys.v1.ScoredUser
 	(*SimilarUsersResponse)(nil),     // 23: recsys.v1.SimilarUsersResponse
-	(*ListModelsRequest)(nil),        // 24: recsys.v1.ListModelsRequest
-	(*ModelInfo)(nil),                // 25: recsys.v1.ModelInfo
-	(*ListModelsResponse)(nil),       // 26: recsys.v1.ListModelsResponse
-	(*GetStatsRequest)(nil),          // 27: recsys.v1.GetStatsRequest
-	(*GetStatsResponse)(nil),         // 28: recsys.v1.GetStatsResponse
-	(*DeadLetter)(nil),               // 29: recsys.v1.DeadLetter
-	(*ListDeadLettersRequest)(nil),   // 30: recsys.v1.ListDeadLettersRequest
-	(*ListDeadLettersResponse)(nil),  // 31: recsys.v1.ListDeadLettersResponse
-	(*structpb.Value)(nil),           // 32: google.protobuf.Value
-	(*timestamppb.Timestamp)(nil),    // 33: google.protobuf.Timestamp
+	(*GetUserHistoryRequest)(nil),    // 24: recsys.v1.GetUserHistoryRequest
+	(*HistoryItem)(nil),              // 25: recsys.v1.HistoryItem
+	(*GetUserHistoryResponse)(nil),   // 26: recsys.v1.GetUserHistoryResponse
+	(*ListModelsRequest)(nil),        // 27: recsys.v1.ListModelsRequest
+	(*ModelInfo)(nil),                // 28: recsys.v1.ModelInfo
+	(*ListModelsResponse)(nil),       // 29: recsys.v1.ListModelsResponse
+	(*GetStatsRequest)(nil),          // 30: recsys.v1.GetStatsRequest
+	(*GetStatsResponse)(nil),         // 31: recsys.v1.GetStatsResponse
+	(*DeadLetter)(nil),               // 32: recsys.v1.DeadLetter
+	(*ListDeadLettersRequest)(nil),   // 33: recsys.v1.ListDeadLettersRequest
+	(*ListDeadLettersResponse)(nil),  // 34: recsys.v1.ListDeadLettersResponse
+	(*structpb.Value)(nil),           // 35: google.protobuf.Value
+	(*timestamppb.Timestamp)(nil),    // 36: google.protobuf.Timestamp
 }
 var file_recsys_v1_recsys_proto_depIdxs = []int32{
 	0,  // 0: recsys.v1.IngestRequest.events:type_name -> recsys.v1.Event
 	2,  // 1: recsys.v1.IngestResponse.rejected:type_name -> recsys.v1.Rejection
-	32, // 2: recsys.v1.FeatureValue.value:type_name -> google.protobuf.Value
-	33, // 3: recsys.v1.FeatureValue.event_time:type_name -> google.protobuf.Timestamp
+	35, // 2: recsys.v1.FeatureValue.value:type_name -> google.protobuf.Value
+	36, // 3: recsys.v1.FeatureValue.event_time:type_name -> google.protobuf.Timestamp
 	4,  // 4: recsys.v1.EntityFeatures.features:type_name -> recsys.v1.FeatureValue
 	5,  // 5: recsys.v1.GetFeaturesResponse.entities:type_name -> recsys.v1.EntityFeatures
 	10, // 6: recsys.v1.FeatureView.features:type_name -> recsys.v1.FeatureInfo
@@ -2242,40 +2441,44 @@ var file_recsys_v1_recsys_proto_depIdxs = []int32{
 	14, // 9: recsys.v1.PopularItemsResponse.items:type_name -> recsys.v1.ScoredItem
 	14, // 10: recsys.v1.SimilarItemsResponse.items:type_name -> recsys.v1.ScoredItem
 	22, // 11: recsys.v1.SimilarUsersResponse.users:type_name -> recsys.v1.ScoredUser
-	33, // 12: recsys.v1.ModelInfo.last_update:type_name -> google.protobuf.Timestamp
-	25, // 13: recsys.v1.ListModelsResponse.models:type_name -> recsys.v1.ModelInfo
-	0,  // 14: recsys.v1.DeadLetter.event:type_name -> recsys.v1.Event
-	33, // 15: recsys.v1.DeadLetter.received_at:type_name -> google.protobuf.Timestamp
-	29, // 16: recsys.v1.ListDeadLettersResponse.dead_letters:type_name -> recsys.v1.DeadLetter
-	1,  // 17: recsys.v1.EventService.Ingest:input_type -> recsys.v1.IngestRequest
-	6,  // 18: recsys.v1.FeatureService.GetUserFeatures:input_type -> recsys.v1.GetUserFeaturesRequest
-	7,  // 19: recsys.v1.FeatureService.GetItemFeatures:input_type -> recsys.v1.GetItemFeaturesRequest
-	8,  // 20: recsys.v1.FeatureService.GetFeatures:input_type -> recsys.v1.GetFeaturesRequest
-	12, // 21: recsys.v1.FeatureService.ListFeatureViews:input_type -> recsys.v1.ListFeatureViewsRequest
-	15, // 22: recsys.v1.RecommendService.Recommend:input_type -> recsys.v1.RecommendRequest
-	17, // 23: recsys.v1.RecommendService.PopularItems:input_type -> recsys.v1.PopularItemsRequest
-	19, // 24: recsys.v1.RecommendService.SimilarItems:input_type -> recsys.v1.SimilarItemsRequest
-	21, // 25: recsys.v1.RecommendService.SimilarUsers:input_type -> recsys.v1.SimilarUsersRequest
-	24, // 26: recsys.v1.RecommendService.ListModels:input_type -> recsys.v1.ListModelsRequest
-	30, // 27: recsys.v1.AdminService.ListDeadLetters:input_type -> recsys.v1.ListDeadLettersRequest
-	27, // 28: recsys.v1.AdminService.GetStats:input_type -> recsys.v1.GetStatsRequest
-	3,  // 29: recsys.v1.EventService.Ingest:output_type -> recsys.v1.IngestResponse
-	5,  // 30: recsys.v1.FeatureService.GetUserFeatures:output_type -> recsys.v1.EntityFeatures
-	5,  // 31: recsys.v1.FeatureService.GetItemFeatures:output_type -> recsys.v1.EntityFeatures
-	9,  // 32: recsys.v1.FeatureService.GetFeatures:output_type -> recsys.v1.GetFeaturesResponse
-	13, // 33: recsys.v1.FeatureService.ListFeatureViews:output_type -> recsys.v1.ListFeatureViewsResponse
-	16, // 34: recsys.v1.RecommendService.Recommend:output_type -> recsys.v1.RecommendResponse
-	18, // 35: recsys.v1.RecommendService.PopularItems:output_type -> recsys.v1.PopularItemsResponse
-	20, // 36: recsys.v1.RecommendService.SimilarItems:output_type -> recsys.v1.SimilarItemsResponse
-	23, // 37: recsys.v1.RecommendService.SimilarUsers:output_type -> recsys.v1.SimilarUsersResponse
-	26, // 38: recsys.v1.RecommendService.ListModels:output_type -> recsys.v1.ListModelsResponse
-	31, // 39: recsys.v1.AdminService.ListDeadLetters:output_type -> recsys.v1.ListDeadLettersResponse
-	28, // 40: recsys.v1.AdminService.GetStats:output_type -> recsys.v1.GetStatsResponse
-	29, // [29:41] is the sub-list for method output_type
-	17, // [17:29] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	36, // 12: recsys.v1.HistoryItem.event_time:type_name -> google.protobuf.Timestamp
+	25, // 13: recsys.v1.GetUserHistoryResponse.items:type_name -> recsys.v1.HistoryItem
+	36, // 14: recsys.v1.ModelInfo.last_update:type_name -> google.protobuf.Timestamp
+	28, // 15: recsys.v1.ListModelsResponse.models:type_name -> recsys.v1.ModelInfo
+	0,  // 16: recsys.v1.DeadLetter.event:type_name -> recsys.v1.Event
+	36, // 17: recsys.v1.DeadLetter.received_at:type_name -> google.protobuf.Timestamp
+	32, // 18: recsys.v1.ListDeadLettersResponse.dead_letters:type_name -> recsys.v1.DeadLetter
+	1,  // 19: recsys.v1.EventService.Ingest:input_type -> recsys.v1.IngestRequest
+	6,  // 20: recsys.v1.FeatureService.GetUserFeatures:input_type -> recsys.v1.GetUserFeaturesRequest
+	7,  // 21: recsys.v1.FeatureService.GetItemFeatures:input_type -> recsys.v1.GetItemFeaturesRequest
+	8,  // 22: recsys.v1.FeatureService.GetFeatures:input_type -> recsys.v1.GetFeaturesRequest
+	12, // 23: recsys.v1.FeatureService.ListFeatureViews:input_type -> recsys.v1.ListFeatureViewsRequest
+	15, // 24: recsys.v1.RecommendService.Recommend:input_type -> recsys.v1.RecommendRequest
+	17, // 25: recsys.v1.RecommendService.PopularItems:input_type -> recsys.v1.PopularItemsRequest
+	19, // 26: recsys.v1.RecommendService.SimilarItems:input_type -> recsys.v1.SimilarItemsRequest
+	21, // 27: recsys.v1.RecommendService.SimilarUsers:input_type -> recsys.v1.SimilarUsersRequest
+	24, // 28: recsys.v1.RecommendService.GetUserHistory:input_type -> recsys.v1.GetUserHistoryRequest
+	27, // 29: recsys.v1.RecommendService.ListModels:input_type -> recsys.v1.ListModelsRequest
+	33, // 30: recsys.v1.AdminService.ListDeadLetters:input_type -> recsys.v1.ListDeadLettersRequest
+	30, // 31: recsys.v1.AdminService.GetStats:input_type -> recsys.v1.GetStatsRequest
+	3,  // 32: recsys.v1.EventService.Ingest:output_type -> recsys.v1.IngestResponse
+	5,  // 33: recsys.v1.FeatureService.GetUserFeatures:output_type -> recsys.v1.EntityFeatures
+	5,  // 34: recsys.v1.FeatureService.GetItemFeatures:output_type -> recsys.v1.EntityFeatures
+	9,  // 35: recsys.v1.FeatureService.GetFeatures:output_type -> recsys.v1.GetFeaturesResponse
+	13, // 36: recsys.v1.FeatureService.ListFeatureViews:output_type -> recsys.v1.ListFeatureViewsResponse
+	16, // 37: recsys.v1.RecommendService.Recommend:output_type -> recsys.v1.RecommendResponse
+	18, // 38: recsys.v1.RecommendService.PopularItems:output_type -> recsys.v1.PopularItemsResponse
+	20, // 39: recsys.v1.RecommendService.SimilarItems:output_type -> recsys.v1.SimilarItemsResponse
+	23, // 40: recsys.v1.RecommendService.SimilarUsers:output_type -> recsys.v1.SimilarUsersResponse
+	26, // 41: recsys.v1.RecommendService.GetUserHistory:output_type -> recsys.v1.GetUserHistoryResponse
+	29, // 42: recsys.v1.RecommendService.ListModels:output_type -> recsys.v1.ListModelsResponse
+	34, // 43: recsys.v1.AdminService.ListDeadLetters:output_type -> recsys.v1.ListDeadLettersResponse
+	31, // 44: recsys.v1.AdminService.GetStats:output_type -> recsys.v1.GetStatsResponse
+	32, // [32:45] is the sub-list for method output_type
+	19, // [19:32] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_recsys_v1_recsys_proto_init() }
@@ -2290,7 +2493,7 @@ func file_recsys_v1_recsys_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_recsys_v1_recsys_proto_rawDesc), len(file_recsys_v1_recsys_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   32,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

@@ -347,11 +347,12 @@ var FeatureService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	RecommendService_Recommend_FullMethodName    = "/recsys.v1.RecommendService/Recommend"
-	RecommendService_PopularItems_FullMethodName = "/recsys.v1.RecommendService/PopularItems"
-	RecommendService_SimilarItems_FullMethodName = "/recsys.v1.RecommendService/SimilarItems"
-	RecommendService_SimilarUsers_FullMethodName = "/recsys.v1.RecommendService/SimilarUsers"
-	RecommendService_ListModels_FullMethodName   = "/recsys.v1.RecommendService/ListModels"
+	RecommendService_Recommend_FullMethodName      = "/recsys.v1.RecommendService/Recommend"
+	RecommendService_PopularItems_FullMethodName   = "/recsys.v1.RecommendService/PopularItems"
+	RecommendService_SimilarItems_FullMethodName   = "/recsys.v1.RecommendService/SimilarItems"
+	RecommendService_SimilarUsers_FullMethodName   = "/recsys.v1.RecommendService/SimilarUsers"
+	RecommendService_GetUserHistory_FullMethodName = "/recsys.v1.RecommendService/GetUserHistory"
+	RecommendService_ListModels_FullMethodName     = "/recsys.v1.RecommendService/ListModels"
 )
 
 // RecommendServiceClient is the client API for RecommendService service.
@@ -362,6 +363,8 @@ type RecommendServiceClient interface {
 	PopularItems(ctx context.Context, in *PopularItemsRequest, opts ...grpc.CallOption) (*PopularItemsResponse, error)
 	SimilarItems(ctx context.Context, in *SimilarItemsRequest, opts ...grpc.CallOption) (*SimilarItemsResponse, error)
 	SimilarUsers(ctx context.Context, in *SimilarUsersRequest, opts ...grpc.CallOption) (*SimilarUsersResponse, error)
+	// GetUserHistory returns the distinct items a user touched, newest first.
+	GetUserHistory(ctx context.Context, in *GetUserHistoryRequest, opts ...grpc.CallOption) (*GetUserHistoryResponse, error)
 	ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error)
 }
 
@@ -413,6 +416,16 @@ func (c *recommendServiceClient) SimilarUsers(ctx context.Context, in *SimilarUs
 	return out, nil
 }
 
+func (c *recommendServiceClient) GetUserHistory(ctx context.Context, in *GetUserHistoryRequest, opts ...grpc.CallOption) (*GetUserHistoryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetUserHistoryResponse)
+	err := c.cc.Invoke(ctx, RecommendService_GetUserHistory_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *recommendServiceClient) ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListModelsResponse)
@@ -431,6 +444,8 @@ type RecommendServiceServer interface {
 	PopularItems(context.Context, *PopularItemsRequest) (*PopularItemsResponse, error)
 	SimilarItems(context.Context, *SimilarItemsRequest) (*SimilarItemsResponse, error)
 	SimilarUsers(context.Context, *SimilarUsersRequest) (*SimilarUsersResponse, error)
+	// GetUserHistory returns the distinct items a user touched, newest first.
+	GetUserHistory(context.Context, *GetUserHistoryRequest) (*GetUserHistoryResponse, error)
 	ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error)
 	mustEmbedUnimplementedRecommendServiceServer()
 }
@@ -453,6 +468,9 @@ func (UnimplementedRecommendServiceServer) SimilarItems(context.Context, *Simila
 }
 func (UnimplementedRecommendServiceServer) SimilarUsers(context.Context, *SimilarUsersRequest) (*SimilarUsersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SimilarUsers not implemented")
+}
+func (UnimplementedRecommendServiceServer) GetUserHistory(context.Context, *GetUserHistoryRequest) (*GetUserHistoryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetUserHistory not implemented")
 }
 func (UnimplementedRecommendServiceServer) ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListModels not implemented")
@@ -550,6 +568,24 @@ func _RecommendService_SimilarUsers_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RecommendService_GetUserHistory_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetUserHistoryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecommendServiceServer).GetUserHistory(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RecommendService_GetUserHistory_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecommendServiceServer).GetUserHistory(ctx, req.(*GetUserHistoryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _RecommendService_ListModels_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListModelsRequest)
 	if err := dec(in); err != nil {
@@ -590,6 +626,10 @@ var RecommendService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SimilarUsers",
 			Handler:    _RecommendService_SimilarUsers_Handler,
+		},
+		{
+			MethodName: "GetUserHistory",
+			Handler:    _RecommendService_GetUserHistory_Handler,
 		},
 		{
 			MethodName: "ListModels",
