@@ -168,6 +168,15 @@ func TestFaultApplyAndCheckpoint(t *testing.T) {
 	}
 	fault.Off()
 	want, _, _ := s.User("u1")
+	// Pebble retries the failed flush on its own schedule (backing off), so
+	// on a loaded machine the next flush may take longer than one
+	// FlushWait: wait for one to succeed, as an operator would retry.
+	deadline := time.Now().Add(60 * time.Second)
+	for err := s.Flush(); err != nil; err = s.Flush() {
+		if time.Now().After(deadline) {
+			t.Fatalf("flush once the disk works: still failing after 60 s: %v", err)
+		}
+	}
 	noPanic(t, "Close once the disk works", func() {
 		if err := s.Close(); err != nil {
 			t.Errorf("close once the disk works: %v", err)
