@@ -297,6 +297,24 @@ def test_similar_items_users_popular(loaded, client):
     assert list(nobody.columns) == ["user_id", "score"] and nobody.empty
 
 
+def test_history(loaded, client):
+    hist = client.history("u09", limit=5)
+    raw = raw_items(loaded, "/v1/users/u09/history", limit=5)["items"]
+    assert list(hist.columns) == ["item_id", "category_id", "behavior", "event_time", "events"]
+    assert 0 < len(hist) <= 5 and list(hist["item_id"]) == [r["item_id"] for r in raw]
+    assert list(hist["behavior"]) == [r["behavior"] for r in raw]
+    assert list(hist["events"]) == [int(r["events"]) for r in raw]
+    # Newest first, and each item is one the user touched, in its category.
+    times = list(hist["event_time"])
+    assert times == sorted(times, reverse=True) and str(hist["event_time"].dt.tz) == "UTC"
+    mine = {e["item_id"] for e in EVENTS if e["user_id"] == "u09"}
+    assert set(hist["item_id"]) <= mine
+    assert all(CATEGORY[i] == c for i, c in zip(hist["item_id"], hist["category_id"]))
+    newest = max(e["ts"] for e in EVENTS if e["user_id"] == "u09")
+    assert int(hist["event_time"].iloc[0].timestamp() * 1000) == newest
+    assert client.history("no-such-user").empty
+
+
 # -- point-in-time training sets ------------------------------------------------------
 
 PIT = ["view_count_1h", "cart_count_24h", "purchase_count_7d", "view_count"]
@@ -744,7 +762,7 @@ def test_mtls(tls_server_factory, pki):
 def test_package_is_typed_and_documented():
     import importlib.resources
     assert importlib.resources.files("recsys").joinpath("py.typed").is_file()
-    for name in ("ingest", "features", "recommend", "similar_items", "similar_users", "popular", "scan",
+    for name in ("ingest", "features", "recommend", "similar_items", "similar_users", "history", "popular", "scan",
                  "training_set", "backfill", "models", "stats", "health", "ready", "wait_caught_up"):
         fn = getattr(recsys.Client, name)
         assert fn.__doc__ and fn.__annotations__.get("return"), name

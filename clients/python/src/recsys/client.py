@@ -454,6 +454,20 @@ class Client:
         ``user_id``, ``score``, best first."""
         return _frame(self._get(f"/v1/users/{_seg(user)}/similar", {"k": k}).get("users", []), _USERS_SCHEMA)
 
+    def history(self, user: str, limit: int = 50) -> pd.DataFrame:
+        """The user's history as the models keep it (``GET /v1/users/{user}/history``): the
+        distinct items the user touched, newest first, with ``item_id``, ``category_id``,
+        ``behavior`` (the strongest one), ``event_time`` (the newest, UTC) and ``events``.
+        An unknown user has an empty history."""
+        rows = self._get(f"/v1/users/{_seg(user)}/history", {"limit": limit}).get("items", [])
+        return pa.table({
+            "item_id": pa.array([r.get("item_id") for r in rows], pa.string()),
+            "category_id": pa.array([r.get("category_id") for r in rows], pa.string()),
+            "behavior": pa.array([r.get("behavior") for r in rows], pa.string()),
+            "event_time": pa.array([_ms_of_rfc3339(r.get("event_time")) for r in rows], C.TS),
+            "events": pa.array([None if r.get("events") is None else int(r["events"]) for r in rows], pa.int64()),
+        }).to_pandas()
+
     def popular(self, k: int = 10, *, category: str | None = None, window: str | None = None,
                 by: str | None = None, as_of: TimeLike | None = None) -> pd.DataFrame:
         """Popular items (``GET /v1/items/popular``): time-decayed and behavior-weighted, or with
