@@ -2,6 +2,7 @@ package featurestore
 
 import (
 	"bytes"
+	"container/heap"
 	"encoding/binary"
 	"errors"
 
@@ -9,7 +10,6 @@ import (
 	"github.com/axiomhq/hyperloglog"
 	"io"
 	"slices"
-	"strings"
 
 	"github.com/cockroachdb/pebble/v2"
 )
@@ -387,7 +387,10 @@ func (s *Store) TopItems(category string, asOf, w int64, k int, weighted bool, b
 		return nil, err
 	}
 	defer iter.Close()
-	scores := make(map[string]float64)
+	// Items in order of appearance with their running scores; the index
+	// is looked up without allocating (only a new item's id is copied).
+	var list []Scored
+	index := make(map[string]int)
 	for hour := floorTo(asOf-w+1, coarseTile); hour <= asOf; hour += coarseTile {
 		prefix := hourKey(category, hour, "")
 		for ok := iter.SeekGE(prefix); ok && len(iter.Key()) >= len(prefix) && string(iter.Key()[:len(prefix)]) == string(prefix); ok = iter.Next() {
@@ -406,31 +409,44 @@ func (s *Store) TopItems(category string, asOf, w int64, k int, weighted bool, b
 					score += s.weights[b] * float64(n)
 				}
 			}
-			scores[string(iter.Key()[len(prefix):])] += score
+			id := iter.Key()[len(prefix):]
+			if i, ok := index[string(id)]; ok {
+				list[i].Score += score
+			} else {
+				index[string(id)] = len(list)
+				list = append(list, Scored{ItemID: string(id), Score: score})
+			}
 		}
 		if err := iter.Error(); err != nil {
 			return nil, err
 		}
 	}
-	out := make([]Scored, 0, len(scores))
-	for id, sc := range scores {
-		if sc > 0 {
-			out = append(out, Scored{ItemID: id, Score: sc})
+	return topScored(list, k), nil
+}
+
+// topScored returns the k best entries of list with a positive score, best
+// first (ties by id), keeping a heap of k rather than sorting everything.
+func topScored(list []Scored, k int) []Scored {
+	if k <= 0 {
+		return nil
+	}
+	h := make(scoredHeap, 0, k+1)
+	for _, c := range list {
+		if c.Score <= 0 {
+			continue
+		}
+		if len(h) < k {
+			heap.Push(&h, c)
+			continue
+		}
+		if top := h[0]; c.Score > top.Score || (c.Score == top.Score && c.ItemID < top.ItemID) {
+			h[0] = c
+			heap.Fix(&h, 0)
 		}
 	}
-	slices.SortFunc(out, func(a, b Scored) int {
-		if a.Score != b.Score {
-			if a.Score > b.Score {
-				return -1
-			}
-			return 1
-		}
-		return strings.Compare(a.ItemID, b.ItemID)
-	})
-	if len(out) > k {
-		out = out[:k]
-	}
-	return out, nil
+	out := []Scored(h)
+	sortScored(out)
+	return out
 }
 
 // hllPrecision is the precision of distinct-count sketches: 2^10 registers,
