@@ -126,7 +126,7 @@ func (m *modelConfig) bindFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&m.RankerWindow, "models.ranker-window", d.RankerWindow, "examples in the ranker's rolling AUC and log loss")
 	fs.IntVar(&m.PublishEvery, "models.publish-every", d.PublishEvery, "ranker examples between publication checks")
 	fs.Float64Var(&m.PublishMargin, "models.publish-margin", d.PublishMargin, "a new ranker version is published only if its rolling AUC is at least the current one's minus this")
-	fs.Float64Var(&m.RankerSample, "models.ranker-sample", d.RankerSample, "share of events the ranker trains on (by a hash of the event id); its examples are most of the cost of applying an event")
+	fs.Float64Var(&m.RankerSample, "models.ranker-sample", d.RankerSample, "share of view events the ranker trains on (by a hash of the event id; every cart, fav and purchase trains it); its examples are most of the cost of applying an event")
 }
 
 // options converts m; Open validates the values.
