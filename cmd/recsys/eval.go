@@ -92,7 +92,7 @@ explicitly). Delay 0 is full. Each delay costs about one more full store.`,
 				for _, f := range strings.Split(delays, ",") {
 					d, err := time.ParseDuration(strings.TrimSpace(f))
 					if err != nil {
-						return usageError{fmt.Errorf("model-delay: %q is not a duration (such as 1s, 1m, 1h, 24h)", f)}
+						return usageError{fmt.Errorf("model-delay: %q is not a duration such as 1s, 1m, 1h or 24h", f)}
 					}
 					o.run.Delays = append(o.run.Delays, d)
 				}
