@@ -630,60 +630,74 @@ func (r *runner) rank(i int) (disc, reng, keep []int, err error) {
 		}
 		return nil
 	}
-	asks := func(g storeGroup) error {
+	// Every method of every store is asked on a goroutine of its own
+	// (concurrent reads of a store are safe, as the server's are). A
+	// delayed store has one method, so the goroutine that asks it is the
+	// only one to use it, and feeds it first.
+	type job struct{ g, j int }
+	var jobs []job
+	excludes := make([]map[string]bool, len(r.groups))
+	for gi, g := range r.groups {
+		if isDisc && g.ds == nil {
+			excludes[gi] = unseenBy(g.st, mine)
+		}
+		for j := range g.idx {
+			jobs = append(jobs, job{gi, j})
+		}
+	}
+	asks := func(jb job) error {
+		g, j, mi := r.groups[jb.g], jb.j, r.groups[jb.g].idx[jb.j]
+		exclude := excludes[jb.g]
 		if g.ds != nil {
 			if err := g.ds.catchUp(r.evs, i, ev.TS); err != nil {
 				return err
 			}
-		}
-		var exclude map[string]bool
-		if isDisc {
-			exclude = unseenBy(g.st, mine)
-		}
-		for j, mi := range g.idx {
-			ask := func(discovery, keepPurchased bool) (int, error) {
-				o := featurestore.RecommendOptions{K: r.maxK, Method: g.methods[j], KeepPurchased: keepPurchased}
-				if discovery {
-					o.ExcludeSeen, o.Exclude = true, exclude
-				}
-				recs, err := g.st.Recommend(ev.UserID, o)
-				if err != nil {
-					return 0, fmt.Errorf("eval: %s for user %s: %w", r.methods[mi], ev.UserID, err)
-				}
-				rank := 0
-				for i, rec := range recs {
-					if _, ok := mine[rec.ItemID]; ok && discovery {
-						return 0, fmt.Errorf("eval: %s for user %s with exclude_seen returned %s, which the user touched", r.methods[mi], ev.UserID, rec.ItemID)
-					}
-					if rec.ItemID == ev.ItemID && rank == 0 {
-						rank = i + 1
-					}
-				}
-				return rank, nil
-			}
-			var err error
 			if isDisc {
-				if disc[mi], err = ask(true, false); err != nil {
-					return err
+				exclude = unseenBy(g.st, mine)
+			}
+		}
+		ask := func(discovery, keepPurchased bool) (int, error) {
+			o := featurestore.RecommendOptions{K: r.maxK, Method: g.methods[j], KeepPurchased: keepPurchased}
+			if discovery {
+				o.ExcludeSeen, o.Exclude = true, exclude
+			}
+			recs, err := g.st.Recommend(ev.UserID, o)
+			if err != nil {
+				return 0, fmt.Errorf("eval: %s for user %s: %w", r.methods[mi], ev.UserID, err)
+			}
+			rank := 0
+			for i, rec := range recs {
+				if _, ok := mine[rec.ItemID]; ok && discovery {
+					return 0, fmt.Errorf("eval: %s for user %s with exclude_seen returned %s, which the user touched", r.methods[mi], ev.UserID, rec.ItemID)
+				}
+				if rec.ItemID == ev.ItemID && rank == 0 {
+					rank = i + 1
 				}
 			}
-			if reng[mi], err = ask(false, false); err != nil {
+			return rank, nil
+		}
+		var err error
+		if isDisc {
+			if disc[mi], err = ask(true, false); err != nil {
 				return err
 			}
-			keep[mi] = reng[mi]
-			if bought {
-				if keep[mi], err = ask(false, true); err != nil {
-					return err
-				}
+		}
+		if reng[mi], err = ask(false, false); err != nil {
+			return err
+		}
+		keep[mi] = reng[mi]
+		if bought {
+			if keep[mi], err = ask(false, true); err != nil {
+				return err
 			}
 		}
 		return nil
 	}
-	err = parallel(len(r.groups)+1, func(j int) error {
+	err = parallel(len(jobs)+1, func(j int) error {
 		if j == 0 {
 			return baselines()
 		}
-		return asks(r.groups[j-1])
+		return asks(jobs[j-1])
 	})
 	if err != nil {
 		return nil, nil, nil, err
