@@ -81,7 +81,7 @@ type Options struct {
 	Methods []string
 	// Delays are the lags of the freshness curve (--model-delay). For
 	// each delay d > 0 a store of its own, method full@d, is fed each
-	// event only once the replay has reached an event at least d newer:
+	// event only once the replay has reached a target at least d newer:
 	// a target at time t is served from the whole store (features,
 	// models, seen sets, its clock) as it was after the events up to
 	// t − d. It is asked exactly like full, in every variant, on the same
@@ -127,6 +127,9 @@ func (o *Options) Validate() error {
 	for _, d := range o.Delays {
 		if d < 0 || d > maxDelay {
 			return fmt.Errorf("model-delay: %s is not in [0, %s]", FormatDelay(d), FormatDelay(maxDelay))
+		}
+		if d%time.Millisecond != 0 {
+			return fmt.Errorf("model-delay: %s is not a whole number of milliseconds", FormatDelay(d))
 		}
 	}
 	return nil

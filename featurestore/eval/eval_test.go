@@ -501,7 +501,7 @@ func TestRunDelays(t *testing.T) {
 }
 
 func TestValidateDelays(t *testing.T) {
-	for _, d := range []time.Duration{-time.Second, 400 * 24 * time.Hour} {
+	for _, d := range []time.Duration{-time.Second, 400 * 24 * time.Hour, 1500 * time.Microsecond} {
 		o := Options{Ks: []int{10}, Delays: []time.Duration{d}}
 		if err := o.Validate(); err == nil || err.Error()[:len("model-delay:")] != "model-delay:" {
 			t.Errorf("delay %s: err %v, want one naming model-delay", d, err)
