@@ -243,3 +243,14 @@ def test_serve_load_is_ready_once_applied(tmp_path, server_factory):
     # A restart does not load the files again.
     s.restart()
     assert s.stats()["log_end_offset"] == n
+
+
+def test_eval_model_delay_errors_name_the_flag(tmp_path):
+    events = tmp_path / "e.csv"
+    events.write_text("1,2,3,pv,1511544070\n")
+    for value, want in [("1d", 'model-delay: "1d" is not a duration such as 1s, 1m, 1h or 24h'),
+                        ("1h,,24h", 'model-delay: "" is not a duration'),
+                        ("-1m", "model-delay: -1m is not in [0, 8760h]"),
+                        ("9000h", "model-delay: 9000h is not in [0, 8760h]")]:
+        res = run("eval", "--format", "taobao", str(events), "--model-delay", value)
+        assert res.returncode == 2 and want in res.stderr, (value, res.stderr)

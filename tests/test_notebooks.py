@@ -37,7 +37,7 @@ def taobao_server(tmp_path_factory):
 def eval_json(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("eval") / "eval.json"
     run = subprocess.run([recsys_bin(), "eval", "--format", "taobao", str(TAOBAO_USERS), "--sample", "0.1",
-                          "--bootstrap", "200", "--json"], capture_output=True, text=True, timeout=600)
+                          "--bootstrap", "200", "--model-delay", "1s,1m,1h,24h", "--json"], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     out.write_text(run.stdout)
     return out
@@ -93,7 +93,9 @@ def test_notebook(taobao_server, eval_json, notebook):
         assert isinstance(got["ranker_auc"], float) and 0.5 < got["ranker_auc"] <= 1, got
     elif name.startswith("03_"):
         assert got["users"] == 3 and got["recs"] == 24
-        assert got["methods"] == sorted(["popular", "recent_popular", "item2item", "mf", "recent", "itemknn", "als", "full", "full_frozen"])
+        assert got["methods"] == sorted(["popular", "recent_popular", "item2item", "mf", "recent", "itemknn", "als", "full", "full_frozen",
+                                         "full@1s", "full@1m", "full@1h", "full@24h"])
+        assert got["freshness"] == ["0s", "1s", "1m", "1h", "24h"], got
         assert got["days"] >= 2
     else:
         pytest.fail(f"no assertions for {name}")

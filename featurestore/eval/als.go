@@ -3,6 +3,7 @@ package eval
 import (
 	"math"
 	"math/rand/v2"
+	"runtime"
 )
 
 // als is implicit-feedback matrix factorization by alternating least
@@ -94,10 +95,27 @@ func gramian(Y []float64, f int, lambda float64, use []bool) []float64 {
 func (m *als) halfStep(X, Y []float64, R [][]rating) {
 	f := m.o.ALSFactors
 	G := gramian(Y, f, m.o.ALSReg, nil)
+	// Rows are independent given Y: solved in chunks, one per CPU, each
+	// with its own scratch; the result does not depend on the split.
+	workers := min(runtime.GOMAXPROCS(0), max(1, len(R)/256))
+	chunk := (len(R) + workers - 1) / workers
+	_ = parallel(workers, func(w int) error {
+		lo, hi := w*chunk, min(len(R), (w+1)*chunk)
+		if lo < hi {
+			m.solveRows(X, Y, R, G, lo, hi)
+		}
+		return nil
+	})
+}
+
+// solveRows solves rows [lo, hi) of X (see halfStep).
+func (m *als) solveRows(X, Y []float64, R [][]rating, G []float64, lo, hi int) {
+	f := m.o.ALSFactors
 	r := make([]float64, f)
 	p := make([]float64, f)
 	ap := make([]float64, f)
-	for row, rs := range R {
+	for row := lo; row < hi; row++ {
+		rs := R[row]
 		x := X[row*f : (row+1)*f]
 		if len(rs) == 0 {
 			clear(x)

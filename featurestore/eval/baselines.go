@@ -83,8 +83,9 @@ type interaction struct {
 // userHistory is every item a user touched, exactly (the evaluation keeps
 // whole histories; the store's model history is capped).
 type userHistory struct {
-	pos   map[int32]int // item -> index in items
-	items []interaction
+	pos    map[int32]int // item -> index in items
+	items  []interaction
+	bought map[int32]bool // items the user purchased (nil: none)
 }
 
 // histories holds the users' histories with dense item ids.
@@ -116,6 +117,12 @@ func (h *histories) add(ev *featurestore.Event) {
 	if u == nil {
 		u = &userHistory{pos: make(map[int32]int)}
 		h.users[ev.UserID] = u
+	}
+	if ev.Behavior == featurestore.BehaviorPurchase {
+		if u.bought == nil {
+			u.bought = make(map[int32]bool)
+		}
+		u.bought[it] = true
 	}
 	if p, ok := u.pos[it]; ok {
 		u.items[p].w += behaviorWeight(ev.Behavior)

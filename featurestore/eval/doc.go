@@ -16,6 +16,13 @@
 // items, newest first), itemknn (item-kNN cosine) and als (implicit ALS
 // with fold-in), the last two rebuilt every day of event time.
 //
+// Re-engagement is reported twice on the same targets: with the items the
+// user bought dropped from every method's list (the server's default) and
+// kept. With Options.Delays, full is also asked of one store per delay d
+// (full@d) that applies each event only once the replay has reached a
+// target d newer: the freshness curve. It lags the whole store (features,
+// models, seen sets, its clock), not the models alone.
+//
 // Metrics are HR@K, NDCG@K and MRR with 95% percentile-bootstrap
 // intervals; the resamples of targets are shared by every method of a
 // variant, so that the paired difference full − method has an interval of

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/streamrec/recsys/featurestore"
@@ -41,6 +42,27 @@ func isStoreMethod(m string) bool {
 	return m != MethodRecent && m != MethodItemKNN && m != MethodALS
 }
 
+// DelayedMethod is the name of full served from a store that lags the
+// replay by d (see Options.Delays): "full@1h". Delay 0 is full itself.
+func DelayedMethod(d time.Duration) string {
+	if d <= 0 {
+		return MethodFull
+	}
+	return MethodFull + "@" + FormatDelay(d)
+}
+
+// FormatDelay writes d without zero trailing units: 1s, 1m, 1h30m, 24h.
+func FormatDelay(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
+
 // Options configure a run.
 type Options struct {
 	// Warmup is the share of the time span (0.1% to 99.9% quantile of
@@ -57,6 +79,14 @@ type Options struct {
 	Seed uint64
 	// Methods are the methods evaluated (nil: all), in any order.
 	Methods []string
+	// Delays are the lags of the freshness curve (--model-delay). For
+	// each delay d > 0 a store of its own, method full@d, is fed each
+	// event only once the replay has reached a target at least d newer:
+	// a target at time t is served from the whole store (features,
+	// models, seen sets, its clock) as it was after the events up to
+	// t − d. It is asked exactly like full, in every variant, on the same
+	// targets. Delay 0 is full itself.
+	Delays []time.Duration
 	// Models configure the stores' models.
 	Models featurestore.ModelOptions
 	// Baselines configure recent, itemknn and als.
@@ -94,14 +124,32 @@ func (o *Options) Validate() error {
 			return fmt.Errorf("methods: %q is not a method (%s)", m, strings.Join(Methods, ", "))
 		}
 	}
+	for _, d := range o.Delays {
+		if d < 0 || d > maxDelay {
+			return fmt.Errorf("model-delay: %s is not in [0, %s]", FormatDelay(d), FormatDelay(maxDelay))
+		}
+		if d%time.Millisecond != 0 {
+			return fmt.Errorf("model-delay: %s is not a whole number of milliseconds", FormatDelay(d))
+		}
+	}
 	return nil
 }
 
+// maxDelay bounds Options.Delays (a year of event time).
+const maxDelay = 365 * 24 * time.Hour
+
 // Report is the result of a run. Its JSON form is `recsys eval --json`.
 type Report struct {
-	Discovery    *VariantReport `json:"discovery"`
-	Reengagement *VariantReport `json:"reengagement"`
-	Views        struct {
+	Discovery *VariantReport `json:"discovery"`
+	// Reengagement drops the items the user bought from every method's
+	// list (the server's default, exclude_purchased=true);
+	// ReengagementKeepPurchased keeps them in every method's list
+	// (exclude_purchased=false). Both have the same targets, of which
+	// RepurchaseTargets are on an item the user had already bought.
+	Reengagement              *VariantReport `json:"reengagement"`
+	ReengagementKeepPurchased *VariantReport `json:"reengagement_keep_purchased"`
+	RepurchaseTargets         int            `json:"repurchase_targets"`
+	Views                     struct {
 		Discovery    *VariantReport `json:"discovery"`
 		Reengagement *VariantReport `json:"reengagement"`
 	} `json:"views"`
@@ -118,6 +166,9 @@ type Report struct {
 	RankerWeights map[string]float64 `json:"ranker_weights"`
 	// Baselines are the hyperparameters the baselines ran with.
 	Baselines BaselineReport `json:"baselines"`
+	// Freshness is the freshness curve (Options.Delays); null without
+	// delays.
+	Freshness *FreshnessReport `json:"freshness"`
 }
 
 // BaselineReport is BaselineOptions in JSON.
@@ -159,8 +210,20 @@ func Run(ctx context.Context, evs []featurestore.Event, o Options) (*Report, err
 			}
 		}
 	}
-	r := &runner{o: &o, maxK: maxK, methods: methods, hist: newHistories(),
+	delays := slices.Clone(o.Delays)
+	slices.Sort(delays)
+	delays = slices.Compact(delays)
+	r := &runner{o: &o, evs: evs, maxK: maxK, hist: newHistories(),
 		knn: &itemKNN{o: &o.Baselines}, als: &als{o: &o.Baselines}}
+	for _, d := range delays {
+		if d > 0 {
+			r.delayed = append(r.delayed, &delayedStore{delay: d.Milliseconds(), method: DelayedMethod(d)})
+		}
+	}
+	for _, ds := range r.delayed {
+		methods = append(slices.Clip(methods), ds.method)
+	}
+	r.methods = methods
 	for _, m := range methods {
 		if m != MethodRecent {
 			r.discMethods = append(r.discMethods, m)
@@ -171,7 +234,7 @@ func Run(ctx context.Context, evs []featurestore.Event, o Options) (*Report, err
 		case MethodFullFrozen:
 			r.needFrozen = true
 		}
-		if isStoreMethod(m) {
+		if isStoreMethod(m) && !strings.HasPrefix(m, MethodFull+"@") {
 			r.needLive = true
 		}
 	}
@@ -187,7 +250,7 @@ func Run(ctx context.Context, evs []featurestore.Event, o Options) (*Report, err
 	warmEnd := first + int64(o.Warmup*float64(last-first))
 	rng := rand.New(rand.NewPCG(o.Seed, 0x5eed))
 	users := make(map[string]bool)
-	var disc, reng, vdisc, vreng []targetResult
+	var disc, reng, keep, vdisc, vreng []targetResult
 	isFrozen := false
 	for i := range evs {
 		ev := &evs[i]
@@ -208,7 +271,7 @@ func Run(ctx context.Context, evs []featurestore.Event, o Options) (*Report, err
 				if err := r.flush(); err != nil {
 					return nil, err
 				}
-				d, rr, err := r.rank(ev)
+				d, rr, kp, err := r.rank(i)
 				if err != nil {
 					return nil, err
 				}
@@ -221,6 +284,9 @@ func Run(ctx context.Context, evs []featurestore.Event, o Options) (*Report, err
 					*dc = append(*dc, targetResult{day, d})
 				}
 				*rc = append(*rc, targetResult{day, rr})
+				if !view {
+					keep = append(keep, targetResult{day, kp})
+				}
 			}
 		}
 		if err := r.ingest(ev); err != nil {
@@ -242,12 +308,18 @@ func Run(ctx context.Context, evs []featurestore.Event, o Options) (*Report, err
 		o.Progress(len(evs), len(evs))
 	}
 	rep := &Report{Events: len(evs), Users: len(users), Items: len(r.hist.names),
-		WarmupEnd: time.UnixMilli(warmEnd).UTC().Format(time.RFC3339)}
+		WarmupEnd: time.UnixMilli(warmEnd).UTC().Format(time.RFC3339), RepurchaseTargets: r.repurchases}
 	bs := rand.New(rand.NewPCG(o.Seed, 0xb007))
 	rep.Discovery = summarize(disc, r.discMethods, ks, o.Bootstrap, bs)
 	rep.Reengagement = summarize(reng, methods, ks, o.Bootstrap, bs)
 	rep.Views.Discovery = summarize(vdisc, r.discMethods, ks, o.Bootstrap, bs)
 	rep.Views.Reengagement = summarize(vreng, methods, ks, o.Bootstrap, bs)
+	// Drawn after the others, so that adding the variant left their
+	// resamples, and so their intervals, as they were.
+	rep.ReengagementKeepPurchased = summarize(keep, methods, ks, o.Bootstrap, bs)
+	if len(o.Delays) > 0 {
+		rep.Freshness = freshness(rep, delays, ks[0])
+	}
 	b := o.Baselines
 	rep.Baselines = BaselineReport{RebuildHours: b.Rebuild.Hours(), History: b.History, KNNNeighbors: b.KNNNeighbors,
 		ALSFactors: b.ALSFactors, ALSIterations: b.ALSIterations, ALSReg: b.ALSReg, ALSAlpha: b.ALSAlpha,
@@ -297,6 +369,7 @@ type targetResult struct {
 
 type runner struct {
 	o           *Options
+	evs         []featurestore.Event
 	maxK        int
 	methods     []string // re-engagement, in report order
 	discMethods []string // discovery: without recent
@@ -306,6 +379,8 @@ type runner struct {
 	tmp         string
 	live        *featurestore.Store
 	frozen      *featurestore.Store
+	delayed     []*delayedStore
+	groups      []storeGroup
 	pending     []featurestore.Entry
 	off         uint64
 	hist        *histories
@@ -314,11 +389,50 @@ type runner struct {
 	als         *als
 	lastBuild   int64
 	builds      int
+	repurchases int
+}
+
+// storeGroup is a store and the methods asked of it, by index in
+// runner.methods. The groups are asked concurrently (each store by one
+// goroutine at a time).
+type storeGroup struct {
+	st      *featurestore.Store
+	ds      *delayedStore // nil: fed before every target
+	idx     []int
+	methods []string // the store's method of each idx
+}
+
+// delayedStore is the store of a point of the freshness curve. It has
+// applied evs[:next]; an event is applied once the replay reaches a
+// target at least delay newer than it.
+type delayedStore struct {
+	delay  int64 // ms
+	method string
+	st     *featurestore.Store
+	next   int
+	batch  []featurestore.Entry
+}
+
+// catchUp applies the events before index i that are at least delay
+// older than ts (the target's time), in time order.
+func (ds *delayedStore) catchUp(evs []featurestore.Event, i int, ts int64) error {
+	due := func() bool { return ds.next < i && evs[ds.next].TS <= ts-ds.delay }
+	for due() {
+		ds.batch = ds.batch[:0]
+		for due() && len(ds.batch) < 4096 {
+			ds.batch = append(ds.batch, featurestore.Entry{Offset: uint64(ds.next), Event: evs[ds.next]})
+			ds.next++
+		}
+		if _, err := ds.st.Apply(uint64(ds.next), ds.batch); err != nil {
+			return fmt.Errorf("eval: %s: %w", ds.method, err)
+		}
+	}
+	return nil
 }
 
 func (r *runner) openStores() error {
 	r.seen = make(map[string]map[string]int64)
-	if !r.needLive && !r.needFrozen {
+	if !r.needLive && !r.needFrozen && len(r.delayed) == 0 {
 		return nil
 	}
 	tmp, err := os.MkdirTemp(r.o.Dir, "recsys-eval-")
@@ -330,31 +444,50 @@ func (r *runner) openStores() error {
 	if logger == nil {
 		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+	// The block cache holds the whole working set of a recommendation
+	// (item, neighbour and model records): at 64 MiB three reads in four
+	// missed it on dense histories, and the run took twice as long. Pebble
+	// allocates it as it fills.
 	open := func(name string) (*featurestore.Store, error) {
-		return featurestore.Open(filepath.Join(tmp, name), featurestore.Options{Logger: logger, Clock: "event", CacheBytes: 64 << 20, Models: r.o.Models})
+		return featurestore.Open(filepath.Join(tmp, name), featurestore.Options{Logger: logger, Clock: "event", CacheBytes: 512 << 20, Models: r.o.Models})
 	}
-	if r.live, err = open("live"); err != nil {
-		return err
+	if r.needLive {
+		if r.live, err = open("live"); err != nil {
+			return err
+		}
+		g := storeGroup{st: r.live}
+		for mi, m := range r.methods {
+			if isStoreMethod(m) && m != MethodFullFrozen && !strings.HasPrefix(m, MethodFull+"@") {
+				g.idx, g.methods = append(g.idx, mi), append(g.methods, m)
+			}
+		}
+		r.groups = append(r.groups, g)
 	}
 	if r.needFrozen {
 		if r.frozen, err = open("frozen"); err != nil {
 			return err
 		}
+		r.groups = append(r.groups, storeGroup{st: r.frozen, idx: []int{slices.Index(r.methods, MethodFullFrozen)}, methods: []string{MethodFull}})
+	}
+	for _, ds := range r.delayed {
+		if ds.st, err = open(fmt.Sprintf("delay-%d", ds.delay)); err != nil {
+			return err
+		}
+		r.groups = append(r.groups, storeGroup{st: ds.st, ds: ds, idx: []int{slices.Index(r.methods, ds.method)}, methods: []string{MethodFull}})
 	}
 	return nil
 }
 
 func (r *runner) close() {
-	for _, st := range []*featurestore.Store{r.live, r.frozen} {
-		if st != nil {
-			st.Close()
-		}
+	for _, g := range r.groups {
+		g.st.Close()
 	}
 	if r.tmp != "" {
 		os.RemoveAll(r.tmp)
 	}
 }
 
+// stores are the stores fed before every target.
 func (r *runner) stores() []*featurestore.Store {
 	var out []*featurestore.Store
 	for _, st := range []*featurestore.Store{r.live, r.frozen} {
@@ -369,12 +502,39 @@ func (r *runner) flush() error {
 	if len(r.pending) == 0 {
 		return nil
 	}
-	for _, st := range r.stores() {
-		if _, err := st.Apply(r.off, r.pending); err != nil {
+	sts := r.stores()
+	err := parallel(len(sts), func(j int) error {
+		_, err := sts[j].Apply(r.off, r.pending)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	r.pending = r.pending[:0]
+	return nil
+}
+
+// parallel calls fn(0), …, fn(n−1) concurrently (fn(0) on the calling
+// goroutine) and returns the error of the first that failed, by index.
+func parallel(n int, fn func(j int) error) error {
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for j := 1; j < n; j++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[j] = fn(j)
+		}()
+	}
+	if n > 0 {
+		errs[0] = fn(0)
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
 			return err
 		}
 	}
-	r.pending = r.pending[:0]
 	return nil
 }
 
@@ -386,7 +546,7 @@ func (r *runner) ingest(ev *featurestore.Event) error {
 		r.seen[ev.UserID] = mine
 	}
 	mine[ev.ItemID] = max(mine[ev.ItemID], ev.TS)
-	if r.live == nil {
+	if r.live == nil && r.frozen == nil {
 		return nil
 	}
 	r.pending = append(r.pending, featurestore.Entry{Offset: r.off, Event: *ev})
@@ -397,10 +557,13 @@ func (r *runner) ingest(ev *featurestore.Event) error {
 	return nil
 }
 
-// rank asks every method for the user's top K and returns the target's
-// rank per discovery method (nil when the user had already touched the
-// item: no discovery target) and per re-engagement method.
-func (r *runner) rank(ev *featurestore.Event) (disc, reng []int, err error) {
+// rank asks every method for the user's top K before evs[i] is ingested
+// and returns the target's rank per discovery method (nil when the user
+// had already touched the item: no discovery target), per re-engagement
+// method with the user's purchases dropped from every list, and per
+// re-engagement method with them kept.
+func (r *runner) rank(i int) (disc, reng, keep []int, err error) {
+	ev := &r.evs[i]
 	mine := r.seen[ev.UserID]
 	_, touched := mine[ev.ItemID]
 	isDisc := !touched
@@ -412,6 +575,14 @@ func (r *runner) rank(ev *featurestore.Event) (disc, reng []int, err error) {
 	}
 	u := r.hist.users[ev.UserID]
 	target, known := r.hist.itemIDs[ev.ItemID]
+	// Without a purchase in the exact history no store holds one either,
+	// and keeping purchases changes no list.
+	bought := u != nil && len(u.bought) > 0
+	if bought && known && u.bought[target] {
+		r.repurchases++
+	}
+	n := len(r.methods)
+	disc, reng, keep = make([]int, n), make([]int, n), make([]int, n)
 	rankOf := func(list []int32) int {
 		if !known {
 			return 0
@@ -421,88 +592,145 @@ func (r *runner) rank(ev *featurestore.Event) (disc, reng []int, err error) {
 		}
 		return 0
 	}
-	seenItem := func(it int32) bool {
-		_, ok := u.pos[it]
-		return ok
-	}
-	for _, m := range r.methods {
-		var d, g int // discovery and re-engagement ranks
-		switch m {
-		case MethodRecent:
-			if u != nil {
-				var list []int32
-				for _, it := range u.newest(r.maxK) {
-					list = append(list, it.item)
+	baselines := func() error {
+		if u == nil {
+			return nil
+		}
+		seenItem := func(it int32) bool {
+			_, ok := u.pos[it]
+			return ok
+		}
+		boughtItem := func(it int32) bool { return u.bought[it] }
+		for mi, m := range r.methods {
+			switch m {
+			case MethodRecent:
+				var all, kept []int32
+				for _, it := range u.newest(r.maxK + len(u.bought)) {
+					if len(all) < r.maxK {
+						all = append(all, it.item)
+					}
+					if len(kept) < r.maxK && !u.bought[it.item] {
+						kept = append(kept, it.item)
+					}
 				}
-				g = rankOf(list)
-			}
-		case MethodItemKNN, MethodALS:
-			if u != nil {
+				reng[mi], keep[mi] = rankOf(kept), rankOf(all)
+			case MethodItemKNN, MethodALS:
 				var sc []scoredItem
 				if m == MethodItemKNN {
 					sc = r.knn.scores(u, len(r.hist.names))
 				} else {
 					sc = r.als.scores(u)
 				}
-				g = rankOf(topK(sc, r.maxK, nil))
+				reng[mi] = rankOf(topK(sc, r.maxK, boughtItem))
+				keep[mi] = reng[mi]
+				if bought {
+					keep[mi] = rankOf(topK(sc, r.maxK, nil))
+				}
 				if isDisc {
-					d = rankOf(topK(sc, r.maxK, seenItem))
+					disc[mi] = rankOf(topK(sc, r.maxK, seenItem))
 				}
 			}
-		default:
-			st, method := r.live, m
-			if m == MethodFullFrozen {
-				st, method = r.frozen, MethodFull
-			}
-			ask := func(discovery bool) (int, error) {
-				o := featurestore.RecommendOptions{K: r.maxK, Method: method}
-				if discovery {
-					o.ExcludeSeen, o.Exclude = true, olderThanSeen(st, mine)
-				}
-				recs, err := st.Recommend(ev.UserID, o)
-				if err != nil {
-					return 0, fmt.Errorf("eval: %s for user %s: %w", m, ev.UserID, err)
-				}
-				rank := 0
-				for i, rec := range recs {
-					if _, ok := mine[rec.ItemID]; ok && discovery {
-						return 0, fmt.Errorf("eval: %s for user %s with exclude_seen returned %s, which the user touched", m, ev.UserID, rec.ItemID)
-					}
-					if rec.ItemID == ev.ItemID && rank == 0 {
-						rank = i + 1
-					}
-				}
-				return rank, nil
+		}
+		return nil
+	}
+	// Every method of every store is asked on a goroutine of its own
+	// (concurrent reads of a store are safe, as the server's are). A
+	// delayed store has one method, so the goroutine that asks it is the
+	// only one to use it, and feeds it first.
+	type job struct{ g, j int }
+	var jobs []job
+	excludes := make([]map[string]bool, len(r.groups))
+	for gi, g := range r.groups {
+		if isDisc && g.ds == nil {
+			excludes[gi] = unseenBy(g.st, mine)
+		}
+		for j := range g.idx {
+			jobs = append(jobs, job{gi, j})
+		}
+	}
+	asks := func(jb job) error {
+		g, j, mi := r.groups[jb.g], jb.j, r.groups[jb.g].idx[jb.j]
+		exclude := excludes[jb.g]
+		if g.ds != nil {
+			if err := g.ds.catchUp(r.evs, i, ev.TS); err != nil {
+				return err
 			}
 			if isDisc {
-				if d, err = ask(true); err != nil {
-					return nil, nil, err
+				exclude = unseenBy(g.st, mine)
+			}
+		}
+		ask := func(discovery, keepPurchased bool) (int, error) {
+			o := featurestore.RecommendOptions{K: r.maxK, Method: g.methods[j], KeepPurchased: keepPurchased}
+			if discovery {
+				o.ExcludeSeen, o.Exclude = true, exclude
+			}
+			recs, err := g.st.Recommend(ev.UserID, o)
+			if err != nil {
+				return 0, fmt.Errorf("eval: %s for user %s: %w", r.methods[mi], ev.UserID, err)
+			}
+			rank := 0
+			for i, rec := range recs {
+				if _, ok := mine[rec.ItemID]; ok && discovery {
+					return 0, fmt.Errorf("eval: %s for user %s with exclude_seen returned %s, which the user touched", r.methods[mi], ev.UserID, rec.ItemID)
+				}
+				if rec.ItemID == ev.ItemID && rank == 0 {
+					rank = i + 1
 				}
 			}
-			if g, err = ask(false); err != nil {
-				return nil, nil, err
+			return rank, nil
+		}
+		var err error
+		if isDisc {
+			if disc[mi], err = ask(true, false); err != nil {
+				return err
 			}
 		}
-		if m != MethodRecent {
-			disc = append(disc, d)
+		if reng[mi], err = ask(false, false); err != nil {
+			return err
 		}
-		reng = append(reng, g)
+		keep[mi] = reng[mi]
+		if bought {
+			if keep[mi], err = ask(false, true); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	err = parallel(len(jobs)+1, func(j int) error {
+		if j == 0 {
+			return baselines()
+		}
+		return asks(jobs[j-1])
+	})
+	if err != nil {
+		return nil, nil, nil, err
 	}
 	if !isDisc {
 		disc = nil
+	} else {
+		d := disc[:0]
+		for mi, m := range r.methods {
+			if m != MethodRecent {
+				d = append(d, disc[mi])
+			}
+		}
+		disc = d
 	}
-	return disc, reng, nil
+	return disc, reng, keep, nil
 }
 
-// olderThanSeen returns what a discovery ask must exclude besides the
-// store's own seen set (exclude_seen, as the server does): the user's items
-// touched before the seen set's TTL, or all of them when more were touched
-// within it than the seen set keeps.
-func olderThanSeen(st *featurestore.Store, mine map[string]int64) map[string]bool {
-	since := st.Now() - st.SeenTTL()
+// unseenBy returns what a discovery ask of st must exclude besides the
+// store's own seen set (exclude_seen, as the server does) so that the
+// list holds none of the user's touched items: those touched before the
+// seen set's TTL, those touched after the store's clock (a delayed store
+// has not applied them yet), or all of them when more were touched
+// within the TTL than the seen set keeps.
+func unseenBy(st *featurestore.Store, mine map[string]int64) map[string]bool {
+	now := st.Now()
+	since := now - st.SeenTTL()
 	old, recent := make(map[string]bool), 0
 	for item, ts := range mine {
-		if ts <= since {
+		if ts <= since || ts > now {
 			old[item] = true
 		} else {
 			recent++

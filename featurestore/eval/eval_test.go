@@ -386,3 +386,160 @@ func TestRunDiscoveryUsesSeenSet(t *testing.T) {
 		}
 	}
 }
+
+// A delayed store applies an event only once the replay reaches a
+// target at least the delay newer: before that the store does not know
+// it (its clock, the user's record) and after it does.
+func TestDelayedStoreCatchUp(t *testing.T) {
+	st, err := featurestore.Open(t.TempDir(), featurestore.Options{Clock: "event", CacheBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	t0 := time.Date(2017, 11, 25, 0, 0, 0, 0, time.UTC).UnixMilli()
+	var evs []featurestore.Event
+	for i := range 10 {
+		evs = append(evs, ev(fmt.Sprint("u", i), "a", featurestore.BehaviorView, t0+int64(i)*60_000))
+	}
+	ds := &delayedStore{delay: 3 * 60_000, method: DelayedMethod(3 * time.Minute), st: st}
+	for i, e := range evs {
+		if err := ds.catchUp(evs, i, e.TS); err != nil {
+			t.Fatal(err)
+		}
+		// Applied: exactly the events at least 3 minutes older.
+		want := max(0, i-2)
+		if ds.next != want {
+			t.Fatalf("target %d: %d events applied, want %d", i, ds.next, want)
+		}
+		for j := range evs[:i] {
+			_, found, err := st.User(evs[j].UserID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if visible := evs[j].TS+ds.delay <= e.TS; found != visible {
+				t.Errorf("target %d: event %d (%d min older) known %v, want %v", i, j, i-j, found, visible)
+			}
+		}
+		if want > 0 && st.Now() != evs[want-1].TS {
+			t.Errorf("target %d: store clock %d, want %d", i, st.Now(), evs[want-1].TS)
+		}
+	}
+}
+
+func TestDelayedMethod(t *testing.T) {
+	for d, want := range map[time.Duration]string{0: "full", time.Second: "full@1s", time.Minute: "full@1m",
+		time.Hour: "full@1h", 24 * time.Hour: "full@24h", 90 * time.Minute: "full@1h30m", 1500 * time.Millisecond: "full@1.5s"} {
+		if got := DelayedMethod(d); got != want {
+			t.Errorf("DelayedMethod(%s) = %q, want %q", d, got, want)
+		}
+	}
+}
+
+// Delays add a store each and leave every other figure as it was: the
+// same targets, the same ranks, the same intervals. A delay longer than
+// the replay serves from an empty store, and finds nothing.
+func TestRunDelays(t *testing.T) {
+	evs := clusters()[:1500]
+	o := Options{Warmup: 0.7, Ks: []int{10}, Bootstrap: 50, Seed: 1, Methods: []string{MethodRecent, MethodFull}}
+	o.Dir = t.TempDir()
+	plain, err := Run(context.Background(), evs, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.Delays = []time.Duration{time.Hour, 0, time.Minute, 1000 * time.Hour, time.Minute}
+	rep, err := Run(context.Background(), evs, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []struct {
+		name        string
+		plain, with *VariantReport
+	}{{"discovery", plain.Discovery, rep.Discovery}, {"re-engagement", plain.Reengagement, rep.Reengagement},
+		{"kept", plain.ReengagementKeepPurchased, rep.ReengagementKeepPurchased}} {
+		if v.with.Targets != v.plain.Targets || v.with.Targets == 0 {
+			t.Errorf("%s: %d targets with delays, %d without", v.name, v.with.Targets, v.plain.Targets)
+		}
+		for m, vals := range v.plain.Methods {
+			if fmt.Sprint(vals, v.plain.Intervals[m]) != fmt.Sprint(v.with.Methods[m], v.with.Intervals[m]) {
+				t.Errorf("%s: %s changed with delays: %v, then %v", v.name, m, vals, v.with.Methods[m])
+			}
+		}
+		for _, m := range []string{"full@1m", "full@1h", "full@1000h"} {
+			if _, ok := v.with.Methods[m]; !ok {
+				t.Errorf("%s: no %s", v.name, m)
+			}
+		}
+		if hr := v.with.Methods["full@1000h"]["hr@10"]; hr != 0 {
+			t.Errorf("%s: full@1000h hit %v of targets from a store that applied nothing", v.name, hr)
+		}
+		if hr := v.with.Methods["full@1m"]["hr@10"]; hr == 0 {
+			t.Errorf("%s: full@1m found nothing", v.name)
+		}
+	}
+	f := rep.Freshness
+	if f == nil || f.K != 10 || len(f.Reengagement) != 4 || len(f.Discovery) != 4 {
+		t.Fatalf("freshness %+v", f)
+	}
+	for i, want := range []string{"0s", "1m", "1h", "1000h"} {
+		p := f.Reengagement[i]
+		if p.Delay != want || p.Method != DelayedMethod(time.Duration(p.MS)*time.Millisecond) {
+			t.Errorf("point %d: %+v, want delay %s", i, p, want)
+		}
+		if (i == 0) != (p.VsFull == nil) {
+			t.Errorf("point %d: paired difference %v", i, p.VsFull)
+		}
+	}
+	if p := f.Reengagement[0]; p.NDCG != rep.Reengagement.Methods[MethodFull]["ndcg@10"] || p.HR != rep.Reengagement.Methods[MethodFull]["hr@10"] {
+		t.Errorf("delay 0 is not full: %+v", p)
+	}
+	if best, _ := rep.Reengagement.Best("ndcg@10"); best != MethodRecent {
+		t.Errorf("best other method %q: a delayed full is full, not another method", best)
+	}
+	if plain.Freshness != nil {
+		t.Error("a freshness curve without delays")
+	}
+}
+
+func TestValidateDelays(t *testing.T) {
+	for _, d := range []time.Duration{-time.Second, 400 * 24 * time.Hour, 1500 * time.Microsecond} {
+		o := Options{Ks: []int{10}, Delays: []time.Duration{d}}
+		if err := o.Validate(); err == nil || err.Error()[:len("model-delay:")] != "model-delay:" {
+			t.Errorf("delay %s: err %v, want one naming model-delay", d, err)
+		}
+	}
+}
+
+// Re-engagement is reported with the user's purchases dropped from every
+// method's list (the server's default) and kept: a re-purchase is a hit
+// of recent only when they are kept.
+func TestRunKeepPurchased(t *testing.T) {
+	var evs []featurestore.Event
+	ts := int64(1_500_000_000_000)
+	for _, x := range []struct {
+		item string
+		b    featurestore.Behavior
+	}{{"a", featurestore.BehaviorPurchase}, {"b", featurestore.BehaviorView}, {"c", featurestore.BehaviorView},
+		{"a", featurestore.BehaviorPurchase}, {"c", featurestore.BehaviorCart}} {
+		evs = append(evs, ev("u", x.item, x.b, ts))
+		ts += 1000
+	}
+	rep, err := Run(context.Background(), evs, Options{Warmup: 0.5, Ks: []int{10}, Methods: []string{MethodRecent, MethodFull}, Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Targets: the purchase of a (bought before) and the cart of c.
+	if rep.Reengagement.Targets != 2 || rep.ReengagementKeepPurchased.Targets != 2 || rep.RepurchaseTargets != 1 {
+		t.Fatalf("targets %d and %d, repurchases %d", rep.Reengagement.Targets, rep.ReengagementKeepPurchased.Targets, rep.RepurchaseTargets)
+	}
+	// Dropped: a is not listed, c is 1st of (c, b). Kept: a is 3rd of
+	// (c, b, a), then c is 2nd of (a, c, b).
+	if got := rep.Reengagement.Methods[MethodRecent]["mrr"]; got != 0.5 {
+		t.Errorf("dropped: recent MRR %v, want (0 + 1)/2", got)
+	}
+	if got := rep.ReengagementKeepPurchased.Methods[MethodRecent]["mrr"]; math.Abs(got-(1.0/3+0.5)/2) > 1e-12 {
+		t.Errorf("kept: recent MRR %v, want (1/3 + 1/2)/2", got)
+	}
+	if got := rep.Reengagement.Methods[MethodFull]["hr@10"]; got > 0.5 {
+		t.Errorf("dropped: full HR@10 %v, but it cannot list a", got)
+	}
+}

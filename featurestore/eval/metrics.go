@@ -6,6 +6,8 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+	"strings"
+	"time"
 )
 
 // VariantReport holds a variant's metrics per method.
@@ -180,12 +182,66 @@ func summarize(results []targetResult, methods []string, ks []int, resamples int
 	return rep
 }
 
+// FreshnessReport is the freshness curve: full served from a store that
+// lags the replay by each delay (Options.Delays), on the same targets,
+// with NDCG@K and HR@K at the smallest K, their 95% intervals and the
+// paired loss full − full@delay.
+type FreshnessReport struct {
+	K                         int              `json:"k"`
+	Discovery                 []FreshnessPoint `json:"discovery"`
+	Reengagement              []FreshnessPoint `json:"reengagement"`
+	ReengagementKeepPurchased []FreshnessPoint `json:"reengagement_keep_purchased"`
+}
+
+// FreshnessPoint is full at one delay.
+type FreshnessPoint struct {
+	Delay  string     `json:"delay"` // "0s", "1m", "24h"
+	MS     int64      `json:"ms"`
+	Method string     `json:"method"` // full, full@1m, …
+	NDCG   float64    `json:"ndcg"`
+	NDCGCI [2]float64 `json:"ndcg_ci"`
+	HR     float64    `json:"hr"`
+	HRCI   [2]float64 `json:"hr_ci"`
+	// VsFull is full − this point in NDCG@K, paired: what the delay
+	// costs (null at delay 0, or without full).
+	VsFull *PairedDelta `json:"vs_full"`
+}
+
+// freshness collects the curve from the variants' delayed methods; delay
+// 0 is full, when it was evaluated.
+func freshness(rep *Report, delays []time.Duration, k int) *FreshnessReport {
+	f := &FreshnessReport{K: k}
+	points := func(v *VariantReport) []FreshnessPoint {
+		out := []FreshnessPoint{}
+		for _, d := range append([]time.Duration{0}, delays...) {
+			if d == 0 && len(out) > 0 {
+				continue // 0 given in the delays as well
+			}
+			m := DelayedMethod(d)
+			vals, ok := v.Methods[m]
+			if !ok {
+				continue
+			}
+			p := FreshnessPoint{Delay: FormatDelay(d), MS: d.Milliseconds(), Method: m,
+				NDCG: vals[fmt.Sprintf("ndcg@%d", k)], NDCGCI: v.Intervals[m][fmt.Sprintf("ndcg@%d", k)],
+				HR: vals[fmt.Sprintf("hr@%d", k)], HRCI: v.Intervals[m][fmt.Sprintf("hr@%d", k)]}
+			if pd, ok := v.VsFull[m]; ok {
+				p.VsFull = &pd
+			}
+			out = append(out, p)
+		}
+		return out
+	}
+	f.Discovery, f.Reengagement, f.ReengagementKeepPurchased = points(rep.Discovery), points(rep.Reengagement), points(rep.ReengagementKeepPurchased)
+	return f
+}
+
 // Best returns the method other than full with the highest value of
 // metric, and that value ("" when there is none).
 func (v *VariantReport) Best(metric string) (string, float64) {
 	best, val := "", math.Inf(-1)
 	for _, m := range v.methodOrder() {
-		if m == MethodFull || m == MethodFullFrozen {
+		if m == MethodFull || m == MethodFullFrozen || strings.HasPrefix(m, MethodFull+"@") {
 			continue
 		}
 		if x := v.Methods[m][metric]; x > val {
@@ -242,8 +298,16 @@ func (rep *Report) WriteText(w io.Writer, ks []int, rejected int) {
 	for _, v := range []struct {
 		name string
 		r    *VariantReport
-	}{{"discovery", rep.Discovery}, {"re-engagement", rep.Reengagement}, {"views, discovery", rep.Views.Discovery}, {"views, re-engagement", rep.Views.Reengagement}} {
+	}{{"discovery", rep.Discovery}, {"re-engagement (purchased items dropped)", rep.Reengagement},
+		{"re-engagement, purchased items kept", rep.ReengagementKeepPurchased},
+		{"views, discovery", rep.Views.Discovery}, {"views, re-engagement", rep.Views.Reengagement}} {
+		if v.r == nil {
+			continue
+		}
 		fmt.Fprintf(w, "\n%s: %d targets\n", v.name, v.r.Targets)
+		if v.r == rep.ReengagementKeepPurchased {
+			fmt.Fprintf(w, "  (%d of them on an item the user had bought)\n", rep.RepurchaseTargets)
+		}
 		fmt.Fprintf(w, "  %-15s", "method")
 		for _, k := range ks {
 			fmt.Fprintf(w, " %-22s %-22s", fmt.Sprintf("HR@%d", k), fmt.Sprintf("NDCG@%d", k))
@@ -277,6 +341,24 @@ func (rep *Report) WriteText(w io.Writer, ks []int, rejected int) {
 				verdict = "no significant difference"
 			}
 			fmt.Fprintf(w, "  best other method: %s; full − %s %+.4f [%+.4f,%+.4f]: %s\n", best, best, d.Mean, d.CI[0], d.CI[1], verdict)
+		}
+	}
+	if f := rep.Freshness; f != nil {
+		fmt.Fprintf(w, "\nfreshness: full served from the whole store as it was each delay before the target\n")
+		fmt.Fprintf(w, "  %-28s %-8s %-26s %-26s %s\n", "variant", "delay", fmt.Sprintf("NDCG@%d", f.K), fmt.Sprintf("HR@%d", f.K), "full − delayed, paired")
+		for _, v := range []struct {
+			name   string
+			points []FreshnessPoint
+		}{{"discovery", f.Discovery}, {"re-engagement", f.Reengagement}, {"re-engagement, kept bought", f.ReengagementKeepPurchased}} {
+			for _, p := range v.points {
+				loss := "-"
+				if p.VsFull != nil {
+					loss = fmt.Sprintf("%+.4f [%+.4f,%+.4f]", p.VsFull.Mean, p.VsFull.CI[0], p.VsFull.CI[1])
+				}
+				fmt.Fprintf(w, "  %-28s %-8s %-26s %-26s %s\n", v.name, p.Delay,
+					fmt.Sprintf("%.4f [%.4f,%.4f]", p.NDCG, p.NDCGCI[0], p.NDCGCI[1]),
+					fmt.Sprintf("%.4f [%.4f,%.4f]", p.HR, p.HRCI[0], p.HRCI[1]), loss)
+			}
 		}
 	}
 }
