@@ -847,6 +847,8 @@ def expected_eval(path, sample: float, warmup: float = 0.5) -> dict:
     last = defaultdict(dict)  # user -> item -> sequence number of its newest event
     disc, reng = Counter(), Counter()
     recent_ranks = []  # the `recent` baseline's rank of every re-engagement target (0: not in the top 20)
+    dropped_ranks = []  # the same with the items the user bought before dropped (the default variant)
+    bought = defaultdict(set)
     for seq, (ts, user, item, beh) in enumerate(rows):
         if ts >= warm_end and beh != "pv":
             day = datetime.fromtimestamp(ts / 1000, timezone.utc).strftime("%Y-%m-%d")
@@ -855,11 +857,16 @@ def expected_eval(path, sample: float, warmup: float = 0.5) -> dict:
                 disc[day] += 1
             newest = sorted(last[user], key=lambda i: -last[user][i])[:20]
             recent_ranks.append(newest.index(item) + 1 if item in newest else 0)
+            kept = [i for i in sorted(last[user], key=lambda i: -last[user][i]) if i not in bought[user]][:20]
+            dropped_ranks.append(kept.index(item) + 1 if item in kept else 0)
         seen[user].add(item)
+        if beh == "buy":
+            bought[user].add(item)
         last[user][item] = seq
     return {"events": len(rows), "users": len({r[1] for r in rows}), "items": len({r[2] for r in rows}),
             "warmup_end": datetime.fromtimestamp(warm_end // 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "discovery": disc, "reengagement": reng, "recent_ranks": recent_ranks}
+            "discovery": disc, "reengagement": reng, "recent_ranks": recent_ranks,
+            "dropped_ranks": dropped_ranks}
 
 
 def run_eval(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -899,12 +906,15 @@ def test_eval_taobao_sample(taobao_users):
         for d in days:
             assert set(d["ndcg"]) == set(methods) and all(0 <= x <= 1 for x in d["ndcg"].values()), d
     assert rep["discovery"]["targets"] <= rep["reengagement"]["targets"]
-    # The recent baseline recomputed from the CSV: HR@10, NDCG@10 and MRR agree exactly.
-    ranks = exp["recent_ranks"]
-    recent = rep["reengagement"]["methods"]["recent"]
-    assert recent["hr@10"] == pytest.approx(sum(0 < r <= 10 for r in ranks) / len(ranks), abs=1e-12)
-    assert recent["ndcg@10"] == pytest.approx(sum(1 / math.log2(r + 1) for r in ranks if 0 < r <= 10) / len(ranks), abs=1e-12)
-    assert recent["mrr"] == pytest.approx(sum(1 / r for r in ranks if r) / len(ranks), abs=1e-12)
+    # The recent baseline recomputed from the CSV: HR@10, NDCG@10 and MRR agree exactly, with the
+    # items bought before dropped (reengagement, the server's default) and kept.
+    for variant, key in (("reengagement", "dropped_ranks"), ("reengagement_keep_purchased", "recent_ranks")):
+        ranks = exp[key]
+        recent = rep[variant]["methods"]["recent"]
+        assert recent["hr@10"] == pytest.approx(sum(0 < r <= 10 for r in ranks) / len(ranks), abs=1e-12), variant
+        assert recent["ndcg@10"] == pytest.approx(sum(1 / math.log2(r + 1) for r in ranks if 0 < r <= 10) / len(ranks), abs=1e-12), variant
+        assert recent["mrr"] == pytest.approx(sum(1 / r for r in ranks if r) / len(ranks), abs=1e-12), variant
+    assert exp["dropped_ranks"] != exp["recent_ranks"], "the sample has no target on an item bought before"
     assert rep["baselines"]["builds"] >= 4, rep["baselines"]  # rebuilt every day of the 4.5 evaluated days
     # Views are evaluated separately, on a sample.
     assert set(rep["views"]) == {"discovery", "reengagement"}
