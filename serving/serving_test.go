@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -220,6 +221,14 @@ func TestFlightIDsAndColumns(t *testing.T) {
 	ts := rec.Column(2).(*array.Timestamp)
 	if views.Value(0) != 1 || ts.Value(0) != arrow.Timestamp(baseTS+3) || !views.IsNull(1) || !ts.IsNull(1) {
 		t.Fatalf("values = %v %v, want [1 null] [%d null]", views, ts, baseTS+3)
+	}
+	// Read the stream to its end, so the server (which shares mem) has
+	// released what it wrote before the allocator is checked.
+	if rd.Next() {
+		t.Fatalf("a second batch of %d rows, want one", rd.Record().NumRows())
+	}
+	if err := rd.Err(); err != nil && !errors.Is(err, io.EOF) {
+		t.Fatal(err)
 	}
 	rd.Release()
 	mem.AssertSize(t, 0)
