@@ -924,8 +924,14 @@ func (s *Store) pairWithHistory(mb *modelBatch, ev *Event, um *userModel) error 
 // (event time / decay half-life): the decayed co-occurrence over the
 // geometric mean of the two masses plus the shrinkage.
 func (r *neighborRecord) sim(n *neighbor, fwd, shrinkage float64) float64 {
-	c := math.Exp2(n.LogC - fwd)
-	mass := math.Exp2((r.LogMass+n.LogMass)/2 - fwd)
+	return pairSim(r.LogMass, n.LogC, n.LogMass, fwd, shrinkage)
+}
+
+// pairSim is the similarity of an item of log2 mass logMass with a partner
+// of log2 mass partnerMass and log2 co-occurrence logC, as of fwd.
+func pairSim(logMass, logC, partnerMass, fwd, shrinkage float64) float64 {
+	c := math.Exp2(logC - fwd)
+	mass := math.Exp2((logMass+partnerMass)/2 - fwd)
 	return c / (mass + shrinkage)
 }
 

@@ -81,9 +81,7 @@ func (r *pairRecord) find(h int32) int {
 
 // sim is neighborRecord.sim for pair i.
 func (r *pairRecord) sim(i int, fwd, shrinkage float64) float64 {
-	c := math.Exp2(r.C[i] - fwd)
-	mass := math.Exp2((r.LogMass+r.M[i])/2 - fwd)
-	return c / (mass + shrinkage)
+	return pairSim(r.LogMass, r.C[i], r.M[i], fwd, shrinkage)
 }
 
 // add adds weight 2^logW to r's pair with h (whose mass is 2^logMass),

@@ -480,6 +480,38 @@ func (h *scoredHeap) Pop() any {
 	return x
 }
 
+// offer keeps c if it is among the k best seen so far (ties: smaller id).
+func (h *scoredHeap) offer(c Scored, k int) {
+	if len(*h) < k {
+		heap.Push(h, c)
+	} else if top := (*h)[0]; c.Score > top.Score || (c.Score == top.Score && c.ItemID < top.ItemID) {
+		(*h)[0] = c
+		heap.Fix(h, 0)
+	}
+}
+
+// best returns what h kept, best first.
+func (h scoredHeap) best() []Scored {
+	out := []Scored(h)
+	sortScored(out)
+	return out
+}
+
+// topScored returns the k best entries of list with a positive score, best
+// first (ties by id), keeping a heap of k rather than sorting everything.
+func topScored(list []Scored, k int) []Scored {
+	if k <= 0 {
+		return nil
+	}
+	h := make(scoredHeap, 0, k+1)
+	for _, c := range list {
+		if c.Score > 0 {
+			h.offer(c, k)
+		}
+	}
+	return h.best()
+}
+
 // mfTop scores the whole catalogue by the dot product with vec and returns
 // the k best.
 func (s *Store) mfTop(vec []float32, k int) []Scored {
@@ -500,17 +532,9 @@ func (s *Store) mfTop(vec []float32, k int) []Scored {
 		for j := range row {
 			dot += row[j] * vec[j]
 		}
-		sc := Scored{ItemID: id, Score: float64(dot)}
-		if len(h) < k {
-			heap.Push(&h, sc)
-		} else if sc.Score > h[0].Score || (sc.Score == h[0].Score && sc.ItemID < h[0].ItemID) {
-			h[0] = sc
-			heap.Fix(&h, 0)
-		}
+		h.offer(Scored{ItemID: id, Score: float64(dot)}, k)
 	}
-	out := []Scored(h)
-	sortScored(out)
-	return out
+	return h.best()
 }
 
 // SimilarUser is a user with a similarity score.

@@ -2,7 +2,6 @@ package featurestore
 
 import (
 	"bytes"
-	"container/heap"
 	"encoding/binary"
 	"errors"
 
@@ -422,31 +421,6 @@ func (s *Store) TopItems(category string, asOf, w int64, k int, weighted bool, b
 		}
 	}
 	return topScored(list, k), nil
-}
-
-// topScored returns the k best entries of list with a positive score, best
-// first (ties by id), keeping a heap of k rather than sorting everything.
-func topScored(list []Scored, k int) []Scored {
-	if k <= 0 {
-		return nil
-	}
-	h := make(scoredHeap, 0, k+1)
-	for _, c := range list {
-		if c.Score <= 0 {
-			continue
-		}
-		if len(h) < k {
-			heap.Push(&h, c)
-			continue
-		}
-		if top := h[0]; c.Score > top.Score || (c.Score == top.Score && c.ItemID < top.ItemID) {
-			h[0] = c
-			heap.Fix(&h, 0)
-		}
-	}
-	out := []Scored(h)
-	sortScored(out)
-	return out
 }
 
 // hllPrecision is the precision of distinct-count sketches: 2^10 registers,
