@@ -21,12 +21,12 @@ const applyBatch = 16384
 
 // applyRun is one measured run of the apply benchmark.
 type applyRun struct {
-	rate       float64 // events per wall second
-	cpuPerEv   time.Duration
-	userBytes  float64 // state bytes on disk per active user and item, after a flush
-	users      int64
-	items      int64
-	stateBytes int64
+	rate        float64 // events per wall second
+	cpuPerEv    time.Duration
+	entityBytes float64 // state bytes on disk per active user and item, after a flush
+	users       int64
+	items       int64
+	stateBytes  int64
 }
 
 // benchApply applies the same generated events straight to fresh stores
@@ -73,7 +73,7 @@ func benchApply(ctx context.Context, o *benchOpts, evs []*recsysv1.Event) error 
 	fmt.Printf("  apply: %.0f events/s (shards 1, cores %d)\n", med(func(r applyRun) float64 { return r.rate }), runtime.NumCPU())
 	fmt.Printf("  cpu per event: %.1f µs (process CPU, Pebble's background work included)\n", med(func(r applyRun) float64 { return float64(r.cpuPerEv) / 1e3 }))
 	fmt.Printf("  state on disk: %.1f MiB for %d active users + %d active items: %.0f bytes per entity\n",
-		float64(last.stateBytes)/(1<<20), last.users, last.items, med(func(r applyRun) float64 { return r.userBytes }))
+		float64(last.stateBytes)/(1<<20), last.users, last.items, med(func(r applyRun) float64 { return r.entityBytes }))
 	fmt.Printf("  peak RSS of the process so far: %.0f MiB\n", float64(ru.Maxrss)/1024)
 	return nil
 }
@@ -105,7 +105,7 @@ func applyOnce(dir string, entries []featurestore.Entry, o *benchOpts, run int) 
 	bytes := dirBytes(dir)
 	return applyRun{
 		rate: float64(len(entries)) / wall.Seconds(), cpuPerEv: cpu / time.Duration(len(entries)),
-		users: s.Users, items: s.Items, stateBytes: bytes, userBytes: float64(bytes) / float64(max(1, s.Users+s.Items)),
+		users: s.Users, items: s.Items, stateBytes: bytes, entityBytes: float64(bytes) / float64(max(1, s.Users+s.Items)),
 	}, nil
 }
 
