@@ -458,10 +458,16 @@ type modelBatch struct {
 	// itemRecs are the item feature records the batch has loaded (with
 	// the batch's earlier events applied).
 	itemRecs map[string]*itemState
-	// newUsers and newItems are the entities without a feature record
-	// before the batch: they have no model records either (models are
-	// created and expired with the feature records), so none are read.
-	newUsers, newItems map[string]bool
+	// newUsers are the users without a feature record before the batch:
+	// like new items (newItem), they have no model records either (models
+	// are created and expired with the feature records), so none are read.
+	newUsers map[string]bool
+}
+
+// newItem reports whether item id had no feature record before the batch.
+func (mb *modelBatch) newItem(id string) bool {
+	st, ok := mb.itemRecs[id]
+	return ok && !st.existed
 }
 
 func newModels(opts ModelOptions, cacheEntries int) *models {
@@ -576,7 +582,7 @@ func (s *Store) newModelBatch() *modelBatch {
 	return &modelBatch{
 		users: make(map[string]*userModel), items: make(map[string]*itemModel),
 		neighbors: make(map[string]*pairRecord), meta: s.models.meta, newSeq: make(map[int64]string),
-		newUsers: make(map[string]bool), newItems: make(map[string]bool),
+		newUsers: make(map[string]bool),
 	}
 }
 
@@ -617,7 +623,7 @@ func (s *Store) loadItemModel(mb *modelBatch, id string, create bool) (*itemMode
 	if !ok {
 		var found bool
 		var err error
-		if mb.newItems[id] {
+		if mb.newItem(id) {
 			it = new(itemModel)
 		} else if it, found, err = s.readItemModel(id); err != nil {
 			return nil, err
@@ -642,7 +648,7 @@ func (s *Store) neighborsFor(mb *modelBatch, id string) (*pairRecord, error) {
 		return r, nil
 	}
 	r, ok := s.models.neighbors.Get(id)
-	if !ok && mb.newItems[id] {
+	if !ok && mb.newItem(id) {
 		r = &pairRecord{LogMass: math.Inf(-1)}
 	} else if !ok {
 		nr, err := s.readNeighbors(id)

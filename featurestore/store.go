@@ -509,7 +509,6 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 			}
 			if !found {
 				st.Items++
-				mb.newItems[ev.ItemID] = true
 			}
 			it.rec, it.existed, it.oldPop, it.oldCat = rec, found, rec.Pop, rec.CategoryID
 			items[ev.ItemID] = it
