@@ -15,6 +15,12 @@
 // Reads (Users, Items, Popular, Scan*) go straight to Pebble and may run
 // concurrently with Apply; they see the state of some committed batch.
 //
+// The incremental models (featurestore/models) learn inside Apply through
+// the small Learner interface the store declares (learner.go): the store
+// hands each event and the user's and item's records to it, and it writes
+// its own records into the same batch. The store never imports them; the
+// recommender (featurestore/recommend) reads the store and the models.
+//
 // # Caveats
 //
 // Lifetime counts sit beside windowed ones built from tiles; Expire

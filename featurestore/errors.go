@@ -1,6 +1,10 @@
 package featurestore
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/streamrec/recsys/featurestore/internal/codec"
+)
 
 var (
 	// ErrClosed is returned by operations on a closed Store.
@@ -10,7 +14,7 @@ var (
 	// ErrUnknownFeature is returned for a feature name a view does not have.
 	ErrUnknownFeature = errors.New("featurestore: unknown feature")
 	// ErrCorrupt is returned when a stored record cannot be decoded.
-	ErrCorrupt = errors.New("featurestore: corrupt record")
+	ErrCorrupt = codec.ErrCorrupt
 	// ErrStorage is returned once Pebble failed to write (a failed WAL
 	// write or sync, a full disk): the instance refuses writes until the
 	// process restarts and recovers from what was synced.

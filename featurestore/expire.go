@@ -7,6 +7,8 @@ import (
 	"math"
 
 	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/streamrec/recsys/featurestore/internal/codec"
 )
 
 // Expiry keeps disk bounded under an endless stream. Everything keyed by
@@ -75,9 +77,10 @@ func (s *Store) Expire(now int64) (ExpireStats, error) {
 	var err error
 	if es.Users, err = s.expireEntities(b, prefixUser, cutoff, func(id string, rec []byte) error {
 		s.users.Remove(id)
-		s.models.users.Remove(id)
-		if err := b.Delete(userModelKey(id), nil); err != nil {
-			return err
+		if s.learner != nil {
+			if err := s.learner.ExpireUser(b, id); err != nil {
+				return err
+			}
 		}
 		p := makeKey(prefixBought, id, "")
 		return b.DeleteRange(p, prefixEnd(p[:len(p)-1]), nil)
@@ -86,8 +89,10 @@ func (s *Store) Expire(now int64) (ExpireStats, error) {
 	}
 	if es.Items, err = s.expireEntities(b, prefixItem, cutoff, func(id string, rec []byte) error {
 		s.items.Remove(id)
-		if err := s.dropItemModel(b, id); err != nil {
-			return err
+		if s.learner != nil {
+			if err := s.learner.ExpireItem(b, id); err != nil {
+				return err
+			}
 		}
 		var it ItemRecord
 		if err := it.decode(rec); err != nil {
@@ -127,10 +132,10 @@ func (s *Store) expireEntities(b *pebble.Batch, prefix []byte, cutoff int64, dro
 			return n, errors.Join(err, iter.Close())
 		}
 		var c Counters
-		d := decoder{b: v}
-		d.version()
-		d.counters(&c)
-		if d.err {
+		d := codec.Decoder{B: v}
+		d.Version(recordVersion)
+		getCounters(&d, &c)
+		if d.Err {
 			return n, errors.Join(fmt.Errorf("expire %q: %w", iter.Key(), ErrCorrupt), iter.Close())
 		}
 		if c.LastTSAny >= cutoff {

@@ -1,9 +1,10 @@
 package featurestore
 
 import (
-	"encoding/binary"
 	"math"
 	"slices"
+
+	"github.com/streamrec/recsys/featurestore/internal/codec"
 )
 
 // MaxRecent is how many distinct recent items and categories a user keeps.
@@ -56,7 +57,7 @@ func pushAffinity(list []Recent, cat string, ts int64, logW float64) []Recent {
 	}
 	for i := range list {
 		if list[i].ID == cat {
-			list[i].Score = logAddExp2(list[i].Score, logW)
+			list[i].Score = LogAddExp2(list[i].Score, logW)
 			list[i].TS = max(list[i].TS, ts)
 			return list
 		}
@@ -88,12 +89,12 @@ type ItemRecord struct {
 // pushRecent records id at ts in a newest-first list of distinct ids, at
 // most MaxRecent long.
 func pushRecent(list []Recent, id string, ts int64) []Recent {
-	return pushRecentN(list, id, ts, MaxRecent)
+	return PushRecent(list, id, ts, MaxRecent)
 }
 
-// pushRecentN records id at ts in a newest-first list of distinct ids, at
+// PushRecent records id at ts in a newest-first list of distinct ids, at
 // most capN long. An empty id is not recorded.
-func pushRecentN(list []Recent, id string, ts int64, capN int) []Recent {
+func PushRecent(list []Recent, id string, ts int64, capN int) []Recent {
 	if id == "" {
 		return list
 	}
@@ -123,8 +124,8 @@ func pushRecentN(list []Recent, id string, ts int64, capN int) []Recent {
 	return list
 }
 
-// logAddExp2 returns log2(2^a + 2^b) without overflow.
-func logAddExp2(a, b float64) float64 {
+// LogAddExp2 returns log2(2^a + 2^b) without overflow.
+func LogAddExp2(a, b float64) float64 {
 	if math.IsInf(a, -1) {
 		return b
 	}
@@ -135,166 +136,98 @@ func logAddExp2(a, b float64) float64 {
 	return hi + math.Log2(1+math.Exp2(lo-hi))
 }
 
-type encoder struct{ b []byte }
-
-func (e *encoder) uvarint(v uint64) { e.b = binary.AppendUvarint(e.b, v) }
-func (e *encoder) varint(v int64)   { e.b = binary.AppendVarint(e.b, v) }
-func (e *encoder) str(s string)     { e.uvarint(uint64(len(s))); e.b = append(e.b, s...) }
-func (e *encoder) f64(f float64)    { e.b = binary.LittleEndian.AppendUint64(e.b, math.Float64bits(f)) }
-
-func (e *encoder) counters(c *Counters) {
+func putCounters(e *codec.Encoder, c *Counters) {
 	for _, n := range c.Count {
-		e.varint(n)
+		e.Varint(n)
 	}
 	for _, t := range c.LastTS {
-		e.varint(t)
+		e.Varint(t)
 	}
-	e.varint(c.FirstTS)
-	e.varint(c.LastTSAny)
+	e.Varint(c.FirstTS)
+	e.Varint(c.LastTSAny)
 }
 
-func (e *encoder) recents(list []Recent) {
-	e.uvarint(uint64(len(list)))
+func putRecents(e *codec.Encoder, list []Recent) {
+	e.Uvarint(uint64(len(list)))
 	for _, r := range list {
-		e.str(r.ID)
-		e.varint(r.TS)
+		e.Str(r.ID)
+		e.Varint(r.TS)
 	}
 }
 
-type decoder struct {
-	b   []byte
-	err bool
-}
-
-func (d *decoder) uvarint() uint64 {
-	v, n := binary.Uvarint(d.b)
-	if n <= 0 {
-		d.err, d.b = true, nil
-		return 0
-	}
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *decoder) varint() int64 {
-	v, n := binary.Varint(d.b)
-	if n <= 0 {
-		d.err, d.b = true, nil
-		return 0
-	}
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *decoder) str() string {
-	n := d.uvarint()
-	if n > uint64(len(d.b)) {
-		d.err, d.b = true, nil
-		return ""
-	}
-	s := string(d.b[:n])
-	d.b = d.b[n:]
-	return s
-}
-
-func (d *decoder) f64() float64 {
-	if len(d.b) < 8 {
-		d.err, d.b = true, nil
-		return 0
-	}
-	f := math.Float64frombits(binary.LittleEndian.Uint64(d.b))
-	d.b = d.b[8:]
-	return f
-}
-
-func (d *decoder) counters(c *Counters) {
+func getCounters(d *codec.Decoder, c *Counters) {
 	for i := range c.Count {
-		c.Count[i] = d.varint()
+		c.Count[i] = d.Varint()
 	}
 	for i := range c.LastTS {
-		c.LastTS[i] = d.varint()
+		c.LastTS[i] = d.Varint()
 	}
-	c.FirstTS = d.varint()
-	c.LastTSAny = d.varint()
+	c.FirstTS = d.Varint()
+	c.LastTSAny = d.Varint()
 }
 
-func (d *decoder) recents() []Recent {
-	n := d.uvarint()
+func getRecents(d *codec.Decoder) []Recent {
+	n := d.Uvarint()
 	if n > MaxRecent {
-		d.err, d.b = true, nil
+		d.Fail()
 		return nil
 	}
 	list := make([]Recent, 0, n)
 	for range n {
-		id := d.str()
-		list = append(list, Recent{ID: id, TS: d.varint()})
+		id := d.Str()
+		list = append(list, Recent{ID: id, TS: d.Varint()})
 	}
 	return list
 }
 
-func (d *decoder) version() {
-	if len(d.b) == 0 || d.b[0] != recordVersion {
-		d.err, d.b = true, nil
-		return
-	}
-	d.b = d.b[1:]
-}
-
-func (d *decoder) done() error {
-	if d.err || len(d.b) != 0 {
-		return ErrCorrupt
-	}
-	return nil
-}
-
 func (r *UserRecord) appendTo(b []byte) []byte {
-	e := encoder{b: append(b, recordVersion)}
-	e.counters(&r.Counters)
-	e.recents(r.RecentItems)
-	e.recents(r.RecentCategories)
-	e.uvarint(uint64(len(r.Affinities)))
+	e := codec.Encoder{B: append(b, recordVersion)}
+	putCounters(&e, &r.Counters)
+	putRecents(&e, r.RecentItems)
+	putRecents(&e, r.RecentCategories)
+	e.Uvarint(uint64(len(r.Affinities)))
 	for _, a := range r.Affinities {
-		e.str(a.ID)
-		e.varint(a.TS)
-		e.f64(a.Score)
+		e.Str(a.ID)
+		e.Varint(a.TS)
+		e.F64(a.Score)
 	}
-	return e.b
+	return e.B
 }
 
 func (r *UserRecord) decode(b []byte) error {
-	d := decoder{b: b}
-	d.version()
-	d.counters(&r.Counters)
-	r.RecentItems = d.recents()
-	r.RecentCategories = d.recents()
-	if n := d.uvarint(); n <= MaxAffinities {
+	d := codec.Decoder{B: b}
+	d.Version(recordVersion)
+	getCounters(&d, &r.Counters)
+	r.RecentItems = getRecents(&d)
+	r.RecentCategories = getRecents(&d)
+	if n := d.Uvarint(); n <= MaxAffinities {
 		r.Affinities = make([]Recent, 0, n)
 		for range n {
-			id := d.str()
-			ts := d.varint()
-			r.Affinities = append(r.Affinities, Recent{ID: id, TS: ts, Score: d.f64()})
+			id := d.Str()
+			ts := d.Varint()
+			r.Affinities = append(r.Affinities, Recent{ID: id, TS: ts, Score: d.F64()})
 		}
 	} else {
-		d.err, d.b = true, nil
+		d.Fail()
 	}
-	return d.done()
+	return d.Done()
 }
 
 func (r *ItemRecord) appendTo(b []byte) []byte {
-	e := encoder{b: append(b, recordVersion)}
-	e.counters(&r.Counters)
-	e.str(r.CategoryID)
-	e.varint(r.CategoryTS)
-	e.f64(r.Pop)
-	return e.b
+	e := codec.Encoder{B: append(b, recordVersion)}
+	putCounters(&e, &r.Counters)
+	e.Str(r.CategoryID)
+	e.Varint(r.CategoryTS)
+	e.F64(r.Pop)
+	return e.B
 }
 
 func (r *ItemRecord) decode(b []byte) error {
-	d := decoder{b: b}
-	d.version()
-	d.counters(&r.Counters)
-	r.CategoryID = d.str()
-	r.CategoryTS = d.varint()
-	r.Pop = d.f64()
-	return d.done()
+	d := codec.Decoder{B: b}
+	d.Version(recordVersion)
+	getCounters(&d, &r.Counters)
+	r.CategoryID = d.Str()
+	r.CategoryTS = d.Varint()
+	r.Pop = d.F64()
+	return d.Done()
 }

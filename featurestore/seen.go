@@ -211,11 +211,11 @@ func (s *Store) SeenTTL() int64 {
 // SeenLimit is how many items a user's seen set keeps (Options.SeenLimit).
 func (s *Store) SeenLimit() int { return s.opts.SeenLimit }
 
-// seenItems returns the items user touched after now − SeenTTL (at most
+// SeenItems returns the items user touched after now − SeenTTL (at most
 // SeenLimit, the newest), as a set. Days are read newest first, from the
 // day of the newest event applied if that is past now (events may be a
 // little ahead of the clock).
-func (s *Store) seenItems(user string, now int64) (map[string]bool, error) {
+func (s *Store) SeenItems(user string, now int64) (map[string]bool, error) {
 	since := now - s.SeenTTL()
 	hi := int64(dayOf(max(now, s.Stats().MaxTS)))
 	lo := int64(dayOf(max(since, 0)))

@@ -23,11 +23,18 @@ func openSeenStore(t testing.TB, fs vfs.FS, dir string, limit int) *Store {
 	return s
 }
 
+// applyAll applies evs as one batch after the store's applied offset.
+func applyAll(t testing.TB, s *Store, evs ...Event) {
+	t.Helper()
+	first := s.AppliedOffset()
+	mustApply(t, s, first+uint64(len(evs)), entries(first, evs...))
+}
+
 func mustSeen(t testing.TB, s *Store, user string) []string {
 	t.Helper()
-	seen, err := s.seenItems(user, s.Now())
+	seen, err := s.SeenItems(user, s.Now())
 	if err != nil {
-		t.Fatalf("seenItems(%q): %v", user, err)
+		t.Fatalf("SeenItems(%q): %v", user, err)
 	}
 	out := make([]string, 0, len(seen))
 	for id := range seen {
@@ -70,50 +77,8 @@ func bruteSeen(evs []Event, user string, now, ttl int64, limit int) []string {
 	return out
 }
 
-// exclude_seen drops every item the user touched, not only the newest ones
-// the model history (50) and recent items (20) hold.
-func TestSeenExactPastHistoryCap(t *testing.T) {
-	s := openSeenStore(t, vfs.NewMem(), "db", 0)
-	var evs []Event
-	ts := t0
-	for i := range 40 { // other users' items: the only ones left to recommend
-		for u := range 3 {
-			evs = append(evs, ev(fmt.Sprintf("o%d-%d", i, u), fmt.Sprintf("o%d", u), fmt.Sprintf("x%d", i), "c", BehaviorView, ts))
-			ts++
-		}
-	}
-	var touched []string
-	for i := range 300 {
-		item := fmt.Sprintf("h%d", i)
-		touched = append(touched, item)
-		evs = append(evs, ev("h"+item, "heavy", item, "c", BehaviorView, ts), ev("n"+item, "nb", item, "c", BehaviorCart, ts+1))
-		ts += 1000
-	}
-	for i := 0; i < len(evs); i += 97 {
-		applyAll(t, s, evs[i:min(i+97, len(evs))]...)
-	}
-	if got, want := mustSeen(t, s, "heavy"), bruteSeen(evs, "heavy", s.Now(), s.SeenTTL(), 1<<30); !slices.Equal(got, want) {
-		t.Fatalf("seen set of heavy has %d items, want the %d touched", len(got), len(want))
-	}
-	for _, method := range []string{MethodFull, MethodPopular, MethodItem2Item, MethodMF, MethodUser2User, MethodRecentPopular} {
-		recs := mustRecommend(t, s, "heavy", RecommendOptions{K: 100, ExcludeSeen: true, Method: method})
-		for _, r := range recs {
-			if slices.Contains(touched, r.ItemID) {
-				t.Errorf("%s with ExcludeSeen recommended %s, which heavy touched", method, r.ItemID)
-			}
-		}
-		if method == MethodFull && len(recs) != 40 {
-			t.Errorf("full with ExcludeSeen gave %d items, want the 40 untouched", len(recs))
-		}
-	}
-	// Without the filter the old items come back.
-	recs := mustRecommend(t, s, "heavy", RecommendOptions{K: 100})
-	if !slices.ContainsFunc(recs, func(r Recommendation) bool { return slices.Contains(touched[:200], r.ItemID) }) {
-		t.Errorf("without ExcludeSeen no old touched item is recommended: %v", recIDs(recs))
-	}
-}
-
-// Items touched before now − SeenTTL may be recommended again.
+// Items touched before now − SeenTTL leave the seen set (and may be
+// recommended again: featurestore/recommend tests that).
 func TestSeenTTL(t *testing.T) {
 	s := openSeenStore(t, vfs.NewMem(), "db", 0)
 	if ttl := s.SeenTTL(); ttl != 7*dayMS {
@@ -127,10 +92,6 @@ func TestSeenTTL(t *testing.T) {
 	applyAll(t, s, ev("d", "v", "other", "c", BehaviorView, t0+7*dayMS))
 	if got := mustSeen(t, s, "u"); !slices.Equal(got, []string{"new"}) {
 		t.Errorf("seen 7 days later = %v, want [new] (the window is (now − TTL, now])", got)
-	}
-	recs := recIDs(mustRecommend(t, s, "u", RecommendOptions{K: 10, ExcludeSeen: true}))
-	if !slices.Contains(recs, "old") || slices.Contains(recs, "new") {
-		t.Errorf("recommendations = %v, want old (past the TTL) and not new", recs)
 	}
 }
 
@@ -201,7 +162,7 @@ func TestSeenMergeAssociative(t *testing.T) {
 	key := seenKey(100, "u")
 	for range 200 {
 		limit := 1 + rng.IntN(6)
-		m := newMerger(limit)
+		m := newMerger(limit, nil)
 		var ops [][]byte
 		for range 2 + rng.IntN(6) {
 			var list []seenEntry
@@ -250,8 +211,8 @@ func TestSeenCorruptAndLimits(t *testing.T) {
 	if err := s.db.Set(seenKey(dayOf(t0), "u"), []byte{0x05, 0x09, 'x'}, pebble.NoSync); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Recommend("u", RecommendOptions{K: 5, ExcludeSeen: true}); !errors.Is(err, ErrCorrupt) {
-		t.Errorf("Recommend over a truncated seen record = %v, want ErrCorrupt", err)
+	if _, err := s.SeenItems("u", s.Now()); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("SeenItems over a truncated seen record = %v, want ErrCorrupt", err)
 	}
 	if _, err := Open("x", Options{FS: vfs.NewMem(), Logger: quietLogger(), SeenLimit: maxSeenLimit + 1}); err == nil {
 		t.Error("Open with a seen limit over the maximum succeeded")

@@ -1,6 +1,7 @@
 package featurestore
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -15,6 +16,8 @@ import (
 	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/vfs"
 	lru "github.com/hashicorp/golang-lru/v2"
+
+	"github.com/streamrec/recsys/featurestore/internal/codec"
 )
 
 // Options configures a Store. The zero value is usable: EnsureDefaults fills
@@ -56,8 +59,10 @@ type Options struct {
 	// RecordCacheEntries bounds the writer's cache of decoded user and item
 	// records (each LRU holds this many). Default: 131072.
 	RecordCacheEntries int
-	// Models are the hyperparameters of the incremental models.
-	Models ModelOptions
+	// Learner is the incremental models (featurestore/models.New), which
+	// learn from every applied event in the apply batch; nil: none. A
+	// learner serves one store.
+	Learner Learner
 	// SeenLimit is how many distinct items a user's seen set (what
 	// exclude_seen drops) keeps: the newest touched within SeenTTL. Up to
 	// this many the filter is exact; past it the oldest may come back.
@@ -113,7 +118,6 @@ func (o *Options) EnsureDefaults() {
 	if o.SeenLimit <= 0 {
 		o.SeenLimit = 10_000
 	}
-	o.Models.EnsureDefaults()
 }
 
 // Stats are the store's counters.
@@ -160,17 +164,9 @@ type Store struct {
 	// dedup.go). A new id (the common case) is known to be new without a
 	// Pebble lookup; a "maybe" is settled by Pebble. Only Apply touches it.
 	dd *dedup
-	// models is the state of the incremental models; see model.go.
-	models       *models
-	modelsFrozen atomic.Bool
-	// trend caches the hour's trending items for a second of the read
-	// clock (see trending).
-	trend struct {
-		sync.Mutex
-		sec  int64
-		list []Scored
-	}
-	mu struct {
+	// learner is Options.Learner (or nil); Apply and Expire call it.
+	learner Learner
+	mu      struct {
 		sync.RWMutex
 		stats Stats
 	}
@@ -189,7 +185,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		Cache:              cache,
 		FormatMajorVersion: pebble.FormatNewest,
 		Logger:             plog,
-		Merger:             newMerger(opts.SeenLimit),
+		Merger:             newMerger(opts.SeenLimit, opts.Learner),
 		MemTableSize:       128 << 20,
 		// The state has no write-ahead log: it is derived from the event
 		// log (or the Kafka topic), which is the durable copy, and its
@@ -215,7 +211,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open store %s: clock %q is neither wall nor event", dir, opts.Clock)
 	}
 	s := &Store{
-		db: db, cache: cache, plog: plog, logger: opts.Logger, opts: opts, defs: opts.Definitions,
+		db: db, cache: cache, plog: plog, logger: opts.Logger, opts: opts, defs: opts.Definitions, learner: opts.Learner,
 		halfMS:    float64(opts.PopularityHalfLife.Milliseconds()),
 		affHalfMS: float64(opts.Definitions.AffinityHalfLife.Milliseconds()),
 		weights:   opts.Definitions.BehaviorWeights,
@@ -230,16 +226,12 @@ func Open(dir string, opts Options) (*Store, error) {
 		cache.Unref()
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
-	if err := opts.Models.Validate(); err != nil {
-		_ = db.Close()
-		cache.Unref()
-		return nil, err
-	}
-	s.models = newModels(opts.Models, max(1024, opts.RecordCacheEntries/4))
-	if err := s.loadModels(); err != nil {
-		_ = db.Close()
-		cache.Unref()
-		return nil, fmt.Errorf("open store %s: %w", dir, err)
+	if s.learner != nil {
+		if err := s.learner.Load(s); err != nil {
+			_ = db.Close()
+			cache.Unref()
+			return nil, fmt.Errorf("open store %s: %w", dir, err)
+		}
 	}
 	if err := s.countDeadLetters(); err != nil {
 		_ = db.Close()
@@ -306,10 +298,10 @@ func (s *Store) loadMeta() error {
 	if v, ok, err := s.get([]byte(keyStats)); err != nil {
 		return err
 	} else if ok {
-		d := decoder{b: v}
-		d.version()
-		st.Events, st.Duplicates, st.Users, st.Items, st.MaxTS = d.varint(), d.varint(), d.varint(), d.varint(), d.varint()
-		if err := d.done(); err != nil {
+		d := codec.Decoder{B: v}
+		d.Version(recordVersion)
+		st.Events, st.Duplicates, st.Users, st.Items, st.MaxTS = d.Varint(), d.Varint(), d.Varint(), d.Varint(), d.Varint()
+		if err := d.Done(); err != nil {
 			return fmt.Errorf("%s: %w", keyStats, err)
 		}
 	}
@@ -429,8 +421,10 @@ func (s *Store) applyBatch(end uint64, entries []Entry, extra *Extra) (ApplyResu
 		// batch: they are ahead of Pebble now.
 		s.users.Purge()
 		s.items.Purge()
-		if merr := s.abortModels(); merr != nil {
-			err = errors.Join(err, merr)
+		if s.learner != nil {
+			if merr := s.learner.Abort(); merr != nil {
+				err = errors.Join(err, merr)
+			}
 		}
 		return res, err
 	}
@@ -448,8 +442,11 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 	ids := newBatchIDs()
 	tiles := newTileBatch()
 	seenB := newSeenBatch(s.opts.SeenLimit)
-	mb := s.newModelBatch()
-	mb.itemRecs = items
+	newUsers := make(map[string]bool)
+	var lb LearnBatch
+	if s.learner != nil {
+		lb = s.learner.Begin(&BatchRecords{s: s, items: items, newUsers: newUsers})
+	}
 	if end < st.AppliedOffset {
 		return ApplyResult{}, fmt.Errorf("apply: end %d is before the applied offset %d", end, st.AppliedOffset)
 	}
@@ -492,7 +489,7 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 			}
 			if !found {
 				st.Users++
-				mb.newUsers[ev.UserID] = true // no model records to read
+				newUsers[ev.UserID] = true
 			}
 			users[ev.UserID] = u
 		}
@@ -513,8 +510,10 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 			it.rec, it.existed, it.oldPop, it.oldCat = rec, found, rec.Pop, rec.CategoryID
 			items[ev.ItemID] = it
 		}
-		if err := s.applyModels(mb, ev, u, it.rec); err != nil {
-			return ApplyResult{}, fmt.Errorf("apply: models: %w", err)
+		if lb != nil {
+			if err := lb.Learn(ev, u, it.rec); err != nil {
+				return ApplyResult{}, fmt.Errorf("apply: models: %w", err)
+			}
 		}
 		u.add(ev.Behavior, ev.TS)
 		u.RecentItems = pushRecent(u.RecentItems, ev.ItemID, ev.TS)
@@ -525,7 +524,7 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 		if ev.CategoryID != "" && ev.TS >= it.rec.CategoryTS {
 			it.rec.CategoryID, it.rec.CategoryTS = ev.CategoryID, ev.TS
 		}
-		it.rec.Pop = logAddExp2(it.rec.Pop, s.logWeight[ev.Behavior]+float64(ev.TS)/s.halfMS)
+		it.rec.Pop = LogAddExp2(it.rec.Pop, s.logWeight[ev.Behavior]+float64(ev.TS)/s.halfMS)
 		tiles.add(ev)
 		seenB.add(ev)
 
@@ -559,8 +558,10 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 			return ApplyResult{}, err
 		}
 	}
-	if err := s.flushModels(b, mb); err != nil {
-		return ApplyResult{}, err
+	if lb != nil {
+		if err := lb.Write(b); err != nil {
+			return ApplyResult{}, err
+		}
 	}
 	st.AppliedOffset = end
 	st.Events += int64(res.Applied)
@@ -590,7 +591,9 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 	for id, it := range items {
 		s.items.Add(id, it.rec)
 	}
-	s.commitModels(mb)
+	if lb != nil {
+		lb.Commit()
+	}
 	s.maybeFlush()
 	s.mu.Lock()
 	s.mu.stats = st
@@ -732,11 +735,11 @@ func (s *Store) Definitions() *Definitions { return s.defs }
 
 // encodeStats is the value of keyStats.
 func encodeStats(st *Stats) []byte {
-	e := encoder{b: []byte{recordVersion}}
+	e := codec.Encoder{B: []byte{recordVersion}}
 	for _, v := range []int64{st.Events, st.Duplicates, st.Users, st.Items, st.MaxTS} {
-		e.varint(v)
+		e.Varint(v)
 	}
-	return e.b
+	return e.B
 }
 
 // reindex moves item it in the global and category popularity indexes.
@@ -790,19 +793,19 @@ func (s *Store) Purchased(user, item string) (bool, error) {
 	return s.has(boughtKey(user, item))
 }
 
-// Scored is an item with a score.
-type Scored struct {
-	ItemID string
-	Score  float64
-}
-
 // PopularityScore converts a stored Pop value into the decayed weighted
 // count as of the newest event time seen.
 func (s *Store) PopularityScore(pop float64) float64 {
+	return s.PopularityAt(pop, s.Stats().MaxTS)
+}
+
+// PopularityAt converts a stored Pop value into the decayed weighted count
+// as of time now (Unix ms).
+func (s *Store) PopularityAt(pop float64, now int64) float64 {
 	if math.IsInf(pop, -1) {
 		return 0
 	}
-	return math.Exp2(pop - float64(s.Stats().MaxTS)/s.halfMS)
+	return math.Exp2(pop - float64(now)/s.halfMS)
 }
 
 // Popular returns up to k items of category ("" for all) by descending
@@ -922,6 +925,20 @@ func (s *Store) Checkpoint(dir string) error {
 		// No half-written checkpoint is left behind.
 		_ = s.opts.FS.RemoveAll(dir)
 		return fmt.Errorf("checkpoint store: %w", err)
+	}
+	return nil
+}
+
+// Compact compacts the whole key space into the bottom level: merge
+// operands are folded and deleted data dropped. For tests and offline
+// maintenance; it competes with Apply for the disk.
+func (s *Store) Compact(ctx context.Context) error {
+	if err := s.acquire(); err != nil {
+		return err
+	}
+	defer s.release()
+	if err := s.plog.Guard(func() error { return s.db.Compact(ctx, []byte{0}, []byte{0xff}, true) }); err != nil {
+		return fmt.Errorf("compact state: %w", err)
 	}
 	return nil
 }

@@ -19,8 +19,9 @@ import (
 
 // t0 is an arbitrary event time (2023-11-14T22:13:20Z) the tests count from.
 const (
-	t0   = int64(1_700_000_000_000)
-	hour = int64(time.Hour / time.Millisecond)
+	t0     = int64(1_700_000_000_000)
+	hour   = int64(time.Hour / time.Millisecond)
+	minute = int64(time.Minute / time.Millisecond)
 )
 
 func quietLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
@@ -476,9 +477,9 @@ func TestLogAddExp2(t *testing.T) {
 		{78000.5, 78000.5 - 1, 78000.5 + math.Log2(1.5)},
 	}
 	for _, tc := range tests {
-		got := logAddExp2(tc.a, tc.b)
+		got := LogAddExp2(tc.a, tc.b)
 		if !(got == tc.want || math.Abs(got-tc.want) <= 1e-12*math.Max(1, math.Abs(tc.want))) {
-			t.Errorf("logAddExp2(%v, %v) = %v, want %v", tc.a, tc.b, got, tc.want)
+			t.Errorf("LogAddExp2(%v, %v) = %v, want %v", tc.a, tc.b, got, tc.want)
 		}
 	}
 }

@@ -130,11 +130,12 @@ func oneCount(b Behavior) []byte {
 }
 
 // newMerger returns the merge operator: it sums count vectors, joins event
-// lists, unions sketches and unions seen records, keeping seenLimit items.
+// lists, unions sketches and unions seen records, keeping seenLimit items;
+// the learner (if any) merges its own records (neighbour deltas).
 // Its name is stored on disk by Pebble: a store created with another merger
 // cannot be opened with this one. (The seen records came later under the
 // same name: a store that has them cannot be read by an older binary.)
-func newMerger(seenLimit int) *pebble.Merger {
+func newMerger(seenLimit int, learner Learner) *pebble.Merger {
 	return &pebble.Merger{
 		Name: "recsys.counts.v1",
 		Merge: func(key, value []byte) (pebble.ValueMerger, error) {
@@ -147,11 +148,13 @@ func newMerger(seenLimit int) *pebble.Merger {
 			case len(key) > 0 && key[0] == prefixSeen:
 				m := &seenMerger{limit: seenLimit}
 				return m, m.MergeNewer(value)
-			case len(key) > 1 && key[0] == 'n' && key[1] == '/':
-				m := &neighborMerger{}
-				return m, m.MergeNewer(value)
 			case len(key) > 0 && (key[0] == 't' || key[0] == 'h'):
 			default:
+				if learner != nil {
+					if m, err := learner.Merge(key, value); m != nil || err != nil {
+						return m, err
+					}
+				}
 				return nil, fmt.Errorf("featurestore: merge on key %q, which is not a tile", key)
 			}
 			m := &countMerger{}

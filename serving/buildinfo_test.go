@@ -39,7 +39,7 @@ func TestBuildFrom(t *testing.T) {
 
 func TestMetricsBuildInfo(t *testing.T) {
 	e := newEnv(t)
-	m := NewMetrics(prometheus.NewRegistry(), e.store, e.upd)
+	m := NewMetrics(prometheus.NewRegistry(), e.store, e.models, e.upd)
 	rec := httptest.NewRecorder()
 	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	body, _ := io.ReadAll(rec.Body)

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/streamrec/recsys/featurestore"
+	"github.com/streamrec/recsys/featurestore/models"
 	"github.com/streamrec/recsys/updater"
 )
 
@@ -37,6 +38,7 @@ const (
 type FlightServer struct {
 	flight.BaseFlightServer
 	store     *featurestore.Store
+	models    *models.Models
 	upd       *updater.Updater // for the actions; may be nil
 	backups   *BackupRoot      // where backup may write; nil: backups refused
 	mem       memory.Allocator
@@ -103,7 +105,7 @@ func (f *FlightServer) DoAction(a *flight.Action, stream flight.FlightService_Do
 		}
 		views[deadLettersView] = map[string]any{"rows": f.store.DeadLetterCount()}
 		for _, t := range modelTables {
-			views[t.name] = map[string]any{"rows": t.rows(f.store)}
+			views[t.name] = map[string]any{"rows": t.rows(f.store, f.models)}
 		}
 		body = map[string]any{"views": views, "disk_bytes": ps.DiskBytes}
 	case "backup":
@@ -139,13 +141,14 @@ func (f *FlightServer) DoAction(a *flight.Action, stream flight.FlightService_Do
 	return stream.Send(&flight.Result{Body: b})
 }
 
-// NewFlightServer returns a Flight service over store; mem is the Arrow
-// allocator (nil: the Go allocator).
-func NewFlightServer(store *featurestore.Store, mem memory.Allocator) *FlightServer {
+// NewFlightServer returns a Flight service over store and its models m
+// (the store's Options.Learner); mem is the Arrow allocator (nil: the Go
+// allocator).
+func NewFlightServer(store *featurestore.Store, m *models.Models, mem memory.Allocator) *FlightServer {
 	if mem == nil {
 		mem = memory.NewGoAllocator()
 	}
-	return &FlightServer{store: store, mem: mem, batchRows: flightBatchRows}
+	return &FlightServer{store: store, models: m, mem: mem, batchRows: flightBatchRows}
 }
 
 // GRPCServer returns a gRPC server carrying f (and reflection), with
@@ -224,7 +227,7 @@ func (f *FlightServer) plan(q flightQuery, forTicket bool) (*plan, error) {
 		if q.Columns != nil || q.IDs != nil || q.AsOf != 0 || q.Partitions != 0 || q.Lo != "" || q.Hi != "" {
 			return nil, invalidArg("view", "model table %s takes no columns, ids, as_of or partitions", t.name)
 		}
-		return &plan{q: q, schema: t.schema(f.store.FactorDim()), model: t}, nil
+		return &plan{q: q, schema: t.schema(f.models.FactorDim()), model: t}, nil
 	}
 	v, err := f.store.Definitions().View(q.View)
 	if err != nil {
@@ -345,7 +348,7 @@ func (f *FlightServer) info(p *plan, d *flight.FlightDescriptor) (*flight.Flight
 	if p.view != nil {
 		rows = f.store.Count(p.view)
 	} else if p.model != nil {
-		rows = p.model.rows(f.store)
+		rows = p.model.rows(f.store, f.models)
 	} else {
 		rows = f.store.DeadLetterCount()
 	}

@@ -6,17 +6,22 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/streamrec/recsys/featurestore"
+	"github.com/streamrec/recsys/featurestore/models"
 )
 
 // FuzzFlightQuery: any ticket or command is either planned or refused
 // with a status error; it never panics.
 func FuzzFlightQuery(f *testing.F) {
-	st, err := featurestore.Open("state", featurestore.Options{FS: vfs.NewMem()})
+	m, err := models.New(models.Options{})
+	if err != nil {
+		f.Fatal(err)
+	}
+	st, err := featurestore.Open("state", featurestore.Options{FS: vfs.NewMem(), Learner: m})
 	if err != nil {
 		f.Fatal(err)
 	}
 	f.Cleanup(func() { _ = st.Close() })
-	fs := NewFlightServer(st, nil)
+	fs := NewFlightServer(st, m, nil)
 	for _, seed := range []string{
 		`{"view":"user_features"}`,
 		`{"view":"item_features","columns":["view_count_1h","item_id"],"ids":["a","b"],"as_of":1700000000000}`,

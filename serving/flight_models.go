@@ -6,6 +6,7 @@ import (
 	"github.com/apache/arrow/go/v17/arrow/flight"
 
 	"github.com/streamrec/recsys/featurestore"
+	"github.com/streamrec/recsys/featurestore/models"
 )
 
 // modelTable is a Flight view of one model's state.
@@ -13,9 +14,9 @@ type modelTable struct {
 	name   string
 	schema func(dim int) *arrow.Schema
 	// rows estimates the row count.
-	rows func(s *featurestore.Store) int64
+	rows func(st *featurestore.Store, m *models.Models) int64
 	// scan appends every row to b, calling flush after each row.
-	scan func(s *featurestore.Store, b *array.RecordBuilder, flush func() error) error
+	scan func(m *models.Models, b *array.RecordBuilder, flush func() error) error
 }
 
 var factorsType = arrow.ListOf(arrow.PrimitiveTypes.Float32)
@@ -33,15 +34,15 @@ var modelTables = []*modelTable{
 			}, nil)
 		},
 		// Estimated from a sample of neighbour lists.
-		rows: func(s *featurestore.Store) int64 {
-			n, err := s.ItemNeighborRows()
+		rows: func(_ *featurestore.Store, m *models.Models) int64 {
+			n, err := m.ItemNeighborRows()
 			if err != nil {
 				return -1
 			}
 			return n
 		},
-		scan: func(s *featurestore.Store, b *array.RecordBuilder, flush func() error) error {
-			return s.ScanItemNeighbors(func(item string, ns []featurestore.Neighbor) error {
+		scan: func(m *models.Models, b *array.RecordBuilder, flush func() error) error {
+			return m.ScanItemNeighbors(func(item string, ns []models.Neighbor) error {
 				for i, n := range ns {
 					b.Field(0).(*array.StringBuilder).Append(item)
 					b.Field(1).(*array.StringBuilder).Append(n.ItemID)
@@ -64,9 +65,9 @@ var modelTables = []*modelTable{
 				{Name: "events", Type: arrow.PrimitiveTypes.Int64},
 			}, nil)
 		},
-		rows: func(s *featurestore.Store) int64 { return s.Stats().Users },
-		scan: func(s *featurestore.Store, b *array.RecordBuilder, flush func() error) error {
-			return s.ScanUserFactors(func(user string, f []float32, events int64) error {
+		rows: func(st *featurestore.Store, _ *models.Models) int64 { return st.Stats().Users },
+		scan: func(m *models.Models, b *array.RecordBuilder, flush func() error) error {
+			return m.ScanUserFactors(func(user string, f []float32, events int64) error {
 				b.Field(0).(*array.StringBuilder).Append(user)
 				appendFactors(b.Field(1).(*array.ListBuilder), f)
 				b.Field(2).(*array.Int64Builder).Append(events)
@@ -82,9 +83,9 @@ var modelTables = []*modelTable{
 				{Name: "factors", Type: factorsType},
 			}, nil)
 		},
-		rows: func(s *featurestore.Store) int64 { return s.ModelItems() },
-		scan: func(s *featurestore.Store, b *array.RecordBuilder, flush func() error) error {
-			return s.ScanItemFactors(func(item string, f []float32) error {
+		rows: func(_ *featurestore.Store, m *models.Models) int64 { return m.ItemCount() },
+		scan: func(m *models.Models, b *array.RecordBuilder, flush func() error) error {
+			return m.ScanItemFactors(func(item string, f []float32) error {
 				b.Field(0).(*array.StringBuilder).Append(item)
 				appendFactors(b.Field(1).(*array.ListBuilder), f)
 				return flush()
@@ -100,9 +101,9 @@ var modelTables = []*modelTable{
 				{Name: "version", Type: arrow.PrimitiveTypes.Int64},
 			}, nil)
 		},
-		rows: func(*featurestore.Store) int64 { return int64(len(featurestore.RankFeatureNames())) },
-		scan: func(s *featurestore.Store, b *array.RecordBuilder, flush func() error) error {
-			names, w, version := s.RankerWeights()
+		rows: func(*featurestore.Store, *models.Models) int64 { return int64(len(models.RankFeatureNames())) },
+		scan: func(m *models.Models, b *array.RecordBuilder, flush func() error) error {
+			names, w, version := m.RankerWeights()
 			for i, n := range names {
 				b.Field(0).(*array.StringBuilder).Append(n)
 				var wi float64
@@ -154,7 +155,7 @@ func (f *FlightServer) doGetModel(p *plan, w *flight.Writer) error {
 		}
 		return write()
 	}
-	if err := p.model.scan(f.store, b, flush); err != nil {
+	if err := p.model.scan(f.models, b, flush); err != nil {
 		return toStatus(err)
 	}
 	if err := write(); err != nil {

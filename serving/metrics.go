@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/streamrec/recsys/featurestore"
+	"github.com/streamrec/recsys/featurestore/models"
 	"github.com/streamrec/recsys/updater"
 )
 
@@ -23,9 +24,9 @@ type Metrics struct {
 }
 
 // NewMetrics registers the serving metrics, the process and Go runtime
-// collectors, and gauges read from the store and the updater at scrape
+// collectors, and gauges read from the store, its models and the updater at scrape
 // time, in reg.
-func NewMetrics(reg *prometheus.Registry, store *featurestore.Store, upd *updater.Updater) *Metrics {
+func NewMetrics(reg *prometheus.Registry, store *featurestore.Store, mods *models.Models, upd *updater.Updater) *Metrics {
 	m := &Metrics{
 		reg: reg,
 		requests: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -68,7 +69,7 @@ func NewMetrics(reg *prometheus.Registry, store *featurestore.Store, upd *update
 	gauge("recsys_store_users", "Users with features.", func() float64 { return float64(store.Stats().Users) })
 	gauge("recsys_store_items", "Items with features.", func() float64 { return float64(store.Stats().Items) })
 	gauge("recsys_store_dead_letters", "Dead letters kept.", func() float64 { return float64(store.DeadLetterCount()) })
-	reg.MustRegister(modelCollector{store})
+	reg.MustRegister(modelCollector{mods})
 	pm := func(f func(*featurestore.PebbleStats) float64) func() float64 {
 		return func() float64 {
 			st, err := store.PebbleStats()
@@ -128,7 +129,7 @@ func routeOf(r *http.Request) string {
 func strconvItoa(n int) string { return strconv.Itoa(n) }
 
 // modelCollector exports the models' state at each scrape.
-type modelCollector struct{ store *featurestore.Store }
+type modelCollector struct{ models *models.Models }
 
 var (
 	modelExamplesDesc = prometheus.NewDesc("recsys_model_examples_total", "Examples each model learned (pair updates for item2item, scored-then-learned examples for the ranker).", []string{"model"}, nil)
@@ -145,7 +146,7 @@ func (c modelCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c modelCollector) Collect(ch chan<- prometheus.Metric) {
-	ms, err := c.store.Models()
+	ms, err := c.models.Info()
 	if err != nil {
 		return
 	}

@@ -80,7 +80,7 @@ func TestOpenAPIDocument(t *testing.T) {
 // REST handler serves, hand-written ones included.
 func TestOpenAPIDescribesEveryRoute(t *testing.T) {
 	e := newEnv(t)
-	e.srv.opts.Metrics = NewMetrics(prometheus.NewRegistry(), e.store, e.upd)
+	e.srv.opts.Metrics = NewMetrics(prometheus.NewRegistry(), e.store, e.models, e.upd)
 	var served []string
 	for _, rt := range e.srv.routes(runtime.NewServeMux()) {
 		served = append(served, rt.pattern)
@@ -113,7 +113,7 @@ func TestOpenAPIServedVersion(t *testing.T) {
 // and checks each request and its answer against the document.
 func TestOpenAPIAnswersMatchTheDocument(t *testing.T) {
 	e := newEnv(t)
-	e.srv.opts.Metrics = NewMetrics(prometheus.NewRegistry(), e.store, e.upd)
+	e.srv.opts.Metrics = NewMetrics(prometheus.NewRegistry(), e.store, e.models, e.upd)
 	h, err := e.srv.HTTPHandler(context.Background())
 	if err != nil {
 		t.Fatal(err)

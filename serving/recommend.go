@@ -8,12 +8,14 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/streamrec/recsys/featurestore"
+	"github.com/streamrec/recsys/featurestore/recommend"
 	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
 )
 
 // recommender adapts the store's recommendations to the API.
 type recommender struct {
 	store *featurestore.Store
+	rec   *recommend.Recommender
 }
 
 func (r *recommender) recommend(user string, k int, category string, exclude []string, excludeSeen, keepPurchased bool) ([]*recsysv1.ScoredItem, error) {
@@ -21,14 +23,14 @@ func (r *recommender) recommend(user string, k int, category string, exclude []s
 	for _, id := range exclude {
 		ex[id] = true
 	}
-	recs, err := r.store.Recommend(user, featurestore.RecommendOptions{K: k, Category: category, Exclude: ex, ExcludeSeen: excludeSeen, KeepPurchased: keepPurchased})
+	recs, err := r.rec.Recommend(user, recommend.Options{K: k, Category: category, Exclude: ex, ExcludeSeen: excludeSeen, KeepPurchased: keepPurchased})
 	if err != nil {
 		return nil, err
 	}
 	return scoredItems(recs), nil
 }
 
-func scoredItems(recs []featurestore.Recommendation) []*recsysv1.ScoredItem {
+func scoredItems(recs []recommend.Recommendation) []*recsysv1.ScoredItem {
 	out := make([]*recsysv1.ScoredItem, len(recs))
 	for i, c := range recs {
 		out[i] = &recsysv1.ScoredItem{ItemId: c.ItemID, Score: c.Score, Reason: c.Reason}
@@ -41,7 +43,7 @@ func (r *recommender) popular(category string, k int, skip func(string) bool) ([
 	if err != nil {
 		return nil, err
 	}
-	reason := featurestore.PopularReason(category)
+	reason := recommend.PopularReason(category)
 	out := make([]*recsysv1.ScoredItem, len(cands))
 	for i, c := range cands {
 		out[i] = &recsysv1.ScoredItem{ItemId: c.ItemID, Score: c.Score, Reason: reason}
@@ -71,7 +73,7 @@ func (s *Server) SimilarItems(ctx context.Context, req *recsysv1.SimilarItemsReq
 	if err != nil {
 		return nil, err
 	}
-	recs, err := s.store.SimilarItems(req.ItemId, k)
+	recs, err := s.rec.rec.SimilarItems(req.ItemId, k)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -87,7 +89,7 @@ func (s *Server) SimilarUsers(ctx context.Context, req *recsysv1.SimilarUsersReq
 	if err != nil {
 		return nil, err
 	}
-	users, err := s.store.SimilarUsers(req.UserId, k)
+	users, err := s.rec.rec.SimilarUsers(req.UserId, k)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -100,11 +102,11 @@ func (s *Server) SimilarUsers(ctx context.Context, req *recsysv1.SimilarUsersReq
 
 // ListModels implements RecommendService.ListModels.
 func (s *Server) ListModels(ctx context.Context, _ *recsysv1.ListModelsRequest) (*recsysv1.ListModelsResponse, error) {
-	ms, err := s.store.Models()
+	ms, err := s.models.Info()
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	resp := &recsysv1.ListModelsResponse{ModelVersion: s.store.ModelVersion()}
+	resp := &recsysv1.ListModelsResponse{ModelVersion: s.models.Version()}
 	for _, m := range ms {
 		mi := &recsysv1.ModelInfo{Name: m.Name, Version: m.Version, Examples: m.Examples, Frozen: m.Frozen,
 			RollingAuc: m.AUC, RollingLogLoss: m.LogLoss, PublishedAuc: m.PublishedAUC, PublishedLogLoss: m.PublishedLogLoss}
@@ -130,7 +132,7 @@ func (s *Server) GetUserHistory(ctx context.Context, req *recsysv1.GetUserHistor
 	case req.Limit > 0:
 		limit = int(req.Limit)
 	}
-	hist, err := s.store.UserHistory(req.UserId, limit)
+	hist, err := s.rec.rec.UserHistory(req.UserId, limit)
 	if err != nil {
 		return nil, toStatus(err)
 	}

@@ -19,6 +19,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/streamrec/recsys/featurestore"
+	"github.com/streamrec/recsys/featurestore/models"
+	"github.com/streamrec/recsys/featurestore/recommend"
 	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
 	"github.com/streamrec/recsys/updater"
 )
@@ -84,16 +86,19 @@ type Server struct {
 	recsysv1.UnimplementedAdminServiceServer
 
 	store   *featurestore.Store
+	models  *models.Models
 	upd     *updater.Updater
 	opts    Options
 	rec     *recommender
 	streams *orderedStreams
 }
 
-// New returns a Server.
-func New(store *featurestore.Store, upd *updater.Updater, opts Options) *Server {
+// New returns a Server over store and its models m (the store's
+// Options.Learner).
+func New(store *featurestore.Store, m *models.Models, upd *updater.Updater, opts Options) *Server {
 	opts.ensureDefaults()
-	return &Server{store: store, upd: upd, opts: opts, rec: &recommender{store: store}, streams: newOrderedStreams()}
+	rec := &recommender{store: store, rec: recommend.New(store, m)}
+	return &Server{store: store, models: m, upd: upd, opts: opts, rec: rec, streams: newOrderedStreams()}
 }
 
 // GRPCServer returns a gRPC server with every recsys.v1 service of s, the
@@ -322,7 +327,7 @@ func (s *Server) Recommend(ctx context.Context, req *recsysv1.RecommendRequest) 
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &recsysv1.RecommendResponse{Items: items, ModelVersion: s.store.ModelVersion()}, nil
+	return &recsysv1.RecommendResponse{Items: items, ModelVersion: s.models.Version()}, nil
 }
 
 // PopularItems implements RecommendService.PopularItems.

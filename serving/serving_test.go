@@ -29,6 +29,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/streamrec/recsys/featurestore"
+	"github.com/streamrec/recsys/featurestore/models"
 	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
 	"github.com/streamrec/recsys/updater"
 	"github.com/streamrec/recsys/updater/eventlog"
@@ -36,9 +37,10 @@ import (
 
 // env is a store, log and running updater on an in-memory filesystem.
 type env struct {
-	store *featurestore.Store
-	upd   *updater.Updater
-	srv   *Server
+	store  *featurestore.Store
+	models *models.Models
+	upd    *updater.Updater
+	srv    *Server
 }
 
 func newEnv(t *testing.T) *env {
@@ -48,7 +50,11 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := featurestore.Open("state", featurestore.Options{FS: fs, Clock: "event"})
+	m, err := models.New(models.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := featurestore.Open("state", featurestore.Options{FS: fs, Clock: "event", Learner: m})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +70,7 @@ func newEnv(t *testing.T) *env {
 		_ = lg.Close()
 		_ = st.Close()
 	})
-	return &env{store: st, upd: upd, srv: New(st, upd, Options{MaxBatch: 100, MaxBodyBytes: 1 << 16})}
+	return &env{store: st, models: m, upd: upd, srv: New(st, m, upd, Options{MaxBatch: 100, MaxBodyBytes: 1 << 16})}
 }
 
 const baseTS = int64(1_700_000_000_000)
@@ -97,9 +103,9 @@ func userViews(n int) []*recsysv1.Event {
 	return evs
 }
 
-func startFlight(t *testing.T, st *featurestore.Store, mem memory.Allocator, batchRows int) flight.Client {
+func startFlight(t *testing.T, e *env, mem memory.Allocator, batchRows int) flight.Client {
 	t.Helper()
-	fsrv := NewFlightServer(st, mem)
+	fsrv := NewFlightServer(e.store, e.models, mem)
 	fsrv.batchRows = batchRows
 	gs := fsrv.GRPCServer()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -120,7 +126,7 @@ func TestFlightScanMatchesStore(t *testing.T) {
 	e := newEnv(t)
 	e.ingest(t, userViews(1000))
 	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
-	c := startFlight(t, e.store, mem, 300)
+	c := startFlight(t, e, mem, 300)
 	ctx := context.Background()
 
 	infos, err := c.ListFlights(ctx, &flight.Criteria{})
@@ -188,7 +194,7 @@ func TestFlightIDsAndColumns(t *testing.T) {
 	e := newEnv(t)
 	e.ingest(t, userViews(10))
 	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
-	c := startFlight(t, e.store, mem, 64<<10)
+	c := startFlight(t, e, mem, 64<<10)
 	ctx := context.Background()
 	cmd, _ := json.Marshal(map[string]any{"view": "user_features", "columns": []string{"user_id", "view_count", "last_event_ts"}, "ids": []string{"u00003", "nobody"}})
 	info, err := c.GetFlightInfo(ctx, &flight.FlightDescriptor{Type: flight.DescriptorCMD, Cmd: cmd})
@@ -245,7 +251,7 @@ func schemaNames(s *arrow.Schema) []string {
 func TestFlightErrors(t *testing.T) {
 	e := newEnv(t)
 	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
-	c := startFlight(t, e.store, mem, 100)
+	c := startFlight(t, e, mem, 100)
 	ctx := context.Background()
 	for _, tc := range []struct {
 		name string
@@ -282,7 +288,7 @@ func TestFlightClientCancelsMidStream(t *testing.T) {
 	e := newEnv(t)
 	e.ingest(t, userViews(2000))
 	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
-	c := startFlight(t, e.store, mem, 10)
+	c := startFlight(t, e, mem, 10)
 	ctx, cancel := context.WithCancel(context.Background())
 	stream, err := c.DoGet(ctx, &flight.Ticket{Ticket: []byte(`{"view":"user_features"}`)})
 	if err != nil {
@@ -503,7 +509,7 @@ func TestDoExchangePointInTime(t *testing.T) {
 	e := newEnv(t)
 	e.ingest(t, userViews(3)) // u00000..u00002 view at baseTS+0..2
 	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
-	c := startFlight(t, e.store, mem, 100)
+	c := startFlight(t, e, mem, 100)
 	stream, err := c.DoExchange(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -558,7 +564,7 @@ func TestFlightPartitions(t *testing.T) {
 	e := newEnv(t)
 	e.ingest(t, userViews(1000))
 	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
-	c := startFlight(t, e.store, mem, 128)
+	c := startFlight(t, e, mem, 128)
 	ctx := context.Background()
 	info, err := c.GetFlightInfo(ctx, &flight.FlightDescriptor{Type: flight.DescriptorCMD, Cmd: []byte(`{"view":"user_features","columns":["view_count"],"partitions":4}`)})
 	if err != nil {

@@ -105,7 +105,7 @@ func TestFaultApplyAndCheckpoint(t *testing.T) {
 	mem := vfs.NewMem()
 	fault := faultOn("store", false)
 	fs := errorfs.Wrap(mem, fault)
-	s, err := featurestore.Open("store", featurestore.Options{FS: fs, Logger: quietLogger(), CacheBytes: 4 << 20, Clock: "event", FlushWait: time.Second})
+	s, err := featurestore.Open("store", featurestore.Options{FS: fs, Logger: quietLogger(), CacheBytes: 4 << 20, Clock: "event", FlushWait: time.Second, Learner: testModels(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,7 +127,7 @@ func TestFaultApplyAndCheckpoint(t *testing.T) {
 	}
 	// A checkpoint that fails half-way leaves no directory behind.
 	ckFault := faultOn("ck", true)
-	s2, err := featurestore.Open("store2", featurestore.Options{FS: errorfs.Wrap(mem, ckFault), Logger: quietLogger(), CacheBytes: 4 << 20, Clock: "event"})
+	s2, err := featurestore.Open("store2", featurestore.Options{FS: errorfs.Wrap(mem, ckFault), Logger: quietLogger(), CacheBytes: 4 << 20, Clock: "event", Learner: testModels(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,7 +182,7 @@ func TestFaultApplyAndCheckpoint(t *testing.T) {
 			t.Errorf("close once the disk works: %v", err)
 		}
 	})
-	s, err = featurestore.Open("store", featurestore.Options{FS: mem, Logger: quietLogger(), CacheBytes: 4 << 20, Clock: "event"})
+	s, err = featurestore.Open("store", featurestore.Options{FS: mem, Logger: quietLogger(), CacheBytes: 4 << 20, Clock: "event", Learner: testModels(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -202,7 +202,7 @@ func TestFaultBackup(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	s, err := featurestore.Open(filepath.Join(dir, "state"), featurestore.Options{FS: fs, Logger: quietLogger(), CacheBytes: 4 << 20, Clock: "event"})
+	s, err := featurestore.Open(filepath.Join(dir, "state"), featurestore.Options{FS: fs, Logger: quietLogger(), CacheBytes: 4 << 20, Clock: "event", Learner: testModels(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/streamrec/recsys/featurestore"
+	"github.com/streamrec/recsys/featurestore/models"
 	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
 	"github.com/streamrec/recsys/updater/eventlog"
 )
@@ -55,7 +56,7 @@ func openEnv(t testing.TB, fs vfs.FS, opts Options) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := featurestore.Open("store", featurestore.Options{FS: fs, Logger: quietLogger(), CacheBytes: 4 << 20, Clock: "event"})
+	s, err := featurestore.Open("store", featurestore.Options{FS: fs, Logger: quietLogger(), CacheBytes: 4 << 20, Clock: "event", Learner: testModels(t)})
 	if err != nil {
 		_ = l.Close()
 		t.Fatal(err)
@@ -643,4 +644,15 @@ func TestWatermarkAcrossRestart(t *testing.T) {
 	if len(res.Rejected) != 1 || res.Rejected[0].Code != CodeLate {
 		t.Errorf("resend 5h behind after restart = %+v, want rejected as late", res)
 	}
+}
+
+// testModels returns the incremental models with their defaults, for a
+// store that learns as the server's does.
+func testModels(t testing.TB) *models.Models {
+	t.Helper()
+	m, err := models.New(models.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }

@@ -176,7 +176,7 @@ func bench(ctx context.Context, o *benchOpts) error {
 		float64(state)/(1<<20), float64(logBytes)/(1<<20), st.Users, st.Items, float64(state)/float64(st.Users+st.Items))
 	printDedup(eng.store.DedupStats())
 
-	srv := serving.New(eng.store, eng.upd, serving.Options{Logger: logger})
+	srv := serving.New(eng.store, eng.models, eng.upd, serving.Options{Logger: logger})
 	handler, err := srv.HTTPHandler(ctx)
 	if err != nil {
 		stopUpd()

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/streamrec/recsys/featurestore"
+	"github.com/streamrec/recsys/featurestore/models"
 	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
 	"github.com/streamrec/recsys/updater"
 	"github.com/streamrec/recsys/updater/synth"
@@ -79,7 +80,11 @@ func benchApply(ctx context.Context, o *benchOpts, evs []*recsysv1.Event) error 
 }
 
 func applyOnce(dir string, entries []featurestore.Entry, o *benchOpts, run int) (applyRun, error) {
-	st, err := featurestore.Open(dir, featurestore.Options{Logger: benchLogger(), Clock: "wall"})
+	mods, err := models.New(models.Options{})
+	if err != nil {
+		return applyRun{}, err
+	}
+	st, err := featurestore.Open(dir, featurestore.Options{Logger: benchLogger(), Clock: "wall", Learner: mods})
 	if err != nil {
 		return applyRun{}, err
 	}

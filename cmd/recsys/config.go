@@ -8,7 +8,7 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/streamrec/recsys/featurestore"
+	"github.com/streamrec/recsys/featurestore/models"
 )
 
 // config is the whole configuration of `recsys serve`. Its fields are bound
@@ -77,7 +77,7 @@ type storeConfig struct {
 	Models       modelConfig
 }
 
-// modelConfig holds the models' hyperparameters (featurestore.ModelOptions
+// modelConfig holds the models' hyperparameters (models.Options
 // documents each).
 type modelConfig struct {
 	HistoryCap    int
@@ -104,7 +104,7 @@ type modelConfig struct {
 }
 
 func (m *modelConfig) bindFlags(fs *pflag.FlagSet) {
-	var d featurestore.ModelOptions
+	var d models.Options
 	d.EnsureDefaults()
 	fs.IntVar(&m.HistoryCap, "models.history-cap", d.HistoryCap, "interactions a user's model history keeps (Swing's cap on very active users)")
 	fs.IntVar(&m.PairCap, "models.pair-cap", d.PairCap, "newest history items each event is paired with for item-item co-occurrence")
@@ -130,8 +130,8 @@ func (m *modelConfig) bindFlags(fs *pflag.FlagSet) {
 }
 
 // options converts m; Open validates the values.
-func (m *modelConfig) options() featurestore.ModelOptions {
-	return featurestore.ModelOptions{
+func (m *modelConfig) options() models.Options {
+	return models.Options{
 		HistoryCap: m.HistoryCap, PairCap: m.PairCap, PairWindow: m.PairWindow, PairHalfLife: m.PairHalfLife,
 		DecayHalfLife: m.DecayHalfLife, UserAlpha: m.UserAlpha, Shrinkage: m.Shrinkage, Neighbors: m.Neighbors,
 		RecentUsers: m.RecentUsers, Dim: m.Dim, LearningRate: m.LearningRate, Reg: m.Reg, Negatives: m.Negatives,

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/streamrec/recsys/featurestore"
+	"github.com/streamrec/recsys/featurestore/models"
 	"github.com/streamrec/recsys/updater"
 	"github.com/streamrec/recsys/updater/eventlog"
 )
@@ -27,13 +28,14 @@ type ingestConfig struct {
 	kafka bool
 }
 
-// engine is the stateful core of a data dir: the event log, the store and
-// the updater between them.
+// engine is the stateful core of a data dir: the event log, the store
+// with its models, and the updater between them.
 type engine struct {
-	log   *eventlog.Log
-	store *featurestore.Store
-	upd   *updater.Updater
-	lock  *os.File
+	log    *eventlog.Log
+	store  *featurestore.Store
+	models *models.Models
+	upd    *updater.Updater
+	lock   *os.File
 }
 
 // openEngine opens (or creates) the data dir: <dir>/log holds the durable
@@ -54,12 +56,17 @@ func openEngine(dir string, sc storeConfig, ing ingestConfig, logger *slog.Logge
 	if err != nil {
 		return nil, err
 	}
+	mods, err := models.New(sc.Models.options())
+	if err != nil {
+		_ = lock.Close()
+		return nil, err
+	}
 	lg, err := eventlog.Open(filepath.Join(dir, "log"), eventlog.Options{Logger: logger})
 	if err != nil {
 		_ = lock.Close()
 		return nil, err
 	}
-	so := featurestore.Options{Logger: logger, Definitions: defs, Clock: sc.Clock, DedupHorizon: sc.DedupHorizon, AllowedLateness: ing.lateness, Models: sc.Models.options()}
+	so := featurestore.Options{Logger: logger, Definitions: defs, Clock: sc.Clock, DedupHorizon: sc.DedupHorizon, AllowedLateness: ing.lateness, Learner: mods}
 	if !ing.kafka {
 		// The log holds only events within the lateness of every event
 		// before them (ingest checks in log order), so a resend of a
@@ -82,7 +89,7 @@ func openEngine(dir string, sc storeConfig, ing ingestConfig, logger *slog.Logge
 	for _, f := range tune {
 		f(&uo)
 	}
-	return &engine{log: lg, store: st, upd: updater.New(lg, st, uo), lock: lock}, nil
+	return &engine{log: lg, store: st, models: mods, upd: updater.New(lg, st, uo), lock: lock}, nil
 }
 
 func (e *engine) Close() error {

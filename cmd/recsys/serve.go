@@ -127,7 +127,7 @@ func serve(ctx context.Context, cfg *config) error {
 			logger.Error("close data dir", "err", err)
 		}
 	}()
-	metrics := serving.NewMetrics(reg, eng.store, eng.upd)
+	metrics := serving.NewMetrics(reg, eng.store, eng.models, eng.upd)
 	sopts := serving.Options{
 		Logger:       logger,
 		MaxBatch:     cfg.Ingest.MaxBatch,
@@ -147,7 +147,7 @@ func serve(ctx context.Context, cfg *config) error {
 		gate.set("loading the initial events")
 	}
 	sopts.Starting = gate.get
-	srv := serving.New(eng.store, eng.upd, sopts)
+	srv := serving.New(eng.store, eng.models, eng.upd, sopts)
 	guard := func(name string) *serving.Guard {
 		return serving.NewGuard(name, tokens, cfg.Limits.MaxInFlight, cfg.Limits.RequestTimeout, metrics)
 	}
@@ -185,7 +185,7 @@ func serve(ctx context.Context, cfg *config) error {
 			return usageError{err}
 		}
 	}
-	flightSrv := serving.NewFlightServer(eng.store, nil).WithUpdater(eng.upd).WithBackups(backups).GRPCServer(append(creds, guard("flight").ServerOptions()...)...)
+	flightSrv := serving.NewFlightServer(eng.store, eng.models, nil).WithUpdater(eng.upd).WithBackups(backups).GRPCServer(append(creds, guard("flight").ServerOptions()...)...)
 
 	handler, err := srv.HTTPHandler(ctx)
 	if err != nil {

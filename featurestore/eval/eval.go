@@ -16,20 +16,22 @@ import (
 	"time"
 
 	"github.com/streamrec/recsys/featurestore"
+	"github.com/streamrec/recsys/featurestore/models"
+	"github.com/streamrec/recsys/featurestore/recommend"
 )
 
 // The methods, in report order. The store's methods are its single
 // candidate sources and the full system; the baselines are computed here
 // from the evaluation's own exact histories.
 const (
-	MethodPopular       = featurestore.MethodPopular
-	MethodRecentPopular = featurestore.MethodRecentPopular
-	MethodItem2Item     = featurestore.MethodItem2Item
-	MethodMF            = featurestore.MethodMF
+	MethodPopular       = recommend.MethodPopular
+	MethodRecentPopular = recommend.MethodRecentPopular
+	MethodItem2Item     = recommend.MethodItem2Item
+	MethodMF            = recommend.MethodMF
 	MethodRecent        = "recent"  // the user's own items, newest first (re-engagement only)
 	MethodItemKNN       = "itemknn" // item-kNN cosine, rebuilt every Rebuild of event time
 	MethodALS           = "als"     // implicit ALS, rebuilt every Rebuild, users folded in
-	MethodFull          = featurestore.MethodFull
+	MethodFull          = recommend.MethodFull
 	MethodFullFrozen    = "full_frozen" // full with the models frozen at the end of the warm-up
 )
 
@@ -88,7 +90,7 @@ type Options struct {
 	// targets. Delay 0 is full itself.
 	Delays []time.Duration
 	// Models configure the stores' models.
-	Models featurestore.ModelOptions
+	Models models.Options
 	// Baselines configure recent, itemknn and als.
 	Baselines BaselineOptions
 	// Dir is where the temporary stores go ("" for the system's temp dir).
@@ -261,7 +263,7 @@ func Run(ctx context.Context, evs []featurestore.Event, o Options) (*Report, err
 					return nil, err
 				}
 				if r.frozen != nil {
-					r.frozen.FreezeModels(true)
+					r.frozen.models.Freeze(true)
 				}
 				isFrozen = true
 			}
@@ -326,7 +328,7 @@ func Run(ctx context.Context, evs []featurestore.Event, o Options) (*Report, err
 		ALSCGSteps: b.ALSCGSteps, Builds: r.builds}
 	rep.RankerWeights = map[string]float64{}
 	if r.live != nil {
-		ms, err := r.live.Models()
+		ms, err := r.live.models.Info()
 		if err != nil {
 			return nil, err
 		}
@@ -335,7 +337,7 @@ func Run(ctx context.Context, evs []featurestore.Event, o Options) (*Report, err
 				rep.RankerAUC, rep.RankerLogLoss = finiteOrNil(m.AUC), finiteOrNil(m.LogLoss)
 			}
 		}
-		names, weights, _ := r.live.RankerWeights()
+		names, weights, _ := r.live.models.RankerWeights()
 		for i, n := range names {
 			if i < len(weights) {
 				rep.RankerWeights[n] = weights[i]
@@ -377,8 +379,8 @@ type runner struct {
 	needFrozen  bool
 	needBuild   bool
 	tmp         string
-	live        *featurestore.Store
-	frozen      *featurestore.Store
+	live        *store
+	frozen      *store
 	delayed     []*delayedStore
 	groups      []storeGroup
 	pending     []featurestore.Entry
@@ -392,11 +394,18 @@ type runner struct {
 	repurchases int
 }
 
+// store is one store of the evaluation with its models and recommender.
+type store struct {
+	*featurestore.Store
+	models *models.Models
+	rec    *recommend.Recommender
+}
+
 // storeGroup is a store and the methods asked of it, by index in
 // runner.methods. The groups are asked concurrently (each store by one
 // goroutine at a time).
 type storeGroup struct {
-	st      *featurestore.Store
+	st      *store
 	ds      *delayedStore // nil: fed before every target
 	idx     []int
 	methods []string // the store's method of each idx
@@ -408,7 +417,7 @@ type storeGroup struct {
 type delayedStore struct {
 	delay  int64 // ms
 	method string
-	st     *featurestore.Store
+	st     *store
 	next   int
 	batch  []featurestore.Entry
 }
@@ -448,8 +457,16 @@ func (r *runner) openStores() error {
 	// (item, neighbour and model records): at 64 MiB three reads in four
 	// missed it on dense histories, and the run took twice as long. Pebble
 	// allocates it as it fills.
-	open := func(name string) (*featurestore.Store, error) {
-		return featurestore.Open(filepath.Join(tmp, name), featurestore.Options{Logger: logger, Clock: "event", CacheBytes: 512 << 20, Models: r.o.Models})
+	open := func(name string) (*store, error) {
+		m, err := models.New(r.o.Models)
+		if err != nil {
+			return nil, fmt.Errorf("eval: %w", err)
+		}
+		st, err := featurestore.Open(filepath.Join(tmp, name), featurestore.Options{Logger: logger, Clock: "event", CacheBytes: 512 << 20, Learner: m})
+		if err != nil {
+			return nil, err
+		}
+		return &store{Store: st, models: m, rec: recommend.New(st, m)}, nil
 	}
 	if r.needLive {
 		if r.live, err = open("live"); err != nil {
@@ -488,9 +505,9 @@ func (r *runner) close() {
 }
 
 // stores are the stores fed before every target.
-func (r *runner) stores() []*featurestore.Store {
-	var out []*featurestore.Store
-	for _, st := range []*featurestore.Store{r.live, r.frozen} {
+func (r *runner) stores() []*store {
+	var out []*store
+	for _, st := range []*store{r.live, r.frozen} {
 		if st != nil {
 			out = append(out, st)
 		}
@@ -660,11 +677,11 @@ func (r *runner) rank(i int) (disc, reng, keep []int, err error) {
 			}
 		}
 		ask := func(discovery, keepPurchased bool) (int, error) {
-			o := featurestore.RecommendOptions{K: r.maxK, Method: g.methods[j], KeepPurchased: keepPurchased}
+			o := recommend.Options{K: r.maxK, Method: g.methods[j], KeepPurchased: keepPurchased}
 			if discovery {
 				o.ExcludeSeen, o.Exclude = true, exclude
 			}
-			recs, err := g.st.Recommend(ev.UserID, o)
+			recs, err := g.st.rec.Recommend(ev.UserID, o)
 			if err != nil {
 				return 0, fmt.Errorf("eval: %s for user %s: %w", r.methods[mi], ev.UserID, err)
 			}
@@ -725,7 +742,7 @@ func (r *runner) rank(i int) (disc, reng, keep []int, err error) {
 // seen set's TTL, those touched after the store's clock (a delayed store
 // has not applied them yet), or all of them when more were touched
 // within the TTL than the seen set keeps.
-func unseenBy(st *featurestore.Store, mine map[string]int64) map[string]bool {
+func unseenBy(st *store, mine map[string]int64) map[string]bool {
 	now := st.Now()
 	since := now - st.SeenTTL()
 	old, recent := make(map[string]bool), 0

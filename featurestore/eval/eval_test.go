@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/streamrec/recsys/featurestore"
+	"github.com/streamrec/recsys/featurestore/models"
+	"github.com/streamrec/recsys/featurestore/recommend"
 )
 
 func TestMetricValue(t *testing.T) {
@@ -391,11 +393,16 @@ func TestRunDiscoveryUsesSeenSet(t *testing.T) {
 // target at least the delay newer: before that the store does not know
 // it (its clock, the user's record) and after it does.
 func TestDelayedStoreCatchUp(t *testing.T) {
-	st, err := featurestore.Open(t.TempDir(), featurestore.Options{Clock: "event", CacheBytes: 1 << 20})
+	m, err := models.New(models.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
+	fst, err := featurestore.Open(t.TempDir(), featurestore.Options{Clock: "event", CacheBytes: 1 << 20, Learner: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fst.Close()
+	st := &store{Store: fst, models: m, rec: recommend.New(fst, m)}
 	t0 := time.Date(2017, 11, 25, 0, 0, 0, 0, time.UTC).UnixMilli()
 	var evs []featurestore.Event
 	for i := range 10 {

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/streamrec/recsys/featurestore"
+	"github.com/streamrec/recsys/featurestore/models"
 	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
 )
 
@@ -25,7 +26,7 @@ func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)
 
 func openStore(t *testing.T) *featurestore.Store {
 	t.Helper()
-	s, err := featurestore.Open("store", featurestore.Options{FS: vfs.NewMem(), Logger: quiet(), CacheBytes: 4 << 20, Clock: "event"})
+	s, err := featurestore.Open("store", featurestore.Options{FS: vfs.NewMem(), Logger: quiet(), CacheBytes: 4 << 20, Clock: "event", Learner: testModels(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -261,4 +262,15 @@ func TestOptionsValidate(t *testing.T) {
 			t.Errorf("New(%+v): no error", o)
 		}
 	}
+}
+
+// testModels returns the incremental models with their defaults, for a
+// store that learns as the server's does.
+func testModels(t testing.TB) *models.Models {
+	t.Helper()
+	m, err := models.New(models.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }

@@ -1,4 +1,4 @@
-package featurestore
+package models
 
 import (
 	"fmt"
@@ -6,6 +6,9 @@ import (
 	"math"
 	"slices"
 	"strings"
+
+	"github.com/streamrec/recsys/featurestore"
+	"github.com/streamrec/recsys/featurestore/internal/codec"
 )
 
 // The writer's form of the item-item co-occurrence state, and how it
@@ -33,7 +36,7 @@ const neighborDeltaVersion = 2
 // pairRecord is one item's neighbour record in the writer's form.
 type pairRecord struct {
 	LogMass float64
-	P       []int32   // partner handles (models.names)
+	P       []int32   // partner handles (Models.names)
 	C       []float64 // log2 of the decayed co-occurrence (neighbor.LogC)
 	M       []float64 // log2 of the partner's mass at the last update (neighbor.LogMass)
 	ch      []bool    // pairs changed by the batch in flight
@@ -43,7 +46,7 @@ type pairRecord struct {
 }
 
 // intern returns the handle of item id, creating it.
-func (m *models) intern(id string) int32 {
+func (m *Models) intern(id string) int32 {
 	if h, ok := m.handles[id]; ok {
 		return h
 	}
@@ -54,13 +57,13 @@ func (m *models) intern(id string) int32 {
 }
 
 // handle returns the handle of item id, if it has one.
-func (m *models) handle(id string) (int32, bool) {
+func (m *Models) handle(id string) (int32, bool) {
 	h, ok := m.handles[id]
 	return h, ok
 }
 
 // pairsFrom converts a committed neighbour record.
-func (m *models) pairsFrom(r *neighborRecord) *pairRecord {
+func (m *Models) pairsFrom(r *neighborRecord) *pairRecord {
 	p := &pairRecord{LogMass: r.LogMass}
 	n := len(r.List)
 	p.P, p.C, p.M, p.ch = make([]int32, n), make([]float64, n), make([]float64, n), make([]bool, n)
@@ -90,7 +93,7 @@ func (r *pairRecord) sim(i int, fwd, shrinkage float64) float64 {
 func (r *pairRecord) add(h int32, logW, logMass float64, keep int, names []string) {
 	r.dirty = true
 	if i := r.find(h); i >= 0 {
-		r.C[i] = logAddExp2(r.C[i], logW)
+		r.C[i] = featurestore.LogAddExp2(r.C[i], logW)
 		r.M[i] = logMass
 		r.ch[i] = true
 		return
@@ -135,8 +138,8 @@ func (r *pairRecord) appendTo(b []byte, names []string, delta bool) []byte {
 	if delta {
 		v = neighborDeltaVersion
 	}
-	e := encoder{b: append(b, v)}
-	e.f64(r.LogMass)
+	e := codec.Encoder{B: append(b, v)}
+	e.F64(r.LogMass)
 	n := len(r.P)
 	if delta {
 		n = 0
@@ -146,16 +149,16 @@ func (r *pairRecord) appendTo(b []byte, names []string, delta bool) []byte {
 			}
 		}
 	}
-	e.uvarint(uint64(n))
+	e.Uvarint(uint64(n))
 	for i, h := range r.P {
 		if delta && !r.ch[i] {
 			continue
 		}
-		e.str(names[h])
-		e.f64(r.C[i])
-		e.f64(r.M[i])
+		e.Str(names[h])
+		e.F64(r.C[i])
+		e.F64(r.M[i])
 	}
-	return e.b
+	return e.B
 }
 
 // committed clears the batch's marks once its writes are committed.
@@ -195,11 +198,11 @@ func foldNeighbors(ops [][]byte) ([]byte, error) {
 	for k, op := range ops {
 		var r neighborRecord
 		if err := r.decode(op); err != nil {
-			return nil, fmt.Errorf("featurestore: neighbour operand: %w", err)
+			return nil, fmt.Errorf("models: neighbour operand: %w", err)
 		}
 		if op[0] == modelVersion {
 			if k > 0 {
-				return nil, fmt.Errorf("featurestore: neighbour operand: a whole record newer than a delta: %w", ErrCorrupt)
+				return nil, fmt.Errorf("models: neighbour operand: a whole record newer than a delta: %w", featurestore.ErrCorrupt)
 			}
 			version = modelVersion
 		}

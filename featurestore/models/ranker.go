@@ -1,8 +1,11 @@
-package featurestore
+package models
 
 import (
 	"math"
 	"slices"
+
+	"github.com/streamrec/recsys/featurestore"
+	"github.com/streamrec/recsys/featurestore/internal/codec"
 )
 
 // The ranker's features, computed by one function (rankFeatures) for
@@ -56,56 +59,56 @@ func (r *rankerState) init(n int) {
 	}
 }
 
-func (r *rankerState) encode(e *encoder) {
-	e.uvarint(uint64(len(r.Z)))
+func (r *rankerState) encode(e *codec.Encoder) {
+	e.Uvarint(uint64(len(r.Z)))
 	for i := range r.Z {
-		e.f64(r.Z[i])
-		e.f64(r.N[i])
-		e.f64(r.Published[i])
+		e.F64(r.Z[i])
+		e.F64(r.N[i])
+		e.F64(r.Published[i])
 	}
-	e.varint(r.Version)
-	e.varint(r.Examples)
-	e.varint(r.LastTS)
-	e.f64(r.PubAUC)
-	e.uvarint(uint64(len(r.Labels)))
+	e.Varint(r.Version)
+	e.Varint(r.Examples)
+	e.Varint(r.LastTS)
+	e.F64(r.PubAUC)
+	e.Uvarint(uint64(len(r.Labels)))
 	for i := range r.Labels {
-		e.b = appendF32(e.b, r.Train[i])
-		e.b = appendF32(e.b, r.Pub[i])
-		e.b = append(e.b, r.Labels[i])
+		e.B = appendF32(e.B, r.Train[i])
+		e.B = appendF32(e.B, r.Pub[i])
+		e.B = append(e.B, r.Labels[i])
 	}
-	e.uvarint(uint64(r.Pos))
+	e.Uvarint(uint64(r.Pos))
 }
 
-func (r *rankerState) decode(d *decoder) {
-	n := d.uvarint()
+func (r *rankerState) decode(d *codec.Decoder) {
+	n := d.Uvarint()
 	if n > 1024 {
-		d.err, d.b = true, nil
+		d.Fail()
 		return
 	}
 	r.Z, r.N, r.Published = make([]float64, n), make([]float64, n), make([]float64, n)
 	for i := range n {
-		r.Z[i], r.N[i], r.Published[i] = d.f64(), d.f64(), d.f64()
+		r.Z[i], r.N[i], r.Published[i] = d.F64(), d.F64(), d.F64()
 	}
-	r.Version, r.Examples, r.LastTS = d.varint(), d.varint(), d.varint()
-	r.PubAUC = d.f64()
-	w := d.uvarint()
-	if w > 1<<22 || uint64(len(d.b)) < 9*w {
-		d.err, d.b = true, nil
+	r.Version, r.Examples, r.LastTS = d.Varint(), d.Varint(), d.Varint()
+	r.PubAUC = d.F64()
+	w := d.Uvarint()
+	if w > 1<<22 || uint64(len(d.B)) < 9*w {
+		d.Fail()
 		return
 	}
 	r.Train, r.Pub, r.Labels = make([]float32, w), make([]float32, w), make([]byte, w)
 	for i := range w {
-		r.Train[i] = math.Float32frombits(le32(d.b))
-		r.Pub[i] = math.Float32frombits(le32(d.b[4:]))
-		r.Labels[i] = d.b[8]
-		d.b = d.b[9:]
+		r.Train[i] = math.Float32frombits(le32(d.B))
+		r.Pub[i] = math.Float32frombits(le32(d.B[4:]))
+		r.Labels[i] = d.B[8]
+		d.B = d.B[9:]
 	}
-	pos := d.uvarint()
+	pos := d.Uvarint()
 	if len(r.Z) != numRankFeatures && n != 0 {
-		d.err, d.b = true, nil
+		d.Fail()
 	}
 	if pos > w {
-		d.err, d.b = true, nil
+		d.Fail()
 	}
 	r.Pos = int(pos)
 }
@@ -120,7 +123,7 @@ func le32(b []byte) uint32 {
 }
 
 // weights returns the FTRL-Proximal weights from z and n.
-func (r *rankerState) weights(o *ModelOptions) []float64 {
+func (r *rankerState) weights(o *Options) []float64 {
 	w := make([]float64, len(r.Z))
 	for i := range w {
 		z := r.Z[i]
@@ -145,14 +148,14 @@ func predict(w []float64, x *[numRankFeatures]float64) float64 {
 	return 1 / (1 + math.Exp(-dot))
 }
 
-// rankContext is what ranking needs of one user at one time.
-type rankContext struct {
+// Context is what ranking needs of one user at one time (Models.Context).
+type Context struct {
 	now      int64
-	user     *UserRecord
-	model    *userModel
+	user     *featurestore.UserRecord
+	model    *User
 	affTotal float64 // sum of 2^(affinity - ref) over the user's categories
 	affRef   float64
-	seen     map[string]histEntry
+	seen     map[string]Interaction
 	seenPos  map[string]int
 	// hist are the neighbour records of the newest history items and
 	// histW their recency and behavior weights.
@@ -167,29 +170,55 @@ type rankContext struct {
 	i2i map[string]float64
 	// best remembers, per candidate, the history item that contributed
 	// most to i2i (for reasons).
-	best map[string]histEntry
+	best map[string]Interaction
 }
 
 // candidateInfo is what ranking needs of one candidate item.
 type candidateInfo struct {
 	ID   string
-	Item *ItemRecord
+	Item *featurestore.ItemRecord
 	Vec  []float32
 }
 
-// historyForScoring is how many of the newest history items item-to-item
-// scores are computed from.
-const historyForScoring = 20
+// HistoryForScoring is how many of the newest history items item-to-item
+// scores (and user-to-user similarity) are computed from.
+const HistoryForScoring = 20
+
+// Context returns the ranking context of user model u with feature record
+// rec at time now, from committed state. With neighbours it reads the
+// neighbour lists of the newest history items, for ranking and the
+// item-to-item candidates (Similar, Because); without, it holds the
+// history alone (History), which is all the filters need.
+func (m *Models) Context(u *User, rec *featurestore.UserRecord, now int64, neighbours bool) (*Context, error) {
+	if !neighbours {
+		return &Context{now: now, user: rec, model: u}, nil
+	}
+	return m.rankContextAt(nil, u, rec, now, true)
+}
+
+// Now is the context's time.
+func (ctx *Context) Now() int64 { return ctx.now }
+
+// Similar returns, per item, the recency- and behavior-weighted similarity
+// to the user's history (a context with neighbours only).
+func (ctx *Context) Similar() map[string]float64 { return ctx.i2i }
+
+// Because returns the history item that contributed most to item id's
+// similarity (a context with neighbours only).
+func (ctx *Context) Because(id string) (Interaction, bool) {
+	h, ok := ctx.best[id]
+	return h, ok
+}
 
 // rankContextAt builds the ranking context of user from their records,
-// reading the neighbour lists of the history items through mb (nil reads
+// reading the neighbour lists of the history items through b (nil reads
 // committed state). With all, it also gathers every neighbour of the
 // history as an item-to-item candidate.
-func (s *Store) rankContextAt(mb *modelBatch, um *userModel, urec *UserRecord, now int64, all bool) (*rankContext, error) {
-	ctx := &rankContext{now: now, user: urec, model: um, fwd: float64(now) / s.models.decayMS}
+func (m *Models) rankContextAt(b *batch, um *User, urec *featurestore.UserRecord, now int64, all bool) (*Context, error) {
+	ctx := &Context{now: now, user: urec, model: um, fwd: float64(now) / m.decayMS}
 	if all {
 		// Serving scores hundreds of candidates: index the history.
-		ctx.seen = make(map[string]histEntry, len(um.History))
+		ctx.seen = make(map[string]Interaction, len(um.History))
 		ctx.seenPos = make(map[string]int, len(um.History))
 		for i, h := range um.History {
 			ctx.seen[h.Item] = h
@@ -206,32 +235,32 @@ func (s *Store) rankContextAt(mb *modelBatch, um *userModel, urec *UserRecord, n
 		}
 	}
 	for i, h := range um.History {
-		if i == historyForScoring {
+		if i == HistoryForScoring {
 			break
 		}
-		if mb != nil {
-			r, err := s.neighborsFor(mb, h.Item)
+		if b != nil {
+			r, err := b.neighborRecord(h.Item)
 			if err != nil {
 				return nil, err
 			}
 			ctx.whist = append(ctx.whist, r)
 		} else {
-			r, err := s.readNeighbors(h.Item)
+			r, err := m.readNeighbors(h.Item)
 			if err != nil {
 				return nil, err
 			}
 			ctx.hist = append(ctx.hist, r)
 		}
-		ctx.histW = append(ctx.histW, s.weights[h.Behavior]/s.weights[BehaviorPurchase]*math.Exp2(-math.Max(0, float64(now-h.TS))/s.models.pairMS))
+		ctx.histW = append(ctx.histW, m.weights[h.Behavior]/m.weights[featurestore.BehaviorPurchase]*math.Exp2(-math.Max(0, float64(now-h.TS))/m.pairMS))
 	}
 	if all {
 		ctx.i2i = make(map[string]float64)
-		ctx.best = make(map[string]histEntry)
+		ctx.best = make(map[string]Interaction)
 		bestContrib := make(map[string]float64)
 		for i, r := range ctx.hist {
 			for j := range r.List {
 				n := &r.List[j]
-				c := r.sim(n, ctx.fwd, s.models.opts.Shrinkage) * ctx.histW[i]
+				c := r.sim(n, ctx.fwd, m.opts.Shrinkage) * ctx.histW[i]
 				ctx.i2i[n.ID] += c
 				if c > bestContrib[n.ID] {
 					bestContrib[n.ID] = c
@@ -243,8 +272,8 @@ func (s *Store) rankContextAt(mb *modelBatch, um *userModel, urec *UserRecord, n
 	return ctx, nil
 }
 
-// history returns id's entry in the user's history and its position.
-func (ctx *rankContext) history(id string) (histEntry, int, bool) {
+// History returns id's entry in the user's history and its position.
+func (ctx *Context) History(id string) (Interaction, int, bool) {
 	if ctx.seen != nil {
 		h, ok := ctx.seen[id]
 		return h, ctx.seenPos[id], ok
@@ -254,40 +283,40 @@ func (ctx *rankContext) history(id string) (histEntry, int, bool) {
 			return h, i, true
 		}
 	}
-	return histEntry{}, 0, false
+	return Interaction{}, 0, false
 }
 
 // i2iScore is item id's similarity to the user's history.
-func (s *Store) i2iScore(ctx *rankContext, id string) float64 {
+func (m *Models) i2iScore(ctx *Context, id string) float64 {
 	if ctx.i2i != nil {
 		return ctx.i2i[id]
 	}
 	var sum float64
 	if ctx.whist != nil {
-		h, ok := s.models.handle(id)
+		h, ok := m.handle(id)
 		if !ok {
 			return 0 // in no neighbour record the writer holds
 		}
 		for i, r := range ctx.whist {
 			if j := r.find(h); j >= 0 {
-				sum += r.sim(j, ctx.fwd, s.models.opts.Shrinkage) * ctx.histW[i]
+				sum += r.sim(j, ctx.fwd, m.opts.Shrinkage) * ctx.histW[i]
 			}
 		}
 		return sum
 	}
 	for i, r := range ctx.hist {
 		if j := r.find(id); j >= 0 {
-			sum += r.sim(&r.List[j], ctx.fwd, s.models.opts.Shrinkage) * ctx.histW[i]
+			sum += r.sim(&r.List[j], ctx.fwd, m.opts.Shrinkage) * ctx.histW[i]
 		}
 	}
 	return sum
 }
 
 // rankFeatures computes the ranker's features of candidate c for ctx.
-func (s *Store) rankFeatures(ctx *rankContext, c *candidateInfo) [numRankFeatures]float64 {
+func (m *Models) rankFeatures(ctx *Context, c *candidateInfo) [numRankFeatures]float64 {
 	var x [numRankFeatures]float64
 	x[0] = 1
-	x[1] = math.Log1p(100 * s.i2iScore(ctx, c.ID))
+	x[1] = math.Log1p(100 * m.i2iScore(ctx, c.ID))
 	if len(ctx.model.Vec) == len(c.Vec) {
 		var dot float32
 		for i := range c.Vec {
@@ -296,10 +325,10 @@ func (s *Store) rankFeatures(ctx *rankContext, c *candidateInfo) [numRankFeature
 		x[2] = max(-5, min(5, float64(dot)))
 	}
 	if it := c.Item; it != nil && !math.IsInf(it.Pop, -1) {
-		x[3] = math.Log1p(math.Exp2(it.Pop - float64(ctx.now)/s.halfMS))
+		x[3] = math.Log1p(m.st.PopularityAt(it.Pop, ctx.now))
 		var views, other int64
 		for b, n := range it.Count {
-			if Behavior(b) == BehaviorView {
+			if featurestore.Behavior(b) == featurestore.BehaviorView {
 				views += n
 			} else {
 				other += n
@@ -318,9 +347,9 @@ func (s *Store) rankFeatures(ctx *rankContext, c *candidateInfo) [numRankFeature
 			}
 		}
 	}
-	if h, pos, ok := ctx.history(c.ID); ok {
+	if h, pos, ok := ctx.History(c.ID); ok {
 		x[8] = 1
-		x[9] = s.weights[h.Behavior] / s.weights[BehaviorPurchase]
+		x[9] = m.weights[h.Behavior] / m.weights[featurestore.BehaviorPurchase]
 		x[10] = math.Exp2(-math.Max(0, float64(ctx.now-h.TS)) / 3.6e6)
 		x[11] = math.Log1p(float64(h.Count))
 		x[12] = 1 / float64(1+pos)
@@ -335,11 +364,11 @@ func (s *Store) rankFeatures(ctx *rankContext, c *candidateInfo) [numRankFeature
 // learnRanker scores one example with the training and published weights
 // (progressive validation), records both in the rolling window, and then
 // takes one FTRL-Proximal step on it.
-func (s *Store) learnRanker(mb *modelBatch, ctx *rankContext, c *candidateInfo, label float64) error {
-	o := &s.models.opts
-	r := &mb.meta.Ranker
+func (b *batch) learnRanker(ctx *Context, c *candidateInfo, label float64) error {
+	o := &b.m.opts
+	r := &b.meta.Ranker
 	r.init(numRankFeatures)
-	x := s.rankFeatures(ctx, c)
+	x := b.m.rankFeatures(ctx, c)
 	w := r.weights(o)
 	p := predict(w, &x)
 	pPub := predict(r.Published, &x)

@@ -1,8 +1,6 @@
-package featurestore
+package models_test
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
 	"maps"
 	"math"
@@ -13,42 +11,66 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/streamrec/recsys/featurestore"
+	"github.com/streamrec/recsys/featurestore/internal/storetest"
+	"github.com/streamrec/recsys/featurestore/models"
+	"github.com/streamrec/recsys/featurestore/recommend"
 )
 
-const minute = int64(time.Minute / time.Millisecond)
+// These tests run the models where they run in production: inside a
+// store's Apply, read back through the models' read API and the
+// recommender.
 
-// openModelStore opens dir on fs with the event clock (so that reads are
-// as of the newest event, whatever the wall clock) and the given model
-// options, and closes the store when the test ends.
-func openModelStore(t testing.TB, fs vfs.FS, dir string, mo ModelOptions) *Store {
+const (
+	t0     = storetest.T0
+	minute = storetest.Minute
+	hour   = storetest.Hour
+	dayMS  = storetest.Day
+)
+
+type testStore = storetest.Store
+
+func openModelStore(t testing.TB, fs vfs.FS, dir string, mo models.Options) *testStore {
 	t.Helper()
-	s, err := Open(dir, Options{FS: fs, Logger: quietLogger(), CacheBytes: 8 << 20, Clock: "event", Models: mo})
-	if err != nil {
-		t.Fatalf("Open(%q): %v", dir, err)
-	}
-	t.Cleanup(func() { _ = s.Close() })
-	return s
+	return storetest.OpenT(t, fs, dir, mo, 0)
 }
 
-// applyAll applies evs as one batch after the store's applied offset.
-func applyAll(t testing.TB, s *Store, evs ...Event) {
+var (
+	checkGoroutines = storetest.CheckGoroutines
+	ev              = storetest.Ev
+	entries         = storetest.Entries
+	scoredIDs       = storetest.ItemIDs
+	recIDs          = storetest.RecIDs
+	mustRecommend   = storetest.MustRecommend
+)
+
+func applyAll(t testing.TB, s *testStore, evs ...featurestore.Event) {
 	t.Helper()
-	first := s.AppliedOffset()
-	mustApply(t, s, first+uint64(len(evs)), entries(first, evs...))
+	storetest.ApplyAll(t, s.Store, evs...)
 }
 
-func mustNeighbors(t testing.TB, s *Store, item string, k int) []Neighbor {
+func mustApply(t testing.TB, s *testStore, end uint64, es []featurestore.Entry) featurestore.ApplyResult {
 	t.Helper()
-	ns, err := s.Neighbors(item, k)
+	return storetest.MustApply(t, s.Store, end, es)
+}
+
+func mustPopular(t testing.TB, s *testStore, cat string, k int) []featurestore.Scored {
+	t.Helper()
+	return storetest.MustPopular(t, s.Store, cat, k)
+}
+
+func mustNeighbors(t testing.TB, s *testStore, item string, k int) []models.Neighbor {
+	t.Helper()
+	ns, err := s.M.Neighbors(item, k)
 	if err != nil {
 		t.Fatalf("Neighbors(%q, %d): %v", item, k, err)
 	}
 	return ns
 }
 
-func neighborIDs(ns []Neighbor) []string {
+func neighborIDs(ns []models.Neighbor) []string {
 	out := make([]string, len(ns))
 	for i, n := range ns {
 		out[i] = n.ItemID
@@ -56,36 +78,19 @@ func neighborIDs(ns []Neighbor) []string {
 	return out
 }
 
-func recIDs(rs []Recommendation) []string {
-	out := make([]string, len(rs))
-	for i, r := range rs {
-		out[i] = r.ItemID
-	}
-	return out
-}
-
-func mustRecommend(t testing.TB, s *Store, user string, o RecommendOptions) []Recommendation {
+func mustSimilarItems(t testing.TB, s *testStore, item string, k int) []recommend.Recommendation {
 	t.Helper()
-	rs, err := s.Recommend(user, o)
-	if err != nil {
-		t.Fatalf("Recommend(%q, %+v): %v", user, o, err)
-	}
-	return rs
-}
-
-func mustSimilarItems(t testing.TB, s *Store, item string, k int) []Recommendation {
-	t.Helper()
-	rs, err := s.SimilarItems(item, k)
+	rs, err := s.Rec.SimilarItems(item, k)
 	if err != nil {
 		t.Fatalf("SimilarItems(%q, %d): %v", item, k, err)
 	}
 	return rs
 }
 
-func userFactors(t testing.TB, s *Store) map[string][]float32 {
+func userFactors(t testing.TB, s *testStore) map[string][]float32 {
 	t.Helper()
 	out := make(map[string][]float32)
-	if err := s.ScanUserFactors(func(user string, f []float32, _ int64) error {
+	if err := s.M.ScanUserFactors(func(user string, f []float32, _ int64) error {
 		out[user] = slices.Clone(f)
 		return nil
 	}); err != nil {
@@ -94,10 +99,10 @@ func userFactors(t testing.TB, s *Store) map[string][]float32 {
 	return out
 }
 
-func itemFactors(t testing.TB, s *Store) map[string][]float32 {
+func itemFactors(t testing.TB, s *testStore) map[string][]float32 {
 	t.Helper()
 	out := make(map[string][]float32)
-	if err := s.ScanItemFactors(func(item string, f []float32) error {
+	if err := s.M.ScanItemFactors(func(item string, f []float32) error {
 		out[item] = slices.Clone(f)
 		return nil
 	}); err != nil {
@@ -106,13 +111,13 @@ func itemFactors(t testing.TB, s *Store) map[string][]float32 {
 	return out
 }
 
-func mustModels(t testing.TB, s *Store) map[string]ModelInfo {
+func mustModels(t testing.TB, s *testStore) map[string]models.Info {
 	t.Helper()
-	list, err := s.Models()
+	list, err := s.M.Info()
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := make(map[string]ModelInfo, len(list))
+	out := make(map[string]models.Info, len(list))
 	for _, m := range list {
 		out[m.Name] = m
 	}
@@ -124,10 +129,10 @@ func closeRel(a, b, tol float64) bool { return math.Abs(a-b) <= tol*math.Max(mat
 func ff(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
 
 // dumpNeighbors renders every item's neighbours exactly.
-func dumpNeighbors(t testing.TB, s *Store) string {
+func dumpNeighbors(t testing.TB, s *testStore) string {
 	t.Helper()
 	var b strings.Builder
-	if err := s.ScanItemNeighbors(func(item string, ns []Neighbor) error {
+	if err := s.M.ScanItemNeighbors(func(item string, ns []models.Neighbor) error {
 		fmt.Fprintf(&b, "neighbors %s:", item)
 		for _, n := range ns {
 			fmt.Fprintf(&b, " %s=%s", n.ItemID, ff(n.Score))
@@ -141,16 +146,16 @@ func dumpNeighbors(t testing.TB, s *Store) string {
 }
 
 // dumpFactors renders every user's and item's factors exactly.
-func dumpFactors(t testing.TB, s *Store) string {
+func dumpFactors(t testing.TB, s *testStore) string {
 	t.Helper()
 	var b strings.Builder
-	if err := s.ScanUserFactors(func(user string, f []float32, events int64) error {
+	if err := s.M.ScanUserFactors(func(user string, f []float32, events int64) error {
 		fmt.Fprintf(&b, "user %s events=%d %v\n", user, events, f)
 		return nil
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.ScanItemFactors(func(item string, f []float32) error {
+	if err := s.M.ScanItemFactors(func(item string, f []float32) error {
 		fmt.Fprintf(&b, "item %s %v\n", item, f)
 		return nil
 	}); err != nil {
@@ -160,10 +165,10 @@ func dumpFactors(t testing.TB, s *Store) string {
 }
 
 // dumpRanker renders the published ranker weights exactly.
-func dumpRanker(s *Store) string {
-	names, w, version := s.RankerWeights()
+func dumpRanker(s *testStore) string {
+	names, w, version := s.M.RankerWeights()
 	var b strings.Builder
-	fmt.Fprintf(&b, "ranker v%d %s, %d weights:", version, s.ModelVersion(), len(w))
+	fmt.Fprintf(&b, "ranker v%d %s, %d weights:", version, s.M.Version(), len(w))
 	for i, x := range w {
 		if i < len(names) {
 			b.WriteString(" " + names[i])
@@ -175,9 +180,9 @@ func dumpRanker(s *Store) string {
 }
 
 // dumpModels renders Models() exactly.
-func dumpModels(t testing.TB, s *Store) string {
+func dumpModels(t testing.TB, s *testStore) string {
 	t.Helper()
-	list, err := s.Models()
+	list, err := s.M.Info()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,18 +195,14 @@ func dumpModels(t testing.TB, s *Store) string {
 }
 
 // dumpRawModels renders every stored model key and value.
-func dumpRawModels(t testing.TB, s *Store) string {
+func dumpRawModels(t testing.TB, s *testStore) string {
 	t.Helper()
 	var b strings.Builder
-	for _, p := range [][]byte{prefixNeighbors, prefixUserModel, prefixItemModel, []byte(keyModels)} {
-		iter, err := s.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(p)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for iter.First(); iter.Valid(); iter.Next() {
-			fmt.Fprintf(&b, "raw %q %x\n", iter.Key(), iter.Value())
-		}
-		if err := errors.Join(iter.Error(), iter.Close()); err != nil {
+	for _, p := range []string{"n/", "v/u/", "v/i/", "m/models"} {
+		if err := s.ScanPrefix([]byte(p), func(id string, v []byte) error {
+			fmt.Fprintf(&b, "raw %q %x\n", p+id, v)
+			return nil
+		}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -209,16 +210,16 @@ func dumpRawModels(t testing.TB, s *Store) string {
 }
 
 // dumpServing renders what the serving calls answer for users and items.
-func dumpServing(t testing.TB, s *Store, users, items []string) string {
+func dumpServing(t testing.TB, s *testStore, users, items []string) string {
 	t.Helper()
 	var b strings.Builder
 	for _, u := range users {
-		for _, m := range []string{MethodFull, MethodItem2Item, MethodMF, MethodUser2User} {
-			for _, r := range mustRecommend(t, s, u, RecommendOptions{K: 5, Method: m}) {
+		for _, m := range []string{recommend.MethodFull, recommend.MethodItem2Item, recommend.MethodMF, recommend.MethodUser2User} {
+			for _, r := range mustRecommend(t, s, u, recommend.Options{K: 5, Method: m}) {
 				fmt.Fprintf(&b, "recommend %s %s: %s %s %q\n", u, m, r.ItemID, ff(r.Score), r.Reason)
 			}
 		}
-		su, err := s.SimilarUsers(u, 3)
+		su, err := s.Rec.SimilarUsers(u, 3)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -229,12 +230,12 @@ func dumpServing(t testing.TB, s *Store, users, items []string) string {
 			fmt.Fprintf(&b, "similar %s: %s %s %q\n", it, r.ItemID, ff(r.Score), r.Reason)
 		}
 	}
-	fmt.Fprintf(&b, "model items %d\n", s.ModelItems())
+	fmt.Fprintf(&b, "model items %d\n", s.M.ItemCount())
 	return b.String()
 }
 
 // dumpAll is the whole observable model state of s.
-func dumpAll(t testing.TB, s *Store, users, items []string) string {
+func dumpAll(t testing.TB, s *testStore, users, items []string) string {
 	t.Helper()
 	return dumpNeighbors(t, s) + dumpFactors(t, s) + dumpRanker(s) + dumpModels(t, s) + dumpRawModels(t, s) +
 		dumpServing(t, s, users, items)
@@ -259,12 +260,12 @@ func diffLines(a, b string) string {
 }
 
 // buyTogether is one user viewing and buying a, then b, a minute apart.
-func buyTogether(id, user, a, b, cat string, ts int64) []Event {
-	return []Event{
-		ev(id+"va", user, a, cat, BehaviorView, ts),
-		ev(id+"pa", user, a, cat, BehaviorPurchase, ts+minute),
-		ev(id+"vb", user, b, cat, BehaviorView, ts+2*minute),
-		ev(id+"pb", user, b, cat, BehaviorPurchase, ts+3*minute),
+func buyTogether(id, user, a, b, cat string, ts int64) []featurestore.Event {
+	return []featurestore.Event{
+		ev(id+"va", user, a, cat, featurestore.BehaviorView, ts),
+		ev(id+"pa", user, a, cat, featurestore.BehaviorPurchase, ts+minute),
+		ev(id+"vb", user, b, cat, featurestore.BehaviorView, ts+2*minute),
+		ev(id+"pb", user, b, cat, featurestore.BehaviorPurchase, ts+3*minute),
 	}
 }
 
@@ -273,16 +274,16 @@ func buyTogether(id, user, a, b, cat string, ts int64) []Event {
 // carry reasons and fall back to popular items for a cold item.
 func TestModelItemToItem(t *testing.T) {
 	checkGoroutines(t)
-	s := openModelStore(t, vfs.NewMem(), "db", ModelOptions{})
-	var evs []Event
+	s := openModelStore(t, vfs.NewMem(), "db", models.Options{})
+	var evs []featurestore.Event
 	for u := range 3 {
 		evs = append(evs, buyTogether(fmt.Sprint("u", u), fmt.Sprint("u", u), "A", "B", "c1", t0+int64(u)*hour)...)
 	}
 	evs = append(evs,
-		ev("x1", "u9", "A", "c1", BehaviorView, t0+4*hour),
-		ev("x2", "u9", "C", "c2", BehaviorView, t0+4*hour+minute),
+		ev("x1", "u9", "A", "c1", featurestore.BehaviorView, t0+4*hour),
+		ev("x2", "u9", "C", "c2", featurestore.BehaviorView, t0+4*hour+minute),
 		// D: one view by a user with nothing else, days later.
-		ev("x3", "lone", "D", "c2", BehaviorView, t0+5*24*hour),
+		ev("x3", "lone", "D", "c2", featurestore.BehaviorView, t0+5*24*hour),
 	)
 	applyAll(t, s, evs...)
 
@@ -394,18 +395,18 @@ func TestModelItemToItem(t *testing.T) {
 // lists stay bounded under many distinct partners.
 func TestModelSwingDampingAndCaps(t *testing.T) {
 	t.Run("damping", func(t *testing.T) {
-		s := openModelStore(t, vfs.NewMem(), "db", ModelOptions{})
+		s := openModelStore(t, vfs.NewMem(), "db", models.Options{})
 		T := t0 + 10*24*hour
-		var evs []Event
+		var evs []featurestore.Event
 		// heavy's 20 earlier events, more than PairWindow (72h) before X2.
 		for i := range 20 {
-			evs = append(evs, ev(fmt.Sprint("f", i), "heavy", fmt.Sprint("F", i), "c0", BehaviorView, T-100*hour-int64(i)*minute))
+			evs = append(evs, ev(fmt.Sprint("f", i), "heavy", fmt.Sprint("F", i), "c0", featurestore.BehaviorView, T-100*hour-int64(i)*minute))
 		}
 		evs = append(evs,
-			ev("l1", "light", "X1", "c", BehaviorView, T),
-			ev("l2", "light", "Y1", "c", BehaviorView, T+minute),
-			ev("h1", "heavy", "X2", "c", BehaviorView, T),
-			ev("h2", "heavy", "Y2", "c", BehaviorView, T+minute),
+			ev("l1", "light", "X1", "c", featurestore.BehaviorView, T),
+			ev("l2", "light", "Y1", "c", featurestore.BehaviorView, T+minute),
+			ev("h1", "heavy", "X2", "c", featurestore.BehaviorView, T),
+			ev("h2", "heavy", "Y2", "c", featurestore.BehaviorView, T+minute),
 		)
 		applyAll(t, s, evs...)
 		light, heavy := mustNeighbors(t, s, "X1", 10), mustNeighbors(t, s, "X2", 10)
@@ -423,11 +424,11 @@ func TestModelSwingDampingAndCaps(t *testing.T) {
 	})
 
 	t.Run("pair window", func(t *testing.T) {
-		s := openModelStore(t, vfs.NewMem(), "db", ModelOptions{PairWindow: time.Hour})
+		s := openModelStore(t, vfs.NewMem(), "db", models.Options{PairWindow: time.Hour})
 		applyAll(t, s,
-			ev("p", "u", "P", "c", BehaviorView, t0),
-			ev("q", "u", "Q", "c", BehaviorView, t0+hour+1), // 1 ms beyond the window after P
-			ev("r", "u", "R", "c", BehaviorView, t0+2*hour+1),
+			ev("p", "u", "P", "c", featurestore.BehaviorView, t0),
+			ev("q", "u", "Q", "c", featurestore.BehaviorView, t0+hour+1), // 1 ms beyond the window after P
+			ev("r", "u", "R", "c", featurestore.BehaviorView, t0+2*hour+1),
 		)
 		if got := mustNeighbors(t, s, "P", 10); len(got) != 0 {
 			t.Errorf("Neighbors(P) = %v, want none: P is more than PairWindow before Q and R", got)
@@ -444,10 +445,10 @@ func TestModelSwingDampingAndCaps(t *testing.T) {
 	})
 
 	t.Run("pair cap", func(t *testing.T) {
-		s := openModelStore(t, vfs.NewMem(), "db", ModelOptions{PairCap: 2, HistoryCap: 5})
-		var evs []Event
+		s := openModelStore(t, vfs.NewMem(), "db", models.Options{PairCap: 2, HistoryCap: 5})
+		var evs []featurestore.Event
 		for i := range 4 {
-			evs = append(evs, ev(fmt.Sprint("e", i), "u", fmt.Sprint("I", i), "c", BehaviorView, t0+int64(i)*minute))
+			evs = append(evs, ev(fmt.Sprint("e", i), "u", fmt.Sprint("I", i), "c", featurestore.BehaviorView, t0+int64(i)*minute))
 		}
 		applyAll(t, s, evs...)
 		// I3 pairs with its 2 newest history items, I2 and I1, not I0.
@@ -461,25 +462,25 @@ func TestModelSwingDampingAndCaps(t *testing.T) {
 
 	t.Run("bounded lists", func(t *testing.T) {
 		const keep = 4
-		s := openModelStore(t, vfs.NewMem(), "db", ModelOptions{Neighbors: keep})
+		s := openModelStore(t, vfs.NewMem(), "db", models.Options{Neighbors: keep})
 		// S: bought with the hub H by 5 users; then 30 users each view H
 		// and a partner of their own.
 		ts := t0
 		for u := range 5 {
-			applyAll(t, s, ev(fmt.Sprint("sh", u), fmt.Sprint("s", u), "H", "c", BehaviorView, ts),
-				ev(fmt.Sprint("ss", u), fmt.Sprint("s", u), "S", "c", BehaviorView, ts+minute))
+			applyAll(t, s, ev(fmt.Sprint("sh", u), fmt.Sprint("s", u), "H", "c", featurestore.BehaviorView, ts),
+				ev(fmt.Sprint("ss", u), fmt.Sprint("s", u), "S", "c", featurestore.BehaviorView, ts+minute))
 			ts += 2 * minute
 		}
 		for u := range 30 {
-			applyAll(t, s, ev(fmt.Sprint("wh", u), fmt.Sprint("w", u), "H", "c", BehaviorView, ts),
-				ev(fmt.Sprint("wp", u), fmt.Sprint("w", u), fmt.Sprint("P", u), "c", BehaviorView, ts+minute))
+			applyAll(t, s, ev(fmt.Sprint("wh", u), fmt.Sprint("w", u), "H", "c", featurestore.BehaviorView, ts),
+				ev(fmt.Sprint("wp", u), fmt.Sprint("w", u), fmt.Sprint("P", u), "c", featurestore.BehaviorView, ts+minute))
 			ts += 2 * minute
-			r, err := s.readNeighbors("H")
+			pairs, err := s.M.StoredPairs("H")
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(r.List) > keep+keep/2 || len(r.List) > 2*keep {
-				t.Fatalf("after %d partners H keeps %d pairs, want at most %d", u+1, len(r.List), keep+keep/2)
+			if pairs > keep+keep/2 || pairs > 2*keep {
+				t.Fatalf("after %d partners H keeps %d pairs, want at most %d", u+1, pairs, keep+keep/2)
 			}
 		}
 		ns := mustNeighbors(t, s, "H", 100)
@@ -489,7 +490,7 @@ func TestModelSwingDampingAndCaps(t *testing.T) {
 		if got := mustNeighbors(t, s, "H", 2); len(got) != 2 || got[0] != ns[0] || got[1] != ns[1] {
 			t.Errorf("Neighbors(H, 2) = %v, want the first two of %v", got, ns)
 		}
-		if err := s.ScanItemNeighbors(func(item string, ns []Neighbor) error {
+		if err := s.M.ScanItemNeighbors(func(item string, ns []models.Neighbor) error {
 			if len(ns) == 0 || len(ns) > keep {
 				t.Errorf("ScanItemNeighbors %s: %d neighbours, want 1..%d", item, len(ns), keep)
 			}
@@ -505,13 +506,13 @@ func TestModelSwingDampingAndCaps(t *testing.T) {
 // before group 2's.
 func TestModelMF(t *testing.T) {
 	// A larger step than the default so that a few rounds separate the groups.
-	s := openModelStore(t, vfs.NewMem(), "db", ModelOptions{Dim: 8, LearningRate: 0.2})
-	if s.FactorDim() != 8 {
-		t.Fatalf("FactorDim = %d, want 8", s.FactorDim())
+	s := openModelStore(t, vfs.NewMem(), "db", models.Options{Dim: 8, LearningRate: 0.2})
+	if s.M.FactorDim() != 8 {
+		t.Fatalf("FactorDim = %d, want 8", s.M.FactorDim())
 	}
-	applyAll(t, s, ev("first", "p", "A0", "c1", BehaviorView, t0))
+	applyAll(t, s, ev("first", "p", "A0", "c1", featurestore.BehaviorView, t0))
 	var events int64
-	if err := s.ScanUserFactors(func(user string, f []float32, n int64) error {
+	if err := s.M.ScanUserFactors(func(user string, f []float32, n int64) error {
 		if user == "p" {
 			events = n
 		}
@@ -523,19 +524,19 @@ func TestModelMF(t *testing.T) {
 	if len(uf) != 1 || len(uf["p"]) != 8 || slices.Equal(uf["p"], make([]float32, 8)) || events != 1 {
 		t.Errorf("user factors after one event = %v (events %d), want p with 8 non-zero factors and 1 event", uf, events)
 	}
-	if len(itf) != 1 || len(itf["A0"]) != 8 || slices.Equal(itf["A0"], make([]float32, 8)) || s.ModelItems() != 1 {
-		t.Errorf("item factors after one event = %v, model items %d; want A0 with 8 non-zero factors", itf, s.ModelItems())
+	if len(itf) != 1 || len(itf["A0"]) != 8 || slices.Equal(itf["A0"], make([]float32, 8)) || s.M.ItemCount() != 1 {
+		t.Errorf("item factors after one event = %v, model items %d; want A0 with 8 non-zero factors", itf, s.M.ItemCount())
 	}
 
 	rng := rand.New(rand.NewPCG(1, 2))
 	ts := t0 + minute
 	n := 0
 	for round := range 10 {
-		var evs []Event
+		var evs []featurestore.Event
 		for g, prefix := range []string{"A", "B"} {
 			for u := range 5 {
 				for _, i := range rng.Perm(6) {
-					evs = append(evs, ev(fmt.Sprint("e", n), fmt.Sprintf("g%d_%d", g, u), fmt.Sprint(prefix, i), "c"+fmt.Sprint(g+1), BehaviorView, ts))
+					evs = append(evs, ev(fmt.Sprint("e", n), fmt.Sprintf("g%d_%d", g, u), fmt.Sprint(prefix, i), "c"+fmt.Sprint(g+1), featurestore.BehaviorView, ts))
 					n++
 					ts += minute
 				}
@@ -543,13 +544,13 @@ func TestModelMF(t *testing.T) {
 		}
 		// The probe user of group 1 has seen only A0 and A1.
 		for _, i := range []string{"A0", "A1"} {
-			evs = append(evs, ev(fmt.Sprint("p", round, i), "p", i, "c1", BehaviorView, ts))
+			evs = append(evs, ev(fmt.Sprint("p", round, i), "p", i, "c1", featurestore.BehaviorView, ts))
 			ts += minute
 		}
 		rng.Shuffle(len(evs), func(i, j int) { evs[i], evs[j] = evs[j], evs[i] })
 		applyAll(t, s, evs...)
 	}
-	recs := mustRecommend(t, s, "p", RecommendOptions{K: 20, Method: MethodMF, ExcludeSeen: true})
+	recs := mustRecommend(t, s, "p", recommend.Options{K: 20, Method: recommend.MethodMF, ExcludeSeen: true})
 	ids := recIDs(recs)
 	if len(ids) != 10 {
 		t.Fatalf("MF for p = %v, want the 10 unseen items", ids)
@@ -564,87 +565,24 @@ func TestModelMF(t *testing.T) {
 		}
 	}
 	// And the other way round for a group 2 user.
-	recs = mustRecommend(t, s, "g1_0", RecommendOptions{K: 6, Method: MethodMF})
+	recs = mustRecommend(t, s, "g1_0", recommend.Options{K: 6, Method: recommend.MethodMF})
 	if top := slices.Sorted(slices.Values(recIDs(recs))); !slices.Equal(top, []string{"B0", "B1", "B2", "B3", "B4", "B5"}) {
 		t.Errorf("MF for g1_0 = %v, want group 2's items B0..B5", recIDs(recs))
-	}
-}
-
-func TestWindowMetrics(t *testing.T) {
-	ln := math.Log
-	nan := math.NaN()
-	for _, c := range []struct {
-		name    string
-		p       []float32
-		labels  []byte
-		auc, ll float64
-	}{
-		{"perfect", []float32{0.125, 0.25, 0.75, 0.875}, []byte{0, 0, 1, 1}, 1, -(ln(0.875) + ln(0.75)) / 2},
-		{"inverted", []float32{0.875, 0.75, 0.25, 0.125}, []byte{0, 0, 1, 1}, 0, -(ln(0.125) + ln(0.25)) / 2},
-		{"all ties", []float32{0.5, 0.5, 0.5, 0.5}, []byte{0, 1, 0, 1}, 0.5, ln(2)},
-		{"some ties", []float32{0.5, 0.5, 0.875}, []byte{0, 1, 1}, 0.75, -(ln(0.5) + ln(0.5) + ln(0.875)) / 3},
-		{"unordered", []float32{0.75, 0.125, 0.875, 0.25}, []byte{1, 0, 0, 1}, 0.5, -(ln(0.75) + ln(0.875) + ln(0.125) + ln(0.25)) / 4},
-		{"one class", []float32{0.25, 0.75}, []byte{1, 1}, nan, -(ln(0.25) + ln(0.75)) / 2},
-		{"clamped", []float32{0, 1}, []byte{1, 0}, 0, -ln(1e-7)},
-		{"empty", nil, nil, nan, nan},
-	} {
-		auc, ll := windowMetrics(c.p, c.labels)
-		if !(auc == c.auc || math.IsNaN(auc) && math.IsNaN(c.auc)) {
-			t.Errorf("%s: AUC = %v, want %v", c.name, auc, c.auc)
-		}
-		if !(closeRel(ll, c.ll, 1e-6) || math.IsNaN(ll) && math.IsNaN(c.ll)) {
-			t.Errorf("%s: log loss = %v, want %v", c.name, ll, c.ll)
-		}
-	}
-	// AUC is the share of (positive, negative) pairs ordered right, ties
-	// counting half.
-	rng := rand.New(rand.NewPCG(3, 4))
-	for range 200 {
-		n := 1 + rng.IntN(30)
-		p, labels := make([]float32, n), make([]byte, n)
-		for i := range p {
-			p[i] = float32(rng.IntN(5)) / 4
-			labels[i] = byte(rng.IntN(2))
-		}
-		var good, pairs float64
-		for i := range p {
-			for j := range p {
-				if labels[i] == 1 && labels[j] == 0 {
-					pairs++
-					switch {
-					case p[i] > p[j]:
-						good++
-					case p[i] == p[j]:
-						good += 0.5
-					}
-				}
-			}
-		}
-		auc, _ := windowMetrics(p, labels)
-		if pairs == 0 {
-			if !math.IsNaN(auc) {
-				t.Fatalf("AUC of %v %v = %v, want NaN", p, labels, auc)
-			}
-			continue
-		}
-		if !closeRel(auc, good/pairs, 1e-12) {
-			t.Fatalf("AUC of %v %v = %v, want %v", p, labels, auc, good/pairs)
-		}
 	}
 }
 
 // learnableStream: users keep coming back to their own few items of a
 // catalogue of 40, so an item the user has seen is a far likelier positive
 // than a uniformly drawn negative.
-func learnableStream(n int) []Event {
+func learnableStream(n int) []featurestore.Event {
 	rng := rand.New(rand.NewPCG(5, 6))
-	out := make([]Event, n)
+	out := make([]featurestore.Event, n)
 	for i := range out {
 		u := rng.IntN(10)
 		item := 4*u + rng.IntN(4)
-		b := BehaviorView
+		b := featurestore.BehaviorView
 		if rng.IntN(5) == 0 {
-			b = BehaviorCart
+			b = featurestore.BehaviorCart
 		}
 		out[i] = ev(fmt.Sprint("e", i), fmt.Sprint("u", u), fmt.Sprint("i", item), fmt.Sprint("c", item%4), b, t0+int64(i)*minute)
 	}
@@ -655,9 +593,9 @@ func learnableStream(n int) []Event {
 // chance on the rolling window and publishes versions.
 func TestModelRankerLearns(t *testing.T) {
 	const negatives, events = 3, 400
-	s := openModelStore(t, vfs.NewMem(), "db", ModelOptions{Negatives: negatives, RankerWindow: 200, PublishEvery: 100, RankerSample: 1})
-	if _, _, v := s.RankerWeights(); v != 0 || s.ModelVersion() != "ranker-v0" {
-		t.Errorf("fresh store ranker version %d (%s), want 0", v, s.ModelVersion())
+	s := openModelStore(t, vfs.NewMem(), "db", models.Options{Negatives: negatives, RankerWindow: 200, PublishEvery: 100, RankerSample: 1})
+	if _, _, v := s.M.RankerWeights(); v != 0 || s.M.Version() != "ranker-v0" {
+		t.Errorf("fresh store ranker version %d (%s), want 0", v, s.M.Version())
 	}
 	var last int64
 	for i, e := range learnableStream(events) {
@@ -684,15 +622,15 @@ func TestModelRankerLearns(t *testing.T) {
 	if r.Version < 1 || r.Version > r.Examples/100 || r.LastEventTS != t0+(events-1)*minute {
 		t.Errorf("ranker version %d after %d examples (publish every 100), last event %d", r.Version, r.Examples, r.LastEventTS)
 	}
-	names, w, v := s.RankerWeights()
-	if v != r.Version || s.ModelVersion() != fmt.Sprintf("ranker-v%d", v) || len(w) != len(names) || len(names) != numRankFeatures {
-		t.Fatalf("RankerWeights = %v %v v%d (%s), Models version %d", names, w, v, s.ModelVersion(), r.Version)
+	names, w, v := s.M.RankerWeights()
+	if v != r.Version || s.M.Version() != fmt.Sprintf("ranker-v%d", v) || len(w) != len(names) || len(names) != models.NumRankFeatures {
+		t.Fatalf("RankerWeights = %v %v v%d (%s), Models version %d", names, w, v, s.M.Version(), r.Version)
 	}
 	if i := slices.Index(names, "seen"); w[i] <= 0 {
 		t.Errorf("weight of seen = %v, want positive: users come back to their items", w[i])
 	}
 	// The published ranker orders the full method's candidates.
-	recs := mustRecommend(t, s, "u0", RecommendOptions{K: 5})
+	recs := mustRecommend(t, s, "u0", recommend.Options{K: 5})
 	for i := 1; i < len(recs); i++ {
 		if recs[i].Score > recs[i-1].Score || recs[i].Score <= 0 || recs[i].Score >= 1 {
 			t.Errorf("full recommendations not ordered by ranker probability: %+v", recs)
@@ -700,95 +638,26 @@ func TestModelRankerLearns(t *testing.T) {
 	}
 }
 
-// A new weight version is published only if its rolling AUC is at least
-// the published version's minus PublishMargin (the first always); it
-// carries the weights after the step that triggered the check.
-func TestRankerPublicationGate(t *testing.T) {
-	s := openModelStore(t, vfs.NewMem(), "db", ModelOptions{RankerWindow: 8, PublishEvery: 1})
-	o := &s.models.opts
-	// Seven examples in the window; the step adds an eighth, a positive.
-	labels := []byte{1, 0, 1, 0, 0, 1, 0}
-	good := []float32{0.875, 0.125, 0.75, 0.25, 0.375, 0.625, 0.25}
-	bad := []float32{0.125, 0.875, 0.25, 0.75, 0.625, 0.375, 0.75}
-	slightlyWorse := []float32{0.875, 0.125, 0.75, 0.25, 0.375, 0.625, 0.7} // one discordant pair of 16
-	step := func(version int64, train, pub []float32, margin float64, every int) (published bool, r *rankerState, before []float64) {
-		o.PublishMargin, o.PublishEvery = margin, every
-		mb := &modelBatch{meta: &modelMeta{}}
-		r = &mb.meta.Ranker
-		r.init(numRankFeatures)
-		r.Z[0] = -2 // a positive bias, so the training weights are not the published zeros
-		r.Version = version
-		r.Train, r.Pub, r.Labels = slices.Clone(train), slices.Clone(pub), slices.Clone(labels)
-		r.Pos = len(labels)
-		before = r.weights(o)
-		ctx := &rankContext{now: t0, model: &userModel{}}
-		if err := s.learnRanker(mb, ctx, &candidateInfo{ID: "x"}, 1); err != nil {
-			t.Fatal(err)
-		}
-		if len(r.Labels) != 8 || r.Labels[7] != 1 || r.Examples != 1 {
-			t.Fatalf("window after the step: %v, examples %d", r.Labels, r.Examples)
-		}
-		return r.Version != version, r, before
-	}
-	for _, c := range []struct {
-		name       string
-		version    int64
-		train, pub []float32
-		margin     float64
-		every      int
-		want       bool
-		trainAUC   float64
-		pubAUC     float64
-	}{
-		{"better", 1, good, bad, 0.005, 1, true, 1, 0},
-		{"worse", 1, bad, good, 0.005, 1, false, 3.0 / 16, 1},
-		{"first version", 0, bad, good, 0.005, 1, true, 3.0 / 16, 1},
-		{"within margin", 1, slightlyWorse, good, 0.1, 1, true, 15.0 / 16, 1},
-		{"beyond margin", 1, slightlyWorse, good, 0.05, 1, false, 15.0 / 16, 1},
-		{"equal", 1, good, good, 0.005, 1, true, 1, 1},
-		{"not a check", 1, good, bad, 0.005, 2, false, 1, 0},
-	} {
-		published, r, before := step(c.version, c.train, c.pub, c.margin, c.every)
-		trainAUC, _ := windowMetrics(r.Train, r.Labels)
-		pubAUC, _ := windowMetrics(r.Pub, r.Labels)
-		if trainAUC != c.trainAUC || pubAUC != c.pubAUC {
-			t.Errorf("%s: window AUCs train %v published %v, test expects %v %v", c.name, trainAUC, pubAUC, c.trainAUC, c.pubAUC)
-		}
-		if published != c.want || r.publishedDirty != c.want {
-			t.Errorf("%s: published %v (dirty %v), want %v", c.name, published, r.publishedDirty, c.want)
-			continue
-		}
-		if published {
-			// The published weights include the step just taken.
-			after := r.weights(o)
-			if r.Version != c.version+1 || !slices.Equal(r.Published, after) || slices.Equal(after, before) || r.PubAUC != trainAUC {
-				t.Errorf("%s: version %d, published %v (want the weights after the step %v), PubAUC %v", c.name, r.Version, r.Published, after, r.PubAUC)
-			}
-		} else if !slices.Equal(r.Published, make([]float64, numRankFeatures)) {
-			t.Errorf("%s: published weights changed to %v without a new version", c.name, r.Published)
-		}
-	}
-}
-
 // smallModels are hyperparameters small enough that short streams reach
 // every cap: history, pairs, neighbour pruning, recent users, the ranker
 // window and publication.
-var smallModels = ModelOptions{Neighbors: 3, HistoryCap: 8, PairCap: 4, RecentUsers: 4, Dim: 4, Negatives: 3,
+var smallModels = models.Options{Neighbors: 3, HistoryCap: 8, PairCap: 4, RecentUsers: 4, Dim: 4, Negatives: 3,
+
 	RankerWindow: 60, PublishEvery: 50, RankerSample: 1}
 
 // modelStream is a random log over few users and items: times mostly
 // increasing with some late events and some jumps past the pair window,
 // every behavior, resent events and gaps in the offsets.
-func modelStream(seed uint64, n int) []Entry {
+func modelStream(seed uint64, n int) []featurestore.Entry {
 	rng := rand.New(rand.NewPCG(seed, 77))
-	var out []Entry
+	var out []featurestore.Entry
 	off := uint64(rng.IntN(3))
 	ts := t0
-	behaviors := []Behavior{BehaviorView, BehaviorView, BehaviorView, BehaviorCart, BehaviorFav, BehaviorPurchase}
+	behaviors := []featurestore.Behavior{featurestore.BehaviorView, featurestore.BehaviorView, featurestore.BehaviorView, featurestore.BehaviorCart, featurestore.BehaviorFav, featurestore.BehaviorPurchase}
 	for i := range n {
 		off += 1 + uint64(rng.IntN(10)/9)
 		if i > 0 && rng.IntN(15) == 0 {
-			out = append(out, Entry{Offset: off, Event: out[rng.IntN(len(out))].Event})
+			out = append(out, featurestore.Entry{Offset: off, Event: out[rng.IntN(len(out))].Event})
 			continue
 		}
 		ts += int64(rng.IntN(30)) * minute
@@ -801,14 +670,14 @@ func modelStream(seed uint64, n int) []Entry {
 		}
 		u := rng.IntN(8)
 		item := (u%2)*6 + rng.IntN(10)
-		out = append(out, Entry{Offset: off, Event: ev(fmt.Sprint("e", i), fmt.Sprint("u", u), fmt.Sprint("i", item),
+		out = append(out, featurestore.Entry{Offset: off, Event: ev(fmt.Sprint("e", i), fmt.Sprint("u", u), fmt.Sprint("i", item),
 			fmt.Sprint("c", item%3), behaviors[rng.IntN(len(behaviors))], ts-late)})
 	}
 	return out
 }
 
 // applySplit applies log in batches ending at the given indexes.
-func applySplit(t testing.TB, s *Store, log []Entry, ends []int) {
+func applySplit(t testing.TB, s *testStore, log []featurestore.Entry, ends []int) {
 	t.Helper()
 	p := 0
 	for _, q := range ends {
@@ -875,10 +744,10 @@ func TestModelDeterminism(t *testing.T) {
 			t.Errorf("re-applying the last batch = %+v, want nothing applied", res)
 		}
 		// The same events resent at new offsets are duplicates.
-		resent := make([]Entry, n)
+		resent := make([]featurestore.Entry, n)
 		next := log[n-1].Offset + 1
 		for i, e := range log {
-			resent[i] = Entry{Offset: next + uint64(i), Event: e.Event}
+			resent[i] = featurestore.Entry{Offset: next + uint64(i), Event: e.Event}
 		}
 		if res := mustApply(t, s, next+uint64(n), resent); res.Applied != 0 {
 			t.Errorf("resending the log = %+v, want only duplicates", res)
@@ -930,19 +799,19 @@ func TestModelFreeze(t *testing.T) {
 	// as of the read clock, which moves on), factors and the ranker.
 	frozenState := func() string {
 		var b strings.Builder
-		for _, p := range [][]byte{prefixNeighbors, prefixItemModel} {
-			if err := s.scanPrefix(p, func(id string, v []byte) error {
+		for _, p := range [][]byte{[]byte("n/"), []byte("v/i/")} {
+			if err := s.ScanPrefix(p, func(id string, v []byte) error {
 				fmt.Fprintf(&b, "%s%s %x\n", p, id, v)
 				return nil
 			}); err != nil {
 				t.Fatal(err)
 			}
 		}
-		return b.String() + dumpFactors(t, s) + dumpRanker(s) + fmt.Sprint(s.ModelItems())
+		return b.String() + dumpFactors(t, s) + dumpRanker(s) + fmt.Sprint(s.M.ItemCount())
 	}
 	before := frozenState()
 	mBefore := mustModels(t, s)
-	s.FreezeModels(true)
+	s.M.Freeze(true)
 	last := log[len(log)-1]
 	more := modelStream(4, 100)
 	for i := range more {
@@ -955,9 +824,9 @@ func TestModelFreeze(t *testing.T) {
 		ts = max(ts, e.Event.TS)
 	}
 	more = append(more,
-		Entry{Offset: more[len(more)-1].Offset + 1, Event: ev("f1", "fresh", "newitem", "c1", BehaviorView, ts+hour)},
-		Entry{Offset: more[len(more)-1].Offset + 2, Event: ev("f2", "fresh", "i1", "c1", BehaviorCart, ts+hour+minute)},
-		Entry{Offset: more[len(more)-1].Offset + 3, Event: ev("f3", "u0", "newitem", "c1", BehaviorView, ts+hour+2*minute)},
+		featurestore.Entry{Offset: more[len(more)-1].Offset + 1, Event: ev("f1", "fresh", "newitem", "c1", featurestore.BehaviorView, ts+hour)},
+		featurestore.Entry{Offset: more[len(more)-1].Offset + 2, Event: ev("f2", "fresh", "i1", "c1", featurestore.BehaviorCart, ts+hour+minute)},
+		featurestore.Entry{Offset: more[len(more)-1].Offset + 3, Event: ev("f3", "u0", "newitem", "c1", featurestore.BehaviorView, ts+hour+2*minute)},
 	)
 	applySplit(t, s, more, []int{50, len(more)})
 	if got := frozenState(); got != before {
@@ -972,7 +841,7 @@ func TestModelFreeze(t *testing.T) {
 	}
 	// Histories moved: u0's newest history item is newitem, fresh has one.
 	for user, want := range map[string][]string{"u0": {"newitem"}, "fresh": {"i1", "newitem"}} {
-		um, _, err := s.readUserModel(user)
+		um, _, err := s.M.User(user)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -987,20 +856,20 @@ func TestModelFreeze(t *testing.T) {
 			t.Errorf("a user first seen while frozen got factors %v", um.Vec)
 		}
 	}
-	for _, m := range []string{MethodFull, MethodPopular} {
+	for _, m := range []string{recommend.MethodFull, recommend.MethodPopular} {
 		for _, user := range []string{"u0", "fresh"} {
-			recs := mustRecommend(t, s, user, RecommendOptions{K: 20, Method: m, ExcludeSeen: true})
+			recs := mustRecommend(t, s, user, recommend.Options{K: 20, Method: m, ExcludeSeen: true})
 			if ids := recIDs(recs); slices.Contains(ids, "newitem") || len(ids) == 0 || (user == "fresh" && slices.Contains(ids, "i1")) {
 				t.Errorf("%s for %s with ExcludeSeen = %v; want items, none seen while frozen", m, user, ids)
 			}
 		}
 	}
 	// Thawed, they learn again.
-	s.FreezeModels(false)
+	s.M.Freeze(false)
 	end := more[len(more)-1].Offset + 1
 	mustApply(t, s, end+2, entries(end,
-		ev("g1", "fresh", "newitem", "c1", BehaviorView, ts+2*hour),
-		ev("g2", "fresh", "i2", "c1", BehaviorView, ts+2*hour+minute)))
+		ev("g1", "fresh", "newitem", "c1", featurestore.BehaviorView, ts+2*hour),
+		ev("g2", "fresh", "i2", "c1", featurestore.BehaviorView, ts+2*hour+minute)))
 	if got := frozenState(); got == before {
 		t.Error("models did not learn after FreezeModels(false)")
 	}
@@ -1013,37 +882,37 @@ func TestModelFreeze(t *testing.T) {
 // purchased items never come back, reasons name the history item a
 // recommendation is similar to.
 func TestModelRecommend(t *testing.T) {
-	s := openModelStore(t, vfs.NewMem(), "db", ModelOptions{HistoryCap: 3, PairCap: 3})
+	s := openModelStore(t, vfs.NewMem(), "db", models.Options{HistoryCap: 3, PairCap: 3})
 	cats := map[string]string{"A": "c1", "B": "c1", "C": "c1", "X": "c1", "D": "c2", "E": "c2", "F": "c2"}
-	var evs []Event
+	var evs []featurestore.Event
 	for u := range 4 {
 		evs = append(evs, buyTogether(fmt.Sprint("b", u), fmt.Sprint("b", u), "A", "B", "c1", t0+int64(u)*hour)...)
 	}
 	ts := t0 + 5*hour
 	for i, item := range []string{"C", "D", "E", "F", "X", "D", "E"} {
-		evs = append(evs, ev(fmt.Sprint("v", i), "v", item, cats[item], BehaviorView, ts))
+		evs = append(evs, ev(fmt.Sprint("v", i), "v", item, cats[item], featurestore.BehaviorView, ts))
 		ts += minute
 	}
 	// u bought A only; w bought A, then viewed C, D, E, which pushed A
 	// out of w's model history (HistoryCap 3).
-	evs = append(evs, ev("u1", "u", "A", "c1", BehaviorPurchase, ts))
-	evs = append(evs, ev("w1", "w", "A", "c1", BehaviorPurchase, ts))
+	evs = append(evs, ev("u1", "u", "A", "c1", featurestore.BehaviorPurchase, ts))
+	evs = append(evs, ev("w1", "w", "A", "c1", featurestore.BehaviorPurchase, ts))
 	for i, item := range []string{"C", "D", "E"} {
-		evs = append(evs, ev(fmt.Sprint("w", i+2), "w", item, cats[item], BehaviorView, ts+int64(i+1)*minute))
+		evs = append(evs, ev(fmt.Sprint("w", i+2), "w", item, cats[item], featurestore.BehaviorView, ts+int64(i+1)*minute))
 	}
 	applyAll(t, s, evs...)
-	if um, _, err := s.readUserModel("w"); err != nil || slices.ContainsFunc(um.History, func(h histEntry) bool { return h.Item == "A" }) {
+	if um, _, err := s.M.User("w"); err != nil || slices.ContainsFunc(um.History, func(h models.Interaction) bool { return h.Item == "A" }) {
 		t.Fatalf("w's history = %+v, %v; the test needs A pushed out", um, err)
 	}
 
-	methods := []string{MethodFull, MethodPopular, MethodRecentPopular, MethodItem2Item, MethodMF, MethodUser2User}
+	methods := []string{recommend.MethodFull, recommend.MethodPopular, recommend.MethodRecentPopular, recommend.MethodItem2Item, recommend.MethodMF, recommend.MethodUser2User}
 	// Every method, user and filter: no purchased item, no excluded or
 	// seen one, only the category asked for, no duplicates, at most K.
 	seenBy := map[string][]string{"u": {"A"}, "w": {"A", "C", "D", "E"}, "nobody": nil, "v": {"C", "D", "E", "F", "X"}}
 	bought := map[string]string{"u": "A", "w": "A"}
 	for _, m := range methods {
 		for user, seen := range seenBy {
-			for _, o := range []RecommendOptions{
+			for _, o := range []recommend.Options{
 				{K: 3},
 				{K: 20},
 				{K: 20, ExcludeSeen: true},
@@ -1065,7 +934,7 @@ func TestModelRecommend(t *testing.T) {
 					}
 				}
 				// The full method is never short while items pass the filters.
-				if m == MethodFull {
+				if m == recommend.MethodFull {
 					want := 0
 					for item, cat := range cats {
 						if item != bought[user] && !o.Exclude[item] && !(o.ExcludeSeen && slices.Contains(seen, item)) &&
@@ -1082,52 +951,52 @@ func TestModelRecommend(t *testing.T) {
 	}
 
 	// A cold user: K items with reasons, popular first.
-	recs := mustRecommend(t, s, "nobody", RecommendOptions{K: 3})
+	recs := mustRecommend(t, s, "nobody", recommend.Options{K: 3})
 	if len(recs) != 3 {
 		t.Errorf("full for a cold user = %+v, want 3", recs)
 	}
-	if recs := mustRecommend(t, s, "nobody", RecommendOptions{K: 3, Method: MethodPopular}); !slices.Equal(recIDs(recs), scoredIDs(mustPopular(t, s, "", 3))) {
+	if recs := mustRecommend(t, s, "nobody", recommend.Options{K: 3, Method: recommend.MethodPopular}); !slices.Equal(recIDs(recs), scoredIDs(mustPopular(t, s, "", 3))) {
 		t.Errorf("popular for a cold user = %v, want %v", recIDs(recs), scoredIDs(mustPopular(t, s, "", 3)))
 	}
 	// u bought A, which B was bought with: B is recommended for that.
-	recs = mustRecommend(t, s, "u", RecommendOptions{K: 5})
-	i := slices.IndexFunc(recs, func(r Recommendation) bool { return r.ItemID == "B" })
+	recs = mustRecommend(t, s, "u", recommend.Options{K: 5})
+	i := slices.IndexFunc(recs, func(r recommend.Recommendation) bool { return r.ItemID == "B" })
 	if i < 0 || recs[i].Reason != "similar to A you bought" {
 		t.Errorf("full for u = %+v, want B similar to A you bought", recs)
 	}
 	// item2item: B first (bought with A by 4 users), then what w viewed
 	// after buying A; all for A.
-	recs = mustRecommend(t, s, "u", RecommendOptions{K: 5, Method: MethodItem2Item})
-	if len(recs) != 4 || recs[0].ItemID != "B" || slices.ContainsFunc(recs, func(r Recommendation) bool { return r.Reason != "similar to A you bought" }) {
+	recs = mustRecommend(t, s, "u", recommend.Options{K: 5, Method: recommend.MethodItem2Item})
+	if len(recs) != 4 || recs[0].ItemID != "B" || slices.ContainsFunc(recs, func(r recommend.Recommendation) bool { return r.Reason != "similar to A you bought" }) {
 		t.Errorf("item2item for u = %+v, want B first, each similar to A you bought", recs)
 	}
 	// Users who bought A (the b users) bought B too.
-	recs = mustRecommend(t, s, "u", RecommendOptions{K: 5, Method: MethodUser2User})
+	recs = mustRecommend(t, s, "u", recommend.Options{K: 5, Method: recommend.MethodUser2User})
 	if len(recs) == 0 || recs[0].ItemID != "B" || recs[0].Reason != "users like you bought it" {
 		t.Errorf("user2user for u = %+v, want B first, users like you bought it", recs)
 	}
-	if su, err := s.SimilarUsers("u", 10); err != nil || len(su) != 5 || slices.ContainsFunc(su, func(x SimilarUser) bool { return x.UserID == "u" || x.Score <= 0 }) {
+	if su, err := s.Rec.SimilarUsers("u", 10); err != nil || len(su) != 5 || slices.ContainsFunc(su, func(x recommend.SimilarUser) bool { return x.UserID == "u" || x.Score <= 0 }) {
 		t.Errorf("SimilarUsers(u) = %v, %v; want the 4 b users and w", su, err)
 	}
 
-	if _, err := s.Recommend("u", RecommendOptions{K: 3, Method: "magic"}); err == nil {
+	if _, err := s.Rec.Recommend("u", recommend.Options{K: 3, Method: "magic"}); err == nil {
 		t.Error("Recommend with an unknown method: no error")
 	}
-	if recs, err := s.Recommend("u", RecommendOptions{K: 0}); err != nil || len(recs) != 0 {
+	if recs, err := s.Rec.Recommend("u", recommend.Options{K: 0}); err != nil || len(recs) != 0 {
 		t.Errorf("Recommend K=0 = %v, %v; want nothing", recs, err)
 	}
 }
 
 // Expiry deletes the model records of expired users and items.
 func TestModelExpiry(t *testing.T) {
-	s := openModelStore(t, vfs.NewMem(), "db", ModelOptions{})
-	evs := []Event{
-		ev("o1", "old", "gone", "c", BehaviorPurchase, t0),
-		ev("o2", "old", "i", "c", BehaviorView, t0+minute),
+	s := openModelStore(t, vfs.NewMem(), "db", models.Options{})
+	evs := []featurestore.Event{
+		ev("o1", "old", "gone", "c", featurestore.BehaviorPurchase, t0),
+		ev("o2", "old", "i", "c", featurestore.BehaviorView, t0+minute),
 	}
 	for d := range int64(20) {
 		ts := t0 + d*dayMS + hour
-		evs = append(evs, ev(fmt.Sprint("u", d), "u", "i", "c", BehaviorView, ts), ev(fmt.Sprint("v", d), "u", "j", "c", BehaviorView, ts+minute))
+		evs = append(evs, ev(fmt.Sprint("u", d), "u", "i", "c", featurestore.BehaviorView, ts), ev(fmt.Sprint("v", d), "u", "j", "c", featurestore.BehaviorView, ts+minute))
 	}
 	applyAll(t, s, evs...)
 	if _, ok := userFactors(t, s)["old"]; !ok {
@@ -1136,7 +1005,7 @@ func TestModelExpiry(t *testing.T) {
 	if _, ok := itemFactors(t, s)["gone"]; !ok || len(mustNeighbors(t, s, "gone", 10)) == 0 {
 		t.Fatal("gone has no factors or neighbours before expiry")
 	}
-	items := s.ModelItems()
+	items := s.M.ItemCount()
 
 	es, err := s.Expire(s.Now())
 	if err != nil || es.Users != 1 || es.Items != 1 {
@@ -1149,16 +1018,16 @@ func TestModelExpiry(t *testing.T) {
 	if _, ok := itf["gone"]; ok || len(itf) != 2 {
 		t.Errorf("item factors after expiry: %v, want i and j", slices.Sorted(maps.Keys(itf)))
 	}
-	for _, k := range [][]byte{userModelKey("old"), itemModelKey("gone"), neighborKey("gone")} {
-		if _, ok, err := s.get(k); ok || err != nil {
+	for _, k := range [][]byte{[]byte("v/u/old"), []byte("v/i/gone"), []byte("n/gone")} {
+		if _, ok, err := s.ReadKey(k); ok || err != nil {
 			t.Errorf("%q after expiry: found %v, err %v", k, ok, err)
 		}
 	}
 	if got := mustNeighbors(t, s, "gone", 10); len(got) != 0 {
 		t.Errorf("Neighbors(gone) after expiry = %v", got)
 	}
-	if s.ModelItems() != items-1 {
-		t.Errorf("ModelItems after expiry = %d, want %d", s.ModelItems(), items-1)
+	if s.M.ItemCount() != items-1 {
+		t.Errorf("ModelItems after expiry = %d, want %d", s.M.ItemCount(), items-1)
 	}
 	// Neighbour lists of surviving items may still name it (as
 	// dropItemModel documents): i's does, but neither the full method nor
@@ -1166,8 +1035,8 @@ func TestModelExpiry(t *testing.T) {
 	if !slices.Contains(neighborIDs(mustNeighbors(t, s, "i", 10)), "gone") {
 		t.Log("i's neighbour list no longer names gone; the serving checks below are weaker")
 	}
-	for _, m := range []string{MethodFull, MethodMF, MethodPopular} {
-		if ids := recIDs(mustRecommend(t, s, "u", RecommendOptions{K: 10, Method: m})); slices.Contains(ids, "gone") {
+	for _, m := range []string{recommend.MethodFull, recommend.MethodMF, recommend.MethodPopular} {
+		if ids := recIDs(mustRecommend(t, s, "u", recommend.Options{K: 10, Method: m})); slices.Contains(ids, "gone") {
 			t.Errorf("%s for u after expiry = %v, includes the expired item", m, ids)
 		}
 	}
@@ -1175,7 +1044,7 @@ func TestModelExpiry(t *testing.T) {
 		t.Errorf("SimilarItems(i) after expiry = %v, want [j]", ids)
 	}
 	// The store keeps learning from the surviving entities.
-	applyAll(t, s, ev("n1", "u", "i", "c", BehaviorCart, s.Now()+minute))
+	applyAll(t, s, ev("n1", "u", "i", "c", featurestore.BehaviorCart, s.Now()+minute))
 	if m := mustModels(t, s)["mf"]; m.Examples != int64(len(evs))+1 {
 		t.Errorf("mf examples after expiry and one event = %d, want %d", m.Examples, len(evs)+1)
 	}
@@ -1186,11 +1055,11 @@ func TestModelExpiry(t *testing.T) {
 // table row), which no expiry ever removes again (expiry walks item
 // feature records, and the item has none) and which MF then recommends.
 func TestModelExpiredItemNotResurrected(t *testing.T) {
-	s := openModelStore(t, vfs.NewMem(), "db", ModelOptions{})
-	evs := []Event{ev("o1", "old", "gone", "c", BehaviorPurchase, t0)}
+	s := openModelStore(t, vfs.NewMem(), "db", models.Options{})
+	evs := []featurestore.Event{ev("o1", "old", "gone", "c", featurestore.BehaviorPurchase, t0)}
 	for d := range int64(20) {
 		ts := t0 + d*dayMS + hour
-		evs = append(evs, ev(fmt.Sprint("u", d), "u", "i", "c", BehaviorView, ts), ev(fmt.Sprint("v", d), "v", "j", "c", BehaviorView, ts+minute))
+		evs = append(evs, ev(fmt.Sprint("u", d), "u", "i", "c", featurestore.BehaviorView, ts), ev(fmt.Sprint("v", d), "v", "j", "c", featurestore.BehaviorView, ts+minute))
 	}
 	applyAll(t, s, evs...)
 	if _, err := s.Expire(s.Now()); err != nil {
@@ -1200,9 +1069,9 @@ func TestModelExpiredItemNotResurrected(t *testing.T) {
 		t.Fatal("gone has factors right after expiry")
 	}
 	now := s.Now()
-	var more []Event
+	var more []featurestore.Event
 	for k := range int64(20) {
-		more = append(more, ev(fmt.Sprint("m", k), fmt.Sprint("m", k%3), []string{"i", "j"}[k%2], "c", BehaviorView, now+k*minute))
+		more = append(more, ev(fmt.Sprint("m", k), fmt.Sprint("m", k%3), []string{"i", "j"}[k%2], "c", featurestore.BehaviorView, now+k*minute))
 	}
 	applyAll(t, s, more...)
 	if _, ok := itemFactors(t, s)["gone"]; ok {
@@ -1211,7 +1080,7 @@ func TestModelExpiredItemNotResurrected(t *testing.T) {
 	if _, found, _ := s.Item("gone"); found {
 		t.Errorf("gone has a feature record again")
 	}
-	if ids := recIDs(mustRecommend(t, s, "m0", RecommendOptions{K: 10, Method: MethodMF})); slices.Contains(ids, "gone") {
+	if ids := recIDs(mustRecommend(t, s, "m0", recommend.Options{K: 10, Method: recommend.MethodMF})); slices.Contains(ids, "gone") {
 		t.Errorf("MF recommends the expired item: %v", ids)
 	}
 }
@@ -1222,77 +1091,21 @@ func TestModelExpiredItemNotResurrected(t *testing.T) {
 // empty n/<item> record reappears for the expired item and is never
 // deleted again.
 func TestModelExpiredNeighborRecordNotRewritten(t *testing.T) {
-	s := openModelStore(t, vfs.NewMem(), "db", ModelOptions{})
-	evs := []Event{ev("k0", "keep", "gone", "c", BehaviorView, t0)}
+	s := openModelStore(t, vfs.NewMem(), "db", models.Options{})
+	evs := []featurestore.Event{ev("k0", "keep", "gone", "c", featurestore.BehaviorView, t0)}
 	for d := range int64(20) {
-		evs = append(evs, ev(fmt.Sprint("k", d+1), "keep", "i", "c", BehaviorView, t0+d*dayMS+hour))
+		evs = append(evs, ev(fmt.Sprint("k", d+1), "keep", "i", "c", featurestore.BehaviorView, t0+d*dayMS+hour))
 	}
 	applyAll(t, s, evs...)
 	if es, err := s.Expire(s.Now()); err != nil || es.Items != 1 || es.Users != 0 {
 		t.Fatalf("Expire = %+v, %v; want gone expired, keep kept", es, err)
 	}
-	if _, ok, _ := s.get(neighborKey("gone")); ok {
+	if _, ok, _ := s.ReadKey([]byte("n/gone")); ok {
 		t.Fatal("n/gone right after expiry")
 	}
-	applyAll(t, s, ev("k99", "keep", "j", "c", BehaviorView, s.Now()+minute))
-	if v, ok, _ := s.get(neighborKey("gone")); ok {
+	applyAll(t, s, ev("k99", "keep", "j", "c", featurestore.BehaviorView, s.Now()+minute))
+	if v, ok, _ := s.ReadKey([]byte("n/gone")); ok {
 		t.Errorf("n/gone = %x written again by an event of a user whose history names it", v)
-	}
-}
-
-// Regression (was a bug): the metadata decoder accepts ring and window positions that the
-// writer then indexes with: a negative position (a uvarint above
-// MaxInt64) or RingPos == negRingSize. Once the ring or the ranker window
-// is full, Apply panics with an index out of range instead of the store
-// reporting ErrCorrupt when it opens.
-func TestModelMetaDecodeRejectsBadPositions(t *testing.T) {
-	full := func() *modelMeta {
-		m := &modelMeta{}
-		for i := range negRingSize {
-			m.Ring = append(m.Ring, fmt.Sprint("i", i%3))
-		}
-		m.Ranker.init(numRankFeatures)
-		m.Ranker.Train, m.Ranker.Pub, m.Ranker.Labels = make([]float32, 4), make([]float32, 4), make([]byte, 4)
-		return m
-	}
-	for name, mod := range map[string]func(m *modelMeta){
-		"ring position -1":   func(m *modelMeta) { m.RingPos = -1 },
-		"ring position 4096": func(m *modelMeta) { m.RingPos = negRingSize },
-		"window position -1": func(m *modelMeta) { m.Ranker.Pos = -1 },
-	} {
-		m := full()
-		mod(m)
-		var d modelMeta
-		err := d.decode(m.appendTo(nil))
-		if err == nil {
-			t.Errorf("%s: decoded without error (RingPos %d, Pos %d)", name, d.RingPos, d.Ranker.Pos)
-		}
-		// What it leads to: a store with this metadata opens, and Apply
-		// panics once the ring (or window) is full.
-		fs := vfs.NewMem()
-		s := openModelStore(t, fs, "db", ModelOptions{RankerWindow: 4})
-		if err := s.db.Set([]byte(keyModels), m.appendTo(nil), pebble.NoSync); err != nil {
-			t.Fatal(err)
-		}
-		if err := s.Close(); err != nil {
-			t.Fatal(err)
-		}
-		s, err = Open("db", Options{FS: fs, Logger: quietLogger(), Clock: "event", Models: ModelOptions{RankerWindow: 4}})
-		if err != nil {
-			if !errors.Is(err, ErrCorrupt) {
-				t.Errorf("%s: Open = %v, want ErrCorrupt", name, err)
-			}
-			continue
-		}
-		func() {
-			defer func() {
-				if r := recover(); r != nil {
-					t.Errorf("%s: Apply panicked: %v", name, r)
-				}
-			}()
-			_, _ = s.Apply(2, entries(0, ev("a", "u", "i0", "c", BehaviorView, t0), ev("b", "u", "i1", "c", BehaviorView, t0+1)))
-		}()
-		_ = s.Close()
 	}
 }
 
@@ -1303,12 +1116,12 @@ func TestModelMetaDecodeRejectsBadPositions(t *testing.T) {
 // mismatch or the factors being re-initialised.
 func TestModelDimChangeOnReopen(t *testing.T) {
 	fs := vfs.NewMem()
-	s := openModelStore(t, fs, "db", ModelOptions{Dim: 8})
-	applyAll(t, s, ev("a", "u", "i0", "c", BehaviorView, t0), ev("b", "u", "i1", "c", BehaviorView, t0+minute))
+	s := openModelStore(t, fs, "db", models.Options{Dim: 8})
+	applyAll(t, s, ev("a", "u", "i0", "c", featurestore.BehaviorView, t0), ev("b", "u", "i1", "c", featurestore.BehaviorView, t0+minute))
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	s, err := Open("db", Options{FS: fs, Logger: quietLogger(), Clock: "event", Models: ModelOptions{Dim: 4}})
+	s, err := storetest.Open(fs, "db", models.Options{Dim: 4}, 0)
 	if err != nil {
 		return // refusing to open is a fine answer
 	}
@@ -1318,7 +1131,7 @@ func TestModelDimChangeOnReopen(t *testing.T) {
 			t.Errorf("Apply after reopening with Dim 4 panicked: %v", r)
 		}
 	}()
-	if _, err := s.Apply(3, entries(2, ev("c", "u", "i2", "c", BehaviorView, t0+2*minute))); err != nil {
+	if _, err := s.Apply(3, entries(2, ev("c", "u", "i2", "c", featurestore.BehaviorView, t0+2*minute))); err != nil {
 		return
 	}
 	for _, c := range []struct {
@@ -1331,101 +1144,6 @@ func TestModelDimChangeOnReopen(t *testing.T) {
 			}
 		}
 	}
-}
-
-// modelRecord is what the model records stored in Pebble have in common.
-type modelRecord interface {
-	appendTo(b []byte) []byte
-	decode(b []byte) error
-}
-
-// sampleModelRecords are model records of every kind, with and without
-// optional parts.
-func sampleModelRecords() []modelRecord {
-	meta := &modelMeta{Ring: []string{"i1", "i2", "i1"}, RingPos: 3, Learned: 7, Pairs: 12, LastTS: t0, Items: 2}
-	meta.Ranker.init(numRankFeatures)
-	meta.Ranker.Z[0], meta.Ranker.N[0], meta.Ranker.Published[1] = -0.5, 2.25, 0.125
-	meta.Ranker.Version, meta.Ranker.Examples, meta.Ranker.LastTS, meta.Ranker.PubAUC = 3, 40, t0, 0.75
-	meta.Ranker.Train, meta.Ranker.Pub, meta.Ranker.Labels, meta.Ranker.Pos = []float32{0.25, 0.5}, []float32{0.5, 0.5}, []byte{1, 0}, 1
-	return []modelRecord{
-		&userModel{},
-		&userModel{History: []histEntry{{Item: "i1", TS: t0, Behavior: BehaviorPurchase, Count: 255}, {Item: "é", TS: -1, Behavior: BehaviorFav, Count: 1}},
-			Events: 300, Vec: []float32{0.5, -1.25, float32(math.Inf(1))}},
-		&itemModel{},
-		&itemModel{Seq: 1 << 31, Vec: []float32{1, 2}, Users: []Recent{{ID: "u1", TS: t0}, {ID: "u2", TS: t0 - 1}}},
-		&neighborRecord{LogMass: math.Inf(-1)},
-		&neighborRecord{LogMass: 3.5, List: []neighbor{{ID: "a", LogC: -2, LogMass: 1}, {ID: "b", LogC: math.Inf(-1), LogMass: 0}}},
-		&modelMeta{},
-		meta,
-	}
-}
-
-// newLike returns an empty record of r's kind.
-func newLike(r modelRecord) modelRecord {
-	switch r.(type) {
-	case *userModel:
-		return new(userModel)
-	case *itemModel:
-		return new(itemModel)
-	case *neighborRecord:
-		return new(neighborRecord)
-	default:
-		return new(modelMeta)
-	}
-}
-
-var modelRecordKinds = []modelRecord{new(userModel), new(itemModel), new(neighborRecord), new(modelMeta)}
-
-// Model records decode to what was encoded and re-encode to the same
-// bytes; damaged encodings fail with ErrCorrupt.
-func TestModelRecordRoundTrip(t *testing.T) {
-	for i, r := range sampleModelRecords() {
-		b := r.appendTo(nil)
-		d := newLike(r)
-		if err := d.decode(b); err != nil {
-			t.Fatalf("sample %d (%T): decode: %v", i, r, err)
-		}
-		if got := d.appendTo(nil); !bytes.Equal(got, b) {
-			t.Errorf("sample %d (%T): re-encoding %x, want %x", i, r, got, b)
-		}
-		// (%+v prints nil and empty slices alike, and floats exactly.)
-		if got, want := fmt.Sprintf("%+v", d), fmt.Sprintf("%+v", r); got != want {
-			t.Errorf("sample %d: decoded %s, want %s", i, got, want)
-		}
-		checkCorruptions(t, b, newLike(r).decode)
-	}
-}
-
-// FuzzModelRecordDecode feeds arbitrary bytes to every model record
-// decoder: none may panic or fail with another error than ErrCorrupt, and
-// what one accepts re-encodes to bytes it decodes again to the same
-// encoding, never longer than the input (varints may have been longer).
-func FuzzModelRecordDecode(f *testing.F) {
-	for _, r := range sampleModelRecords() {
-		f.Add(r.appendTo(nil))
-	}
-	f.Fuzz(func(t *testing.T, b []byte) {
-		for _, kind := range modelRecordKinds {
-			r := newLike(kind)
-			if err := r.decode(b); err != nil {
-				if !errors.Is(err, ErrCorrupt) {
-					t.Fatalf("%T: decode error %v is not ErrCorrupt", kind, err)
-				}
-				continue
-			}
-			enc := r.appendTo(nil)
-			if len(enc) > len(b) {
-				t.Fatalf("%T: re-encoding %x is longer than the input %x", kind, enc, b)
-			}
-			r2 := newLike(kind)
-			if err := r2.decode(enc); err != nil {
-				t.Fatalf("%T: re-decode of %x: %v", kind, enc, err)
-			}
-			if enc2 := r2.appendTo(nil); !bytes.Equal(enc, enc2) {
-				t.Fatalf("%T: encoding not stable: %x vs %x", kind, enc, enc2)
-			}
-		}
-	})
 }
 
 // With the ranker trained on a sample of events, the model state still
@@ -1445,7 +1163,7 @@ func TestRankerSampleDeterminism(t *testing.T) {
 	// Every cart, fav and purchase trains the ranker; 30% of the views do.
 	var views int
 	for _, e := range log {
-		if e.Event.Behavior == BehaviorView {
+		if e.Event.Behavior == featurestore.BehaviorView {
 			views++
 		}
 	}
@@ -1466,5 +1184,52 @@ func TestRankerSampleDeterminism(t *testing.T) {
 	applySplit(t, s, log, ends)
 	if got := dumpAll(t, s, dumpUsers, dumpItems); got != want {
 		t.Errorf("sampled ranker: state after %d batches differs from one batch: %s", len(ends), diffLines(got, want))
+	}
+}
+
+// The writer's records, the records read back through merges, and the
+// records after flushes and a full compaction are the same, and a store
+// reopened on them goes on exactly like the one that wrote them.
+func TestNeighborDeltasCompact(t *testing.T) {
+	log := modelStream(3, 400)
+	n := len(log)
+	ref := openModelStore(t, vfs.NewMem(), "db", smallModels)
+	applySplit(t, ref, log, []int{n})
+	want := dumpAll(t, ref, dumpUsers, dumpItems)
+
+	fs := vfs.NewMem()
+	s := openModelStore(t, fs, "db", smallModels)
+	var ends []int
+	for p := 0; p < n; p += 7 {
+		ends = append(ends, min(n, p+7))
+	}
+	applySplit(t, s, log, ends)
+	// The writer's form matches what a reader decodes.
+	if n, err := s.M.CheckWriterRecords(); err != nil {
+		t.Fatal(err)
+	} else if n < 10 {
+		t.Fatalf("the writer holds %d neighbour records; the stream trains too little", n)
+	}
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Compact(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if got := dumpAll(t, s, dumpUsers, dumpItems); got != want {
+		t.Errorf("after 7-event batches and a compaction: %s", diffLines(got, want))
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openModelStore(t, fs, "db", smallModels)
+	more := modelStream(4, 80)
+	for i := range more {
+		more[i].Offset += log[n-1].Offset + 1
+	}
+	applySplit(t, s, more, []int{30, len(more)})
+	applySplit(t, ref, more, []int{len(more)})
+	if got, want := dumpAll(t, s, dumpUsers, dumpItems), dumpAll(t, ref, dumpUsers, dumpItems); got != want {
+		t.Errorf("after reopening on compacted records: %s", diffLines(got, want))
 	}
 }

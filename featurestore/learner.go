@@ -1,0 +1,108 @@
+package featurestore
+
+import (
+	"errors"
+	"math"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// A Learner is what the store calls of the incremental models (package
+// featurestore/models implements it; the store never imports it). The
+// models learn inside Apply, event by event, and write their records into
+// the apply batch, so they are exactly once with the features and the
+// offset. They keep their records under key prefixes of their own (see
+// DESIGN.md's key layout), read through ReadKey and ScanPrefix.
+type Learner interface {
+	// Merge returns the merger of a merge operand (value) of one of the
+	// learner's own keys, and nil for any other key. Pebble calls it, from
+	// before Load on.
+	Merge(key, value []byte) (pebble.ValueMerger, error)
+	// Load reads the learner's committed state from s. Open calls it once,
+	// after its own state is loaded.
+	Load(s *Store) error
+	// Begin starts the learner's part of one apply batch.
+	Begin(b *BatchRecords) LearnBatch
+	// Abort drops whatever a failed batch changed in memory and reloads
+	// the committed state.
+	Abort() error
+	// ExpireUser and ExpireItem delete, in b, the records of a user or an
+	// item that Expire removes.
+	ExpireUser(b *pebble.Batch, id string) error
+	ExpireItem(b *pebble.Batch, id string) error
+}
+
+// A LearnBatch is a learner's part of one apply batch.
+type LearnBatch interface {
+	// Learn learns from ev given the user's and the item's feature records
+	// as they were before ev.
+	Learn(ev *Event, user *UserRecord, item *ItemRecord) error
+	// Write writes what the batch changed into b, before b commits.
+	Write(b *pebble.Batch) error
+	// Commit is called once b has committed.
+	Commit()
+}
+
+// BatchRecords is what a learner sees of the feature records of the apply
+// batch in flight.
+type BatchRecords struct {
+	s        *Store
+	items    map[string]*itemState
+	newUsers map[string]bool
+}
+
+// NewUser reports whether user id had no feature record before the batch
+// (so it has no model records either: they are created and expired with
+// the feature records).
+func (r *BatchRecords) NewUser(id string) bool { return r.newUsers[id] }
+
+// NewItem reports whether item id had no feature record before the batch.
+func (r *BatchRecords) NewItem(id string) bool {
+	st, ok := r.items[id]
+	return ok && !st.existed
+}
+
+// Item returns item id's feature record as of the batch (with the batch's
+// earlier events applied); one the batch has not loaded is the committed
+// one.
+func (r *BatchRecords) Item(id string) (*ItemRecord, error) {
+	if st, ok := r.items[id]; ok {
+		return st.rec, nil
+	}
+	if rec, ok := r.s.items.Get(id); ok {
+		return rec, nil
+	}
+	rec := &ItemRecord{Pop: math.Inf(-1)}
+	if _, err := r.s.readItem(id, rec); err != nil {
+		return nil, err
+	}
+	return rec, nil
+}
+
+// ReadKey returns a copy of the committed value of key. It is for the
+// learner's own records; the rest of the key layout is the store's.
+func (s *Store) ReadKey(key []byte) ([]byte, bool, error) { return s.get(key) }
+
+// ScanPrefix calls fn with the rest of the key after prefix and the value
+// of every committed key under prefix, in key order. Like ReadKey it is
+// for the learner's own records. The value is valid only during the call.
+func (s *Store) ScanPrefix(prefix []byte, fn func(id string, v []byte) error) error {
+	if err := s.acquire(); err != nil {
+		return err
+	}
+	defer s.release()
+	iter, err := s.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
+	if err != nil {
+		return err
+	}
+	for iter.First(); iter.Valid(); iter.Next() {
+		v, err := iter.ValueAndErr()
+		if err != nil {
+			return errors.Join(err, iter.Close())
+		}
+		if err := fn(string(iter.Key()[len(prefix):]), v); err != nil {
+			return errors.Join(err, iter.Close())
+		}
+	}
+	return errors.Join(iter.Error(), iter.Close())
+}

@@ -1,0 +1,30 @@
+// Package models holds the incremental models of the recommender:
+// item-item co-occurrence (Swing-style neighbours), matrix factorization,
+// the online ranker (FTRL-Proximal with progressive validation) and the
+// users' model histories and items' recent users.
+//
+// # Model
+//
+// Models is the store's featurestore.Learner: handed to featurestore.Open
+// as Options.Learner, it learns inside Apply, event by event and with the
+// state as it was before each event, and writes its records (keys n/,
+// v/u/, v/i/ and m/models) into the apply batch. So the models are
+// exactly once with the features and the offset, and deterministic: the
+// same sequence of events gives the same records whatever the batch
+// boundaries, restarts or crashes (negatives come from generators seeded
+// by the event id, initial factors from a hash of the id). Neighbour
+// records are written as merge deltas that the store's merge operator
+// folds through Merge (pairs.go).
+//
+// The read side (User, Item, Neighbors, MFTop, Context and Ranker, Info,
+// the Scan* model tables) serves featurestore/recommend and the Flight
+// model tables from committed state and the in-memory factor table.
+//
+// # Caveats
+//
+// One Models serves one store. Apply owns the caches; reads run
+// concurrently with it. Neighbour lists of surviving items may name an
+// expired item until their pairs are pruned; readers drop items without a
+// feature record. Freeze stops learning (histories still move), for
+// evaluation.
+package models

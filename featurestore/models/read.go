@@ -1,0 +1,214 @@
+package models
+
+import (
+	"fmt"
+	"math"
+	"slices"
+
+	"github.com/streamrec/recsys/featurestore"
+)
+
+// The models' read side: committed records and the in-memory tables, for
+// recommendations (featurestore/recommend) and the model tables of Flight.
+
+// readModel decodes the committed record at key into rec and reports
+// whether there was one; what names the record in errors.
+func readModel[T interface{ decode([]byte) error }](m *Models, key []byte, what, id string, rec T) (bool, error) {
+	v, ok, err := m.st.ReadKey(key)
+	if err != nil || !ok {
+		return false, err
+	}
+	if err := rec.decode(v); err != nil {
+		return false, fmt.Errorf("%s %q: %w", what, id, err)
+	}
+	return true, nil
+}
+
+// readNeighbors returns the committed neighbour record of item id (empty
+// when it has none).
+func (m *Models) readNeighbors(id string) (*neighborRecord, error) {
+	r := &neighborRecord{LogMass: math.Inf(-1)}
+	if _, err := readModel(m, neighborKey(id), "neighbours of", id, r); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// User returns the committed model of user id and whether it has one (an
+// empty model otherwise).
+func (m *Models) User(id string) (*User, bool, error) {
+	u := new(User)
+	found, err := readModel(m, userModelKey(id), "user model", id, u)
+	if err != nil {
+		return nil, false, err
+	}
+	return u, found, nil
+}
+
+// Item returns the committed model of item id and whether it has one (an
+// empty model otherwise).
+func (m *Models) Item(id string) (*Item, bool, error) {
+	it := new(Item)
+	found, err := readModel(m, itemModelKey(id), "item model", id, it)
+	if err != nil {
+		return nil, false, err
+	}
+	return it, found, nil
+}
+
+// Weight is the behavior weight of b relative to a purchase's (the
+// store's Definitions.BehaviorWeights).
+func (m *Models) Weight(b featurestore.Behavior) float64 {
+	return m.weights[b] / m.weights[featurestore.BehaviorPurchase]
+}
+
+// Version names the served model: the published ranker version.
+func (m *Models) Version() string {
+	m.published.RLock()
+	defer m.published.RUnlock()
+	return fmt.Sprintf("ranker-v%d", m.published.version)
+}
+
+// Ranker is the published ranker as of one moment (Models.Ranker).
+type Ranker struct {
+	m       *Models
+	w       []float64
+	version int64
+}
+
+// Ranker returns the published ranker.
+func (m *Models) Ranker() Ranker {
+	m.published.RLock()
+	defer m.published.RUnlock()
+	return Ranker{m: m, w: m.published.w, version: m.published.version}
+}
+
+// Version is the ranker's published version; 0 before the first
+// publication (all weights zero).
+func (r Ranker) Version() int64 { return r.version }
+
+// Score is the ranker's prediction for item id (feature record item) in
+// ctx, from the same features the ranker learns from.
+func (r Ranker) Score(ctx *Context, id string, item *featurestore.ItemRecord) float64 {
+	ci := candidateInfo{ID: id, Item: item, Vec: r.m.itemVec(id)}
+	x := r.m.rankFeatures(ctx, &ci)
+	return predict(r.w, &x)
+}
+
+// itemVec returns a copy of item id's factors, or nil.
+func (m *Models) itemVec(id string) []float32 {
+	m.table.RLock()
+	defer m.table.RUnlock()
+	i, ok := m.table.idx[id]
+	if !ok {
+		return nil
+	}
+	d := m.opts.Dim
+	return slices.Clone(m.table.vecs[int(i)*d : int(i+1)*d])
+}
+
+// MFTop scores the whole catalogue by the dot product with the factors
+// vec and returns the k best.
+func (m *Models) MFTop(vec []float32, k int) []featurestore.Scored {
+	d := m.opts.Dim
+	if len(vec) != d || k <= 0 {
+		return nil
+	}
+	m.table.RLock()
+	defer m.table.RUnlock()
+	top := featurestore.NewTopK(k)
+	for i, id := range m.table.ids {
+		if id == "" {
+			continue
+		}
+		row := m.table.vecs[i*d : (i+1)*d]
+		var dot float32
+		for j := range row {
+			dot += row[j] * vec[j]
+		}
+		top.Offer(featurestore.Scored{ItemID: id, Score: float64(dot)})
+	}
+	return top.Best()
+}
+
+// Neighbor is an item's neighbour with its similarity.
+type Neighbor struct {
+	ItemID string
+	Score  float64
+}
+
+// Neighbors returns up to k neighbours of item by similarity as of the
+// store's read clock (at most Options.Neighbors).
+func (m *Models) Neighbors(item string, k int) ([]Neighbor, error) {
+	r, err := m.readNeighbors(item)
+	if err != nil {
+		return nil, err
+	}
+	k = min(k, m.opts.Neighbors)
+	return m.rankNeighbors(r, m.st.Now(), k), nil
+}
+
+func (m *Models) rankNeighbors(r *neighborRecord, now int64, k int) []Neighbor {
+	fwd := float64(now) / m.decayMS
+	list := make([]featurestore.Scored, 0, len(r.List))
+	for i := range r.List {
+		list = append(list, featurestore.Scored{ItemID: r.List[i].ID, Score: r.sim(&r.List[i], fwd, m.opts.Shrinkage)})
+	}
+	featurestore.SortScored(list)
+	if len(list) > k {
+		list = list[:k]
+	}
+	out := make([]Neighbor, len(list))
+	for i, c := range list {
+		out[i] = Neighbor{ItemID: c.ItemID, Score: c.Score}
+	}
+	return out
+}
+
+// Info describes one model's state.
+type Info struct {
+	Name     string
+	Version  int64
+	Examples int64   // examples (events or ranker examples) learned
+	AUC      float64 // rolling AUC (ranker only; NaN otherwise)
+	LogLoss  float64
+	// PublishedAUC is the rolling AUC of the published weights on the
+	// same window (ranker only).
+	PublishedAUC     float64
+	PublishedLogLoss float64
+	LastEventTS      int64 // event time of the last update, Unix ms
+	Frozen           bool
+}
+
+// Info describes every model, as committed.
+func (m *Models) Info() ([]Info, error) {
+	var meta modelMeta
+	meta.Ranker.init(numRankFeatures)
+	v, ok, err := m.st.ReadKey([]byte(keyModels))
+	if err != nil {
+		return nil, err
+	}
+	if ok {
+		if err := meta.decode(v); err != nil {
+			return nil, fmt.Errorf("%s: %w", keyModels, err)
+		}
+	}
+	frozen := m.frozen.Load()
+	nan := math.NaN()
+	auc, ll := windowMetrics(meta.Ranker.Train, meta.Ranker.Labels)
+	pauc, pll := windowMetrics(meta.Ranker.Pub, meta.Ranker.Labels)
+	return []Info{
+		{Name: "item2item", Version: meta.Learned, Examples: meta.Pairs, AUC: nan, LogLoss: nan, PublishedAUC: nan, PublishedLogLoss: nan, LastEventTS: meta.LastTS, Frozen: frozen},
+		{Name: "user2user", Version: meta.Learned, Examples: meta.Learned, AUC: nan, LogLoss: nan, PublishedAUC: nan, PublishedLogLoss: nan, LastEventTS: meta.LastTS, Frozen: frozen},
+		{Name: "mf", Version: meta.Learned, Examples: meta.Learned, AUC: nan, LogLoss: nan, PublishedAUC: nan, PublishedLogLoss: nan, LastEventTS: meta.LastTS, Frozen: frozen},
+		{Name: "ranker", Version: meta.Ranker.Version, Examples: meta.Ranker.Examples, AUC: auc, LogLoss: ll, PublishedAUC: pauc, PublishedLogLoss: pll, LastEventTS: meta.Ranker.LastTS, Frozen: frozen},
+	}, nil
+}
+
+// RankerWeights returns the ranker's feature names, its published weights
+// and their version.
+func (m *Models) RankerWeights() (names []string, weights []float64, version int64) {
+	m.published.RLock()
+	defer m.published.RUnlock()
+	return RankFeatureNames(), slices.Clone(m.published.w), m.published.version
+}

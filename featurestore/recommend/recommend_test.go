@@ -1,0 +1,175 @@
+package recommend_test
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"slices"
+	"strconv"
+	"testing"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/streamrec/recsys/featurestore"
+	"github.com/streamrec/recsys/featurestore/internal/storetest"
+	"github.com/streamrec/recsys/featurestore/models"
+	"github.com/streamrec/recsys/featurestore/recommend"
+)
+
+// The recommender's methods and filters over a store with models are
+// tested in featurestore/models (models_test.go), where the models are;
+// here are the parts of the seen set (exclude_seen).
+
+// exclude_seen drops every item the user touched, not only the newest ones
+// the model history (50) and recent items (20) hold.
+func TestExcludeSeenPastHistoryCap(t *testing.T) {
+	s := storetest.OpenT(t, vfs.NewMem(), "db", models.Options{}, 0)
+	var evs []featurestore.Event
+	ts := storetest.T0
+	for i := range 40 { // other users' items: the only ones left to recommend
+		for u := range 3 {
+			evs = append(evs, storetest.Ev(fmt.Sprintf("o%d-%d", i, u), fmt.Sprintf("o%d", u), fmt.Sprintf("x%d", i), "c", featurestore.BehaviorView, ts))
+			ts++
+		}
+	}
+	var touched []string
+	for i := range 300 {
+		item := fmt.Sprintf("h%d", i)
+		touched = append(touched, item)
+		evs = append(evs, storetest.Ev("h"+item, "heavy", item, "c", featurestore.BehaviorView, ts), storetest.Ev("n"+item, "nb", item, "c", featurestore.BehaviorCart, ts+1))
+		ts += 1000
+	}
+	for i := 0; i < len(evs); i += 97 {
+		storetest.ApplyAll(t, s.Store, evs[i:min(i+97, len(evs))]...)
+	}
+	seen, err := s.SeenItems("heavy", s.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := slices.Sorted(maps.Keys(seen)), slices.Sorted(slices.Values(touched)); !slices.Equal(got, want) {
+		t.Fatalf("seen set of heavy has %d items, want the %d touched", len(got), len(want))
+	}
+	for _, method := range []string{recommend.MethodFull, recommend.MethodPopular, recommend.MethodItem2Item, recommend.MethodMF, recommend.MethodUser2User, recommend.MethodRecentPopular} {
+		recs := storetest.MustRecommend(t, s, "heavy", recommend.Options{K: 100, ExcludeSeen: true, Method: method})
+		for _, r := range recs {
+			if slices.Contains(touched, r.ItemID) {
+				t.Errorf("%s with ExcludeSeen recommended %s, which heavy touched", method, r.ItemID)
+			}
+		}
+		if method == recommend.MethodFull && len(recs) != 40 {
+			t.Errorf("full with ExcludeSeen gave %d items, want the 40 untouched", len(recs))
+		}
+	}
+	// Without the filter the old items come back.
+	recs := storetest.MustRecommend(t, s, "heavy", recommend.Options{K: 100})
+	if !slices.ContainsFunc(recs, func(r recommend.Recommendation) bool { return slices.Contains(touched[:200], r.ItemID) }) {
+		t.Errorf("without ExcludeSeen no old touched item is recommended: %v", storetest.RecIDs(recs))
+	}
+}
+
+// Items touched before now − SeenTTL may be recommended again; newer ones
+// are not.
+func TestExcludeSeenTTL(t *testing.T) {
+	s := storetest.OpenT(t, vfs.NewMem(), "db", models.Options{}, 0)
+	t0, day := storetest.T0, storetest.Day
+	storetest.ApplyAll(t, s.Store, storetest.Ev("a", "u", "old", "c", featurestore.BehaviorCart, t0), storetest.Ev("b", "v", "old", "c", featurestore.BehaviorView, t0+1))
+	storetest.ApplyAll(t, s.Store, storetest.Ev("c", "u", "new", "c", featurestore.BehaviorView, t0+7*day-1))
+	storetest.ApplyAll(t, s.Store, storetest.Ev("d", "v", "other", "c", featurestore.BehaviorView, t0+7*day))
+	recs := storetest.RecIDs(storetest.MustRecommend(t, s, "u", recommend.Options{K: 10, ExcludeSeen: true}))
+	if !slices.Contains(recs, "old") || slices.Contains(recs, "new") {
+		t.Errorf("recommendations = %v, want old (past the TTL) and not new", recs)
+	}
+}
+
+// rawLearner is the models with one more write in every apply batch, after
+// theirs: a way to put a damaged record into the store.
+type rawLearner struct {
+	*models.Models
+	key, value []byte
+}
+
+func (l *rawLearner) Begin(r *featurestore.BatchRecords) featurestore.LearnBatch {
+	return rawBatch{l.Models.Begin(r), l}
+}
+
+type rawBatch struct {
+	featurestore.LearnBatch
+	l *rawLearner
+}
+
+func (b rawBatch) Write(pb *pebble.Batch) error {
+	if err := b.LearnBatch.Write(pb); err != nil {
+		return err
+	}
+	return pb.Set(b.l.key, b.l.value, nil)
+}
+
+// A recommendation with exclude_seen over a damaged seen record fails
+// with ErrCorrupt.
+func TestExcludeSeenCorruptRecord(t *testing.T) {
+	m, err := models.New(models.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := storetest.T0
+	// The seen record of user u and the day of t0 (see featurestore/seen.go),
+	// truncated.
+	key := binary.BigEndian.AppendUint32([]byte{'s'}, uint32(t0/storetest.Day))
+	key = append(append(key, 'u'), 0)
+	l := &rawLearner{Models: m, key: key, value: []byte{0x05, 0x09, 'x'}}
+	st, err := featurestore.Open("db", featurestore.Options{FS: vfs.NewMem(), Logger: storetest.QuietLogger(), Clock: "event", Learner: l})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	storetest.ApplyAll(t, st, storetest.Ev("a", "u", "i", "c", featurestore.BehaviorView, t0))
+	rec := recommend.New(st, m)
+	if _, err := rec.Recommend("u", recommend.Options{K: 5, ExcludeSeen: true}); !errors.Is(err, featurestore.ErrCorrupt) {
+		t.Errorf("Recommend over a truncated seen record = %v, want ErrCorrupt", err)
+	}
+	if _, err := rec.Recommend("u", recommend.Options{K: 5}); err != nil {
+		t.Errorf("Recommend without exclude_seen = %v; it does not read the seen set", err)
+	}
+}
+
+// BenchmarkRecommendExcludeSeen asks for the top 10 of a user who touched
+// SeenLimit (10,000) distinct items within the TTL, after the usual
+// stream: the seen set's bound on the cost of one recommendation.
+func BenchmarkRecommendExcludeSeen(b *testing.B) {
+	s := storetest.OpenT(b, vfs.NewMem(), "db", models.Options{}, 0)
+	rng := rand.New(rand.NewPCG(5, 6))
+	batch := make([]featurestore.Entry, storetest.BenchBatch)
+	var next uint64
+	for range 10 {
+		storetest.BenchEvents(rng, batch, &next)
+		if _, err := s.Apply(next, batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+	heavy := make([]featurestore.Entry, 0, 10_000)
+	for i := range 10_000 {
+		heavy = append(heavy, featurestore.Entry{Offset: next, Event: featurestore.Event{ID: "h" + strconv.Itoa(i), UserID: "heavy",
+			ItemID: "i" + strconv.Itoa(i*5%storetest.BenchItems), CategoryID: "c0", Behavior: featurestore.BehaviorView, TS: storetest.T0 + int64(next)*10}})
+		next++
+	}
+	if _, err := s.Apply(next, heavy); err != nil {
+		b.Fatal(err)
+	}
+	for _, bc := range []struct {
+		name string
+		seen bool
+	}{{"all", false}, {"exclude_seen", true}} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				recs, err := s.Rec.Recommend("heavy", recommend.Options{K: 10, ExcludeSeen: bc.seen})
+				if err != nil || len(recs) != 10 {
+					b.Fatal(len(recs), err)
+				}
+			}
+		})
+	}
+}
