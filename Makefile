@@ -93,7 +93,7 @@ notebooks: build venv
 bench: build
 	$(BIN) bench --events 1000000
 	$(BIN) eval --format taobao ../shared/data/taobao/UserBehavior-users-84k.csv.gz
-	$(GO) test -run '^$$' -bench . -benchtime 2s ./featurestore ./updater/...
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./featurestore/... ./updater/...
 	$(MAKE) bench-kafka
 
 ## bench-kafka: the Kafka update path on a real broker: events/s, freshness p50/p99 at 20 k events/s, lag.
@@ -113,7 +113,7 @@ soak: build
 # Every decoder of outside input, as PACKAGE:TARGET.
 FUZZ_TARGETS := ./updater:FuzzDecodeJSONEvent ./updater:FuzzDecodeTaobaoCSV ./updater:FuzzDecodeIngestRequest \
 	./updater:FuzzProtoEvent ./featurestore:FuzzParseDefinitions ./featurestore:FuzzUserRecordDecode \
-	./featurestore:FuzzItemRecordDecode ./featurestore:FuzzModelRecordDecode ./serving:FuzzFlightQuery \
+	./featurestore:FuzzItemRecordDecode ./featurestore/models:FuzzModelRecordDecode ./serving:FuzzFlightQuery \
 	./updater/kafka:FuzzKafkaRecord
 
 ## fuzz-short: a few seconds of fuzzing per target (part of make test).
