@@ -76,9 +76,6 @@ func New(o Options) (*Models, error) {
 	return m, nil
 }
 
-// Options returns the hyperparameters, defaults filled in.
-func (m *Models) Options() Options { return m.opts }
-
 // Merge implements featurestore.Learner: neighbour records are written as
 // merge deltas (pairs.go).
 func (m *Models) Merge(key, value []byte) (pebble.ValueMerger, error) {
