@@ -733,6 +733,44 @@ func TestModelDeterminism(t *testing.T) {
 		})
 	}
 
+	// Caches so small that every batch evicts: the store's record caches
+	// (BatchRecords falls back to Pebble for negatives' item records) and
+	// the models' own.
+	t.Run("tiny caches", func(t *testing.T) {
+		mo := smallModels
+		mo.CacheEntries = 1
+		m, err := models.New(mo)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := featurestore.Open("db", featurestore.Options{FS: vfs.NewMem(), Logger: storetest.QuietLogger(), CacheBytes: 8 << 20,
+			Clock: "event", RecordCacheEntries: 3, Learner: m})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = st.Close() })
+		s := &testStore{Store: st, M: m, Rec: recommend.New(st, m)}
+		applySplit(t, s, log, splits["random0"])
+		if got := dumpAll(t, s, dumpUsers, dumpItems); got != want {
+			t.Errorf("model state with tiny caches differs: %s", diffLines(got, want))
+		}
+	})
+
+	// A batch that fails after the models learned from some of its events
+	// leaves nothing behind (Abort drops the batch's records and reloads).
+	t.Run("failed batch", func(t *testing.T) {
+		s := openModelStore(t, vfs.NewMem(), "db", smallModels)
+		applySplit(t, s, log[:n/2], []int{n / 2})
+		bad := log[n/2 : n/2+40]
+		if _, err := s.Apply(bad[len(bad)-1].Offset, bad); err == nil {
+			t.Fatal("Apply with an entry at its end succeeded")
+		}
+		applySplit(t, s, log[n/2:], []int{40, n - n/2})
+		if got := dumpAll(t, s, dumpUsers, dumpItems); got != want {
+			t.Errorf("model state after a failed batch differs: %s", diffLines(got, want))
+		}
+	})
+
 	t.Run("reapply", func(t *testing.T) {
 		s := openModelStore(t, vfs.NewMem(), "db", smallModels)
 		applySplit(t, s, log, []int{n / 3, n})
