@@ -81,6 +81,15 @@ type ModelOptions struct {
 	// against 0.0042 and 0.0955; training on every non-view event as well
 	// raised re-engagement to 0.0994 (discovery unchanged).
 	RankerSample float64
+	// RankerPairs is how many of the user's other history items (not
+	// bought, drawn by a hash of the event id) a re-engagement — a cart,
+	// fav or purchase of an item the user touched before — is contrasted
+	// with in pairwise steps of the ranker's history weights; negative:
+	// none. Default 20: on the Taobao users sample re-engagement NDCG@10
+	// went from 0.0994 to 0.1144 (3 pairs among the newest 20 items
+	// 0.1020, 6 0.1048, 12 0.1072; 50 over the whole history 0.1133),
+	// discovery unchanged (0.0043).
+	RankerPairs int
 }
 
 // EnsureDefaults fills in zero fields with their defaults.
@@ -121,6 +130,9 @@ func (o *ModelOptions) EnsureDefaults() {
 	setInt(&o.PublishEvery, 5000)
 	setF(&o.PublishMargin, 0.005)
 	setF(&o.RankerSample, 0.25)
+	if o.RankerPairs == 0 {
+		o.RankerPairs = 20
+	}
 }
 
 // Validate reports hyperparameters out of range, naming the field.
@@ -161,6 +173,10 @@ var (
 const keyModels = "m/models"
 
 const modelVersion = 1
+
+// metaVersion is the encoding of keyModels: version 2 added the ranker's
+// history weights; a version 1 value decodes with zeros for them.
+const metaVersion = 2
 
 func neighborKey(id string) []byte  { return makeKey(prefixNeighbors, id) }
 func userModelKey(id string) []byte { return makeKey(prefixUserModel, id) }
@@ -379,7 +395,7 @@ type modelMeta struct {
 }
 
 func (m *modelMeta) appendTo(b []byte) []byte {
-	e := encoder{b: append(b, modelVersion)}
+	e := encoder{b: append(b, metaVersion)}
 	e.uvarint(uint64(len(m.Ring)))
 	for _, id := range m.Ring {
 		e.str(id)
@@ -395,7 +411,10 @@ func (m *modelMeta) appendTo(b []byte) []byte {
 
 func (m *modelMeta) decode(b []byte) error {
 	d := decoder{b: b}
-	d.modelVersion()
+	v := d.byte()
+	if v != modelVersion && v != metaVersion {
+		return ErrCorrupt
+	}
 	n := d.uvarint()
 	if n > negRingSize {
 		return ErrCorrupt
@@ -410,7 +429,7 @@ func (m *modelMeta) decode(b []byte) error {
 	}
 	m.RingPos = int(pos)
 	m.Learned, m.Pairs, m.LastTS, m.Items = d.varint(), d.varint(), d.varint(), d.varint()
-	m.Ranker.decode(&d)
+	m.Ranker.decode(&d, v >= 2)
 	return d.done()
 }
 
@@ -442,6 +461,7 @@ type models struct {
 	published struct {
 		sync.RWMutex
 		w       []float64
+		hw      []float64 // the history weights (rankerState.HPublished)
 		version int64
 	}
 	seed maphash.Seed
@@ -509,6 +529,7 @@ func (s *Store) loadModels() error {
 func (m *models) setPublished(r *rankerState) {
 	m.published.Lock()
 	m.published.w = slices.Clone(r.Published)
+	m.published.hw = slices.Clone(r.HPublished)
 	m.published.version = r.Version
 	m.published.Unlock()
 }
@@ -732,6 +753,14 @@ func (s *Store) applyModels(mb *modelBatch, ev *Event, urec *UserRecord, irec *I
 			}
 			neg := candidateInfo{ID: id, Item: rec, Vec: vec}
 			if err := s.learnRanker(mb, ctx, &neg, 0); err != nil {
+				return err
+			}
+		}
+		// A re-engagement (a cart, fav or purchase of an item the user
+		// touched before) also teaches the ranker which of the user's own
+		// items comes back: pairwise steps against other history items.
+		if ev.Behavior != BehaviorView && o.RankerPairs > 0 {
+			if err := s.learnHistoryPairs(mb, ctx, ev, &pos); err != nil {
 				return err
 			}
 		}

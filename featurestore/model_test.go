@@ -170,6 +170,10 @@ func dumpRanker(s *Store) string {
 		}
 		b.WriteString("=" + ff(x))
 	}
+	b.WriteString("; history weights:")
+	for _, x := range s.RankerHistoryWeights() {
+		b.WriteString(" " + ff(x))
+	}
 	b.WriteByte('\n')
 	return b.String()
 }
@@ -1414,7 +1418,9 @@ func FuzzModelRecordDecode(f *testing.F) {
 				continue
 			}
 			enc := r.appendTo(nil)
-			if len(enc) > len(b) {
+			// A version 1 meta value gains the history weights.
+			_, meta := r.(*modelMeta)
+			if len(enc) > len(b) && !(meta && b[0] == modelVersion) {
 				t.Fatalf("%T: re-encoding %x is longer than the input %x", kind, enc, b)
 			}
 			r2 := newLike(kind)
@@ -1466,5 +1472,99 @@ func TestRankerSampleDeterminism(t *testing.T) {
 	applySplit(t, s, log, ends)
 	if got := dumpAll(t, s, dumpUsers, dumpItems); got != want {
 		t.Errorf("sampled ranker: state after %d batches differs from one batch: %s", len(ends), diffLines(got, want))
+	}
+}
+
+// Re-engagements train the history weights by pairs of the user's own
+// items and nothing else: the pointwise weights, and so every list
+// without the user's items (discovery), are those of a ranker without
+// pairs; among the user's items the mean logit stays the pointwise one
+// while their order changes.
+func TestRankerHistoryPairs(t *testing.T) {
+	opts := ModelOptions{Negatives: 3, RankerWindow: 200, PublishEvery: 100, RankerSample: 1}
+	without := opts
+	without.RankerPairs = -1
+	a := openModelStore(t, vfs.NewMem(), "db", without)
+	b := openModelStore(t, vfs.NewMem(), "db", opts)
+	evs := learnableStream(600)
+	applyAll(t, a, evs...)
+	applyAll(t, b, evs...)
+	_, wa, va := a.RankerWeights()
+	names, wb, vb := b.RankerWeights()
+	if va != vb || va == 0 || !slices.Equal(wa, wb) {
+		t.Fatalf("pointwise weights with pairs v%d %v, without v%d %v: want equal", vb, wb, va, wa)
+	}
+	if hw := a.RankerHistoryWeights(); slices.ContainsFunc(hw, func(x float64) bool { return x != 0 }) {
+		t.Errorf("history weights without pairs = %v, want zeros", hw)
+	}
+	hw := b.RankerHistoryWeights()
+	if len(hw) != numRankFeatures || !slices.ContainsFunc(hw, func(x float64) bool { return x != 0 }) {
+		t.Fatalf("history weights = %v, want some non-zero", hw)
+	}
+	for _, f := range []string{"bias", "seen"} { // equal on both sides of every pair
+		if x := hw[slices.Index(names, f)]; x != 0 {
+			t.Errorf("history weight of %s = %v, want 0", f, x)
+		}
+	}
+	logit := func(p float64) float64 { return math.Log(p / (1 - p)) }
+	reordered := 0
+	for u := range 10 {
+		user := fmt.Sprint("u", u)
+		disc := RecommendOptions{K: 20, ExcludeSeen: true}
+		if ga, gb := mustRecommend(t, a, user, disc), mustRecommend(t, b, user, disc); !slices.Equal(ga, gb) {
+			t.Errorf("%s: discovery with pairs %v, without %v", user, gb, ga)
+		}
+		// K past every candidate: the user's own items are all listed.
+		own := func(s *Store) (ids []string, mean float64) {
+			hist, err := s.UserHistory(user, 100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mine := make(map[string]bool)
+			for _, h := range hist {
+				mine[h.ItemID] = true
+			}
+			for _, r := range mustRecommend(t, s, user, RecommendOptions{K: 1000}) {
+				if mine[r.ItemID] {
+					ids = append(ids, r.ItemID)
+					mean += logit(r.Score)
+				}
+			}
+			return ids, mean / float64(len(ids))
+		}
+		ia, ma := own(a)
+		ib, mb := own(b)
+		if len(ia) < 2 || len(ia) != len(ib) || math.Abs(ma-mb) > 1e-9 {
+			t.Errorf("%s: own items %v (mean logit %v) with pairs, %v (%v) without: want the same items and mean", user, ib, mb, ia, ma)
+		}
+		if !slices.Equal(ia, ib) {
+			reordered++
+		}
+	}
+	if reordered == 0 {
+		t.Error("the history weights reordered no user's own items")
+	}
+}
+
+// A version 1 meta value (before the history weights) reads with zero
+// history weights and everything else as written.
+func TestModelMetaVersion1(t *testing.T) {
+	meta := sampleModelRecords()[len(sampleModelRecords())-1].(*modelMeta)
+	meta.Ranker.HZ[2], meta.Ranker.HN[2], meta.Ranker.HPublished[2] = 1.5, 4, -0.25
+	v2 := meta.appendTo(nil)
+	// The history weights are the tail: their count and 3 × 8 bytes each.
+	v1 := slices.Clone(v2[:len(v2)-1-24*numRankFeatures])
+	v1[0] = modelVersion
+	var got modelMeta
+	if err := got.decode(v1); err != nil {
+		t.Fatalf("decode version 1: %v", err)
+	}
+	want := *meta
+	want.Ranker.HZ, want.Ranker.HN, want.Ranker.HPublished = make([]float64, numRankFeatures), make([]float64, numRankFeatures), make([]float64, numRankFeatures)
+	if g, w := fmt.Sprintf("%+v", got), fmt.Sprintf("%+v", want); g != w {
+		t.Errorf("version 1 decoded %s, want %s", g, w)
+	}
+	if err := got.decode(v2); err != nil || got.Ranker.HPublished[2] != -0.25 {
+		t.Errorf("version 2: %v, history weights %v", err, got.Ranker.HPublished)
 	}
 }

@@ -352,9 +352,20 @@ func (s *Store) recommendFull(user string, o RecommendOptions, ctx *rankContext,
 
 	s.models.published.RLock()
 	w := s.models.published.w
+	hw := s.models.published.hw
 	version := s.models.published.version
 	s.models.published.RUnlock()
 	list := make([]*candidate, 0, len(cands))
+	// The user's own items are ordered among themselves by the weights
+	// plus the history weights (learned from pairs of them), shifted so
+	// that their mean logit is the weights' alone: the history weights
+	// reorder the user's items without moving them as a group against
+	// new items, which only the pointwise weights decide.
+	type ownItem struct {
+		c          *candidate
+		logit, adj float64
+	}
+	var own []ownItem
 	for _, c := range cands {
 		if !keep(c.id) {
 			continue
@@ -363,10 +374,30 @@ func (s *Store) recommendFull(user string, o RecommendOptions, ctx *rankContext,
 			ci := candidateInfo{ID: c.id, Item: items[c.id], Vec: s.itemVec(c.id)}
 			x := s.rankFeatures(ctx, &ci)
 			c.score = predict(w, &x)
+			if _, _, ok := ctx.history(c.id); ok && len(hw) == len(x) {
+				var lg, adj float64
+				for i := range x {
+					lg += w[i] * x[i]
+					adj += hw[i] * x[i]
+				}
+				own = append(own, ownItem{c, lg, adj})
+			}
 		} else {
 			c.score = c.strength
 		}
 		list = append(list, c)
+	}
+	if len(own) > 1 {
+		// Summed in item order: the same mean whatever the map's order.
+		slices.SortFunc(own, func(a, b ownItem) int { return strings.Compare(a.c.id, b.c.id) })
+		var mean float64
+		for _, o := range own {
+			mean += o.adj
+		}
+		mean /= float64(len(own))
+		for _, o := range own {
+			o.c.score = 1 / (1 + math.Exp(-max(-30, min(30, o.logit+o.adj-mean))))
+		}
 	}
 	slices.SortFunc(list, func(a, b *candidate) int {
 		if a.score != b.score {
@@ -778,6 +809,15 @@ func (s *Store) RankerWeights() (names []string, weights []float64, version int6
 	s.models.published.RLock()
 	defer s.models.published.RUnlock()
 	return RankFeatureNames(), slices.Clone(s.models.published.w), s.models.published.version
+}
+
+// RankerHistoryWeights returns the published history weights (added to
+// the weights among the user's own items; see learnHistoryPairs), by
+// feature like RankerWeights, of the same version.
+func (s *Store) RankerHistoryWeights() []float64 {
+	s.models.published.RLock()
+	defer s.models.published.RUnlock()
+	return slices.Clone(s.models.published.hw)
 }
 
 // HistoryEntry is one item of a user's model history: the distinct items
