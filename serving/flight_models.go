@@ -99,19 +99,24 @@ var modelTables = []*modelTable{
 				{Name: "feature", Type: arrow.BinaryTypes.String},
 				{Name: "weight", Type: arrow.PrimitiveTypes.Float64},
 				{Name: "version", Type: arrow.PrimitiveTypes.Int64},
+				{Name: "history_weight", Type: arrow.PrimitiveTypes.Float64},
 			}, nil)
 		},
 		rows: func(*featurestore.Store, *models.Models) int64 { return int64(len(models.RankFeatureNames())) },
 		scan: func(m *models.Models, b *array.RecordBuilder, flush func() error) error {
 			names, w, version := m.RankerWeights()
+			hw := m.RankerHistoryWeights()
+			at := func(ws []float64, i int) float64 {
+				if i < len(ws) {
+					return ws[i]
+				}
+				return 0
+			}
 			for i, n := range names {
 				b.Field(0).(*array.StringBuilder).Append(n)
-				var wi float64
-				if i < len(w) {
-					wi = w[i]
-				}
-				b.Field(1).(*array.Float64Builder).Append(wi)
+				b.Field(1).(*array.Float64Builder).Append(at(w, i))
 				b.Field(2).(*array.Int64Builder).Append(version)
+				b.Field(3).(*array.Float64Builder).Append(at(hw, i))
 			}
 			return flush()
 		},

@@ -230,7 +230,7 @@ def test_scan_model_tables(client):
     assert neighbors.column_names == ["item_id", "neighbor_id", "rank", "score"] and neighbors.num_rows > 0
     assert set(neighbors.column("item_id").to_pylist()) <= set(ITEMS)
     weights = client.scan("ranker_weights")
-    assert weights.num_rows > 10 and weights.column_names == ["feature", "weight", "version"]
+    assert weights.num_rows > 10 and weights.column_names == ["feature", "weight", "version", "history_weight"]
     factors = client.scan("user_factors")
     assert set(factors.column("user_id").to_pylist()) == set(USERS)
 

@@ -454,7 +454,7 @@ def test_models_of_an_empty_and_a_small_store(server_factory):
     for name in ("item_neighbors", "user_factors", "item_factors"):
         assert flight_table(s, name).num_rows == 0, name
     weights = flight_table(s, "ranker_weights").to_pylist()
-    assert weights and all(w["weight"] == 0 and w["version"] == 0 for w in weights), weights
+    assert weights and all(w["weight"] == 0 and w["history_weight"] == 0 and w["version"] == 0 for w in weights), weights
 
     events = [ev("e-u1", "e-a", "view", BASE_TS), ev("e-u1", "e-b", "cart", BASE_TS + 1000),
               ev("e-u2", "e-a", "purchase", BASE_TS + 2000), ev("e-u3", "e-c", "view", BASE_TS + 3000)]
@@ -591,7 +591,8 @@ MODEL_SCHEMAS = {
     "item_neighbors": [("item_id", pa.string()), ("neighbor_id", pa.string()), ("rank", pa.int32()), ("score", pa.float64())],
     "user_factors": [("user_id", pa.string()), ("factors", pa.list_(pa.float32())), ("events", pa.int64())],
     "item_factors": [("item_id", pa.string()), ("factors", pa.list_(pa.float32()))],
-    "ranker_weights": [("feature", pa.string()), ("weight", pa.float64()), ("version", pa.int64())],
+    "ranker_weights": [("feature", pa.string()), ("weight", pa.float64()), ("version", pa.int64()),
+                       ("history_weight", pa.float64())],
 }
 
 
@@ -668,6 +669,11 @@ def test_flight_ranker_weights(srv):
     assert {"bias", "item2item", "mf", "popularity"} <= set(features), features
     assert all(math.isfinite(r["weight"]) for r in rows), rows
     assert any(r["weight"] != 0 for r in rows), rows  # published at least once
+    # The history weights learn from pairs of the user's own items: the
+    # bias is the same on both sides of a pair and never moves.
+    assert all(math.isfinite(r["history_weight"]) for r in rows), rows
+    hw = {r["feature"]: r["history_weight"] for r in rows}
+    assert hw["bias"] == 0 and hw["seen"] == 0, hw
     by_name, version = models(srv)
     versions = {r["version"] for r in rows}
     assert versions == {int(by_name["ranker"]["version"])}, versions

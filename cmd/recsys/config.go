@@ -101,6 +101,7 @@ type modelConfig struct {
 	PublishEvery  int
 	PublishMargin float64
 	RankerSample  float64
+	RankerPairs   int
 }
 
 func (m *modelConfig) bindFlags(fs *pflag.FlagSet) {
@@ -127,6 +128,7 @@ func (m *modelConfig) bindFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&m.PublishEvery, "models.publish-every", d.PublishEvery, "ranker examples between publication checks")
 	fs.Float64Var(&m.PublishMargin, "models.publish-margin", d.PublishMargin, "a new ranker version is published only if its rolling AUC is at least the current one's minus this")
 	fs.Float64Var(&m.RankerSample, "models.ranker-sample", d.RankerSample, "share of view events the ranker trains on (by a hash of the event id; every cart, fav and purchase trains it); its examples are most of the cost of applying an event")
+	fs.IntVar(&m.RankerPairs, "models.ranker-pairs", d.RankerPairs, "other history items each re-engagement (a cart, fav or purchase of an item the user touched before) is contrasted with in pairwise ranker steps; negative: none")
 }
 
 // options converts m; Open validates the values.
@@ -137,6 +139,7 @@ func (m *modelConfig) options() models.Options {
 		RecentUsers: m.RecentUsers, Dim: m.Dim, LearningRate: m.LearningRate, Reg: m.Reg, Negatives: m.Negatives,
 		RankerAlpha: m.RankerAlpha, RankerBeta: m.RankerBeta, RankerL1: m.RankerL1, RankerL2: m.RankerL2,
 		RankerWindow: m.RankerWindow, PublishEvery: m.PublishEvery, PublishMargin: m.PublishMargin, RankerSample: m.RankerSample,
+		RankerPairs: m.RankerPairs,
 	}
 }
 

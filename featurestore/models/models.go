@@ -53,6 +53,7 @@ type Models struct {
 	published struct {
 		sync.RWMutex
 		w       []float64
+		hw      []float64 // the history weights (rankerState.HPublished)
 		version int64
 	}
 }
@@ -124,6 +125,7 @@ func (m *Models) load() error {
 func (m *Models) setPublished(r *rankerState) {
 	m.published.Lock()
 	m.published.w = slices.Clone(r.Published)
+	m.published.hw = slices.Clone(r.HPublished)
 	m.published.version = r.Version
 	m.published.Unlock()
 }
@@ -333,6 +335,14 @@ func (b *batch) Learn(ev *featurestore.Event, urec *featurestore.UserRecord, ire
 			}
 			neg := candidateInfo{ID: id, Item: rec, Vec: vec}
 			if err := b.learnRanker(ctx, &neg, 0); err != nil {
+				return err
+			}
+		}
+		// A re-engagement (a cart, fav or purchase of an item the user
+		// touched before) also teaches the ranker which of the user's own
+		// items comes back: pairwise steps against other history items.
+		if ev.Behavior != featurestore.BehaviorView && o.RankerPairs > 0 {
+			if err := b.learnHistoryPairs(ctx, ev, &pos); err != nil {
 				return err
 			}
 		}

@@ -175,6 +175,10 @@ func dumpRanker(s *testStore) string {
 		}
 		b.WriteString("=" + ff(x))
 	}
+	b.WriteString("; history weights:")
+	for _, x := range s.M.RankerHistoryWeights() {
+		b.WriteString(" " + ff(x))
+	}
 	b.WriteByte('\n')
 	return b.String()
 }
@@ -1269,5 +1273,76 @@ func TestNeighborDeltasCompact(t *testing.T) {
 	applySplit(t, ref, more, []int{len(more)})
 	if got, want := dumpAll(t, s, dumpUsers, dumpItems), dumpAll(t, ref, dumpUsers, dumpItems); got != want {
 		t.Errorf("after reopening on compacted records: %s", diffLines(got, want))
+	}
+}
+
+// Re-engagements train the history weights by pairs of the user's own
+// items and nothing else: the pointwise weights, and so every list
+// without the user's items (discovery), are those of a ranker without
+// pairs; among the user's items the mean logit stays the pointwise one
+// while their order changes.
+func TestRankerHistoryPairs(t *testing.T) {
+	opts := models.Options{Negatives: 3, RankerWindow: 200, PublishEvery: 100, RankerSample: 1}
+	without := opts
+	without.RankerPairs = -1
+	a := openModelStore(t, vfs.NewMem(), "db", without)
+	b := openModelStore(t, vfs.NewMem(), "db", opts)
+	evs := learnableStream(600)
+	applyAll(t, a, evs...)
+	applyAll(t, b, evs...)
+	_, wa, va := a.M.RankerWeights()
+	names, wb, vb := b.M.RankerWeights()
+	if va != vb || va == 0 || !slices.Equal(wa, wb) {
+		t.Fatalf("pointwise weights with pairs v%d %v, without v%d %v: want equal", vb, wb, va, wa)
+	}
+	if hw := a.M.RankerHistoryWeights(); slices.ContainsFunc(hw, func(x float64) bool { return x != 0 }) {
+		t.Errorf("history weights without pairs = %v, want zeros", hw)
+	}
+	hw := b.M.RankerHistoryWeights()
+	if len(hw) != len(names) || !slices.ContainsFunc(hw, func(x float64) bool { return x != 0 }) {
+		t.Fatalf("history weights = %v, want some non-zero", hw)
+	}
+	for _, f := range []string{"bias", "seen"} { // equal on both sides of every pair
+		if x := hw[slices.Index(names, f)]; x != 0 {
+			t.Errorf("history weight of %s = %v, want 0", f, x)
+		}
+	}
+	logit := func(p float64) float64 { return math.Log(p / (1 - p)) }
+	reordered := 0
+	for u := range 10 {
+		user := fmt.Sprint("u", u)
+		disc := recommend.Options{K: 20, ExcludeSeen: true}
+		if ga, gb := mustRecommend(t, a, user, disc), mustRecommend(t, b, user, disc); !slices.Equal(ga, gb) {
+			t.Errorf("%s: discovery with pairs %v, without %v", user, gb, ga)
+		}
+		// K past every candidate: the user's own items are all listed.
+		own := func(s *testStore) (ids []string, mean float64) {
+			hist, err := s.Rec.UserHistory(user, 100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mine := make(map[string]bool)
+			for _, h := range hist {
+				mine[h.ItemID] = true
+			}
+			for _, r := range mustRecommend(t, s, user, recommend.Options{K: 1000}) {
+				if mine[r.ItemID] {
+					ids = append(ids, r.ItemID)
+					mean += logit(r.Score)
+				}
+			}
+			return ids, mean / float64(len(ids))
+		}
+		ia, ma := own(a)
+		ib, mb := own(b)
+		if len(ia) < 2 || len(ia) != len(ib) || math.Abs(ma-mb) > 1e-9 {
+			t.Errorf("%s: own items %v (mean logit %v) with pairs, %v (%v) without: want the same items and mean", user, ib, mb, ia, ma)
+		}
+		if !slices.Equal(ia, ib) {
+			reordered++
+		}
+	}
+	if reordered == 0 {
+		t.Error("the history weights reordered no user's own items")
 	}
 }

@@ -73,6 +73,16 @@ type Options struct {
 	// against 0.0042 and 0.0955; training on every non-view event as well
 	// raised re-engagement to 0.0994 (discovery unchanged).
 	RankerSample float64
+	// RankerPairs is how many of the user's other history items (not
+	// bought, drawn by a hash of the event id) a re-engagement — a cart,
+	// fav or purchase of an item the user touched before — is contrasted
+	// with in pairwise steps of the ranker's history weights; negative:
+	// none. Default 10: on the Taobao users sample re-engagement NDCG@10
+	// went from 0.0994 to 0.1150 (3 pairs among the newest 20 items
+	// 0.1020, 6 0.1048, 12 0.1072; over the whole history 20 pairs 0.1144,
+	// 50 0.1133), discovery unchanged (0.0043); 10 pairs cost about 4 % of
+	// the CPU of applying an event.
+	RankerPairs int
 	// CacheEntries bounds the writer's caches of decoded model records
 	// (the user, item and neighbour caches hold this many each). Default
 	// 32768.
@@ -117,6 +127,9 @@ func (o *Options) EnsureDefaults() {
 	setInt(&o.PublishEvery, 5000)
 	setF(&o.PublishMargin, 0.005)
 	setF(&o.RankerSample, 0.25)
+	if o.RankerPairs == 0 {
+		o.RankerPairs = 10
+	}
 	setInt(&o.CacheEntries, 32<<10)
 }
 

@@ -49,6 +49,11 @@ type rankerState struct {
 	Pos        int
 	// Published version's metrics on the window when it was published.
 	PubAUC float64
+	// HZ and HN are the FTRL state of the history weights: a correction
+	// added to the weights among the user's own items only, learned from
+	// pairwise contrasts of re-engagements (learnHistoryPairs), and
+	// HPublished its served copy (published with Published).
+	HZ, HN, HPublished []float64
 
 	publishedDirty bool
 }
@@ -56,6 +61,9 @@ type rankerState struct {
 func (r *rankerState) init(n int) {
 	if len(r.Z) != n {
 		r.Z, r.N, r.Published = make([]float64, n), make([]float64, n), make([]float64, n)
+	}
+	if len(r.HZ) != n {
+		r.HZ, r.HN, r.HPublished = make([]float64, n), make([]float64, n), make([]float64, n)
 	}
 }
 
@@ -77,9 +85,18 @@ func (r *rankerState) encode(e *codec.Encoder) {
 		e.B = append(e.B, r.Labels[i])
 	}
 	e.Uvarint(uint64(r.Pos))
+	// The history weights (since metaVersion 2).
+	e.Uvarint(uint64(len(r.HZ)))
+	for i := range r.HZ {
+		e.F64(r.HZ[i])
+		e.F64(r.HN[i])
+		e.F64(r.HPublished[i])
+	}
 }
 
-func (r *rankerState) decode(d *codec.Decoder) {
+// decode reads the state; withHistory says whether the encoding has the
+// history weights (without them they are zero).
+func (r *rankerState) decode(d *codec.Decoder, withHistory bool) {
 	n := d.Uvarint()
 	if n > 1024 {
 		d.Fail()
@@ -111,6 +128,17 @@ func (r *rankerState) decode(d *codec.Decoder) {
 		d.Fail()
 	}
 	r.Pos = int(pos)
+	r.HZ, r.HN, r.HPublished = make([]float64, n), make([]float64, n), make([]float64, n)
+	if !withHistory {
+		return
+	}
+	if hn := d.Uvarint(); hn != n {
+		d.Fail()
+		return
+	}
+	for i := range n {
+		r.HZ[i], r.HN[i], r.HPublished[i] = d.F64(), d.F64(), d.F64()
+	}
 }
 
 func appendF32(b []byte, f float32) []byte {
@@ -123,20 +151,29 @@ func le32(b []byte) uint32 {
 }
 
 // weights returns the FTRL-Proximal weights from z and n.
-func (r *rankerState) weights(o *Options) []float64 {
-	w := make([]float64, len(r.Z))
+func (r *rankerState) weights(o *Options) []float64 { return ftrlWeights(r.Z, r.N, o) }
+
+// historyWeights returns the history weights from their z and n.
+func (r *rankerState) historyWeights(o *Options) []float64 { return ftrlWeights(r.HZ, r.HN, o) }
+
+func ftrlWeights(zs, ns []float64, o *Options) []float64 {
+	w := make([]float64, len(zs))
 	for i := range w {
-		z := r.Z[i]
-		if math.Abs(z) <= o.RankerL1 {
-			continue
-		}
-		sign := 1.0
-		if z < 0 {
-			sign = -1
-		}
-		w[i] = -(z - sign*o.RankerL1) / ((o.RankerBeta+math.Sqrt(r.N[i]))/o.RankerAlpha + o.RankerL2)
+		w[i] = ftrlWeight(zs[i], ns[i], o)
 	}
 	return w
+}
+
+// ftrlWeight is one FTRL-Proximal weight from its z and n.
+func ftrlWeight(z, n float64, o *Options) float64 {
+	if math.Abs(z) <= o.RankerL1 {
+		return 0
+	}
+	sign := 1.0
+	if z < 0 {
+		sign = -1
+	}
+	return -(z - sign*o.RankerL1) / ((o.RankerBeta+math.Sqrt(n))/o.RankerAlpha + o.RankerL2)
 }
 
 func predict(w []float64, x *[numRankFeatures]float64) float64 {
@@ -400,6 +437,7 @@ func (b *batch) learnRanker(ctx *Context, c *candidateInfo, label float64) error
 		pubAUC, _ := windowMetrics(r.Pub, r.Labels)
 		if r.Version == 0 || trainAUC >= pubAUC-o.PublishMargin {
 			r.Published = r.weights(o) // including this example's step
+			r.HPublished = r.historyWeights(o)
 			r.Version++
 			r.PubAUC = trainAUC
 			r.publishedDirty = true
@@ -458,4 +496,70 @@ func windowMetrics(p []float32, labels []byte) (auc, logLoss float64) {
 		}
 	}
 	return auc, logLoss / float64(n)
+}
+
+// learnHistoryPairs takes pairwise logistic steps on the features of the
+// event's item (pos) minus those of other items of the user's history
+// that were not bought, drawn with a generator seeded by the event id:
+// pointwise examples against uniform negatives cannot order the user's
+// own items (history features are zero on almost every negative), and
+// re-engagement lists are exactly that order. Nothing is recorded in the
+// validation window.
+func (b *batch) learnHistoryPairs(ctx *Context, ev *featurestore.Event, pos *candidateInfo) error {
+	um := ctx.model
+	if _, _, ok := ctx.History(ev.ItemID); !ok {
+		return nil
+	}
+	o := &b.m.opts
+	pool := make([]int, 0, len(um.History))
+	for i, h := range um.History {
+		if h.Item != ev.ItemID && h.Behavior != featurestore.BehaviorPurchase {
+			pool = append(pool, i)
+		}
+	}
+	if len(pool) == 0 {
+		return nil
+	}
+	r := &b.meta.Ranker
+	r.init(numRankFeatures)
+	xp := b.m.rankFeatures(ctx, pos)
+	w := r.weights(o)
+	v := r.historyWeights(o)
+	h := splitmix(fnv64(ev.ID) ^ 0x70616972)
+	for n := 0; n < o.RankerPairs && len(pool) > 0; n++ {
+		h = splitmix(h)
+		j := int(h % uint64(len(pool)))
+		id := um.History[pool[j]].Item
+		pool = slices.Delete(pool, j, j+1)
+		rec, err := b.recs.Item(id)
+		if err != nil {
+			return err
+		}
+		vec := b.m.itemVec(id)
+		if hm, ok := b.items[id]; ok {
+			vec = hm.Vec
+		}
+		xn := b.m.rankFeatures(ctx, &candidateInfo{ID: id, Item: rec, Vec: vec})
+		var x [numRankFeatures]float64
+		for i := range x {
+			x[i] = xp[i] - xn[i]
+		}
+		var dot float64
+		for i := range w {
+			dot += (w[i] + v[i]) * x[i]
+		}
+		p := 1 / (1 + math.Exp(-max(-30, min(30, dot))))
+		g := p - 1
+		for i, xi := range x {
+			if xi == 0 {
+				continue
+			}
+			gi := g * xi
+			sigma := (math.Sqrt(r.HN[i]+gi*gi) - math.Sqrt(r.HN[i])) / o.RankerAlpha
+			r.HZ[i] += gi - sigma*v[i]
+			r.HN[i] += gi * gi
+			v[i] = ftrlWeight(r.HZ[i], r.HN[i], o)
+		}
+	}
+	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 
 	"github.com/streamrec/recsys/featurestore"
 )
@@ -72,7 +73,7 @@ func (m *Models) Version() string {
 // Ranker is the published ranker as of one moment (Models.Ranker).
 type Ranker struct {
 	m       *Models
-	w       []float64
+	w, hw   []float64 // the weights and the history weights
 	version int64
 }
 
@@ -80,7 +81,7 @@ type Ranker struct {
 func (m *Models) Ranker() Ranker {
 	m.published.RLock()
 	defer m.published.RUnlock()
-	return Ranker{m: m, w: m.published.w, version: m.published.version}
+	return Ranker{m: m, w: m.published.w, hw: m.published.hw, version: m.published.version}
 }
 
 // Version is the ranker's published version; 0 before the first
@@ -88,11 +89,54 @@ func (m *Models) Ranker() Ranker {
 func (r Ranker) Version() int64 { return r.version }
 
 // Score is the ranker's prediction for item id (feature record item) in
-// ctx, from the same features the ranker learns from.
+// ctx, from the same features the ranker learns from, by the pointwise
+// weights alone (ScoreAll also orders the user's own items).
 func (r Ranker) Score(ctx *Context, id string, item *featurestore.ItemRecord) float64 {
 	ci := candidateInfo{ID: id, Item: item, Vec: r.m.itemVec(id)}
 	x := r.m.rankFeatures(ctx, &ci)
 	return predict(r.w, &x)
+}
+
+// ScoreAll scores the candidates ids (items: their feature records) of
+// one list in ctx. The user's own items among them are scored by the
+// weights plus the history weights, shifted so that their mean logit is
+// the weights' alone: the history weights (learned from pairs of the
+// user's items) reorder the user's items without moving them as a group
+// against new items, which the pointwise weights alone decide.
+func (r Ranker) ScoreAll(ctx *Context, ids []string, items map[string]*featurestore.ItemRecord) []float64 {
+	scores := make([]float64, len(ids))
+	type own struct {
+		i          int
+		logit, adj float64
+	}
+	var mine []own
+	for i, id := range ids {
+		ci := candidateInfo{ID: id, Item: items[id], Vec: r.m.itemVec(id)}
+		x := r.m.rankFeatures(ctx, &ci)
+		scores[i] = predict(r.w, &x)
+		if _, _, ok := ctx.History(id); ok && len(r.hw) == len(x) && len(r.w) == len(x) {
+			var lg, adj float64
+			for j := range x {
+				lg += r.w[j] * x[j]
+				adj += r.hw[j] * x[j]
+			}
+			mine = append(mine, own{i, lg, adj})
+		}
+	}
+	if len(mine) < 2 {
+		return scores
+	}
+	// Summed in id order: the same mean whatever the order of ids.
+	slices.SortFunc(mine, func(a, b own) int { return strings.Compare(ids[a.i], ids[b.i]) })
+	var mean float64
+	for _, o := range mine {
+		mean += o.adj
+	}
+	mean /= float64(len(mine))
+	for _, o := range mine {
+		scores[o.i] = 1 / (1 + math.Exp(-max(-30, min(30, o.logit+o.adj-mean))))
+	}
+	return scores
 }
 
 // itemVec returns a copy of item id's factors, or nil.
@@ -211,4 +255,13 @@ func (m *Models) RankerWeights() (names []string, weights []float64, version int
 	m.published.RLock()
 	defer m.published.RUnlock()
 	return RankFeatureNames(), slices.Clone(m.published.w), m.published.version
+}
+
+// RankerHistoryWeights returns the published history weights (added to
+// the weights among the user's own items; see ScoreAll), by feature like
+// RankerWeights, of the same version.
+func (m *Models) RankerHistoryWeights() []float64 {
+	m.published.RLock()
+	defer m.published.RUnlock()
+	return slices.Clone(m.published.hw)
 }

@@ -24,6 +24,10 @@ const keyModels = "m/models"
 
 const modelVersion = 1
 
+// metaVersion is the encoding of keyModels: version 2 added the ranker's
+// history weights; a version 1 value decodes with zeros for them.
+const metaVersion = 2
+
 func makeKey(prefix []byte, id string) []byte {
 	return append(append(make([]byte, 0, len(prefix)+len(id)), prefix...), id...)
 }
@@ -229,7 +233,7 @@ type modelMeta struct {
 }
 
 func (m *modelMeta) appendTo(b []byte) []byte {
-	e := codec.Encoder{B: append(b, modelVersion)}
+	e := codec.Encoder{B: append(b, metaVersion)}
 	e.Uvarint(uint64(len(m.Ring)))
 	for _, id := range m.Ring {
 		e.Str(id)
@@ -245,7 +249,10 @@ func (m *modelMeta) appendTo(b []byte) []byte {
 
 func (m *modelMeta) decode(b []byte) error {
 	d := codec.Decoder{B: b}
-	d.Version(modelVersion)
+	v := d.Byte()
+	if v != modelVersion && v != metaVersion {
+		return featurestore.ErrCorrupt
+	}
 	n := d.Uvarint()
 	if n > negRingSize {
 		return featurestore.ErrCorrupt
@@ -260,6 +267,6 @@ func (m *modelMeta) decode(b []byte) error {
 	}
 	m.RingPos = int(pos)
 	m.Learned, m.Pairs, m.LastTS, m.Items = d.Varint(), d.Varint(), d.Varint(), d.Varint()
-	m.Ranker.decode(&d)
+	m.Ranker.decode(&d, v == metaVersion)
 	return d.Done()
 }

@@ -358,7 +358,9 @@ func FuzzModelRecordDecode(f *testing.F) {
 				continue
 			}
 			enc := r.appendTo(nil)
-			if len(enc) > len(b) {
+			// A version 1 meta value gains the history weights.
+			_, meta := r.(*modelMeta)
+			if len(enc) > len(b) && !(meta && b[0] == modelVersion) {
 				t.Fatalf("%T: re-encoding %x is longer than the input %x", kind, enc, b)
 			}
 			r2 := newLike(kind)
@@ -370,4 +372,28 @@ func FuzzModelRecordDecode(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A version 1 meta value (before the history weights) reads with zero
+// history weights and everything else as written.
+func TestModelMetaVersion1(t *testing.T) {
+	recs := sampleModelRecords()
+	meta := recs[len(recs)-1].(*modelMeta)
+	meta.Ranker.HZ[2], meta.Ranker.HN[2], meta.Ranker.HPublished[2] = 1.5, 4, -0.25
+	v2 := meta.appendTo(nil)
+	// The history weights are the tail: their count and 3 × 8 bytes each.
+	v1 := slices.Clone(v2[:len(v2)-1-24*numRankFeatures])
+	v1[0] = modelVersion
+	var got modelMeta
+	if err := got.decode(v1); err != nil {
+		t.Fatalf("decode version 1: %v", err)
+	}
+	want := *meta
+	want.Ranker.HZ, want.Ranker.HN, want.Ranker.HPublished = make([]float64, numRankFeatures), make([]float64, numRankFeatures), make([]float64, numRankFeatures)
+	if g, w := fmt.Sprintf("%+v", got), fmt.Sprintf("%+v", want); g != w {
+		t.Errorf("version 1 decoded %s, want %s", g, w)
+	}
+	if err := got.decode(v2); err != nil || got.Ranker.HPublished[2] != -0.25 {
+		t.Errorf("version 2: %v, history weights %v", err, got.Ranker.HPublished)
+	}
 }

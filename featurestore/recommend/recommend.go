@@ -320,15 +320,22 @@ func (r *Recommender) recommendFull(user string, o Options, ctx *models.Context,
 	ranker := m.Ranker()
 	list := make([]*candidate, 0, len(cands))
 	for _, c := range cands {
-		if !keep(c.id) {
-			continue
+		if keep(c.id) {
+			list = append(list, c)
 		}
-		if ranker.Version() > 0 {
-			c.score = ranker.Score(ctx, c.id, items[c.id])
-		} else {
+	}
+	if ranker.Version() > 0 {
+		ids := make([]string, len(list))
+		for i, c := range list {
+			ids[i] = c.id
+		}
+		for i, sc := range ranker.ScoreAll(ctx, ids, items) {
+			list[i].score = sc
+		}
+	} else {
+		for _, c := range list {
 			c.score = c.strength
 		}
-		list = append(list, c)
 	}
 	slices.SortFunc(list, func(a, b *candidate) int {
 		if a.score != b.score {
