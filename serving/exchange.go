@@ -3,13 +3,17 @@ package serving
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
+	"sync"
+	"sync/atomic"
 
 	"github.com/apache/arrow/go/v17/arrow"
 	"github.com/apache/arrow/go/v17/arrow/array"
 	"github.com/apache/arrow/go/v17/arrow/flight"
 	"github.com/apache/arrow/go/v17/arrow/ipc"
+	"github.com/apache/arrow/go/v17/arrow/memory"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -44,8 +48,16 @@ type pitView struct {
 // at their newest edge, and features without history are null unless the
 // entity had no later event (status not_versioned otherwise).
 func (f *FlightServer) DoExchange(stream flight.FlightService_DoExchangeServer) error {
-	rdr, err := flight.NewRecordReader(stream, ipc.WithAllocator(f.mem))
+	// Every buffer of the spine (and of its dictionaries, and every
+	// decompressed body) is allocated from a budget: a spine past it, or a
+	// batch that claims more, is refused before the memory is taken.
+	budget := &spineBudget{mem: f.mem, limit: f.maxSpineBytes()}
+	defer budget.freeAll() // last: after the reader and the batches are released
+	rdr, err := flight.NewRecordReader(stream, ipc.WithAllocator(budget))
 	if err != nil {
+		if errors.Is(err, errOverBudget) {
+			return budget.refusal(0)
+		}
 		return invalidArg("stream", "want a FlightDescriptor and a spine schema: %v", err)
 	}
 	defer rdr.Release()
@@ -128,24 +140,29 @@ func (f *FlightServer) DoExchange(stream flight.FlightService_DoExchangeServer) 
 			r.Release()
 		}
 	}()
-	var total, bytes int64
+	var total int64
 	for rdr.Next() {
 		if err := stream.Context().Err(); err != nil {
 			return toStatus(err)
 		}
 		rec := rdr.Record()
 		total += rec.NumRows()
-		bytes += recordBytes(rec)
 		if total > maxSpineRows {
 			return invalidArg("spine", "more than %d rows; split it into several exchanges", maxSpineRows)
 		}
-		if bytes > f.maxSpineBytes() {
-			return invalidArg("spine", "more than %d MiB held (%d rows so far); split it into several exchanges", f.maxSpineBytes()>>20, total)
+		// A held batch costs more than its buffers (the Go values of the
+		// record and of its arrays): charged too, so that a spine of many
+		// tiny batches is bounded as well.
+		if !budget.charge(batchOverhead + arrayOverhead*int64(countArrays(rec))) {
+			return budget.refusal(total)
 		}
 		rec.Retain()
 		spineRecs = append(spineRecs, rec)
 	}
 	if err := rdr.Err(); err != nil {
+		if errors.Is(err, errOverBudget) {
+			return budget.refusal(total)
+		}
 		return invalidArg("spine", "%v", err)
 	}
 	now := f.store.Now()
@@ -154,13 +171,24 @@ func (f *FlightServer) DoExchange(stream flight.FlightService_DoExchangeServer) 
 		if err := stream.Context().Err(); err != nil {
 			return toStatus(err)
 		}
-		if err := f.joinBatch(w, out, rec, first, tsCol, views, now); err != nil {
-			return err
+		// The features of a batch take far more memory than its rows (a
+		// value per feature and row): a big batch is joined, and sent, in
+		// slices of at most joinRows rows.
+		for lo := int64(0); lo < rec.NumRows(); lo += joinRows {
+			part := rec.NewSlice(lo, min(lo+joinRows, rec.NumRows()))
+			err := f.joinBatch(w, out, part, first+lo, tsCol, views, now)
+			part.Release()
+			if err != nil {
+				return err
+			}
 		}
 		first += rec.NumRows()
 	}
 	return nil
 }
+
+// joinRows is the most spine rows joined at once (see DoExchange).
+const joinRows = 1 << 14
 
 // maxSpineRows bounds one point-in-time join (the spine is held in memory).
 const maxSpineRows = 20_000_000
@@ -176,24 +204,116 @@ func (f *FlightServer) maxSpineBytes() int64 {
 	return defaultMaxSpineBytes
 }
 
-// recordBytes is the size of the buffers of rec's columns.
-func recordBytes(rec arrow.Record) int64 {
-	var n int64
+// The overheads charged to a spine's budget per held batch and per array
+// in it (children and dictionaries included), beside the buffers: about
+// what the Go values of a record read from IPC take.
+const (
+	batchOverhead = 1 << 10
+	arrayOverhead = 512
+)
+
+// countArrays is the number of arrays of rec's columns, with their
+// children and dictionaries.
+func countArrays(rec arrow.Record) int {
+	n := 0
 	var add func(d arrow.ArrayData)
 	add = func(d arrow.ArrayData) {
-		for _, b := range d.Buffers() {
-			if b != nil {
-				n += int64(b.Len())
-			}
-		}
+		n++
 		for _, c := range d.Children() {
 			add(c)
+		}
+		if d.DataType().ID() == arrow.DICTIONARY {
+			add(d.Dictionary())
 		}
 	}
 	for _, c := range rec.Columns() {
 		add(c.Data())
 	}
 	return n
+}
+
+// errOverBudget is the panic of a spineBudget's allocator past its limit
+// (the IPC reader turns panics into errors).
+var errOverBudget = errors.New("spine over its memory budget")
+
+// spineBudget is the allocator of one spine: it passes allocations to mem
+// while the bytes held (allocations and charges) stay within limit. It
+// keeps its live allocations, so that freeAll can return those that the
+// IPC reader drops when it gives up on a batch midway (over the budget,
+// or malformed).
+type spineBudget struct {
+	mem   memory.Allocator
+	limit int64
+	used  atomic.Int64
+	mu    struct {
+		sync.Mutex
+		live map[*byte][]byte // by its first byte, every allocation
+	}
+}
+
+func (b *spineBudget) take(n int64) bool {
+	if b.used.Add(n) > b.limit {
+		b.used.Add(-n)
+		return false
+	}
+	return true
+}
+
+// charge counts n bytes held outside the allocator; false past the limit.
+func (b *spineBudget) charge(n int64) bool { return b.take(n) }
+
+func (b *spineBudget) track(old, buf []byte) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.mu.live == nil {
+		b.mu.live = make(map[*byte][]byte)
+	}
+	if len(old) > 0 {
+		delete(b.mu.live, &old[0])
+	}
+	if len(buf) > 0 {
+		b.mu.live[&buf[0]] = buf
+	}
+}
+
+func (b *spineBudget) Allocate(size int) []byte {
+	if !b.take(int64(size)) {
+		panic(errOverBudget)
+	}
+	buf := b.mem.Allocate(size)
+	b.track(nil, buf)
+	return buf
+}
+
+func (b *spineBudget) Reallocate(size int, buf []byte) []byte {
+	if !b.take(int64(size - len(buf))) {
+		panic(errOverBudget)
+	}
+	out := b.mem.Reallocate(size, buf)
+	b.track(buf, out)
+	return out
+}
+
+func (b *spineBudget) Free(buf []byte) {
+	b.used.Add(-int64(len(buf)))
+	b.track(buf, nil)
+	b.mem.Free(buf)
+}
+
+// freeAll frees what is still allocated, once nothing of the spine is
+// referenced any more (every batch and the reader released).
+func (b *spineBudget) freeAll() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, buf := range b.mu.live {
+		b.mem.Free(buf)
+	}
+	b.mu.live = nil
+}
+
+// refusal is the error of a spine past its budget, rows rows read.
+func (b *spineBudget) refusal(rows int64) error {
+	return invalidArg("spine", "more than %d MiB held (%d rows so far); split it into several exchanges", b.limit>>20, rows)
 }
 
 // joinBatch writes one spine batch joined with its features; first is

@@ -230,8 +230,8 @@ func (f *FlightServer) plan(q flightQuery, forTicket bool) (*plan, error) {
 	if err != nil {
 		return nil, status.Errorf(codes.NotFound, "view %q not found: %s", q.View, trimPkg(err))
 	}
-	if q.AsOf < 0 {
-		return nil, invalidArg("as_of", "%d is negative", q.AsOf)
+	if err := checkAsOf(q.AsOf); err != nil {
+		return nil, err
 	}
 	if !v.Scannable() && q.IDs == nil && forTicket {
 		return nil, invalidArg("ids", "view %s is read by id only: give ids", v.Name)
