@@ -63,6 +63,18 @@ func stringReader(a arrow.Array) func(i int) (string, bool) {
 	panic(fmt.Sprintf("BUG: stringReader of %s", a.DataType()))
 }
 
+// recoverMalformed, deferred by the code that reads a client's arrays,
+// turns a panic into INVALID_ARGUMENT naming field and the first row of
+// the batch: the IPC reader checks buffer sizes but not, say, that string
+// offsets ascend or that dictionary indices are within the dictionary,
+// and reading such an array panics (it would take the server down). The
+// partly built values are left to the garbage collector.
+func recoverMalformed(err *error, field string, firstRow int64) {
+	if r := recover(); r != nil {
+		*err = invalidArg(field, "malformed Arrow data in the batch from row %d: %v", firstRow, r)
+	}
+}
+
 // isTimeLike reports whether a column of type dt can be read as event
 // times: a timestamp of any unit, with or without a time zone, or int64
 // Unix milliseconds.

@@ -318,7 +318,8 @@ func (b *spineBudget) refusal(rows int64) error {
 
 // joinBatch writes one spine batch joined with its features; first is
 // the spine row number of its first row (errors name spine rows).
-func (f *FlightServer) joinBatch(w *flight.Writer, out *arrow.Schema, rec arrow.Record, first int64, tsCol int, views []pitView, now int64) error {
+func (f *FlightServer) joinBatch(w *flight.Writer, out *arrow.Schema, rec arrow.Record, first int64, tsCol int, views []pitView, now int64) (err error) {
+	defer recoverMalformed(&err, "spine", first)
 	n := int(rec.NumRows())
 	ts := make([]int64, n)
 	read := msReader(rec.Column(tsCol))

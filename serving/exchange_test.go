@@ -361,3 +361,94 @@ func TestDoExchangeSpineBudget(t *testing.T) {
 	})
 	mem.AssertSize(t, 0)
 }
+
+// malformedStrings is a string array of two rows whose offsets descend
+// (0, 10, 2): the IPC reader accepts it (the last offset is within the
+// values), and reading row 1 panics.
+func malformedStrings() arrow.Array {
+	offs := memory.NewBufferBytes(arrow.Int32Traits.CastToBytes([]int32{0, 10, 2}))
+	vals := memory.NewBufferBytes([]byte("u00001u000"))
+	return array.NewStringData(array.NewData(arrow.BinaryTypes.String, 2, []*memory.Buffer{nil, offs, vals}, nil, 0, 0))
+}
+
+// Arrays that are well-framed but malformed (offsets out of order,
+// dictionary indices past the dictionary), in ids or in DoPut, are
+// INVALID_ARGUMENT: once, they took the server
+// down (a panic in a handler), with only a read token.
+func TestMalformedArraysAreInvalidArgument(t *testing.T) {
+	e := newEnv(t)
+	e.ingest(t, userViews(2))
+	mem := memory.NewGoAllocator() // the partly built values of a refused batch are left to the GC
+	c := startFlightServer(t, e, mem, func(f *FlightServer) { f.WithUpdater(e.upd) })
+	const cmd = `{"op":"point_in_time","views":["user_features"],"features":["view_count_1h"]}`
+	i64 := func(vs ...int64) arrow.Array {
+		b := array.NewInt64Builder(mem)
+		defer b.Release()
+		b.AppendValues(vs, nil)
+		return b.NewArray()
+	}
+	strs := func(vs ...string) arrow.Array {
+		b := array.NewStringBuilder(mem)
+		defer b.Release()
+		b.AppendValues(vs, nil)
+		return b.NewArray()
+	}
+	dt := &arrow.DictionaryType{IndexType: arrow.PrimitiveTypes.Int64, ValueType: arrow.BinaryTypes.String}
+	pastDict := array.NewDictionaryArray(dt, i64(0, 1000), strs("u00001"))
+	record := func(names []string, cols ...arrow.Array) arrow.Record {
+		fields := make([]arrow.Field, len(cols))
+		for i, c := range cols {
+			fields[i] = arrow.Field{Name: names[i], Type: c.DataType(), Nullable: true}
+		}
+		return array.NewRecord(arrow.NewSchema(fields, nil), cols, int64(cols[0].Len()))
+	}
+	for name, rec := range map[string]arrow.Record{
+		"id offsets descend": record([]string{"user_id", "ts"}, malformedStrings(), i64(baseTS, baseTS)),
+		"id past dictionary": record([]string{"user_id", "ts"}, pastDict, i64(baseTS, baseTS)),
+	} {
+		t.Run(name, func(t *testing.T) {
+			out, err := exchangeRecords(t, c, mem, cmd, []arrow.Record{rec})
+			for _, r := range out {
+				r.Release()
+			}
+			if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "spine: malformed Arrow data in the batch from row 0") {
+				t.Fatalf("err = %v, want INVALID_ARGUMENT: spine: malformed Arrow data", err)
+			}
+		})
+	}
+	t.Run("label offsets descend", func(t *testing.T) {
+		// A pass-through column is not read, only sent back as it came.
+		rec := record([]string{"user_id", "ts", "label"}, strs("u00001", "u00000"), i64(baseTS, baseTS), malformedStrings())
+		out, err := exchangeRecords(t, c, mem, cmd, []arrow.Record{rec})
+		for _, r := range out {
+			r.Release()
+		}
+		if err != nil && status.Code(err) != codes.InvalidArgument {
+			t.Fatalf("err = %v, want an answer or INVALID_ARGUMENT", err)
+		}
+	})
+	t.Run("doput", func(t *testing.T) {
+		rec := record([]string{"user_id", "item_id", "behavior", "ts"}, malformedStrings(), strs("i1", "i2"), strs("view", "view"), i64(baseTS, baseTS))
+		stream, err := c.DoPut(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := flight.NewRecordWriter(stream, ipc.WithSchema(rec.Schema()), ipc.WithAllocator(mem))
+		w.SetFlightDescriptor(&flight.FlightDescriptor{Type: flight.DescriptorPATH, Path: []string{"events"}})
+		_ = w.Write(rec)
+		_ = w.Close()
+		_ = stream.CloseSend()
+		_, err = stream.Recv()
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "stream: malformed Arrow data in the batch from row 0") {
+			t.Fatalf("err = %v, want INVALID_ARGUMENT: stream: malformed Arrow data", err)
+		}
+	})
+	// And the server still answers.
+	spine := spineOf(mem, []string{"u00001"}, arrow.PrimitiveTypes.Int64, []int64{baseTS + 1})
+	defer spine.Release()
+	out, err := exchangeRecords(t, c, mem, cmd, []arrow.Record{spine})
+	if err != nil || len(out) != 1 || out[0].Column(2).(*array.Int64).Value(0) != 1 {
+		t.Fatalf("after: %v, %v", out, err)
+	}
+	out[0].Release()
+}
