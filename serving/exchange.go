@@ -166,6 +166,11 @@ func (f *FlightServer) DoExchange(stream flight.FlightService_DoExchangeServer) 
 		return invalidArg("spine", "%v", err)
 	}
 	now := f.store.Now()
+	nf := 0
+	for _, pv := range views {
+		nf += len(pv.idx)
+	}
+	sliceRows := joinRows(nf)
 	var first int64 // row number of rec's first row in the spine
 	for _, rec := range spineRecs {
 		if err := stream.Context().Err(); err != nil {
@@ -173,9 +178,9 @@ func (f *FlightServer) DoExchange(stream flight.FlightService_DoExchangeServer) 
 		}
 		// The features of a batch take far more memory than its rows (a
 		// value per feature and row): a big batch is joined, and sent, in
-		// slices of at most joinRows rows.
-		for lo := int64(0); lo < rec.NumRows(); lo += joinRows {
-			part := rec.NewSlice(lo, min(lo+joinRows, rec.NumRows()))
+		// slices of at most joinValues values.
+		for lo := int64(0); lo < rec.NumRows(); lo += sliceRows {
+			part := rec.NewSlice(lo, min(lo+sliceRows, rec.NumRows()))
 			err := f.joinBatch(w, out, part, first+lo, tsCol, views, now)
 			part.Release()
 			if err != nil {
@@ -187,8 +192,13 @@ func (f *FlightServer) DoExchange(stream flight.FlightService_DoExchangeServer) 
 	return nil
 }
 
-// joinRows is the most spine rows joined at once (see DoExchange).
-const joinRows = 1 << 14
+// joinValues bounds the feature values of one slice of a batch joined at
+// once (see DoExchange): about 40 MiB of featurestore.Values, a slice of
+// 20 K to 170 K rows for 24 to 3 features.
+const joinValues = 1 << 19
+
+// joinRows is the most spine rows joined at once, for nf features.
+func joinRows(nf int) int64 { return int64(max(joinValues/max(nf, 1), 1024)) }
 
 // maxSpineRows bounds one point-in-time join (the spine is held in memory).
 const maxSpineRows = 20_000_000
