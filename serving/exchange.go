@@ -170,7 +170,7 @@ func (f *FlightServer) DoExchange(stream flight.FlightService_DoExchangeServer) 
 	for _, pv := range views {
 		nf += len(pv.idx)
 	}
-	sliceRows := joinRows(nf)
+	sliceRows := f.joinRows(nf)
 	var first int64 // row number of rec's first row in the spine
 	for _, rec := range spineRecs {
 		if err := stream.Context().Err(); err != nil {
@@ -192,13 +192,19 @@ func (f *FlightServer) DoExchange(stream flight.FlightService_DoExchangeServer) 
 	return nil
 }
 
-// joinValues bounds the feature values of one slice of a batch joined at
-// once (see DoExchange): about 40 MiB of featurestore.Values, a slice of
-// 20 K to 170 K rows for 24 to 3 features.
-const joinValues = 1 << 19
+// defaultJoinValues bounds the feature values of one slice of a batch
+// joined at once (see DoExchange): about 40 MiB of featurestore.Values, a
+// slice of 20 K to 170 K rows for 24 to 3 features.
+const defaultJoinValues = 1 << 19
 
 // joinRows is the most spine rows joined at once, for nf features.
-func joinRows(nf int) int64 { return int64(max(joinValues/max(nf, 1), 1024)) }
+func (f *FlightServer) joinRows(nf int) int64 {
+	n := f.joinValues
+	if n <= 0 {
+		n = defaultJoinValues
+	}
+	return int64(max(n/max(nf, 1), 1))
+}
 
 // maxSpineRows bounds one point-in-time join (the spine is held in memory).
 const maxSpineRows = 20_000_000

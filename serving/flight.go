@@ -44,6 +44,9 @@ type FlightServer struct {
 	// spineBytes bounds the spine a point-in-time join holds;
 	// defaultMaxSpineBytes when 0.
 	spineBytes int64
+	// joinValues bounds the feature values of a spine slice joined at
+	// once; defaultJoinValues when 0.
+	joinValues int
 }
 
 // WithUpdater enables the actions that need the updater (health, backup).
