@@ -72,9 +72,10 @@ chromium:
 test-py: build venv chromium
 	RECSYS_BIN=$(abspath $(BIN)) $(VPY) -m pytest -q tests --ignore-glob='tests/test_kafka*'
 
-## test-client-latest: the Python client's tests (tests/test_client.py) with the newest pandas and pyarrow.
+## test-client-latest: with the newest pandas and pyarrow, the Python client's tests (tests/test_client.py) and
+## the raw pyarrow Flight tests (spines and DoPut tables as pandas and pyarrow make them, every int64 time).
 test-client-latest: build venv-latest
-	RECSYS_BIN=$(abspath $(BIN)) $(VPY_LATEST) -m pytest -q tests/test_client.py
+	RECSYS_BIN=$(abspath $(BIN)) $(VPY_LATEST) -m pytest -q tests/test_client.py tests/test_exchange.py tests/test_times.py
 
 ## kafka-jars: the pinned Apache Kafka jars (Maven Central, cached in ~/.cache/recsys).
 kafka-jars:

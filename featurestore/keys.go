@@ -95,6 +95,9 @@ func unhex(c byte) (byte, bool) {
 	return 0, false
 }
 
+// hourKeyLen is the length of an hourKey's fixed part ('h', day, hour).
+const hourKeyLen = 1 + 4 + 8
+
 // hourKey is the key of item's count in category's hour starting at hour.
 func hourKey(category string, hour int64, item string) []byte {
 	k := make([]byte, 0, 1+4+8+len(category)+1+len(item))

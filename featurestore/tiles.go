@@ -4,12 +4,12 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
-
 	"fmt"
-	"github.com/axiomhq/hyperloglog"
 	"io"
+	"math"
 	"slices"
 
+	"github.com/axiomhq/hyperloglog"
 	"github.com/cockroachdb/pebble/v2"
 )
 
@@ -45,6 +45,22 @@ func tileSize(w int64) int64 {
 	}
 	return coarseTile
 }
+
+// Tiles cover event times in [0, tilesEnd): a tile key holds its day as a
+// uint32, and ingest refuses events before 1971 and in the future, so no
+// tile starts outside. Read times (an as_of, a spine's ts) may be any int64:
+// readTime clamps them into [-readBound, readBound], where the arithmetic of
+// windows and tiles cannot overflow, and the clamp changes no result: a
+// window ending past readBound starts past tilesEnd (windows are far
+// shorter than readBound-tilesEnd), one ending before -readBound ends
+// before 0, and either way holds no tile, as it would unclamped.
+const (
+	tilesEnd  = int64(math.MaxUint32) * dayMS // the start of day 2^32-1, year 11761191
+	readBound = int64(1) << 62
+)
+
+// readTime is ts clamped into [-readBound, readBound] (see tilesEnd).
+func readTime(ts int64) int64 { return min(max(ts, -readBound), readBound) }
 
 func floorTo(ts, g int64) int64 {
 	if ts >= 0 {
@@ -249,20 +265,23 @@ func (w *windowReader) close() error {
 // scanTiles calls fn with the start and value of every tile of res for
 // (kind, id) with start in [lo, hi).
 func (w *windowReader) scanTiles(res, kind byte, id string, lo, hi int64, fn func(start int64, v []byte) error) error {
-	// No tile starts before 1970: a window reaching back past it (an as_of
-	// near 0, or a negative one) reads from 0, and the unsigned day
-	// arithmetic below never sees a negative time.
-	lo = max(lo, 0)
+	// No tile starts outside [0, tilesEnd): a window reaching back past
+	// 1970 (an as_of near 0) reads from 0, one reaching past tilesEnd stops
+	// there. So the day of every bound fits the uint32 of tile keys, and the
+	// loop below visits at most one bucket per bucketDays of the window
+	// (days are counted in int64: a uint32 day at the end of its range
+	// would wrap around and the loop never end).
+	lo, hi = max(lo, 0), min(hi, tilesEnd)
 	if lo >= hi {
 		return nil
 	}
-	n := bucketDays(res)
-	for day := bucketOf(res, lo); day <= bucketOf(res, hi-1); day += n {
-		from := max(lo, int64(day)*dayMS)
-		to := min(hi, int64(day+n)*dayMS)
-		start := tileKeyIn(day, res, kind, id, from)
-		end := tileKeyIn(day, res, kind, id, to)
-		it, err := w.iter(day, res)
+	n := int64(bucketDays(res))
+	for day := int64(bucketOf(res, lo)); day <= int64(bucketOf(res, hi-1)); day += n {
+		from := max(lo, day*dayMS)
+		to := min(hi, (day+n)*dayMS)
+		start := tileKeyIn(uint32(day), res, kind, id, from)
+		end := tileKeyIn(uint32(day), res, kind, id, to)
+		it, err := w.iter(uint32(day), res)
 		if err != nil {
 			return err
 		}
@@ -288,8 +307,9 @@ type windowSpec = int64
 
 // windowStart is the oldest event time a window of w ending at asOf
 // counts: the exact window is (asOf-w, asOf]; its oldest edge is resolved
-// to the start of the tile that holds its first millisecond.
-func windowStart(asOf, w int64) int64 { return floorTo(asOf-w+1, tileSize(w)) }
+// to the start of the tile that holds its first millisecond. asOf may be
+// any int64 (see readTime).
+func windowStart(asOf, w int64) int64 { return floorTo(readTime(asOf)-w+1, tileSize(w)) }
 
 // load reads what windows ws of (kind, id) as of asOf need: the 1-hour
 // tiles from the oldest coarse window start to the hour holding asOf, and
@@ -298,6 +318,7 @@ func windowStart(asOf, w int64) int64 { return floorTo(asOf-w+1, tileSize(w)) }
 // is exact.
 func (w *windowReader) load(kind byte, id string, asOf int64, ws []windowSpec) error {
 	w.coarse, w.events = w.coarse[:0], w.events[:0]
+	asOf = readTime(asOf)
 	hour := floorTo(asOf, coarseTile)
 	coarseLo, fineLo := hour, hour
 	for _, win := range ws {
@@ -355,6 +376,7 @@ func (ws *windowSum) add(t *tile) {
 // sum returns the counts of the window win as of asOf from what load read.
 func (w *windowReader) sum(asOf int64, win windowSpec) windowSum {
 	var ws windowSum
+	asOf = readTime(asOf)
 	lo := windowStart(asOf, win)
 	hour := floorTo(asOf, coarseTile)
 	fineFrom := lo
@@ -393,9 +415,19 @@ func (s *Store) TopItems(category string, asOf, w int64, k int, weighted bool, b
 	// is looked up without allocating (only a new item's id is copied).
 	var list []Scored
 	index := make(map[string]int)
-	for hour := floorTo(asOf-w+1, coarseTile); hour <= asOf; hour += coarseTile {
+	// The hours from the one holding asOf-w+1 (or 1970, for a window
+	// reaching back past it) to the one holding asOf; asOf and w may be any
+	// int64 (see readTime). Empty hours are skipped by the seeks: the loop
+	// runs once per hour that holds counts, not once per hour of the window.
+	asOf = readTime(asOf)
+	hour := int64(0)
+	if w <= asOf {
+		hour = floorTo(asOf-w+1, coarseTile)
+	}
+	for last := min(asOf, tilesEnd-1); hour <= last; {
 		prefix := hourKey(category, hour, "")
-		for ok := iter.SeekGE(prefix); ok && len(iter.Key()) >= len(prefix) && string(iter.Key()[:len(prefix)]) == string(prefix); ok = iter.Next() {
+		ok := iter.SeekGE(prefix)
+		for ; ok && len(iter.Key()) >= len(prefix) && string(iter.Key()[:len(prefix)]) == string(prefix); ok = iter.Next() {
 			v, err := iter.ValueAndErr()
 			if err != nil {
 				return nil, err
@@ -421,6 +453,16 @@ func (s *Store) TopItems(category string, asOf, w int64, k int, weighted bool, b
 		}
 		if err := iter.Error(); err != nil {
 			return nil, err
+		}
+		if !ok {
+			break // no count of any later hour
+		}
+		// The iterator is at the first key past this hour's counts of
+		// category: the next hour to read is the one of that key (the
+		// next hour at least).
+		hour += coarseTile
+		if k := iter.Key(); len(k) >= hourKeyLen {
+			hour = max(hour, int64(binary.BigEndian.Uint64(k[5:hourKeyLen])))
 		}
 	}
 	return topScored(list, k), nil
@@ -468,6 +510,7 @@ func (w *windowReader) distinct(kind byte, id string, asOf, win int64) (int64, i
 	// it is a pass over the sparse entries, far cheaper than sparse merges.
 	var union *hyperloglog.Sketch
 	var newest int64
+	asOf = readTime(asOf)
 	err := w.scanTiles(resDistinct, kind, id, floorTo(asOf-win+1, coarseTile), floorTo(asOf, coarseTile)+coarseTile, func(start int64, v []byte) error {
 		if err := w.sk.UnmarshalBinary(v); err != nil {
 			return fmt.Errorf("%w: sketch: %v", ErrCorrupt, err)

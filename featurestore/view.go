@@ -304,7 +304,8 @@ func (r *reader) value(f *Feature, c *Counters, current bool) Value {
 	case AggLastEventTS:
 		return Value{Status: StatusPresent, Int: c.LastTSAny, EventTS: c.LastTSAny}
 	case AggSecondsSinceLastEvent:
-		return Value{Status: StatusPresent, Float: float64(asOf-c.LastTSAny) / 1000, EventTS: c.LastTSAny}
+		// In floats: asOf may be any int64, and the difference overflow.
+		return Value{Status: StatusPresent, Float: (float64(asOf) - float64(c.LastTSAny)) / 1000, EventTS: c.LastTSAny}
 	case AggRecentItems:
 		return recentValue(r.u.RecentItems, len(r.u.RecentItems))
 	case AggRecentCategories:
@@ -469,7 +470,7 @@ func (s *Store) categoryValues(v *View, row *Row, idx []int, rt ReadTime) error 
 		for t, it := range top {
 			val.List[t] = it.ItemID
 		}
-		val.EventTS = floorTo(rt.AsOf, coarseTile)
+		val.EventTS = floorTo(readTime(rt.AsOf), coarseTile)
 		row.Values[j] = val
 		row.Found = row.Found || len(top) > 0
 	}

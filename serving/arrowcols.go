@@ -63,6 +63,18 @@ func stringReader(a arrow.Array) func(i int) (string, bool) {
 	panic(fmt.Sprintf("BUG: stringReader of %s", a.DataType()))
 }
 
+// recoverMalformed, deferred by the code that reads a client's arrays,
+// turns a panic into INVALID_ARGUMENT naming field and the first row of
+// the batch: the IPC reader checks buffer sizes but not, say, that string
+// offsets ascend or that dictionary indices are within the dictionary,
+// and reading such an array panics (it would take the server down). The
+// partly built values are left to the garbage collector.
+func recoverMalformed(err *error, field string, firstRow int64) {
+	if r := recover(); r != nil {
+		*err = invalidArg(field, "malformed Arrow data in the batch from row %d: %v", firstRow, r)
+	}
+}
+
 // isTimeLike reports whether a column of type dt can be read as event
 // times: a timestamp of any unit, with or without a time zone, or int64
 // Unix milliseconds.
@@ -130,14 +142,42 @@ const maxIntMillis = 253402300799999
 // intMillisUnitError says why an int64 Unix-milliseconds time v can only
 // be in another unit ("" when it can be milliseconds): before 1971-01-01
 // (the rule of event times: almost always seconds), or after the year
-// 9999 (microseconds or nanoseconds).
+// 9999 (microseconds or nanoseconds). The spine's hint is added: a
+// timestamp column carries its unit.
 func intMillisUnitError(v int64) string {
-	switch {
-	case v >= 0 && v < updater.MinTS:
-		return fmt.Sprintf("%d is before 1971-01-01 as Unix milliseconds (%s): Unix seconds? An int64 ts must be Unix milliseconds; send a timestamp column for other units",
-			v, time.UnixMilli(v).UTC().Format(time.RFC3339))
-	case v > maxIntMillis:
-		return fmt.Sprintf("%d is after the year 9999 as Unix milliseconds: Unix microseconds or nanoseconds? An int64 ts must be Unix milliseconds; send a timestamp column for other units", v)
+	if why := millisUnitReason(v); why != "" {
+		return why + " An int64 ts must be Unix milliseconds; send a timestamp column for other units"
 	}
 	return ""
+}
+
+// millisUnitReason is the reason of intMillisUnitError, without a hint.
+func millisUnitReason(v int64) string {
+	switch {
+	case v >= 0 && v < updater.MinTS:
+		return fmt.Sprintf("%d is before 1971-01-01 as Unix milliseconds (%s): Unix seconds?",
+			v, time.UnixMilli(v).UTC().Format(time.RFC3339))
+	case v > maxIntMillis:
+		return fmt.Sprintf("%d is after the year 9999 as Unix milliseconds: Unix microseconds or nanoseconds?", v)
+	}
+	return ""
+}
+
+// checkAsOf validates the as_of of a read (features:get, popular items,
+// Flight commands and tickets), an int64 in Unix milliseconds: 0 reads
+// now; others follow the rule of an int64 spine ts (not before 1970, and
+// not a time that can only be in another unit), so that a time in seconds
+// or microseconds is an error rather than a read of 1970 or of the far
+// future. (The store answers as of any int64; this rule is for callers.)
+func checkAsOf(v int64) error {
+	switch {
+	case v == 0:
+		return nil
+	case v < 0:
+		return invalidArg("as_of", "%d is negative (Unix milliseconds expected; 0 or none reads now)", v)
+	}
+	if why := millisUnitReason(v); why != "" {
+		return invalidArg("as_of", "%s as_of must be Unix milliseconds (0 or none reads now)", why)
+	}
+	return nil
 }

@@ -131,25 +131,31 @@ func (f *FlightServer) DoPut(stream flight.FlightService_DoPutServer) error {
 			evs, index = evs[:0], index[:0]
 			return nil
 		}
-		for i := 0; i < int(rec.NumRows()); i++ {
-			ev := &recsysv1.Event{UserId: str(0, i), ItemId: str(1, i), Behavior: str(2, i), CategoryId: str(4, i), EventId: str(5, i)}
-			if ms, valid, bad := ts(i); valid {
-				if bad != "" {
-					return invalidArg("ts", "row %d: %s", row, bad)
+		// read makes the events of rows [lo, hi) of rec; reading arrays
+		// that are malformed (see recoverMalformed) is an error, not a crash.
+		read := func(lo, hi int) (err error) {
+			defer recoverMalformed(&err, "stream", int64(row))
+			for i := lo; i < hi; i++ {
+				ev := &recsysv1.Event{UserId: str(0, i), ItemId: str(1, i), Behavior: str(2, i), CategoryId: str(4, i), EventId: str(5, i)}
+				if ms, valid, bad := ts(i); valid {
+					if bad != "" {
+						return invalidArg("ts", "row %d: %s", row, bad)
+					}
+					ev.Ts = ms // null stays 0: rejected as missing
 				}
-				ev.Ts = ms // null stays 0: rejected as missing
+				evs = append(evs, ev)
+				index = append(index, row)
+				row++
 			}
-			evs = append(evs, ev)
-			index = append(index, row)
-			row++
-			if len(evs) == putChunk {
-				if err := flush(); err != nil {
-					return err
-				}
-			}
+			return nil
 		}
-		if err := flush(); err != nil {
-			return err
+		for lo := 0; lo < int(rec.NumRows()); lo += putChunk {
+			if err := read(lo, min(lo+putChunk, int(rec.NumRows()))); err != nil {
+				return err
+			}
+			if err := flush(); err != nil {
+				return err
+			}
 		}
 	}
 	if err := rdr.Err(); err != nil {

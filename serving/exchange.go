@@ -3,13 +3,17 @@ package serving
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
+	"sync"
+	"sync/atomic"
 
 	"github.com/apache/arrow/go/v17/arrow"
 	"github.com/apache/arrow/go/v17/arrow/array"
 	"github.com/apache/arrow/go/v17/arrow/flight"
 	"github.com/apache/arrow/go/v17/arrow/ipc"
+	"github.com/apache/arrow/go/v17/arrow/memory"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -44,8 +48,16 @@ type pitView struct {
 // at their newest edge, and features without history are null unless the
 // entity had no later event (status not_versioned otherwise).
 func (f *FlightServer) DoExchange(stream flight.FlightService_DoExchangeServer) error {
-	rdr, err := flight.NewRecordReader(stream, ipc.WithAllocator(f.mem))
+	// Every buffer of the spine (and of its dictionaries, and every
+	// decompressed body) is allocated from a budget: a spine past it, or a
+	// batch that claims more, is refused before the memory is taken.
+	budget := &spineBudget{mem: f.mem, limit: f.maxSpineBytes()}
+	defer budget.freeAll() // last: after the reader and the batches are released
+	rdr, err := flight.NewRecordReader(stream, ipc.WithAllocator(budget))
 	if err != nil {
+		if errors.Is(err, errOverBudget) {
+			return budget.refusal(0)
+		}
 		return invalidArg("stream", "want a FlightDescriptor and a spine schema: %v", err)
 	}
 	defer rdr.Release()
@@ -128,38 +140,70 @@ func (f *FlightServer) DoExchange(stream flight.FlightService_DoExchangeServer) 
 			r.Release()
 		}
 	}()
-	var total, bytes int64
+	var total int64
 	for rdr.Next() {
 		if err := stream.Context().Err(); err != nil {
 			return toStatus(err)
 		}
 		rec := rdr.Record()
 		total += rec.NumRows()
-		bytes += recordBytes(rec)
 		if total > maxSpineRows {
 			return invalidArg("spine", "more than %d rows; split it into several exchanges", maxSpineRows)
 		}
-		if bytes > f.maxSpineBytes() {
-			return invalidArg("spine", "more than %d MiB held (%d rows so far); split it into several exchanges", f.maxSpineBytes()>>20, total)
+		// A held batch costs more than its buffers (the Go values of the
+		// record and of its arrays): charged too, so that a spine of many
+		// tiny batches is bounded as well.
+		if !budget.charge(batchOverhead + arrayOverhead*int64(countArrays(rec))) {
+			return budget.refusal(total)
 		}
 		rec.Retain()
 		spineRecs = append(spineRecs, rec)
 	}
 	if err := rdr.Err(); err != nil {
+		if errors.Is(err, errOverBudget) {
+			return budget.refusal(total)
+		}
 		return invalidArg("spine", "%v", err)
 	}
 	now := f.store.Now()
+	nf := 0
+	for _, pv := range views {
+		nf += len(pv.idx)
+	}
+	sliceRows := f.joinRows(nf)
 	var first int64 // row number of rec's first row in the spine
 	for _, rec := range spineRecs {
 		if err := stream.Context().Err(); err != nil {
 			return toStatus(err)
 		}
-		if err := f.joinBatch(w, out, rec, first, tsCol, views, now); err != nil {
-			return err
+		// The features of a batch take far more memory than its rows (a
+		// value per feature and row): a big batch is joined, and sent, in
+		// slices of at most joinValues values.
+		for lo := int64(0); lo < rec.NumRows(); lo += sliceRows {
+			part := rec.NewSlice(lo, min(lo+sliceRows, rec.NumRows()))
+			err := f.joinBatch(w, out, part, first+lo, tsCol, views, now)
+			part.Release()
+			if err != nil {
+				return err
+			}
 		}
 		first += rec.NumRows()
 	}
 	return nil
+}
+
+// defaultJoinValues bounds the feature values of one slice of a batch
+// joined at once (see DoExchange): about 40 MiB of featurestore.Values, a
+// slice of 20 K to 170 K rows for 24 to 3 features.
+const defaultJoinValues = 1 << 19
+
+// joinRows is the most spine rows joined at once, for nf features.
+func (f *FlightServer) joinRows(nf int) int64 {
+	n := f.joinValues
+	if n <= 0 {
+		n = defaultJoinValues
+	}
+	return int64(max(n/max(nf, 1), 1))
 }
 
 // maxSpineRows bounds one point-in-time join (the spine is held in memory).
@@ -176,18 +220,26 @@ func (f *FlightServer) maxSpineBytes() int64 {
 	return defaultMaxSpineBytes
 }
 
-// recordBytes is the size of the buffers of rec's columns.
-func recordBytes(rec arrow.Record) int64 {
-	var n int64
+// The overheads charged to a spine's budget per held batch and per array
+// in it (children and dictionaries included), beside the buffers: about
+// what the Go values of a record read from IPC take.
+const (
+	batchOverhead = 1 << 10
+	arrayOverhead = 512
+)
+
+// countArrays is the number of arrays of rec's columns, with their
+// children and dictionaries.
+func countArrays(rec arrow.Record) int {
+	n := 0
 	var add func(d arrow.ArrayData)
 	add = func(d arrow.ArrayData) {
-		for _, b := range d.Buffers() {
-			if b != nil {
-				n += int64(b.Len())
-			}
-		}
+		n++
 		for _, c := range d.Children() {
 			add(c)
+		}
+		if d.DataType().ID() == arrow.DICTIONARY {
+			add(d.Dictionary())
 		}
 	}
 	for _, c := range rec.Columns() {
@@ -196,9 +248,94 @@ func recordBytes(rec arrow.Record) int64 {
 	return n
 }
 
+// errOverBudget is the panic of a spineBudget's allocator past its limit
+// (the IPC reader turns panics into errors).
+var errOverBudget = errors.New("spine over its memory budget")
+
+// spineBudget is the allocator of one spine: it passes allocations to mem
+// while the bytes held (allocations and charges) stay within limit. It
+// keeps its live allocations, so that freeAll can return those that the
+// IPC reader drops when it gives up on a batch midway (over the budget,
+// or malformed).
+type spineBudget struct {
+	mem   memory.Allocator
+	limit int64
+	used  atomic.Int64
+	mu    struct {
+		sync.Mutex
+		live map[*byte][]byte // by its first byte, every allocation
+	}
+}
+
+func (b *spineBudget) take(n int64) bool {
+	if b.used.Add(n) > b.limit {
+		b.used.Add(-n)
+		return false
+	}
+	return true
+}
+
+// charge counts n bytes held outside the allocator; false past the limit.
+func (b *spineBudget) charge(n int64) bool { return b.take(n) }
+
+func (b *spineBudget) track(old, buf []byte) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.mu.live == nil {
+		b.mu.live = make(map[*byte][]byte)
+	}
+	if len(old) > 0 {
+		delete(b.mu.live, &old[0])
+	}
+	if len(buf) > 0 {
+		b.mu.live[&buf[0]] = buf
+	}
+}
+
+func (b *spineBudget) Allocate(size int) []byte {
+	if !b.take(int64(size)) {
+		panic(errOverBudget)
+	}
+	buf := b.mem.Allocate(size)
+	b.track(nil, buf)
+	return buf
+}
+
+func (b *spineBudget) Reallocate(size int, buf []byte) []byte {
+	if !b.take(int64(size - len(buf))) {
+		panic(errOverBudget)
+	}
+	out := b.mem.Reallocate(size, buf)
+	b.track(buf, out)
+	return out
+}
+
+func (b *spineBudget) Free(buf []byte) {
+	b.used.Add(-int64(len(buf)))
+	b.track(buf, nil)
+	b.mem.Free(buf)
+}
+
+// freeAll frees what is still allocated, once nothing of the spine is
+// referenced any more (every batch and the reader released).
+func (b *spineBudget) freeAll() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, buf := range b.mu.live {
+		b.mem.Free(buf)
+	}
+	b.mu.live = nil
+}
+
+// refusal is the error of a spine past its budget, rows rows read.
+func (b *spineBudget) refusal(rows int64) error {
+	return invalidArg("spine", "more than %d MiB held (%d rows so far); split it into several exchanges", b.limit>>20, rows)
+}
+
 // joinBatch writes one spine batch joined with its features; first is
 // the spine row number of its first row (errors name spine rows).
-func (f *FlightServer) joinBatch(w *flight.Writer, out *arrow.Schema, rec arrow.Record, first int64, tsCol int, views []pitView, now int64) error {
+func (f *FlightServer) joinBatch(w *flight.Writer, out *arrow.Schema, rec arrow.Record, first int64, tsCol int, views []pitView, now int64) (err error) {
+	defer recoverMalformed(&err, "spine", first)
 	n := int(rec.NumRows())
 	ts := make([]int64, n)
 	read := msReader(rec.Column(tsCol))

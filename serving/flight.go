@@ -46,6 +46,9 @@ type FlightServer struct {
 	// spineBytes bounds the spine a point-in-time join holds;
 	// defaultMaxSpineBytes when 0.
 	spineBytes int64
+	// joinValues bounds the feature values of a spine slice joined at
+	// once; defaultJoinValues when 0.
+	joinValues int
 }
 
 // WithUpdater enables the actions that need the updater (health, backup).
@@ -233,8 +236,8 @@ func (f *FlightServer) plan(q flightQuery, forTicket bool) (*plan, error) {
 	if err != nil {
 		return nil, status.Errorf(codes.NotFound, "view %q not found: %s", q.View, trimPkg(err))
 	}
-	if q.AsOf < 0 {
-		return nil, invalidArg("as_of", "%d is negative", q.AsOf)
+	if err := checkAsOf(q.AsOf); err != nil {
+		return nil, err
 	}
 	if !v.Scannable() && q.IDs == nil && forTicket {
 		return nil, invalidArg("ids", "view %s is read by id only: give ids", v.Name)

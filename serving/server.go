@@ -214,8 +214,8 @@ func (s *Server) GetFeatures(ctx context.Context, req *recsysv1.GetFeaturesReque
 	if _, err := s.store.Definitions().View(req.View); err != nil {
 		return nil, invalidArg("view", "%s", trimPkg(err))
 	}
-	if req.AsOf < 0 {
-		return nil, invalidArg("as_of", "%d is negative", req.AsOf)
+	if err := checkAsOf(req.AsOf); err != nil {
+		return nil, err
 	}
 	switch {
 	case len(req.Ids) == 0:
@@ -358,8 +358,8 @@ func (s *Server) PopularItems(ctx context.Context, req *recsysv1.PopularItemsReq
 		}
 		weighted, by = false, b
 	}
-	if req.AsOf < 0 {
-		return nil, invalidArg("as_of", "%d is negative", req.AsOf)
+	if err := checkAsOf(req.AsOf); err != nil {
+		return nil, err
 	}
 	rt := s.store.At(req.AsOf)
 	top, err := s.store.TopItems(req.Category, rt.AsOf, w.Milliseconds(), k, weighted, by)

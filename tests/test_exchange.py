@@ -269,3 +269,73 @@ def test_point_in_time_int_ts_in_another_unit_is_refused(loaded, values, fragmen
         exchange(s, {"op": "point_in_time", "views": ["user_features"], "features": ["view_count_1h"]}, spine)
     msg = str(exc.value)
     assert "invalid argument" in msg and "spine.ts" in msg and "row 0" in msg and fragment in msg, msg
+
+
+# -- what pandas and pyarrow produce by default, sent as is (no client normalizing) ----------
+# `make test-client-latest` runs this file with the newest pandas and pyarrow too.
+
+def large_and_dictionary(values: list[str | None]) -> dict[str, pa.Array]:
+    """values as large_string and as dictionaries of int8/int32/int64 indices over string and large_string."""
+    plain = pa.array(values, pa.large_string())
+    return {"large_string": plain,
+            "dict<int8,string>": pa.array(values).dictionary_encode().cast(pa.dictionary(pa.int8(), pa.string())),
+            "dict<int32,large_string>": plain.dictionary_encode(),
+            "dict<int64,large_string>": plain.dictionary_encode().cast(pa.dictionary(pa.int64(), pa.large_string()))}
+
+
+@pytest.mark.parametrize("kind", list(large_and_dictionary(["x"])))
+def test_point_in_time_large_string_and_dictionary_spines(loaded, kind):
+    s, evs = loaded
+    times = [BASE + 30 * MIN, BASE + 60 * MIN, BASE + 95 * MIN, BASE + 170 * MIN]
+    cmd = {"op": "point_in_time", "views": ["user_features", "item_features"], "features": ["view_count_1h", "purchase_count_24h"]}
+    want = exchange(s, cmd, pa.table({"user_id": ["u1", "u1", "u2", "u1"], "item_id": ["i1"] * 4,
+                                      "ts": pa.array(times, pa.timestamp("ms"))}))
+    spine = pa.table({"user_id": large_and_dictionary(["u1", "u1", "u2", "u1"])[kind],
+                      "item_id": large_and_dictionary(["i1"] * 4)[kind],
+                      "ts": pa.array(times, pa.timestamp("ms")),
+                      "note": large_and_dictionary(["a", "b", "c", "d"])[kind]})
+    out = exchange(s, cmd, spine)
+    assert out.schema.field("user_id").type == spine.schema.field("user_id").type
+    assert out.column("note").to_pylist() == ["a", "b", "c", "d"]
+    for name in ("user.view_count_1h", "user.purchase_count_24h", "item.view_count_1h", "item.purchase_count_24h"):
+        assert out.column(name).to_pylist() == want.column(name).to_pylist(), name
+    # A null id is refused naming the column and the row, whatever the type.
+    bad = spine.set_column(0, "user_id", large_and_dictionary(["u1", None, "u2", "u1"])[kind])
+    assert bad.schema.field("user_id").type == spine.schema.field("user_id").type and bad.column("user_id").null_count == 1
+    with pytest.raises(pa.ArrowInvalid) as exc:
+        exchange(s, cmd, bad)
+    assert "spine.user_id: row 1 is null" in str(exc.value), exc.value
+
+
+def test_pandas_defaults_spine_and_parquet_backfill(server_factory, tmp_path):
+    """A frame with pandas' default dtypes (str: large_string in pandas 3, object in 2;
+    categoricals), to Parquet and back with pyarrow, DoPut as read; then a spine
+    made from it the same way."""
+    pd = pytest.importorskip("pandas")
+    import pyarrow.parquet as pq
+    s = server_factory()
+    n = 400
+    df = pd.DataFrame({
+        "user_id": [f"pu{i % 7}" for i in range(n)],
+        "item_id": pd.Categorical([f"pi{i % 5}" for i in range(n)]),
+        "behavior": ["view", "cart", "view", "purchase"] * (n // 4),
+        "category_id": [f"pc{i % 3}" for i in range(n)],
+        "ts": pd.to_datetime([BASE + i * 1000 for i in range(n)], unit="ms"),
+    })
+    path = tmp_path / "events.parquet"
+    df.to_parquet(path, index=False)
+    for table in (pq.read_table(path),  # large_string under pandas 3 and pyarrow >= 22, dictionary for the categorical
+                  pq.read_table(path, read_dictionary=["user_id", "behavior", "category_id"])):
+        assert pa.types.is_dictionary(table.schema.field("item_id").type)
+        if int(pd.__version__.split(".")[0]) >= 3 and not pa.types.is_dictionary(table.schema.field("user_id").type):
+            assert table.schema.field("user_id").type == pa.large_string(), table.schema  # pandas 3's str
+        res = do_put_table(s, table, chunk=128)
+        assert res["accepted"] == n and res["rejected"] == 0, res
+    st = s.wait_caught_up()
+    assert st["events_applied"] == n and st["duplicates_skipped"] == n  # the second file is the same events
+    spine = pa.Table.from_pandas(pd.DataFrame({"user_id": ["pu0", "pu1"], "item_id": pd.Categorical(["pi0", "pi1"]),
+                                               "ts": pd.to_datetime([BASE + n * 1000] * 2, unit="ms")}), preserve_index=False)
+    out = exchange(s, {"op": "point_in_time", "views": ["user_features", "item_features"], "features": ["view_count_7d"]}, spine)
+    views = lambda col, v: sum(1 for i in range(n) if df[col][i] == v and i % 4 in (0, 2))  # noqa: E731
+    assert out.column("user.view_count_7d").to_pylist() == [views("user_id", "pu0"), views("user_id", "pu1")]
+    assert out.column("item.view_count_7d").to_pylist() == [views("item_id", "pi0"), views("item_id", "pi1")]
