@@ -26,7 +26,7 @@ import (
 // configure before it serves.
 func startFlightServer(t *testing.T, e *env, mem memory.Allocator, configure func(*FlightServer)) flight.Client {
 	t.Helper()
-	fsrv := NewFlightServer(e.store, mem)
+	fsrv := NewFlightServer(e.store, e.models, mem)
 	configure(fsrv)
 	gs := fsrv.GRPCServer()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -112,7 +112,7 @@ func TestDoExchangeAnyTS(t *testing.T) {
 	e := newEnv(t)
 	e.ingest(t, userViews(2))
 	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
-	c := startFlight(t, e.store, mem, 100)
+	c := startFlight(t, e, mem, 100)
 	const day = int64(24 * time.Hour / time.Millisecond)
 	ms := &arrow.TimestampType{Unit: arrow.Millisecond}
 	sec := &arrow.TimestampType{Unit: arrow.Second}
@@ -197,7 +197,7 @@ func TestAsOfAnyTime(t *testing.T) {
 	e := newEnv(t)
 	e.ingest(t, userViews(2))
 	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
-	c := startFlight(t, e.store, mem, 100)
+	c := startFlight(t, e, mem, 100)
 	ctx := context.Background()
 	for _, tc := range []struct {
 		asOf int64
