@@ -83,12 +83,14 @@ func (s *Store) Expire(now int64) (ExpireStats, error) {
 			}
 		}
 		p := makeKey(prefixBought, id, "")
-		return b.DeleteRange(p, prefixEnd(p[:len(p)-1]), nil)
+		return b.DeleteRange(p, prefixEnd(p), nil) // p ends in the separator: not u10 with u1
 	}); err != nil {
 		return es, err
 	}
+	var expiredItems []string
 	if es.Items, err = s.expireEntities(b, prefixItem, cutoff, func(id string, rec []byte) error {
 		s.items.Remove(id)
+		expiredItems = append(expiredItems, id)
 		if s.learner != nil {
 			if err := s.learner.ExpireItem(b, id); err != nil {
 				return err
@@ -110,6 +112,12 @@ func (s *Store) Expire(now int64) (ExpireStats, error) {
 	}
 	if err := s.plog.Guard(func() error { return b.Commit(pebble.NoSync) }); err != nil {
 		return es, fmt.Errorf("expire: %w", err)
+	}
+	if len(expiredItems) > 0 {
+		s.itemReads.Invalidate(expiredItems...)
+	}
+	if s.learner != nil {
+		s.learner.ExpireCommitted()
 	}
 	s.mu.Lock()
 	s.mu.stats.Users, s.mu.stats.Items = st.Users, st.Items

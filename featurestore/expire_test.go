@@ -99,3 +99,49 @@ func TestExpire(t *testing.T) {
 		t.Errorf("second Expire = %+v, %v", es, err)
 	}
 }
+
+// Expiring a user removes that user's purchase markers only, not those of
+// users whose id starts with it (u1 and u10), and PurchasedItems reads
+// exactly a user's own.
+func TestExpirePurchasesOfOneUser(t *testing.T) {
+	s, err := Open("db", Options{FS: vfs.NewMem(), Logger: quietLogger(), Clock: "event"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ents := []Entry{
+		{Event: ev("a", "u1", "x", "c", BehaviorPurchase, t0)},
+		{Event: ev("b", "u10", "y", "c", BehaviorPurchase, t0+1)},
+	}
+	for d := range int64(20) {
+		ents = append(ents, Entry{Event: ev(fmt.Sprintf("e%d", d), "u10", "z", "c", BehaviorView, t0+(d+1)*dayMS)})
+	}
+	for i := range ents {
+		ents[i].Offset = uint64(i)
+	}
+	mustApply(t, s, uint64(len(ents)), ents)
+	if got, complete, err := s.PurchasedItems("u1", 10); err != nil || !complete || len(got) != 1 || !got["x"] {
+		t.Fatalf("PurchasedItems(u1) = %v %v %v, want {x}", got, complete, err)
+	}
+	if _, complete, err := s.PurchasedItems("u10", 0); err != nil || complete {
+		t.Fatalf("PurchasedItems(u10, limit 0) complete = %v (%v), want false", complete, err)
+	}
+	es, err := s.Expire(s.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if es.Users != 1 {
+		t.Fatalf("expired %d users, want 1 (u1)", es.Users)
+	}
+	for _, c := range []struct {
+		user, item string
+		want       bool
+	}{{"u1", "x", false}, {"u10", "y", true}} {
+		if got, err := s.Purchased(c.user, c.item); err != nil || got != c.want {
+			t.Errorf("Purchased(%s, %s) = %v (%v) after expiring u1, want %v", c.user, c.item, got, err, c.want)
+		}
+	}
+	if got, complete, err := s.PurchasedItems("u10", 10); err != nil || !complete || len(got) != 1 || !got["y"] {
+		t.Errorf("PurchasedItems(u10) = %v %v %v, want {y}", got, complete, err)
+	}
+}

@@ -30,6 +30,9 @@ type Learner interface {
 	// item that Expire removes.
 	ExpireUser(b *pebble.Batch, id string) error
 	ExpireItem(b *pebble.Batch, id string) error
+	// ExpireCommitted is called once the batch of those calls has
+	// committed.
+	ExpireCommitted()
 }
 
 // A LearnBatch is a learner's part of one apply batch.

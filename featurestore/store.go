@@ -18,6 +18,7 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 
 	"github.com/streamrec/recsys/featurestore/internal/codec"
+	"github.com/streamrec/recsys/featurestore/internal/readcache"
 )
 
 // Options configures a Store. The zero value is usable: EnsureDefaults fills
@@ -57,7 +58,8 @@ type Options struct {
 	// events in log order. At least AllowedLateness + 1h.
 	DedupWindow time.Duration
 	// RecordCacheEntries bounds the writer's cache of decoded user and item
-	// records (each LRU holds this many). Default: 131072.
+	// records (each LRU holds this many) and the readers' cache of item
+	// records. Default: 131072.
 	RecordCacheEntries int
 	// Learner is the incremental models (featurestore/models.New), which
 	// learn from every applied event in the apply batch; nil: none. A
@@ -160,6 +162,10 @@ type Store struct {
 	// Apply need not read them back from Pebble. Only Apply touches them.
 	users *lru.Cache[string, *UserRecord]
 	items *lru.Cache[string, *ItemRecord]
+	// itemReads caches committed item records for readers (a
+	// recommendation reads hundreds); Apply and Expire invalidate what
+	// they commit.
+	itemReads *readcache.Cache[*ItemRecord]
 	// dd holds the in-memory Bloom filters over applied event ids (see
 	// dedup.go). A new id (the common case) is known to be new without a
 	// Pebble lookup; a "maybe" is settled by Pebble. Only Apply touches it.
@@ -221,6 +227,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	s.users, _ = lru.New[string, *UserRecord](opts.RecordCacheEntries)
 	s.items, _ = lru.New[string, *ItemRecord](opts.RecordCacheEntries)
+	s.itemReads = readcache.New[*ItemRecord](opts.RecordCacheEntries)
 	if err := s.loadMeta(); err != nil {
 		_ = db.Close()
 		cache.Unref()
@@ -588,8 +595,13 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 	for id, u := range users {
 		s.users.Add(id, u)
 	}
+	touched := make([]string, 0, len(items))
 	for id, it := range items {
 		s.items.Add(id, it.rec)
+		touched = append(touched, id)
+	}
+	if len(touched) > 0 {
+		s.itemReads.Invalidate(touched...)
 	}
 	if lb != nil {
 		lb.Commit()
@@ -783,14 +795,54 @@ func (s *Store) User(id string) (UserRecord, bool, error) {
 
 // Item returns the record of item id.
 func (s *Store) Item(id string) (ItemRecord, bool, error) {
-	it := ItemRecord{Pop: math.Inf(-1)}
-	ok, err := s.readItem(id, &it)
-	return it, ok, err
+	if rec, ok, gen := s.itemReads.Get(id); ok {
+		if rec == nil {
+			return ItemRecord{Pop: math.Inf(-1)}, false, nil
+		}
+		return *rec, true, nil
+	} else {
+		it := &ItemRecord{Pop: math.Inf(-1)}
+		found, err := s.readItem(id, it)
+		if err != nil {
+			return ItemRecord{}, false, err
+		}
+		if !found {
+			it = nil // a miss is cached too: candidates of expired items
+		}
+		s.itemReads.Put(id, it, gen)
+		if it == nil {
+			return ItemRecord{Pop: math.Inf(-1)}, false, nil
+		}
+		return *it, true, nil
+	}
 }
 
 // Purchased reports whether user bought item.
 func (s *Store) Purchased(user, item string) (bool, error) {
 	return s.has(boughtKey(user, item))
+}
+
+// PurchasedItems returns the items user bought, read in one scan, when
+// there are at most limit; complete is false (and items nil) when there
+// are more, and the caller asks Purchased item by item.
+func (s *Store) PurchasedItems(user string, limit int) (items map[string]bool, complete bool, err error) {
+	if err := s.acquire(); err != nil {
+		return nil, false, err
+	}
+	defer s.release()
+	p := makeKey(prefixBought, user, "")
+	iter, err := s.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(p)})
+	if err != nil {
+		return nil, false, err
+	}
+	items = make(map[string]bool)
+	for iter.First(); iter.Valid(); iter.Next() {
+		if len(items) == limit {
+			return nil, false, iter.Close()
+		}
+		items[string(iter.Key()[len(p):])] = true
+	}
+	return items, true, errors.Join(iter.Error(), iter.Close())
 }
 
 // PopularityScore converts a stored Pop value into the decayed weighted

@@ -12,6 +12,7 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 
 	"github.com/streamrec/recsys/featurestore"
+	"github.com/streamrec/recsys/featurestore/internal/readcache"
 )
 
 // Models is the state of the incremental models of one store. It is the
@@ -31,6 +32,14 @@ type Models struct {
 	logWeight [numBehaviors]float64
 
 	frozen atomic.Bool
+
+	// reads caches committed neighbour records for readers (a context
+	// reads the records of 20 history items, each folded from its merge
+	// operands otherwise); Commit, Abort and expiry invalidate it.
+	reads *readcache.Cache[*neighborRecord]
+	// expired are the items ExpireItem dropped, invalidated in reads once
+	// the expiry batch has committed (ExpireCommitted).
+	expired []string
 
 	users     *lru.Cache[string, *User]
 	items     *lru.Cache[string, *Item]
@@ -74,6 +83,7 @@ func New(o Options) (*Models, error) {
 	m.neighbors, _ = lru.New[string, *pairRecord](o.CacheEntries)
 	m.handles = make(map[string]int32)
 	m.table.idx = make(map[string]int32)
+	m.reads = readcache.New[*neighborRecord](o.CacheEntries)
 	return m, nil
 }
 
@@ -508,13 +518,18 @@ func (b *batch) Commit() {
 	for id, it := range b.items {
 		m.items.Add(id, it)
 	}
+	var changed []string
 	for id, r := range b.neighbors {
 		if r.dirty {
 			r.committed()
 			m.neighbors.Add(id, r)
+			changed = append(changed, id)
 		} else if _, cached := m.neighbors.Peek(id); !cached && len(r.P) > 0 {
 			m.neighbors.Add(id, r) // a committed record, read for scoring
 		}
+	}
+	if len(changed) > 0 {
+		m.reads.Invalidate(changed...)
 	}
 	if b.meta.Ranker.publishedDirty {
 		b.meta.Ranker.publishedDirty = false
@@ -525,6 +540,8 @@ func (b *batch) Commit() {
 // Abort implements featurestore.Learner: it drops decoded state that a
 // failed batch may have modified and reloads the committed state.
 func (m *Models) Abort() error {
+	m.reads.Clear()
+	m.expired = m.expired[:0]
 	m.users.Purge()
 	m.items.Purge()
 	m.neighbors.Purge()
@@ -553,6 +570,7 @@ func (m *Models) ExpireUser(b *pebble.Batch, id string) error {
 func (m *Models) ExpireItem(b *pebble.Batch, id string) error {
 	m.items.Remove(id)
 	m.neighbors.Remove(id)
+	m.expired = append(m.expired, id)
 	m.table.Lock()
 	if i, ok := m.table.idx[id]; ok {
 		delete(m.table.idx, id)
@@ -563,6 +581,15 @@ func (m *Models) ExpireItem(b *pebble.Batch, id string) error {
 		return err
 	}
 	return b.Delete(neighborKey(id), nil)
+}
+
+// ExpireCommitted implements featurestore.Learner: the expired items'
+// neighbour records are gone from Pebble, so from the read cache too.
+func (m *Models) ExpireCommitted() {
+	if len(m.expired) > 0 {
+		m.reads.Invalidate(m.expired...)
+		m.expired = m.expired[:0]
+	}
 }
 
 // initVec is the deterministic initial factor vector of id: small values

@@ -27,11 +27,19 @@ func readModel[T interface{ decode([]byte) error }](m *Models, key []byte, what,
 
 // readNeighbors returns the committed neighbour record of item id (empty
 // when it has none).
+// The record is shared with other readers through the read cache: it
+// must not be modified.
 func (m *Models) readNeighbors(id string) (*neighborRecord, error) {
-	r := &neighborRecord{LogMass: math.Inf(-1)}
+	r, ok, gen := m.reads.Get(id)
+	if ok {
+		return r, nil
+	}
+	r = &neighborRecord{LogMass: math.Inf(-1)}
 	if _, err := readModel(m, neighborKey(id), "neighbours of", id, r); err != nil {
 		return nil, err
 	}
+	r.find("") // builds the index now: find only reads it from here on
+	m.reads.Put(id, r, gen)
 	return r, nil
 }
 

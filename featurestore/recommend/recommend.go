@@ -123,6 +123,15 @@ func (r *Recommender) Recommend(user string, o Options) ([]Recommendation, error
 		}
 	}
 	hasPurchases := urec.Count[featurestore.BehaviorPurchase] > 0 && !o.KeepPurchased
+	// The user's purchases in one scan, unless there are very many (then
+	// each candidate is looked up).
+	var bought map[string]bool
+	boughtAll := false
+	if hasPurchases {
+		if bought, boughtAll, err = s.PurchasedItems(user, maxPurchasesScanned); err != nil {
+			return nil, err
+		}
+	}
 	items := make(map[string]*featurestore.ItemRecord)
 	var ferr error
 	// keep reports whether item passes every filter.
@@ -134,10 +143,14 @@ func (r *Recommender) Recommend(user string, o Options) ([]Recommendation, error
 			if h, _, ok := ctx.History(id); ok && h.Behavior == featurestore.BehaviorPurchase {
 				return false
 			}
-			if bought, err := s.Purchased(user, id); err != nil {
+			if boughtAll {
+				if bought[id] {
+					return false
+				}
+			} else if b, err := s.Purchased(user, id); err != nil {
 				ferr = err
 				return false
-			} else if bought {
+			} else if b {
 				return false
 			}
 		}
@@ -225,6 +238,10 @@ func (r *Recommender) Recommend(user string, o Options) ([]Recommendation, error
 	}
 	return out, nil
 }
+
+// maxPurchasesScanned is how many purchases of a user a recommendation
+// reads in one scan; past it each candidate is looked up on its own.
+const maxPurchasesScanned = 4096
 
 // PopularReason is the reason given for a popular item of category (""
 // for all items).

@@ -1,0 +1,89 @@
+package readcache
+
+import (
+	"strconv"
+	"sync"
+	"testing"
+)
+
+func TestPutAfterInvalidateDropped(t *testing.T) {
+	c := New[int](4)
+	if _, ok, _ := c.Get("a"); ok {
+		t.Fatal("empty cache hit")
+	}
+	_, _, gen := c.Get("a")
+	c.Invalidate("b") // a commit between the read and the Put
+	c.Put("a", 1, gen)
+	if _, ok, _ := c.Get("a"); ok {
+		t.Fatal("a value read before an invalidation was cached")
+	}
+	_, _, gen = c.Get("a")
+	c.Put("a", 2, gen)
+	if v, ok, _ := c.Get("a"); !ok || v != 2 {
+		t.Fatalf("Get(a) = %v %v, want 2", v, ok)
+	}
+	c.Invalidate("a")
+	if _, ok, _ := c.Get("a"); ok {
+		t.Fatal("invalidated key still cached")
+	}
+	_, _, gen = c.Get("x")
+	c.Put("x", 3, gen)
+	c.Clear()
+	if c.Len() != 0 {
+		t.Fatalf("Len after Clear = %d", c.Len())
+	}
+}
+
+func TestBounded(t *testing.T) {
+	c := New[int](16)
+	for i := range 1000 {
+		_, _, gen := c.Get(strconv.Itoa(i))
+		c.Put(strconv.Itoa(i), i, gen)
+		if c.Len() > 16 {
+			t.Fatalf("Len = %d after %d puts, want at most 16", c.Len(), i+1)
+		}
+	}
+	if v, ok, _ := c.Get("999"); !ok || v != 999 {
+		t.Fatalf("newest entry missing: %v %v", v, ok)
+	}
+}
+
+// A reader never keeps a value older than the committed one once the
+// writer has invalidated it (run with -race).
+func TestConcurrentNeverStale(t *testing.T) {
+	c := New[int](8)
+	var mu sync.RWMutex
+	committed := 0
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, ok, gen := c.Get("k"); !ok {
+					mu.RLock()
+					v := committed
+					mu.RUnlock()
+					c.Put("k", v, gen)
+				}
+			}
+		}()
+	}
+	for i := 1; i <= 2000; i++ {
+		mu.Lock()
+		committed = i
+		mu.Unlock()
+		c.Invalidate("k")
+		if v, ok, _ := c.Get("k"); ok && v < i {
+			t.Fatalf("after committing %d and invalidating, the cache holds %d", i, v)
+		}
+	}
+	close(stop)
+	wg.Wait()
+}
