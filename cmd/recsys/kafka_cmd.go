@@ -360,19 +360,19 @@ func rebuild(ctx context.Context, cfg *config, fromMS int64, mode string, out io
 		return fmt.Errorf("rebuild: %w", err)
 	}
 	ing := ingestConfig{lateness: cfg.Ingest.AllowedLateness, futureSkew: cfg.Ingest.MaxFutureSkew, minFree: uint64(cfg.Ingest.MinFreeBytes), kafka: true}
-	eng, err := openEngine(cfg.Data.Dir, cfg.Store, ing, logger, nil)
+	eng, err := openDataDir(cfg.Data.Dir, cfg.Store, ing, logger, nil, nil)
 	if err != nil {
 		return err
 	}
 	defer eng.Close()
 	if start != nil {
-		if err := kafka.SetPositions(eng.store, kc.Topic, start); err != nil {
+		if err := kafka.SetPositions(eng.Store, kc.Topic, start); err != nil {
 			return fmt.Errorf("rebuild: %w", err)
 		}
 	}
 	opts := kc.consumerOptions(ing, logger, nil)
 	opts.StopAt = end
-	c, err := kafka.New(eng.store, opts)
+	c, err := kafka.New(eng.Store, opts)
 	if err != nil {
 		return err
 	}
@@ -381,11 +381,11 @@ func rebuild(ctx context.Context, cfg *config, fromMS int64, mode string, out io
 		total += e - start[p] // start[p] is 0 without --from-time
 	}
 	bar := newProgress(mode, "rebuild", "records", total)
-	base := eng.store.Stats()
-	baseDL := eng.store.DeadLetterCount()
+	base := eng.Store.Stats()
+	baseDL := eng.Store.DeadLetterCount()
 	stopBar := every(500*time.Millisecond, func() {
-		st := eng.store.Stats()
-		bar.Set(int64(st.Events-base.Events+st.Duplicates-base.Duplicates+eng.store.DeadLetterCount()-baseDL), 0)
+		st := eng.Store.Stats()
+		bar.Set(int64(st.Events-base.Events+st.Duplicates-base.Duplicates+eng.Store.DeadLetterCount()-baseDL), 0)
 	})
 	began := time.Now()
 	err = c.Run(ctx)
@@ -397,7 +397,7 @@ func rebuild(ctx context.Context, cfg *config, fromMS int64, mode string, out io
 	if ctx.Err() != nil {
 		return fmt.Errorf("rebuild: interrupted; run it again")
 	}
-	st := eng.store.Stats()
-	return json.NewEncoder(out).Encode(map[string]any{"events": st.Events, "duplicates": st.Duplicates, "dead_letters": eng.store.DeadLetterCount(),
+	st := eng.Store.Stats()
+	return json.NewEncoder(out).Encode(map[string]any{"events": st.Events, "duplicates": st.Duplicates, "dead_letters": eng.Store.DeadLetterCount(),
 		"seconds": time.Since(began).Seconds()})
 }

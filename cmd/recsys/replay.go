@@ -26,6 +26,7 @@ import (
 
 	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
 	"github.com/streamrec/recsys/updater"
+	"github.com/streamrec/recsys/updater/datadir"
 )
 
 type replayOpts struct {
@@ -158,7 +159,7 @@ func replay(ctx context.Context, o *replayOpts, files []string) error {
 		}
 		snk = h
 	} else {
-		eng, err := openEngine(o.dataDir, o.store, ingestConfig{lateness: o.lateness, futureSkew: o.maxSkew, minFree: 64 << 20}, logger, nil)
+		eng, err := openDataDir(o.dataDir, o.store, ingestConfig{lateness: o.lateness, futureSkew: o.maxSkew, minFree: 64 << 20}, logger, nil, nil)
 		if err != nil {
 			return err
 		}
@@ -657,20 +658,20 @@ func forEachEvent(files []string, format string, sorted bool, fn func(*recsysv1.
 
 // dirSink ingests straight into a data dir and applies as it goes.
 type dirSink struct {
-	eng    *engine
+	eng    *datadir.Dir
 	cancel context.CancelFunc
 	done   chan error
 }
 
-func newDirSink(ctx context.Context, eng *engine) *dirSink {
+func newDirSink(ctx context.Context, eng *datadir.Dir) *dirSink {
 	uctx, cancel := context.WithCancel(context.Background())
 	d := &dirSink{eng: eng, cancel: cancel, done: make(chan error, 1)}
-	go func() { d.done <- eng.upd.Run(uctx) }()
+	go func() { d.done <- eng.Updater.Run(uctx) }()
 	return d
 }
 
 func (d *dirSink) send(ctx context.Context, evs []*recsysv1.Event, st *replayStats) error {
-	res, err := d.eng.upd.Ingest(ctx, evs, nil)
+	res, err := d.eng.Updater.Ingest(ctx, evs, nil)
 	if err != nil {
 		return err
 	}
@@ -682,7 +683,7 @@ func (d *dirSink) send(ctx context.Context, evs []*recsysv1.Event, st *replaySta
 }
 
 func (d *dirSink) close(ctx context.Context) error {
-	werr := d.eng.upd.WaitApplied(ctx, d.eng.log.End())
+	werr := d.eng.Updater.WaitApplied(ctx, d.eng.Log.End())
 	d.cancel()
 	rerr := <-d.done
 	if werr != nil {
