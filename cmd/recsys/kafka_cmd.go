@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -22,6 +21,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/streamrec/recsys/updater"
+	"github.com/streamrec/recsys/updater/eventfile"
 	"github.com/streamrec/recsys/updater/kafka"
 )
 
@@ -122,7 +122,7 @@ func kafkaProduceCmd() *cobra.Command {
 			var total int64 = -1
 			if mode != "off" {
 				var err error
-				if total, err = countEvents(files); err != nil {
+				if total, err = eventfile.Count(files); err != nil {
 					return err
 				}
 			}
@@ -155,7 +155,7 @@ func produceFiles(ctx context.Context, kc *kafkaConfig, format string, partition
 	var firstErr atomic.Value
 	start := time.Now()
 	for _, file := range files {
-		err := eachLine(file, func(line []byte) error {
+		err := eventfile.Lines(file, func(line []byte) error {
 			var rec *kgo.Record
 			if format == "taobao" {
 				ev, ferr := updater.DecodeTaobaoCSV(string(line))
@@ -211,26 +211,6 @@ func produceFiles(ctx context.Context, kc *kafkaConfig, format string, partition
 		ends[fmt.Sprint(p)] = o
 	}
 	return json.NewEncoder(out).Encode(map[string]any{"records": sent, "skipped": skipped, "end_offsets": ends})
-}
-
-// eachLine calls fn with every non-blank line of file (gzip or plain).
-func eachLine(file string, fn func([]byte) error) error {
-	r, closeFn, err := openEvents(file)
-	if err != nil {
-		return err
-	}
-	defer closeFn()
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 4<<20)
-	for sc.Scan() {
-		if len(bytes.TrimSpace(sc.Bytes())) == 0 {
-			continue
-		}
-		if err := fn(sc.Bytes()); err != nil {
-			return err
-		}
-	}
-	return sc.Err()
 }
 
 // backupCmd asks a running server for a checkpoint (the Flight backup

@@ -25,6 +25,7 @@ import (
 	"github.com/streamrec/recsys/serving"
 	"github.com/streamrec/recsys/updater"
 	"github.com/streamrec/recsys/updater/datadir"
+	"github.com/streamrec/recsys/updater/eventfile"
 	"github.com/streamrec/recsys/updater/synth"
 )
 
@@ -480,7 +481,7 @@ func loadFiles(ctx context.Context, eng *datadir.Dir, files []string, format str
 				ff = "jsonl"
 			}
 		}
-		err := forEachEvent([]string{f}, ff, true, func(ev *recsysv1.Event, ferr *updater.FieldError) error {
+		err := eventfile.ReadAll([]string{f}, ff, true, func(ev *recsysv1.Event, ferr *updater.FieldError) error {
 			if ferr != nil {
 				rejected++
 				return nil
