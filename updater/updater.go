@@ -38,11 +38,12 @@ type Options struct {
 	Now func() time.Time
 	// Registerer receives the updater's metrics; nil registers nowhere.
 	Registerer prometheus.Registerer
-	// Publish, when set, replaces the embedded log: Ingest hands it the
-	// valid events (normalized) and acknowledges once it returns nil. The
-	// watermark is then checked by whoever consumes what it published
-	// (updater/kafka), so Ingest rejects only invalid and future events.
-	Publish func(ctx context.Context, events []*recsysv1.Event) error
+	// Publisher, when set, replaces the embedded log: Ingest hands it the
+	// valid events (normalized) and the dead letters of future ones, and
+	// acknowledges once it has taken both. The watermark is then checked by
+	// whoever consumes what it published (updater/kafka), so Ingest
+	// rejects only invalid and future events.
+	Publisher Publisher
 	// DiskFree, when set, returns the free bytes of the data dir's
 	// filesystem. Below MinFreeBytes ingest is refused with ErrDiskFull
 	// (nothing is acknowledged that could not be made durable), and below
@@ -51,6 +52,17 @@ type Options struct {
 	// returns.
 	DiskFree     func() (uint64, error)
 	MinFreeBytes uint64
+}
+
+// Publisher is where ingest sends its output instead of the embedded log
+// (kafka.Producer: the topic). The dead letters go the same way as the
+// events, so that the consumer keeps them exactly once with the state, as
+// the embedded log's are, and a rebuild from the topic has them too.
+type Publisher interface {
+	// Publish returns once events are durable.
+	Publish(ctx context.Context, events []*recsysv1.Event) error
+	// PublishDeadLetters returns once dead are durable.
+	PublishDeadLetters(ctx context.Context, dead []*recsysv1.DeadLetter) error
 }
 
 // ErrDiskFull is returned by Ingest while the data dir's filesystem has
@@ -201,7 +213,7 @@ type IngestResult struct {
 // means the identity. An error means nothing was appended.
 func (u *Updater) Ingest(ctx context.Context, events []*recsysv1.Event, index []int) (IngestResult, error) {
 	var res IngestResult
-	if u.opts.Publish == nil {
+	if u.opts.Publisher == nil {
 		if err := u.DiskFull(); err != nil {
 			u.m.events.WithLabelValues("refused", "disk_full").Add(float64(len(events)))
 			return IngestResult{}, err
@@ -209,7 +221,7 @@ func (u *Updater) Ingest(ctx context.Context, events []*recsysv1.Event, index []
 	}
 	now := u.opts.Now()
 	recs := make([][]byte, 0, len(events))
-	var dead [][]byte // Kafka mode: straight to the store
+	var dead []*recsysv1.DeadLetter // published (Kafka mode)
 	var pubs []*recsysv1.Event
 	u.ingestMu.Lock()
 	for i, ev := range events {
@@ -218,30 +230,31 @@ func (u *Updater) Ingest(ctx context.Context, events []*recsysv1.Event, index []
 			pos = index[i]
 		}
 		norm, ferr := Normalize(ev, now, u.opts.MaxFutureSkew)
-		if ferr == nil && u.opts.Publish == nil && norm.TS < u.maxTS-u.opts.AllowedLateness.Milliseconds() {
+		if ferr == nil && u.opts.Publisher == nil && norm.TS < u.maxTS-u.opts.AllowedLateness.Milliseconds() {
 			ferr = fieldErr("ts", CodeLate, "%s is older than the watermark %s (newest event time %s minus the allowed lateness %s)",
 				fmtTS(norm.TS), fmtTS(u.maxTS-u.opts.AllowedLateness.Milliseconds()), fmtTS(u.maxTS), u.opts.AllowedLateness)
 		}
 		if ferr != nil {
 			res.Rejected = append(res.Rejected, rejection(pos, ferr))
 			if ferr.Code == CodeLate || ferr.Code == CodeFuture {
-				d, err := proto.Marshal(&recsysv1.DeadLetter{Event: ev, Code: ferr.Code, Reason: ferr.Error(), ReceivedAt: timestamppb.New(now)})
+				// Through the log (or the topic), like the events: durable
+				// with them, applied exactly once, rebuilt with the state.
+				dl := &recsysv1.DeadLetter{Event: ev, Code: ferr.Code, Reason: ferr.Error(), ReceivedAt: timestamppb.New(now)}
+				if u.opts.Publisher != nil {
+					dead = append(dead, dl)
+					continue
+				}
+				d, err := proto.Marshal(dl)
 				if err != nil {
 					u.ingestMu.Unlock()
 					return IngestResult{}, fmt.Errorf("ingest: encode dead letter: %w", err)
 				}
-				if u.opts.Publish != nil {
-					dead = append(dead, d)
-				} else {
-					// Through the log, like the events: durable with them,
-					// applied exactly once, rebuilt with the state.
-					recs = append(recs, append([]byte{deadLetterMark}, d...))
-				}
+				recs = append(recs, append([]byte{deadLetterMark}, d...))
 			}
 			continue
 		}
 		u.maxTS = max(u.maxTS, norm.TS)
-		if u.opts.Publish != nil {
+		if u.opts.Publisher != nil {
 			pubs = append(pubs, toProto(&norm))
 			continue
 		}
@@ -268,11 +281,13 @@ func (u *Updater) Ingest(ctx context.Context, events []*recsysv1.Event, index []
 	for _, r := range res.Rejected {
 		u.m.events.WithLabelValues("rejected", r.Code).Inc()
 	}
-	if err := u.store.AddDeadLetters(now.UnixMilli(), dead); err != nil {
-		return IngestResult{}, fmt.Errorf("ingest: %w", err)
+	if len(dead) > 0 {
+		if err := u.opts.Publisher.PublishDeadLetters(ctx, dead); err != nil {
+			return IngestResult{}, fmt.Errorf("ingest: %w", err)
+		}
 	}
 	if len(pubs) > 0 {
-		if err := u.opts.Publish(ctx, pubs); err != nil {
+		if err := u.opts.Publisher.Publish(ctx, pubs); err != nil {
 			return IngestResult{}, fmt.Errorf("ingest: %w", err)
 		}
 		res.Accepted = len(pubs)

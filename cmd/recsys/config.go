@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -11,7 +10,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/streamrec/recsys/featurestore"
-	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
+	"github.com/streamrec/recsys/updater"
 	"github.com/streamrec/recsys/updater/datadir"
 )
 
@@ -84,11 +83,11 @@ type ingestConfig struct {
 }
 
 // openDataDir opens the data dir with the flags' store and ingest
-// settings; publish (serve's Kafka mode) may be nil.
-func openDataDir(dir string, sc storeConfig, ing ingestConfig, logger *slog.Logger, reg prometheus.Registerer, publish func(context.Context, []*recsysv1.Event) error) (*datadir.Dir, error) {
+// settings; publisher (serve's Kafka mode) may be nil.
+func openDataDir(dir string, sc storeConfig, ing ingestConfig, logger *slog.Logger, reg prometheus.Registerer, publisher updater.Publisher) (*datadir.Dir, error) {
 	o := datadir.Options{Logger: logger, Registerer: reg, FeaturesFile: sc.Features,
 		Store:           featurestore.Options{Clock: sc.Clock, DedupHorizon: sc.DedupHorizon, Models: sc.Models.options()},
-		AllowedLateness: ing.lateness, MaxFutureSkew: ing.futureSkew, MinFreeBytes: ing.minFree, OutsideSource: ing.kafka, Publish: publish}
+		AllowedLateness: ing.lateness, MaxFutureSkew: ing.futureSkew, MinFreeBytes: ing.minFree, OutsideSource: ing.kafka, Publisher: publisher}
 	return datadir.Open(dir, o)
 }
 

@@ -10,8 +10,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
 
-	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
 	"github.com/streamrec/recsys/serving"
+	"github.com/streamrec/recsys/updater"
 	"github.com/streamrec/recsys/updater/datadir"
 	"github.com/streamrec/recsys/updater/kafka"
 )
@@ -115,13 +115,13 @@ func newKafkaSource(cfg *kafkaConfig, ing ingestConfig) (*kafkaSource, error) {
 	return &kafkaSource{cfg: cfg, ing: ing, prod: prod}, nil
 }
 
-// publish is what ingest publishes to the topic with instead of appending
-// to the embedded log; nil without Kafka.
-func (k *kafkaSource) publish() func(context.Context, []*recsysv1.Event) error {
+// publisher is what ingest publishes to the topic with instead of
+// appending to the embedded log; nil without Kafka.
+func (k *kafkaSource) publisher() updater.Publisher {
 	if k == nil {
 		return nil
 	}
-	return k.prod.Publish
+	return k.prod
 }
 
 // Run consumes the topic into eng's store until ctx is done.

@@ -120,7 +120,7 @@ func serve(ctx context.Context, cfg *config) error {
 		return err
 	}
 	defer kafkaSrc.Close()
-	eng, err := openDataDir(cfg.Data.Dir, cfg.Store, ing, logger, reg, kafkaSrc.publish())
+	eng, err := openDataDir(cfg.Data.Dir, cfg.Store, ing, logger, reg, kafkaSrc.publisher())
 	if err != nil {
 		return err
 	}

@@ -1,7 +1,6 @@
 package datadir
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,7 +14,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/streamrec/recsys/featurestore"
-	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
 	"github.com/streamrec/recsys/updater"
 	"github.com/streamrec/recsys/updater/eventlog"
 )
@@ -39,9 +37,9 @@ type Options struct {
 	// OutsideSource says the store is fed by an outside source (a Kafka
 	// topic), not by the embedded log.
 	OutsideSource bool
-	// Publish, when set, makes ingest publish to the outside source
-	// instead of appending to the log (updater.Options.Publish).
-	Publish func(ctx context.Context, events []*recsysv1.Event) error
+	// Publisher, when set, makes ingest publish to the outside source
+	// instead of appending to the log (updater.Options.Publisher).
+	Publisher updater.Publisher
 }
 
 // Dir is an open data dir.
@@ -100,7 +98,7 @@ func Open(path string, o Options) (*Dir, error) {
 		return nil, fmt.Errorf("data dir %s: store applied offset %d is past the log end %d (log and state from different runs?)", path, st.AppliedOffset(), lg.End())
 	}
 	uo := updater.Options{Logger: o.Logger, AllowedLateness: o.AllowedLateness, MaxFutureSkew: o.MaxFutureSkew, Registerer: o.Registerer,
-		MinFreeBytes: o.MinFreeBytes, DiskFree: func() (uint64, error) { return DiskFree(path) }, Publish: o.Publish}
+		MinFreeBytes: o.MinFreeBytes, DiskFree: func() (uint64, error) { return DiskFree(path) }, Publisher: o.Publisher}
 	return &Dir{Path: path, Log: lg, Store: st, Updater: updater.New(lg, st, uo), lock: lock}, nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -573,11 +574,32 @@ func (c *Consumer) decode(r *kgo.Record, pos *position, now time.Time) (decoded,
 	ct := c.opts.ContentType
 	for _, h := range r.Headers {
 		if h.Key == HeaderContentType {
+			if string(h.Value) == ContentDeadLetter {
+				ct = ContentDeadLetter
+				continue
+			}
 			var ok bool
 			if ct, ok = normalizeContentType(string(h.Value)); !ok {
 				return decoded{}, CodeUndecodable, fmt.Errorf("header %s: unknown content type %q", HeaderContentType, h.Value)
 			}
 		}
+	}
+	if ct == ContentDeadLetter {
+		// An event that ingest refused, published beside the events
+		// (Producer.PublishDeadLetters): kept here like the topic's own bad
+		// records, exactly once.
+		var dl recsysv1.DeadLetter
+		if err := proto.Unmarshal(r.Value, &dl); err != nil {
+			return decoded{}, CodeUndecodable, fmt.Errorf("value: not a protobuf recsys.v1.DeadLetter: %v", err)
+		}
+		if dl.Code != updater.CodeFuture && dl.Code != updater.CodeLate {
+			return decoded{}, CodeUndecodable, fmt.Errorf("value: a dead letter of ingest with code %.40q, neither %s nor %s", dl.Code, updater.CodeFuture, updater.CodeLate)
+		}
+		reason := dl.Reason
+		if strings.TrimSpace(reason) == "" {
+			reason = dl.Code
+		}
+		return decoded{ev: dl.Event}, dl.Code, fmt.Errorf("refused at ingest: %s", reason)
 	}
 	var ev *recsysv1.Event
 	if ct == ContentProtobuf {
