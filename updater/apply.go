@@ -263,6 +263,15 @@ func read(ctx context.Context, src Source, max int, out chan<- *Batch) error {
 		case r = <-got:
 			stop()
 		}
+		if errors.Is(r.err, ErrSourceEnd) && pend != nil {
+			// What was read before the end is applied first.
+			select {
+			case out <- pend:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			return r.err
+		}
 		if r.err != nil {
 			return r.err
 		}
