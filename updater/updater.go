@@ -230,9 +230,11 @@ func (u *Updater) Ingest(ctx context.Context, events []*recsysv1.Event, index []
 			pos = index[i]
 		}
 		norm, ferr := Normalize(ev, now, u.opts.MaxFutureSkew)
-		if ferr == nil && u.opts.Publisher == nil && norm.TS < u.maxTS-u.opts.AllowedLateness.Milliseconds() {
-			ferr = fieldErr("ts", CodeLate, "%s is older than the watermark %s (newest event time %s minus the allowed lateness %s)",
-				fmtTS(norm.TS), fmtTS(u.maxTS-u.opts.AllowedLateness.Milliseconds()), fmtTS(u.maxTS), u.opts.AllowedLateness)
+		if ferr == nil && u.opts.Publisher == nil {
+			if wm, late := Late(norm.TS, u.maxTS, u.opts.AllowedLateness); late {
+				ferr = fieldErr("ts", CodeLate, "%s is older than the watermark %s (newest event time %s minus the allowed lateness %s)",
+					fmtTS(norm.TS), fmtTS(wm), fmtTS(u.maxTS), u.opts.AllowedLateness)
+			}
 		}
 		if ferr != nil {
 			res.Rejected = append(res.Rejected, rejection(pos, ferr))

@@ -617,7 +617,7 @@ func (c *Consumer) decode(r *kgo.Record, pos *position, now time.Time) (decoded,
 	if ferr != nil {
 		return decoded{ev: ev}, ferr.Code, ferr
 	}
-	if wm := pos.maxTS - c.opts.AllowedLateness.Milliseconds(); pos.maxTS != 0 && norm.TS < wm {
+	if wm, late := updater.Late(norm.TS, pos.maxTS, c.opts.AllowedLateness); late {
 		return decoded{ev: ev}, updater.CodeLate, fmt.Errorf("ts: %s is older than the partition's watermark %s (its newest event time minus the allowed lateness %s)",
 			fmtTS(norm.TS), fmtTS(wm), c.opts.AllowedLateness)
 	}
