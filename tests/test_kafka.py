@@ -124,6 +124,39 @@ def test_ingest_dead_letters_checkpoint_rebuild(kafka_broker, tmp_path):
         copy.close()
 
 
+def test_ingest_future_dead_letter_through_topic(kafka_broker, tmp_path):
+    """A future event refused by POST /v1/events in Kafka mode goes through
+    the topic like the events: kept once by the consumer (also after a
+    rebuild from the topic) and sent to the dead-letter topic."""
+    topic = "t-future"
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    produce(kafka_broker, topic, [empty], fmt="lines", partitions=1)
+    srv = kafka_server(tmp_path / "f", kafka_broker, topic, "g-future", name="future").start()
+    try:
+        future_ts = int(time.time() * 1000) + 24 * 3600 * 1000
+        r = srv.ingest([{"user_id": "f-1", "item_id": "i1", "behavior": "view", "ts": 1511658000000},
+                        {"user_id": "f-1", "item_id": "i2", "behavior": "view", "ts": future_ts}])
+        assert r["accepted"] == 1 and [x["code"] for x in r["rejected"]] == ["future"], r
+        poll(lambda: srv.stats()["dead_letters"] == 1 and srv.stats()["events_applied"] == 1, 30,
+             what="the future event's dead letter kept by the consumer")
+        dlq = dump(kafka_broker, topic + ".dlq")
+        assert [d["headers"]["recsys-reason"] for d in dlq] == ["future"], dlq
+        assert dlq[0]["headers"]["recsys-source-topic"] == topic
+    finally:
+        srv.stop()
+    recsys("rebuild", "--data.dir", str(srv.data_dir), "--kafka.brokers", kafka_broker.addr, "--kafka.topic", topic,
+           "--kafka.group", "g-future", "--clock", "event", "--ingest.allowed-lateness", "87600h",
+           "--features", str(long_ttl_features()))
+    srv.start()
+    try:
+        st = srv.stats()
+        assert (st["events_applied"], st["dead_letters"]) == (1, 1), st
+    finally:
+        srv.stop()
+        srv.close()
+
+
 def test_broker_restart_mid_stream(kafka_broker, tmp_path):
     topic = "t-restart"
     srv = kafka_server(tmp_path, kafka_broker, topic, "g-restart", name="restart")

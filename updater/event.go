@@ -191,3 +191,16 @@ func toProto(ev *featurestore.Event) *recsysv1.Event {
 		Ts:         ev.TS,
 	}
 }
+
+// Late applies the watermark rule of every source: an event at ts is late
+// when it is older than the watermark, the newest event time accepted
+// before it (maxTS; 0 when there is none yet, and then nothing is late)
+// minus the allowed lateness. The embedded log applies it at ingest, in log
+// order; a Kafka topic per partition, as its records are decoded.
+func Late(ts, maxTS int64, lateness time.Duration) (watermark int64, late bool) {
+	if maxTS == 0 {
+		return 0, false
+	}
+	watermark = maxTS - lateness.Milliseconds()
+	return watermark, ts < watermark
+}

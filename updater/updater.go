@@ -38,11 +38,12 @@ type Options struct {
 	Now func() time.Time
 	// Registerer receives the updater's metrics; nil registers nowhere.
 	Registerer prometheus.Registerer
-	// Publish, when set, replaces the embedded log: Ingest hands it the
-	// valid events (normalized) and acknowledges once it returns nil. The
-	// watermark is then checked by whoever consumes what it published
-	// (updater/kafka), so Ingest rejects only invalid and future events.
-	Publish func(ctx context.Context, events []*recsysv1.Event) error
+	// Publisher, when set, replaces the embedded log: Ingest hands it the
+	// valid events (normalized) and the dead letters of future ones, and
+	// acknowledges once it has taken both. The watermark is then checked by
+	// whoever consumes what it published (updater/kafka), so Ingest
+	// rejects only invalid and future events.
+	Publisher Publisher
 	// DiskFree, when set, returns the free bytes of the data dir's
 	// filesystem. Below MinFreeBytes ingest is refused with ErrDiskFull
 	// (nothing is acknowledged that could not be made durable), and below
@@ -51,6 +52,17 @@ type Options struct {
 	// returns.
 	DiskFree     func() (uint64, error)
 	MinFreeBytes uint64
+}
+
+// Publisher is where ingest sends its output instead of the embedded log
+// (kafka.Producer: the topic). The dead letters go the same way as the
+// events, so that the consumer keeps them exactly once with the state, as
+// the embedded log's are, and a rebuild from the topic has them too.
+type Publisher interface {
+	// Publish returns once events are durable.
+	Publish(ctx context.Context, events []*recsysv1.Event) error
+	// PublishDeadLetters returns once dead are durable.
+	PublishDeadLetters(ctx context.Context, dead []*recsysv1.DeadLetter) error
 }
 
 // ErrDiskFull is returned by Ingest while the data dir's filesystem has
@@ -201,7 +213,7 @@ type IngestResult struct {
 // means the identity. An error means nothing was appended.
 func (u *Updater) Ingest(ctx context.Context, events []*recsysv1.Event, index []int) (IngestResult, error) {
 	var res IngestResult
-	if u.opts.Publish == nil {
+	if u.opts.Publisher == nil {
 		if err := u.DiskFull(); err != nil {
 			u.m.events.WithLabelValues("refused", "disk_full").Add(float64(len(events)))
 			return IngestResult{}, err
@@ -209,7 +221,7 @@ func (u *Updater) Ingest(ctx context.Context, events []*recsysv1.Event, index []
 	}
 	now := u.opts.Now()
 	recs := make([][]byte, 0, len(events))
-	var dead [][]byte // Kafka mode: straight to the store
+	var dead []*recsysv1.DeadLetter // published (Kafka mode)
 	var pubs []*recsysv1.Event
 	u.ingestMu.Lock()
 	for i, ev := range events {
@@ -218,30 +230,33 @@ func (u *Updater) Ingest(ctx context.Context, events []*recsysv1.Event, index []
 			pos = index[i]
 		}
 		norm, ferr := Normalize(ev, now, u.opts.MaxFutureSkew)
-		if ferr == nil && u.opts.Publish == nil && norm.TS < u.maxTS-u.opts.AllowedLateness.Milliseconds() {
-			ferr = fieldErr("ts", CodeLate, "%s is older than the watermark %s (newest event time %s minus the allowed lateness %s)",
-				fmtTS(norm.TS), fmtTS(u.maxTS-u.opts.AllowedLateness.Milliseconds()), fmtTS(u.maxTS), u.opts.AllowedLateness)
+		if ferr == nil && u.opts.Publisher == nil {
+			if wm, late := Late(norm.TS, u.maxTS, u.opts.AllowedLateness); late {
+				ferr = fieldErr("ts", CodeLate, "%s is older than the watermark %s (newest event time %s minus the allowed lateness %s)",
+					fmtTS(norm.TS), fmtTS(wm), fmtTS(u.maxTS), u.opts.AllowedLateness)
+			}
 		}
 		if ferr != nil {
 			res.Rejected = append(res.Rejected, rejection(pos, ferr))
 			if ferr.Code == CodeLate || ferr.Code == CodeFuture {
-				d, err := proto.Marshal(&recsysv1.DeadLetter{Event: ev, Code: ferr.Code, Reason: ferr.Error(), ReceivedAt: timestamppb.New(now)})
+				// Through the log (or the topic), like the events: durable
+				// with them, applied exactly once, rebuilt with the state.
+				dl := &recsysv1.DeadLetter{Event: ev, Code: ferr.Code, Reason: ferr.Error(), ReceivedAt: timestamppb.New(now)}
+				if u.opts.Publisher != nil {
+					dead = append(dead, dl)
+					continue
+				}
+				d, err := proto.Marshal(dl)
 				if err != nil {
 					u.ingestMu.Unlock()
 					return IngestResult{}, fmt.Errorf("ingest: encode dead letter: %w", err)
 				}
-				if u.opts.Publish != nil {
-					dead = append(dead, d)
-				} else {
-					// Through the log, like the events: durable with them,
-					// applied exactly once, rebuilt with the state.
-					recs = append(recs, append([]byte{deadLetterMark}, d...))
-				}
+				recs = append(recs, append([]byte{deadLetterMark}, d...))
 			}
 			continue
 		}
 		u.maxTS = max(u.maxTS, norm.TS)
-		if u.opts.Publish != nil {
+		if u.opts.Publisher != nil {
 			pubs = append(pubs, toProto(&norm))
 			continue
 		}
@@ -268,11 +283,13 @@ func (u *Updater) Ingest(ctx context.Context, events []*recsysv1.Event, index []
 	for _, r := range res.Rejected {
 		u.m.events.WithLabelValues("rejected", r.Code).Inc()
 	}
-	if err := u.store.AddDeadLetters(now.UnixMilli(), dead); err != nil {
-		return IngestResult{}, fmt.Errorf("ingest: %w", err)
+	if len(dead) > 0 {
+		if err := u.opts.Publisher.PublishDeadLetters(ctx, dead); err != nil {
+			return IngestResult{}, fmt.Errorf("ingest: %w", err)
+		}
 	}
 	if len(pubs) > 0 {
-		if err := u.opts.Publish(ctx, pubs); err != nil {
+		if err := u.opts.Publisher.Publish(ctx, pubs); err != nil {
 			return IngestResult{}, fmt.Errorf("ingest: %w", err)
 		}
 		res.Accepted = len(pubs)
@@ -409,15 +426,11 @@ func (u *Updater) Backup(dir string) (err error) {
 func (u *Updater) LogEnd() uint64 { return u.log.End() }
 
 // Run applies the log to the store until ctx is done. It returns nil on
-// cancellation and the first error otherwise.
+// cancellation (or once the log is closed) and the first error otherwise.
 func (u *Updater) Run(ctx context.Context) error {
-	entries := make([]featurestore.Entry, 0, u.opts.ApplyBatch)
-	var dead []featurestore.DeadLetter
-	var ev recsysv1.Event
-	var lastExpiry int64
-	// marks remembers the applied offset at each daily expiry, to truncate
-	// the log once a mark is older than the retention. They are kept in
-	// the log itself, so that a server restarted every day still
+	// The marks remember the applied offset at each daily expiry, to
+	// truncate the log once a mark is older than the retention. They are
+	// kept in the log itself, so that a server restarted every day still
 	// truncates.
 	marks, err := u.loadMarks()
 	if errors.Is(err, eventlog.ErrClosed) {
@@ -426,96 +439,104 @@ func (u *Updater) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("updater: %w", err)
 	}
-	for {
-		from := u.store.AppliedOffset()
-		if err := u.log.Wait(ctx, from); err != nil {
-			if ctx.Err() != nil || errors.Is(err, eventlog.ErrClosed) {
-				return nil
-			}
-			return fmt.Errorf("updater: %w", err)
+	src := &logSource{u: u, next: u.store.AppliedOffset(), marks: marks}
+	return Apply(ctx, u.store, src, LoopOptions{Logger: u.opts.Logger, MaxBatch: u.opts.ApplyBatch,
+		ApplyDuration: u.m.apply, Freshness: u.m.freshness, DiskLow: u.diskLow})
+}
+
+// logSource is the embedded log as the apply loop's source: it reads the
+// log from the store's applied offset on.
+type logSource struct {
+	u     *Updater
+	next  uint64 // offset of the next record to read
+	ev    recsysv1.Event
+	marks []mark
+}
+
+func (s *logSource) Next(ctx context.Context, max int) (*Batch, error) {
+	u := s.u
+	if err := u.log.Wait(ctx, s.next); err != nil {
+		switch {
+		case ctx.Err() != nil:
+			return nil, nil
+		case errors.Is(err, eventlog.ErrClosed):
+			return nil, ErrSourceEnd
 		}
-		entries, dead = entries[:0], dead[:0]
-		end, err := u.log.Read(from, u.opts.ApplyBatch, func(off uint64, rec []byte) error {
-			if len(rec) > 0 && rec[0] == deadLetterMark {
-				var dl recsysv1.DeadLetter
-				if err := proto.Unmarshal(rec[1:], &dl); err != nil {
-					u.opts.Logger.Error("skipping undecodable dead letter in the log", "offset", off, "err", err)
-					return nil
-				}
-				dead = append(dead, featurestore.DeadLetter{Received: dl.GetReceivedAt().AsTime().UnixMilli(),
-					Seq: featurestore.LogDeadLetterSeq(off), Record: slices.Clone(rec[1:])})
-				return nil
-			}
-			if err := proto.Unmarshal(rec, &ev); err != nil {
-				// Records are validated before they are appended, so this is
-				// corruption on disk: skip the record rather than stall.
-				u.opts.Logger.Error("skipping undecodable log record", "offset", off, "err", err)
-				return nil
-			}
-			norm, ferr := Normalize(&ev, time.UnixMilli(ev.Ts), 0)
-			if ferr != nil {
-				u.opts.Logger.Error("skipping invalid log record", "offset", off, "err", ferr)
-				return nil
-			}
-			entries = append(entries, featurestore.Entry{Offset: off, Event: norm})
-			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("updater: read log at %d: %w", from, err)
-		}
-		// Below half the free space ingest needs, wait for space rather
-		// than let Pebble meet a full disk in the middle of a write.
-		for waited := false; u.diskLow(); waited = true {
-			if !waited {
-				u.opts.Logger.Warn("the data dir's filesystem is nearly full; applying waits for free space", "min_free_bytes", u.opts.MinFreeBytes)
-			}
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(time.Second):
-			}
-		}
-		applyStart := time.Now()
-		if _, err := u.store.ApplyLog(end, entries, dead); err != nil {
-			return fmt.Errorf("updater: %w", err)
-		}
-		done := time.Now()
-		u.m.apply.Observe(done.Sub(applyStart).Seconds())
-		u.ackMu.Lock()
-		i := 0
-		for ; i < len(u.acked) && u.acked[i].end <= end; i++ {
-			u.m.freshness.Observe(done.Sub(u.acked[i].at).Seconds())
-		}
-		u.acked = append(u.acked[:0], u.acked[i:]...)
-		u.ackMu.Unlock()
-		// Once a day of the store's clock, remove what is past the TTL, and
-		// the log records applied more than the retention ago.
-		if now := u.store.Now(); now/dayMS != lastExpiry {
-			lastExpiry = now / dayMS
-			if _, err := u.store.Expire(now); err != nil {
-				return fmt.Errorf("updater: %w", err)
-			}
-			marks = append(marks, mark{now, end})
-			keep := now - u.store.Retention()
-			i := 0
-			for i < len(marks) && marks[i].at <= keep {
-				i++
-			}
-			if i > 0 {
-				if err := u.log.TruncateBefore(marks[i-1].applied); err != nil {
-					return fmt.Errorf("updater: %w", err)
-				}
-				marks = marks[i:]
-			}
-			if err := u.log.PutMeta(marksKey, encodeMarks(marks)); err != nil {
-				return fmt.Errorf("updater: %w", err)
-			}
-		}
-		u.mu.Lock()
-		close(u.mu.applied)
-		u.mu.applied = make(chan struct{})
-		u.mu.Unlock()
+		return nil, fmt.Errorf("updater: %w", err)
 	}
+	b := &Batch{Log: true}
+	end, err := u.log.Read(s.next, max, func(off uint64, rec []byte) error {
+		if len(rec) > 0 && rec[0] == deadLetterMark {
+			var dl recsysv1.DeadLetter
+			if err := proto.Unmarshal(rec[1:], &dl); err != nil {
+				u.opts.Logger.Error("skipping undecodable dead letter in the log", "offset", off, "err", err)
+				return nil
+			}
+			b.Dead = append(b.Dead, featurestore.DeadLetter{Received: dl.GetReceivedAt().AsTime().UnixMilli(),
+				Seq: featurestore.LogDeadLetterSeq(off), Record: slices.Clone(rec[1:])})
+			return nil
+		}
+		if err := proto.Unmarshal(rec, &s.ev); err != nil {
+			// Records are validated before they are appended, so this is
+			// corruption on disk: skip the record rather than stall.
+			u.opts.Logger.Error("skipping undecodable log record", "offset", off, "err", err)
+			return nil
+		}
+		norm, ferr := Normalize(&s.ev, time.UnixMilli(s.ev.Ts), 0)
+		if ferr != nil {
+			u.opts.Logger.Error("skipping invalid log record", "offset", off, "err", ferr)
+			return nil
+		}
+		b.Entries = append(b.Entries, featurestore.Entry{Offset: off, Event: norm})
+		return nil
+	})
+	if err != nil {
+		if errors.Is(err, eventlog.ErrClosed) {
+			return nil, ErrSourceEnd
+		}
+		return nil, fmt.Errorf("updater: read log at %d: %w", s.next, err)
+	}
+	b.Records, b.LogEnd = int(end-s.next), end
+	s.next = end
+	return b, nil
+}
+
+// Committed returns the acknowledgement times of the ingests the batch
+// completed, and wakes WaitApplied.
+func (s *logSource) Committed(b *Batch, _ featurestore.ApplyResult) ([]time.Time, error) {
+	u := s.u
+	var since []time.Time
+	u.ackMu.Lock()
+	i := 0
+	for ; i < len(u.acked) && u.acked[i].end <= b.LogEnd; i++ {
+		since = append(since, u.acked[i].at)
+	}
+	u.acked = append(u.acked[:0], u.acked[i:]...)
+	u.ackMu.Unlock()
+	u.mu.Lock()
+	close(u.mu.applied)
+	u.mu.applied = make(chan struct{})
+	u.mu.Unlock()
+	return since, nil
+}
+
+// truncate removes the log records applied more than the retention ago:
+// each daily expiry leaves a mark (the applied offset then), and the log is
+// cut at the newest mark older than the retention.
+func (s *logSource) truncate(dayStart, retention int64, b *Batch) error {
+	s.marks = append(s.marks, mark{dayStart, b.LogEnd})
+	keep := dayStart - retention
+	i := 0
+	for i < len(s.marks) && s.marks[i].at <= keep {
+		i++
+	}
+	if i > 0 {
+		if err := s.u.log.TruncateBefore(s.marks[i-1].applied); err != nil {
+			return err
+		}
+		s.marks = s.marks[i:]
+	}
+	return s.u.log.PutMeta(marksKey, encodeMarks(s.marks))
 }
 
 // WaitApplied blocks until every log entry below off is applied or ctx is

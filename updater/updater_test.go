@@ -656,3 +656,40 @@ func testModels(t testing.TB) *models.Models {
 	}
 	return m
 }
+
+// publisher records what ingest publishes (Kafka mode).
+type publisher struct {
+	events []*recsysv1.Event
+	dead   []*recsysv1.DeadLetter
+}
+
+func (p *publisher) Publish(_ context.Context, evs []*recsysv1.Event) error {
+	p.events = append(p.events, evs...)
+	return nil
+}
+
+func (p *publisher) PublishDeadLetters(_ context.Context, dead []*recsysv1.DeadLetter) error {
+	p.dead = append(p.dead, dead...)
+	return nil
+}
+
+// With a Publisher, ingest sends the valid events and the dead letters of
+// future ones the same way (the consumer keeps both with the state);
+// nothing goes to the log or straight to the store.
+func TestIngestPublishesDeadLetters(t *testing.T) {
+	checkGoroutines(t)
+	var pub publisher
+	e := openEnv(t, vfs.NewMem(), Options{Publisher: &pub})
+	defer e.close()
+	future := testNow.Add(time.Hour).UnixMilli()
+	res := e.ingest(t, []*recsysv1.Event{mkEvent("", "u", "i", "c", "view", testTS), mkEvent("", "u", "j", "c", "view", future)}, nil)
+	if res.Accepted != 1 || len(res.Rejected) != 1 || res.Rejected[0].Code != CodeFuture {
+		t.Fatalf("ingest = %+v, want 1 accepted and 1 rejected as future", res)
+	}
+	if len(pub.events) != 1 || len(pub.dead) != 1 || pub.dead[0].Code != CodeFuture || pub.dead[0].GetEvent().GetItemId() != "j" {
+		t.Fatalf("published %d events and dead letters %v, want 1 and the future one", len(pub.events), pub.dead)
+	}
+	if e.log.End() != 0 || e.store.DeadLetterCount() != 0 {
+		t.Fatalf("log end %d, dead letters in the store %d; want 0 and 0 (the consumer keeps them)", e.log.End(), e.store.DeadLetterCount())
+	}
+}

@@ -25,6 +25,7 @@ import (
 	"github.com/streamrec/recsys/featurestore"
 	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
 	"github.com/streamrec/recsys/serving"
+	"github.com/streamrec/recsys/updater/datadir"
 	"github.com/streamrec/recsys/updater/synth"
 )
 
@@ -122,14 +123,14 @@ func bench(ctx context.Context, o *benchOpts) error {
 		}
 	}
 
-	eng, err := openEngine(dir, storeConfig{Clock: "wall"}, ingestConfig{lateness: time.Hour, futureSkew: 5 * time.Minute}, logger, nil)
+	eng, err := openDataDir(dir, storeConfig{Clock: "wall"}, ingestConfig{lateness: time.Hour, futureSkew: 5 * time.Minute}, logger, nil, nil)
 	if err != nil {
 		return err
 	}
 	defer eng.Close()
 	uctx, stopUpd := context.WithCancel(ctx)
 	updDone := make(chan error, 1)
-	go func() { updDone <- eng.upd.Run(uctx) }()
+	go func() { updDone <- eng.Updater.Run(uctx) }()
 	stopIngestProfile, err := startProfile(o.cpuprof)
 	if err != nil {
 		stopUpd()
@@ -138,13 +139,13 @@ func bench(ctx context.Context, o *benchOpts) error {
 	start := time.Now()
 	bar := newProgress(o.progress, "bench: ingest", "events", int64(len(evs)))
 	for i := 0; i < len(evs); i += o.batch {
-		res, err := eng.upd.Ingest(ctx, evs[i:min(i+o.batch, len(evs))], nil)
+		res, err := eng.Updater.Ingest(ctx, evs[i:min(i+o.batch, len(evs))], nil)
 		if err != nil {
 			stopUpd()
 			bar.Finish()
 			return err
 		}
-		bar.Set(int64(eng.store.AppliedOffset()), 0)
+		bar.Set(int64(eng.Store.AppliedOffset()), 0)
 		if len(res.Rejected) > 0 {
 			stopUpd()
 			return fmt.Errorf("bench: event rejected: %s", res.Rejected[0].Reason)
@@ -152,8 +153,8 @@ func bench(ctx context.Context, o *benchOpts) error {
 	}
 	durable := time.Since(start)
 	bar.Describe("bench: apply")
-	stopBar := every(200*time.Millisecond, func() { bar.Set(int64(eng.store.AppliedOffset()), 0) })
-	err = eng.upd.WaitApplied(ctx, eng.log.End())
+	stopBar := every(200*time.Millisecond, func() { bar.Set(int64(eng.Store.AppliedOffset()), 0) })
+	err = eng.Updater.WaitApplied(ctx, eng.Log.End())
 	stopBar()
 	bar.Finish()
 	if err != nil {
@@ -166,17 +167,17 @@ func bench(ctx context.Context, o *benchOpts) error {
 	fmt.Printf("  durable (fsynced): %8.0f events/s (%s)\n", float64(len(evs))/durable.Seconds(), durable.Round(time.Millisecond))
 	fmt.Printf("  applied (readable): %7.0f events/s (%s), full default feature set (%d user, %d item features)\n",
 		float64(len(evs))/applied.Seconds(), applied.Round(time.Millisecond), len(featurestore.UserView.Features), len(featurestore.ItemView.Features))
-	if err := eng.store.Flush(); err != nil {
+	if err := eng.Store.Flush(); err != nil {
 		stopUpd()
 		return err
 	}
-	st := eng.store.Stats()
+	st := eng.Store.Stats()
 	state, logBytes := dirBytes(filepath.Join(dir, "state")), dirBytes(filepath.Join(dir, "log"))
 	fmt.Printf("  on disk: state %.1f MiB, log %.1f MiB; %d active users + %d active items: %.0f state bytes per entity\n",
 		float64(state)/(1<<20), float64(logBytes)/(1<<20), st.Users, st.Items, float64(state)/float64(st.Users+st.Items))
-	printDedup(eng.store.DedupStats())
+	printDedup(eng.Store.DedupStats())
 
-	srv := serving.New(eng.store, eng.models, eng.upd, serving.Options{Logger: logger})
+	srv := serving.New(eng.Store, eng.Models, eng.Updater, serving.Options{Logger: logger})
 	handler, err := srv.HTTPHandler(ctx)
 	if err != nil {
 		stopUpd()
@@ -255,7 +256,7 @@ func bench(ctx context.Context, o *benchOpts) error {
 // benchRecommend measures REST recommendations of random users while
 // events are ingested concurrently at a steady 10,000 events/s (with
 // event times of now, so they pass the watermark).
-func benchRecommend(ctx context.Context, eng *engine, hc *http.Client, base string, evs []*recsysv1.Event, o *benchOpts) error {
+func benchRecommend(ctx context.Context, eng *datadir.Dir, hc *http.Client, base string, evs []*recsysv1.Event, o *benchOpts) error {
 	const rate = 10_000
 	const tick = 50 * time.Millisecond
 	perTick := rate * int(tick) / int(time.Second)
@@ -280,7 +281,7 @@ func benchRecommend(ctx context.Context, eng *engine, hc *http.Client, base stri
 				src := evs[r.IntN(len(evs))]
 				batch[i] = &recsysv1.Event{UserId: src.UserId, ItemId: src.ItemId, CategoryId: src.CategoryId, Behavior: src.Behavior, Ts: now}
 			}
-			if _, err := eng.upd.Ingest(ictx, batch, nil); err != nil {
+			if _, err := eng.Updater.Ingest(ictx, batch, nil); err != nil {
 				if ictx.Err() != nil {
 					ingestErr <- nil
 				} else {
@@ -289,7 +290,7 @@ func benchRecommend(ctx context.Context, eng *engine, hc *http.Client, base stri
 				return
 			}
 			ingested += len(batch)
-			lagMax = max(lagMax, int(eng.log.End()-eng.store.AppliedOffset()))
+			lagMax = max(lagMax, int(eng.Log.End()-eng.Store.AppliedOffset()))
 		}
 	}()
 	fmt.Printf("recommendations (k=20, full method), REST, closed-loop clients, %s per scenario, while ingest runs at %d events/s:\n", o.duration, rate)
@@ -361,7 +362,7 @@ func soak(ctx context.Context, o *benchOpts) error {
 	}
 	bar := newProgress(o.progress, "soak", "events", int64(o.events))
 	defer bar.Finish()
-	eng, err := openEngine(dir, storeConfig{Clock: "event"}, ingestConfig{lateness: time.Hour, futureSkew: 5 * time.Minute}, logger, nil)
+	eng, err := openDataDir(dir, storeConfig{Clock: "event"}, ingestConfig{lateness: time.Hour, futureSkew: 5 * time.Minute}, logger, nil, nil)
 	if err != nil {
 		return err
 	}
@@ -369,7 +370,7 @@ func soak(ctx context.Context, o *benchOpts) error {
 	uctx, stopUpd := context.WithCancel(ctx)
 	defer stopUpd()
 	updDone := make(chan error, 1)
-	go func() { updDone <- eng.upd.Run(uctx) }()
+	go func() { updDone <- eng.Updater.Run(uctx) }()
 	fmt.Printf("soak: %d events over %d days of event time, %d users, %d items, TTL %s, %d cores\n",
 		o.events, o.soakDays, gcfg.Users, gcfg.Items, featurestore.FormatDuration(featurestore.UserView.TTL), runtime.NumCPU())
 	fmt.Println("  day   events     state MiB   log MiB   users    items    events/s  dedup filter KiB  dedup keys MiB")
@@ -378,13 +379,13 @@ func soak(ctx context.Context, o *benchOpts) error {
 	total := 0
 	batch := make([]*recsysv1.Event, 0, o.batch)
 	report := func() error {
-		if err := eng.upd.WaitApplied(ctx, eng.log.End()); err != nil {
+		if err := eng.Updater.WaitApplied(ctx, eng.Log.End()); err != nil {
 			return err
 		}
-		if err := eng.store.Flush(); err != nil {
+		if err := eng.Store.Flush(); err != nil {
 			return err
 		}
-		st, dd := eng.store.Stats(), eng.store.DedupStats()
+		st, dd := eng.Store.Stats(), eng.Store.DedupStats()
 		fmt.Printf("  %3d %9d %11.1f %9.1f %8d %8d %10.0f %17.0f %15.1f\n", day-gcfg.Start.UnixMilli()/86_400_000+1, total,
 			float64(dirBytes(filepath.Join(dir, "state")))/(1<<20), float64(dirBytes(filepath.Join(dir, "log")))/(1<<20),
 			st.Users, st.Items, float64(total)/time.Since(start).Seconds(),
@@ -395,7 +396,7 @@ func soak(ctx context.Context, o *benchOpts) error {
 		if len(batch) == 0 {
 			return nil
 		}
-		res, err := eng.upd.Ingest(ctx, batch, nil)
+		res, err := eng.Updater.Ingest(ctx, batch, nil)
 		if err != nil {
 			return err
 		}

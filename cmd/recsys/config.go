@@ -6,9 +6,13 @@ import (
 	"os"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
 
+	"github.com/streamrec/recsys/featurestore"
 	"github.com/streamrec/recsys/featurestore/models"
+	"github.com/streamrec/recsys/updater"
+	"github.com/streamrec/recsys/updater/datadir"
 )
 
 // config is the whole configuration of `recsys serve`. Its fields are bound
@@ -70,6 +74,25 @@ type config struct {
 }
 
 // storeConfig configures the feature engine of a data dir.
+// ingestConfig is the event-time and disk policy of the updater.
+type ingestConfig struct {
+	lateness, futureSkew time.Duration
+	minFree              uint64 // bytes; 0: no free-space check
+	// kafka: the topic is the source (its watermarks are per partition),
+	// not the embedded log.
+	kafka bool
+}
+
+// openDataDir opens the data dir with the flags' store and ingest
+// settings; publisher (serve's Kafka mode) may be nil.
+func openDataDir(dir string, sc storeConfig, ing ingestConfig, logger *slog.Logger, reg prometheus.Registerer, publisher updater.Publisher) (*datadir.Dir, error) {
+	o := datadir.Options{Logger: logger, Registerer: reg, FeaturesFile: sc.Features,
+		Store:           featurestore.Options{Clock: sc.Clock, DedupHorizon: sc.DedupHorizon},
+		Models:          sc.Models.options(),
+		AllowedLateness: ing.lateness, MaxFutureSkew: ing.futureSkew, MinFreeBytes: ing.minFree, OutsideSource: ing.kafka, Publisher: publisher}
+	return datadir.Open(dir, o)
+}
+
 type storeConfig struct {
 	Features     string
 	Clock        string

@@ -18,6 +18,7 @@ import (
 	"github.com/streamrec/recsys/featurestore/eval"
 	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
 	"github.com/streamrec/recsys/updater"
+	"github.com/streamrec/recsys/updater/eventfile"
 )
 
 type evalOptions struct {
@@ -168,7 +169,7 @@ explicitly). Delay 0 is full. Each delay costs about one more full store.`,
 func loadTaobao(path string, sample float64) ([]featurestore.Event, int, error) {
 	var evs []featurestore.Event
 	rejected := 0
-	err := readEvents(path, "taobao", func(pev *recsysv1.Event, ferr *updater.FieldError) error {
+	err := eventfile.Read(path, eventfile.Taobao, func(pev *recsysv1.Event, ferr *updater.FieldError) error {
 		if ferr != nil {
 			rejected++
 			return nil

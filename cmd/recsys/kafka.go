@@ -12,6 +12,7 @@ import (
 
 	"github.com/streamrec/recsys/serving"
 	"github.com/streamrec/recsys/updater"
+	"github.com/streamrec/recsys/updater/datadir"
 	"github.com/streamrec/recsys/updater/kafka"
 )
 
@@ -114,17 +115,18 @@ func newKafkaSource(cfg *kafkaConfig, ing ingestConfig) (*kafkaSource, error) {
 	return &kafkaSource{cfg: cfg, ing: ing, prod: prod}, nil
 }
 
-// tune makes ingest publish to the topic instead of appending to the
-// embedded log; without Kafka it changes nothing.
-func (k *kafkaSource) tune(o *updater.Options) {
-	if k != nil {
-		o.Publish = k.prod.Publish
+// publisher is what ingest publishes to the topic with instead of
+// appending to the embedded log; nil without Kafka.
+func (k *kafkaSource) publisher() updater.Publisher {
+	if k == nil {
+		return nil
 	}
+	return k.prod
 }
 
 // Run consumes the topic into eng's store until ctx is done.
-func (k *kafkaSource) Run(ctx context.Context, eng *engine, _ *config, logger *slog.Logger, reg prometheus.Registerer) error {
-	c, err := kafka.New(eng.store, k.cfg.consumerOptions(k.ing, logger, reg))
+func (k *kafkaSource) Run(ctx context.Context, eng *datadir.Dir, _ *config, logger *slog.Logger, reg prometheus.Registerer) error {
+	c, err := kafka.New(eng.Store, k.cfg.consumerOptions(k.ing, logger, reg))
 	if err != nil {
 		return err
 	}

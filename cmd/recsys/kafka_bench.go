@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
+	"github.com/streamrec/recsys/updater/datadir"
 	"github.com/streamrec/recsys/updater/kafka"
 	"github.com/streamrec/recsys/updater/synth"
 )
@@ -48,7 +49,7 @@ func kafkaBenchCmd() *cobra.Command {
 
 // benchEnv is a fresh data dir and topic for one bench run.
 type benchEnv struct {
-	eng   *engine
+	eng   *datadir.Dir
 	dir   string
 	topic string
 }
@@ -62,7 +63,7 @@ func newBenchEnv(ctx context.Context, kc *kafkaConfig, name string) (*benchEnv, 
 	if err := kafka.CreateTopic(ctx, kc.Brokers, topic, 4); err != nil {
 		return nil, err
 	}
-	eng, err := openEngine(dir, storeConfig{Clock: "event"}, ingestConfig{lateness: time.Hour, futureSkew: 5 * time.Minute, kafka: true}, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	eng, err := openDataDir(dir, storeConfig{Clock: "event"}, ingestConfig{lateness: time.Hour, futureSkew: 5 * time.Minute, kafka: true}, slog.New(slog.NewTextHandler(io.Discard, nil)), nil, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -75,7 +76,7 @@ func (b *benchEnv) close() {
 }
 
 func (b *benchEnv) consumer(kc *kafkaConfig, stop map[int32]int64) (*kafka.Consumer, error) {
-	return kafka.New(b.eng.store, kafka.Options{Brokers: kc.Brokers, Topic: b.topic, Group: b.topic, StopAt: stop,
+	return kafka.New(b.eng.Store, kafka.Options{Brokers: kc.Brokers, Topic: b.topic, Group: b.topic, StopAt: stop,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), MaxBatch: kc.MaxBatch})
 }
 
@@ -153,7 +154,7 @@ func kafkaBench(ctx context.Context, kc *kafkaConfig, events, rate int, lagFor t
 		start := time.Now()
 		err = c.Run(ctx)
 		took := time.Since(start)
-		st := env.eng.store.Stats()
+		st := env.eng.Store.Stats()
 		env.close()
 		if err != nil {
 			return err
@@ -243,7 +244,7 @@ func kafkaBench(ctx context.Context, kc *kafkaConfig, events, rate int, lagFor t
 				producing = false
 			default:
 			}
-			pos, err := kafka.Positions(env.eng.store, env.topic)
+			pos, err := kafka.Positions(env.eng.Store, env.topic)
 			if err != nil {
 				return err
 			}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -22,6 +21,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/streamrec/recsys/updater"
+	"github.com/streamrec/recsys/updater/eventfile"
 	"github.com/streamrec/recsys/updater/kafka"
 )
 
@@ -122,7 +122,7 @@ func kafkaProduceCmd() *cobra.Command {
 			var total int64 = -1
 			if mode != "off" {
 				var err error
-				if total, err = countEvents(files); err != nil {
+				if total, err = eventfile.Count(files); err != nil {
 					return err
 				}
 			}
@@ -155,7 +155,7 @@ func produceFiles(ctx context.Context, kc *kafkaConfig, format string, partition
 	var firstErr atomic.Value
 	start := time.Now()
 	for _, file := range files {
-		err := eachLine(file, func(line []byte) error {
+		err := eventfile.Lines(file, func(line []byte) error {
 			var rec *kgo.Record
 			if format == "taobao" {
 				ev, ferr := updater.DecodeTaobaoCSV(string(line))
@@ -211,26 +211,6 @@ func produceFiles(ctx context.Context, kc *kafkaConfig, format string, partition
 		ends[fmt.Sprint(p)] = o
 	}
 	return json.NewEncoder(out).Encode(map[string]any{"records": sent, "skipped": skipped, "end_offsets": ends})
-}
-
-// eachLine calls fn with every non-blank line of file (gzip or plain).
-func eachLine(file string, fn func([]byte) error) error {
-	r, closeFn, err := openEvents(file)
-	if err != nil {
-		return err
-	}
-	defer closeFn()
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 4<<20)
-	for sc.Scan() {
-		if len(bytes.TrimSpace(sc.Bytes())) == 0 {
-			continue
-		}
-		if err := fn(sc.Bytes()); err != nil {
-			return err
-		}
-	}
-	return sc.Err()
 }
 
 // backupCmd asks a running server for a checkpoint (the Flight backup
@@ -360,19 +340,19 @@ func rebuild(ctx context.Context, cfg *config, fromMS int64, mode string, out io
 		return fmt.Errorf("rebuild: %w", err)
 	}
 	ing := ingestConfig{lateness: cfg.Ingest.AllowedLateness, futureSkew: cfg.Ingest.MaxFutureSkew, minFree: uint64(cfg.Ingest.MinFreeBytes), kafka: true}
-	eng, err := openEngine(cfg.Data.Dir, cfg.Store, ing, logger, nil)
+	eng, err := openDataDir(cfg.Data.Dir, cfg.Store, ing, logger, nil, nil)
 	if err != nil {
 		return err
 	}
 	defer eng.Close()
 	if start != nil {
-		if err := kafka.SetPositions(eng.store, kc.Topic, start); err != nil {
+		if err := kafka.SetPositions(eng.Store, kc.Topic, start); err != nil {
 			return fmt.Errorf("rebuild: %w", err)
 		}
 	}
 	opts := kc.consumerOptions(ing, logger, nil)
 	opts.StopAt = end
-	c, err := kafka.New(eng.store, opts)
+	c, err := kafka.New(eng.Store, opts)
 	if err != nil {
 		return err
 	}
@@ -381,11 +361,11 @@ func rebuild(ctx context.Context, cfg *config, fromMS int64, mode string, out io
 		total += e - start[p] // start[p] is 0 without --from-time
 	}
 	bar := newProgress(mode, "rebuild", "records", total)
-	base := eng.store.Stats()
-	baseDL := eng.store.DeadLetterCount()
+	base := eng.Store.Stats()
+	baseDL := eng.Store.DeadLetterCount()
 	stopBar := every(500*time.Millisecond, func() {
-		st := eng.store.Stats()
-		bar.Set(int64(st.Events-base.Events+st.Duplicates-base.Duplicates+eng.store.DeadLetterCount()-baseDL), 0)
+		st := eng.Store.Stats()
+		bar.Set(int64(st.Events-base.Events+st.Duplicates-base.Duplicates+eng.Store.DeadLetterCount()-baseDL), 0)
 	})
 	began := time.Now()
 	err = c.Run(ctx)
@@ -397,7 +377,7 @@ func rebuild(ctx context.Context, cfg *config, fromMS int64, mode string, out io
 	if ctx.Err() != nil {
 		return fmt.Errorf("rebuild: interrupted; run it again")
 	}
-	st := eng.store.Stats()
-	return json.NewEncoder(out).Encode(map[string]any{"events": st.Events, "duplicates": st.Duplicates, "dead_letters": eng.store.DeadLetterCount(),
+	st := eng.Store.Stats()
+	return json.NewEncoder(out).Encode(map[string]any{"events": st.Events, "duplicates": st.Duplicates, "dead_letters": eng.Store.DeadLetterCount(),
 		"seconds": time.Since(began).Seconds()})
 }

@@ -1,10 +1,7 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
-	"cmp"
-	"compress/gzip"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -26,6 +23,8 @@ import (
 
 	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
 	"github.com/streamrec/recsys/updater"
+	"github.com/streamrec/recsys/updater/datadir"
+	"github.com/streamrec/recsys/updater/eventfile"
 )
 
 type replayOpts struct {
@@ -158,7 +157,7 @@ func replay(ctx context.Context, o *replayOpts, files []string) error {
 		}
 		snk = h
 	} else {
-		eng, err := openEngine(o.dataDir, o.store, ingestConfig{lateness: o.lateness, futureSkew: o.maxSkew, minFree: 64 << 20}, logger, nil)
+		eng, err := openDataDir(o.dataDir, o.store, ingestConfig{lateness: o.lateness, futureSkew: o.maxSkew, minFree: 64 << 20}, logger, nil, nil)
 		if err != nil {
 			return err
 		}
@@ -168,7 +167,7 @@ func replay(ctx context.Context, o *replayOpts, files []string) error {
 	var total int64 = -1
 	if o.progress != "off" && regular {
 		var err error
-		if total, err = countEvents(files); err != nil {
+		if total, err = eventfile.Count(files); err != nil {
 			return fmt.Errorf("replay: %w", err)
 		}
 	}
@@ -186,7 +185,7 @@ func replay(ctx context.Context, o *replayOpts, files []string) error {
 		return err
 	}
 	runErr := func() error {
-		err := forEachEvent(files, o.format, o.sort, func(ev *recsysv1.Event, ferr *updater.FieldError) error {
+		err := eventfile.ReadAll(files, o.format, o.sort, func(ev *recsysv1.Event, ferr *updater.FieldError) error {
 			st.read++
 			if ferr == nil {
 				// Validate here with the server's own rules so that the summary
@@ -243,60 +242,6 @@ func replay(ctx context.Context, o *replayOpts, files []string) error {
 		return fmt.Errorf("replay: %d of %d events were rejected and are not in the store (reasons above); --allow-rejected to exit 0 anyway", n, st.read)
 	}
 	return nil
-}
-
-// readEvents decodes every line of file (gzip-compressed or not) in format
-// and calls fn with the event or the reason it could not be decoded.
-func readEvents(file, format string, fn func(*recsysv1.Event, *updater.FieldError) error) error {
-	r, closeFn, err := openEvents(file)
-	if err != nil {
-		return err
-	}
-	defer closeFn()
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Bytes()
-		if len(bytes.TrimSpace(line)) == 0 {
-			continue
-		}
-		var ev *recsysv1.Event
-		var ferr *updater.FieldError
-		if format == "taobao" {
-			ev, ferr = updater.DecodeTaobaoCSV(string(line))
-		} else {
-			ev, ferr = updater.DecodeJSONEvent(line)
-		}
-		if err := fn(ev, ferr); err != nil {
-			return err
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("%s: %w", file, err)
-	}
-	return nil
-}
-
-// openEvents opens file (- is the standard input), decompressing it when it starts with the gzip
-// magic number.
-func openEvents(file string) (io.Reader, func(), error) {
-	f := os.Stdin
-	if file != "-" {
-		var err error
-		if f, err = os.Open(file); err != nil {
-			return nil, nil, err
-		}
-	}
-	br := bufio.NewReaderSize(f, 1<<20)
-	if magic, _ := br.Peek(2); bytes.Equal(magic, []byte{0x1f, 0x8b}) {
-		gz, err := gzip.NewReader(br)
-		if err != nil {
-			_ = f.Close()
-			return nil, nil, fmt.Errorf("%s: %w", file, err)
-		}
-		return gz, func() { _ = gz.Close(); _ = f.Close() }, nil
-	}
-	return br, func() { _ = f.Close() }, nil
 }
 
 // httpSink posts batches to a server's /v1/events, retrying a batch until
@@ -584,93 +529,22 @@ func (h *httpSink) waitApplied(ctx context.Context, mode string) error {
 	return nil
 }
 
-// countEvents counts the lines of files (decompressed), for the progress.
-func countEvents(files []string) (int64, error) {
-	var n int64
-	buf := make([]byte, 1<<20)
-	for _, file := range files {
-		err := func() error {
-			r, closeFn, err := openEvents(file)
-			if err != nil {
-				return err
-			}
-			defer closeFn()
-			var last byte = '\n'
-			for {
-				k, err := r.Read(buf)
-				n += int64(bytes.Count(buf[:k], []byte{'\n'}))
-				if k > 0 {
-					last = buf[k-1]
-				}
-				if err == io.EOF {
-					if last != '\n' {
-						n++
-					}
-					return nil
-				}
-				if err != nil {
-					return fmt.Errorf("%s: %w", file, err)
-				}
-			}
-		}()
-		if err != nil {
-			return 0, err
-		}
-	}
-	return n, nil
-}
-
-// forEachEvent calls fn for every line of files in order, or, with
-// sorted, for all of them in event-time order (stable: lines of equal
-// time keep their order; undecodable lines come first).
-func forEachEvent(files []string, format string, sorted bool, fn func(*recsysv1.Event, *updater.FieldError) error) error {
-	if !sorted {
-		for _, f := range files {
-			if err := readEvents(f, format, fn); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	var evs []*recsysv1.Event
-	for _, f := range files {
-		err := readEvents(f, format, func(ev *recsysv1.Event, ferr *updater.FieldError) error {
-			if ferr != nil {
-				return fn(nil, ferr)
-			}
-			evs = append(evs, ev)
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-	}
-	slices.SortStableFunc(evs, func(a, b *recsysv1.Event) int { return cmp.Compare(a.Ts, b.Ts) })
-	for i, ev := range evs {
-		evs[i] = nil
-		if err := fn(ev, nil); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // dirSink ingests straight into a data dir and applies as it goes.
 type dirSink struct {
-	eng    *engine
+	eng    *datadir.Dir
 	cancel context.CancelFunc
 	done   chan error
 }
 
-func newDirSink(ctx context.Context, eng *engine) *dirSink {
+func newDirSink(ctx context.Context, eng *datadir.Dir) *dirSink {
 	uctx, cancel := context.WithCancel(context.Background())
 	d := &dirSink{eng: eng, cancel: cancel, done: make(chan error, 1)}
-	go func() { d.done <- eng.upd.Run(uctx) }()
+	go func() { d.done <- eng.Updater.Run(uctx) }()
 	return d
 }
 
 func (d *dirSink) send(ctx context.Context, evs []*recsysv1.Event, st *replayStats) error {
-	res, err := d.eng.upd.Ingest(ctx, evs, nil)
+	res, err := d.eng.Updater.Ingest(ctx, evs, nil)
 	if err != nil {
 		return err
 	}
@@ -682,7 +556,7 @@ func (d *dirSink) send(ctx context.Context, evs []*recsysv1.Event, st *replaySta
 }
 
 func (d *dirSink) close(ctx context.Context) error {
-	werr := d.eng.upd.WaitApplied(ctx, d.eng.log.End())
+	werr := d.eng.Updater.WaitApplied(ctx, d.eng.Log.End())
 	d.cancel()
 	rerr := <-d.done
 	if werr != nil {

@@ -24,6 +24,8 @@ import (
 	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
 	"github.com/streamrec/recsys/serving"
 	"github.com/streamrec/recsys/updater"
+	"github.com/streamrec/recsys/updater/datadir"
+	"github.com/streamrec/recsys/updater/eventfile"
 	"github.com/streamrec/recsys/updater/synth"
 )
 
@@ -118,7 +120,7 @@ func serve(ctx context.Context, cfg *config) error {
 		return err
 	}
 	defer kafkaSrc.Close()
-	eng, err := openEngine(cfg.Data.Dir, cfg.Store, ing, logger, reg, kafkaSrc.tune)
+	eng, err := openDataDir(cfg.Data.Dir, cfg.Store, ing, logger, reg, kafkaSrc.publisher())
 	if err != nil {
 		return err
 	}
@@ -127,7 +129,7 @@ func serve(ctx context.Context, cfg *config) error {
 			logger.Error("close data dir", "err", err)
 		}
 	}()
-	metrics := serving.NewMetrics(reg, eng.store, eng.models, eng.upd)
+	metrics := serving.NewMetrics(reg, eng.Store, eng.Models, eng.Updater)
 	sopts := serving.Options{
 		Logger:       logger,
 		MaxBatch:     cfg.Ingest.MaxBatch,
@@ -142,12 +144,12 @@ func serve(ctx context.Context, cfg *config) error {
 	// ready only once they are applied, so that what a newcomer reads
 	// first is the loaded data and what they post next shows at once.
 	var gate startGate
-	firstLoad := eng.log.End() == 0 && (cfg.Demo.Enabled || len(cfg.Load.Files) > 0)
+	firstLoad := eng.Log.End() == 0 && (cfg.Demo.Enabled || len(cfg.Load.Files) > 0)
 	if firstLoad {
 		gate.set("loading the initial events")
 	}
 	sopts.Starting = gate.get
-	srv := serving.New(eng.store, eng.models, eng.upd, sopts)
+	srv := serving.New(eng.Store, eng.Models, eng.Updater, sopts)
 	guard := func(name string) *serving.Guard {
 		return serving.NewGuard(name, tokens, cfg.Limits.MaxInFlight, cfg.Limits.RequestTimeout, metrics)
 	}
@@ -185,7 +187,7 @@ func serve(ctx context.Context, cfg *config) error {
 			return usageError{err}
 		}
 	}
-	flightSrv := serving.NewFlightServer(eng.store, eng.models, nil).WithUpdater(eng.upd).WithBackups(backups).GRPCServer(append(creds, guard("flight").ServerOptions()...)...)
+	flightSrv := serving.NewFlightServer(eng.Store, eng.Models, nil).WithUpdater(eng.Updater).WithBackups(backups).GRPCServer(append(creds, guard("flight").ServerOptions()...)...)
 
 	handler, err := srv.HTTPHandler(ctx)
 	if err != nil {
@@ -206,7 +208,7 @@ func serve(ctx context.Context, cfg *config) error {
 	if kafkaSrc != nil {
 		g.Go(func() error { return kafkaSrc.Run(updCtx, eng, cfg, logger, reg) })
 	} else {
-		g.Go(func() error { return eng.upd.Run(updCtx) })
+		g.Go(func() error { return eng.Updater.Run(updCtx) })
 	}
 	g.Go(func() error { return ignoreClosed(httpSrv.Serve(httpL)) })
 	g.Go(func() error { return grpcSrv.Serve(grpcL) })
@@ -254,7 +256,7 @@ func serve(ctx context.Context, cfg *config) error {
 		// only saves work at the next start.
 		dctx, dcancel := context.WithTimeout(context.Background(), max(cfg.Shutdown.Timeout-time.Since(start), 0))
 		defer dcancel()
-		if derr := eng.upd.WaitApplied(dctx, eng.log.End()); derr != nil {
+		if derr := eng.Updater.WaitApplied(dctx, eng.Log.End()); derr != nil {
 			logger.Warn("updater did not catch up before shutdown; the rest is applied at the next start", "err", derr)
 		}
 		stopUpd()
@@ -275,7 +277,7 @@ func serve(ctx context.Context, cfg *config) error {
 		fmt.Println("loading the initial events; /readyz reports ready once they are applied")
 	}
 	logger.Info("listening", "http", httpL.Addr().String(), "grpc", grpcL.Addr().String(), "flight", flightL.Addr().String(),
-		"applied_offset", eng.store.AppliedOffset(), "log_end", eng.log.End())
+		"applied_offset", eng.Store.AppliedOffset(), "log_end", eng.Log.End())
 	err = g.Wait()
 	if errors.Is(err, context.Canceled) {
 		err = nil
@@ -397,7 +399,7 @@ func tryCurls(scheme, addr string, demo bool) string {
 // loadInitial ingests the demo stream or the --load files into the empty
 // log, waits until they are applied (the gate says how far) and returns
 // what was loaded.
-func loadInitial(ctx context.Context, cfg *config, eng *engine, gate *startGate, logger *slog.Logger) (string, error) {
+func loadInitial(ctx context.Context, cfg *config, eng *datadir.Dir, gate *startGate, logger *slog.Logger) (string, error) {
 	start := time.Now()
 	var what string
 	if cfg.Demo.Enabled {
@@ -419,11 +421,11 @@ func loadInitial(ctx context.Context, cfg *config, eng *engine, gate *startGate,
 		}
 		what += ")"
 	}
-	end := eng.log.End()
+	end := eng.Log.End()
 	stopGate := every(500*time.Millisecond, func() {
-		gate.set(fmt.Sprintf("loading the initial events: %d of %d applied", eng.store.AppliedOffset(), end))
+		gate.set(fmt.Sprintf("loading the initial events: %d of %d applied", eng.Store.AppliedOffset(), end))
 	})
-	err := eng.upd.WaitApplied(ctx, end)
+	err := eng.Updater.WaitApplied(ctx, end)
 	stopGate()
 	if err != nil {
 		if ctx.Err() != nil {
@@ -437,7 +439,7 @@ func loadInitial(ctx context.Context, cfg *config, eng *engine, gate *startGate,
 
 // loadDemo ingests a synthetic stream of n events whose event times cover
 // the last 24 hours.
-func loadDemo(ctx context.Context, eng *engine, n int) (int, error) {
+func loadDemo(ctx context.Context, eng *datadir.Dir, n int) (int, error) {
 	now := time.Now()
 	gen, err := synth.New(synth.Config{
 		Seed: 1, Users: 2_000, Items: 5_000, Categories: 100, Events: n,
@@ -456,13 +458,13 @@ func loadDemo(ctx context.Context, eng *engine, n int) (int, error) {
 // loadFiles ingests files in event-time order and returns how many events
 // were accepted and how many rejected (kept as dead letters when they were
 // late or future; undecodable lines are only counted).
-func loadFiles(ctx context.Context, eng *engine, files []string, format string) (accepted, rejected int, err error) {
+func loadFiles(ctx context.Context, eng *datadir.Dir, files []string, format string) (accepted, rejected int, err error) {
 	batch := make([]*recsysv1.Event, 0, 10_000)
 	flush := func() error {
 		if len(batch) == 0 {
 			return nil
 		}
-		res, err := eng.upd.Ingest(ctx, batch, nil)
+		res, err := eng.Updater.Ingest(ctx, batch, nil)
 		if err != nil {
 			return err
 		}
@@ -479,7 +481,7 @@ func loadFiles(ctx context.Context, eng *engine, files []string, format string) 
 				ff = "jsonl"
 			}
 		}
-		err := forEachEvent([]string{f}, ff, true, func(ev *recsysv1.Event, ferr *updater.FieldError) error {
+		err := eventfile.ReadAll([]string{f}, ff, true, func(ev *recsysv1.Event, ferr *updater.FieldError) error {
 			if ferr != nil {
 				rejected++
 				return nil
@@ -499,11 +501,11 @@ func loadFiles(ctx context.Context, eng *engine, files []string, format string) 
 
 // ingestGenerated ingests every event of gen through the updater in
 // batches and returns how many were accepted.
-func ingestGenerated(ctx context.Context, eng *engine, gen *synth.Generator, batch int) (int, error) {
+func ingestGenerated(ctx context.Context, eng *datadir.Dir, gen *synth.Generator, batch int) (int, error) {
 	total := 0
 	evs := make([]*recsysv1.Event, 0, batch)
 	flush := func() error {
-		res, err := eng.upd.Ingest(ctx, evs, nil)
+		res, err := eng.Updater.Ingest(ctx, evs, nil)
 		if err != nil {
 			return err
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -30,21 +31,21 @@ const (
 // event in its content type (or names an unknown content type).
 const CodeUndecodable = "undecodable"
 
-const dayMS = 24 * 60 * 60 * 1000
-
 // Consumer applies a Kafka topic to a store. See the package comment.
 type Consumer struct {
 	store *featurestore.Store
 	opts  Options
 	m     *metrics
-	// mu guards pos; the group callbacks and the poll loop share it.
+	// mu guards the positions; the group callbacks, the source and the
+	// readers of Progress share them.
 	mu struct {
 		sync.Mutex
-		pos map[int32]*position // partitions assigned (or seen) since start
-		lag map[int32]int64     // records behind the high watermark, per partition
+		pos  map[int32]*position // committed positions of the partitions assigned (or seen)
+		read map[int32]*position // where the records polled so far stop (ahead of pos while a batch is in flight)
+		lag  map[int32]int64     // records behind the high watermark, per partition
+		hw   map[int32]int64     // high watermark of each partition at its last fetch
 	}
-	lastExpiry int64 // day of the last Expire; only Run touches it
-	onApply    func(BatchInfo)
+	onApply func(BatchInfo)
 }
 
 // Lag is how many records the consumer is behind the high watermarks of
@@ -107,7 +108,9 @@ func New(store *featurestore.Store, opts Options) (*Consumer, error) {
 	}
 	c := &Consumer{store: store, opts: opts, m: newMetrics(opts.Registerer)}
 	c.mu.pos = map[int32]*position{}
+	c.mu.read = map[int32]*position{}
 	c.mu.lag = map[int32]int64{}
+	c.mu.hw = map[int32]int64{}
 	return c, nil
 }
 
@@ -159,14 +162,21 @@ func loadPositions(store *featurestore.Store, topic string) (map[int32]position,
 
 // Run consumes until ctx is done (then it returns nil) or, with StopAt,
 // until every listed partition is applied up to its offset. It returns
-// the first error of the store or of producing dead letters.
+// the first error of the store or of producing dead letters. The records
+// are applied by the updater's apply loop (updater.Apply), which polls the
+// next batch while the current one applies.
 func (c *Consumer) Run(ctx context.Context) error {
+	if done, err := c.reachedStop(); err != nil || done {
+		return err
+	}
+	src := &source{c: c, ctx: ctx}
 	opts := []kgo.Opt{
 		kgo.SeedBrokers(c.opts.Brokers...),
 		kgo.ConsumerGroup(c.opts.Group),
 		kgo.ConsumeTopics(c.opts.Topic),
 		kgo.Balancers(kgo.CooperativeStickyBalancer()),
 		kgo.BlockRebalanceOnPoll(),
+		kgo.OnPartitionsCallbackBlocked(src.rebalanceWaiting),
 		kgo.AutoCommitMarks(),
 		kgo.AutoCommitInterval(time.Second),
 		kgo.AdjustFetchOffsetsFn(c.adjust),
@@ -190,33 +200,165 @@ func (c *Consumer) Run(ctx context.Context) error {
 	}
 	defer cl.Close()
 	defer cl.AllowRebalance()
-	if done, err := c.reachedStop(); err != nil || done {
-		return err
+	src.cl = cl
+	lo := updater.LoopOptions{Logger: c.opts.Logger, MaxBatch: c.opts.MaxBatch, ApplyDuration: c.m.apply, Freshness: c.m.freshness}
+	if c.onApply != nil {
+		lo.OnBatch = func(records int, fresh []time.Duration) { c.onApply(BatchInfo{Records: records, Freshness: fresh}) }
 	}
+	err = updater.Apply(ctx, c.store, src, lo)
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// source is the topic as the apply loop's source. The loop polls the next
+// records while the previous ones apply, so polled records are in flight
+// between Next and Committed; a rebalance must not start while any are
+// (BlockRebalanceOnPoll: a revoked partition's records are applied with
+// its offset before the revocation, or not at all). When one is waiting,
+// Next stops polling until every polled record is committed, then allows
+// it.
+type source struct {
+	c   *Consumer
+	cl  *kgo.Client
+	ctx context.Context // Run's: producing dead letters is not cut short by the loop's waits
+
+	mu struct {
+		sync.Mutex
+		inflight   int                // records returned by Next and not yet committed
+		drained    chan struct{}      // closed and replaced when inflight drops to 0
+		cancelPoll context.CancelFunc // ends the poll in progress, if any
+		blocked    bool               // a rebalance waits for the polled records
+	}
+}
+
+// rebalanceWaiting is kgo's signal that a rebalance waits for the records
+// polled: stop polling (and end a poll that waits for records).
+func (s *source) rebalanceWaiting(context.Context, *kgo.Client) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.mu.blocked = true
+	if s.mu.cancelPoll != nil {
+		s.mu.cancelPoll()
+	}
+}
+
+// allowRebalance waits until every polled record is committed (or ctx is
+// done: false) and lets a waiting rebalance run.
+func (s *source) allowRebalance(ctx context.Context) bool {
 	for {
-		pollCtx, cancel := ctx, context.CancelFunc(func() {})
-		if c.opts.StopAt != nil {
-			// The stop may be reached through another consumer of the store
-			// (or be reached already): look again every half second.
-			pollCtx, cancel = context.WithTimeout(ctx, 500*time.Millisecond)
+		s.mu.Lock()
+		if !s.mu.blocked {
+			s.mu.Unlock()
+			return true
 		}
-		fetches := cl.PollRecords(pollCtx, c.opts.MaxBatch)
-		cancel()
-		if ctx.Err() != nil || fetches.IsClientClosed() {
-			return nil
+		if s.mu.inflight == 0 {
+			s.mu.blocked = false
+			s.mu.Unlock()
+			s.cl.AllowRebalance()
+			return true
 		}
-		err := c.process(ctx, cl, fetches)
-		cl.AllowRebalance()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return err
+		if s.mu.drained == nil {
+			s.mu.drained = make(chan struct{})
 		}
-		if done, err := c.reachedStop(); err != nil || done {
-			return err
+		ch := s.mu.drained
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return false
 		}
 	}
+}
+
+func (s *source) Next(ctx context.Context, max int) (*updater.Batch, error) {
+	c := s.c
+	if done, err := c.reachedStop(); err != nil || done {
+		if err != nil {
+			return nil, err
+		}
+		return nil, updater.ErrSourceEnd
+	}
+	if !s.allowRebalance(ctx) {
+		return nil, nil
+	}
+	pollCtx, cancel := context.WithCancel(ctx)
+	if c.opts.StopAt != nil {
+		// The stop may be reached through another consumer of the store
+		// (or be reached already): look again every half second.
+		pollCtx, cancel = context.WithTimeout(ctx, 500*time.Millisecond)
+	}
+	defer cancel()
+	s.mu.Lock()
+	s.mu.cancelPoll = cancel
+	if s.mu.blocked {
+		cancel()
+	}
+	s.mu.Unlock()
+	fetches := s.cl.PollRecords(pollCtx, max)
+	s.mu.Lock()
+	s.mu.cancelPoll = nil
+	s.mu.Unlock()
+	if fetches.IsClientClosed() {
+		return nil, updater.ErrSourceEnd
+	}
+	b, err := c.decodeFetches(s.ctx, s.cl, fetches)
+	if err != nil || b == nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.mu.inflight += b.Records
+	s.mu.Unlock()
+	return b, nil
+}
+
+// Committed moves the partitions' applied offsets (metrics, Progress, the
+// group's commits for lag monitoring) to the batch's positions.
+func (s *source) Committed(b *updater.Batch, res featurestore.ApplyResult) ([]time.Time, error) {
+	c := s.c
+	prefix := positionPrefix(c.opts.Topic)
+	marks := map[int32]kgo.EpochOffset{}
+	c.mu.Lock()
+	for _, kv := range b.Meta {
+		p, ok := parsePositionKey(prefix, kv.Key)
+		if !ok {
+			continue
+		}
+		pos, err := decodePosition(kv.Key, kv.Value)
+		if err != nil {
+			continue // written by decodeFetches: cannot happen
+		}
+		marks[p] = kgo.EpochOffset{Epoch: -1, Offset: pos.next}
+		if ptr, ok := c.mu.pos[p]; ok {
+			ptr.next, ptr.maxTS = pos.next, pos.maxTS
+		}
+		c.m.next.WithLabelValues(c.opts.Topic, strconv.Itoa(int(p))).Set(float64(pos.next))
+	}
+	for p, h := range c.mu.hw {
+		if ptr, ok := c.mu.pos[p]; ok {
+			c.m.lag.WithLabelValues(c.opts.Topic, strconv.Itoa(int(p))).Set(float64(max(h-ptr.next, 0)))
+			c.mu.lag[p] = max(h-ptr.next, 0)
+		}
+	}
+	c.mu.Unlock()
+	s.cl.MarkCommitOffsets(map[string]map[int32]kgo.EpochOffset{c.opts.Topic: marks})
+	c.m.records.WithLabelValues("applied").Add(float64(res.Applied))
+	c.m.records.WithLabelValues("duplicate").Add(float64(res.Duplicates))
+	s.mu.Lock()
+	s.mu.inflight -= b.Records
+	if s.mu.inflight == 0 && s.mu.drained != nil {
+		close(s.mu.drained)
+		s.mu.drained = nil
+	}
+	s.mu.Unlock()
+	if done, err := c.reachedStop(); err != nil || done {
+		if err != nil {
+			return nil, err
+		}
+		return nil, updater.ErrSourceEnd
+	}
+	return nil, nil
 }
 
 // OnApply is called after every committed batch when set; tools measure
@@ -262,7 +404,8 @@ func (c *Consumer) adjust(_ context.Context, offsets map[string]map[int32]kgo.Of
 			} else {
 				parts[p] = kgo.NewOffset().AtStart()
 			}
-			c.mu.pos[p] = &pos
+			read := pos
+			c.mu.pos[p], c.mu.read[p] = &pos, &read
 			c.m.next.WithLabelValues(topic, strconv.Itoa(int(p))).Set(float64(pos.next))
 			c.opts.Logger.Info("kafka: partition assigned", "topic", topic, "partition", p, "resume_at", pos.next, "stored", ok)
 		}
@@ -271,9 +414,10 @@ func (c *Consumer) adjust(_ context.Context, offsets map[string]map[int32]kgo.Of
 }
 
 func (c *Consumer) revoked(ctx context.Context, cl *kgo.Client, revoked map[string][]int32) {
-	// The batch in flight was applied before the rebalance could start
-	// (BlockRebalanceOnPoll); commit its offsets to the group for lag
-	// monitoring, then forget the partitions.
+	// Every polled batch was applied before the rebalance could start
+	// (BlockRebalanceOnPoll, and the source's wait for its records in
+	// flight); commit their offsets to the group for lag monitoring, then
+	// forget the partitions.
 	if err := cl.CommitMarkedOffsets(ctx); err != nil {
 		c.opts.Logger.Warn("kafka: commit offsets on revocation", "err", err)
 	}
@@ -287,51 +431,55 @@ func (c *Consumer) forget(parts map[string][]int32) {
 	defer c.mu.Unlock()
 	for _, p := range parts[c.opts.Topic] {
 		delete(c.mu.pos, p)
+		delete(c.mu.read, p)
 		lbl := strconv.Itoa(int(p))
 		c.m.lag.DeleteLabelValues(c.opts.Topic, lbl)
 		delete(c.mu.lag, p)
+		delete(c.mu.hw, p)
 		c.m.next.DeleteLabelValues(c.opts.Topic, lbl)
 		c.opts.Logger.Info("kafka: partition revoked", "topic", c.opts.Topic, "partition", p)
 	}
 }
 
-// positionLocked returns the position of partition p, reading it from the
-// store if the partition was not assigned through adjust.
-func (c *Consumer) positionLocked(p int32) (*position, error) {
-	if pos, ok := c.mu.pos[p]; ok {
+// readPositionLocked returns the read position of partition p (where the
+// records polled so far stop), reading it from the store if the partition
+// was not assigned through adjust.
+func (c *Consumer) readPositionLocked(p int32) (*position, error) {
+	if pos, ok := c.mu.read[p]; ok {
 		return pos, nil
 	}
 	stored, err := loadPositions(c.store, c.opts.Topic)
 	if err != nil {
 		return nil, err
 	}
-	pos := stored[p]
-	c.mu.pos[p] = &pos
-	return &pos, nil
+	pos, read := stored[p], stored[p]
+	if _, ok := c.mu.pos[p]; !ok {
+		c.mu.pos[p] = &pos
+	}
+	c.mu.read[p] = &read
+	return &read, nil
 }
 
-// process applies one polled batch: every partition's records, dead
-// letters and new positions in one store batch.
-func (c *Consumer) process(ctx context.Context, cl *kgo.Client, fetches kgo.Fetches) error {
+// decodeFetches turns one poll into a batch for the apply loop: every
+// partition's records decoded and watermark-checked, its new position, and
+// the dead letters, which reach the dead-letter topic before the batch is
+// returned (so before the positions past them commit: at least once; a
+// crash in between produces them again). nil when the poll had no records
+// to apply.
+func (c *Consumer) decodeFetches(ctx context.Context, cl *kgo.Client, fetches kgo.Fetches) (*updater.Batch, error) {
 	start := time.Now()
 	now := c.opts.Now()
 	var (
-		entries  []featurestore.Entry
-		extra    featurestore.Extra
+		b        = &updater.Batch{}
 		dlq      []*kgo.Record
-		applied  []*kgo.Record
-		last     []*kgo.Record
-		newPos   = map[int32]position{}
 		seek     map[string]map[int32]kgo.EpochOffset
 		dlqCount = map[string]int{}
-		hw       = map[int32]int64{}
-		records  int
 	)
 	c.mu.Lock()
 	var perr error
 	fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
 		if fp.Err != nil {
-			if !errors.Is(fp.Err, context.Canceled) {
+			if !errors.Is(fp.Err, context.Canceled) && !errors.Is(fp.Err, context.DeadlineExceeded) {
 				c.m.fetchError.Inc()
 				c.opts.Logger.Warn("kafka: fetch", "topic", fp.Topic, "partition", fp.Partition, "err", fp.Err)
 			}
@@ -340,23 +488,23 @@ func (c *Consumer) process(ctx context.Context, cl *kgo.Client, fetches kgo.Fetc
 		if fp.Topic != c.opts.Topic || perr != nil || len(fp.Records) == 0 {
 			return
 		}
-		ptr, err := c.positionLocked(fp.Partition)
+		ptr, err := c.readPositionLocked(fp.Partition)
 		if err != nil {
 			perr = err
 			return
 		}
 		pos := *ptr
-		var lastRec *kgo.Record
+		advanced := false
 		for _, r := range fp.Records {
 			if r.Offset < pos.next {
 				c.m.skipped.WithLabelValues("already_applied").Inc()
 				continue
 			}
 			if r.Offset > pos.next {
-				if !ptr.seeked {
+				if !pos.seeked {
 					// The fetch did not start where the state stops: go back
 					// rather than skip. Only a second gap is taken as real.
-					ptr.seeked = true
+					pos.seeked = true
 					if seek == nil {
 						seek = map[string]map[int32]kgo.EpochOffset{c.opts.Topic: {}}
 					}
@@ -367,100 +515,51 @@ func (c *Consumer) process(ctx context.Context, cl *kgo.Client, fetches kgo.Fetc
 				c.opts.Logger.Warn("kafka: offsets missing from the partition (deleted by retention?); skipping them", "partition", fp.Partition, "from", pos.next, "to", r.Offset)
 				c.m.skipped.WithLabelValues("gap").Add(float64(r.Offset - pos.next))
 			}
-			ptr.seeked = false
-			records++
-			lastRec = r
+			pos.seeked = false
+			b.Records++
+			advanced = true
 			pos.next = r.Offset + 1
 			d, code, ferr := c.decode(r, &pos, now)
 			if ferr != nil {
 				dlqCount[code]++
 				dlq = append(dlq, deadRecord(c.opts.DLQTopic, r, code, ferr.Error()))
-				extra.DeadLetters = append(extra.DeadLetters, featurestore.DeadLetter{
+				b.Dead = append(b.Dead, featurestore.DeadLetter{
 					Received: r.Timestamp.UnixMilli(),
 					Seq:      1<<63 | uint64(fp.Partition)<<40 | uint64(r.Offset),
 					Record:   deadLetter(d, code, fmt.Sprintf("%s (topic %s, partition %d, offset %d)", ferr.Error(), r.Topic, r.Partition, r.Offset), r.Timestamp),
 				})
 				continue
 			}
-			entries = append(entries, featurestore.Entry{Offset: uint64(r.Offset), Event: d.norm})
-			applied = append(applied, r)
+			b.Entries = append(b.Entries, featurestore.Entry{Offset: uint64(r.Offset), Event: d.norm})
+			b.Since = append(b.Since, r.Timestamp)
 		}
-		if lastRec != nil {
-			last = append(last, lastRec)
-			newPos[fp.Partition] = pos
-			extra.Meta = append(extra.Meta, featurestore.KV{Key: positionKey(c.opts.Topic, fp.Partition), Value: pos.encode()})
+		*ptr = pos
+		if advanced {
+			b.Meta = append(b.Meta, featurestore.KV{Key: positionKey(c.opts.Topic, fp.Partition), Value: pos.encode()})
 		}
-		hw[fp.Partition] = fp.HighWatermark
+		c.mu.hw[fp.Partition] = fp.HighWatermark
 	})
 	c.mu.Unlock()
 	if perr != nil {
-		return fmt.Errorf("kafka consumer: %w", perr)
+		return nil, fmt.Errorf("kafka consumer: %w", perr)
 	}
 	if seek != nil {
 		cl.SetOffsets(seek)
 	}
-	if records == 0 {
-		return nil
+	if b.Records == 0 {
+		return nil, nil
 	}
-	// Dead letters reach their topic before the positions past them
-	// commit: at least once (a crash in between produces them again).
 	if len(dlq) > 0 {
 		if err := cl.ProduceSync(ctx, dlq...).FirstErr(); err != nil {
-			return fmt.Errorf("kafka consumer: produce dead letters to %s: %w", c.opts.DLQTopic, err)
-		}
-	}
-	res, err := c.store.ApplyWith(entries, extra)
-	if err != nil {
-		return fmt.Errorf("kafka consumer: %w", err)
-	}
-	done := time.Now()
-	c.mu.Lock()
-	for p, pos := range newPos {
-		if ptr, ok := c.mu.pos[p]; ok {
-			ptr.next, ptr.maxTS = pos.next, pos.maxTS
-		}
-		lbl := strconv.Itoa(int(p))
-		c.m.next.WithLabelValues(c.opts.Topic, lbl).Set(float64(pos.next))
-	}
-	for p, h := range hw {
-		if ptr, ok := c.mu.pos[p]; ok {
-			c.m.lag.WithLabelValues(c.opts.Topic, strconv.Itoa(int(p))).Set(float64(max(h-ptr.next, 0)))
-			c.mu.lag[p] = max(h-ptr.next, 0)
-		}
-	}
-	c.mu.Unlock()
-	cl.MarkCommitRecords(last...)
-	c.m.apply.Observe(done.Sub(start).Seconds())
-	c.m.records.WithLabelValues("applied").Add(float64(res.Applied))
-	c.m.records.WithLabelValues("duplicate").Add(float64(res.Duplicates))
-	var fresh []time.Duration
-	if c.onApply != nil {
-		fresh = make([]time.Duration, 0, len(applied))
-	}
-	for _, r := range applied {
-		d := done.Sub(r.Timestamp)
-		c.m.freshness.Observe(d.Seconds())
-		if fresh != nil {
-			fresh = append(fresh, d)
+			return nil, fmt.Errorf("kafka consumer: produce dead letters to %s: %w", c.opts.DLQTopic, err)
 		}
 	}
 	for code, n := range dlqCount {
 		c.m.dead.WithLabelValues(code).Add(float64(n))
 		c.m.records.WithLabelValues("dead_letter").Add(float64(n))
 	}
-	// Once a day of the store's clock, remove what is past the TTL. The
-	// day's start is the expiry time, so expiring again the same day (after
-	// a restart) removes nothing more.
-	if day := c.store.Now() / dayMS; day != c.lastExpiry {
-		c.lastExpiry = day
-		if _, err := c.store.Expire(day * dayMS); err != nil {
-			return fmt.Errorf("kafka consumer: %w", err)
-		}
-	}
-	if c.onApply != nil {
-		c.onApply(BatchInfo{Records: records, Freshness: fresh})
-	}
-	return nil
+	b.Took = time.Since(start)
+	return b, nil
 }
 
 type decoded struct {
@@ -475,11 +574,32 @@ func (c *Consumer) decode(r *kgo.Record, pos *position, now time.Time) (decoded,
 	ct := c.opts.ContentType
 	for _, h := range r.Headers {
 		if h.Key == HeaderContentType {
+			if string(h.Value) == ContentDeadLetter {
+				ct = ContentDeadLetter
+				continue
+			}
 			var ok bool
 			if ct, ok = normalizeContentType(string(h.Value)); !ok {
 				return decoded{}, CodeUndecodable, fmt.Errorf("header %s: unknown content type %q", HeaderContentType, h.Value)
 			}
 		}
+	}
+	if ct == ContentDeadLetter {
+		// An event that ingest refused, published beside the events
+		// (Producer.PublishDeadLetters): kept here like the topic's own bad
+		// records, exactly once.
+		var dl recsysv1.DeadLetter
+		if err := proto.Unmarshal(r.Value, &dl); err != nil {
+			return decoded{}, CodeUndecodable, fmt.Errorf("value: not a protobuf recsys.v1.DeadLetter: %v", err)
+		}
+		if dl.Code != updater.CodeFuture && dl.Code != updater.CodeLate {
+			return decoded{}, CodeUndecodable, fmt.Errorf("value: a dead letter of ingest with code %.40q, neither %s nor %s", dl.Code, updater.CodeFuture, updater.CodeLate)
+		}
+		reason := dl.Reason
+		if strings.TrimSpace(reason) == "" {
+			reason = dl.Code
+		}
+		return decoded{ev: dl.Event}, dl.Code, fmt.Errorf("refused at ingest: %s", reason)
 	}
 	var ev *recsysv1.Event
 	if ct == ContentProtobuf {
@@ -497,7 +617,7 @@ func (c *Consumer) decode(r *kgo.Record, pos *position, now time.Time) (decoded,
 	if ferr != nil {
 		return decoded{ev: ev}, ferr.Code, ferr
 	}
-	if wm := pos.maxTS - c.opts.AllowedLateness.Milliseconds(); pos.maxTS != 0 && norm.TS < wm {
+	if wm, late := updater.Late(norm.TS, pos.maxTS, c.opts.AllowedLateness); late {
 		return decoded{ev: ev}, updater.CodeLate, fmt.Errorf("ts: %s is older than the partition's watermark %s (its newest event time minus the allowed lateness %s)",
 			fmtTS(norm.TS), fmtTS(wm), c.opts.AllowedLateness)
 	}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -14,10 +15,13 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/streamrec/recsys/featurestore"
 	"github.com/streamrec/recsys/featurestore/models"
 	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
+	"github.com/streamrec/recsys/updater"
 )
 
 const topic = "events"
@@ -108,6 +112,15 @@ func positions(t *testing.T, s *featurestore.Store) map[int32]int64 {
 func TestConsumeBadRecordsAndDeadLetterTopic(t *testing.T) {
 	c := cluster(t, 3)
 	addrs := c.ListenAddrs()
+	future := &recsysv1.Event{UserId: "u5", ItemId: "i1", Behavior: "view", Ts: 4102444800000}
+	ingestDead, err := DeadLetterRecord(&recsysv1.DeadLetter{Event: future, Code: updater.CodeFuture, Reason: "ts: in the future", ReceivedAt: timestamppb.New(time.UnixMilli(baseTS))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bogus, err := proto.Marshal(&recsysv1.DeadLetter{Event: future, Code: "made-up"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	bad := []*kgo.Record{
 		{Key: []byte("u1"), Value: []byte(`{"user_id":"u1",`)},                                      // undecodable JSON
 		{Key: []byte("u1"), Value: []byte(`{"item_id":"i1","behavior":"view","ts":1511658000000}`)}, // missing user
@@ -115,6 +128,10 @@ func TestConsumeBadRecordsAndDeadLetterTopic(t *testing.T) {
 		{Key: []byte("u3"), Value: []byte{0xff, 0x01}, Headers: []kgo.RecordHeader{{Key: HeaderContentType, Value: []byte(ContentProtobuf)}}},
 		// Late: u4's partition has seen 2017-11-26 already.
 		{Key: []byte("u4"), Value: []byte(`{"user_id":"u4","item_id":"i1","behavior":"view","ts":1500000000000}`)},
+		// A dead letter of ingest (Producer.PublishDeadLetters), and one
+		// whose code is none of ingest's.
+		ingestDead,
+		{Key: []byte("u6"), Value: bogus, Headers: []kgo.RecordHeader{{Key: HeaderContentType, Value: []byte(ContentDeadLetter)}}},
 	}
 	end := produce(t, addrs, 500, bad...)
 	// One valid event after the bad ones in the same partition as u1.
@@ -130,6 +147,24 @@ func TestConsumeBadRecordsAndDeadLetterTopic(t *testing.T) {
 	}
 	if got := positions(t, store); fmt.Sprint(got) != fmt.Sprint(end) {
 		t.Fatalf("positions %v, want %v", got, end)
+	}
+	// The dead letter of ingest is kept with its code and event.
+	recs, err := store.DeadLetters(100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	futures := 0
+	for _, rec := range recs {
+		var dl recsysv1.DeadLetter
+		if err := proto.Unmarshal(rec, &dl); err != nil {
+			t.Fatal(err)
+		}
+		if dl.Code == updater.CodeFuture && dl.GetEvent().GetUserId() == "u5" && strings.Contains(dl.Reason, "refused at ingest") {
+			futures++
+		}
+	}
+	if futures != 1 {
+		t.Fatalf("dead letters of ingest kept: %d, want 1", futures)
 	}
 
 	// The dead-letter topic holds each bad record with its reason and
@@ -159,7 +194,7 @@ func TestConsumeBadRecordsAndDeadLetterTopic(t *testing.T) {
 			reasons[h[HeaderReason]]++
 		})
 	}
-	want := map[string]int{CodeUndecodable: 3, "missing": 1, "late": 1}
+	want := map[string]int{CodeUndecodable: 4, "missing": 1, "late": 1, "future": 1}
 	if fmt.Sprint(reasons) != fmt.Sprint(want) {
 		t.Fatalf("reasons %v, want %v", reasons, want)
 	}

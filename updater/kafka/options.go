@@ -12,6 +12,11 @@ import (
 const (
 	ContentJSON     = "application/json"
 	ContentProtobuf = "application/x-protobuf"
+	// ContentDeadLetter is a record that holds a recsysv1.DeadLetter: an
+	// event that ingest refused (Producer.PublishDeadLetters). The
+	// consumer keeps it as a dead letter; it is never a default content
+	// type.
+	ContentDeadLetter = "application/x-recsys-dead-letter"
 	// HeaderContentType is the record header naming the value's encoding.
 	HeaderContentType = "content-type"
 )

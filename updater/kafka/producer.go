@@ -64,6 +64,38 @@ func (p *Producer) Publish(ctx context.Context, events []*recsysv1.Event) error 
 	return nil
 }
 
+// DeadLetterRecord is the record of a dead letter of ingest (an event
+// refused as from the future): key the event's user id, so it goes to the
+// user's partition, value the protobuf DeadLetter, content type
+// ContentDeadLetter.
+func DeadLetterRecord(dl *recsysv1.DeadLetter) (*kgo.Record, error) {
+	v, err := proto.Marshal(dl)
+	if err != nil {
+		return nil, err
+	}
+	return &kgo.Record{Key: []byte(dl.GetEvent().GetUserId()), Value: v, Headers: []kgo.RecordHeader{{Key: HeaderContentType, Value: []byte(ContentDeadLetter)}}}, nil
+}
+
+// PublishDeadLetters produces the dead letters of ingest to the topic,
+// beside the events: the consumer keeps them in the store exactly once
+// with the state (and sends them to the dead-letter topic), as the
+// embedded log does with its own. It returns once the broker has
+// acknowledged all of them.
+func (p *Producer) PublishDeadLetters(ctx context.Context, dead []*recsysv1.DeadLetter) error {
+	recs := make([]*kgo.Record, len(dead))
+	for i, dl := range dead {
+		r, err := DeadLetterRecord(dl)
+		if err != nil {
+			return fmt.Errorf("publish: encode dead letter %d: %w", i, err)
+		}
+		recs[i] = r
+	}
+	if err := p.cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+		return fmt.Errorf("publish to %s: %w", p.topic, err)
+	}
+	return nil
+}
+
 // Close flushes nothing (Publish is synchronous) and closes the client. It
 // is safe to call twice.
 func (p *Producer) Close() { p.cl.Close() }

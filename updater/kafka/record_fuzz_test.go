@@ -27,6 +27,9 @@ func FuzzKafkaRecord(f *testing.F) {
 	f.Add(pb, "application/json", int64(1800000000000))
 	f.Add([]byte(`{"user_id":"u1"`), "text/plain", int64(0))
 	f.Add([]byte{0xff, 0x00, 0x12}, "application/x-protobuf", int64(0))
+	dead, _ := proto.Marshal(&recsysv1.DeadLetter{Event: &recsysv1.Event{UserId: "u1"}, Code: "future", Reason: "ts: in the future"})
+	f.Add(dead, ContentDeadLetter, int64(0))
+	f.Add(pb, ContentDeadLetter, int64(0))
 	opts := Options{Brokers: []string{"127.0.0.1:1"}, Topic: "events"}
 	if err := opts.ensureDefaults(); err != nil {
 		f.Fatal(err)
