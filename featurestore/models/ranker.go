@@ -164,6 +164,20 @@ func ftrlWeights(zs, ns []float64, o *Options) []float64 {
 	return w
 }
 
+// ftrlStep takes one FTRL-Proximal step on (z, n) with the gradient g·x
+// of the loss, w being the weights before the step.
+func ftrlStep(z, n, w []float64, x *[numRankFeatures]float64, g float64, o *Options) {
+	for i, xi := range x {
+		if xi == 0 {
+			continue
+		}
+		gi := g * xi
+		sigma := (math.Sqrt(n[i]+gi*gi) - math.Sqrt(n[i])) / o.RankerAlpha
+		z[i] += gi - sigma*w[i]
+		n[i] += gi * gi
+	}
+}
+
 // ftrlWeight is one FTRL-Proximal weight from its z and n.
 func ftrlWeight(z, n float64, o *Options) float64 {
 	if math.Abs(z) <= o.RankerL1 {
@@ -420,16 +434,7 @@ func (b *batch) learnRanker(ctx *Context, c *candidateInfo, label float64) error
 		r.Train[r.Pos], r.Pub[r.Pos], r.Labels[r.Pos] = float32(p), float32(pPub), byte(label)
 	}
 	r.Pos = (r.Pos + 1) % o.RankerWindow
-	g := p - label
-	for i, xi := range x {
-		if xi == 0 {
-			continue
-		}
-		gi := g * xi
-		sigma := (math.Sqrt(r.N[i]+gi*gi) - math.Sqrt(r.N[i])) / o.RankerAlpha
-		r.Z[i] += gi - sigma*w[i]
-		r.N[i] += gi * gi
-	}
+	ftrlStep(r.Z, r.N, w, &x, p-label, o)
 	r.Examples++
 	r.LastTS = max(r.LastTS, ctx.now)
 	if r.Examples%int64(o.PublishEvery) == 0 {
@@ -549,16 +554,11 @@ func (b *batch) learnHistoryPairs(ctx *Context, ev *featurestore.Event, pos *can
 			dot += (w[i] + v[i]) * x[i]
 		}
 		p := 1 / (1 + math.Exp(-max(-30, min(30, dot))))
-		g := p - 1
+		ftrlStep(r.HZ, r.HN, v, &x, p-1, o)
 		for i, xi := range x {
-			if xi == 0 {
-				continue
+			if xi != 0 {
+				v[i] = ftrlWeight(r.HZ[i], r.HN[i], o)
 			}
-			gi := g * xi
-			sigma := (math.Sqrt(r.HN[i]+gi*gi) - math.Sqrt(r.HN[i])) / o.RankerAlpha
-			r.HZ[i] += gi - sigma*v[i]
-			r.HN[i] += gi * gi
-			v[i] = ftrlWeight(r.HZ[i], r.HN[i], o)
 		}
 	}
 	return nil
