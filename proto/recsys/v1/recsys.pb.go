@@ -534,7 +534,9 @@ type GetFeaturesRequest struct {
 	Ids []string `protobuf:"bytes,2,rep,name=ids,proto3" json:"ids,omitempty"`
 	// Optional subset of feature names; all when empty.
 	Features []string `protobuf:"bytes,3,rep,name=features,proto3" json:"features,omitempty"`
-	// Optional event time (Unix ms) to read window features as of; 0 means now.
+	// Optional event time (Unix ms) to read window features as of; 0 means
+	// now. Negative values, values before 1971 (Unix seconds?) and values
+	// past the year 9999 (micro- or nanoseconds?) are INVALID_ARGUMENT.
 	AsOf          int64 `protobuf:"varint,4,opt,name=as_of,json=asOf,proto3" json:"as_of,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1111,7 +1113,8 @@ type PopularItemsRequest struct {
 	Window string `protobuf:"bytes,3,opt,name=window,proto3" json:"window,omitempty"`
 	// With window: "weighted" (default) or a behavior such as "view".
 	By string `protobuf:"bytes,4,opt,name=by,proto3" json:"by,omitempty"`
-	// With window: the event time (Unix ms) the window ends at; 0 means now.
+	// With window: the event time (Unix ms) the window ends at; 0 means
+	// now. The same rule as GetFeaturesRequest.as_of.
 	AsOf          int64 `protobuf:"varint,5,opt,name=as_of,json=asOf,proto3" json:"as_of,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
