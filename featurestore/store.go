@@ -795,26 +795,22 @@ func (s *Store) User(id string) (UserRecord, bool, error) {
 
 // Item returns the record of item id.
 func (s *Store) Item(id string) (ItemRecord, bool, error) {
-	if rec, ok, gen := s.itemReads.Get(id); ok {
-		if rec == nil {
-			return ItemRecord{Pop: math.Inf(-1)}, false, nil
-		}
-		return *rec, true, nil
-	} else {
-		it := &ItemRecord{Pop: math.Inf(-1)}
-		found, err := s.readItem(id, it)
+	rec, ok, gen := s.itemReads.Get(id)
+	if !ok {
+		rec = &ItemRecord{Pop: math.Inf(-1)}
+		found, err := s.readItem(id, rec)
 		if err != nil {
 			return ItemRecord{}, false, err
 		}
 		if !found {
-			it = nil // a miss is cached too: candidates of expired items
+			rec = nil // a miss is cached too: candidates of expired items
 		}
-		s.itemReads.Put(id, it, gen)
-		if it == nil {
-			return ItemRecord{Pop: math.Inf(-1)}, false, nil
-		}
-		return *it, true, nil
+		s.itemReads.Put(id, rec, gen)
 	}
+	if rec == nil {
+		return ItemRecord{Pop: math.Inf(-1)}, false, nil
+	}
+	return *rec, true, nil
 }
 
 // Purchased reports whether user bought item.

@@ -96,17 +96,8 @@ func (m *Models) Ranker() Ranker {
 // publication (all weights zero).
 func (r Ranker) Version() int64 { return r.version }
 
-// Score is the ranker's prediction for item id (feature record item) in
-// ctx, from the same features the ranker learns from, by the pointwise
-// weights alone (ScoreAll also orders the user's own items).
-func (r Ranker) Score(ctx *Context, id string, item *featurestore.ItemRecord) float64 {
-	ci := candidateInfo{ID: id, Item: item, Vec: r.m.itemVec(id)}
-	x := r.m.rankFeatures(ctx, &ci)
-	return predict(r.w, &x)
-}
-
 // ScoreAll scores the candidates ids (items: their feature records) of
-// one list in ctx. The user's own items among them are scored by the
+// one list in ctx, from the same features the ranker learns from. The user's own items among them are scored by the
 // weights plus the history weights, shifted so that their mean logit is
 // the weights' alone: the history weights (learned from pairs of the
 // user's items) reorder the user's items without moving them as a group
