@@ -30,7 +30,11 @@ type Options struct {
 	// Default: 6h.
 	PopularityHalfLife time.Duration
 	// CacheBytes is the size of Pebble's block cache. Default: 256 MiB.
+	// The memtables (memTableSize each, up to memTables of them) come on
+	// top of it.
 	CacheBytes int64
+	// memTableSize overrides memTableSize in tests.
+	memTableSize int64
 	// FS is the filesystem; tests use vfs.NewMem(). Default: vfs.Default.
 	FS vfs.FS
 	// Definitions are the views served; default DefaultDefinitions().
@@ -178,13 +182,29 @@ type Store struct {
 	}
 }
 
+// memTableSize is the size of the state's memtables. Without a WAL, a
+// memtable flush is the state's checkpoint (see Open).
+const memTableSize = 128 << 20
+
+// memTables bounds the memtables the state holds at once (see Open).
+const memTables = 4
+
 // Open opens or creates the store in dir.
 func Open(dir string, opts Options) (*Store, error) {
 	opts.EnsureDefaults()
 	if opts.SeenLimit > maxSeenLimit {
 		return nil, fmt.Errorf("open store %s: seen limit %d is more than %d", dir, opts.SeenLimit, maxSeenLimit)
 	}
-	cache := pebble.NewCache(opts.CacheBytes)
+	// Pebble reserves the memory of every memtable in the block cache. A
+	// cache of CacheBytes alone is all reserved once two 128 MiB memtables
+	// exist (one filling, one flushing), and from then on it holds no
+	// block at all: every read decompressed its blocks from the files
+	// again. So the memtables' share is added to CacheBytes.
+	memtable := int64(memTableSize)
+	if opts.memTableSize > 0 {
+		memtable = opts.memTableSize
+	}
+	cache := pebble.NewCache(opts.CacheBytes + memTables*memtable)
 	plog := NewPebbleLog(opts.Logger.With("component", "pebble"))
 	popts := &pebble.Options{
 		FS:                 opts.FS,
@@ -192,7 +212,10 @@ func Open(dir string, opts Options) (*Store, error) {
 		FormatMajorVersion: pebble.FormatNewest,
 		Logger:             plog,
 		Merger:             newMerger(opts.SeenLimit, opts.Learner),
-		MemTableSize:       128 << 20,
+		MemTableSize:       uint64(memtable),
+		// At most memTables memtables: this one filling, the ones queued
+		// for flushing, and the one Pebble keeps to recycle.
+		MemTableStopWritesThreshold: memTables - 2,
 		// The state has no write-ahead log: it is derived from the event
 		// log (or the Kafka topic), which is the durable copy, and its
 		// applied offset lives in the same instance. Memtable flushes are

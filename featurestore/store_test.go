@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"math/rand/v2"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -1196,4 +1198,53 @@ func TestCloseDuringReads(t *testing.T) {
 func evNow(s *Store) ReadTime {
 	ts := s.Stats().MaxTS
 	return ReadTime{Now: ts, AsOf: ts}
+}
+
+// TestBlockCacheHoldsBlocks checks that reads are served from the block
+// cache once the memtables are full size: Pebble reserves every memtable's
+// memory in the block cache, and a cache of CacheBytes alone was all
+// reserved by two memtables, so it held no block at all and every read
+// decompressed its blocks from the files again.
+func TestBlockCacheHoldsBlocks(t *testing.T) {
+	const memtable = 1 << 20
+	s, err := Open(t.TempDir(), Options{Logger: quietLogger(), CacheBytes: 2 * memtable, memTableSize: memtable})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	rng := rand.New(rand.NewPCG(3, 4))
+	batch := make([]Entry, 1024)
+	var next uint64
+	for range 40 { // several memtables' worth, most of it flushed
+		benchEvents(rng, batch, &next)
+		if _, err := s.Apply(next, batch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	idx, err := UserView.Resolve(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := make([]string, 200)
+	for i := range ids {
+		ids[i] = "u" + strconv.Itoa(i)
+	}
+	read := func() (hits, misses int64) {
+		before := s.db.Metrics().BlockCache
+		if _, err := s.Get(UserView, ids, idx, evNow(s)); err != nil {
+			t.Fatal(err)
+		}
+		after := s.db.Metrics().BlockCache
+		return after.Hits - before.Hits, after.Misses - before.Misses
+	}
+	read() // warm
+	hits, misses := read()
+	// A compaction between the reads can move rows to new files, whose
+	// blocks are read afresh: most, not all, reads hit.
+	if hits == 0 || misses > hits/2 {
+		t.Fatalf("second read of the same rows: %d block cache hits, %d misses; want mostly hits", hits, misses)
+	}
 }
