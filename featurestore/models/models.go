@@ -269,6 +269,13 @@ func (b *batch) neighborRecord(id string) (*pairRecord, error) {
 			return nil, err
 		}
 		r = b.m.pairsFrom(nr)
+		// Read back from Pebble, it was folded from its base and every
+		// delta since: written whole if the batch changes it, so that the
+		// next read folds only the deltas written after this batch. (With
+		// deltas alone, the records of a catalogue larger than the cache
+		// were folded from ever longer chains, and applying a batch slowed
+		// down without end.)
+		r.full = true
 	}
 	b.neighbors[id] = r
 	return r, nil

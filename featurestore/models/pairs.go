@@ -41,7 +41,7 @@ type pairRecord struct {
 	M       []float64 // log2 of the partner's mass at the last update (neighbor.LogMass)
 	ch      []bool    // pairs changed by the batch in flight
 	// dirty marks a record the batch changed; full, one it must write
-	// whole (it was pruned).
+	// whole (it was pruned, or read back from Pebble: see neighborRecord).
 	dirty, full bool
 }
 
