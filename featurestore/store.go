@@ -355,7 +355,12 @@ func (s *Store) get(k []byte) ([]byte, bool, error) {
 		return nil, false, err
 	}
 	defer s.release()
-	v, closer, err := s.db.Get(k)
+	return getFrom(s.db, k)
+}
+
+// getFrom returns a copy of the value of k in src (the DB or a snapshot).
+func getFrom(src pebble.Reader, k []byte) ([]byte, bool, error) {
+	v, closer, err := src.Get(k)
 	if errors.Is(err, pebble.ErrNotFound) {
 		return nil, false, nil
 	}

@@ -1248,3 +1248,56 @@ func TestBlockCacheHoldsBlocks(t *testing.T) {
 		t.Fatalf("second read of the same rows: %d block cache hits, %d misses; want mostly hits", hits, misses)
 	}
 }
+
+// TestGetReadsOneVersion checks that a batch of features is read from one
+// state version: a batch applied while the rows are read changes none of
+// them, neither records nor window tiles nor distinct counts.
+func TestGetReadsOneVersion(t *testing.T) {
+	s, _ := newMemStore(t)
+	mustApply(t, s, 2, entries(0,
+		ev("e1", "u1", "i1", "c1", BehaviorView, t0),
+		ev("e2", "u2", "i1", "c1", BehaviorView, t0)))
+	idx, err := UserView.Resolve([]string{"view_count", "view_count_1h", "last_event_ts"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := func() []Row {
+		t.Helper()
+		rows, err := s.Get(UserView, []string{"u1", "u2"}, idx, ReadTime{Now: t0 + 2000, AsOf: t0 + 2000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rows
+	}
+	before := read()
+	calls := 0
+	testHookRow = func() {
+		if calls++; calls == 2 { // after the first row, before the second
+			mustApply(t, s, 4, entries(2,
+				ev("e3", "u1", "i2", "c1", BehaviorView, t0+1000),
+				ev("e4", "u2", "i2", "c1", BehaviorView, t0+1000)))
+		}
+	}
+	t.Cleanup(func() { testHookRow = nil })
+	during := read()
+	testHookRow = nil
+	if calls != 2 {
+		t.Fatalf("hook ran %d times, want 2", calls)
+	}
+	for r := range during {
+		for j := range idx {
+			if !valueEqual(during[r].Values[j], before[r].Values[j]) {
+				t.Errorf("%s %s read while a batch was applied = %+v, want %+v as before the batch", during[r].ID, UserView.Features[idx[j]].Name, during[r].Values[j], before[r].Values[j])
+			}
+		}
+	}
+	after := read()
+	for r := range after {
+		if got := after[r].Values[0].Int; got != 2 {
+			t.Errorf("%s view_count after the batch = %d, want 2", after[r].ID, got)
+		}
+		if got := after[r].Values[1].Int; got != 2 {
+			t.Errorf("%s view_count_1h after the batch = %d, want 2", after[r].ID, got)
+		}
+	}
+}

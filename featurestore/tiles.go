@@ -224,6 +224,7 @@ type tile struct {
 // seeks forward only, and Pebble turns short forward seeks into nexts.
 type windowReader struct {
 	s      *Store
+	src    pebble.Reader // the DB or a snapshot of it
 	iters  map[iterKey]*pebble.Iterator
 	coarse []tile              // 1-hour tiles
 	events []tile              // the events of the 5-minute tiles
@@ -235,8 +236,10 @@ type iterKey struct {
 	res byte
 }
 
-func (s *Store) newWindowReader() (*windowReader, error) {
-	return &windowReader{s: s, iters: make(map[iterKey]*pebble.Iterator), sk: newSketch()}, nil
+// newWindowReader returns a reader of the tiles in src: the store's DB, or
+// a snapshot of it so that a whole response reads one state version.
+func (s *Store) newWindowReader(src pebble.Reader) (*windowReader, error) {
+	return &windowReader{s: s, src: src, iters: make(map[iterKey]*pebble.Iterator), sk: newSketch()}, nil
 }
 
 // iter returns the iterator over the tiles of res in the bucket of day.
@@ -246,7 +249,7 @@ func (w *windowReader) iter(day uint32, res byte) (*pebble.Iterator, error) {
 		return it, nil
 	}
 	lo := binary.BigEndian.AppendUint32([]byte{'t'}, day)
-	it, err := w.s.db.NewIter(&pebble.IterOptions{LowerBound: append(lo, res), UpperBound: append(slices.Clip(lo), res+1)})
+	it, err := w.src.NewIter(&pebble.IterOptions{LowerBound: append(lo, res), UpperBound: append(slices.Clip(lo), res+1)})
 	if err != nil {
 		return nil, err
 	}
@@ -406,7 +409,12 @@ func (s *Store) TopItems(category string, asOf, w int64, k int, weighted bool, b
 		return nil, err
 	}
 	defer s.release()
-	iter, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{'h'}, UpperBound: []byte{'i'}})
+	return s.topItems(s.db, category, asOf, w, k, weighted, by)
+}
+
+// topItems is TopItems reading src (the DB or a snapshot of it).
+func (s *Store) topItems(src pebble.Reader, category string, asOf, w int64, k int, weighted bool, by Behavior) ([]Scored, error) {
+	iter, err := src.NewIter(&pebble.IterOptions{LowerBound: []byte{'h'}, UpperBound: []byte{'i'}})
 	if err != nil {
 		return nil, err
 	}

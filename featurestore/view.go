@@ -180,13 +180,15 @@ type reader struct {
 	it   ItemRecord
 }
 
-func (s *Store) newReader(v *View, idx []int, rt ReadTime) (*reader, error) {
+// newReader returns a reader of the features idx of v in src (the DB or a
+// snapshot of it).
+func (s *Store) newReader(src pebble.Reader, v *View, idx []int, rt ReadTime) (*reader, error) {
 	r := &reader{s: s, v: v, idx: idx, rt: rt, sums: make(map[int64]windowSum)}
 	for _, i := range idx {
 		f := &v.Features[i]
 		if f.Agg == AggTopItems || f.Agg == AggDistinct {
 			if f.Agg == AggDistinct && r.wr == nil {
-				wr, err := s.newWindowReader()
+				wr, err := s.newWindowReader(src)
 				if err != nil {
 					return nil, err
 				}
@@ -201,7 +203,7 @@ func (s *Store) newReader(v *View, idx []int, rt ReadTime) (*reader, error) {
 		}
 	}
 	if len(r.wins) > 0 && r.wr == nil {
-		wr, err := s.newWindowReader()
+		wr, err := s.newWindowReader(src)
 		if err != nil {
 			return nil, err
 		}
@@ -383,9 +385,11 @@ func (s *Store) Get(v *View, ids []string, idx []int, rt ReadTime) ([]Row, error
 			return nil, err
 		}
 		defer s.release()
+		snap := s.db.NewSnapshot()
+		defer snap.Close()
 		rows := newRows(ids, len(idx))
 		for r := range rows {
-			if err := s.categoryValues(v, &rows[r], idx, rt); err != nil {
+			if err := s.categoryValues(snap, v, &rows[r], idx, rt); err != nil {
 				return nil, err
 			}
 		}
@@ -417,6 +421,9 @@ func newRows(ids []string, n int) []Row {
 	return rows
 }
 
+// testHookRow, when set by a test, runs before each row getRows reads.
+var testHookRow func()
+
 // getRows reads the entities ids of a scannable view, row r as of
 // asOf(r), through one reader. It visits them in id order, so that the
 // tile iterators only seek forward.
@@ -425,8 +432,12 @@ func (s *Store) getRows(v *View, ids []string, idx []int, now int64, asOf func(r
 		return nil, err
 	}
 	defer s.release()
+	// One snapshot for the whole response: every row, record and tile is
+	// read at one state version, even while batches are applied.
+	snap := s.db.NewSnapshot()
+	defer snap.Close()
 	rows := newRows(ids, len(idx))
-	rd, err := s.newReader(v, idx, ReadTime{Now: now})
+	rd, err := s.newReader(snap, v, idx, ReadTime{Now: now})
 	if err != nil {
 		return nil, err
 	}
@@ -438,7 +449,10 @@ func (s *Store) getRows(v *View, ids []string, idx []int, now int64, asOf func(r
 	slices.SortFunc(order, func(a, b int) int { return strings.Compare(ids[a], ids[b]) })
 	for _, r := range order {
 		row := &rows[r]
-		b, ok, err := s.get(makeKey(v.prefix, row.ID))
+		if testHookRow != nil {
+			testHookRow()
+		}
+		b, ok, err := getFrom(snap, makeKey(v.prefix, row.ID))
 		if err != nil {
 			return nil, fmt.Errorf("get %s %q: %w", v.Name, row.ID, err)
 		}
@@ -455,14 +469,14 @@ func (s *Store) getRows(v *View, ids []string, idx []int, now int64, asOf func(r
 }
 
 // categoryValues fills the top_items features of one category row.
-func (s *Store) categoryValues(v *View, row *Row, idx []int, rt ReadTime) error {
+func (s *Store) categoryValues(src pebble.Reader, v *View, row *Row, idx []int, rt ReadTime) error {
 	for j, i := range idx {
 		f := &v.Features[i]
 		if v.TTL > 0 && windowStart(rt.AsOf, f.Window) < rt.Now-v.TTL.Milliseconds()-dayMS {
 			row.Values[j] = Value{Status: StatusExpired}
 			continue
 		}
-		top, err := s.TopItems(row.ID, rt.AsOf, f.Window, f.K, f.Weighted, f.Behavior)
+		top, err := s.topItems(src, row.ID, rt.AsOf, f.Window, f.K, f.Weighted, f.Behavior)
 		if err != nil {
 			return err
 		}
@@ -499,12 +513,15 @@ func (s *Store) Scan(v *View, lo, hi string, idx []int, rt ReadTime, fn func(*Ro
 	if hi != "" {
 		opts.UpperBound = makeKey(v.prefix, hi)
 	}
-	iter, err := s.db.NewIter(opts)
+	// One snapshot for the whole scan (see getRows).
+	snap := s.db.NewSnapshot()
+	defer snap.Close()
+	iter, err := snap.NewIter(opts)
 	if err != nil {
 		return err
 	}
 	defer iter.Close()
-	rd, err := s.newReader(v, idx, rt)
+	rd, err := s.newReader(snap, v, idx, rt)
 	if err != nil {
 		return err
 	}
