@@ -541,7 +541,7 @@ type GetFeaturesRequest struct {
 	// The shape of the answer: "" or "rows" (entities: one EntityFeatures per
 	// id, one FeatureValue per value, as ever), or "columns" (columns: the
 	// ids once, one typed column per feature, the statuses only where a value
-	// is not present; about a tenth of the bytes). Any other value is
+	// is not present; a fifth to a sixth of the bytes). Any other value is
 	// INVALID_ARGUMENT naming format. With "columns" a feature may be
 	// listed only once.
 	Format        string `protobuf:"bytes,5,opt,name=format,proto3" json:"format,omitempty"`
