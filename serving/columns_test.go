@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/streamrec/recsys/featurestore"
 	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
@@ -559,4 +560,66 @@ func violationField(st *status.Status) string {
 		}
 	}
 	return ""
+}
+
+// benchRead is a read of 500 items of every default item feature, with
+// values like a live store's: counts, rates, times, a category, some
+// items unknown.
+func benchRead() *featureRead {
+	v := featurestore.ItemView
+	idx, _ := v.Resolve(nil)
+	ids := make([]string, 500)
+	for i := range ids {
+		ids[i] = strconv.Itoa(1_000_000 + i*7919)
+	}
+	rows := make([]featurestore.Row, len(ids))
+	for r := range rows {
+		rows[r] = featurestore.Row{ID: ids[r], Found: r%10 != 0, Values: make([]featurestore.Value, len(idx))}
+		if !rows[r].Found {
+			continue
+		}
+		for j, i := range idx {
+			val := featurestore.Value{Status: featurestore.StatusPresent, EventTS: baseTS + int64(r*1000+j)}
+			switch v.Features[i].Kind {
+			case featurestore.KindInt:
+				val.Int = int64((r * j) % 40)
+			case featurestore.KindTimestamp:
+				val.Int = baseTS + int64(r)
+			case featurestore.KindFloat:
+				val.Float = float64(r%17) / 13
+			case featurestore.KindString:
+				val.Str = strconv.Itoa(r % 300)
+			case featurestore.KindStringList:
+				val.List = []string{"a", "b"}
+			}
+			rows[r].Values[j] = val
+		}
+	}
+	return &featureRead{v: v, idx: idx, rows: rows}
+}
+
+// The encoding alone, from the store's rows to the bytes sent.
+func BenchmarkFeaturesAnswer(b *testing.B) {
+	rd := benchRead()
+	for _, bc := range []struct {
+		name string
+		enc  func() []byte
+	}{
+		{"REST rows", func() []byte { out, _ := jsonMarshaler.Marshal(rd.rowsProto()); return out }},
+		{"REST columns", func() []byte { return appendColumns(make([]byte, 0, 256+len(rd.rows)*(32+len(rd.idx)*24)), rd) }},
+		{"gRPC rows", func() []byte { out, _ := proto.Marshal(rd.rowsProto()); return out }},
+		{"gRPC columns", func() []byte {
+			out, _ := proto.Marshal(&recsysv1.GetFeaturesResponse{View: rd.v.Name, Columns: rd.columnsProto()})
+			return out
+		}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			n := 0
+			for b.Loop() {
+				n = len(bc.enc())
+			}
+			b.ReportMetric(float64(n)/float64(len(rd.rows)), "B/entity")
+		})
+	}
 }
