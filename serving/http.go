@@ -109,6 +109,7 @@ func (s *Server) routes(gw *runtime.ServeMux) []route {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(b)
 	})
+	add("POST /v1/features:get", s.featuresGet(gw))
 	// Routes with an entity id in the path go through net/http's mux, which
 	// matches escaped segments, so that an id containing '/' (sent as %2F)
 	// is one path parameter. grpc-gateway splits such paths (and its
@@ -184,7 +185,6 @@ func withVersion(doc []byte, version string) []byte {
 // gatewayRoutes are the routes of recsys_http.yaml that the generated
 // gateway serves as it is (the others have handlers of their own above).
 var gatewayRoutes = []string{
-	"POST /v1/features:get",
 	"GET /v1/feature-views",
 	"GET /v1/items/popular",
 	"GET /v1/models",
@@ -247,6 +247,39 @@ func pathRoute[Req any, PReq interface {
 			return
 		}
 		runtime.ForwardResponseMessage(r.Context(), gw, jsonMarshaler, w, r, resp)
+	}
+}
+
+// featuresGet serves POST /v1/features:get as the generated gateway
+// handler does (the same context, request decoding, errors and rows
+// answer), except that a columns answer is written straight from the
+// store's rows (appendColumns): no protobuf message per value, no
+// protojson.
+func (s *Server) featuresGet(gw *runtime.ServeMux) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		ctx, err := runtime.AnnotateIncomingContext(r.Context(), gw, r, "/recsys.v1.FeatureService/GetFeatures", runtime.WithHTTPPathPattern("/v1/features:get"))
+		if err != nil {
+			runtime.HTTPError(r.Context(), gw, jsonMarshaler, w, r, err)
+			return
+		}
+		ctx = runtime.NewServerMetadataContext(ctx, runtime.ServerMetadata{})
+		var req recsysv1.GetFeaturesRequest
+		if err := jsonMarshaler.NewDecoder(r.Body).Decode(&req); err != nil && !errors.Is(err, io.EOF) {
+			runtime.HTTPError(ctx, gw, jsonMarshaler, w, r, status.Errorf(codes.InvalidArgument, "%v", err))
+			return
+		}
+		rd, columns, err := s.readFeatures(&req)
+		if err != nil {
+			runtime.HTTPError(ctx, gw, jsonMarshaler, w, r, err)
+			return
+		}
+		if !columns {
+			runtime.ForwardResponseMessage(ctx, gw, jsonMarshaler, w, r, rd.rowsProto())
+			return
+		}
+		b := appendColumns(make([]byte, 0, 256+len(rd.rows)*(32+len(rd.idx)*24)), &rd)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(b)
 	}
 }
 

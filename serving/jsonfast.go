@@ -31,10 +31,13 @@ type fastJSON struct {
 func (m fastJSON) Marshal(v any) ([]byte, error) {
 	switch r := v.(type) {
 	case *recsysv1.GetFeaturesResponse:
-		return appendFeaturesResponse(nil, r), nil
+		if r.Columns == nil { // REST writes columns answers itself (appendColumns)
+			return appendFeaturesResponse(nil, r), nil
+		}
 	case *recsysv1.EntityFeatures:
 		return appendEntity(nil, r), nil
-	case proto.Message:
+	}
+	if r, ok := v.(proto.Message); ok {
 		b, err := m.marshalFinite(r)
 		if err != nil {
 			return nil, err

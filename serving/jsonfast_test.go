@@ -93,6 +93,10 @@ func TestFastJSONMatchesProtojson(t *testing.T) {
 			if err := json.Unmarshal(ref, &b); err != nil {
 				t.Fatal(err)
 			}
+			// The rows answer has no columns (a columns answer is REST's own, appendColumns).
+			if m, ok := b.(map[string]any); ok && m["columns"] == nil {
+				delete(m, "columns")
+			}
 			if !reflect.DeepEqual(a, b) {
 				t.Fatalf("case %d differs:\nfast      %s\nprotojson %s", i, fast, ref)
 			}

@@ -187,11 +187,11 @@ func (s *Server) GetUserFeatures(ctx context.Context, req *recsysv1.GetUserFeatu
 	if err := checkID("user_id", req.GetUserId()); err != nil {
 		return nil, err
 	}
-	resp, err := s.getFeatures("user_features", []string{req.UserId}, req.Features, 0)
+	rd, err := s.read("user_features", []string{req.UserId}, req.Features, 0, false)
 	if err != nil {
 		return nil, err
 	}
-	return resp.Entities[0], nil
+	return rd.rowsProto().Entities[0], nil
 }
 
 // GetItemFeatures implements FeatureService.GetItemFeatures.
@@ -199,61 +199,82 @@ func (s *Server) GetItemFeatures(ctx context.Context, req *recsysv1.GetItemFeatu
 	if err := checkID("item_id", req.GetItemId()); err != nil {
 		return nil, err
 	}
-	resp, err := s.getFeatures("item_features", []string{req.ItemId}, req.Features, 0)
+	rd, err := s.read("item_features", []string{req.ItemId}, req.Features, 0, false)
 	if err != nil {
 		return nil, err
 	}
-	return resp.Entities[0], nil
+	return rd.rowsProto().Entities[0], nil
 }
 
 // GetFeatures implements FeatureService.GetFeatures.
 func (s *Server) GetFeatures(ctx context.Context, req *recsysv1.GetFeaturesRequest) (*recsysv1.GetFeaturesResponse, error) {
+	rd, columns, err := s.readFeatures(req)
+	if err != nil {
+		return nil, err
+	}
+	if columns {
+		return &recsysv1.GetFeaturesResponse{View: rd.v.Name, Columns: rd.columnsProto()}, nil
+	}
+	return rd.rowsProto(), nil
+}
+
+// readFeatures checks a GetFeatures request and reads it; columns reports
+// whether it asks for the columnar answer. REST's features:get calls it
+// too, and writes the columns straight from the rows read.
+func (s *Server) readFeatures(req *recsysv1.GetFeaturesRequest) (rd featureRead, columns bool, err error) {
 	if req.GetView() == "" {
-		return nil, invalidArg("view", "required (see GET /v1/feature-views)")
+		return rd, false, invalidArg("view", "required (see GET /v1/feature-views)")
 	}
 	if _, err := s.store.Definitions().View(req.View); err != nil {
-		return nil, invalidArg("view", "%s", trimPkg(err))
+		return rd, false, invalidArg("view", "%s", trimPkg(err))
+	}
+	if columns, err = parseFormat(req.Format); err != nil {
+		return rd, false, err
 	}
 	if err := checkAsOf(req.AsOf); err != nil {
-		return nil, err
+		return rd, false, err
 	}
 	switch {
 	case len(req.Ids) == 0:
-		return nil, invalidArg("ids", "required: at least one id")
+		return rd, false, invalidArg("ids", "required: at least one id")
 	case len(req.Ids) > s.opts.MaxIDs:
-		return nil, invalidArg("ids", "%d ids exceed the limit of %d", len(req.Ids), s.opts.MaxIDs)
+		return rd, false, invalidArg("ids", "%d ids exceed the limit of %d", len(req.Ids), s.opts.MaxIDs)
 	}
 	for i, id := range req.Ids {
 		if err := checkID(fmt.Sprintf("ids[%d]", i), id); err != nil {
-			return nil, err
+			return rd, false, err
 		}
 	}
-	return s.getFeatures(req.View, req.Ids, req.Features, req.AsOf)
+	rd, err = s.read(req.View, req.Ids, req.Features, req.AsOf, columns)
+	return rd, columns, err
 }
 
-func (s *Server) getFeatures(view string, ids, names []string, asOf int64) (*recsysv1.GetFeaturesResponse, error) {
+// read reads features names (all when none) of the entities ids of view
+// as of asOf; unique refuses a feature named twice (a columnar answer
+// has one column per feature).
+func (s *Server) read(view string, ids, names []string, asOf int64, unique bool) (featureRead, error) {
 	v, err := s.store.Definitions().View(view)
 	if err != nil {
-		return nil, toStatus(err)
+		return featureRead{}, toStatus(err)
 	}
 	idx, err := v.Resolve(names)
 	if err != nil {
-		return nil, invalidArg("features", "%s", trimPkg(err))
+		return featureRead{}, invalidArg("features", "%s", trimPkg(err))
+	}
+	if unique {
+		seen := make([]bool, len(v.Features))
+		for _, i := range idx {
+			if seen[i] {
+				return featureRead{}, invalidArg("features", "%q is named twice; format columns has one column per feature", v.Features[i].Name)
+			}
+			seen[i] = true
+		}
 	}
 	rows, err := s.store.Get(v, ids, idx, s.store.At(asOf))
 	if err != nil {
-		return nil, toStatus(err)
+		return featureRead{}, toStatus(err)
 	}
-	resp := &recsysv1.GetFeaturesResponse{View: v.Name, Entities: make([]*recsysv1.EntityFeatures, len(rows))}
-	for r := range rows {
-		row := &rows[r]
-		ent := &recsysv1.EntityFeatures{Id: row.ID, Features: make([]*recsysv1.FeatureValue, len(idx))}
-		for j, i := range idx {
-			ent.Features[j] = featureValue(v.Features[i], &row.Values[j])
-		}
-		resp.Entities[r] = ent
-	}
-	return resp, nil
+	return featureRead{v: v, idx: idx, rows: rows}, nil
 }
 
 func featureValue(f featurestore.Feature, val *featurestore.Value) *recsysv1.FeatureValue {

@@ -45,6 +45,12 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	return newEnvDefs(t, nil)
+}
+
+// newEnvDefs is newEnv with the views defs (nil: the default ones).
+func newEnvDefs(t *testing.T, defs *featurestore.Definitions) *env {
+	t.Helper()
 	fs := vfs.NewMem()
 	lg, err := eventlog.Open("log", eventlog.Options{FS: fs})
 	if err != nil {
@@ -54,7 +60,7 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := featurestore.Open("state", featurestore.Options{FS: fs, Clock: "event", Learner: m})
+	st, err := featurestore.Open("state", featurestore.Options{FS: fs, Clock: "event", Learner: m, Definitions: defs})
 	if err != nil {
 		t.Fatal(err)
 	}

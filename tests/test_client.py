@@ -194,6 +194,28 @@ def test_features_as_of_and_many_ids(loaded, client):
     assert list(empty.columns) == ["user_id", "view_count"] and len(empty) == 0
 
 
+def test_features_format_columns(client):
+    # The columnar answer gives the same frame as the rows answer, statuses, times and dtypes included.
+    as_of = BASE + DAY + 5 * HOUR
+    for args, kw in [(("user_features", ["u03", "nobody", "u07", "u03", "u11"]), {}),
+                     (("item_features", ITEMS, ["view_count", "category_id", "purchase_rate_7d", "last_event_ts"]), {"as_of": as_of}),
+                     (("item_features", ITEMS + ["nobody"]), {"as_of": as_of}),
+                     (("category_features", ["c1", "c9"]), {}),
+                     (("user_features", "u05", ["recent_items", "view_count_1h"]), {}),
+                     (("user_features", [f"ghost{i}" for i in range(1500)] + ["u01"], ["view_count"]), {}),  # two requests
+                     (("user_features", [], ["view_count"]), {})]:
+        for with_status in (False, True):
+            rows = client.features(*args, **kw, with_status=with_status)
+            cols = client.features(*args, **kw, with_status=with_status, format="columns")
+            pd.testing.assert_frame_equal(cols, rows)
+    with pytest.raises(ValueError, match="format"):
+        client.features("user_features", ["u01"], format="arrow")
+    with pytest.raises(recsys.InvalidArgument, match="named twice"):
+        client.features("user_features", ["u01"], ["view_count", "view_count"], format="columns")
+    # The rows answer takes a feature twice, as before.
+    assert list(client.features("user_features", ["u01"], ["view_count", "view_count"]).columns) == ["user_id", "view_count"]
+
+
 # -- scans --------------------------------------------------------------------------
 
 def flight_doget_calls(s: Server) -> float:

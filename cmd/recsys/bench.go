@@ -21,6 +21,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/streamrec/recsys/featurestore"
 	recsysv1 "github.com/streamrec/recsys/proto/recsys/v1"
@@ -37,6 +38,8 @@ type benchOpts struct {
 	dir       string
 	cpuprof   string
 	readProf  string
+	featProf  string
+	formats   []string
 	soak      bool
 	soakDays  int
 	applyRuns int
@@ -62,6 +65,14 @@ func benchCmd() *cobra.Command {
 			if err := checkProgress(o.progress); err != nil {
 				return usageError{err}
 			}
+			if o.readProf != "" && o.featProf != "" {
+				return usageError{fmt.Errorf("cpuprofile-reads and cpuprofile-features: one CPU profile at a time")}
+			}
+			for _, f := range o.formats {
+				if f != "rows" && f != "columns" {
+					return usageError{fmt.Errorf("read-formats: %q is not rows or columns", f)}
+				}
+			}
 			if o.soak {
 				if !cmd.Flags().Changed("events") {
 					o.events = 10_000_000
@@ -79,6 +90,8 @@ func benchCmd() *cobra.Command {
 	f.StringVar(&o.dir, "dir", "", "data dir to use (default: a temporary one, removed afterwards)")
 	f.StringVar(&o.cpuprof, "cpuprofile", "", "write a CPU profile of the ingest phase to this file")
 	f.StringVar(&o.readProf, "cpuprofile-reads", "", "write a CPU profile of the read phase to this file")
+	f.StringVar(&o.featProf, "cpuprofile-features", "", "write a CPU profile of the features:get scenarios alone to this file")
+	f.StringSliceVar(&o.formats, "read-formats", []string{"rows", "columns"}, "features:get answer shapes to measure: rows, columns")
 	f.BoolVar(&o.soak, "soak", false, "instead: stream --events (default 10M here) over --soak.days of event time on the event clock and print bytes on disk per simulated day")
 	f.IntVar(&o.soakDays, "soak.days", 30, "simulated days of the soak")
 	f.IntVar(&o.applyRuns, "apply-runs", 3, "runs of the state-engine benchmark (the events applied straight to a fresh store; the median is printed; 0 skips it)")
@@ -216,8 +229,15 @@ func bench(ctx context.Context, o *benchOpts) error {
 		return err
 	}
 	defer stopReadProfile()
-	fmt.Printf("features:get of every item_features feature (%d), closed-loop clients in this process, %s per scenario (items of random events):\n",
+	stopFeatProfile, err := startProfile(o.featProf)
+	if err != nil {
+		stopUpd()
+		return err
+	}
+	defer stopFeatProfile() // on errors; stopped below after the scenarios
+	fmt.Printf("features:get of every item_features feature (%d), closed-loop clients in this process, %s per scenario (items of random events);\n",
 		len(featurestore.ItemView.Features), o.duration)
+	fmt.Printf("  bytes per entity of the answers (REST: the body; gRPC: the message), averaged over 5 requests:\n")
 	randomItems := func(r *rand.Rand, n int) []string {
 		ids := make([]string, n)
 		for i := range ids {
@@ -226,25 +246,53 @@ func bench(ctx context.Context, o *benchOpts) error {
 		return ids
 	}
 	for _, n := range []int{1, 500} {
-		restCall := func(r *rand.Rand) error {
-			body, _ := json.Marshal(map[string]any{"view": "item_features", "ids": randomItems(r, n)})
-			return okResponse(hc.Post(url, "application/json", bytes.NewReader(body)))
-		}
-		grpcCall := func(r *rand.Rand) error {
-			_, err := gc.GetFeatures(ctx, &recsysv1.GetFeaturesRequest{View: "item_features", Ids: randomItems(r, n)})
-			return err
-		}
-		for _, sc := range []struct {
+		type scenario struct {
 			name string
-			call func(*rand.Rand) error
-		}{{"REST", restCall}, {"gRPC", grpcCall}} {
+			// call makes one request; with size it returns the answer's bytes.
+			call func(r *rand.Rand, size bool) (int, error)
+		}
+		var scenarios []scenario
+		for _, format := range o.formats {
+			suffix, reqFormat := "", ""
+			if format == "columns" {
+				suffix, reqFormat = " columns", "columns"
+			}
+			rest := func(r *rand.Rand, _ bool) (int, error) {
+				req := map[string]any{"view": "item_features", "ids": randomItems(r, n)}
+				if reqFormat != "" {
+					req["format"] = reqFormat
+				}
+				body, _ := json.Marshal(req)
+				return bodySize(hc.Post(url, "application/json", bytes.NewReader(body)))
+			}
+			grpcCall := func(r *rand.Rand, size bool) (int, error) {
+				resp, err := gc.GetFeatures(ctx, &recsysv1.GetFeaturesRequest{View: "item_features", Ids: randomItems(r, n), Format: reqFormat})
+				if err != nil || !size {
+					return 0, err
+				}
+				return proto.Size(resp), nil
+			}
+			scenarios = append(scenarios, scenario{"REST" + suffix, rest}, scenario{"gRPC" + suffix, grpcCall})
+		}
+		for _, sc := range scenarios {
+			sampled := 0
+			for i := range 5 {
+				b, err := sc.call(rand.New(rand.NewPCG(uint64(i), 11)), true)
+				if err != nil {
+					stopUpd()
+					return fmt.Errorf("features:get %s: %w", sc.name, err)
+				}
+				sampled += b
+			}
+			perEntity := float64(sampled) / float64(5*n)
 			for _, clients := range []int{1, o.clients} {
-				lat, errs, el := loadGen(clients, o.duration, sc.call)
-				fmt.Printf("  %-4s %3d ids, %2d clients: %7.0f req/s  p50 %6.2f ms  p99 %6.2f ms  p999 %6.2f ms  (%d requests, %d errors)\n",
-					sc.name, n, clients, float64(len(lat))/el.Seconds(), pct(lat, 0.50), pct(lat, 0.99), pct(lat, 0.999), len(lat), errs)
+				lat, errs, el := loadGen(clients, o.duration, func(r *rand.Rand) error { _, err := sc.call(r, false); return err })
+				fmt.Printf("  %-12s %3d ids, %2d clients: %7.0f req/s  p50 %6.2f ms  p99 %6.2f ms  p999 %6.2f ms  %6.0f B/entity  (%d requests, %d errors)\n",
+					sc.name, n, clients, float64(len(lat))/el.Seconds(), pct(lat, 0.50), pct(lat, 0.99), pct(lat, 0.999), perEntity, len(lat), errs)
 			}
 		}
 	}
+	stopFeatProfile()
 	if err := benchRecommend(ctx, eng, hc, "http://"+hl.Addr().String(), evs, o); err != nil {
 		stopUpd()
 		return err

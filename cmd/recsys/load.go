@@ -293,6 +293,22 @@ func load(ctx context.Context, o *loadOpts) error {
 	return nil
 }
 
+// bodySize is okResponse that also returns the body's bytes.
+func bodySize(resp *http.Response, err error) (int, error) {
+	if err != nil {
+		return 0, err
+	}
+	n, err := io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return 0, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("HTTP %d", resp.StatusCode)
+	}
+	return int(n), nil
+}
+
 // okResponse drains and closes the body of a response and fails unless it
 // is a 200.
 func okResponse(resp *http.Response, err error) error {

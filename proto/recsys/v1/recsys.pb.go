@@ -537,7 +537,14 @@ type GetFeaturesRequest struct {
 	// Optional event time (Unix ms) to read window features as of; 0 means
 	// now. Negative values, values before 1971 (Unix seconds?) and values
 	// past the year 9999 (micro- or nanoseconds?) are INVALID_ARGUMENT.
-	AsOf          int64 `protobuf:"varint,4,opt,name=as_of,json=asOf,proto3" json:"as_of,omitempty"`
+	AsOf int64 `protobuf:"varint,4,opt,name=as_of,json=asOf,proto3" json:"as_of,omitempty"`
+	// The shape of the answer: "" or "rows" (entities: one EntityFeatures per
+	// id, one FeatureValue per value, as ever), or "columns" (columns: the
+	// ids once, one typed column per feature, the statuses only where a value
+	// is not present; a fifth to a sixth of the bytes). Any other value is
+	// INVALID_ARGUMENT naming format. With "columns" a feature may be
+	// listed only once.
+	Format        string `protobuf:"bytes,5,opt,name=format,proto3" json:"format,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -600,11 +607,23 @@ func (x *GetFeaturesRequest) GetAsOf() int64 {
 	return 0
 }
 
+func (x *GetFeaturesRequest) GetFormat() string {
+	if x != nil {
+		return x.Format
+	}
+	return ""
+}
+
 type GetFeaturesResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	View  string                 `protobuf:"bytes,1,opt,name=view,proto3" json:"view,omitempty"`
-	// One entry per requested id, in request order.
-	Entities      []*EntityFeatures `protobuf:"bytes,2,rep,name=entities,proto3" json:"entities,omitempty"`
+	// Format rows: one entry per requested id, in request order.
+	Entities []*EntityFeatures `protobuf:"bytes,2,rep,name=entities,proto3" json:"entities,omitempty"`
+	// Format columns: the same values, one column per feature. (Over REST
+	// the columns answer is flat JSON of its own, described in the OpenAPI
+	// document and the README: ids, features, columns, event_time_ms,
+	// status.)
+	Columns       *FeatureColumns `protobuf:"bytes,3,opt,name=columns,proto3" json:"columns,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -653,6 +672,264 @@ func (x *GetFeaturesResponse) GetEntities() []*EntityFeatures {
 	return nil
 }
 
+func (x *GetFeaturesResponse) GetColumns() *FeatureColumns {
+	if x != nil {
+		return x.Columns
+	}
+	return nil
+}
+
+// FeatureColumns is the columnar answer of GetFeatures: every requested
+// feature of every requested entity, as the rows answer holds them.
+type FeatureColumns struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The requested ids, in request order (duplicates and unknown ids
+	// included); every column has one value per id, in this order.
+	Ids []string `protobuf:"bytes,1,rep,name=ids,proto3" json:"ids,omitempty"`
+	// One per requested feature, in request order (the view's order when
+	// none was named).
+	Columns []*FeatureColumn `protobuf:"bytes,2,rep,name=columns,proto3" json:"columns,omitempty"`
+	// Every value whose status is not "present", in order of id_index then
+	// feature: one entry without a feature when every value of the entity
+	// has that status (an unknown id: not_found; an entity past the view's
+	// TTL: expired), else one per value. A value with no entry is present.
+	Status        []*FeatureStatus `protobuf:"bytes,3,rep,name=status,proto3" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FeatureColumns) Reset() {
+	*x = FeatureColumns{}
+	mi := &file_recsys_v1_recsys_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FeatureColumns) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FeatureColumns) ProtoMessage() {}
+
+func (x *FeatureColumns) ProtoReflect() protoreflect.Message {
+	mi := &file_recsys_v1_recsys_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FeatureColumns.ProtoReflect.Descriptor instead.
+func (*FeatureColumns) Descriptor() ([]byte, []int) {
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *FeatureColumns) GetIds() []string {
+	if x != nil {
+		return x.Ids
+	}
+	return nil
+}
+
+func (x *FeatureColumns) GetColumns() []*FeatureColumn {
+	if x != nil {
+		return x.Columns
+	}
+	return nil
+}
+
+func (x *FeatureColumns) GetStatus() []*FeatureStatus {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+// FeatureColumn is one feature of every entity. Exactly one of the value
+// fields is filled, by type, with one value per id (for list<string>, the
+// offsets); where the value is not present (see FeatureColumns.status) it
+// holds the zero value (0, "" or an empty list).
+type FeatureColumn struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The feature's type, as ListFeatureViews gives it: int64, float64,
+	// timestamp_ms, string or list<string>.
+	Type string `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
+	// int64 (counts, distinct counts) and timestamp_ms (Unix ms).
+	Int64Values []int64 `protobuf:"varint,3,rep,packed,name=int64_values,json=int64Values,proto3" json:"int64_values,omitempty"`
+	// float64 (rates, trends, seconds). NaN and ±Inf are sent as they are
+	// (REST writes null for them, and for values not present).
+	DoubleValues []float64 `protobuf:"fixed64,4,rep,packed,name=double_values,json=doubleValues,proto3" json:"double_values,omitempty"`
+	// string (category_id).
+	StringValues []string `protobuf:"bytes,5,rep,name=string_values,json=stringValues,proto3" json:"string_values,omitempty"`
+	// list<string>: the elements of every entity's list, one list after the
+	// other; entity i's list is list_values[list_offsets[i]:list_offsets[i+1]].
+	ListValues []string `protobuf:"bytes,6,rep,name=list_values,json=listValues,proto3" json:"list_values,omitempty"`
+	// list<string>: len(ids) + 1 offsets into list_values, starting at 0.
+	ListOffsets []int32 `protobuf:"varint,7,rep,packed,name=list_offsets,json=listOffsets,proto3" json:"list_offsets,omitempty"`
+	// Per id, the event time of the value's last update (Unix ms), as
+	// FeatureValue.event_time; 0 where there is none. Values that are not
+	// present may have one too (an expired entity: its newest event).
+	EventTimeMs   []int64 `protobuf:"varint,8,rep,packed,name=event_time_ms,json=eventTimeMs,proto3" json:"event_time_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FeatureColumn) Reset() {
+	*x = FeatureColumn{}
+	mi := &file_recsys_v1_recsys_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FeatureColumn) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FeatureColumn) ProtoMessage() {}
+
+func (x *FeatureColumn) ProtoReflect() protoreflect.Message {
+	mi := &file_recsys_v1_recsys_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FeatureColumn.ProtoReflect.Descriptor instead.
+func (*FeatureColumn) Descriptor() ([]byte, []int) {
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *FeatureColumn) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *FeatureColumn) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *FeatureColumn) GetInt64Values() []int64 {
+	if x != nil {
+		return x.Int64Values
+	}
+	return nil
+}
+
+func (x *FeatureColumn) GetDoubleValues() []float64 {
+	if x != nil {
+		return x.DoubleValues
+	}
+	return nil
+}
+
+func (x *FeatureColumn) GetStringValues() []string {
+	if x != nil {
+		return x.StringValues
+	}
+	return nil
+}
+
+func (x *FeatureColumn) GetListValues() []string {
+	if x != nil {
+		return x.ListValues
+	}
+	return nil
+}
+
+func (x *FeatureColumn) GetListOffsets() []int32 {
+	if x != nil {
+		return x.ListOffsets
+	}
+	return nil
+}
+
+func (x *FeatureColumn) GetEventTimeMs() []int64 {
+	if x != nil {
+		return x.EventTimeMs
+	}
+	return nil
+}
+
+// FeatureStatus is the status of values that are not present, in a
+// columnar answer.
+type FeatureStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Index into FeatureColumns.ids.
+	IdIndex int32 `protobuf:"varint,1,opt,name=id_index,json=idIndex,proto3" json:"id_index,omitempty"`
+	// The feature (a FeatureColumn's name); empty: every feature of the entity.
+	Feature string `protobuf:"bytes,2,opt,name=feature,proto3" json:"feature,omitempty"`
+	// "not_found", "expired" or "not_versioned", as FeatureValue.status.
+	Status        string `protobuf:"bytes,3,opt,name=status,proto3" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FeatureStatus) Reset() {
+	*x = FeatureStatus{}
+	mi := &file_recsys_v1_recsys_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FeatureStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FeatureStatus) ProtoMessage() {}
+
+func (x *FeatureStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_recsys_v1_recsys_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FeatureStatus.ProtoReflect.Descriptor instead.
+func (*FeatureStatus) Descriptor() ([]byte, []int) {
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *FeatureStatus) GetIdIndex() int32 {
+	if x != nil {
+		return x.IdIndex
+	}
+	return 0
+}
+
+func (x *FeatureStatus) GetFeature() string {
+	if x != nil {
+		return x.Feature
+	}
+	return ""
+}
+
+func (x *FeatureStatus) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
 type FeatureInfo struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -670,7 +947,7 @@ type FeatureInfo struct {
 
 func (x *FeatureInfo) Reset() {
 	*x = FeatureInfo{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[10]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -682,7 +959,7 @@ func (x *FeatureInfo) String() string {
 func (*FeatureInfo) ProtoMessage() {}
 
 func (x *FeatureInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[10]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -695,7 +972,7 @@ func (x *FeatureInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FeatureInfo.ProtoReflect.Descriptor instead.
 func (*FeatureInfo) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{10}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *FeatureInfo) GetName() string {
@@ -755,7 +1032,7 @@ type FeatureView struct {
 
 func (x *FeatureView) Reset() {
 	*x = FeatureView{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[11]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -767,7 +1044,7 @@ func (x *FeatureView) String() string {
 func (*FeatureView) ProtoMessage() {}
 
 func (x *FeatureView) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[11]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -780,7 +1057,7 @@ func (x *FeatureView) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FeatureView.ProtoReflect.Descriptor instead.
 func (*FeatureView) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{11}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *FeatureView) GetName() string {
@@ -826,7 +1103,7 @@ type ListFeatureViewsRequest struct {
 
 func (x *ListFeatureViewsRequest) Reset() {
 	*x = ListFeatureViewsRequest{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[12]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -838,7 +1115,7 @@ func (x *ListFeatureViewsRequest) String() string {
 func (*ListFeatureViewsRequest) ProtoMessage() {}
 
 func (x *ListFeatureViewsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[12]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -851,7 +1128,7 @@ func (x *ListFeatureViewsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFeatureViewsRequest.ProtoReflect.Descriptor instead.
 func (*ListFeatureViewsRequest) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{12}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{15}
 }
 
 type ListFeatureViewsResponse struct {
@@ -863,7 +1140,7 @@ type ListFeatureViewsResponse struct {
 
 func (x *ListFeatureViewsResponse) Reset() {
 	*x = ListFeatureViewsResponse{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[13]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -875,7 +1152,7 @@ func (x *ListFeatureViewsResponse) String() string {
 func (*ListFeatureViewsResponse) ProtoMessage() {}
 
 func (x *ListFeatureViewsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[13]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -888,7 +1165,7 @@ func (x *ListFeatureViewsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFeatureViewsResponse.ProtoReflect.Descriptor instead.
 func (*ListFeatureViewsResponse) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{13}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListFeatureViewsResponse) GetViews() []*FeatureView {
@@ -910,7 +1187,7 @@ type ScoredItem struct {
 
 func (x *ScoredItem) Reset() {
 	*x = ScoredItem{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[14]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -922,7 +1199,7 @@ func (x *ScoredItem) String() string {
 func (*ScoredItem) ProtoMessage() {}
 
 func (x *ScoredItem) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[14]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -935,7 +1212,7 @@ func (x *ScoredItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScoredItem.ProtoReflect.Descriptor instead.
 func (*ScoredItem) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{14}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ScoredItem) GetItemId() string {
@@ -982,7 +1259,7 @@ type RecommendRequest struct {
 
 func (x *RecommendRequest) Reset() {
 	*x = RecommendRequest{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[15]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -994,7 +1271,7 @@ func (x *RecommendRequest) String() string {
 func (*RecommendRequest) ProtoMessage() {}
 
 func (x *RecommendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[15]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1007,7 +1284,7 @@ func (x *RecommendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecommendRequest.ProtoReflect.Descriptor instead.
 func (*RecommendRequest) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{15}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RecommendRequest) GetUserId() string {
@@ -1062,7 +1339,7 @@ type RecommendResponse struct {
 
 func (x *RecommendResponse) Reset() {
 	*x = RecommendResponse{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[16]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1074,7 +1351,7 @@ func (x *RecommendResponse) String() string {
 func (*RecommendResponse) ProtoMessage() {}
 
 func (x *RecommendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[16]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1087,7 +1364,7 @@ func (x *RecommendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecommendResponse.ProtoReflect.Descriptor instead.
 func (*RecommendResponse) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{16}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RecommendResponse) GetItems() []*ScoredItem {
@@ -1122,7 +1399,7 @@ type PopularItemsRequest struct {
 
 func (x *PopularItemsRequest) Reset() {
 	*x = PopularItemsRequest{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[17]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1134,7 +1411,7 @@ func (x *PopularItemsRequest) String() string {
 func (*PopularItemsRequest) ProtoMessage() {}
 
 func (x *PopularItemsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[17]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1147,7 +1424,7 @@ func (x *PopularItemsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PopularItemsRequest.ProtoReflect.Descriptor instead.
 func (*PopularItemsRequest) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{17}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PopularItemsRequest) GetK() int32 {
@@ -1194,7 +1471,7 @@ type PopularItemsResponse struct {
 
 func (x *PopularItemsResponse) Reset() {
 	*x = PopularItemsResponse{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[18]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1206,7 +1483,7 @@ func (x *PopularItemsResponse) String() string {
 func (*PopularItemsResponse) ProtoMessage() {}
 
 func (x *PopularItemsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[18]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1219,7 +1496,7 @@ func (x *PopularItemsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PopularItemsResponse.ProtoReflect.Descriptor instead.
 func (*PopularItemsResponse) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{18}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PopularItemsResponse) GetItems() []*ScoredItem {
@@ -1241,7 +1518,7 @@ type SimilarItemsRequest struct {
 
 func (x *SimilarItemsRequest) Reset() {
 	*x = SimilarItemsRequest{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[19]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1253,7 +1530,7 @@ func (x *SimilarItemsRequest) String() string {
 func (*SimilarItemsRequest) ProtoMessage() {}
 
 func (x *SimilarItemsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[19]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1266,7 +1543,7 @@ func (x *SimilarItemsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SimilarItemsRequest.ProtoReflect.Descriptor instead.
 func (*SimilarItemsRequest) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{19}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SimilarItemsRequest) GetItemId() string {
@@ -1294,7 +1571,7 @@ type SimilarItemsResponse struct {
 
 func (x *SimilarItemsResponse) Reset() {
 	*x = SimilarItemsResponse{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[20]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1306,7 +1583,7 @@ func (x *SimilarItemsResponse) String() string {
 func (*SimilarItemsResponse) ProtoMessage() {}
 
 func (x *SimilarItemsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[20]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1319,7 +1596,7 @@ func (x *SimilarItemsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SimilarItemsResponse.ProtoReflect.Descriptor instead.
 func (*SimilarItemsResponse) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{20}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SimilarItemsResponse) GetItems() []*ScoredItem {
@@ -1341,7 +1618,7 @@ type SimilarUsersRequest struct {
 
 func (x *SimilarUsersRequest) Reset() {
 	*x = SimilarUsersRequest{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[21]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1353,7 +1630,7 @@ func (x *SimilarUsersRequest) String() string {
 func (*SimilarUsersRequest) ProtoMessage() {}
 
 func (x *SimilarUsersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[21]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1366,7 +1643,7 @@ func (x *SimilarUsersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SimilarUsersRequest.ProtoReflect.Descriptor instead.
 func (*SimilarUsersRequest) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{21}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SimilarUsersRequest) GetUserId() string {
@@ -1393,7 +1670,7 @@ type ScoredUser struct {
 
 func (x *ScoredUser) Reset() {
 	*x = ScoredUser{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[22]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1405,7 +1682,7 @@ func (x *ScoredUser) String() string {
 func (*ScoredUser) ProtoMessage() {}
 
 func (x *ScoredUser) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[22]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1418,7 +1695,7 @@ func (x *ScoredUser) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScoredUser.ProtoReflect.Descriptor instead.
 func (*ScoredUser) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{22}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ScoredUser) GetUserId() string {
@@ -1444,7 +1721,7 @@ type SimilarUsersResponse struct {
 
 func (x *SimilarUsersResponse) Reset() {
 	*x = SimilarUsersResponse{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[23]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1456,7 +1733,7 @@ func (x *SimilarUsersResponse) String() string {
 func (*SimilarUsersResponse) ProtoMessage() {}
 
 func (x *SimilarUsersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[23]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1469,7 +1746,7 @@ func (x *SimilarUsersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SimilarUsersResponse.ProtoReflect.Descriptor instead.
 func (*SimilarUsersResponse) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{23}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SimilarUsersResponse) GetUsers() []*ScoredUser {
@@ -1492,7 +1769,7 @@ type GetUserHistoryRequest struct {
 
 func (x *GetUserHistoryRequest) Reset() {
 	*x = GetUserHistoryRequest{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[24]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1504,7 +1781,7 @@ func (x *GetUserHistoryRequest) String() string {
 func (*GetUserHistoryRequest) ProtoMessage() {}
 
 func (x *GetUserHistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[24]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1517,7 +1794,7 @@ func (x *GetUserHistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUserHistoryRequest.ProtoReflect.Descriptor instead.
 func (*GetUserHistoryRequest) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{24}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *GetUserHistoryRequest) GetUserId() string {
@@ -1553,7 +1830,7 @@ type HistoryItem struct {
 
 func (x *HistoryItem) Reset() {
 	*x = HistoryItem{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[25]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1565,7 +1842,7 @@ func (x *HistoryItem) String() string {
 func (*HistoryItem) ProtoMessage() {}
 
 func (x *HistoryItem) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[25]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1578,7 +1855,7 @@ func (x *HistoryItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryItem.ProtoReflect.Descriptor instead.
 func (*HistoryItem) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{25}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *HistoryItem) GetItemId() string {
@@ -1626,7 +1903,7 @@ type GetUserHistoryResponse struct {
 
 func (x *GetUserHistoryResponse) Reset() {
 	*x = GetUserHistoryResponse{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[26]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1638,7 +1915,7 @@ func (x *GetUserHistoryResponse) String() string {
 func (*GetUserHistoryResponse) ProtoMessage() {}
 
 func (x *GetUserHistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[26]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1651,7 +1928,7 @@ func (x *GetUserHistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUserHistoryResponse.ProtoReflect.Descriptor instead.
 func (*GetUserHistoryResponse) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{26}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GetUserHistoryResponse) GetItems() []*HistoryItem {
@@ -1669,7 +1946,7 @@ type ListModelsRequest struct {
 
 func (x *ListModelsRequest) Reset() {
 	*x = ListModelsRequest{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[27]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1681,7 +1958,7 @@ func (x *ListModelsRequest) String() string {
 func (*ListModelsRequest) ProtoMessage() {}
 
 func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[27]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1694,7 +1971,7 @@ func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsRequest.ProtoReflect.Descriptor instead.
 func (*ListModelsRequest) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{27}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{30}
 }
 
 type ModelInfo struct {
@@ -1724,7 +2001,7 @@ type ModelInfo struct {
 
 func (x *ModelInfo) Reset() {
 	*x = ModelInfo{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[28]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1736,7 +2013,7 @@ func (x *ModelInfo) String() string {
 func (*ModelInfo) ProtoMessage() {}
 
 func (x *ModelInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[28]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1749,7 +2026,7 @@ func (x *ModelInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelInfo.ProtoReflect.Descriptor instead.
 func (*ModelInfo) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{28}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ModelInfo) GetName() string {
@@ -1826,7 +2103,7 @@ type ListModelsResponse struct {
 
 func (x *ListModelsResponse) Reset() {
 	*x = ListModelsResponse{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[29]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1838,7 +2115,7 @@ func (x *ListModelsResponse) String() string {
 func (*ListModelsResponse) ProtoMessage() {}
 
 func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[29]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1851,7 +2128,7 @@ func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsResponse.ProtoReflect.Descriptor instead.
 func (*ListModelsResponse) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{29}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListModelsResponse) GetModels() []*ModelInfo {
@@ -1876,7 +2153,7 @@ type GetStatsRequest struct {
 
 func (x *GetStatsRequest) Reset() {
 	*x = GetStatsRequest{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[30]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1888,7 +2165,7 @@ func (x *GetStatsRequest) String() string {
 func (*GetStatsRequest) ProtoMessage() {}
 
 func (x *GetStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[30]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1901,7 +2178,7 @@ func (x *GetStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatsRequest.ProtoReflect.Descriptor instead.
 func (*GetStatsRequest) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{30}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{33}
 }
 
 // GetStatsResponse is the updater's progress and the store's size. Over
@@ -1947,7 +2224,7 @@ type GetStatsResponse struct {
 
 func (x *GetStatsResponse) Reset() {
 	*x = GetStatsResponse{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[31]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1959,7 +2236,7 @@ func (x *GetStatsResponse) String() string {
 func (*GetStatsResponse) ProtoMessage() {}
 
 func (x *GetStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[31]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1972,7 +2249,7 @@ func (x *GetStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatsResponse.ProtoReflect.Descriptor instead.
 func (*GetStatsResponse) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{31}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GetStatsResponse) GetLogEndOffset() int64 {
@@ -2053,7 +2330,7 @@ type DeadLetter struct {
 
 func (x *DeadLetter) Reset() {
 	*x = DeadLetter{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[32]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2065,7 +2342,7 @@ func (x *DeadLetter) String() string {
 func (*DeadLetter) ProtoMessage() {}
 
 func (x *DeadLetter) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[32]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2078,7 +2355,7 @@ func (x *DeadLetter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeadLetter.ProtoReflect.Descriptor instead.
 func (*DeadLetter) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{32}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *DeadLetter) GetEvent() *Event {
@@ -2119,7 +2396,7 @@ type ListDeadLettersRequest struct {
 
 func (x *ListDeadLettersRequest) Reset() {
 	*x = ListDeadLettersRequest{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[33]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2131,7 +2408,7 @@ func (x *ListDeadLettersRequest) String() string {
 func (*ListDeadLettersRequest) ProtoMessage() {}
 
 func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[33]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2144,7 +2421,7 @@ func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersRequest.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersRequest) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{33}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ListDeadLettersRequest) GetLimit() int32 {
@@ -2165,7 +2442,7 @@ type ListDeadLettersResponse struct {
 
 func (x *ListDeadLettersResponse) Reset() {
 	*x = ListDeadLettersResponse{}
-	mi := &file_recsys_v1_recsys_proto_msgTypes[34]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2177,7 +2454,7 @@ func (x *ListDeadLettersResponse) String() string {
 func (*ListDeadLettersResponse) ProtoMessage() {}
 
 func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_recsys_v1_recsys_proto_msgTypes[34]
+	mi := &file_recsys_v1_recsys_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2190,7 +2467,7 @@ func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersResponse.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersResponse) Descriptor() ([]byte, []int) {
-	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{34}
+	return file_recsys_v1_recsys_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListDeadLettersResponse) GetDeadLetters() []*DeadLetter {
@@ -2244,15 +2521,35 @@ const file_recsys_v1_recsys_proto_rawDesc = "" +
 	"\bfeatures\x18\x02 \x03(\tR\bfeatures\"M\n" +
 	"\x16GetItemFeaturesRequest\x12\x17\n" +
 	"\aitem_id\x18\x01 \x01(\tR\x06itemId\x12\x1a\n" +
-	"\bfeatures\x18\x02 \x03(\tR\bfeatures\"k\n" +
+	"\bfeatures\x18\x02 \x03(\tR\bfeatures\"\x83\x01\n" +
 	"\x12GetFeaturesRequest\x12\x12\n" +
 	"\x04view\x18\x01 \x01(\tR\x04view\x12\x10\n" +
 	"\x03ids\x18\x02 \x03(\tR\x03ids\x12\x1a\n" +
 	"\bfeatures\x18\x03 \x03(\tR\bfeatures\x12\x13\n" +
-	"\x05as_of\x18\x04 \x01(\x03R\x04asOf\"`\n" +
+	"\x05as_of\x18\x04 \x01(\x03R\x04asOf\x12\x16\n" +
+	"\x06format\x18\x05 \x01(\tR\x06format\"\x95\x01\n" +
 	"\x13GetFeaturesResponse\x12\x12\n" +
 	"\x04view\x18\x01 \x01(\tR\x04view\x125\n" +
-	"\bentities\x18\x02 \x03(\v2\x19.recsys.v1.EntityFeaturesR\bentities\"\xaf\x01\n" +
+	"\bentities\x18\x02 \x03(\v2\x19.recsys.v1.EntityFeaturesR\bentities\x123\n" +
+	"\acolumns\x18\x03 \x01(\v2\x19.recsys.v1.FeatureColumnsR\acolumns\"\x88\x01\n" +
+	"\x0eFeatureColumns\x12\x10\n" +
+	"\x03ids\x18\x01 \x03(\tR\x03ids\x122\n" +
+	"\acolumns\x18\x02 \x03(\v2\x18.recsys.v1.FeatureColumnR\acolumns\x120\n" +
+	"\x06status\x18\x03 \x03(\v2\x18.recsys.v1.FeatureStatusR\x06status\"\x8c\x02\n" +
+	"\rFeatureColumn\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04type\x18\x02 \x01(\tR\x04type\x12!\n" +
+	"\fint64_values\x18\x03 \x03(\x03R\vint64Values\x12#\n" +
+	"\rdouble_values\x18\x04 \x03(\x01R\fdoubleValues\x12#\n" +
+	"\rstring_values\x18\x05 \x03(\tR\fstringValues\x12\x1f\n" +
+	"\vlist_values\x18\x06 \x03(\tR\n" +
+	"listValues\x12!\n" +
+	"\flist_offsets\x18\a \x03(\x05R\vlistOffsets\x12\"\n" +
+	"\revent_time_ms\x18\b \x03(\x03R\veventTimeMs\"\\\n" +
+	"\rFeatureStatus\x12\x19\n" +
+	"\bid_index\x18\x01 \x01(\x05R\aidIndex\x12\x18\n" +
+	"\afeature\x18\x02 \x01(\tR\afeature\x12\x16\n" +
+	"\x06status\x18\x03 \x01(\tR\x06status\"\xaf\x01\n" +
 	"\vFeatureInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\tR\x04type\x12 \n" +
@@ -2391,7 +2688,7 @@ func file_recsys_v1_recsys_proto_rawDescGZIP() []byte {
 	return file_recsys_v1_recsys_proto_rawDescData
 }
 
-var file_recsys_v1_recsys_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_recsys_v1_recsys_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_recsys_v1_recsys_proto_goTypes = []any{
 	(*Event)(nil),                    // 0: recsys.v1.Event
 	(*IngestRequest)(nil),            // 1: recsys.v1.IngestRequest
@@ -2403,85 +2700,91 @@ var file_recsys_v1_recsys_proto_goTypes = []any{
 	(*GetItemFeaturesRequest)(nil),   // 7: recsys.v1.GetItemFeaturesRequest
 	(*GetFeaturesRequest)(nil),       // 8: recsys.v1.GetFeaturesRequest
 	(*GetFeaturesResponse)(nil),      // 9: recsys.v1.GetFeaturesResponse
-	(*FeatureInfo)(nil),              // 10: recsys.v1.FeatureInfo
-	(*FeatureView)(nil),              // 11: recsys.v1.FeatureView
-	(*ListFeatureViewsRequest)(nil),  // 12: recsys.v1.ListFeatureViewsRequest
-	(*ListFeatureViewsResponse)(nil), // 13: recsys.v1.ListFeatureViewsResponse
-	(*ScoredItem)(nil),               // 14: recsys.v1.ScoredItem
-	(*RecommendRequest)(nil),         // 15: recsys.v1.RecommendRequest
-	(*RecommendResponse)(nil),        // 16: recsys.v1.RecommendResponse
-	(*PopularItemsRequest)(nil),      // 17: recsys.v1.PopularItemsRequest
-	(*PopularItemsResponse)(nil),     // 18: recsys.v1.PopularItemsResponse
-	(*SimilarItemsRequest)(nil),      // 19: recsys.v1.SimilarItemsRequest
-	(*SimilarItemsResponse)(nil),     // 20: recsys.v1.SimilarItemsResponse
-	(*SimilarUsersRequest)(nil),      // 21: recsys.v1.SimilarUsersRequest
-	(*ScoredUser)(nil),               // 22: recsys.v1.ScoredUser
-	(*SimilarUsersResponse)(nil),     // 23: recsys.v1.SimilarUsersResponse
-	(*GetUserHistoryRequest)(nil),    // 24: recsys.v1.GetUserHistoryRequest
-	(*HistoryItem)(nil),              // 25: recsys.v1.HistoryItem
-	(*GetUserHistoryResponse)(nil),   // 26: recsys.v1.GetUserHistoryResponse
-	(*ListModelsRequest)(nil),        // 27: recsys.v1.ListModelsRequest
-	(*ModelInfo)(nil),                // 28: recsys.v1.ModelInfo
-	(*ListModelsResponse)(nil),       // 29: recsys.v1.ListModelsResponse
-	(*GetStatsRequest)(nil),          // 30: recsys.v1.GetStatsRequest
-	(*GetStatsResponse)(nil),         // 31: recsys.v1.GetStatsResponse
-	(*DeadLetter)(nil),               // 32: recsys.v1.DeadLetter
-	(*ListDeadLettersRequest)(nil),   // 33: recsys.v1.ListDeadLettersRequest
-	(*ListDeadLettersResponse)(nil),  // 34: recsys.v1.ListDeadLettersResponse
-	(*structpb.Value)(nil),           // 35: google.protobuf.Value
-	(*timestamppb.Timestamp)(nil),    // 36: google.protobuf.Timestamp
+	(*FeatureColumns)(nil),           // 10: recsys.v1.FeatureColumns
+	(*FeatureColumn)(nil),            // 11: recsys.v1.FeatureColumn
+	(*FeatureStatus)(nil),            // 12: recsys.v1.FeatureStatus
+	(*FeatureInfo)(nil),              // 13: recsys.v1.FeatureInfo
+	(*FeatureView)(nil),              // 14: recsys.v1.FeatureView
+	(*ListFeatureViewsRequest)(nil),  // 15: recsys.v1.ListFeatureViewsRequest
+	(*ListFeatureViewsResponse)(nil), // 16: recsys.v1.ListFeatureViewsResponse
+	(*ScoredItem)(nil),               // 17: recsys.v1.ScoredItem
+	(*RecommendRequest)(nil),         // 18: recsys.v1.RecommendRequest
+	(*RecommendResponse)(nil),        // 19: recsys.v1.RecommendResponse
+	(*PopularItemsRequest)(nil),      // 20: recsys.v1.PopularItemsRequest
+	(*PopularItemsResponse)(nil),     // 21: recsys.v1.PopularItemsResponse
+	(*SimilarItemsRequest)(nil),      // 22: recsys.v1.SimilarItemsRequest
+	(*SimilarItemsResponse)(nil),     // 23: recsys.v1.SimilarItemsResponse
+	(*SimilarUsersRequest)(nil),      // 24: recsys.v1.SimilarUsersRequest
+	(*ScoredUser)(nil),               // 25: recsys.v1.ScoredUser
+	(*SimilarUsersResponse)(nil),     // 26: recsys.v1.SimilarUsersResponse
+	(*GetUserHistoryRequest)(nil),    // 27: recsys.v1.GetUserHistoryRequest
+	(*HistoryItem)(nil),              // 28: recsys.v1.HistoryItem
+	(*GetUserHistoryResponse)(nil),   // 29: recsys.v1.GetUserHistoryResponse
+	(*ListModelsRequest)(nil),        // 30: recsys.v1.ListModelsRequest
+	(*ModelInfo)(nil),                // 31: recsys.v1.ModelInfo
+	(*ListModelsResponse)(nil),       // 32: recsys.v1.ListModelsResponse
+	(*GetStatsRequest)(nil),          // 33: recsys.v1.GetStatsRequest
+	(*GetStatsResponse)(nil),         // 34: recsys.v1.GetStatsResponse
+	(*DeadLetter)(nil),               // 35: recsys.v1.DeadLetter
+	(*ListDeadLettersRequest)(nil),   // 36: recsys.v1.ListDeadLettersRequest
+	(*ListDeadLettersResponse)(nil),  // 37: recsys.v1.ListDeadLettersResponse
+	(*structpb.Value)(nil),           // 38: google.protobuf.Value
+	(*timestamppb.Timestamp)(nil),    // 39: google.protobuf.Timestamp
 }
 var file_recsys_v1_recsys_proto_depIdxs = []int32{
 	0,  // 0: recsys.v1.IngestRequest.events:type_name -> recsys.v1.Event
 	2,  // 1: recsys.v1.IngestResponse.rejected:type_name -> recsys.v1.Rejection
-	35, // 2: recsys.v1.FeatureValue.value:type_name -> google.protobuf.Value
-	36, // 3: recsys.v1.FeatureValue.event_time:type_name -> google.protobuf.Timestamp
+	38, // 2: recsys.v1.FeatureValue.value:type_name -> google.protobuf.Value
+	39, // 3: recsys.v1.FeatureValue.event_time:type_name -> google.protobuf.Timestamp
 	4,  // 4: recsys.v1.EntityFeatures.features:type_name -> recsys.v1.FeatureValue
 	5,  // 5: recsys.v1.GetFeaturesResponse.entities:type_name -> recsys.v1.EntityFeatures
-	10, // 6: recsys.v1.FeatureView.features:type_name -> recsys.v1.FeatureInfo
-	11, // 7: recsys.v1.ListFeatureViewsResponse.views:type_name -> recsys.v1.FeatureView
-	14, // 8: recsys.v1.RecommendResponse.items:type_name -> recsys.v1.ScoredItem
-	14, // 9: recsys.v1.PopularItemsResponse.items:type_name -> recsys.v1.ScoredItem
-	14, // 10: recsys.v1.SimilarItemsResponse.items:type_name -> recsys.v1.ScoredItem
-	22, // 11: recsys.v1.SimilarUsersResponse.users:type_name -> recsys.v1.ScoredUser
-	36, // 12: recsys.v1.HistoryItem.event_time:type_name -> google.protobuf.Timestamp
-	25, // 13: recsys.v1.GetUserHistoryResponse.items:type_name -> recsys.v1.HistoryItem
-	36, // 14: recsys.v1.ModelInfo.last_update:type_name -> google.protobuf.Timestamp
-	28, // 15: recsys.v1.ListModelsResponse.models:type_name -> recsys.v1.ModelInfo
-	0,  // 16: recsys.v1.DeadLetter.event:type_name -> recsys.v1.Event
-	36, // 17: recsys.v1.DeadLetter.received_at:type_name -> google.protobuf.Timestamp
-	32, // 18: recsys.v1.ListDeadLettersResponse.dead_letters:type_name -> recsys.v1.DeadLetter
-	1,  // 19: recsys.v1.EventService.Ingest:input_type -> recsys.v1.IngestRequest
-	6,  // 20: recsys.v1.FeatureService.GetUserFeatures:input_type -> recsys.v1.GetUserFeaturesRequest
-	7,  // 21: recsys.v1.FeatureService.GetItemFeatures:input_type -> recsys.v1.GetItemFeaturesRequest
-	8,  // 22: recsys.v1.FeatureService.GetFeatures:input_type -> recsys.v1.GetFeaturesRequest
-	12, // 23: recsys.v1.FeatureService.ListFeatureViews:input_type -> recsys.v1.ListFeatureViewsRequest
-	15, // 24: recsys.v1.RecommendService.Recommend:input_type -> recsys.v1.RecommendRequest
-	17, // 25: recsys.v1.RecommendService.PopularItems:input_type -> recsys.v1.PopularItemsRequest
-	19, // 26: recsys.v1.RecommendService.SimilarItems:input_type -> recsys.v1.SimilarItemsRequest
-	21, // 27: recsys.v1.RecommendService.SimilarUsers:input_type -> recsys.v1.SimilarUsersRequest
-	24, // 28: recsys.v1.RecommendService.GetUserHistory:input_type -> recsys.v1.GetUserHistoryRequest
-	27, // 29: recsys.v1.RecommendService.ListModels:input_type -> recsys.v1.ListModelsRequest
-	33, // 30: recsys.v1.AdminService.ListDeadLetters:input_type -> recsys.v1.ListDeadLettersRequest
-	30, // 31: recsys.v1.AdminService.GetStats:input_type -> recsys.v1.GetStatsRequest
-	3,  // 32: recsys.v1.EventService.Ingest:output_type -> recsys.v1.IngestResponse
-	5,  // 33: recsys.v1.FeatureService.GetUserFeatures:output_type -> recsys.v1.EntityFeatures
-	5,  // 34: recsys.v1.FeatureService.GetItemFeatures:output_type -> recsys.v1.EntityFeatures
-	9,  // 35: recsys.v1.FeatureService.GetFeatures:output_type -> recsys.v1.GetFeaturesResponse
-	13, // 36: recsys.v1.FeatureService.ListFeatureViews:output_type -> recsys.v1.ListFeatureViewsResponse
-	16, // 37: recsys.v1.RecommendService.Recommend:output_type -> recsys.v1.RecommendResponse
-	18, // 38: recsys.v1.RecommendService.PopularItems:output_type -> recsys.v1.PopularItemsResponse
-	20, // 39: recsys.v1.RecommendService.SimilarItems:output_type -> recsys.v1.SimilarItemsResponse
-	23, // 40: recsys.v1.RecommendService.SimilarUsers:output_type -> recsys.v1.SimilarUsersResponse
-	26, // 41: recsys.v1.RecommendService.GetUserHistory:output_type -> recsys.v1.GetUserHistoryResponse
-	29, // 42: recsys.v1.RecommendService.ListModels:output_type -> recsys.v1.ListModelsResponse
-	34, // 43: recsys.v1.AdminService.ListDeadLetters:output_type -> recsys.v1.ListDeadLettersResponse
-	31, // 44: recsys.v1.AdminService.GetStats:output_type -> recsys.v1.GetStatsResponse
-	32, // [32:45] is the sub-list for method output_type
-	19, // [19:32] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	10, // 6: recsys.v1.GetFeaturesResponse.columns:type_name -> recsys.v1.FeatureColumns
+	11, // 7: recsys.v1.FeatureColumns.columns:type_name -> recsys.v1.FeatureColumn
+	12, // 8: recsys.v1.FeatureColumns.status:type_name -> recsys.v1.FeatureStatus
+	13, // 9: recsys.v1.FeatureView.features:type_name -> recsys.v1.FeatureInfo
+	14, // 10: recsys.v1.ListFeatureViewsResponse.views:type_name -> recsys.v1.FeatureView
+	17, // 11: recsys.v1.RecommendResponse.items:type_name -> recsys.v1.ScoredItem
+	17, // 12: recsys.v1.PopularItemsResponse.items:type_name -> recsys.v1.ScoredItem
+	17, // 13: recsys.v1.SimilarItemsResponse.items:type_name -> recsys.v1.ScoredItem
+	25, // 14: recsys.v1.SimilarUsersResponse.users:type_name -> recsys.v1.ScoredUser
+	39, // 15: recsys.v1.HistoryItem.event_time:type_name -> google.protobuf.Timestamp
+	28, // 16: recsys.v1.GetUserHistoryResponse.items:type_name -> recsys.v1.HistoryItem
+	39, // 17: recsys.v1.ModelInfo.last_update:type_name -> google.protobuf.Timestamp
+	31, // 18: recsys.v1.ListModelsResponse.models:type_name -> recsys.v1.ModelInfo
+	0,  // 19: recsys.v1.DeadLetter.event:type_name -> recsys.v1.Event
+	39, // 20: recsys.v1.DeadLetter.received_at:type_name -> google.protobuf.Timestamp
+	35, // 21: recsys.v1.ListDeadLettersResponse.dead_letters:type_name -> recsys.v1.DeadLetter
+	1,  // 22: recsys.v1.EventService.Ingest:input_type -> recsys.v1.IngestRequest
+	6,  // 23: recsys.v1.FeatureService.GetUserFeatures:input_type -> recsys.v1.GetUserFeaturesRequest
+	7,  // 24: recsys.v1.FeatureService.GetItemFeatures:input_type -> recsys.v1.GetItemFeaturesRequest
+	8,  // 25: recsys.v1.FeatureService.GetFeatures:input_type -> recsys.v1.GetFeaturesRequest
+	15, // 26: recsys.v1.FeatureService.ListFeatureViews:input_type -> recsys.v1.ListFeatureViewsRequest
+	18, // 27: recsys.v1.RecommendService.Recommend:input_type -> recsys.v1.RecommendRequest
+	20, // 28: recsys.v1.RecommendService.PopularItems:input_type -> recsys.v1.PopularItemsRequest
+	22, // 29: recsys.v1.RecommendService.SimilarItems:input_type -> recsys.v1.SimilarItemsRequest
+	24, // 30: recsys.v1.RecommendService.SimilarUsers:input_type -> recsys.v1.SimilarUsersRequest
+	27, // 31: recsys.v1.RecommendService.GetUserHistory:input_type -> recsys.v1.GetUserHistoryRequest
+	30, // 32: recsys.v1.RecommendService.ListModels:input_type -> recsys.v1.ListModelsRequest
+	36, // 33: recsys.v1.AdminService.ListDeadLetters:input_type -> recsys.v1.ListDeadLettersRequest
+	33, // 34: recsys.v1.AdminService.GetStats:input_type -> recsys.v1.GetStatsRequest
+	3,  // 35: recsys.v1.EventService.Ingest:output_type -> recsys.v1.IngestResponse
+	5,  // 36: recsys.v1.FeatureService.GetUserFeatures:output_type -> recsys.v1.EntityFeatures
+	5,  // 37: recsys.v1.FeatureService.GetItemFeatures:output_type -> recsys.v1.EntityFeatures
+	9,  // 38: recsys.v1.FeatureService.GetFeatures:output_type -> recsys.v1.GetFeaturesResponse
+	16, // 39: recsys.v1.FeatureService.ListFeatureViews:output_type -> recsys.v1.ListFeatureViewsResponse
+	19, // 40: recsys.v1.RecommendService.Recommend:output_type -> recsys.v1.RecommendResponse
+	21, // 41: recsys.v1.RecommendService.PopularItems:output_type -> recsys.v1.PopularItemsResponse
+	23, // 42: recsys.v1.RecommendService.SimilarItems:output_type -> recsys.v1.SimilarItemsResponse
+	26, // 43: recsys.v1.RecommendService.SimilarUsers:output_type -> recsys.v1.SimilarUsersResponse
+	29, // 44: recsys.v1.RecommendService.GetUserHistory:output_type -> recsys.v1.GetUserHistoryResponse
+	32, // 45: recsys.v1.RecommendService.ListModels:output_type -> recsys.v1.ListModelsResponse
+	37, // 46: recsys.v1.AdminService.ListDeadLetters:output_type -> recsys.v1.ListDeadLettersResponse
+	34, // 47: recsys.v1.AdminService.GetStats:output_type -> recsys.v1.GetStatsResponse
+	35, // [35:48] is the sub-list for method output_type
+	22, // [22:35] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_recsys_v1_recsys_proto_init() }
@@ -2489,14 +2792,14 @@ func file_recsys_v1_recsys_proto_init() {
 	if File_recsys_v1_recsys_proto != nil {
 		return
 	}
-	file_recsys_v1_recsys_proto_msgTypes[15].OneofWrappers = []any{}
+	file_recsys_v1_recsys_proto_msgTypes[18].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_recsys_v1_recsys_proto_rawDesc), len(file_recsys_v1_recsys_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   35,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

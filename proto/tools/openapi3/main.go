@@ -5,8 +5,9 @@
 //  1. converts it with kin-openapi's openapi2conv;
 //  2. merges the hand-written overlay (info, servers, the bearer scheme,
 //     the routes the gateway does not serve, the ingest body that has its
-//     own decoder): maps key by key, the overlay winning; lists and values
-//     replace;
+//     own decoder, the features:get answer that has its own encoder):
+//     maps key by key, the overlay winning; lists and values replace, and
+//     so does a map marked "x-replace: true";
 //  3. marks each operation with the scope it needs (the overlay's
 //     x-scopes; read when not listed, none for open routes): its security
 //     requirement, x-recsys-scope, a line of its description, and the
@@ -114,10 +115,17 @@ func obj(v any) map[string]any {
 	return m
 }
 
-// merge copies src into dst: maps merged key by key, anything else replaced.
+// merge copies src into dst: maps merged key by key, anything else
+// replaced; a map of src with "x-replace: true" replaces dst's whole
+// (without that key).
 func merge(dst, src map[string]any) {
 	for k, v := range src {
 		if sm, ok := v.(map[string]any); ok {
+			if sm["x-replace"] == true {
+				delete(sm, "x-replace")
+				dst[k] = sm
+				continue
+			}
 			if dm, ok := dst[k].(map[string]any); ok {
 				merge(dm, sm)
 				continue

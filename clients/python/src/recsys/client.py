@@ -363,7 +363,7 @@ class Client:
         return (self._views or {}).get(name)
 
     def features(self, view: str, ids: Sequence[str] | str, features: Sequence[str] | None = None,
-                 as_of: TimeLike | None = None, *, with_status: bool = False) -> pd.DataFrame:
+                 as_of: TimeLike | None = None, *, with_status: bool = False, format: str = "rows") -> pd.DataFrame:
         """Online features of entities (``POST /v1/features:get``), one row per id in the order given.
 
         Args:
@@ -377,6 +377,11 @@ class Client:
             with_status: Add ``<feature>.status`` (``present``, ``not_found``,
                 ``expired``, ``not_versioned``) and ``<feature>.event_time``
                 (its last update) after each value column.
+            format: The answer the server sends: ``"rows"`` (one object per
+                entity and feature; every server) or ``"columns"`` (one array
+                per feature, about a fifth of the bytes and much less work on
+                both sides; a feature may then be named only once). The
+                DataFrame is the same.
 
         Returns:
             A DataFrame with the view's id column (``user_id``, ...) and one
@@ -385,6 +390,8 @@ class Client:
             are not present are null. ``client.features(v, ids)`` equals
             ``client.scan(v, ids=ids).to_pandas()``.
         """
+        if format not in ("rows", "columns"):
+            raise ValueError(f"format: {format!r} is not 'rows' or 'columns'")
         if isinstance(ids, str):
             ids = [ids]
         ids = [str(i) for i in ids]
@@ -395,25 +402,56 @@ class Client:
             base["features"] = list(features)
         if as_of is not None:
             base["as_of"] = _ms(as_of, "as_of")
-        entities: list[dict[str, Any]] = []
+        if format == "columns":
+            base["format"] = "columns"
+        got_ids: list[str] = []
+        names: list[str] | None = None
+        # Per feature (by position: the rows answer repeats a feature named twice):
+        # values, statuses, event times in Unix ms.
+        values: list[list[Any]] = []
+        statuses: list[list[str]] = []
+        times: list[list[int | None]] = []
         for i in range(0, len(ids), MAX_IDS_PER_REQUEST):
             resp = self._request("POST", "/v1/features:get", body={**base, "ids": ids[i:i + MAX_IDS_PER_REQUEST]}).json()
-            entities += resp.get("entities", [])
-        if entities:
-            names = [f["name"] for f in entities[0].get("features", [])]
-        elif features is not None:
-            names = list(features)
-        else:
-            names = [f.name for f in fv.features] if fv else []
-        arrays: dict[str, pa.Array] = {id_col: pa.array([e.get("id", "") for e in entities], pa.string())}
+            if names is None:
+                if format == "columns":
+                    names = list(resp["features"])
+                elif resp.get("entities"):
+                    names = [f["name"] for f in resp["entities"][0].get("features", [])]
+                if names is not None:
+                    values, statuses, times = ([[] for _ in names] for _ in range(3))
+            if format == "columns":
+                n, start = len(resp["ids"]), len(got_ids)
+                got_ids += resp["ids"]
+                col = {name: j for j, name in enumerate(names or [])}
+                for j, name in enumerate(names or []):
+                    values[j] += resp["columns"][name]
+                    times[j] += resp["event_time_ms"][name]
+                    statuses[j] += ["present"] * n
+                for st in resp["status"]:  # the values not present; without feature: every feature
+                    for j in [col[st["feature"]]] if "feature" in st else range(len(col)):
+                        statuses[j][start + st["id_index"]] = st["status"]
+                continue
+            for e in resp.get("entities", []):
+                got_ids.append(e.get("id", ""))
+                for j, f in enumerate(e.get("features", [])):
+                    values[j].append(f.get("value"))
+                    statuses[j].append(f.get("status"))
+                    times[j].append(_ms_of_rfc3339(f.get("event_time")))
+        if names is None:
+            if features is not None:
+                names = list(features)
+            else:
+                names = [f.name for f in fv.features] if fv else []
+            values, statuses, times = ([[] for _ in names] for _ in range(3))
+        arrays: dict[str, pa.Array] = {id_col: pa.array(got_ids, pa.string())}
         for j, name in enumerate(names):
             info = fv.feature(name) if fv else None
             typ = _ARROW_TYPES.get(info.type) if info else None
-            col = [e["features"][j] for e in entities]
-            arrays[name] = _feature_array([f.get("value") for f in col], typ)
+            arrays[name] = _feature_array(values[j], typ)
             if with_status:
-                arrays[f"{name}.status"] = pa.array([f.get("status") for f in col], pa.string())
-                arrays[f"{name}.event_time"] = pa.array([_ms_of_rfc3339(f.get("event_time")) for f in col], C.TS)
+                arrays[f"{name}.status"] = pa.array(statuses[j], pa.string())
+                arrays[f"{name}.event_time"] = pa.array(times[j], C.TS)
         return pa.table(arrays).to_pandas()
 
     def recommend(self, user: str, k: int = 10, *, category: str | None = None,
