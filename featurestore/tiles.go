@@ -229,6 +229,7 @@ type windowReader struct {
 	coarse []tile              // 1-hour tiles
 	events []tile              // the events of the 5-minute tiles
 	sk     *hyperloglog.Sketch // decoding buffer
+	union  *hyperloglog.Sketch // distinct's dense union, reused
 }
 
 type iterKey struct {
@@ -516,24 +517,28 @@ func (m *sketchMerger) Finish(bool) ([]byte, io.Closer, error) {
 func (w *windowReader) distinct(kind byte, id string, asOf, win int64) (int64, int64, error) {
 	// The union is dense (1 KiB of registers): merging a sparse sketch into
 	// it is a pass over the sparse entries, far cheaper than sparse merges.
-	var union *hyperloglog.Sketch
+	// It is the reader's, cleared for each call.
 	var newest int64
+	merged := false
 	asOf = readTime(asOf)
 	err := w.scanTiles(resDistinct, kind, id, floorTo(asOf-win+1, coarseTile), floorTo(asOf, coarseTile)+coarseTile, func(start int64, v []byte) error {
 		if err := w.sk.UnmarshalBinary(v); err != nil {
 			return fmt.Errorf("%w: sketch: %v", ErrCorrupt, err)
 		}
 		newest = max(newest, start)
-		if union == nil {
+		if w.union == nil {
 			var err error
-			if union, err = hyperloglog.NewSketch(hllPrecision, false); err != nil {
+			if w.union, err = hyperloglog.NewSketch(hllPrecision, false); err != nil {
 				return err
 			}
+		} else if !merged {
+			w.union.Reset()
 		}
-		return union.Merge(w.sk)
+		merged = true
+		return w.union.Merge(w.sk)
 	})
-	if err != nil || union == nil {
+	if err != nil || !merged {
 		return 0, 0, err
 	}
-	return int64(union.Estimate()), newest, nil
+	return int64(w.union.Estimate()), newest, nil
 }
