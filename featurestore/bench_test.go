@@ -49,15 +49,43 @@ func benchStore(b *testing.B) *Store {
 	return s
 }
 
-// BenchmarkGet500 reads every feature of 500 random users.
-func BenchmarkGet500(b *testing.B) {
-	s := benchStore(b)
-	rng := rand.New(rand.NewPCG(3, 4))
-	batch := make([]Entry, benchBatch)
+// applyBenchEvents applies batches batches of size new events (see
+// benchEvents) to the fresh store s.
+func applyBenchEvents(tb testing.TB, s *Store, rng *rand.Rand, batches, size int) {
+	tb.Helper()
+	batch := make([]Entry, size)
 	var next uint64
-	for range 50 { // ~200k events: nearly every user has a record
+	for range batches {
 		benchEvents(rng, batch, &next)
 		if _, err := s.Apply(next, batch); err != nil {
+			tb.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkGet500 reads every feature of 500 random users.
+func BenchmarkGet500(b *testing.B) {
+	benchGet500(b, benchStore(b), false)
+}
+
+// BenchmarkGet500Disk is BenchmarkGet500 on files: the rows are read from
+// flushed tables through the block cache rather than from memtables.
+func BenchmarkGet500Disk(b *testing.B) {
+	s, err := Open(b.TempDir(), Options{Logger: quietLogger()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = s.Close() })
+	benchGet500(b, s, true)
+}
+
+// benchGet500 fills s with ~200k events (nearly every user has a record),
+// flushed to tables if flush, and reads every feature of 500 random users.
+func benchGet500(b *testing.B, s *Store, flush bool) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	applyBenchEvents(b, s, rng, 50, benchBatch)
+	if flush {
+		if err := s.Flush(); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -76,44 +104,6 @@ func BenchmarkGet500(b *testing.B) {
 		rows, err := s.Get(UserView, ids, idx, evNow(s))
 		if err != nil || len(rows) != len(ids) {
 			b.Fatal(len(rows), err)
-		}
-	}
-}
-
-// BenchmarkGet500Disk is BenchmarkGet500 on files: the rows are read from
-// flushed tables through the block cache rather than from memtables.
-func BenchmarkGet500Disk(b *testing.B) {
-	s, err := Open(b.TempDir(), Options{Logger: quietLogger()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = s.Close() })
-	rng := rand.New(rand.NewPCG(3, 4))
-	batch := make([]Entry, benchBatch)
-	var next uint64
-	for range 50 {
-		benchEvents(rng, batch, &next)
-		if _, err := s.Apply(next, batch); err != nil {
-			b.Fatal(err)
-		}
-	}
-	if err := s.Flush(); err != nil {
-		b.Fatal(err)
-	}
-	idx, err := UserView.Resolve(nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ids := make([]string, 500)
-	b.ReportAllocs()
-	for b.Loop() {
-		b.StopTimer()
-		for i := range ids {
-			ids[i] = "u" + strconv.Itoa(rng.IntN(benchUsers))
-		}
-		b.StartTimer()
-		if _, err := s.Get(UserView, ids, idx, evNow(s)); err != nil {
-			b.Fatal(err)
 		}
 	}
 }

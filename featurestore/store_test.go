@@ -1212,15 +1212,8 @@ func TestBlockCacheHoldsBlocks(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	rng := rand.New(rand.NewPCG(3, 4))
-	batch := make([]Entry, 1024)
-	var next uint64
-	for range 40 { // several memtables' worth, most of it flushed
-		benchEvents(rng, batch, &next)
-		if _, err := s.Apply(next, batch); err != nil {
-			t.Fatal(err)
-		}
-	}
+	// Several memtables' worth, most of it flushed.
+	applyBenchEvents(t, s, rand.New(rand.NewPCG(3, 4)), 40, 1024)
 	if err := s.Flush(); err != nil {
 		t.Fatal(err)
 	}

@@ -223,8 +223,7 @@ type tile struct {
 // in id order: with one iterator per (bucket, resolution), every iterator
 // seeks forward only, and Pebble turns short forward seeks into nexts.
 type windowReader struct {
-	s      *Store
-	src    pebble.Reader // the DB or a snapshot of it
+	src    pebble.Reader // the store's DB or a snapshot of it
 	iters  map[iterKey]*pebble.Iterator
 	coarse []tile              // 1-hour tiles
 	events []tile              // the events of the 5-minute tiles
@@ -239,8 +238,8 @@ type iterKey struct {
 
 // newWindowReader returns a reader of the tiles in src: the store's DB, or
 // a snapshot of it so that a whole response reads one state version.
-func (s *Store) newWindowReader(src pebble.Reader) (*windowReader, error) {
-	return &windowReader{s: s, src: src, iters: make(map[iterKey]*pebble.Iterator), sk: newSketch()}, nil
+func newWindowReader(src pebble.Reader) (*windowReader, error) {
+	return &windowReader{src: src, iters: make(map[iterKey]*pebble.Iterator), sk: newSketch()}, nil
 }
 
 // iter returns the iterator over the tiles of res in the bucket of day.

@@ -188,7 +188,7 @@ func (s *Store) newReader(src pebble.Reader, v *View, idx []int, rt ReadTime) (*
 		f := &v.Features[i]
 		if f.Agg == AggTopItems || f.Agg == AggDistinct {
 			if f.Agg == AggDistinct && r.wr == nil {
-				wr, err := s.newWindowReader(src)
+				wr, err := newWindowReader(src)
 				if err != nil {
 					return nil, err
 				}
@@ -203,7 +203,7 @@ func (s *Store) newReader(src pebble.Reader, v *View, idx []int, rt ReadTime) (*
 		}
 	}
 	if len(r.wins) > 0 && r.wr == nil {
-		wr, err := s.newWindowReader(src)
+		wr, err := newWindowReader(src)
 		if err != nil {
 			return nil, err
 		}
