@@ -113,15 +113,17 @@ func (s *Store) Expire(now int64) (ExpireStats, error) {
 	if err := s.plog.Guard(func() error { return b.Commit(pebble.NoSync) }); err != nil {
 		return es, fmt.Errorf("expire: %w", err)
 	}
-	if len(expiredItems) > 0 {
-		s.itemReads.Invalidate(expiredItems...)
-	}
-	if s.learner != nil {
-		s.learner.ExpireCommitted()
-	}
-	s.mu.Lock()
-	s.mu.stats.Users, s.mu.stats.Items = st.Users, st.Items
-	s.mu.Unlock()
+	s.publish(s.db.NewSnapshot(), func() {
+		if len(expiredItems) > 0 {
+			s.itemReads.Invalidate(expiredItems...)
+		}
+		if s.learner != nil {
+			s.learner.ExpireCommitted()
+		}
+		s.mu.Lock()
+		s.mu.stats.Users, s.mu.stats.Items = st.Users, st.Items
+		s.mu.Unlock()
+	})
 	s.logger.Debug("expired old data", "cutoff_day", day, "users", es.Users, "items", es.Items)
 	return es, nil
 }

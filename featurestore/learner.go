@@ -31,7 +31,8 @@ type Learner interface {
 	ExpireUser(b *pebble.Batch, id string) error
 	ExpireItem(b *pebble.Batch, id string) error
 	// ExpireCommitted is called once the batch of those calls has
-	// committed.
+	// committed, while the store publishes its version: what readers
+	// share in memory changes here, not in ExpireUser and ExpireItem.
 	ExpireCommitted()
 }
 
@@ -42,7 +43,10 @@ type LearnBatch interface {
 	Learn(ev *Event, user *UserRecord, item *ItemRecord) error
 	// Write writes what the batch changed into b, before b commits.
 	Write(b *pebble.Batch) error
-	// Commit is called once b has committed.
+	// Commit is called once b has committed, while the store publishes
+	// its version (version.go): what readers share in memory (caches,
+	// tables, published weights) changes here and nowhere else, and
+	// Commit must not read through the Store's read methods.
 	Commit()
 }
 
@@ -84,7 +88,14 @@ func (r *BatchRecords) Item(id string) (*ItemRecord, error) {
 
 // ReadKey returns a copy of the committed value of key. It is for the
 // learner's own records; the rest of the key layout is the store's.
-func (s *Store) ReadKey(key []byte) ([]byte, bool, error) { return s.get(key) }
+func (s *Store) ReadKey(key []byte) ([]byte, bool, error) {
+	v, err := s.Pin()
+	if err != nil {
+		return nil, false, err
+	}
+	defer v.Release()
+	return v.ReadKey(key)
+}
 
 // ScanPrefix calls fn with the rest of the key after prefix and the value
 // of every committed key under prefix, in key order. Like ReadKey it is

@@ -212,38 +212,7 @@ func (s *Store) SeenTTL() int64 {
 func (s *Store) SeenLimit() int { return s.opts.SeenLimit }
 
 // SeenItems returns the items user touched after now − SeenTTL (at most
-// SeenLimit, the newest), as a set. Days are read newest first, from the
-// day of the newest event applied if that is past now (events may be a
-// little ahead of the clock).
+// SeenLimit, the newest), as a set (see Version.SeenItems).
 func (s *Store) SeenItems(user string, now int64) (map[string]bool, error) {
-	since := now - s.SeenTTL()
-	hi := int64(dayOf(max(now, s.Stats().MaxTS)))
-	lo := int64(dayOf(max(since, 0)))
-	limit := s.opts.SeenLimit
-	seen := make(map[string]bool)
-	for day := hi; day >= lo && len(seen) < limit; day-- {
-		v, ok, err := s.get(seenKey(uint32(day), user))
-		if err != nil {
-			return nil, err
-		}
-		if !ok {
-			continue
-		}
-		old := false
-		err = decodeSeen(v, func(lo, hi int, off uint32) bool {
-			if day*dayMS+int64(off) <= since {
-				old = true // newest first: the rest is older still
-				return false
-			}
-			seen[string(v[lo:hi])] = true
-			return len(seen) < limit
-		})
-		if err != nil {
-			return nil, fmt.Errorf("seen items of %q: %w", user, err)
-		}
-		if old {
-			break
-		}
-	}
-	return seen, nil
+	return pinned(s, func(v *Version) (map[string]bool, error) { return v.SeenItems(user, now) })
 }

@@ -69,6 +69,11 @@ type Options struct {
 	// learn from every applied event in the apply batch; nil: none. A
 	// learner serves one store.
 	Learner Learner
+	// TestingAfterCommit, when set, runs in Apply between the Pebble
+	// commit of a batch and the publication of its version (version.go),
+	// in the applying goroutine: tests of readers use it to read while a
+	// batch is committed but not published. Nil in production.
+	TestingAfterCommit func()
 	// SeenLimit is how many distinct items a user's seen set (what
 	// exclude_seen drops) keeps: the newest touched within SeenTTL. Up to
 	// this many the filter is exact; past it the oldest may come back.
@@ -176,7 +181,15 @@ type Store struct {
 	dd *dedup
 	// learner is Options.Learner (or nil); Apply and Expire call it.
 	learner Learner
-	mu      struct {
+	// pub is the published state version (version.go): a snapshot of the
+	// DB as of the last commit whose in-memory side is published too.
+	// Pinned readers hold the read lock; a commit publishes under the
+	// write lock.
+	pub struct {
+		sync.RWMutex
+		snap *pebble.Snapshot
+	}
+	mu struct {
 		sync.RWMutex
 		stats Stats
 	}
@@ -256,24 +269,24 @@ func Open(dir string, opts Options) (*Store, error) {
 		cache.Unref()
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
-	if s.learner != nil {
-		if err := s.learner.Load(s); err != nil {
+	s.pub.snap = db.NewSnapshot() // the version readers see until the first commit
+	// Then the learner's state and what else Open reads from the DB.
+	for _, load := range []func() error{s.loadLearner, s.countDeadLetters, s.openDedup} {
+		if err := load(); err != nil {
+			_ = s.pub.snap.Close()
 			_ = db.Close()
 			cache.Unref()
 			return nil, fmt.Errorf("open store %s: %w", dir, err)
 		}
 	}
-	if err := s.countDeadLetters(); err != nil {
-		_ = db.Close()
-		cache.Unref()
-		return nil, fmt.Errorf("open store %s: %w", dir, err)
-	}
-	if err := s.openDedup(); err != nil {
-		_ = db.Close()
-		cache.Unref()
-		return nil, fmt.Errorf("open store %s: %w", dir, err)
-	}
 	return s, nil
+}
+
+func (s *Store) loadLearner() error {
+	if s.learner == nil {
+		return nil
+	}
+	return s.learner.Load(s)
 }
 
 // Close closes the store. It is safe to call twice.
@@ -288,6 +301,10 @@ func (s *Store) Close() error {
 	s.life.closed = true
 	s.life.Unlock()
 	s.life.ops.Wait()
+	if s.pub.snap != nil {
+		_ = s.pub.snap.Close()
+		s.pub.snap = nil
+	}
 	// Without a WAL the memtables are lost on close unless flushed; a
 	// failed flush costs only a longer replay at the next open.
 	if s.plog.Failed() == nil {
@@ -628,16 +645,22 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 		s.items.Add(id, it.rec)
 		touched = append(touched, id)
 	}
-	if len(touched) > 0 {
-		s.itemReads.Invalidate(touched...)
+	if s.opts.TestingAfterCommit != nil {
+		s.opts.TestingAfterCommit()
 	}
-	if lb != nil {
-		lb.Commit()
-	}
+	// The new version: the snapshot and what readers share in memory.
+	s.publish(s.db.NewSnapshot(), func() {
+		if len(touched) > 0 {
+			s.itemReads.Invalidate(touched...)
+		}
+		if lb != nil {
+			lb.Commit()
+		}
+		s.mu.Lock()
+		s.mu.stats = st
+		s.mu.Unlock()
+	})
 	s.maybeFlush()
-	s.mu.Lock()
-	s.mu.stats = st
-	s.mu.Unlock()
 	s.commitDedup(st.MaxTS)
 	return res, nil
 }
@@ -814,59 +837,43 @@ func (s *Store) readItem(id string, it *ItemRecord) (bool, error) {
 	return true, it.decode(v)
 }
 
-// User returns the record of user id.
+// User returns the record of user id (in the newest published version,
+// like the Store's other read methods; pin a Version to read several
+// records of one version).
 func (s *Store) User(id string) (UserRecord, bool, error) {
-	var u UserRecord
-	ok, err := s.readUser(id, &u)
-	return u, ok, err
+	v, err := s.Pin()
+	if err != nil {
+		return UserRecord{}, false, err
+	}
+	defer v.Release()
+	return v.User(id)
 }
 
 // Item returns the record of item id.
 func (s *Store) Item(id string) (ItemRecord, bool, error) {
-	rec, ok, gen := s.itemReads.Get(id)
-	if !ok {
-		rec = &ItemRecord{Pop: math.Inf(-1)}
-		found, err := s.readItem(id, rec)
-		if err != nil {
-			return ItemRecord{}, false, err
-		}
-		if !found {
-			rec = nil // a miss is cached too: candidates of expired items
-		}
-		s.itemReads.Put(id, rec, gen)
+	v, err := s.Pin()
+	if err != nil {
+		return ItemRecord{}, false, err
 	}
-	if rec == nil {
-		return ItemRecord{Pop: math.Inf(-1)}, false, nil
-	}
-	return *rec, true, nil
+	defer v.Release()
+	return v.Item(id)
 }
 
 // Purchased reports whether user bought item.
 func (s *Store) Purchased(user, item string) (bool, error) {
-	return s.has(boughtKey(user, item))
+	return pinned(s, func(v *Version) (bool, error) { return v.Purchased(user, item) })
 }
 
 // PurchasedItems returns the items user bought, read in one scan, when
 // there are at most limit; complete is false (and items nil) when there
 // are more, and the caller asks Purchased item by item.
 func (s *Store) PurchasedItems(user string, limit int) (items map[string]bool, complete bool, err error) {
-	if err := s.acquire(); err != nil {
-		return nil, false, err
-	}
-	defer s.release()
-	p := makeKey(prefixBought, user, "")
-	iter, err := s.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(p)})
+	v, err := s.Pin()
 	if err != nil {
 		return nil, false, err
 	}
-	items = make(map[string]bool)
-	for iter.First(); iter.Valid(); iter.Next() {
-		if len(items) == limit {
-			return nil, false, iter.Close()
-		}
-		items[string(iter.Key()[len(p):])] = true
-	}
-	return items, true, errors.Join(iter.Error(), iter.Close())
+	defer v.Release()
+	return v.PurchasedItems(user, limit)
 }
 
 // PopularityScore converts a stored Pop value into the decayed weighted
@@ -887,29 +894,7 @@ func (s *Store) PopularityAt(pop float64, now int64) float64 {
 // Popular returns up to k items of category ("" for all) by descending
 // popularity, skipping those for which skip returns true.
 func (s *Store) Popular(category string, k int, skip func(item string) bool) ([]Scored, error) {
-	if err := s.acquire(); err != nil {
-		return nil, err
-	}
-	defer s.release()
-	p := popPrefix(category)
-	iter, err := s.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(p)})
-	if err != nil {
-		return nil, err
-	}
-	defer iter.Close()
-	ref := float64(s.Stats().MaxTS) / s.halfMS
-	var out []Scored
-	for iter.First(); iter.Valid() && len(out) < k; iter.Next() {
-		pop, item, ok := parsePopKey(len(p), iter.Key())
-		if !ok {
-			return nil, fmt.Errorf("popularity key %q: %w", iter.Key(), ErrCorrupt)
-		}
-		if skip != nil && skip(item) {
-			continue
-		}
-		out = append(out, Scored{ItemID: item, Score: math.Exp2(pop - ref)})
-	}
-	return out, iter.Error()
+	return pinned(s, func(v *Version) ([]Scored, error) { return v.Popular(category, k, skip) })
 }
 
 // PebbleLog adapts a slog.Logger to Pebble's logger: Pebble's chatty info

@@ -1060,6 +1060,7 @@ func TestCorruptStoredData(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	s.publish(s.db.NewSnapshot(), func() {}) // what Apply does after its commit
 	if _, _, err := s.User("bad"); !errors.Is(err, ErrCorrupt) {
 		t.Errorf("User(bad) = %v, want ErrCorrupt", err)
 	}
@@ -1292,5 +1293,71 @@ func TestGetReadsOneVersion(t *testing.T) {
 		if got := after[r].Values[1].Int; got != 2 {
 			t.Errorf("%s view_count_1h after the batch = %d, want 2", after[r].ID, got)
 		}
+	}
+}
+
+// TestPinnedVersion checks that a pinned version reads one state version:
+// a batch committed to Pebble while a reader holds the version is not seen
+// through it (records, purchases, popularity, seen items, counters), its
+// publication waits for the release, and the next pin sees it.
+func TestPinnedVersion(t *testing.T) {
+	s, _ := newMemStore(t)
+	mustApply(t, s, 1, entries(0, ev("e1", "u1", "i1", "c1", BehaviorView, t0)))
+	v, err := s.Pin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	committed := make(chan struct{})
+	s.opts.TestingAfterCommit = func() { close(committed) }
+	applied := make(chan error, 1)
+	go func() {
+		_, err := s.Apply(3, entries(1,
+			ev("e2", "u1", "i2", "c2", BehaviorPurchase, t0+1000),
+			ev("e3", "u2", "i2", "c2", BehaviorView, t0+2000)))
+		applied <- err
+	}()
+	<-committed
+	// The batch is in Pebble: the DB itself has it.
+	if _, ok, err := getFrom(s.db, userKey("u2")); err != nil || !ok {
+		t.Fatalf("u2 in the DB after the commit: found %v, %v; want found", ok, err)
+	}
+	if _, found, err := v.User("u2"); err != nil || found {
+		t.Errorf("pinned version: User(u2) found %v, %v; want not found", found, err)
+	}
+	if u, _, err := v.User("u1"); err != nil || u.Count[BehaviorView] != 1 || u.Count[BehaviorPurchase] != 0 {
+		t.Errorf("pinned version: u1 counts %v, %v; want one view", u.Count, err)
+	}
+	if _, found, err := v.Item("i2"); err != nil || found {
+		t.Errorf("pinned version: Item(i2) found %v, %v; want not found", found, err)
+	}
+	if b, err := v.Purchased("u1", "i2"); err != nil || b {
+		t.Errorf("pinned version: Purchased(u1, i2) = %v, %v; want false", b, err)
+	}
+	if pop, err := v.Popular("", 10, nil); err != nil || len(pop) != 1 || pop[0].ItemID != "i1" {
+		t.Errorf("pinned version: Popular = %v, %v; want i1 alone", pop, err)
+	}
+	if seen, err := v.SeenItems("u1", t0+5000); err != nil || len(seen) != 1 || !seen["i1"] {
+		t.Errorf("pinned version: SeenItems(u1) = %v, %v; want i1 alone", seen, err)
+	}
+	if st := v.Stats(); st.MaxTS != t0 || st.Events != 1 {
+		t.Errorf("pinned version: newest event %d, %d events; want %d, 1", st.MaxTS, st.Events, t0)
+	}
+	select {
+	case err := <-applied:
+		t.Fatalf("Apply returned (%v) while a version was pinned: its publication should wait", err)
+	case <-time.After(20 * time.Millisecond):
+	}
+	v.Release()
+	if err := <-applied; err != nil {
+		t.Fatal(err)
+	}
+	if _, found, err := s.User("u2"); err != nil || !found {
+		t.Errorf("after the release: User(u2) found %v, %v; want found", found, err)
+	}
+	if b, err := s.Purchased("u1", "i2"); err != nil || !b {
+		t.Errorf("after the release: Purchased(u1, i2) = %v, %v; want true", b, err)
+	}
+	if got := s.Stats().MaxTS; got != t0+2000 {
+		t.Errorf("after the release: newest event %d, want %d", got, t0+2000)
 	}
 }

@@ -405,11 +405,7 @@ func (w *windowReader) sum(asOf int64, win windowSpec) windowSum {
 // resolved to whole hours: the hours from the one holding asOf-w+1 to the
 // one holding asOf.
 func (s *Store) TopItems(category string, asOf, w int64, k int, weighted bool, by Behavior) ([]Scored, error) {
-	if err := s.acquire(); err != nil {
-		return nil, err
-	}
-	defer s.release()
-	return s.topItems(s.db, category, asOf, w, k, weighted, by)
+	return pinned(s, func(v *Version) ([]Scored, error) { return v.TopItems(category, asOf, w, k, weighted, by) })
 }
 
 // topItems is TopItems reading src (the DB or a snapshot of it).

@@ -11,7 +11,7 @@ const NumRankFeatures = numRankFeatures
 // StoredPairs is the number of pairs in item id's committed neighbour
 // record (up to 1.5 × Neighbors, more than Neighbors exposes).
 func (m *Models) StoredPairs(id string) (int, error) {
-	r, err := m.readNeighbors(id)
+	r, err := m.readNeighbors(m.st, id)
 	if err != nil {
 		return 0, err
 	}
@@ -25,7 +25,7 @@ func (m *Models) CheckWriterRecords() (int, error) {
 	items := m.neighbors.Keys()
 	for _, id := range items {
 		w, _ := m.neighbors.Peek(id)
-		got, err := m.readNeighbors(id)
+		got, err := m.readNeighbors(m.st, id)
 		if err != nil {
 			return 0, err
 		}

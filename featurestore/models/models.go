@@ -208,7 +208,7 @@ func (b *batch) userModel(id string) (*User, error) {
 		u = new(User)
 	} else if !ok {
 		var err error
-		if u, _, err = b.m.User(id); err != nil {
+		if u, _, err = b.m.User(b.m.st, id); err != nil {
 			return nil, err
 		}
 	}
@@ -238,7 +238,7 @@ func (b *batch) loadItemModel(id string, create bool) (*Item, error) {
 		var err error
 		if b.recs.NewItem(id) {
 			it = new(Item)
-		} else if it, found, err = b.m.Item(id); err != nil {
+		} else if it, found, err = b.m.Item(b.m.st, id); err != nil {
 			return nil, err
 		}
 		if !found {
@@ -264,7 +264,7 @@ func (b *batch) neighborRecord(id string) (*pairRecord, error) {
 	if !ok && b.recs.NewItem(id) {
 		r = &pairRecord{LogMass: math.Inf(-1)}
 	} else if !ok {
-		nr, err := b.m.readNeighbors(id)
+		nr, err := b.m.readNeighbors(b.m.st, id)
 		if err != nil {
 			return nil, err
 		}
@@ -328,7 +328,7 @@ func (b *batch) Learn(ev *featurestore.Event, urec *featurestore.UserRecord, ire
 	// 1. The ranker, on its sample of events: score every example before
 	// learning from it.
 	if ev.Behavior != featurestore.BehaviorView || rankerSampled(ev.ID, o.RankerSample) {
-		ctx, err := m.rankContextAt(b, um, urec, ev.TS, false)
+		ctx, err := m.rankContextAt(nil, b, um, urec, ev.TS, false)
 		if err != nil {
 			return err
 		}
@@ -578,12 +578,6 @@ func (m *Models) ExpireItem(b *pebble.Batch, id string) error {
 	m.items.Remove(id)
 	m.neighbors.Remove(id)
 	m.expired = append(m.expired, id)
-	m.table.Lock()
-	if i, ok := m.table.idx[id]; ok {
-		delete(m.table.idx, id)
-		m.table.ids[i] = ""
-	}
-	m.table.Unlock()
 	if err := b.Delete(itemModelKey(id), nil); err != nil {
 		return err
 	}
@@ -591,12 +585,23 @@ func (m *Models) ExpireItem(b *pebble.Batch, id string) error {
 }
 
 // ExpireCommitted implements featurestore.Learner: the expired items'
-// neighbour records are gone from Pebble, so from the read cache too.
+// records are gone from Pebble, so their rows of the factor table and
+// their neighbour records in the read cache go too (while the store
+// publishes the expiry's version).
 func (m *Models) ExpireCommitted() {
-	if len(m.expired) > 0 {
-		m.reads.Invalidate(m.expired...)
-		m.expired = m.expired[:0]
+	if len(m.expired) == 0 {
+		return
 	}
+	m.table.Lock()
+	for _, id := range m.expired {
+		if i, ok := m.table.idx[id]; ok {
+			delete(m.table.idx, id)
+			m.table.ids[i] = ""
+		}
+	}
+	m.table.Unlock()
+	m.reads.Invalidate(m.expired...)
+	m.expired = m.expired[:0]
 }
 
 // initVec is the deterministic initial factor vector of id: small values

@@ -63,7 +63,7 @@ func mustPopular(t testing.TB, s *testStore, cat string, k int) []featurestore.S
 
 func mustNeighbors(t testing.TB, s *testStore, item string, k int) []models.Neighbor {
 	t.Helper()
-	ns, err := s.M.Neighbors(item, k)
+	ns, err := s.M.Neighbors(s.Store, item, k)
 	if err != nil {
 		t.Fatalf("Neighbors(%q, %d): %v", item, k, err)
 	}
@@ -883,7 +883,7 @@ func TestModelFreeze(t *testing.T) {
 	}
 	// Histories moved: u0's newest history item is newitem, fresh has one.
 	for user, want := range map[string][]string{"u0": {"newitem"}, "fresh": {"i1", "newitem"}} {
-		um, _, err := s.M.User(user)
+		um, _, err := s.M.User(s.Store, user)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -943,7 +943,7 @@ func TestModelRecommend(t *testing.T) {
 		evs = append(evs, ev(fmt.Sprint("w", i+2), "w", item, cats[item], featurestore.BehaviorView, ts+int64(i+1)*minute))
 	}
 	applyAll(t, s, evs...)
-	if um, _, err := s.M.User("w"); err != nil || slices.ContainsFunc(um.History, func(h models.Interaction) bool { return h.Item == "A" }) {
+	if um, _, err := s.M.User(s.Store, "w"); err != nil || slices.ContainsFunc(um.History, func(h models.Interaction) bool { return h.Item == "A" }) {
 		t.Fatalf("w's history = %+v, %v; the test needs A pushed out", um, err)
 	}
 

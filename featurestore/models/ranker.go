@@ -236,15 +236,16 @@ type candidateInfo struct {
 const HistoryForScoring = 20
 
 // Context returns the ranking context of user model u with feature record
-// rec at time now, from committed state. With neighbours it reads the
+// rec at time now, from the state src (pin a Version so that the records
+// of a request are of one version). With neighbours it reads the
 // neighbour lists of the newest history items, for ranking and the
 // item-to-item candidates (Similar, Because); without, it holds the
 // history alone (History), which is all the filters need.
-func (m *Models) Context(u *User, rec *featurestore.UserRecord, now int64, neighbours bool) (*Context, error) {
+func (m *Models) Context(src featurestore.Reader, u *User, rec *featurestore.UserRecord, now int64, neighbours bool) (*Context, error) {
 	if !neighbours {
 		return &Context{now: now, user: rec, model: u}, nil
 	}
-	return m.rankContextAt(nil, u, rec, now, true)
+	return m.rankContextAt(src, nil, u, rec, now, true)
 }
 
 // Now is the context's time.
@@ -263,9 +264,9 @@ func (ctx *Context) Because(id string) (Interaction, bool) {
 
 // rankContextAt builds the ranking context of user from their records,
 // reading the neighbour lists of the history items through b (nil reads
-// committed state). With all, it also gathers every neighbour of the
+// them in src). With all, it also gathers every neighbour of the
 // history as an item-to-item candidate.
-func (m *Models) rankContextAt(b *batch, um *User, urec *featurestore.UserRecord, now int64, all bool) (*Context, error) {
+func (m *Models) rankContextAt(src featurestore.Reader, b *batch, um *User, urec *featurestore.UserRecord, now int64, all bool) (*Context, error) {
 	ctx := &Context{now: now, user: urec, model: um, fwd: float64(now) / m.decayMS}
 	if all {
 		// Serving scores hundreds of candidates: index the history.
@@ -296,7 +297,7 @@ func (m *Models) rankContextAt(b *batch, um *User, urec *featurestore.UserRecord
 			}
 			ctx.whist = append(ctx.whist, r)
 		} else {
-			r, err := m.readNeighbors(h.Item)
+			r, err := m.readNeighbors(src, h.Item)
 			if err != nil {
 				return nil, err
 			}

@@ -14,8 +14,8 @@ import (
 
 // readModel decodes the committed record at key into rec and reports
 // whether there was one; what names the record in errors.
-func readModel[T interface{ decode([]byte) error }](m *Models, key []byte, what, id string, rec T) (bool, error) {
-	v, ok, err := m.st.ReadKey(key)
+func readModel[T interface{ decode([]byte) error }](src featurestore.Reader, key []byte, what, id string, rec T) (bool, error) {
+	v, ok, err := src.ReadKey(key)
 	if err != nil || !ok {
 		return false, err
 	}
@@ -25,17 +25,17 @@ func readModel[T interface{ decode([]byte) error }](m *Models, key []byte, what,
 	return true, nil
 }
 
-// readNeighbors returns the committed neighbour record of item id (empty
+// readNeighbors returns the neighbour record of item id in src (empty
 // when it has none).
 // The record is shared with other readers through the read cache: it
 // must not be modified.
-func (m *Models) readNeighbors(id string) (*neighborRecord, error) {
+func (m *Models) readNeighbors(src featurestore.Reader, id string) (*neighborRecord, error) {
 	r, ok, gen := m.reads.Get(id)
 	if ok {
 		return r, nil
 	}
 	r = &neighborRecord{LogMass: math.Inf(-1)}
-	if _, err := readModel(m, neighborKey(id), "neighbours of", id, r); err != nil {
+	if _, err := readModel(src, neighborKey(id), "neighbours of", id, r); err != nil {
 		return nil, err
 	}
 	r.find("") // builds the index now: find only reads it from here on
@@ -43,22 +43,22 @@ func (m *Models) readNeighbors(id string) (*neighborRecord, error) {
 	return r, nil
 }
 
-// User returns the committed model of user id and whether it has one (an
-// empty model otherwise).
-func (m *Models) User(id string) (*User, bool, error) {
+// User returns the model of user id in src (the store, or one pinned
+// version of it) and whether it has one (an empty model otherwise).
+func (m *Models) User(src featurestore.Reader, id string) (*User, bool, error) {
 	u := new(User)
-	found, err := readModel(m, userModelKey(id), "user model", id, u)
+	found, err := readModel(src, userModelKey(id), "user model", id, u)
 	if err != nil {
 		return nil, false, err
 	}
 	return u, found, nil
 }
 
-// Item returns the committed model of item id and whether it has one (an
+// Item returns the model of item id in src and whether it has one (an
 // empty model otherwise).
-func (m *Models) Item(id string) (*Item, bool, error) {
+func (m *Models) Item(src featurestore.Reader, id string) (*Item, bool, error) {
 	it := new(Item)
-	found, err := readModel(m, itemModelKey(id), "item model", id, it)
+	found, err := readModel(src, itemModelKey(id), "item model", id, it)
 	if err != nil {
 		return nil, false, err
 	}
@@ -180,15 +180,15 @@ type Neighbor struct {
 	Score  float64
 }
 
-// Neighbors returns up to k neighbours of item by similarity as of the
-// store's read clock (at most Options.Neighbors).
-func (m *Models) Neighbors(item string, k int) ([]Neighbor, error) {
-	r, err := m.readNeighbors(item)
+// Neighbors returns up to k neighbours of item in src by similarity as of
+// src's read clock (at most Options.Neighbors).
+func (m *Models) Neighbors(src featurestore.Reader, item string, k int) ([]Neighbor, error) {
+	r, err := m.readNeighbors(src, item)
 	if err != nil {
 		return nil, err
 	}
 	k = min(k, m.opts.Neighbors)
-	return m.rankNeighbors(r, m.st.Now(), k), nil
+	return m.rankNeighbors(r, src.Now(), k), nil
 }
 
 func (m *Models) rankNeighbors(r *neighborRecord, now int64, k int) []Neighbor {

@@ -77,26 +77,32 @@ type candidate struct {
 // MethodFull the list is never shorter than K while enough items exist
 // that pass the filters.
 func (r *Recommender) Recommend(user string, o Options) ([]Recommendation, error) {
-	s, m := r.st, r.m
+	m := r.m
 	if o.Method == "" {
 		o.Method = MethodFull
 	}
 	if o.K <= 0 {
 		return nil, nil
 	}
+	// Every read of the request is of one state version.
+	s, err := r.st.Pin()
+	if err != nil {
+		return nil, err
+	}
+	defer s.Release()
 	now := s.Now()
 	urec, _, err := s.User(user)
 	if err != nil {
 		return nil, err
 	}
-	um, _, err := m.User(user)
+	um, _, err := m.User(s, user)
 	if err != nil {
 		return nil, err
 	}
 	// Only the methods that score by similarity to the history read the
 	// history's neighbour lists; the others need the history alone (for
 	// the purchase filter).
-	ctx, err := m.Context(um, &urec, now, o.Method == MethodFull || o.Method == MethodItem2Item)
+	ctx, err := m.Context(s, um, &urec, now, o.Method == MethodFull || o.Method == MethodItem2Item)
 	if err != nil {
 		return nil, err
 	}
@@ -110,7 +116,7 @@ func (r *Recommender) Recommend(user string, o Options) ([]Recommendation, error
 		}
 		// The model history and recent items are in the seen set, except
 		// for events applied before it existed (an older data dir).
-		since := now - s.SeenTTL()
+		since := now - r.st.SeenTTL()
 		for _, h := range um.History {
 			if h.TS > since {
 				seen[h.Item] = true
@@ -213,7 +219,7 @@ func (r *Recommender) Recommend(user string, o Options) ([]Recommendation, error
 			}
 		}
 	case MethodUser2User:
-		u2u, err := r.userToUser(user, um, margin)
+		u2u, err := r.userToUser(s, user, um, margin)
 		if err != nil {
 			return nil, err
 		}
@@ -223,7 +229,7 @@ func (r *Recommender) Recommend(user string, o Options) ([]Recommendation, error
 			}
 		}
 	case MethodFull:
-		out, err = r.recommendFull(user, o, ctx, &urec, um, keep, items)
+		out, err = r.recommendFull(s, user, o, ctx, &urec, um, keep, items)
 		if err != nil {
 			return nil, err
 		}
@@ -262,9 +268,9 @@ func similarReason(ctx *models.Context, id string) string {
 
 // recommendFull gathers candidates from every source, ranks them with the
 // published ranker and fills up with popular items.
-func (r *Recommender) recommendFull(user string, o Options, ctx *models.Context, urec *featurestore.UserRecord, um *models.User,
+func (r *Recommender) recommendFull(s *featurestore.Version, user string, o Options, ctx *models.Context, urec *featurestore.UserRecord, um *models.User,
 	keep func(string) bool, items map[string]*featurestore.ItemRecord) ([]Recommendation, error) {
-	s, m := r.st, r.m
+	m := r.m
 	cands := make(map[string]*candidate)
 	// add offers a candidate from a source; rank is its position there.
 	add := func(id, reason string, rank int, sourceWeight float64) {
@@ -282,7 +288,7 @@ func (r *Recommender) recommendFull(user string, o Options, ctx *models.Context,
 	for i, c := range topOf(ctx.Similar(), 100) {
 		add(c.ItemID, similarReason(ctx, c.ItemID), i, 1.0)
 	}
-	u2u, err := r.userToUser(user, um, 50)
+	u2u, err := r.userToUser(s, user, um, 50)
 	if err != nil {
 		return nil, err
 	}
@@ -314,7 +320,7 @@ func (r *Recommender) recommendFull(user string, o Options, ctx *models.Context,
 			add(c.ItemID, "popular in category "+cat, i, 0.7)
 		}
 	}
-	trend, err := r.trending(ctx.Now())
+	trend, err := r.trending(s, ctx.Now())
 	if err != nil {
 		return nil, err
 	}
@@ -387,8 +393,10 @@ func (r *Recommender) recommendFull(user string, o Options, ctx *models.Context,
 // trending returns the 20 items with the most weighted events in the hour
 // ending at now. The list is shared by every request within the same
 // second of the read clock: computing it scans the hour's counts of every
-// item, the largest cost of a recommendation under heavy ingest.
-func (r *Recommender) trending(now int64) ([]featurestore.Scored, error) {
+// item, the largest cost of a recommendation under heavy ingest. It is
+// the one part of a recommendation that may be of an older version than
+// the rest (by less than a second of the clock).
+func (r *Recommender) trending(v *featurestore.Version, now int64) ([]featurestore.Scored, error) {
 	sec := now / 1000
 	r.trend.Lock()
 	if r.trend.sec == sec && r.trend.list != nil {
@@ -397,7 +405,7 @@ func (r *Recommender) trending(now int64) ([]featurestore.Scored, error) {
 		return list, nil
 	}
 	r.trend.Unlock()
-	list, err := r.st.TopItems("", now, 3_600_000, 20, true, 0)
+	list, err := v.TopItems("", now, 3_600_000, 20, true, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -434,13 +442,13 @@ type SimilarUser struct {
 // similarUsers scores users who recently interacted with the same items
 // as um's history: each shared item adds the two interactions' weights
 // over the log of the item's audience (popular items say less).
-func (r *Recommender) similarUsers(user string, um *models.User, k int) ([]SimilarUser, error) {
+func (r *Recommender) similarUsers(v *featurestore.Version, user string, um *models.User, k int) ([]SimilarUser, error) {
 	scores := make(map[string]float64)
 	for i, h := range um.History {
 		if i == models.HistoryForScoring {
 			break
 		}
-		im, _, err := r.m.Item(h.Item)
+		im, _, err := r.m.Item(v, h.Item)
 		if err != nil {
 			return nil, err
 		}
@@ -462,17 +470,22 @@ func (r *Recommender) similarUsers(user string, um *models.User, k int) ([]Simil
 // SimilarUsers returns up to k users whose recent behavior is most like
 // user's.
 func (r *Recommender) SimilarUsers(user string, k int) ([]SimilarUser, error) {
-	um, _, err := r.m.User(user)
+	v, err := r.st.Pin()
 	if err != nil {
 		return nil, err
 	}
-	return r.similarUsers(user, um, k)
+	defer v.Release()
+	um, _, err := r.m.User(v, user)
+	if err != nil {
+		return nil, err
+	}
+	return r.similarUsers(v, user, um, k)
 }
 
 // userToUser returns the items similar users interacted with, strongest
 // behavior first, as candidates ("users like you bought").
-func (r *Recommender) userToUser(user string, um *models.User, k int) ([]candidate, error) {
-	sims, err := r.similarUsers(user, um, 10)
+func (r *Recommender) userToUser(v *featurestore.Version, user string, um *models.User, k int) ([]candidate, error) {
+	sims, err := r.similarUsers(v, user, um, 10)
 	if err != nil {
 		return nil, err
 	}
@@ -482,7 +495,7 @@ func (r *Recommender) userToUser(user string, um *models.User, k int) ([]candida
 	}
 	scores := make(map[string]*acc)
 	for _, su := range sims {
-		vm, _, err := r.m.User(su.UserID)
+		vm, _, err := r.m.User(v, su.UserID)
 		if err != nil {
 			return nil, err
 		}
@@ -531,8 +544,12 @@ func userHas(um *models.User, item string) (models.Interaction, bool) {
 // neighbours, then (for items with few or none) popular items of its
 // category and overall.
 func (r *Recommender) SimilarItems(item string, k int) ([]Recommendation, error) {
-	s := r.st
-	ns, err := r.m.Neighbors(item, k)
+	s, err := r.st.Pin()
+	if err != nil {
+		return nil, err
+	}
+	defer s.Release()
+	ns, err := r.m.Neighbors(s, item, k)
 	if err != nil {
 		return nil, err
 	}
@@ -589,7 +606,12 @@ type HistoryEntry struct {
 // first (at most models.history-cap distinct items are kept). An unknown
 // user has none.
 func (r *Recommender) UserHistory(user string, limit int) ([]HistoryEntry, error) {
-	um, _, err := r.m.User(user)
+	v, err := r.st.Pin()
+	if err != nil {
+		return nil, err
+	}
+	defer v.Release()
+	um, _, err := r.m.User(v, user)
 	if err != nil {
 		return nil, err
 	}
@@ -597,7 +619,7 @@ func (r *Recommender) UserHistory(user string, limit int) ([]HistoryEntry, error
 	out := make([]HistoryEntry, 0, n)
 	for _, h := range um.History[:n] {
 		e := HistoryEntry{ItemID: h.Item, Behavior: h.Behavior, TS: h.TS, Events: int(h.Count)}
-		it, found, err := r.st.Item(h.Item)
+		it, found, err := v.Item(h.Item)
 		if err != nil {
 			return nil, err
 		}

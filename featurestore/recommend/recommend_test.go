@@ -173,3 +173,105 @@ func BenchmarkRecommendExcludeSeen(b *testing.B) {
 		})
 	}
 }
+
+// TestResponsesReadOneVersion checks that a response is computed from one
+// state version: every batch moves all of the user's items to a new
+// category, and a response computed while a batch is committed to Pebble
+// but not yet published names the previous category for all of them.
+// Then recommendations run while batches are applied, under the version
+// lock: a reentrant read would deadlock here.
+func TestResponsesReadOneVersion(t *testing.T) {
+	m, err := models.New(models.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var afterCommit func()
+	st, err := featurestore.Open("db", featurestore.Options{FS: vfs.NewMem(), Logger: storetest.QuietLogger(), CacheBytes: 8 << 20, Clock: "event", Learner: m,
+		TestingAfterCommit: func() {
+			if afterCommit != nil {
+				afterCommit()
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	rec := recommend.New(st, m)
+	const items = 20
+	apply := func(k int, user string) error {
+		evs := make([]featurestore.Event, items)
+		for i := range evs {
+			evs[i] = storetest.Ev(fmt.Sprintf("e%d-%d", k, i), user, fmt.Sprintf("i%d", i), fmt.Sprintf("c%d", k), featurestore.BehaviorView, storetest.T0+int64(k)*1000+int64(i))
+		}
+		next := st.AppliedOffset()
+		_, err := st.Apply(next+items, storetest.Entries(next, evs...))
+		return err
+	}
+	// categories returns the one category of u's history items, failing
+	// the test when a response names several.
+	categories := func() string {
+		t.Helper()
+		hist, err := rec.UserHistory("u", 50)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(hist) != items {
+			t.Fatalf("history of u has %d items, want %d", len(hist), items)
+		}
+		for _, h := range hist[1:] {
+			if h.CategoryID != hist[0].CategoryID {
+				t.Fatalf("one history response names categories %s and %s: two versions", hist[0].CategoryID, h.CategoryID)
+			}
+		}
+		return hist[0].CategoryID
+	}
+	if err := apply(0, "u"); err != nil {
+		t.Fatal(err)
+	}
+	for k := 1; k <= 3; k++ {
+		committed, resume := make(chan struct{}), make(chan struct{})
+		afterCommit = func() { close(committed); <-resume }
+		applied := make(chan error, 1)
+		go func() { applied <- apply(k, "w") }()
+		<-committed
+		if got, want := categories(), fmt.Sprintf("c%d", k-1); got != want {
+			t.Errorf("batch %d committed, not published: history names %s, want %s", k, got, want)
+		}
+		if _, err := rec.Recommend("u", recommend.Options{K: 10, Category: fmt.Sprintf("c%d", k)}); err != nil {
+			t.Fatal(err)
+		}
+		close(resume)
+		if err := <-applied; err != nil {
+			t.Fatal(err)
+		}
+		afterCommit = nil
+		if got, want := categories(), fmt.Sprintf("c%d", k); got != want {
+			t.Errorf("batch %d published: history names %s, want %s", k, got, want)
+		}
+	}
+	const batches = 30
+	done := make(chan error, 1)
+	go func() {
+		for k := 4; k < 4+batches; k++ {
+			if err := apply(k, "w"); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	for running := true; running; {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+			running = false
+		default:
+		}
+		categories()
+		if _, err := rec.Recommend("u", recommend.Options{K: 10}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,239 @@
+package featurestore
+
+import (
+	"errors"
+	"fmt"
+	"math"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// A state version is what one commit (an apply batch, an expiry) leaves:
+// the records in Pebble and the in-memory state published with them (the
+// read caches, the learner's tables and weights). A commit writes its
+// Pebble batch first, then takes a snapshot of the DB and publishes it
+// together with its in-memory side under the write lock of Store.pub;
+// readers that must see one version (a recommendation reads dozens of
+// records, the factor table and the ranker) pin it under the read lock.
+// The lock is held by the writer only for the publication (cache
+// invalidations and table updates, microseconds to a millisecond), not
+// for the Pebble commit; a pinned reader delays the next publication by
+// at most its own duration.
+//
+// Every cached read (Item, the learner's neighbour records) happens at
+// the published version: pinned readers read it, and Apply reads before
+// its own commit, when the DB and the published snapshot agree. So the
+// read caches only ever hold published values.
+
+// Reader reads committed state: the Store (the newest published version
+// at each call) and a Version (one version for all its calls).
+type Reader interface {
+	// ReadKey returns a copy of the committed value of key.
+	ReadKey(key []byte) ([]byte, bool, error)
+	// Now is the read clock (see Store.Now).
+	Now() int64
+}
+
+// Version is one published state version, pinned: everything read
+// through it is as of the same commit. Release it promptly (a pinned
+// version holds back the next publication), and never pin another
+// version or call the Store's own read methods while holding one: the
+// read lock is not reentrant once a writer waits.
+type Version struct {
+	s     *Store
+	snap  *pebble.Snapshot
+	stats Stats
+	now   int64
+}
+
+// Pin pins the newest published version. Every Pin must be paired with
+// Release.
+func (s *Store) Pin() (*Version, error) {
+	if err := s.acquire(); err != nil {
+		return nil, err
+	}
+	s.pub.RLock()
+	v := &Version{s: s, snap: s.pub.snap, stats: s.Stats()}
+	v.now = v.stats.MaxTS
+	if s.opts.Clock != "event" {
+		v.now = s.opts.Now().UnixMilli()
+	}
+	return v, nil
+}
+
+// Release unpins the version; it must not be used afterwards.
+func (v *Version) Release() {
+	v.s.pub.RUnlock()
+	v.s.release()
+}
+
+// publish makes snap (taken right after a commit) the published version,
+// running fn (which publishes the commit's in-memory side) under the same
+// lock, and closes the previous snapshot.
+func (s *Store) publish(snap *pebble.Snapshot, fn func()) {
+	s.pub.Lock()
+	old := s.pub.snap
+	s.pub.snap = snap
+	fn()
+	s.pub.Unlock()
+	if old != nil {
+		_ = old.Close()
+	}
+}
+
+// Stats are the store's counters as of the version.
+func (v *Version) Stats() Stats { return v.stats }
+
+// Now is the read clock as of the pin: the newest event time of the
+// version with the event clock, the wall clock at the pin otherwise.
+func (v *Version) Now() int64 { return v.now }
+
+// ReadKey returns a copy of the value of key in the version.
+func (v *Version) ReadKey(key []byte) ([]byte, bool, error) { return getFrom(v.snap, key) }
+
+// User returns the record of user id.
+func (v *Version) User(id string) (UserRecord, bool, error) {
+	var u UserRecord
+	b, ok, err := getFrom(v.snap, userKey(id))
+	if err != nil || !ok {
+		return u, false, err
+	}
+	return u, true, u.decode(b)
+}
+
+// Item returns the record of item id, through the read cache of item
+// records (a recommendation reads hundreds).
+func (v *Version) Item(id string) (ItemRecord, bool, error) {
+	s := v.s
+	rec, ok, gen := s.itemReads.Get(id)
+	if !ok {
+		rec = &ItemRecord{Pop: math.Inf(-1)}
+		b, found, err := getFrom(v.snap, itemKey(id))
+		if err == nil && found {
+			err = rec.decode(b)
+		}
+		if err != nil {
+			return ItemRecord{}, false, err
+		}
+		if !found {
+			rec = nil // a miss is cached too: candidates of expired items
+		}
+		s.itemReads.Put(id, rec, gen)
+	}
+	if rec == nil {
+		return ItemRecord{Pop: math.Inf(-1)}, false, nil
+	}
+	return *rec, true, nil
+}
+
+// Purchased reports whether user bought item.
+func (v *Version) Purchased(user, item string) (bool, error) {
+	_, closer, err := v.snap.Get(boughtKey(user, item))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return true, closer.Close()
+}
+
+// PurchasedItems returns the items user bought, read in one scan, when
+// there are at most limit; complete is false (and items nil) when there
+// are more, and the caller asks Purchased item by item.
+func (v *Version) PurchasedItems(user string, limit int) (items map[string]bool, complete bool, err error) {
+	p := makeKey(prefixBought, user, "")
+	iter, err := v.snap.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(p)})
+	if err != nil {
+		return nil, false, err
+	}
+	items = make(map[string]bool)
+	for iter.First(); iter.Valid(); iter.Next() {
+		if len(items) == limit {
+			return nil, false, iter.Close()
+		}
+		items[string(iter.Key()[len(p):])] = true
+	}
+	return items, true, errors.Join(iter.Error(), iter.Close())
+}
+
+// Popular returns up to k items of category ("" for all) by descending
+// popularity as of the version's newest event, skipping those for which
+// skip returns true.
+func (v *Version) Popular(category string, k int, skip func(item string) bool) ([]Scored, error) {
+	s := v.s
+	p := popPrefix(category)
+	iter, err := v.snap.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(p)})
+	if err != nil {
+		return nil, err
+	}
+	defer iter.Close()
+	ref := float64(v.stats.MaxTS) / s.halfMS
+	var out []Scored
+	for iter.First(); iter.Valid() && len(out) < k; iter.Next() {
+		pop, item, ok := parsePopKey(len(p), iter.Key())
+		if !ok {
+			return nil, fmt.Errorf("popularity key %q: %w", iter.Key(), ErrCorrupt)
+		}
+		if skip != nil && skip(item) {
+			continue
+		}
+		out = append(out, Scored{ItemID: item, Score: math.Exp2(pop - ref)})
+	}
+	return out, iter.Error()
+}
+
+// TopItems is Store.TopItems in the version.
+func (v *Version) TopItems(category string, asOf, w int64, k int, weighted bool, by Behavior) ([]Scored, error) {
+	return v.s.topItems(v.snap, category, asOf, w, k, weighted, by)
+}
+
+// SeenItems returns the items user touched after now − SeenTTL (at most
+// SeenLimit, the newest), as a set. Days are read newest first, from the
+// day of the version's newest event if that is past now (events may be a
+// little ahead of the clock).
+func (v *Version) SeenItems(user string, now int64) (map[string]bool, error) {
+	s := v.s
+	since := now - s.SeenTTL()
+	hi := int64(dayOf(max(now, v.stats.MaxTS)))
+	lo := int64(dayOf(max(since, 0)))
+	limit := s.opts.SeenLimit
+	seen := make(map[string]bool)
+	for day := hi; day >= lo && len(seen) < limit; day-- {
+		b, ok, err := getFrom(v.snap, seenKey(uint32(day), user))
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			continue
+		}
+		old := false
+		err = decodeSeen(b, func(lo, hi int, off uint32) bool {
+			if day*dayMS+int64(off) <= since {
+				old = true // newest first: the rest is older still
+				return false
+			}
+			seen[string(b[lo:hi])] = true
+			return len(seen) < limit
+		})
+		if err != nil {
+			return nil, fmt.Errorf("seen items of %q: %w", user, err)
+		}
+		if old {
+			break
+		}
+	}
+	return seen, nil
+}
+
+// pinned runs fn on the newest published version (the Store's read
+// methods: each call is one version).
+func pinned[T any](s *Store, fn func(v *Version) (T, error)) (T, error) {
+	v, err := s.Pin()
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	defer v.Release()
+	return fn(v)
+}
