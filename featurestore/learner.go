@@ -33,6 +33,10 @@ type Learner interface {
 	// ExpireCommitted is called once the batch of those calls has
 	// committed.
 	ExpireCommitted()
+	// Close stops the learner's background work (such as building
+	// serving indexes) and waits for it. The store's Close calls it, with
+	// no Apply running.
+	Close() error
 }
 
 // A LearnBatch is a learner's part of one apply batch.

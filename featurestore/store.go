@@ -288,6 +288,10 @@ func (s *Store) Close() error {
 	s.life.closed = true
 	s.life.Unlock()
 	s.life.ops.Wait()
+	var lerr error
+	if s.learner != nil {
+		lerr = s.learner.Close()
+	}
 	// Without a WAL the memtables are lost on close unless flushed; a
 	// failed flush costs only a longer replay at the next open.
 	if s.plog.Failed() == nil {
@@ -297,7 +301,7 @@ func (s *Store) Close() error {
 	}
 	err := s.db.Close()
 	s.cache.Unref()
-	return err
+	return errors.Join(lerr, err)
 }
 
 // acquire registers an operation on the open store; it fails with
