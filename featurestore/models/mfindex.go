@@ -1,6 +1,7 @@
 package models
 
 import (
+	"cmp"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -34,12 +35,13 @@ type mfIndex struct {
 	// list l holds the Seqs members[listStart[l]:listStart[l+1]].
 	listStart []int32
 	members   []int32
-	holes     []int32 // Seqs below n without an item at the build
+	radius    []float32 // by list: its items' largest distance from its centroid
+	holes     []int32   // Seqs below n without an item at the build
 }
 
 // bytes is the index's size in memory.
 func (x *mfIndex) bytes() int {
-	return 4 * (len(x.coarse) + len(x.groupStart) + len(x.fine) + len(x.listStart) + len(x.members) + len(x.holes))
+	return 4 * (len(x.coarse) + len(x.groupStart) + len(x.fine) + len(x.listStart) + len(x.members) + len(x.radius) + len(x.holes))
 }
 
 // mfState is the index's part of Models.
@@ -171,8 +173,10 @@ func (m *Models) copyTable() (seqs []int32, data []float32, n int) {
 // Build parameters: k-means rounds, and the training sample per centroid
 // (the assignment of every item follows).
 const (
-	kmeansRounds    = 8
-	kmeansPerCenter = 64
+	kmeansRounds    = 6
+	kmeansPerCenter = 32
+	fineRounds      = 4
+	finePerCenter   = 16
 )
 
 // newMFIndex builds the index of the rows seqs (factors data, dim d) of a
@@ -188,7 +192,7 @@ func newMFIndex(seqs []int32, data []float32, n, d, list int, stop *atomic.Bool)
 	for i := range rows {
 		rows[i] = int32(i)
 	}
-	x.coarse = kmeans(data, rows, d, groups, rng, stop)
+	x.coarse = kmeans(data, rows, d, groups, kmeansRounds, kmeansPerCenter, rng, stop)
 	groups = len(x.coarse) / d
 	assign := make([]int32, items)
 	assignNearest(data, rows, x.coarse, d, assign)
@@ -208,7 +212,7 @@ func newMFIndex(seqs []int32, data []float32, n, d, list int, stop *atomic.Bool)
 			continue
 		}
 		k := max(1, (len(grows)+list/2)/list)
-		fine := kmeans(data, grows, d, k, rng, stop)
+		fine := kmeans(data, grows, d, k, fineRounds, finePerCenter, rng, stop)
 		if stop.Load() {
 			return nil
 		}
@@ -219,10 +223,21 @@ func newMFIndex(seqs []int32, data []float32, n, d, list int, stop *atomic.Bool)
 		for i, l := range fa {
 			byList[l] = append(byList[l], seqs[grows[i]])
 		}
+		rad := make([]float32, k)
+		for i, l := range fa {
+			row := data[int(grows[i])*d : int(grows[i]+1)*d]
+			c := fine[int(l)*d : int(l+1)*d]
+			var s float32
+			for j := range row {
+				s += (row[j] - c[j]) * (row[j] - c[j])
+			}
+			rad[l] = max(rad[l], s)
+		}
 		for l, mem := range byList {
 			if len(mem) == 0 {
 				continue
 			}
+			x.radius = append(x.radius, float32(math.Sqrt(float64(rad[l]))))
 			x.fine = append(x.fine, fine[l*d:(l+1)*d]...)
 			x.listStart = append(x.listStart, int32(len(x.members)))
 			x.members = append(x.members, mem...)
@@ -244,16 +259,16 @@ func newMFIndex(seqs []int32, data []float32, n, d, list int, stop *atomic.Bool)
 
 // kmeans returns up to k centroids (L2 k-means, packed) of the rows of
 // data, trained on a sample of kmeansPerCenter rows per centroid.
-func kmeans(data []float32, rows []int32, d, k int, rng *rand.Rand, stop *atomic.Bool) []float32 {
+func kmeans(data []float32, rows []int32, d, k, rounds, perCenter int, rng *rand.Rand, stop *atomic.Bool) []float32 {
 	k = min(k, len(rows))
 	if k == 0 {
 		return nil
 	}
 	sample := rows
-	if len(rows) > k*kmeansPerCenter {
+	if len(rows) > k*perCenter {
 		sample = slices.Clone(rows)
 		rng.Shuffle(len(sample), func(i, j int) { sample[i], sample[j] = sample[j], sample[i] })
-		sample = sample[:k*kmeansPerCenter]
+		sample = sample[:k*perCenter]
 	}
 	cent := make([]float32, k*d)
 	perm := rng.Perm(len(sample))
@@ -264,7 +279,7 @@ func kmeans(data []float32, rows []int32, d, k int, rng *rand.Rand, stop *atomic
 	assign := make([]int32, len(sample))
 	sum := make([]float64, k*d)
 	count := make([]int, k)
-	for range kmeansRounds {
+	for range rounds {
 		if stop.Load() {
 			return cent
 		}
@@ -378,26 +393,43 @@ func (b *bestN) offer(s float32, i int32) {
 	}
 }
 
-// probe returns the fine lists to scan for q: the probe best by the dot
-// product with their centroids among the fine lists of the coarse groups
-// best by theirs.
+// Probing: coarse groups scored, and how much a list's radius counts.
+const (
+	// probeGroups is how many coarse groups at least a query scores the
+	// fine lists of: a fixed number, so that a query costs about
+	// sqrt(items / MFIndexList) × (1 + probeGroups) centroids plus
+	// MFIndexScan lists, whatever the catalogue.
+	probeGroups = 16
+	// radiusWeight: a list scores q·c + radiusWeight·|q|·r for its
+	// centroid c and radius r. Its largest dot product with q is at most
+	// q·c + |q|·r; without the radius a list of long (popular) factors far
+	// from its centroid ranks below its best items (on 100 k clustered
+	// vectors recall@50 0.944 with 0, 0.970 with 0.25, 0.958 with 0.5).
+	radiusWeight = 0.25
+)
+
+// probe returns the fine lists to scan for q: the probe best by their
+// score (centroid and radius) among the fine lists of the coarse groups
+// best by the dot product with their centroids.
 func (x *mfIndex) probe(q []float32, probe int) []scoredIdx {
 	d := x.dim
 	groups := len(x.groupStart) - 1
-	// Enough coarse groups to hold several times the lists probed, and
-	// at least a quarter of them: a list's best items may sit in a group
-	// whose centroid is not the best.
+	// Enough coarse groups to hold several times the lists probed.
 	perGroup := max(1, (len(x.listStart)-1)/max(1, groups))
-	ng := min(groups, max(groups/4, 4*probe/perGroup+1))
+	ng := min(groups, max(probeGroups, 4*probe/perGroup+1))
 	gb := bestN{n: ng, h: make([]scoredIdx, 0, ng)}
 	for g := range groups {
 		gb.offer(dot(q, x.coarse[g*d:]), int32(g))
 	}
+	qr := radiusWeight * float32(math.Sqrt(float64(dot(q, q))))
 	lb := bestN{n: probe, h: make([]scoredIdx, 0, probe)}
 	for _, g := range gb.h {
 		for l := x.groupStart[g.i]; l < x.groupStart[g.i+1]; l++ {
-			lb.offer(dot(q, x.fine[int(l)*d:]), l)
+			lb.offer(dot(q, x.fine[int(l)*d:])+qr*x.radius[l], l)
 		}
 	}
+	// Best first: the best items raise the floor of the top early, and
+	// fewer of the others are looked at further (offerSeqs).
+	slices.SortFunc(lb.h, func(a, b scoredIdx) int { return cmp.Compare(b.s, a.s) })
 	return lb.h
 }

@@ -14,12 +14,12 @@ import (
 	"github.com/streamrec/recsys/featurestore/models"
 )
 
-// clusteredVecs returns n items with dim-d factors around n/250 random
-// centres, their norms spread as MF factors' are (popular items have
-// larger ones), and queries user vectors near random centres.
-func clusteredVecs(n, d, queries int, seed uint64) (ids []string, vecs []float32, qs [][]float32) {
+// clusteredVecs returns n items with dim-d factors around k random
+// centres (tastes), their norms spread as MF factors' are (popular items
+// have larger ones), and queries user vectors near random centres.
+func clusteredVecs(n, k, d, queries int, seed uint64) (ids []string, vecs []float32, qs [][]float32) {
 	rng := rand.New(rand.NewPCG(seed, 1))
-	centres := make([][]float32, max(1, n/250))
+	centres := make([][]float32, k)
 	sd := float32(1 / math.Sqrt(float64(d)))
 	for i := range centres {
 		c := make([]float32, d)
@@ -76,7 +76,7 @@ func TestMFIndexRecall(t *testing.T) {
 		t.Fatal(err)
 	}
 	const n = 50_000
-	ids, vecs, qs := clusteredVecs(n, m.FactorDim(), 100, 1)
+	ids, vecs, qs := clusteredVecs(n, 200, m.FactorDim(), 100, 1)
 	m.SetVecs(ids, vecs)
 	if r := mfRecall(m, qs, 50); r != 1 {
 		t.Fatalf("recall@50 without an index = %v, want 1 (the exact scan)", r)
@@ -96,7 +96,7 @@ func TestMFIndexNewItems(t *testing.T) {
 	s := openModelStore(t, vfs.NewMem(), "db", models.Options{MFIndexMin: 100})
 	applyAll(t, s, ev("e1", "u", "x", "c", featurestore.BehaviorView, t0))
 	d := s.M.FactorDim()
-	ids, vecs, _ := clusteredVecs(10_000, d, 0, 2)
+	ids, vecs, _ := clusteredVecs(10_000, 40, d, 0, 2)
 	s.M.SetVecs(ids, vecs)
 	if s.M.BuildMFIndex() == 0 {
 		t.Fatal("no index built")

@@ -202,16 +202,24 @@ func (m *Models) offerRows(vec []float32, lo, hi int, top *featurestore.TopK) {
 	}
 }
 
-// offerSeqs is offerRows for the rows seqs.
+// offerSeqs is offerRows for the rows seqs. It reads a row's id only
+// when its score could be kept: the rows are scattered over the table,
+// and each read is a cache miss.
 func (m *Models) offerSeqs(vec []float32, seqs []int32, top *featurestore.TopK) {
 	d := m.opts.Dim
+	floor, full := top.Floor()
 	for _, s := range seqs {
 		i := int(s)
 		if i >= len(m.table.ids) {
 			continue
 		}
+		score := float64(dot(vec, m.table.vecs[i*d:(i+1)*d]))
+		if full && score < floor {
+			continue
+		}
 		if id := m.table.ids[i]; id != "" {
-			top.Offer(featurestore.Scored{ItemID: id, Score: float64(dot(vec, m.table.vecs[i*d:(i+1)*d]))})
+			top.Offer(featurestore.Scored{ItemID: id, Score: score})
+			floor, full = top.Floor()
 		}
 	}
 }
