@@ -180,10 +180,13 @@ const (
 )
 
 // newMFIndex builds the index of the rows seqs (factors data, dim d) of a
-// table of n rows, with about list items per fine list; nil when stop is
-// set meanwhile. The build is deterministic for the same input.
+// table of n rows, with about list items per fine list; nil without
+// rows or when stop is set meanwhile. The build is deterministic for the same input.
 func newMFIndex(seqs []int32, data []float32, n, d, list int, stop *atomic.Bool) *mfIndex {
 	items := len(seqs)
+	if items == 0 {
+		return nil
+	}
 	x := &mfIndex{n: n, items: items, dim: d}
 	rng := rand.New(rand.NewPCG(uint64(items), 0x6d66))
 	lists := max(1, (items+list/2)/list)
@@ -195,7 +198,7 @@ func newMFIndex(seqs []int32, data []float32, n, d, list int, stop *atomic.Bool)
 	x.coarse = kmeans(data, rows, d, groups, kmeansRounds, kmeansPerCenter, rng, stop)
 	groups = len(x.coarse) / d
 	assign := make([]int32, items)
-	assignNearest(data, rows, x.coarse, d, assign)
+	assignNearest(data, rows, x.coarse, d, assign, stop)
 	if stop.Load() {
 		return nil
 	}
@@ -218,7 +221,7 @@ func newMFIndex(seqs []int32, data []float32, n, d, list int, stop *atomic.Bool)
 		}
 		k = len(fine) / d
 		fa := make([]int32, len(grows))
-		assignNearest(data, grows, fine, d, fa)
+		assignNearest(data, grows, fine, d, fa, stop)
 		byList := make([][]int32, k)
 		for i, l := range fa {
 			byList[l] = append(byList[l], seqs[grows[i]])
@@ -283,7 +286,7 @@ func kmeans(data []float32, rows []int32, d, k, rounds, perCenter int, rng *rand
 		if stop.Load() {
 			return cent
 		}
-		assignNearest(data, sample, cent, d, assign)
+		assignNearest(data, sample, cent, d, assign, stop)
 		clear(sum)
 		clear(count)
 		for i, c := range assign {
@@ -310,14 +313,17 @@ func kmeans(data []float32, rows []int32, d, k, rounds, perCenter int, rng *rand
 }
 
 // assignNearest sets out[i] to the centroid nearest (L2) rows[i]:
-// argmax of x·c - |c|²/2.
-func assignNearest(data []float32, rows []int32, cent []float32, d int, out []int32) {
+// argmax of x·c - |c|²/2. It gives up early once stop is set.
+func assignNearest(data []float32, rows []int32, cent []float32, d int, out []int32, stop *atomic.Bool) {
 	k := len(cent) / d
 	half := make([]float32, k)
 	for c := range k {
 		half[c] = dot(cent[c*d:(c+1)*d], cent[c*d:(c+1)*d]) / 2
 	}
 	for i, r := range rows {
+		if i%4096 == 0 && stop.Load() {
+			return
+		}
 		row := data[int(r)*d : int(r+1)*d]
 		best, bestS := 0, float32(math.Inf(-1))
 		for c := range k {
@@ -359,6 +365,9 @@ type bestN struct {
 }
 
 func (b *bestN) offer(s float32, i int32) {
+	if b.n <= 0 {
+		return
+	}
 	h := b.h
 	if len(h) < b.n {
 		h = append(h, scoredIdx{s, i})

@@ -101,8 +101,10 @@ type Options struct {
 	// build aims at. Default 64.
 	MFIndexList int
 	// MFIndexScan is how many lists of the MF index a query for up to 64
-	// candidates scans (more lists for more). Default 64: on 50 k
-	// clustered vectors a recall@50 against the exact scan of about 0.97.
+	// candidates scans (more lists for more). Default 64: on the
+	// clustered vectors of BenchmarkMFTop a recall@50 against the exact
+	// scan of 0.975 at 100 k items (0.57 against 2.3 ms) and 0.982 at 1 M
+	// (0.82 against 23 ms).
 	MFIndexScan int
 }
 
