@@ -187,3 +187,27 @@ func TestMFIndexBuildDoesNotBlockApply(t *testing.T) {
 		t.Errorf("model records with the MF index differ from those without:\n%s", diffLines(want, got))
 	}
 }
+
+func TestMFIndexCloseDuringBuild(t *testing.T) {
+	checkGoroutines(t)
+	s := openModelStore(t, vfs.NewMem(), "db", models.Options{MFIndexMin: 20, Dim: 8})
+	copied, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	s.M.SetMFBuildHook(func() {
+		once.Do(func() { close(copied) })
+		<-release
+	})
+	applyAll(t, s, mfIndexEvents(1)[0]...)
+	<-copied
+	// Close stops the build and waits for its goroutine (checkGoroutines
+	// finds none left); the second Close is a no-op.
+	closed := make(chan error, 1)
+	go func() { closed <- s.Close() }()
+	close(release)
+	if err := <-closed; err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+}
