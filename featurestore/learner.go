@@ -34,6 +34,10 @@ type Learner interface {
 	// committed, while the store publishes its version: what readers
 	// share in memory changes here, not in ExpireUser and ExpireItem.
 	ExpireCommitted()
+	// Close stops the learner's background work (such as building
+	// serving indexes) and waits for it. The store's Close calls it, with
+	// no Apply running.
+	Close() error
 }
 
 // A LearnBatch is a learner's part of one apply batch.

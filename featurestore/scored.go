@@ -44,6 +44,15 @@ func (t *TopK) Offer(c Scored) {
 	}
 }
 
+// Floor returns the lowest score t keeps once it holds k items: an item
+// scored below it would not be kept. ok is false while t has room.
+func (t *TopK) Floor() (score float64, ok bool) {
+	if len(t.h) < t.k {
+		return 0, false
+	}
+	return t.h[0].Score, true
+}
+
 // Best returns what t kept, best first (as SortScored orders).
 func (t *TopK) Best() []Scored {
 	out := []Scored(t.h)

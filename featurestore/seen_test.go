@@ -9,7 +9,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
@@ -208,9 +207,7 @@ func TestSeenMergeAssociative(t *testing.T) {
 func TestSeenCorruptAndLimits(t *testing.T) {
 	s := openSeenStore(t, vfs.NewMem(), "db", 0)
 	applyAll(t, s, ev("a", "u", "i", "c", BehaviorView, t0))
-	if err := s.db.Set(seenKey(dayOf(t0), "u"), []byte{0x05, 0x09, 'x'}, pebble.NoSync); err != nil {
-		t.Fatal(err)
-	}
+	setRaw(t, s, seenKey(dayOf(t0), "u"), []byte{0x05, 0x09, 'x'})
 	if _, err := s.SeenItems("u", s.Now()); !errors.Is(err, ErrCorrupt) {
 		t.Errorf("SeenItems over a truncated seen record = %v, want ErrCorrupt", err)
 	}

@@ -301,6 +301,10 @@ func (s *Store) Close() error {
 	s.life.closed = true
 	s.life.Unlock()
 	s.life.ops.Wait()
+	var lerr error
+	if s.learner != nil {
+		lerr = s.learner.Close()
+	}
 	if s.pub.snap != nil {
 		_ = s.pub.snap.Close()
 		s.pub.snap = nil
@@ -314,7 +318,7 @@ func (s *Store) Close() error {
 	}
 	err := s.db.Close()
 	s.cache.Unref()
-	return err
+	return errors.Join(lerr, err)
 }
 
 // acquire registers an operation on the open store; it fails with

@@ -45,6 +45,16 @@ func newMemStore(t testing.TB) (*Store, vfs.FS) {
 	return openStore(t, fs, "store"), fs
 }
 
+// setRaw sets key k to v in s's DB and publishes the new version, as a
+// commit does (version.go): the store's read methods see it.
+func setRaw(t testing.TB, s *Store, k, v []byte) {
+	t.Helper()
+	if err := s.db.Set(k, v, pebble.NoSync); err != nil {
+		t.Fatal(err)
+	}
+	s.publish(s.db.NewSnapshot(), func() {})
+}
+
 // checkGoroutines fails the test if, once every later-registered cleanup
 // (such as closing the store) has run, more goroutines exist than at the
 // call. Register it before opening anything.
@@ -1056,11 +1066,8 @@ func TestCorruptStoredData(t *testing.T) {
 	s := openStore(t, fs, "db")
 	mustApply(t, s, 1, entries(0, ev("a", "good", "i", "c", BehaviorView, t0)))
 	for _, k := range [][]byte{userKey("bad"), itemKey("bad")} {
-		if err := s.db.Set(k, []byte{recordVersion, 1, 2}, pebble.NoSync); err != nil {
-			t.Fatal(err)
-		}
+		setRaw(t, s, k, []byte{recordVersion, 1, 2})
 	}
-	s.publish(s.db.NewSnapshot(), func() {}) // what Apply does after its commit
 	if _, _, err := s.User("bad"); !errors.Is(err, ErrCorrupt) {
 		t.Errorf("User(bad) = %v, want ErrCorrupt", err)
 	}

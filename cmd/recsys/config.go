@@ -125,6 +125,9 @@ type modelConfig struct {
 	PublishMargin float64
 	RankerSample  float64
 	RankerPairs   int
+	MFIndexMin    int
+	MFIndexList   int
+	MFIndexScan   int
 }
 
 func (m *modelConfig) bindFlags(fs *pflag.FlagSet) {
@@ -151,19 +154,26 @@ func (m *modelConfig) bindFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&m.PublishEvery, "models.publish-every", d.PublishEvery, "ranker examples between publication checks")
 	fs.Float64Var(&m.PublishMargin, "models.publish-margin", d.PublishMargin, "a new ranker version is published only if its rolling AUC is at least the current one's minus this")
 	fs.Float64Var(&m.RankerSample, "models.ranker-sample", d.RankerSample, "share of view events the ranker trains on (by a hash of the event id; every cart, fav and purchase trains it); its examples are most of the cost of applying an event")
+	fs.IntVar(&m.MFIndexMin, "models.mf-index-min", d.MFIndexMin, "items from which MF candidates come from an approximate index built in the background rather than a scan of every item; 0: always the exact scan")
+	fs.IntVar(&m.MFIndexList, "models.mf-index-list", d.MFIndexList, "items per list of the MF index the build aims at")
+	fs.IntVar(&m.MFIndexScan, "models.mf-index-scan", d.MFIndexScan, "lists of the MF index a query for up to 64 candidates scans (more lists for more)")
 	fs.IntVar(&m.RankerPairs, "models.ranker-pairs", d.RankerPairs, "other history items each re-engagement (a cart, fav or purchase of an item the user touched before) is contrasted with in pairwise ranker steps; negative: none")
 }
 
 // options converts m; Open validates the values.
 func (m *modelConfig) options() models.Options {
-	return models.Options{
+	o := models.Options{
 		HistoryCap: m.HistoryCap, PairCap: m.PairCap, PairWindow: m.PairWindow, PairHalfLife: m.PairHalfLife,
 		DecayHalfLife: m.DecayHalfLife, UserAlpha: m.UserAlpha, Shrinkage: m.Shrinkage, Neighbors: m.Neighbors,
 		RecentUsers: m.RecentUsers, Dim: m.Dim, LearningRate: m.LearningRate, Reg: m.Reg, Negatives: m.Negatives,
 		RankerAlpha: m.RankerAlpha, RankerBeta: m.RankerBeta, RankerL1: m.RankerL1, RankerL2: m.RankerL2,
 		RankerWindow: m.RankerWindow, PublishEvery: m.PublishEvery, PublishMargin: m.PublishMargin, RankerSample: m.RankerSample,
-		RankerPairs: m.RankerPairs,
+		RankerPairs: m.RankerPairs, MFIndexMin: m.MFIndexMin, MFIndexList: m.MFIndexList, MFIndexScan: m.MFIndexScan,
 	}
+	if o.MFIndexMin <= 0 {
+		o.MFIndexMin = -1 // off
+	}
+	return o
 }
 
 func (m *modelConfig) validate() error {
@@ -177,6 +187,7 @@ func (m *modelConfig) validate() error {
 		{"learning-rate", m.LearningRate}, {"reg", m.Reg}, {"negatives", float64(m.Negatives)}, {"ranker-alpha", m.RankerAlpha},
 		{"ranker-beta", m.RankerBeta}, {"ranker-l1", m.RankerL1}, {"ranker-l2", m.RankerL2}, {"ranker-window", float64(m.RankerWindow)},
 		{"publish-every", float64(m.PublishEvery)}, {"publish-margin", m.PublishMargin}, {"ranker-sample", m.RankerSample},
+		{"mf-index-list", float64(m.MFIndexList)}, {"mf-index-scan", float64(m.MFIndexScan)},
 	} {
 		if !(c.v > 0) {
 			return fmt.Errorf("models.%s: %v is not positive", c.name, c.v)

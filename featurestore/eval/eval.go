@@ -458,7 +458,12 @@ func (r *runner) openStores() error {
 	// missed it on dense histories, and the run took twice as long. Pebble
 	// allocates it as it fills.
 	open := func(name string) (*store, error) {
-		m, err := models.New(r.o.Models)
+		// MF candidates from the exact scan: the index is built in the
+		// background, so its timing (and the candidates) would vary run
+		// to run.
+		mo := r.o.Models
+		mo.MFIndexMin = -1
+		m, err := models.New(mo)
 		if err != nil {
 			return nil, fmt.Errorf("eval: %w", err)
 		}

@@ -18,7 +18,9 @@
 //
 // The read side (User, Item, Neighbors, MFTop, Context and Ranker, Info,
 // the Scan* model tables) serves featurestore/recommend and the Flight
-// model tables from committed state and the in-memory factor table.
+// model tables from committed state and the in-memory factor table. MF
+// candidates come from an approximate index of the table (mfindex.go),
+// built in the background and used by nothing that learns.
 //
 // # Caveats
 //
@@ -26,5 +28,6 @@
 // concurrently with it. Neighbour lists of surviving items may name an
 // expired item until their pairs are pruned; readers drop items without a
 // feature record. Freeze stops learning (histories still move), for
-// evaluation.
+// evaluation. Close stops a running index build (the store's Close calls
+// it).
 package models

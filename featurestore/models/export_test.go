@@ -40,3 +40,41 @@ func (m *Models) CheckWriterRecords() (int, error) {
 	}
 	return len(items), nil
 }
+
+// SetVecs puts items ids (Seqs from the table's end on) with their
+// factors vecs (Dim each) into the factor table, as Commit does, without
+// starting an index build.
+func (m *Models) SetVecs(ids []string, vecs []float32) {
+	d := m.opts.Dim
+	m.table.Lock()
+	defer m.table.Unlock()
+	seq := int64(len(m.table.ids))
+	for i, id := range ids {
+		m.setVecLocked(id, seq+int64(i), vecs[i*d:(i+1)*d])
+	}
+}
+
+// BuildMFIndex builds the MF index of the table now, in the caller's
+// goroutine, and returns its size in bytes (0: none was published).
+func (m *Models) BuildMFIndex() int {
+	m.buildMFIndex()
+	if x := m.mf.index.Load(); x != nil {
+		return x.bytes()
+	}
+	return 0
+}
+
+// MFIndexed is how many items the current MF index holds (0: none).
+func (m *Models) MFIndexed() int {
+	if x := m.mf.index.Load(); x != nil {
+		return x.items
+	}
+	return 0
+}
+
+// SetMFBuildHook makes background builds of the MF index call f once
+// they have copied the table.
+func (m *Models) SetMFBuildHook(f func()) { m.mf.buildHook = f }
+
+// WaitMFBuild waits for a background build of the MF index, if one runs.
+func (m *Models) WaitMFBuild() { m.mf.wg.Wait() }

@@ -58,6 +58,9 @@ type Models struct {
 		ids  []string  // by Seq; "" for a Seq not (yet) committed
 		vecs []float32 // Dim per item
 	}
+	// mf is the approximate index of MF candidates over the table
+	// (mfindex.go): serving data only, built in the background.
+	mf mfState
 	// published is the ranker's served weights (a copy of meta's).
 	published struct {
 		sync.RWMutex
@@ -518,10 +521,20 @@ func (b *batch) Commit() {
 	// One lock for the whole batch: readers scanning the table (MF
 	// candidates) wait once, not once per item.
 	m.table.Lock()
+	indexed := 0 // rows the MF index covers
+	if x := m.mf.index.Load(); x != nil {
+		indexed = x.n
+	}
+	updates := 0
 	for id, it := range b.items {
 		m.setVecLocked(id, it.Seq, it.Vec)
+		if it.Seq < int64(indexed) {
+			updates++
+		}
 	}
+	items := len(m.table.idx)
 	m.table.Unlock()
+	m.maybeBuildMFIndex(items, updates)
 	for id, it := range b.items {
 		m.items.Add(id, it)
 	}
@@ -555,8 +568,17 @@ func (m *Models) Abort() error {
 	m.table.Lock()
 	m.table.idx = make(map[string]int32)
 	m.table.ids, m.table.vecs = nil, nil
+	m.invalidateMFIndexLocked()
 	m.table.Unlock()
 	return m.load()
+}
+
+// Close implements featurestore.Learner: it stops the background build
+// of the MF index, if one runs, and waits for it. The store's Close calls
+// it; it is safe to call more than once.
+func (m *Models) Close() error {
+	m.closeMFIndex()
+	return nil
 }
 
 // Freeze stops (or resumes) learning: events still update features and

@@ -150,8 +150,11 @@ func (m *Models) itemVec(id string) []float32 {
 	return slices.Clone(m.table.vecs[int(i)*d : int(i+1)*d])
 }
 
-// MFTop scores the whole catalogue by the dot product with the factors
-// vec and returns the k best.
+// MFTop returns the k items best by the dot product of their factors
+// with vec. From Options.MFIndexMin items on it scores the candidates of
+// the MF index (mfindex.go), approximately, by their current factors;
+// below, or before the first index is built, the whole catalogue. Only
+// serving calls it: learning never depends on the index.
 func (m *Models) MFTop(vec []float32, k int) []featurestore.Scored {
 	d := m.opts.Dim
 	if len(vec) != d || k <= 0 {
@@ -160,18 +163,65 @@ func (m *Models) MFTop(vec []float32, k int) []featurestore.Scored {
 	m.table.RLock()
 	defer m.table.RUnlock()
 	top := featurestore.NewTopK(k)
-	for i, id := range m.table.ids {
-		if id == "" {
+	x := m.mf.index.Load()
+	if x == nil || !m.mfIndexOn() || len(m.table.idx) < m.opts.MFIndexMin {
+		m.offerRows(vec, 0, len(m.table.ids), top)
+		return top.Best()
+	}
+	// The defaults are for k up to 64; more lists for more.
+	probe := m.opts.MFIndexScan * ((k + 63) / 64)
+	for _, l := range x.probe(vec, probe) {
+		m.offerSeqs(vec, x.members[x.listStart[l.i]:x.listStart[l.i+1]], top)
+	}
+	m.offerSeqs(vec, x.holes, top)
+	m.offerRows(vec, x.n, len(m.table.ids), top)
+	return top.Best()
+}
+
+// MFTopExact is MFTop over the whole catalogue, without the index.
+func (m *Models) MFTopExact(vec []float32, k int) []featurestore.Scored {
+	d := m.opts.Dim
+	if len(vec) != d || k <= 0 {
+		return nil
+	}
+	m.table.RLock()
+	defer m.table.RUnlock()
+	top := featurestore.NewTopK(k)
+	m.offerRows(vec, 0, len(m.table.ids), top)
+	return top.Best()
+}
+
+// offerRows offers the items of the table's rows [lo, hi) to top, scored
+// by the dot product with vec; m.table is read-locked.
+func (m *Models) offerRows(vec []float32, lo, hi int, top *featurestore.TopK) {
+	d := m.opts.Dim
+	for i := lo; i < hi; i++ {
+		if id := m.table.ids[i]; id != "" {
+			top.Offer(featurestore.Scored{ItemID: id, Score: float64(dot(vec, m.table.vecs[i*d:(i+1)*d]))})
+		}
+	}
+}
+
+// offerSeqs is offerRows for the rows seqs. It reads a row's id only
+// when its score could be kept: the rows are scattered over the table,
+// and each read is a cache miss.
+func (m *Models) offerSeqs(vec []float32, seqs []int32, top *featurestore.TopK) {
+	d := m.opts.Dim
+	floor, full := top.Floor()
+	for _, s := range seqs {
+		i := int(s)
+		if i >= len(m.table.ids) {
 			continue
 		}
-		row := m.table.vecs[i*d : (i+1)*d]
-		var dot float32
-		for j := range row {
-			dot += row[j] * vec[j]
+		score := float64(dot(vec, m.table.vecs[i*d:(i+1)*d]))
+		if full && score < floor {
+			continue
 		}
-		top.Offer(featurestore.Scored{ItemID: id, Score: float64(dot)})
+		if id := m.table.ids[i]; id != "" {
+			top.Offer(featurestore.Scored{ItemID: id, Score: score})
+			floor, full = top.Floor()
+		}
 	}
-	return top.Best()
 }
 
 // Neighbor is an item's neighbour with its similarity.
