@@ -37,6 +37,13 @@ type Models struct {
 	// reads the records of 20 history items, each folded from its merge
 	// operands otherwise); Commit, Abort and expiry invalidate it.
 	reads *readcache.Cache[*neighborRecord]
+	// userReads and itemReads cache committed user and item models for
+	// readers (a recommendation reads eleven user models and twenty item
+	// models); Commit, Abort and expiry invalidate them like reads.
+	userReads *readcache.Cache[*User]
+	itemReads *readcache.Cache[*Item]
+	// expiredUsers are the users ExpireUser dropped (see expired).
+	expiredUsers []string
 	// expired are the items ExpireItem dropped, invalidated in reads once
 	// the expiry batch has committed (ExpireCommitted).
 	expired []string
@@ -87,6 +94,8 @@ func New(o Options) (*Models, error) {
 	m.handles = make(map[string]int32)
 	m.table.idx = make(map[string]int32)
 	m.reads = readcache.New[*neighborRecord](o.CacheEntries)
+	m.userReads = readcache.New[*User](min(o.CacheEntries, readModelEntries))
+	m.itemReads = readcache.New[*Item](min(o.CacheEntries, readModelEntries))
 	return m, nil
 }
 
@@ -211,7 +220,7 @@ func (b *batch) userModel(id string) (*User, error) {
 		u = new(User)
 	} else if !ok {
 		var err error
-		if u, _, err = b.m.User(b.m.st, id); err != nil {
+		if u, _, err = b.m.readUser(b.m.st, id); err != nil {
 			return nil, err
 		}
 	}
@@ -241,7 +250,7 @@ func (b *batch) loadItemModel(id string, create bool) (*Item, error) {
 		var err error
 		if b.recs.NewItem(id) {
 			it = new(Item)
-		} else if it, found, err = b.m.Item(b.m.st, id); err != nil {
+		} else if it, found, err = b.m.readItem(b.m.st, id); err != nil {
 			return nil, err
 		}
 		if !found {
@@ -515,8 +524,20 @@ func (b *batch) Write(pb *pebble.Batch) error {
 // once its Pebble batch is committed.
 func (b *batch) Commit() {
 	m := b.m
+	users := make([]string, 0, len(b.users))
 	for id, u := range b.users {
 		m.users.Add(id, u)
+		users = append(users, id)
+	}
+	if len(users) > 0 {
+		m.userReads.Invalidate(users...)
+	}
+	if len(b.items) > 0 {
+		items := make([]string, 0, len(b.items))
+		for id := range b.items {
+			items = append(items, id)
+		}
+		m.itemReads.Invalidate(items...)
 	}
 	// One lock for the whole batch: readers scanning the table (MF
 	// candidates) wait once, not once per item.
@@ -561,7 +582,10 @@ func (b *batch) Commit() {
 // failed batch may have modified and reloads the committed state.
 func (m *Models) Abort() error {
 	m.reads.Clear()
+	m.userReads.Clear()
+	m.itemReads.Clear()
 	m.expired = m.expired[:0]
+	m.expiredUsers = m.expiredUsers[:0]
 	m.users.Purge()
 	m.items.Purge()
 	m.neighbors.Purge()
@@ -590,6 +614,7 @@ func (m *Models) Freeze(frozen bool) { m.frozen.Store(frozen) }
 // user's model record.
 func (m *Models) ExpireUser(b *pebble.Batch, id string) error {
 	m.users.Remove(id)
+	m.expiredUsers = append(m.expiredUsers, id)
 	return b.Delete(userModelKey(id), nil)
 }
 
@@ -611,6 +636,10 @@ func (m *Models) ExpireItem(b *pebble.Batch, id string) error {
 // their neighbour records in the read cache go too (while the store
 // publishes the expiry's version).
 func (m *Models) ExpireCommitted() {
+	if len(m.expiredUsers) > 0 {
+		m.userReads.Invalidate(m.expiredUsers...)
+		m.expiredUsers = m.expiredUsers[:0]
+	}
 	if len(m.expired) == 0 {
 		return
 	}
@@ -623,6 +652,7 @@ func (m *Models) ExpireCommitted() {
 	}
 	m.table.Unlock()
 	m.reads.Invalidate(m.expired...)
+	m.itemReads.Invalidate(m.expired...)
 	m.expired = m.expired[:0]
 }
 

@@ -43,9 +43,36 @@ func (m *Models) readNeighbors(src featurestore.Reader, id string) (*neighborRec
 	return r, nil
 }
 
+// readModelEntries bounds the readers' caches of user and item models
+// (about 4 KB per user and item at most: 64 MiB in all).
+const readModelEntries = 16 << 10
+
 // User returns the model of user id in src (the store, or one pinned
-// version of it) and whether it has one (an empty model otherwise).
+// version of it) and whether it has one (an empty model otherwise). The
+// model is shared with other readers through the read cache: it must not
+// be modified.
 func (m *Models) User(src featurestore.Reader, id string) (*User, bool, error) {
+	u, ok, gen := m.userReads.Get(id)
+	if !ok {
+		var found bool
+		var err error
+		if u, found, err = m.readUser(src, id); err != nil {
+			return nil, false, err
+		}
+		if !found {
+			u = nil // a miss is cached too
+		}
+		m.userReads.Put(id, u, gen)
+	}
+	if u == nil {
+		return new(User), false, nil
+	}
+	return u, true, nil
+}
+
+// readUser is User without the cache: a model of its own, which the
+// writer modifies.
+func (m *Models) readUser(src featurestore.Reader, id string) (*User, bool, error) {
 	u := new(User)
 	found, err := readModel(src, userModelKey(id), "user model", id, u)
 	if err != nil {
@@ -55,8 +82,28 @@ func (m *Models) User(src featurestore.Reader, id string) (*User, bool, error) {
 }
 
 // Item returns the model of item id in src and whether it has one (an
-// empty model otherwise).
+// empty model otherwise). Like User's, it must not be modified.
 func (m *Models) Item(src featurestore.Reader, id string) (*Item, bool, error) {
+	it, ok, gen := m.itemReads.Get(id)
+	if !ok {
+		var found bool
+		var err error
+		if it, found, err = m.readItem(src, id); err != nil {
+			return nil, false, err
+		}
+		if !found {
+			it = nil
+		}
+		m.itemReads.Put(id, it, gen)
+	}
+	if it == nil {
+		return new(Item), false, nil
+	}
+	return it, true, nil
+}
+
+// readItem is Item without the cache (see readUser).
+func (m *Models) readItem(src featurestore.Reader, id string) (*Item, bool, error) {
 	it := new(Item)
 	found, err := readModel(src, itemModelKey(id), "item model", id, it)
 	if err != nil {

@@ -275,3 +275,74 @@ func TestResponsesReadOneVersion(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkRecommend times one default recommendation (K 20, the full
+// method) of a random user after 200 k uniform events over 10 k users and
+// 50 k items (the MF index built).
+func BenchmarkRecommend(b *testing.B) {
+	s := storetest.OpenT(b, vfs.NewMem(), "db", models.Options{}, 0)
+	rng := rand.New(rand.NewPCG(7, 8))
+	batch := make([]featurestore.Entry, storetest.BenchBatch)
+	var next uint64
+	for next < 200_000 {
+		storetest.BenchEvents(rng, batch, &next)
+		if _, err := s.Apply(next, batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		user := "u" + strconv.Itoa(rng.IntN(storetest.BenchUsers))
+		recs, err := s.Rec.Recommend(user, recommend.Options{K: 20})
+		if err != nil || len(recs) != 20 {
+			b.Fatal(len(recs), err)
+		}
+	}
+}
+
+// TestCachedModelsFollowCommits checks that the readers' caches of user
+// and item models never serve a model older than the published one: each
+// read below is cached first, then a batch changes the model.
+func TestCachedModelsFollowCommits(t *testing.T) {
+	s := storetest.OpenT(t, vfs.NewMem(), "db", models.Options{}, 0)
+	storetest.ApplyAll(t, s.Store, storetest.Ev("e1", "u", "a", "c", featurestore.BehaviorView, storetest.T0))
+	hist := func() []string {
+		h, err := s.Rec.UserHistory("u", 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, e := range h {
+			ids = append(ids, e.ItemID)
+		}
+		return ids
+	}
+	similar := func() []string {
+		su, err := s.Rec.SimilarUsers("u", 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, e := range su {
+			ids = append(ids, e.UserID)
+		}
+		return ids
+	}
+	if got := hist(); !slices.Equal(got, []string{"a"}) {
+		t.Fatalf("history of u = %v, want [a]", got)
+	}
+	if got := similar(); len(got) != 0 {
+		t.Fatalf("similar users of u = %v, want none", got)
+	}
+	// A new item in u's model (the user model), and another user of a (the
+	// item model of a).
+	storetest.ApplyAll(t, s.Store,
+		storetest.Ev("e2", "u", "b", "c", featurestore.BehaviorCart, storetest.T0+1000),
+		storetest.Ev("e3", "w", "a", "c", featurestore.BehaviorView, storetest.T0+2000))
+	if got := hist(); !slices.Equal(got, []string{"b", "a"}) {
+		t.Errorf("history of u after the batch = %v, want [b a]", got)
+	}
+	if got := similar(); !slices.Equal(got, []string{"w"}) {
+		t.Errorf("similar users of u after the batch = %v, want [w]", got)
+	}
+}
