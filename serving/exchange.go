@@ -106,6 +106,11 @@ func (f *FlightServer) DoExchange(stream flight.FlightService_DoExchangeServer) 
 			return toStatus(err)
 		}
 		rec := rdr.Record()
+		// Times are checked as they come: a bad one is refused at once,
+		// not once the whole spine is spilled.
+		if err := checkSpineTimes(rec.Column(tsCol), total); err != nil {
+			return err
+		}
 		total += rec.NumRows()
 		if err := sp.write(rec); err != nil {
 			return sp.refusal(err, total)
@@ -310,15 +315,12 @@ func (b *spineBudget) refusal(rows int64) error {
 	return invalidArg("spine", "a batch needs more than %d MiB (its buffers, dictionaries and decompressed body; %d rows read before it); send smaller batches", b.limit>>20, rows)
 }
 
-// joinBatch writes one spine batch joined with its features; first is
-// the spine row number of its first row (errors name spine rows).
-func (f *FlightServer) joinBatch(w *flight.Writer, out *arrow.Schema, rec arrow.Record, first int64, tsCol int, views []pitView, now int64) (err error) {
-	defer recoverMalformed(&err, "spine", first)
-	n := int(rec.NumRows())
-	ts := make([]int64, n)
-	read := msReader(rec.Column(tsCol))
-	isInt := rec.Column(tsCol).DataType().ID() == arrow.INT64
-	for i := range ts {
+// spineTimes reads the ts column col of a spine batch whose first row is
+// spine row first into ts (nil: only checks it).
+func spineTimes(col arrow.Array, first int64, ts []int64) error {
+	read := msReader(col)
+	isInt := col.DataType().ID() == arrow.INT64
+	for i := range col.Len() {
 		t, valid, bad := read(i)
 		switch {
 		case !valid:
@@ -335,7 +337,28 @@ func (f *FlightServer) joinBatch(w *flight.Writer, out *arrow.Schema, rec arrow.
 				return invalidArg("spine.ts", "row %d: %s", first+int64(i), why)
 			}
 		}
-		ts[i] = t
+		if ts != nil {
+			ts[i] = t
+		}
+	}
+	return nil
+}
+
+// checkSpineTimes is spineTimes(col, first, nil), a malformed column
+// INVALID_ARGUMENT too.
+func checkSpineTimes(col arrow.Array, first int64) (err error) {
+	defer recoverMalformed(&err, "spine", first)
+	return spineTimes(col, first, nil)
+}
+
+// joinBatch writes one spine batch joined with its features; first is
+// the spine row number of its first row (errors name spine rows).
+func (f *FlightServer) joinBatch(w *flight.Writer, out *arrow.Schema, rec arrow.Record, first int64, tsCol int, views []pitView, now int64) (err error) {
+	defer recoverMalformed(&err, "spine", first)
+	n := int(rec.NumRows())
+	ts := make([]int64, n)
+	if err := spineTimes(rec.Column(tsCol), first, ts); err != nil {
+		return err
 	}
 	cols := make([]arrow.Array, 0, out.NumFields())
 	for i := range rec.NumCols() {
