@@ -555,6 +555,12 @@ func (s *Store) readRows(snap pebble.Reader, v *View, idx []int, now int64, rows
 		return err
 	}
 	defer it.Close()
+	// A request for many of the view's entities (a join's slice, most
+	// often) walks the records forward, a few Nexts from one to the next
+	// instead of a seek; a sparse one looks each up with its bloom
+	// filters.
+	dense := int64(len(order)) >= s.Count(v)/8
+	var at []byte // dense: the iterator is at the first key >= at
 	key := slices.Clone(v.prefix)
 	for i := 0; i < len(order); {
 		id := rows[order[i]].ID
@@ -563,8 +569,15 @@ func (s *Store) readRows(snap pebble.Reader, v *View, idx []int, now int64, rows
 			j++
 		}
 		key = append(key[:len(v.prefix)], id...)
+		var ok bool
+		if dense {
+			ok = seekForward(it, at, key)
+			at = append(at[:0], key...)
+		} else {
+			ok = it.SeekPrefixGE(key)
+		}
 		var c *Counters
-		if it.SeekPrefixGE(key) && bytes.Equal(it.Key(), key) {
+		if ok && bytes.Equal(it.Key(), key) {
 			b, err := it.ValueAndErr()
 			if err == nil {
 				c, err = rd.decode(b)
@@ -628,6 +641,22 @@ func (s *Store) readRows(snap pebble.Reader, v *View, idx []int, now int64, rows
 		i = j
 	}
 	return nil
+}
+
+// seekForward positions it at the first key at or past k, knowing that it
+// is at the first key at or past at (nil: anywhere): when k is past at,
+// with a few Nexts if they reach it.
+func seekForward(it *pebble.Iterator, at, k []byte) bool {
+	if at != nil && bytes.Compare(k, at) > 0 {
+		valid := it.Valid()
+		for range 16 {
+			if !valid || bytes.Compare(it.Key(), k) >= 0 {
+				return valid
+			}
+			valid = it.Next()
+		}
+	}
+	return it.SeekGE(k)
 }
 
 // categoryValues fills the top_items features of one category row.
