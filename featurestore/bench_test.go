@@ -107,3 +107,44 @@ func benchGet500(b *testing.B, s *Store, flush bool) {
 		}
 	}
 }
+
+// TestGetEachInParallel reads a spine big enough for several goroutines
+// (see getWorkers) and checks a sample of its rows against Get.
+func TestGetEachInParallel(t *testing.T) {
+	s, err := Open("db", Options{FS: vfs.NewMem(), Logger: quietLogger(), Clock: "event"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	rng := rand.New(rand.NewPCG(5, 6))
+	applyBenchEvents(t, s, rng, 10, benchBatch)
+	idx, err := UserView.Resolve(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 3 * (16 << 10)
+	ids, asOf := make([]string, n), make([]int64, n)
+	for i := range ids {
+		ids[i], asOf[i] = "u"+strconv.Itoa(rng.IntN(benchUsers)), t0+rng.Int64N(500_000)
+	}
+	now := s.Now()
+	rows, err := s.GetEach(UserView, ids, idx, now, asOf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 500 {
+		i := rng.IntN(n)
+		want, err := s.Get(UserView, ids[i:i+1], idx, ReadTime{Now: now, AsOf: asOf[i]})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rows[i].ID != ids[i] || rows[i].Found != want[0].Found {
+			t.Fatalf("row %d = %s found %v, want %s found %v", i, rows[i].ID, rows[i].Found, ids[i], want[0].Found)
+		}
+		for j := range idx {
+			if g, w := rows[i].Values[j], want[0].Values[j]; !valueEqual(g, w) || g.Float != w.Float && g.Float == g.Float {
+				t.Fatalf("row %d %s %s = %+v, want %+v", i, ids[i], UserView.Features[idx[j]].Name, g, w)
+			}
+		}
+	}
+}

@@ -166,6 +166,18 @@ func getCounters(d *codec.Decoder, c *Counters) {
 	c.LastTSAny = d.Varint()
 }
 
+// decodeCounters reads the counters at the head of a user or item record
+// b, leaving the rest unread.
+func decodeCounters(b []byte, c *Counters) error {
+	d := codec.Decoder{B: b}
+	d.Version(recordVersion)
+	getCounters(&d, c)
+	if d.Err {
+		return ErrCorrupt
+	}
+	return nil
+}
+
 func getRecents(d *codec.Decoder) []Recent {
 	n := d.Uvarint()
 	if n > MaxRecent {

@@ -2,6 +2,7 @@ package featurestore
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -99,7 +100,11 @@ func tileKey(res, kind byte, id string, start int64) []byte {
 // at day; with start at the bucket's end it is an exclusive upper bound for
 // the bucket's tiles.
 func tileKeyIn(day uint32, res, kind byte, id string, start int64) []byte {
-	k := make([]byte, 0, 1+4+2+len(id)+1+8)
+	return appendTileKey(make([]byte, 0, 1+4+2+len(id)+1+8), day, res, kind, id, start)
+}
+
+// appendTileKey appends tileKeyIn(day, res, kind, id, start) to k.
+func appendTileKey(k []byte, day uint32, res, kind byte, id string, start int64) []byte {
 	k = append(k, 't')
 	k = binary.BigEndian.AppendUint32(k, day)
 	k = append(k, res, kind)
@@ -224,11 +229,12 @@ type tile struct {
 // seeks forward only, and Pebble turns short forward seeks into nexts.
 type windowReader struct {
 	src    pebble.Reader // the store's DB or a snapshot of it
-	iters  map[iterKey]*pebble.Iterator
+	iters  map[iterKey]*bucketIter
 	coarse []tile              // 1-hour tiles
 	events []tile              // the events of the 5-minute tiles
 	sk     *hyperloglog.Sketch // decoding buffer
 	union  *hyperloglog.Sketch // distinct's dense union, reused
+	lo, hi []byte              // key buffers of scanTiles
 }
 
 type iterKey struct {
@@ -236,14 +242,41 @@ type iterKey struct {
 	res byte
 }
 
+// bucketIter is the iterator of one bucket and resolution, and where its
+// last scan left it: at the first key at or past end (or exhausted).
+// Reads in id order scan most buckets in key order, entity after entity:
+// a scan that starts past end, at or before where the iterator is, needs
+// no seek, and one a few keys further needs a few Nexts. (Pebble skips
+// such seeks itself only after a seek, not after the Nexts of a scan.)
+type bucketIter struct {
+	it    *pebble.Iterator
+	end   []byte
+	valid bool // it is at a key, not exhausted
+	at    bool // it is where the last scan left it
+}
+
+// seekGE positions b at the first key at or past k.
+func (b *bucketIter) seekGE(k []byte) bool {
+	if b.at && bytes.Compare(k, b.end) >= 0 {
+		for range 8 {
+			if !b.valid || bytes.Compare(b.it.Key(), k) >= 0 {
+				return b.valid
+			}
+			b.valid = b.it.Next()
+		}
+	}
+	b.valid = b.it.SeekGE(k)
+	return b.valid
+}
+
 // newWindowReader returns a reader of the tiles in src: the store's DB, or
 // a snapshot of it so that a whole response reads one state version.
 func newWindowReader(src pebble.Reader) (*windowReader, error) {
-	return &windowReader{src: src, iters: make(map[iterKey]*pebble.Iterator), sk: newSketch()}, nil
+	return &windowReader{src: src, iters: make(map[iterKey]*bucketIter), sk: newSketch()}, nil
 }
 
 // iter returns the iterator over the tiles of res in the bucket of day.
-func (w *windowReader) iter(day uint32, res byte) (*pebble.Iterator, error) {
+func (w *windowReader) iter(day uint32, res byte) (*bucketIter, error) {
 	k := iterKey{day, res}
 	if it, ok := w.iters[k]; ok {
 		return it, nil
@@ -253,14 +286,15 @@ func (w *windowReader) iter(day uint32, res byte) (*pebble.Iterator, error) {
 	if err != nil {
 		return nil, err
 	}
-	w.iters[k] = it
-	return it, nil
+	b := &bucketIter{it: it}
+	w.iters[k] = b
+	return b, nil
 }
 
 func (w *windowReader) close() error {
 	var errs []error
-	for _, it := range w.iters {
-		errs = append(errs, it.Close())
+	for _, b := range w.iters {
+		errs = append(errs, b.it.Close())
 	}
 	return errors.Join(errs...)
 }
@@ -282,15 +316,17 @@ func (w *windowReader) scanTiles(res, kind byte, id string, lo, hi int64, fn fun
 	for day := int64(bucketOf(res, lo)); day <= int64(bucketOf(res, hi-1)); day += n {
 		from := max(lo, day*dayMS)
 		to := min(hi, (day+n)*dayMS)
-		start := tileKeyIn(uint32(day), res, kind, id, from)
-		end := tileKeyIn(uint32(day), res, kind, id, to)
-		it, err := w.iter(uint32(day), res)
+		w.lo = appendTileKey(w.lo[:0], uint32(day), res, kind, id, from)
+		w.hi = appendTileKey(w.hi[:0], uint32(day), res, kind, id, to)
+		b, err := w.iter(uint32(day), res)
 		if err != nil {
 			return err
 		}
-		for ok := it.SeekGE(start); ok && bytes.Compare(it.Key(), end) < 0; ok = it.Next() {
-			k := it.Key()
-			v, err := it.ValueAndErr()
+		ok := b.seekGE(w.lo)
+		b.at = false
+		for ; ok && bytes.Compare(b.it.Key(), w.hi) < 0; ok = b.it.Next() {
+			k := b.it.Key()
+			v, err := b.it.ValueAndErr()
 			if err != nil {
 				return err
 			}
@@ -298,9 +334,10 @@ func (w *windowReader) scanTiles(res, kind byte, id string, lo, hi int64, fn fun
 				return fmt.Errorf("tile %q: %w", k, err)
 			}
 		}
-		if err := it.Error(); err != nil {
+		if err := b.it.Error(); err != nil {
 			return err
 		}
+		b.valid, b.at, b.end = ok, true, append(b.end[:0], w.hi...)
 	}
 	return nil
 }
@@ -314,25 +351,34 @@ type windowSpec = int64
 // any int64 (see readTime).
 func windowStart(asOf, w int64) int64 { return floorTo(readTime(asOf)-w+1, tileSize(w)) }
 
-// load reads what windows ws of (kind, id) as of asOf need: the 1-hour
-// tiles from the oldest coarse window start to the hour holding asOf, and
-// the events of the 5-minute tiles from there (or the oldest fine window
-// start) up to asOf. Events after asOf are left out, so the newest edge
-// is exact.
+// load reads what windows ws of (kind, id) as of asOf need:
+// loadRange(kind, id, asOf, asOf, ws).
 func (w *windowReader) load(kind byte, id string, asOf int64, ws []windowSpec) error {
-	w.coarse, w.events = w.coarse[:0], w.events[:0]
-	asOf = readTime(asOf)
-	hour := floorTo(asOf, coarseTile)
-	coarseLo, fineLo := hour, hour
+	return w.loadRange(kind, id, asOf, asOf, ws)
+}
+
+// loadRange reads what windows ws of (kind, id) as of any time in [from,
+// to] need: loadCoarse and loadFine.
+func (w *windowReader) loadRange(kind byte, id string, from, to int64, ws []windowSpec) error {
+	if err := w.loadCoarse(kind, id, from, to, ws); err != nil {
+		return err
+	}
+	return w.loadFine(kind, id, from, to, ws)
+}
+
+// loadCoarse reads the 1-hour tiles that windows ws of (kind, id) as of
+// any time in [from, to] need: from the oldest coarse window start (as of
+// from) to the hour holding to, in time order.
+func (w *windowReader) loadCoarse(kind byte, id string, from, to int64, ws []windowSpec) error {
+	w.coarse = w.coarse[:0]
+	from, to = readTime(from), readTime(to)
+	lo := floorTo(from, coarseTile)
 	for _, win := range ws {
-		lo := windowStart(asOf, win)
 		if tileSize(win) == coarseTile {
-			coarseLo = min(coarseLo, lo)
-		} else {
-			fineLo = min(fineLo, lo)
+			lo = min(lo, windowStart(from, win))
 		}
 	}
-	err := w.scanTiles(resCoarse, kind, id, coarseLo, hour, func(start int64, v []byte) error {
+	return w.scanTiles(resCoarse, kind, id, lo, floorTo(to, coarseTile), func(start int64, v []byte) error {
 		t := tile{start: start}
 		if err := t.c.decode(v); err != nil {
 			return err
@@ -340,10 +386,23 @@ func (w *windowReader) load(kind byte, id string, asOf int64, ws []windowSpec) e
 		w.coarse = append(w.coarse, t)
 		return nil
 	})
-	if err != nil {
-		return err
+}
+
+// loadFine reads the events of the 5-minute tiles that windows ws of
+// (kind, id) as of any time in [from, to] need: from the hour holding
+// from (or the oldest fine window start) up to to, in time order. Events
+// after to are left out, and sum leaves out those after its asOf, so the
+// newest edge is exact.
+func (w *windowReader) loadFine(kind byte, id string, from, to int64, ws []windowSpec) error {
+	w.events = w.events[:0]
+	from, to = readTime(from), readTime(to)
+	lo := floorTo(from, coarseTile)
+	for _, win := range ws {
+		if tileSize(win) != coarseTile {
+			lo = min(lo, windowStart(from, win))
+		}
 	}
-	return w.scanTiles(resFine, kind, id, fineLo, floorTo(asOf, fineTile)+fineTile, func(start int64, v []byte) error {
+	err := w.scanTiles(resFine, kind, id, lo, floorTo(to, fineTile)+fineTile, func(start int64, v []byte) error {
 		for len(v) > 0 {
 			off, n := binary.Uvarint(v)
 			if n <= 0 || n >= len(v) || off >= uint64(fineTile) || v[n] >= byte(numBehaviors) {
@@ -352,12 +411,16 @@ func (w *windowReader) load(kind byte, id string, asOf int64, ws []windowSpec) e
 			t := tile{start: start + int64(off)}
 			t.c[v[n]] = 1
 			v = v[n+1:]
-			if t.start <= asOf {
+			if t.start <= to {
 				w.events = append(w.events, t)
 			}
 		}
 		return nil
 	})
+	// Tiles come in time order (buckets and their keys are), the events
+	// of one 5-minute tile in any.
+	slices.SortFunc(w.events, func(a, b tile) int { return cmp.Compare(a.start, b.start) })
+	return err
 }
 
 // windowSum is a window's counts and, per behavior, the time of its newest
@@ -376,7 +439,10 @@ func (ws *windowSum) add(t *tile) {
 	}
 }
 
-// sum returns the counts of the window win as of asOf from what load read.
+// sum returns the counts of the window win as of asOf from what load or
+// loadRange read (asOf within its range): the 1-hour tiles from the
+// window's start to the hour holding asOf, and the events from there (or
+// the window's start) to asOf.
 func (w *windowReader) sum(asOf int64, win windowSpec) windowSum {
 	var ws windowSum
 	asOf = readTime(asOf)
@@ -384,19 +450,22 @@ func (w *windowReader) sum(asOf int64, win windowSpec) windowSum {
 	hour := floorTo(asOf, coarseTile)
 	fineFrom := lo
 	if tileSize(win) == coarseTile {
-		for i := range w.coarse {
-			if w.coarse[i].start >= lo {
-				ws.add(&w.coarse[i])
-			}
+		for _, t := range tilesIn(w.coarse, lo, hour-1) {
+			ws.add(&t)
 		}
 		fineFrom = max(lo, hour)
 	}
-	for i := range w.events {
-		if w.events[i].start >= fineFrom {
-			ws.add(&w.events[i])
-		}
+	for _, t := range tilesIn(w.events, fineFrom, asOf) {
+		ws.add(&t)
 	}
 	return ws
+}
+
+// tilesIn is the tiles of ts (in time order) that start in [lo, hi].
+func tilesIn(ts []tile, lo, hi int64) []tile {
+	i, _ := slices.BinarySearchFunc(ts, lo, func(t tile, x int64) int { return cmp.Compare(t.start, x) })
+	j, _ := slices.BinarySearchFunc(ts, hi+1, func(t tile, x int64) int { return cmp.Compare(t.start, x) })
+	return ts[i:max(i, j)]
 }
 
 // TopItems returns the k items of category ("" for all) with the highest

@@ -1,10 +1,14 @@
 package featurestore
 
 import (
+	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -178,14 +182,42 @@ type reader struct {
 	sums map[int64]windowSum // per window, for the current entity
 	u    UserRecord
 	it   ItemRecord
+	// countersOnly: no feature needs more of a record than its Counters,
+	// so the rest is not decoded (nor checked).
+	countersOnly bool
+	// loaded: wr holds the tiles of the current entity for its rows'
+	// times (see readRows), valuesOf does not read them again.
+	loaded bool
 }
+
+// preloadCoarse and preloadFine read the tiles of entity id that the
+// window features need as of any time in [from, to], for valuesOf.
+func (r *reader) preloadCoarse(id string, from, to int64) error {
+	return r.wr.loadCoarse(r.v.kind, id, from, to, r.wins)
+}
+
+func (r *reader) preloadFine(id string, from, to int64) error {
+	return r.wr.loadFine(r.v.kind, id, from, to, r.wins)
+}
+
+// The times of one entity whose tiles are read at once (see readRows):
+// its 1-hour tiles of 60 days, the events of 12 hours (more than the
+// longest fine window reads anyway).
+const (
+	coarseSpan = 60 * dayMS
+	fineSpan   = 12 * coarseTile
+)
 
 // newReader returns a reader of the features idx of v in src (the DB or a
 // snapshot of it).
 func (s *Store) newReader(src pebble.Reader, v *View, idx []int, rt ReadTime) (*reader, error) {
-	r := &reader{s: s, v: v, idx: idx, rt: rt, sums: make(map[int64]windowSum)}
+	r := &reader{s: s, v: v, idx: idx, rt: rt, sums: make(map[int64]windowSum), countersOnly: true}
 	for _, i := range idx {
 		f := &v.Features[i]
+		switch f.Agg {
+		case AggRecentItems, AggRecentCategories, AggTopCategories, AggCategoryID:
+			r.countersOnly = false
+		}
 		if f.Agg == AggTopItems || f.Agg == AggDistinct {
 			if f.Agg == AggDistinct && r.wr == nil {
 				wr, err := newWindowReader(src)
@@ -221,21 +253,43 @@ func (r *reader) close() error {
 
 // values fills out for entity id whose stored record is rec.
 func (r *reader) values(id string, rec []byte, out []Value) error {
+	c, err := r.decode(rec)
+	if err != nil {
+		return err
+	}
+	return r.valuesOf(id, c, out)
+}
+
+// decode reads the stored record rec of an entity into r, and returns its
+// counters.
+func (r *reader) decode(rec []byte) (*Counters, error) {
 	var c *Counters
 	switch r.v.Entity {
 	case "user":
 		r.u = UserRecord{}
-		if err := r.u.decode(rec); err != nil {
-			return err
-		}
 		c = &r.u.Counters
+		if r.countersOnly {
+			return c, decodeCounters(rec, c)
+		}
+		if err := r.u.decode(rec); err != nil {
+			return nil, err
+		}
 	case "item":
 		r.it = ItemRecord{}
-		if err := r.it.decode(rec); err != nil {
-			return err
-		}
 		c = &r.it.Counters
+		if r.countersOnly {
+			return c, decodeCounters(rec, c)
+		}
+		if err := r.it.decode(rec); err != nil {
+			return nil, err
+		}
 	}
+	return c, nil
+}
+
+// valuesOf fills out for entity id whose record r decoded, with counters
+// c, as of r.rt.
+func (r *reader) valuesOf(id string, c *Counters, out []Value) error {
 	rt := r.rt
 	if r.v.TTL > 0 && rt.Now-c.LastTSAny > r.v.TTL.Milliseconds() {
 		for j := range out {
@@ -245,7 +299,7 @@ func (r *reader) values(id string, rec []byte, out []Value) error {
 	}
 	current := rt.AsOf >= c.LastTSAny // the record is the state as of AsOf
 	clear(r.sums)
-	if len(r.wins) > 0 {
+	if len(r.wins) > 0 && !r.loaded {
 		if err := r.wr.load(r.v.kind, id, rt.AsOf, r.wins); err != nil {
 			return err
 		}
@@ -425,8 +479,10 @@ func newRows(ids []string, n int) []Row {
 var testHookRow func()
 
 // getRows reads the entities ids of a scannable view, row r as of
-// asOf(r), through one reader. It visits them in id order, so that the
-// tile iterators only seek forward.
+// asOf(r). It visits the rows in (id, time) order, so that the record and
+// tile iterators only seek forward, and reads each entity's record once
+// for all its rows, and its tiles once per distinct time; a big request is
+// read in several runs of ids at once (see getWorkers).
 func (s *Store) getRows(v *View, ids []string, idx []int, now int64, asOf func(r int) int64) ([]Row, error) {
 	if err := s.acquire(); err != nil {
 		return nil, err
@@ -437,35 +493,170 @@ func (s *Store) getRows(v *View, ids []string, idx []int, now int64, asOf func(r
 	snap := s.db.NewSnapshot()
 	defer snap.Close()
 	rows := newRows(ids, len(idx))
-	rd, err := s.newReader(snap, v, idx, ReadTime{Now: now})
-	if err != nil {
-		return nil, err
-	}
-	defer rd.close()
+	ts := make([]int64, len(rows))
 	order := make([]int, len(rows))
 	for r := range order {
-		order[r] = r
+		order[r], ts[r] = r, asOf(r)
 	}
-	slices.SortFunc(order, func(a, b int) int { return strings.Compare(ids[a], ids[b]) })
-	for _, r := range order {
-		row := &rows[r]
-		if testHookRow != nil {
-			testHookRow()
+	slices.SortFunc(order, func(a, b int) int {
+		if c := strings.Compare(ids[a], ids[b]); c != 0 {
+			return c
 		}
-		b, ok, err := getFrom(snap, makeKey(v.prefix, row.ID))
-		if err != nil {
-			return nil, fmt.Errorf("get %s %q: %w", v.Name, row.ID, err)
+		return cmp.Compare(ts[a], ts[b])
+	})
+	parts := splitRuns(order, ids, getWorkers(len(order)))
+	errs := make([]error, len(parts))
+	var wg sync.WaitGroup
+	for p := range parts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[p] = s.readRows(snap, v, idx, now, rows, ts, parts[p])
+		}()
+	}
+	wg.Wait()
+	return rows, errors.Join(errs...)
+}
+
+// getWorkers is how many goroutines read n rows: one per 16 K rows, at
+// most GOMAXPROCS.
+func getWorkers(n int) int {
+	return max(1, min(runtime.GOMAXPROCS(0), n/(16<<10)))
+}
+
+// splitRuns cuts order (rows sorted by id) into at most k parts of about
+// equal length, never between two rows of one id.
+func splitRuns(order []int, ids []string, k int) [][]int {
+	var parts [][]int
+	for len(order) > 0 {
+		n := len(order) / k
+		for n > 0 && n < len(order) && ids[order[n]] == ids[order[n-1]] {
+			n++
 		}
-		if !ok {
-			continue
+		if n == 0 || k == 1 {
+			n = len(order)
 		}
-		row.Found = true
-		rd.rt = ReadTime{Now: now, AsOf: asOf(r)}
-		if err := rd.values(row.ID, b, row.Values); err != nil {
-			return nil, fmt.Errorf("get %s %q: %w", v.Name, row.ID, err)
+		parts = append(parts, order[:n])
+		order, k = order[n:], k-1
+	}
+	return parts
+}
+
+// readRows fills rows[r] for every r of order (sorted by id and time), row
+// r as of ts[r], from snap through one reader.
+func (s *Store) readRows(snap pebble.Reader, v *View, idx []int, now int64, rows []Row, ts []int64, order []int) error {
+	rd, err := s.newReader(snap, v, idx, ReadTime{Now: now})
+	if err != nil {
+		return err
+	}
+	defer rd.close()
+	it, err := snap.NewIter(&pebble.IterOptions{LowerBound: v.prefix, UpperBound: prefixEnd(v.prefix)})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	// A request for many of the view's entities (a join's slice, most
+	// often) walks the records forward, a few Nexts from one to the next
+	// instead of a seek; a sparse one looks each up with its bloom
+	// filters.
+	dense := int64(len(order)) >= s.Count(v)/8
+	var at []byte // dense: the iterator is at the first key >= at
+	key := slices.Clone(v.prefix)
+	for i := 0; i < len(order); {
+		id := rows[order[i]].ID
+		j := i + 1
+		for j < len(order) && rows[order[j]].ID == id {
+			j++
+		}
+		key = append(key[:len(v.prefix)], id...)
+		var ok bool
+		if dense {
+			ok = seekForward(it, at, key)
+			at = append(at[:0], key...)
+		} else {
+			ok = it.SeekPrefixGE(key)
+		}
+		var c *Counters
+		if ok && bytes.Equal(it.Key(), key) {
+			b, err := it.ValueAndErr()
+			if err == nil {
+				c, err = rd.decode(b)
+			}
+			if err != nil {
+				return fmt.Errorf("get %s %q: %w", v.Name, id, err)
+			}
+		} else if err := it.Error(); err != nil {
+			return fmt.Errorf("get %s %q: %w", v.Name, id, err)
+		}
+		prev, coarseUntil, fineUntil := -1, int64(0), int64(0)
+		rd.loaded = c != nil && len(rd.wins) > 0
+		// within is the time of the last row from k on within span of row
+		// k's, and the time past which a row is not (rows come in time
+		// order).
+		within := func(k int, span int64) (last, until int64) {
+			until = readTime(ts[order[i+k]]) + span
+			for _, q := range order[i+k : j] {
+				if ts[q] > until {
+					break
+				}
+				last = ts[q]
+			}
+			return last, until
+		}
+		for k, r := range order[i:j] {
+			if testHookRow != nil {
+				testHookRow()
+			}
+			if c == nil {
+				continue
+			}
+			// The tiles of the entity are read once for its rows within
+			// a span of each other.
+			if rd.loaded && (k == 0 || ts[r] > coarseUntil) {
+				last, until := within(k, coarseSpan)
+				if err := rd.preloadCoarse(id, ts[r], last); err != nil {
+					return fmt.Errorf("get %s %q: %w", v.Name, id, err)
+				}
+				coarseUntil = until
+			}
+			if rd.loaded && (k == 0 || ts[r] > fineUntil) {
+				last, until := within(k, fineSpan)
+				if err := rd.preloadFine(id, ts[r], last); err != nil {
+					return fmt.Errorf("get %s %q: %w", v.Name, id, err)
+				}
+				fineUntil = until
+			}
+			row := &rows[r]
+			row.Found = true
+			if prev >= 0 && ts[r] == ts[prev] { // the same entity and time: the same values
+				copy(row.Values, rows[prev].Values)
+				continue
+			}
+			rd.rt = ReadTime{Now: now, AsOf: ts[r]}
+			if err := rd.valuesOf(id, c, row.Values); err != nil {
+				return fmt.Errorf("get %s %q: %w", v.Name, id, err)
+			}
+			prev = r
+		}
+		i = j
+	}
+	return nil
+}
+
+// seekForward positions it at the first key at or past k, knowing that it
+// is at the first key at or past at (nil: anywhere): when k is past at,
+// with a few Nexts if they reach it.
+func seekForward(it *pebble.Iterator, at, k []byte) bool {
+	if at != nil && bytes.Compare(k, at) > 0 {
+		valid := it.Valid()
+		for range 16 {
+			if !valid || bytes.Compare(it.Key(), k) >= 0 {
+				return valid
+			}
+			valid = it.Next()
 		}
 	}
-	return rows, nil
+	return it.SeekGE(k)
 }
 
 // categoryValues fills the top_items features of one category row.

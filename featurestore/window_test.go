@@ -517,6 +517,12 @@ func TestWindowProperty(t *testing.T) {
 			}
 			var nChecked, nPresent, nBad int
 			nonVersioned := map[Status]int{}
+			type rowKey struct {
+				v  *View
+				id string
+				rt ReadTime
+			}
+			got := map[rowKey]Row{}
 			for _, rt := range rts {
 				for _, rd := range reads {
 					rows, err := s.Get(rd.v, rd.ids, allFeatures(rd.v), rt)
@@ -524,6 +530,7 @@ func TestWindowProperty(t *testing.T) {
 						t.Fatalf("Get(%s, %+v): %v", rd.v.Name, rt, err)
 					}
 					for _, row := range rows {
+						got[rowKey{rd.v, row.ID, rt}] = row
 						evs := m.entityEvents(rd.v, row.ID)
 						if row.Found != (len(evs) > 0) {
 							t.Errorf("%s %s: found %v, want %v", rd.v.Name, row.ID, row.Found, len(evs) > 0)
@@ -543,6 +550,46 @@ func TestWindowProperty(t *testing.T) {
 								if nBad <= 25 {
 									t.Errorf("%s %s %s (ttl %v) now=%s asof=%s: %s",
 										rd.v.Name, row.ID, f.Name, rd.v.TTL, fmtMS(rt.Now), fmtMS(rt.AsOf), why)
+								}
+							}
+						}
+					}
+				}
+			}
+			// A point-in-time join reads every (id, time) at once, in any
+			// order, many times per entity: each row as Get reads it.
+			for _, rd := range reads {
+				byNow := map[int64][]ReadTime{}
+				for _, rt := range rts {
+					byNow[rt.Now] = append(byNow[rt.Now], rt)
+				}
+				for now, at := range byNow {
+					var ids []string
+					var asOf []int64
+					for _, rt := range at {
+						for _, id := range rd.ids {
+							ids, asOf = append(ids, id), append(asOf, rt.AsOf)
+						}
+					}
+					perm := rng.Perm(len(ids))
+					pids, pts := make([]string, len(ids)), make([]int64, len(ids))
+					for i, p := range perm {
+						pids[i], pts[i] = ids[p], asOf[p]
+					}
+					rows, err := s.GetEach(rd.v, pids, allFeatures(rd.v), now, pts)
+					if err != nil {
+						t.Fatalf("GetEach(%s): %v", rd.v.Name, err)
+					}
+					for i, row := range rows {
+						want := got[rowKey{rd.v, pids[i], ReadTime{Now: now, AsOf: pts[i]}}]
+						if row.ID != pids[i] || row.Found != want.Found {
+							t.Fatalf("GetEach %s row %d = %s found %v, want %s found %v", rd.v.Name, i, row.ID, row.Found, pids[i], want.Found)
+						}
+						for j := range row.Values {
+							if !valueEqual(row.Values[j], want.Values[j]) || row.Values[j].Float != want.Values[j].Float {
+								nBad++
+								if nBad <= 25 {
+									t.Errorf("GetEach %s %s %s as of %s = %+v, want %+v as Get reads it", rd.v.Name, pids[i], rd.v.Features[j].Name, fmtMS(pts[i]), row.Values[j], want.Values[j])
 								}
 							}
 						}

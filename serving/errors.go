@@ -53,11 +53,7 @@ func toStatus(err error) error {
 	case errors.Is(err, updater.ErrDiskFull):
 		// RESOURCE_EXHAUSTED with the reason DISK_FULL, which REST answers
 		// with 507 Insufficient Storage.
-		st := status.New(codes.ResourceExhausted, err.Error())
-		if d, derr := st.WithDetails(&errdetails.ErrorInfo{Reason: reasonDiskFull, Domain: "recsys"}); derr == nil {
-			return d.Err()
-		}
-		return st.Err()
+		return exhausted(err.Error(), reasonDiskFull)
 	case errors.Is(err, featurestore.ErrStorage):
 		return status.Error(codes.Unavailable, err.Error()+" (the server must be restarted)")
 	}
@@ -65,6 +61,19 @@ func toStatus(err error) error {
 }
 
 const reasonDiskFull = "DISK_FULL"
+
+// exhausted is a RESOURCE_EXHAUSTED status, with an ErrorInfo of reason
+// unless it is "".
+func exhausted(msg, reason string) error {
+	st := status.New(codes.ResourceExhausted, msg)
+	if reason == "" {
+		return st.Err()
+	}
+	if d, err := st.WithDetails(&errdetails.ErrorInfo{Reason: reason, Domain: "recsys"}); err == nil {
+		return d.Err()
+	}
+	return st.Err()
+}
 
 // isDiskFull reports whether err is the status of a refused ingest on a
 // full disk.

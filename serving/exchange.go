@@ -48,9 +48,9 @@ type pitView struct {
 // at their newest edge, and features without history are null unless the
 // entity had no later event (status not_versioned otherwise).
 func (f *FlightServer) DoExchange(stream flight.FlightService_DoExchangeServer) error {
-	// Every buffer of the spine (and of its dictionaries, and every
-	// decompressed body) is allocated from a budget: a spine past it, or a
-	// batch that claims more, is refused before the memory is taken.
+	// Every buffer of a spine's batch (and of its dictionaries, and every
+	// decompressed body) is allocated from a budget: a batch that claims
+	// more is refused before the memory is taken.
 	budget := &spineBudget{mem: f.mem, limit: f.maxSpineBytes()}
 	defer budget.freeAll() // last: after the reader and the batches are released
 	rdr, err := flight.NewRecordReader(stream, ipc.WithAllocator(budget))
@@ -85,16 +85,93 @@ func (f *FlightServer) DoExchange(stream flight.FlightService_DoExchangeServer) 
 	if !isTimeLike(spine.Field(tsCol).Type) {
 		return invalidArg("spine.ts", "type %s is not allowed (want %s)", spine.Field(tsCol).Type, timeLikeTypes)
 	}
+	views, out, err := f.planJoin(spine, cmd)
+	if err != nil {
+		return err
+	}
+	// Spill the whole spine to disk before answering: a client that writes
+	// all of it before reading (the usual pyarrow pattern) would otherwise
+	// deadlock with a server blocked on sending, once gRPC's flow-control
+	// windows fill; and held in memory, a spine's size would be bounded by
+	// memory. Only one batch is in memory at a time, on the way in and on
+	// the way out.
+	sp, err := f.newSpill(spine)
+	if err != nil {
+		return err
+	}
+	defer sp.close()
+	var total int64
+	for rdr.Next() {
+		if err := stream.Context().Err(); err != nil {
+			return toStatus(err)
+		}
+		rec := rdr.Record()
+		// Times are checked as they come: a bad one is refused at once,
+		// not once the whole spine is spilled.
+		if err := checkSpineTimes(rec.Column(tsCol), total); err != nil {
+			return err
+		}
+		total += rec.NumRows()
+		if err := sp.write(rec); err != nil {
+			return sp.refusal(err, total)
+		}
+	}
+	if err := rdr.Err(); err != nil {
+		if errors.Is(err, errOverBudget) {
+			return budget.refusal(total)
+		}
+		return invalidArg("spine", "%v", err)
+	}
+	back, err := sp.rewind(f.mem)
+	if err != nil {
+		return sp.refusal(err, total)
+	}
+	w := flight.NewRecordWriter(stream, ipc.WithSchema(out), ipc.WithAllocator(f.mem))
+	defer w.Close()
+	now := f.store.Now()
+	nf := 0
+	for _, pv := range views {
+		nf += len(pv.idx)
+	}
+	sliceRows := f.joinRows(nf)
+	var first int64 // row number of rec's first row in the spine
+	for back.Next() {
+		if err := stream.Context().Err(); err != nil {
+			return toStatus(err)
+		}
+		rec := back.Record()
+		// The features of a batch take far more memory than its rows (a
+		// value per feature and row): a big batch is joined, and sent, in
+		// slices of at most joinValues values.
+		for lo := int64(0); lo < rec.NumRows(); lo += sliceRows {
+			part := rec.NewSlice(lo, min(lo+sliceRows, rec.NumRows()))
+			err := f.joinBatch(w, out, part, first+lo, tsCol, views, now)
+			part.Release()
+			if err != nil {
+				return err
+			}
+		}
+		first += rec.NumRows()
+	}
+	if err := back.Err(); err != nil {
+		return toStatus(fmt.Errorf("read spilled spine: %w", err))
+	}
+	return nil
+}
+
+// planJoin returns the views of a point-in-time join of spine asked by
+// cmd, and the schema of its answer.
+func (f *FlightServer) planJoin(spine *arrow.Schema, cmd exchangeCmd) ([]pitView, *arrow.Schema, error) {
 	var views []pitView
 	used := map[string]bool{}
 	for _, name := range cmd.Views {
 		v, err := f.store.Definitions().View(name)
 		if err != nil || !v.Scannable() {
-			return status.Errorf(codes.NotFound, "views: %q is not a user or item view", name)
+			return nil, nil, status.Errorf(codes.NotFound, "views: %q is not a user or item view", name)
 		}
 		pv := pitView{view: v, idCol: slices.IndexFunc(spine.Fields(), func(fl arrow.Field) bool { return fl.Name == v.IDColumn })}
 		if pv.idCol < 0 || !isStringLike(spine.Field(pv.idCol).Type) {
-			return invalidArg("spine", "view %s needs a string column %s (%s)", v.Name, v.IDColumn, stringLikeTypes)
+			return nil, nil, invalidArg("spine", "view %s needs a string column %s (%s)", v.Name, v.IDColumn, stringLikeTypes)
 		}
 		names := cmd.Features
 		if len(names) == 0 {
@@ -112,7 +189,7 @@ func (f *FlightServer) DoExchange(stream flight.FlightService_DoExchangeServer) 
 			used[ft.Name] = true
 			fl := arrow.Field{Name: v.Entity + "." + ft.Name, Type: arrowType(ft.Kind), Nullable: true}
 			if spine.HasField(fl.Name) {
-				return invalidArg("spine", "column %s collides with a feature column", fl.Name)
+				return nil, nil, invalidArg("spine", "column %s collides with a feature column", fl.Name)
 			}
 			pv.fields = append(pv.fields, fl)
 		}
@@ -120,7 +197,7 @@ func (f *FlightServer) DoExchange(stream flight.FlightService_DoExchangeServer) 
 	}
 	for _, name := range cmd.Features {
 		if !used[name] {
-			return invalidArg("features", "%q is in none of the views", name)
+			return nil, nil, invalidArg("features", "%q is in none of the views", name)
 		}
 	}
 	fields := slices.Clone(spine.Fields())
@@ -128,68 +205,7 @@ func (f *FlightServer) DoExchange(stream flight.FlightService_DoExchangeServer) 
 		fields = append(fields, pv.fields...)
 	}
 	out := arrow.NewSchema(fields, nil)
-	w := flight.NewRecordWriter(stream, ipc.WithSchema(out), ipc.WithAllocator(f.mem))
-	defer w.Close()
-	// Read the whole spine before answering: a client that writes all of it
-	// before reading (the usual pyarrow pattern) would otherwise deadlock
-	// with a server blocked on sending, once gRPC's flow-control windows
-	// fill. The spine is bounded by maxSpineRows.
-	var spineRecs []arrow.Record
-	defer func() {
-		for _, r := range spineRecs {
-			r.Release()
-		}
-	}()
-	var total int64
-	for rdr.Next() {
-		if err := stream.Context().Err(); err != nil {
-			return toStatus(err)
-		}
-		rec := rdr.Record()
-		total += rec.NumRows()
-		if total > maxSpineRows {
-			return invalidArg("spine", "more than %d rows; split it into several exchanges", maxSpineRows)
-		}
-		// A held batch costs more than its buffers (the Go values of the
-		// record and of its arrays): charged too, so that a spine of many
-		// tiny batches is bounded as well.
-		if !budget.charge(batchOverhead + arrayOverhead*int64(countArrays(rec))) {
-			return budget.refusal(total)
-		}
-		rec.Retain()
-		spineRecs = append(spineRecs, rec)
-	}
-	if err := rdr.Err(); err != nil {
-		if errors.Is(err, errOverBudget) {
-			return budget.refusal(total)
-		}
-		return invalidArg("spine", "%v", err)
-	}
-	now := f.store.Now()
-	nf := 0
-	for _, pv := range views {
-		nf += len(pv.idx)
-	}
-	sliceRows := f.joinRows(nf)
-	var first int64 // row number of rec's first row in the spine
-	for _, rec := range spineRecs {
-		if err := stream.Context().Err(); err != nil {
-			return toStatus(err)
-		}
-		// The features of a batch take far more memory than its rows (a
-		// value per feature and row): a big batch is joined, and sent, in
-		// slices of at most joinValues values.
-		for lo := int64(0); lo < rec.NumRows(); lo += sliceRows {
-			part := rec.NewSlice(lo, min(lo+sliceRows, rec.NumRows()))
-			err := f.joinBatch(w, out, part, first+lo, tsCol, views, now)
-			part.Release()
-			if err != nil {
-				return err
-			}
-		}
-		first += rec.NumRows()
-	}
-	return nil
+	return views, out, nil
 }
 
 // defaultJoinValues bounds the feature values of one slice of a batch
@@ -206,11 +222,9 @@ func (f *FlightServer) joinRows(nf int) int64 {
 	return int64(max(n/max(nf, 1), 1))
 }
 
-// maxSpineRows bounds one point-in-time join (the spine is held in memory).
-const maxSpineRows = 20_000_000
-
-// defaultMaxSpineBytes bounds the memory a spine holds: 20 M rows of
-// short ids fit; longer ids or extra columns need several exchanges.
+// defaultMaxSpineBytes bounds the memory one batch of a spine (its
+// buffers, decompressed bodies, and the dictionaries read so far) holds
+// while it is received.
 const defaultMaxSpineBytes = 256 << 20
 
 func (f *FlightServer) maxSpineBytes() int64 {
@@ -220,40 +234,12 @@ func (f *FlightServer) maxSpineBytes() int64 {
 	return defaultMaxSpineBytes
 }
 
-// The overheads charged to a spine's budget per held batch and per array
-// in it (children and dictionaries included), beside the buffers: about
-// what the Go values of a record read from IPC take.
-const (
-	batchOverhead = 1 << 10
-	arrayOverhead = 512
-)
-
-// countArrays is the number of arrays of rec's columns, with their
-// children and dictionaries.
-func countArrays(rec arrow.Record) int {
-	n := 0
-	var add func(d arrow.ArrayData)
-	add = func(d arrow.ArrayData) {
-		n++
-		for _, c := range d.Children() {
-			add(c)
-		}
-		if d.DataType().ID() == arrow.DICTIONARY {
-			add(d.Dictionary())
-		}
-	}
-	for _, c := range rec.Columns() {
-		add(c.Data())
-	}
-	return n
-}
-
 // errOverBudget is the panic of a spineBudget's allocator past its limit
 // (the IPC reader turns panics into errors).
 var errOverBudget = errors.New("spine over its memory budget")
 
 // spineBudget is the allocator of one spine: it passes allocations to mem
-// while the bytes held (allocations and charges) stay within limit. It
+// while the bytes it holds stay within limit. It
 // keeps its live allocations, so that freeAll can return those that the
 // IPC reader drops when it gives up on a batch midway (over the budget,
 // or malformed).
@@ -274,9 +260,6 @@ func (b *spineBudget) take(n int64) bool {
 	}
 	return true
 }
-
-// charge counts n bytes held outside the allocator; false past the limit.
-func (b *spineBudget) charge(n int64) bool { return b.take(n) }
 
 func (b *spineBudget) track(old, buf []byte) {
 	b.mu.Lock()
@@ -327,20 +310,17 @@ func (b *spineBudget) freeAll() {
 	b.mu.live = nil
 }
 
-// refusal is the error of a spine past its budget, rows rows read.
+// refusal is the error of a spine batch past its budget, rows rows read.
 func (b *spineBudget) refusal(rows int64) error {
-	return invalidArg("spine", "more than %d MiB held (%d rows so far); split it into several exchanges", b.limit>>20, rows)
+	return invalidArg("spine", "a batch needs more than %d MiB (its buffers, dictionaries and decompressed body; %d rows read before it); send smaller batches", b.limit>>20, rows)
 }
 
-// joinBatch writes one spine batch joined with its features; first is
-// the spine row number of its first row (errors name spine rows).
-func (f *FlightServer) joinBatch(w *flight.Writer, out *arrow.Schema, rec arrow.Record, first int64, tsCol int, views []pitView, now int64) (err error) {
-	defer recoverMalformed(&err, "spine", first)
-	n := int(rec.NumRows())
-	ts := make([]int64, n)
-	read := msReader(rec.Column(tsCol))
-	isInt := rec.Column(tsCol).DataType().ID() == arrow.INT64
-	for i := range ts {
+// spineTimes reads the ts column col of a spine batch whose first row is
+// spine row first into ts (nil: only checks it).
+func spineTimes(col arrow.Array, first int64, ts []int64) error {
+	read := msReader(col)
+	isInt := col.DataType().ID() == arrow.INT64
+	for i := range col.Len() {
 		t, valid, bad := read(i)
 		switch {
 		case !valid:
@@ -357,7 +337,28 @@ func (f *FlightServer) joinBatch(w *flight.Writer, out *arrow.Schema, rec arrow.
 				return invalidArg("spine.ts", "row %d: %s", first+int64(i), why)
 			}
 		}
-		ts[i] = t
+		if ts != nil {
+			ts[i] = t
+		}
+	}
+	return nil
+}
+
+// checkSpineTimes is spineTimes(col, first, nil), a malformed column
+// INVALID_ARGUMENT too.
+func checkSpineTimes(col arrow.Array, first int64) (err error) {
+	defer recoverMalformed(&err, "spine", first)
+	return spineTimes(col, first, nil)
+}
+
+// joinBatch writes one spine batch joined with its features; first is
+// the spine row number of its first row (errors name spine rows).
+func (f *FlightServer) joinBatch(w *flight.Writer, out *arrow.Schema, rec arrow.Record, first int64, tsCol int, views []pitView, now int64) (err error) {
+	defer recoverMalformed(&err, "spine", first)
+	n := int(rec.NumRows())
+	ts := make([]int64, n)
+	if err := spineTimes(rec.Column(tsCol), first, ts); err != nil {
+		return err
 	}
 	cols := make([]arrow.Array, 0, out.NumFields())
 	for i := range rec.NumCols() {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -255,35 +256,70 @@ func TestAsOfAnyTime(t *testing.T) {
 	mem.AssertSize(t, 0)
 }
 
-// A spine's memory is bounded whatever its shape: many tiny batches (each
-// costs more than its buffers), dictionaries, and compressed bodies that
-// claim more than the budget once decompressed are refused naming the
-// spine, before the memory is taken, and the server keeps answering.
+// A spine's memory is bounded whatever its shape: a batch whose buffers,
+// dictionaries or decompressed body claim more than the budget is refused
+// naming the spine, before the memory is taken; many tiny batches are
+// spilled to disk, and answered, in order; a spine past its disk limit is
+// RESOURCE_EXHAUSTED naming the limit; and the server keeps answering.
 func TestDoExchangeSpineBudget(t *testing.T) {
 	e := newEnv(t)
 	e.ingest(t, userViews(2))
 	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
 	var fsrv *FlightServer
-	c := startFlightServer(t, e, mem, func(f *FlightServer) { f.spineBytes, f.joinValues, fsrv = 4<<20, 3000, f })
+	spillDir := t.TempDir()
+	c := startFlightServer(t, e, mem, func(f *FlightServer) {
+		f.spineBytes, f.joinValues, fsrv = 4<<20, 3000, f
+		f.WithSpill(spillDir, 1<<20, 0)
+	})
 	const cmd = `{"op":"point_in_time","views":["user_features"],"features":["view_count_1h"]}`
 	refused := func(t *testing.T, out []arrow.Record, err error) {
 		t.Helper()
 		for _, r := range out {
 			r.Release()
 		}
-		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "spine: more than 4 MiB held") {
-			t.Fatalf("err = %v, want INVALID_ARGUMENT: spine: more than 4 MiB held", err)
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "spine: a batch needs more than 4 MiB") {
+			t.Fatalf("err = %v, want INVALID_ARGUMENT: spine: a batch needs more than 4 MiB", err)
 		}
 	}
+	noSpillLeft := func(t *testing.T) {
+		t.Helper()
+		if left, _ := os.ReadDir(spillDir); len(left) != 0 {
+			t.Fatalf("%d files left in the spill dir", len(left))
+		}
+	}
+	one := spineOf(mem, []string{"u00001"}, arrow.PrimitiveTypes.Int64, []int64{baseTS})
 	t.Run("tiny batches", func(t *testing.T) {
-		one := spineOf(mem, []string{"u00001"}, arrow.PrimitiveTypes.Int64, []int64{baseTS})
-		defer one.Release()
-		recs := make([]arrow.Record, 10_000) // 10,000 rows: 300 KB of buffers, but 10,000 batches
+		recs := make([]arrow.Record, 2_000) // 2,000 rows, but 2,000 batches: a few hundred KB spilled
 		for i := range recs {
 			recs[i] = one
 		}
 		out, err := exchangeRecords(t, c, mem, cmd, recs)
-		refused(t, out, err)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rows := int64(0)
+		for _, r := range out {
+			rows += r.NumRows()
+			r.Release()
+		}
+		if rows != int64(len(recs)) {
+			t.Fatalf("%d rows back, want %d", rows, len(recs))
+		}
+		noSpillLeft(t)
+	})
+	t.Run("past the disk limit", func(t *testing.T) {
+		recs := make([]arrow.Record, 10_000) // about 3 MB spilled, past 1 MiB
+		for i := range recs {
+			recs[i] = one
+		}
+		out, err := exchangeRecords(t, c, mem, cmd, recs)
+		for _, r := range out {
+			r.Release()
+		}
+		if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "spine: more than 1 MiB spilled to disk") || !strings.Contains(err.Error(), "--flight.max-spill-bytes") {
+			t.Fatalf("err = %v, want RESOURCE_EXHAUSTED: spine: more than 1 MiB spilled to disk ... --flight.max-spill-bytes", err)
+		}
+		noSpillLeft(t)
 	})
 	t.Run("compressed", func(t *testing.T) {
 		// 1 M equal rows: 16 MB once decompressed, a few KB on the wire.
@@ -363,6 +399,7 @@ func TestDoExchangeSpineBudget(t *testing.T) {
 			t.Fatalf("%d rows in %d batches, want %d in 3", row, len(out), n)
 		}
 	})
+	one.Release()
 	mem.AssertSize(t, 0)
 }
 

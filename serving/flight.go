@@ -49,6 +49,7 @@ type FlightServer struct {
 	// joinValues bounds the feature values of a spine slice joined at
 	// once; defaultJoinValues when 0.
 	joinValues int
+	spill      spillConfig // where and how much a spine spills (WithSpill)
 }
 
 // WithUpdater enables the actions that need the updater (health, backup).

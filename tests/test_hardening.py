@@ -23,6 +23,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.flight as fl
 import pytest
 import requests
@@ -118,33 +119,35 @@ def test_spine_before_1970_answers_at_once(server):
     assert rss_peak_bytes(server.proc.pid) < 1 << 30
 
 
-def test_spine_of_20m_rows_is_refused_within_bounds(server):
+def test_spine_of_20m_rows_is_answered_in_bounded_memory(server):
+    """A 20 M-row spine is spilled to disk while it is received and joined back batch by batch:
+    the server's peak RSS stays under 512 MB. The spine is cheap to make and to join (one user,
+    one time, a lifetime count); what it bounds is the memory of receiving, holding and answering
+    20 M rows, which is the same for any features."""
     server.ingest([ev("u1", "i1", BASE)])
     server.wait_caught_up()
     n = 20_000_000
     ids = pa.StringArray.from_buffers(n, pa.py_buffer(np.arange(0, 2 * (n + 1), 2, dtype=np.int32)), pa.py_buffer(b"u1" * n))
     spine = pa.table({"user_id": ids, "ts": pa.array(np.full(n, BASE, dtype=np.int64))})
-    start = time.monotonic()
     client = fl.connect(server.flight_uri)
     try:
         cmd = {"op": "point_in_time", "views": ["user_features"], "features": ["view_count"]}
         writer, reader = client.do_exchange(fl.FlightDescriptor.for_command(json.dumps(cmd).encode()))
-        try:
-            writer.begin(spine.schema)
-            for batch in spine.to_batches(max_chunksize=1 << 20):
-                writer.write_batch(batch)
-            writer.done_writing()
-        except (fl.FlightError, pa.ArrowException, OSError):
-            pass  # the server stopped reading: its answer says why
-        try:
-            out = reader.read_all()
-            assert out.num_rows == n  # an answer is fine too, if it fits
-        except (fl.FlightError, pa.ArrowException) as exc:
-            assert "spine" in str(exc) and "split it" in str(exc), exc
+        writer.begin(spine.schema)
+        for batch in spine.to_batches(max_chunksize=1 << 20):
+            writer.write_batch(batch)
+        writer.done_writing()
+        rows, counted = 0, 0
+        for chunk in reader:  # batch by batch: the client holds no more than the server
+            rows += chunk.data.num_rows
+            counted += pc.sum(chunk.data.column("user.view_count")).as_py()
+        writer.close()
     finally:
         client.close()
-    assert time.monotonic() - start < 5
-    assert rss_peak_bytes(server.proc.pid) < 1 << 30, rss_peak_bytes(server.proc.pid)
+    assert rows == n and counted == n
+    peak = rss_peak_bytes(server.proc.pid)
+    print(f"20 M-row spine: server peak RSS {peak >> 20} MiB")
+    assert peak < 512 << 20, peak
     assert server.get("/healthz").status_code == 200
 
 

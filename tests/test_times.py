@@ -226,7 +226,7 @@ def test_compressed_spine_past_the_budget_is_refused_before_it_is_taken(srv):
             writer.write_table(spine)
             writer.done_writing()
             reader.read_all()
-        assert "spine: more than 256 MiB held" in str(exc.value), exc.value
+        assert "spine: a batch needs more than 256 MiB" in str(exc.value), exc.value
     finally:
         client.close()
     del blob, spine

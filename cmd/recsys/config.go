@@ -29,7 +29,9 @@ type config struct {
 		Addr string
 	}
 	Flight struct {
-		Addr string
+		Addr          string
+		SpillDir      string
+		MaxSpillBytes int64
 	}
 	Ingest struct {
 		MaxBatch        int
@@ -224,6 +226,8 @@ func (c *config) bindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.HTTP.Addr, "http.addr", ":8080", "REST listen address")
 	fs.StringVar(&c.GRPC.Addr, "grpc.addr", ":9090", "gRPC listen address")
 	fs.StringVar(&c.Flight.Addr, "flight.addr", ":8815", "Arrow Flight listen address")
+	fs.StringVar(&c.Flight.SpillDir, "flight.spill-dir", "", "directory where a point-in-time join spills its spine while it is received (an unlinked temporary file); default the data dir")
+	fs.Int64Var(&c.Flight.MaxSpillBytes, "flight.max-spill-bytes", 64<<30, "most bytes one point-in-time join's spine may spill to disk (never past --ingest.min-free-bytes of free space); past it the join is refused with RESOURCE_EXHAUSTED")
 	fs.IntVar(&c.Ingest.MaxBatch, "ingest.max-batch", 10_000, "most events in one ingest request")
 	fs.Int64Var(&c.Ingest.MaxBodyBytes, "ingest.max-body-bytes", 16<<20, "largest REST request body in bytes")
 	fs.DurationVar(&c.Ingest.AllowedLateness, "ingest.allowed-lateness", time.Hour, "events older than the newest event time minus this are rejected as late")
@@ -271,6 +275,8 @@ func (c *config) validate() error {
 		return fmt.Errorf("limits.max-in-flight: %d is negative", c.Limits.MaxInFlight)
 	case c.Limits.RequestTimeout < 0:
 		return fmt.Errorf("limits.request-timeout: %s is negative", c.Limits.RequestTimeout)
+	case c.Flight.MaxSpillBytes <= 0:
+		return fmt.Errorf("flight.max-spill-bytes: %d is not positive", c.Flight.MaxSpillBytes)
 	case c.Ingest.MinFreeBytes < 0:
 		return fmt.Errorf("ingest.min-free-bytes: %d is negative", c.Ingest.MinFreeBytes)
 	case c.Ingest.MaxFutureSkew <= 0:

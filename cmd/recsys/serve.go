@@ -187,7 +187,12 @@ func serve(ctx context.Context, cfg *config) error {
 			return usageError{err}
 		}
 	}
-	flightSrv := serving.NewFlightServer(eng.Store, eng.Models, nil).WithUpdater(eng.Updater).WithBackups(backups).GRPCServer(append(creds, guard("flight").ServerOptions()...)...)
+	spillDir := cfg.Flight.SpillDir
+	if spillDir == "" {
+		spillDir = cfg.Data.Dir
+	}
+	flightSrv := serving.NewFlightServer(eng.Store, eng.Models, nil).WithUpdater(eng.Updater).WithBackups(backups).
+		WithSpill(spillDir, cfg.Flight.MaxSpillBytes, uint64(cfg.Ingest.MinFreeBytes)).GRPCServer(append(creds, guard("flight").ServerOptions()...)...)
 
 	handler, err := srv.HTTPHandler(ctx)
 	if err != nil {
