@@ -47,10 +47,14 @@ type LearnBatch interface {
 	Learn(ev *Event, user *UserRecord, item *ItemRecord) error
 	// Write writes what the batch changed into b, before b commits.
 	Write(b *pebble.Batch) error
-	// Commit is called once b has committed, while the store publishes
+	// Publish is called once b has committed, while the store publishes
 	// its version (version.go): what readers share in memory (caches,
-	// tables, published weights) changes here and nowhere else, and
-	// Commit must not read through the Store's read methods.
+	// tables, published weights) changes here and nowhere else. Readers
+	// wait for it, so it should do no more; it must not read through the
+	// Store's read methods.
+	Publish()
+	// Commit is called after the publication: for the learner's own
+	// state (its writer caches), which readers never see.
 	Commit()
 }
 

@@ -658,12 +658,15 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 			s.itemReads.Invalidate(touched...)
 		}
 		if lb != nil {
-			lb.Commit()
+			lb.Publish()
 		}
 		s.mu.Lock()
 		s.mu.stats = st
 		s.mu.Unlock()
 	})
+	if lb != nil {
+		lb.Commit()
+	}
 	s.maybeFlush()
 	s.commitDedup(st.MaxTS)
 	return res, nil

@@ -184,6 +184,9 @@ type batch struct {
 	neighbors map[string]*pairRecord
 	meta      *modelMeta
 	newSeq    map[int64]string // items created by the batch, by Seq
+	// tableItems and vecUpdates are what Publish saw of the factor table
+	// (its items, and the indexed rows the batch moved), for Commit.
+	tableItems, vecUpdates int
 }
 
 // Begin implements featurestore.Learner.
@@ -520,16 +523,18 @@ func (b *batch) Write(pb *pebble.Batch) error {
 	return nil
 }
 
-// Commit publishes the batch's records to the caches and factor table
-// once its Pebble batch is committed.
-func (b *batch) Commit() {
+// Publish implements featurestore.LearnBatch: once the batch's Pebble
+// batch is committed, while the store publishes its version, it makes
+// what readers see of the models that version: the factor table, the read
+// caches and the published ranker. It does no more, since readers wait
+// for it; the writer's own caches follow in Commit.
+func (b *batch) Publish() {
 	m := b.m
-	users := make([]string, 0, len(b.users))
-	for id, u := range b.users {
-		m.users.Add(id, u)
-		users = append(users, id)
-	}
-	if len(users) > 0 {
+	if len(b.users) > 0 {
+		users := make([]string, 0, len(b.users))
+		for id := range b.users {
+			users = append(users, id)
+		}
 		m.userReads.Invalidate(users...)
 	}
 	if len(b.items) > 0 {
@@ -546,27 +551,18 @@ func (b *batch) Commit() {
 	if x := m.mf.index.Load(); x != nil {
 		indexed = x.n
 	}
-	updates := 0
 	for id, it := range b.items {
 		m.setVecLocked(id, it.Seq, it.Vec)
 		if it.Seq < int64(indexed) {
-			updates++
+			b.vecUpdates++
 		}
 	}
-	items := len(m.table.idx)
+	b.tableItems = len(m.table.idx)
 	m.table.Unlock()
-	m.maybeBuildMFIndex(items, updates)
-	for id, it := range b.items {
-		m.items.Add(id, it)
-	}
 	var changed []string
 	for id, r := range b.neighbors {
 		if r.dirty {
-			r.committed()
-			m.neighbors.Add(id, r)
 			changed = append(changed, id)
-		} else if _, cached := m.neighbors.Peek(id); !cached && len(r.P) > 0 {
-			m.neighbors.Add(id, r) // a committed record, read for scoring
 		}
 	}
 	if len(changed) > 0 {
@@ -575,6 +571,28 @@ func (b *batch) Commit() {
 	if b.meta.Ranker.publishedDirty {
 		b.meta.Ranker.publishedDirty = false
 		m.setPublished(&b.meta.Ranker)
+	}
+}
+
+// Commit implements featurestore.LearnBatch: after the publication, the
+// batch's records become the writer's cached ones, and the MF index is
+// rebuilt in the background when the table has changed enough.
+func (b *batch) Commit() {
+	m := b.m
+	for id, u := range b.users {
+		m.users.Add(id, u)
+	}
+	m.maybeBuildMFIndex(b.tableItems, b.vecUpdates)
+	for id, it := range b.items {
+		m.items.Add(id, it)
+	}
+	for id, r := range b.neighbors {
+		if r.dirty {
+			r.committed()
+			m.neighbors.Add(id, r)
+		} else if _, cached := m.neighbors.Peek(id); !cached && len(r.P) > 0 {
+			m.neighbors.Add(id, r) // a committed record, read for scoring
+		}
 	}
 }
 
