@@ -137,15 +137,24 @@ var (
 	modelAUCDesc      = prometheus.NewDesc("recsys_model_rolling_auc", "Progressive-validation AUC over the rolling window, by weights (training, published).", []string{"model", "weights"}, nil)
 	modelLogLossDesc  = prometheus.NewDesc("recsys_model_rolling_log_loss", "Progressive-validation log loss over the rolling window, by weights.", []string{"model", "weights"}, nil)
 	modelUpdateDesc   = prometheus.NewDesc("recsys_model_last_update_event_time_seconds", "Event time of each model's last update, Unix seconds.", []string{"model"}, nil)
+	mfBuildsDesc      = prometheus.NewDesc("recsys_mf_index_builds_total", "Background builds of the MF candidate index published since the start.", nil, nil)
+	mfBuildDesc       = prometheus.NewDesc("recsys_mf_index_last_build_seconds", "How long the last published build of the MF index took (table copy included).", nil, nil)
+	mfItemsDesc       = prometheus.NewDesc("recsys_mf_index_items", "Items the current MF index holds (0: MF candidates come from the exact scan).", nil, nil)
+	mfBytesDesc       = prometheus.NewDesc("recsys_mf_index_bytes", "Memory of the current MF index.", nil, nil)
 )
 
 func (c modelCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{modelExamplesDesc, modelVersionDesc, modelAUCDesc, modelLogLossDesc, modelUpdateDesc} {
+	for _, d := range []*prometheus.Desc{modelExamplesDesc, modelVersionDesc, modelAUCDesc, modelLogLossDesc, modelUpdateDesc, mfBuildsDesc, mfBuildDesc, mfItemsDesc, mfBytesDesc} {
 		ch <- d
 	}
 }
 
 func (c modelCollector) Collect(ch chan<- prometheus.Metric) {
+	mf := c.models.MFIndexStats()
+	ch <- prometheus.MustNewConstMetric(mfBuildsDesc, prometheus.CounterValue, float64(mf.Builds))
+	ch <- prometheus.MustNewConstMetric(mfBuildDesc, prometheus.GaugeValue, mf.LastBuild.Seconds())
+	ch <- prometheus.MustNewConstMetric(mfItemsDesc, prometheus.GaugeValue, float64(mf.Items))
+	ch <- prometheus.MustNewConstMetric(mfBytesDesc, prometheus.GaugeValue, float64(mf.Bytes))
 	ms, err := c.models.Info()
 	if err != nil {
 		return

@@ -519,6 +519,14 @@ def test_model_metrics(srv):
         assert values[f'recsys_model_version{{model="{name}"}}'] == int(by_name[name]["version"])
     assert abs(values['recsys_model_rolling_auc{model="ranker",weights="training"}'] - by_name["ranker"]["rolling_auc"]) < 1e-9
     assert 'recsys_model_rolling_log_loss{model="ranker",weights="published"}' in values
+    mf = {}
+    for line in text.splitlines():
+        if line.startswith("recsys_mf_index_"):
+            name, value = line.rsplit(" ", 1)
+            mf[name] = float(value)
+    assert set(mf) == {"recsys_mf_index_builds_total", "recsys_mf_index_last_build_seconds", "recsys_mf_index_items", "recsys_mf_index_bytes"}, mf
+    # A built index holds items and memory; before one (a small catalogue) both are 0.
+    assert (mf["recsys_mf_index_items"] > 0) == (mf["recsys_mf_index_bytes"] > 0) == (mf["recsys_mf_index_builds_total"] > 0), mf
 
 
 def test_models_grow_with_ingest_and_ignore_duplicates(srv):

@@ -67,6 +67,26 @@ type mfState struct {
 	// buildHook, when set (tests), runs in the build goroutine after the
 	// table is copied.
 	buildHook func()
+	// builds counts the published builds; lastBuild is how long the last
+	// one took (ns), copy included.
+	builds, lastBuild atomic.Int64
+}
+
+// MFIndexStats describe the MF index, for metrics.
+type MFIndexStats struct {
+	Builds    int64         // builds published since the start
+	LastBuild time.Duration // how long the last published build took
+	Items     int           // items the current index holds (0: none, the exact scan)
+	Bytes     int           // the current index's memory
+}
+
+// MFIndexStats returns the state of the MF index.
+func (m *Models) MFIndexStats() MFIndexStats {
+	st := MFIndexStats{Builds: m.mf.builds.Load(), LastBuild: time.Duration(m.mf.lastBuild.Load())}
+	if x := m.mf.index.Load(); x != nil {
+		st.Items, st.Bytes = x.items, x.bytes()
+	}
+	return st
 }
 
 // mfIndexOn reports whether MFTop may use an index at all.
@@ -129,6 +149,7 @@ func (m *Models) invalidateMFIndexLocked() {
 // stopped it.
 func (m *Models) buildMFIndex() {
 	s := &m.mf
+	start := time.Now()
 	gen := s.gen.Load()
 	seqs, data, n := m.copyTable()
 	if s.buildHook != nil {
@@ -141,6 +162,8 @@ func (m *Models) buildMFIndex() {
 	m.table.Lock()
 	if s.gen.Load() == gen {
 		s.index.Store(x)
+		s.builds.Add(1)
+		s.lastBuild.Store(int64(time.Since(start)))
 	}
 	m.table.Unlock()
 }

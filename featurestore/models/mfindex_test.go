@@ -170,10 +170,16 @@ func TestMFIndexBuildDoesNotBlockApply(t *testing.T) {
 	if got, want := scoredIDs(s.M.MFTop(u, 10)), scoredIDs(s.M.MFTopExact(u, 10)); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("MFTop before the first index = %v, want the exact %v", got, want)
 	}
+	if st := s.M.MFIndexStats(); st.Builds != 0 || st.Items != 0 {
+		t.Errorf("stats while the first build is held = %+v, want no build", st)
+	}
 	close(release)
 	s.M.WaitMFBuild()
 	if got := s.M.MFIndexed(); got != 40 {
 		t.Errorf("index holds %d items, want the 40 of the first batch", got)
+	}
+	if st := s.M.MFIndexStats(); st.Builds != 1 || st.Items != 40 || st.Bytes <= 0 || st.LastBuild <= 0 {
+		t.Errorf("stats after the first build = %+v, want one build of 40 items", st)
 	}
 	applyAll(t, s, batches[2]...)
 
