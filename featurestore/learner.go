@@ -97,12 +97,16 @@ func (r *BatchRecords) Item(id string) (*ItemRecord, error) {
 // ReadKey returns a copy of the committed value of key. It is for the
 // learner's own records; the rest of the key layout is the store's.
 func (s *Store) ReadKey(key []byte) ([]byte, bool, error) {
-	v, err := s.Pin()
-	if err != nil {
+	// The models read their records through here on every cache miss of
+	// Apply: the published snapshot under the read lock, without the
+	// counters and clock a Version captures.
+	if err := s.acquire(); err != nil {
 		return nil, false, err
 	}
-	defer v.Release()
-	return v.ReadKey(key)
+	defer s.release()
+	s.pub.RLock()
+	defer s.pub.RUnlock()
+	return getFrom(s.pub.snap, key)
 }
 
 // ScanPrefix calls fn with the rest of the key after prefix and the value

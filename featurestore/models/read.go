@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/streamrec/recsys/featurestore"
+	"github.com/streamrec/recsys/featurestore/internal/readcache"
 )
 
 // The models' read side: committed records and the in-memory tables, for
@@ -52,64 +53,62 @@ const readModelEntries = 16 << 10
 // model is shared with other readers through the read cache: it must not
 // be modified.
 func (m *Models) User(src featurestore.Reader, id string) (*User, bool, error) {
-	u, ok, gen := m.userReads.Get(id)
-	if !ok {
-		var found bool
-		var err error
-		if u, found, err = m.readUser(src, id); err != nil {
-			return nil, false, err
-		}
-		if !found {
-			u = nil // a miss is cached too
-		}
-		m.userReads.Put(id, u, gen)
-	}
-	if u == nil {
-		return new(User), false, nil
-	}
-	return u, true, nil
+	return cachedModel(m.userReads, src, userModelKey(id), "user model", id)
 }
 
 // readUser is User without the cache: a model of its own, which the
 // writer modifies.
 func (m *Models) readUser(src featurestore.Reader, id string) (*User, bool, error) {
-	u := new(User)
-	found, err := readModel(src, userModelKey(id), "user model", id, u)
-	if err != nil {
-		return nil, false, err
-	}
-	return u, found, nil
+	return newModel[User](src, userModelKey(id), "user model", id)
 }
 
 // Item returns the model of item id in src and whether it has one (an
 // empty model otherwise). Like User's, it must not be modified.
 func (m *Models) Item(src featurestore.Reader, id string) (*Item, bool, error) {
-	it, ok, gen := m.itemReads.Get(id)
-	if !ok {
-		var found bool
-		var err error
-		if it, found, err = m.readItem(src, id); err != nil {
-			return nil, false, err
-		}
-		if !found {
-			it = nil
-		}
-		m.itemReads.Put(id, it, gen)
-	}
-	if it == nil {
-		return new(Item), false, nil
-	}
-	return it, true, nil
+	return cachedModel(m.itemReads, src, itemModelKey(id), "item model", id)
 }
 
 // readItem is Item without the cache (see readUser).
 func (m *Models) readItem(src featurestore.Reader, id string) (*Item, bool, error) {
-	it := new(Item)
-	found, err := readModel(src, itemModelKey(id), "item model", id, it)
+	return newModel[Item](src, itemModelKey(id), "item model", id)
+}
+
+// model is a model record type: T whose pointer decodes.
+type model[T any] interface {
+	*T
+	decode([]byte) error
+}
+
+// newModel decodes the record at key in src into a new T (empty when
+// there is none) and reports whether there was one.
+func newModel[T any, P model[T]](src featurestore.Reader, key []byte, what, id string) (P, bool, error) {
+	rec := P(new(T))
+	found, err := readModel(src, key, what, id, rec)
 	if err != nil {
 		return nil, false, err
 	}
-	return it, found, nil
+	return rec, found, nil
+}
+
+// cachedModel is newModel through the readers' cache c, which holds
+// misses too (as nil); the record returned is shared.
+func cachedModel[T any, P model[T]](c *readcache.Cache[P], src featurestore.Reader, key []byte, what, id string) (P, bool, error) {
+	rec, ok, gen := c.Get(id)
+	if !ok {
+		var found bool
+		var err error
+		if rec, found, err = newModel[T, P](src, key, what, id); err != nil {
+			return nil, false, err
+		}
+		if !found {
+			rec = nil
+		}
+		c.Put(id, rec, gen)
+	}
+	if rec == nil {
+		return P(new(T)), false, nil
+	}
+	return rec, true, nil
 }
 
 // Weight is the behavior weight of b relative to a purchase's (the
