@@ -12,7 +12,7 @@ BIN := bin/recsys
 BUILDVCS ?= auto
 GENERATED := recsys/v1/recsys.pb.go recsys/v1/recsys_grpc.pb.go recsys/v1/recsys.pb.gw.go recsys/v1/openapi.json
 
-.PHONY: all build run serve-sample test test-go test-py chromium test-client-latest venv-latest notebooks test-kafka kafka-jars vet proto proto-check bench bench-flight bench-kafka soak fuzz fuzz-short venv clean
+.PHONY: all build run serve-sample test test-go test-py chromium test-client-latest venv-latest notebooks test-kafka kafka-jars vet proto proto-check bench bench-flight bench-kafka bench-restart soak fuzz fuzz-short venv clean
 
 all: build
 
@@ -96,6 +96,11 @@ bench: build
 	$(BIN) eval --format taobao ../shared/data/taobao/UserBehavior-users-84k.csv.gz
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./featurestore/... ./updater/...
 	$(MAKE) bench-kafka
+	$(MAKE) bench-restart
+
+## bench-restart: SIGKILL a server holding the state of 1 M events, start it again: seconds to /readyz and to every event applied.
+bench-restart: build
+	RECSYS_BIN=$(abspath $(BIN)) python3 scripts/bench_restart.py --events 1000000
 
 ## bench-kafka: the Kafka update path on a real broker: events/s, freshness p50/p99 at 20 k events/s, lag.
 bench-kafka: build kafka-jars

@@ -85,6 +85,14 @@ type Options struct {
 	// the flush in the background, and waiting on stops at this. Default
 	// 10s.
 	FlushWait time.Duration
+	// CheckpointInterval is how often, at most, the applied state is made
+	// durable: Apply starts a flush of the memtables once the last one is
+	// this old (the state has no write-ahead log, so a flush is its
+	// checkpoint, with the offsets it reflects). A crash loses at most
+	// this much applied state (plus a memtable in flight), applied again
+	// from the log or the topic on the next start: it bounds the restart's
+	// replay. Default 5s.
+	CheckpointInterval time.Duration
 }
 
 // EnsureDefaults fills in zero fields with their defaults.
@@ -129,7 +137,13 @@ func (o *Options) EnsureDefaults() {
 	if o.SeenLimit <= 0 {
 		o.SeenLimit = 10_000
 	}
+	if o.CheckpointInterval <= 0 {
+		o.CheckpointInterval = DefaultCheckpointInterval
+	}
 }
+
+// DefaultCheckpointInterval is Options.CheckpointInterval's default.
+const DefaultCheckpointInterval = 5 * time.Second
 
 // Stats are the store's counters.
 type Stats struct {
@@ -165,8 +179,9 @@ type Store struct {
 		ops    sync.WaitGroup
 	}
 
-	applyMu   sync.Mutex // serializes Apply; guards the record caches and lastFlush
-	lastFlush time.Time  // start of the last periodic flush (maybeFlush)
+	applyMu    sync.Mutex  // serializes Apply; guards the record caches, lastFlush and flushTimer
+	lastFlush  time.Time   // start of the last periodic flush (maybeFlush)
+	flushTimer *time.Timer // a checkpoint due after the last Apply (timedFlush); nil when none is pending
 	// The caches hold the newest committed record of hot entities so that
 	// Apply need not read them back from Pebble. Only Apply touches them.
 	users *lru.Cache[string, *UserRecord]
@@ -301,6 +316,10 @@ func (s *Store) Close() error {
 	s.life.closed = true
 	s.life.Unlock()
 	s.life.ops.Wait()
+	if s.flushTimer != nil {
+		s.flushTimer.Stop() // Close flushes below
+		s.flushTimer = nil
+	}
 	var lerr error
 	if s.learner != nil {
 		lerr = s.learner.Close()
@@ -779,17 +798,37 @@ func (s *Store) flush() error {
 	}
 }
 
-// flushEvery bounds how much applied state a crash can lose (and the log
-// must then apply again): the memtables are flushed at least this often
-// while batches are applied.
-const flushEvery = 30 * time.Second
-
-// maybeFlush starts a flush of the memtables when the last one is older
-// than flushEvery. Only Apply calls it (under applyMu).
+// maybeFlush starts a flush of the memtables (a checkpoint) when the last
+// one is older than Options.CheckpointInterval, or else makes sure one
+// starts when it is due even if no Apply follows (so a burst followed by
+// silence is durable an interval later, not at the next batch). Every
+// flush is a consistent checkpoint: each apply batch commits atomically
+// with its offset. Only Apply calls it (under applyMu).
 func (s *Store) maybeFlush() {
-	if time.Since(s.lastFlush) < flushEvery {
+	if d := s.opts.CheckpointInterval - time.Since(s.lastFlush); d > 0 {
+		if s.flushTimer == nil {
+			s.flushTimer = time.AfterFunc(d, s.timedFlush)
+		}
 		return
 	}
+	s.startFlush()
+}
+
+// timedFlush is the checkpoint that maybeFlush scheduled.
+func (s *Store) timedFlush() {
+	s.applyMu.Lock()
+	defer s.applyMu.Unlock()
+	s.flushTimer = nil
+	if err := s.acquire(); err != nil {
+		return // closed (Close flushed)
+	}
+	defer s.release()
+	if time.Since(s.lastFlush) >= s.opts.CheckpointInterval {
+		s.startFlush()
+	}
+}
+
+func (s *Store) startFlush() {
 	s.lastFlush = time.Now()
 	if err := s.plog.Guard(func() error { _, err := s.db.AsyncFlush(); return err }); err != nil {
 		s.logger.Warn("cannot start a flush of the state", "err", err)

@@ -31,19 +31,21 @@ import (
 )
 
 type benchOpts struct {
-	events    int
-	batch     int
-	clients   int
-	duration  time.Duration
-	dir       string
-	cpuprof   string
-	readProf  string
-	featProf  string
-	formats   []string
-	soak      bool
-	soakDays  int
-	applyRuns int
-	progress  string
+	events     int
+	batch      int
+	clients    int
+	duration   time.Duration
+	dir        string
+	cpuprof    string
+	applyProf  string
+	checkpoint time.Duration
+	readProf   string
+	featProf   string
+	formats    []string
+	soak       bool
+	soakDays   int
+	applyRuns  int
+	progress   string
 }
 
 func benchCmd() *cobra.Command {
@@ -89,6 +91,8 @@ func benchCmd() *cobra.Command {
 	f.DurationVar(&o.duration, "duration", 3*time.Second, "length of each read scenario")
 	f.StringVar(&o.dir, "dir", "", "data dir to use (default: a temporary one, removed afterwards)")
 	f.StringVar(&o.cpuprof, "cpuprofile", "", "write a CPU profile of the ingest phase to this file")
+	f.DurationVar(&o.checkpoint, "state.checkpoint-interval", featurestore.DefaultCheckpointInterval, "the stores' checkpoint interval (serve's flag)")
+	f.StringVar(&o.applyProf, "cpuprofile-apply", "", "write a CPU profile of the first state-engine run to this file")
 	f.StringVar(&o.readProf, "cpuprofile-reads", "", "write a CPU profile of the read phase to this file")
 	f.StringVar(&o.featProf, "cpuprofile-features", "", "write a CPU profile of the features:get scenarios alone to this file")
 	f.StringSliceVar(&o.formats, "read-formats", []string{"rows", "columns"}, "features:get answer shapes to measure: rows, columns")
@@ -136,7 +140,7 @@ func bench(ctx context.Context, o *benchOpts) error {
 		}
 	}
 
-	eng, err := openDataDir(dir, storeConfig{Clock: "wall"}, ingestConfig{lateness: time.Hour, futureSkew: 5 * time.Minute}, logger, nil, nil)
+	eng, err := openDataDir(dir, storeConfig{Clock: "wall", State: stateConfig{CheckpointInterval: o.checkpoint}}, ingestConfig{lateness: time.Hour, futureSkew: 5 * time.Minute}, logger, nil, nil)
 	if err != nil {
 		return err
 	}
@@ -382,7 +386,7 @@ func startProfile(path string) (stop func(), err error) {
 		_ = f.Close()
 		return nil, err
 	}
-	return func() { pprof.StopCPUProfile(); _ = f.Close() }, nil
+	return sync.OnceFunc(func() { pprof.StopCPUProfile(); _ = f.Close() }), nil
 }
 
 // dirBytes is the size of the files under dir.
@@ -418,7 +422,7 @@ func soak(ctx context.Context, o *benchOpts) error {
 	}
 	bar := newProgress(o.progress, "soak", "events", int64(o.events))
 	defer bar.Finish()
-	eng, err := openDataDir(dir, storeConfig{Clock: "event"}, ingestConfig{lateness: time.Hour, futureSkew: 5 * time.Minute}, logger, nil, nil)
+	eng, err := openDataDir(dir, storeConfig{Clock: "event", State: stateConfig{CheckpointInterval: o.checkpoint}}, ingestConfig{lateness: time.Hour, futureSkew: 5 * time.Minute}, logger, nil, nil)
 	if err != nil {
 		return err
 	}

@@ -84,12 +84,21 @@ func applyOnce(dir string, entries []featurestore.Entry, o *benchOpts, run int) 
 	if err != nil {
 		return applyRun{}, err
 	}
-	st, err := featurestore.Open(dir, featurestore.Options{Logger: benchLogger(), Clock: "wall", Learner: mods})
+	st, err := featurestore.Open(dir, featurestore.Options{Logger: benchLogger(), Clock: "wall", Learner: mods, CheckpointInterval: o.checkpoint})
 	if err != nil {
 		return applyRun{}, err
 	}
 	defer st.Close()
 	bar := newProgress(o.progress, fmt.Sprintf("bench: apply run %d/%d", run+1, o.applyRuns), "events", int64(len(entries)))
+	prof := ""
+	if run == 0 {
+		prof = o.applyProf
+	}
+	stopProfile, err := startProfile(prof)
+	if err != nil {
+		return applyRun{}, err
+	}
+	defer stopProfile()
 	cpu0 := processCPU()
 	start := time.Now()
 	for i := 0; i < len(entries); i += applyBatch {
@@ -102,6 +111,7 @@ func applyOnce(dir string, entries []featurestore.Entry, o *benchOpts, run int) 
 	}
 	wall := time.Since(start)
 	cpu := processCPU() - cpu0
+	stopProfile()
 	bar.Finish()
 	if err := st.Flush(); err != nil {
 		return applyRun{}, err

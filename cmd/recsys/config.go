@@ -89,7 +89,7 @@ type ingestConfig struct {
 // settings; publisher (serve's Kafka mode) may be nil.
 func openDataDir(dir string, sc storeConfig, ing ingestConfig, logger *slog.Logger, reg prometheus.Registerer, publisher updater.Publisher) (*datadir.Dir, error) {
 	o := datadir.Options{Logger: logger, Registerer: reg, FeaturesFile: sc.Features,
-		Store:           featurestore.Options{Clock: sc.Clock, DedupHorizon: sc.DedupHorizon},
+		Store:           featurestore.Options{Clock: sc.Clock, DedupHorizon: sc.DedupHorizon, CheckpointInterval: sc.State.CheckpointInterval},
 		Models:          sc.Models.options(),
 		AllowedLateness: ing.lateness, MaxFutureSkew: ing.futureSkew, MinFreeBytes: ing.minFree, OutsideSource: ing.kafka, Publisher: publisher}
 	return datadir.Open(dir, o)
@@ -99,7 +99,13 @@ type storeConfig struct {
 	Features     string
 	Clock        string
 	DedupHorizon time.Duration
+	State        stateConfig
 	Models       modelConfig
+}
+
+// stateConfig is how the state is kept (the state.* flags).
+type stateConfig struct {
+	CheckpointInterval time.Duration
 }
 
 // modelConfig holds the models' hyperparameters (models.Options
@@ -203,6 +209,7 @@ func (c *storeConfig) bindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.Features, "features", "", "feature definitions file (default: the built-in features.yaml)")
 	fs.StringVar(&c.Clock, "clock", "wall", "read clock: wall, or event (the newest event time, for replays of historical data)")
 	fs.DurationVar(&c.DedupHorizon, "dedup-horizon", 7*24*time.Hour, "how long event ids are remembered for deduplication")
+	fs.DurationVar(&c.State.CheckpointInterval, "state.checkpoint-interval", featurestore.DefaultCheckpointInterval, "how often, at most, the applied state is made durable (a flush of its memtables, with the offsets it reflects); a crash applies at most this much again from the log or the topic on restart")
 	c.Models.bindFlags(fs)
 }
 
@@ -212,6 +219,9 @@ func (c *storeConfig) validate() error {
 	}
 	if c.DedupHorizon < 0 {
 		return fmt.Errorf("dedup-horizon: %s is negative", c.DedupHorizon)
+	}
+	if c.State.CheckpointInterval < 100*time.Millisecond || c.State.CheckpointInterval > time.Hour {
+		return fmt.Errorf("state.checkpoint-interval: %s is not between 100ms and 1h", c.State.CheckpointInterval)
 	}
 	return c.Models.validate()
 }

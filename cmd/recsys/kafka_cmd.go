@@ -309,7 +309,7 @@ func rebuildCmd() *cobra.Command {
 // rebuildFlag reports whether serve's flag name applies to rebuild: the
 // data dir, the feature engine, the event-time policy, Kafka and logging.
 func rebuildFlag(name string) bool {
-	for _, p := range []string{"data.", "models.", "kafka.", "log."} {
+	for _, p := range []string{"data.", "state.", "models.", "kafka.", "log."} {
 		if strings.HasPrefix(name, p) {
 			return true
 		}
