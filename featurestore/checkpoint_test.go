@@ -1,6 +1,8 @@
 package featurestore_test
 
 import (
+	"encoding/hex"
+	"hash/fnv"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -77,4 +79,59 @@ func crashedOffset(t *testing.T, mem *vfs.MemFS) uint64 {
 		t.Fatalf("after a crash: %d events applied but the offset is %d", st.Events, st.AppliedOffset)
 	}
 	return st.AppliedOffset
+}
+
+// TestDiskUsage attributes bytes to their owners: longer user ids make the
+// users' share grow by at least their bytes and leave the items' alone
+// (without models, no item key or value holds a user id).
+func TestDiskUsage(t *testing.T) {
+	usage := func(pad func(string) string) (featurestore.DiskUsage, featurestore.Stats) {
+		s, err := featurestore.Open("state", featurestore.Options{FS: vfs.NewMem(), Logger: storetest.QuietLogger(), CacheBytes: 4 << 20, Clock: "event"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		rng := rand.New(rand.NewPCG(5, 6))
+		var next uint64
+		batch := make([]featurestore.Entry, 2000)
+		for range 3 {
+			storetest.BenchEvents(rng, batch, &next)
+			for i := range batch {
+				batch[i].Event.UserID = pad(batch[i].Event.UserID)
+			}
+			if _, err := s.Apply(next, batch); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		du, err := s.DiskUsage(nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return du, s.Stats()
+	}
+	short, st := usage(func(id string) string { return id })
+	// 500 hex digits of noise per user (Pebble compresses repeated text).
+	long, _ := usage(func(id string) string {
+		h := fnv.New64a()
+		h.Write([]byte(id))
+		r := rand.New(rand.NewPCG(h.Sum64(), 0))
+		noise := make([]byte, 250)
+		for i := range noise {
+			noise[i] = byte(r.Uint32())
+		}
+		return id + hex.EncodeToString(noise)
+	})
+	t.Logf("short ids: %+v; 500 more bytes per user id: %+v (%d users, %d items)", short, long, st.Users, st.Items)
+	if short.Users == 0 || short.Items == 0 {
+		t.Fatalf("users %d and items %d bytes: both must be counted", short.Users, short.Items)
+	}
+	if grown := int64(long.Users) - int64(short.Users); grown < st.Users*500/2 {
+		t.Errorf("500 more bytes per user id grew the users' share by %d bytes for %d users", grown, st.Users)
+	}
+	if d := float64(long.Items) / float64(short.Items); d < 0.8 || d > 1.25 {
+		t.Errorf("longer user ids changed the items' share %d -> %d bytes", short.Items, long.Items)
+	}
 }

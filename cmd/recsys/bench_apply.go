@@ -25,6 +25,8 @@ type applyRun struct {
 	rate        float64 // events per wall second
 	cpuPerEv    time.Duration
 	entityBytes float64 // state bytes on disk per active user and item, after a flush
+	userBytes   float64 // of which per active user
+	itemBytes   float64 // and per active item
 	users       int64
 	items       int64
 	stateBytes  int64
@@ -75,6 +77,8 @@ func benchApply(ctx context.Context, o *benchOpts, evs []*recsysv1.Event) error 
 	fmt.Printf("  cpu per event: %.1f µs (process CPU, Pebble's background work included)\n", med(func(r applyRun) float64 { return float64(r.cpuPerEv) / 1e3 }))
 	fmt.Printf("  state on disk: %.1f MiB for %d active users + %d active items: %.0f bytes per entity\n",
 		float64(last.stateBytes)/(1<<20), last.users, last.items, med(func(r applyRun) float64 { return r.entityBytes }))
+	fmt.Printf("  state bytes per active user: %.0f, per active item: %.0f (Pebble's estimates of their key ranges: records, models, tiles, seen, purchases / hourly counts, popularity, neighbours; the rest is dedup and metadata)\n",
+		med(func(r applyRun) float64 { return r.userBytes }), med(func(r applyRun) float64 { return r.itemBytes }))
 	fmt.Printf("  peak RSS of the process so far: %.0f MiB\n", float64(ru.Maxrss)/1024)
 	return nil
 }
@@ -118,7 +122,13 @@ func applyOnce(dir string, entries []featurestore.Entry, o *benchOpts, run int) 
 	}
 	s := st.Stats()
 	bytes := dirBytes(dir)
+	mu, mi := models.KeyPrefixes()
+	du, err := st.DiskUsage(mu, mi)
+	if err != nil {
+		return applyRun{}, err
+	}
 	return applyRun{
+		userBytes: float64(du.Users) / float64(max(1, s.Users)), itemBytes: float64(du.Items) / float64(max(1, s.Items)),
 		rate: float64(len(entries)) / wall.Seconds(), cpuPerEv: cpu / time.Duration(len(entries)),
 		users: s.Users, items: s.Items, stateBytes: bytes, entityBytes: float64(bytes) / float64(max(1, s.Users+s.Items)),
 	}, nil

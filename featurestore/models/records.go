@@ -22,6 +22,12 @@ var (
 
 const keyModels = "m/models"
 
+// KeyPrefixes are the prefixes of the models' per-user and per-item
+// records (for featurestore.Store.DiskUsage).
+func KeyPrefixes() (users, items [][]byte) {
+	return [][]byte{prefixUserModel}, [][]byte{prefixItemModel, prefixNeighbors}
+}
+
 const modelVersion = 1
 
 // metaVersion is the encoding of keyModels: version 2 added the ranker's
