@@ -38,6 +38,7 @@ type benchOpts struct {
 	dir        string
 	cpuprof    string
 	applyProf  string
+	applyOnly  bool
 	checkpoint time.Duration
 	readProf   string
 	featProf   string
@@ -92,6 +93,7 @@ func benchCmd() *cobra.Command {
 	f.StringVar(&o.dir, "dir", "", "data dir to use (default: a temporary one, removed afterwards)")
 	f.StringVar(&o.cpuprof, "cpuprofile", "", "write a CPU profile of the ingest phase to this file")
 	f.DurationVar(&o.checkpoint, "state.checkpoint-interval", featurestore.DefaultCheckpointInterval, "the stores' checkpoint interval (serve's flag)")
+	f.BoolVar(&o.applyOnly, "apply-only", false, "run the state-engine benchmark alone (--apply-runs times), not the ingest and read scenarios")
 	f.StringVar(&o.applyProf, "cpuprofile-apply", "", "write a CPU profile of the first state-engine run to this file")
 	f.StringVar(&o.readProf, "cpuprofile-reads", "", "write a CPU profile of the read phase to this file")
 	f.StringVar(&o.featProf, "cpuprofile-features", "", "write a CPU profile of the features:get scenarios alone to this file")
@@ -138,6 +140,9 @@ func bench(ctx context.Context, o *benchOpts) error {
 		if err := benchApply(ctx, o, evs); err != nil {
 			return err
 		}
+	}
+	if o.applyOnly {
+		return nil
 	}
 
 	eng, err := openDataDir(dir, storeConfig{Clock: "wall", State: stateConfig{CheckpointInterval: o.checkpoint}}, ingestConfig{lateness: time.Hour, futureSkew: 5 * time.Minute}, logger, nil, nil)
