@@ -22,11 +22,10 @@ func (s *Store) DiskUsage(learnerUsers, learnerItems [][]byte) (DiskUsage, error
 		return DiskUsage{}, err
 	}
 	defer s.release()
-	est := func(lo, hi []byte) (uint64, error) { return s.db.EstimateDiskUsage(lo, hi) }
 	sum := func(prefixes [][]byte) (uint64, error) {
 		var n uint64
 		for _, p := range prefixes {
-			b, err := est(p, prefixEnd(p))
+			b, err := s.db.EstimateDiskUsage(p, prefixEnd(p))
 			if err != nil {
 				return 0, err
 			}
@@ -57,7 +56,7 @@ func (s *Store) DiskUsage(learnerUsers, learnerItems [][]byte) (DiskUsage, error
 		}
 		group := bytes.Clone(k[:7])
 		end := prefixEnd(group)
-		b, err := est(group, end)
+		b, err := s.db.EstimateDiskUsage(group, end)
 		if err != nil {
 			return DiskUsage{}, fmt.Errorf("disk usage: %w", err)
 		}
@@ -71,7 +70,7 @@ func (s *Store) DiskUsage(learnerUsers, learnerItems [][]byte) (DiskUsage, error
 	if err := it.Error(); err != nil {
 		return DiskUsage{}, fmt.Errorf("disk usage: %w", err)
 	}
-	total, err := est([]byte{0}, []byte{0xff})
+	total, err := s.db.EstimateDiskUsage([]byte{0}, []byte{0xff})
 	if err != nil {
 		return DiskUsage{}, fmt.Errorf("disk usage: %w", err)
 	}

@@ -803,7 +803,7 @@ func (s *Store) flush() error {
 // starts when it is due even if no Apply follows (so a burst followed by
 // silence is durable an interval later, not at the next batch). Every
 // flush is a consistent checkpoint: each apply batch commits atomically
-// with its offset. Only Apply calls it (under applyMu).
+// with its offset. Apply and timedFlush call it (under applyMu).
 func (s *Store) maybeFlush() {
 	if d := s.opts.CheckpointInterval - time.Since(s.lastFlush); d > 0 {
 		if s.flushTimer == nil {
@@ -814,7 +814,9 @@ func (s *Store) maybeFlush() {
 	s.startFlush()
 }
 
-// timedFlush is the checkpoint that maybeFlush scheduled.
+// timedFlush is the checkpoint that maybeFlush scheduled. If an Apply's
+// own flush came first (and batches may have followed it), maybeFlush
+// schedules the next one instead.
 func (s *Store) timedFlush() {
 	s.applyMu.Lock()
 	defer s.applyMu.Unlock()
@@ -823,9 +825,7 @@ func (s *Store) timedFlush() {
 		return // closed (Close flushed)
 	}
 	defer s.release()
-	if time.Since(s.lastFlush) >= s.opts.CheckpointInterval {
-		s.startFlush()
-	}
+	s.maybeFlush()
 }
 
 func (s *Store) startFlush() {
