@@ -117,6 +117,9 @@ func (s *Store) Expire(now int64) (ExpireStats, error) {
 		if len(expiredItems) > 0 {
 			s.itemReads.Invalidate(expiredItems...)
 		}
+		if s.wins != nil {
+			s.wins.clear() // expired entities and tiles
+		}
 		if s.learner != nil {
 			s.learner.ExpireCommitted()
 		}

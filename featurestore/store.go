@@ -65,6 +65,10 @@ type Options struct {
 	// records (each LRU holds this many) and the readers' cache of item
 	// records. Default: 131072.
 	RecordCacheEntries int
+	// WindowCacheBytes bounds the materialized window state that online
+	// reads of window features use instead of the tiles (winstate.go).
+	// Default: 256 MiB; negative: none (every read scans the tiles).
+	WindowCacheBytes int64
 	// Learner is the incremental models (featurestore/models.New), which
 	// learn from every applied event in the apply batch; nil: none. A
 	// learner serves one store.
@@ -131,6 +135,9 @@ func (o *Options) EnsureDefaults() {
 	if o.RecordCacheEntries <= 0 {
 		o.RecordCacheEntries = 128 << 10
 	}
+	if o.WindowCacheBytes == 0 {
+		o.WindowCacheBytes = 256 << 20
+	}
 	if o.FlushWait <= 0 {
 		o.FlushWait = 10 * time.Second
 	}
@@ -190,6 +197,9 @@ type Store struct {
 	// recommendation reads hundreds); Apply and Expire invalidate what
 	// they commit.
 	itemReads *readcache.Cache[*ItemRecord]
+	// wins is the materialized window state of online reads (winstate.go);
+	// nil when Options.WindowCacheBytes is negative.
+	wins *winCache
 	// dd holds the in-memory Bloom filters over applied event ids (see
 	// dedup.go). A new id (the common case) is known to be new without a
 	// Pebble lookup; a "maybe" is settled by Pebble. Only Apply touches it.
@@ -279,6 +289,9 @@ func Open(dir string, opts Options) (*Store, error) {
 	s.users, _ = lru.New[string, *UserRecord](opts.RecordCacheEntries)
 	s.items, _ = lru.New[string, *ItemRecord](opts.RecordCacheEntries)
 	s.itemReads = readcache.New[*ItemRecord](opts.RecordCacheEntries)
+	if opts.WindowCacheBytes > 0 {
+		s.wins = newWinCache(s.defs, opts.WindowCacheBytes)
+	}
 	if err := s.loadMeta(); err != nil {
 		_ = db.Close()
 		cache.Unref()
@@ -518,6 +531,7 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 	tiles := newTileBatch()
 	seenB := newSeenBatch(s.opts.SeenLimit)
 	newUsers := make(map[string]bool)
+	var applied []*Event // in order, for the materialized windows
 	var lb LearnBatch
 	if s.learner != nil {
 		lb = s.learner.Begin(&BatchRecords{s: s, items: items, newUsers: newUsers})
@@ -602,6 +616,7 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 		it.rec.Pop = LogAddExp2(it.rec.Pop, s.logWeight[ev.Behavior]+float64(ev.TS)/s.halfMS)
 		tiles.add(ev)
 		seenB.add(ev)
+		applied = append(applied, ev)
 
 		if ev.Behavior == BehaviorPurchase {
 			if err := b.Set(boughtKey(ev.UserID, ev.ItemID), nil, nil); err != nil {
@@ -668,6 +683,22 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 		s.items.Add(id, it.rec)
 		touched = append(touched, id)
 	}
+	var winTouched []winKey
+	var winUps []winUpdate
+	if s.wins != nil {
+		winTouched = make([]winKey, 0, len(users)+len(items))
+		for id := range users {
+			winTouched = append(winTouched, winKey{kindUser, id})
+		}
+		for _, id := range touched {
+			winTouched = append(winTouched, winKey{kindItem, id})
+		}
+		now := st.MaxTS
+		if s.opts.Clock != "event" {
+			now = s.opts.Now().UnixMilli()
+		}
+		winUps = s.wins.prepare(winTouched, applied, tiles, now)
+	}
 	if s.opts.TestingAfterCommit != nil {
 		s.opts.TestingAfterCommit()
 	}
@@ -675,6 +706,9 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 	s.publish(s.db.NewSnapshot(), func() {
 		if len(touched) > 0 {
 			s.itemReads.Invalidate(touched...)
+		}
+		if s.wins != nil {
+			s.wins.install(winTouched, winUps)
 		}
 		if lb != nil {
 			lb.Publish()

@@ -1254,10 +1254,20 @@ func TestBlockCacheHoldsBlocks(t *testing.T) {
 // state version: a batch applied while the rows are read changes none of
 // them, neither records nor window tiles nor distinct counts.
 func TestGetReadsOneVersion(t *testing.T) {
-	s, _ := newMemStore(t)
+	// The batch applied during the read runs in its own goroutine, and the
+	// read goes on once it is committed: an online read pins the published
+	// version, so the batch's publication waits for it.
+	committed := make(chan struct{}, 4)
+	s, err := Open("store", Options{FS: vfs.NewMem(), Logger: quietLogger(), CacheBytes: 4 << 20,
+		TestingAfterCommit: func() { committed <- struct{}{} }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
 	mustApply(t, s, 2, entries(0,
 		ev("e1", "u1", "i1", "c1", BehaviorView, t0),
 		ev("e2", "u2", "i1", "c1", BehaviorView, t0)))
+	<-committed
 	idx, err := UserView.Resolve([]string{"view_count", "view_count_1h", "last_event_ts"})
 	if err != nil {
 		t.Fatal(err)
@@ -1272,16 +1282,28 @@ func TestGetReadsOneVersion(t *testing.T) {
 	}
 	before := read()
 	calls := 0
+	applied := make(chan error, 1)
 	testHookRow = func() {
 		if calls++; calls == 2 { // after the first row, before the second
-			mustApply(t, s, 4, entries(2,
-				ev("e3", "u1", "i2", "c1", BehaviorView, t0+1000),
-				ev("e4", "u2", "i2", "c1", BehaviorView, t0+1000)))
+			go func() {
+				_, err := s.Apply(4, entries(2,
+					ev("e3", "u1", "i2", "c1", BehaviorView, t0+1000),
+					ev("e4", "u2", "i2", "c1", BehaviorView, t0+1000)))
+				applied <- err
+			}()
+			select {
+			case <-committed:
+			case err := <-applied:
+				t.Fatalf("Apply: %v before its commit", err)
+			}
 		}
 	}
 	t.Cleanup(func() { testHookRow = nil })
 	during := read()
 	testHookRow = nil
+	if err := <-applied; err != nil {
+		t.Fatal(err)
+	}
 	if calls != 2 {
 		t.Fatalf("hook ran %d times, want 2", calls)
 	}

@@ -188,6 +188,11 @@ type reader struct {
 	// loaded: wr holds the tiles of the current entity for its rows'
 	// times (see readRows), valuesOf does not read them again.
 	loaded bool
+	// bounds are the longest windows of the features read; ent, when not
+	// nil, is the current entity's materialized window state, which
+	// valuesOf reads instead of the tiles when it covers the read time.
+	bounds winBounds
+	ent    *winEntry
 }
 
 // preloadCoarse and preloadFine read the tiles of entity id that the
@@ -214,6 +219,7 @@ func (s *Store) newReader(src pebble.Reader, v *View, idx []int, rt ReadTime) (*
 	r := &reader{s: s, v: v, idx: idx, rt: rt, sums: make(map[int64]windowSum), countersOnly: true}
 	for _, i := range idx {
 		f := &v.Features[i]
+		r.bounds = r.bounds.with(f)
 		switch f.Agg {
 		case AggRecentItems, AggRecentCategories, AggTopCategories, AggCategoryID:
 			r.countersOnly = false
@@ -299,7 +305,10 @@ func (r *reader) valuesOf(id string, c *Counters, out []Value) error {
 	}
 	current := rt.AsOf >= c.LastTSAny // the record is the state as of AsOf
 	clear(r.sums)
-	if len(r.wins) > 0 && !r.loaded {
+	if r.ent != nil && !r.ent.covers(r.bounds, rt.AsOf) {
+		r.ent = nil
+	}
+	if len(r.wins) > 0 && !r.loaded && r.ent == nil {
 		if err := r.wr.load(r.v.kind, id, rt.AsOf, r.wins); err != nil {
 			return err
 		}
@@ -318,7 +327,13 @@ func (r *reader) valuesOf(id string, c *Counters, out []Value) error {
 			continue
 		}
 		if f.Agg == AggDistinct {
-			n, ts, err := r.wr.distinct(r.v.kind, id, rt.AsOf, f.Window)
+			var n, ts int64
+			var err error
+			if r.ent != nil {
+				n, ts, err = r.ent.distinct(r.wr, rt.AsOf, f.Window)
+			} else {
+				n, ts, err = r.wr.distinct(r.v.kind, id, rt.AsOf, f.Window)
+			}
 			if err != nil {
 				return err
 			}
@@ -382,7 +397,11 @@ func (r *reader) value(f *Feature, c *Counters, current bool) Value {
 func (r *reader) sum(w int64, b Behavior) (int64, int64) {
 	ws, ok := r.sums[w]
 	if !ok {
-		ws = r.wr.sum(r.rt.AsOf, w)
+		if r.ent != nil {
+			ws = r.ent.sum(r.rt.AsOf, w)
+		} else {
+			ws = r.wr.sum(r.rt.AsOf, w)
+		}
 		r.sums[w] = ws
 	}
 	return ws.c[b], ws.newest[b]
@@ -449,7 +468,7 @@ func (s *Store) Get(v *View, ids []string, idx []int, rt ReadTime) ([]Row, error
 		}
 		return rows, nil
 	}
-	return s.getRows(v, ids, idx, rt.Now, func(int) int64 { return rt.AsOf })
+	return s.getRows(v, ids, idx, rt.Now, func(int) int64 { return rt.AsOf }, true)
 }
 
 // GetEach reads features idx of entity ids[i] as of asOf[i] (the clock
@@ -462,7 +481,7 @@ func (s *Store) GetEach(v *View, ids []string, idx []int, now int64, asOf []int6
 	if !v.Scannable() {
 		return nil, fmt.Errorf("get each %s: %w", v.Name, errNotScannable)
 	}
-	return s.getRows(v, ids, idx, now, func(r int) int64 { return asOf[r] })
+	return s.getRows(v, ids, idx, now, func(r int) int64 { return asOf[r] }, false)
 }
 
 // newRows returns one Row per id with room for n values each.
@@ -482,16 +501,32 @@ var testHookRow func()
 // asOf(r). It visits the rows in (id, time) order, so that the record and
 // tile iterators only seek forward, and reads each entity's record once
 // for all its rows, and its tiles once per distinct time; a big request is
-// read in several runs of ids at once (see getWorkers).
-func (s *Store) getRows(v *View, ids []string, idx []int, now int64, asOf func(r int) int64) ([]Row, error) {
+// read in several runs of ids at once (see getWorkers). An online read
+// (Get) of at most onlineRows ids pins the published version and reads
+// window features from the materialized window state (winstate.go).
+func (s *Store) getRows(v *View, ids []string, idx []int, now int64, asOf func(r int) int64, online bool) ([]Row, error) {
 	if err := s.acquire(); err != nil {
 		return nil, err
 	}
 	defer s.release()
 	// One snapshot for the whole response: every row, record and tile is
 	// read at one state version, even while batches are applied.
-	snap := s.db.NewSnapshot()
-	defer snap.Close()
+	var snap pebble.Reader
+	var wc *winCache
+	if online && s.wins != nil && len(ids) <= onlineRows {
+		// Pinned: the materialized state is that of the published
+		// version, which a publication cannot change while it is held.
+		pv, err := s.Pin()
+		if err != nil {
+			return nil, err
+		}
+		defer pv.Release()
+		snap, wc = pv.snap, s.wins
+	} else {
+		sn := s.db.NewSnapshot()
+		defer sn.Close()
+		snap = sn
+	}
 	rows := newRows(ids, len(idx))
 	ts := make([]int64, len(rows))
 	order := make([]int, len(rows))
@@ -511,7 +546,7 @@ func (s *Store) getRows(v *View, ids []string, idx []int, now int64, asOf func(r
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[p] = s.readRows(snap, v, idx, now, rows, ts, parts[p])
+			errs[p] = s.readRows(snap, v, idx, now, rows, ts, parts[p], wc)
 		}()
 	}
 	wg.Wait()
@@ -542,9 +577,17 @@ func splitRuns(order []int, ids []string, k int) [][]int {
 	return parts
 }
 
+// onlineRows is the most ids an online read (Get) reads through the
+// materialized window state, holding a pinned version: a read of more
+// (an export, in effect) scans the tiles without holding back
+// publications.
+const onlineRows = 16 << 10
+
 // readRows fills rows[r] for every r of order (sorted by id and time), row
-// r as of ts[r], from snap through one reader.
-func (s *Store) readRows(snap pebble.Reader, v *View, idx []int, now int64, rows []Row, ts []int64, order []int) error {
+// r as of ts[r], from snap through one reader; with wc, window features
+// come from the materialized window state (snap is then the pinned
+// version's).
+func (s *Store) readRows(snap pebble.Reader, v *View, idx []int, now int64, rows []Row, ts []int64, order []int, wc *winCache) error {
 	rd, err := s.newReader(snap, v, idx, ReadTime{Now: now})
 	if err != nil {
 		return err
@@ -590,6 +633,15 @@ func (s *Store) readRows(snap pebble.Reader, v *View, idx []int, now int64, rows
 		}
 		prev, coarseUntil, fineUntil := -1, int64(0), int64(0)
 		rd.loaded = c != nil && len(rd.wins) > 0
+		rd.ent = nil
+		if wc != nil && c != nil {
+			e, err := s.windowState(wc, rd, id, c, now, ts[order[i]])
+			if err != nil {
+				return fmt.Errorf("get %s %q: %w", v.Name, id, err)
+			}
+			rd.ent = e
+			rd.loaded = false // valuesOf reads the tiles if e does not cover a row
+		}
 		// within is the time of the last row from k on within span of row
 		// k's, and the time past which a row is not (rows come in time
 		// order).
@@ -641,6 +693,32 @@ func (s *Store) readRows(snap pebble.Reader, v *View, idx []int, now int64, rows
 		i = j
 	}
 	return nil
+}
+
+// windowState returns the materialized window state of entity id (record
+// counters c) for reads as of t by rd, built from rd's version on a miss;
+// nil when the read needs no window, the entity has expired, t is not
+// recent (an as_of more than an hour before now: read from the tiles) or
+// the entity has too many recent events to keep.
+func (s *Store) windowState(wc *winCache, rd *reader, id string, c *Counters, now, t int64) (*winEntry, error) {
+	if rd.wr == nil || (rd.v.TTL > 0 && now-c.LastTSAny > rd.v.TTL.Milliseconds()) {
+		return nil, nil
+	}
+	k := winKey{rd.v.kind, id}
+	if e := wc.get(k, rd.bounds, t); e != nil {
+		return e, nil
+	}
+	if t = readTime(t); t < now-coarseTile {
+		return nil, nil
+	}
+	b := wc.bounds[rd.v.kind]
+	b = winBounds{max(b.coarse, rd.bounds.coarse), max(b.fine, rd.bounds.fine), max(b.distinct, rd.bounds.distinct)}
+	e, err := wc.build(rd.wr, rd.v.kind, id, b, min(t, now), c.LastTSAny+1)
+	if err != nil || e == nil {
+		return nil, err
+	}
+	wc.put(k, e)
+	return e, nil
 }
 
 // seekForward positions it at the first key at or past k, knowing that it
