@@ -586,3 +586,24 @@ func (e *winEntry) with(b winBounds, k winKey, evs []*Event, tb *tileBatch, now 
 	ne.resize()
 	return ne
 }
+
+// WindowStateStats describe the materialized window state of online reads.
+type WindowStateStats struct {
+	Entries int   // entities held
+	Bytes   int64 // their approximate memory
+	// Since Open: reads answered from an entry, reads that found none
+	// covering their time, entries built by readers, entries updated by
+	// the writer.
+	Hits, Misses, Builds, Updates int64
+}
+
+// WindowStateStats returns the materialized window state's size and
+// counters (all zero when Options.WindowCacheBytes is negative).
+func (s *Store) WindowStateStats() WindowStateStats {
+	c := s.wins
+	if c == nil {
+		return WindowStateStats{}
+	}
+	n, b := c.stats()
+	return WindowStateStats{Entries: n, Bytes: b, Hits: c.hits.Load(), Misses: c.misses.Load(), Builds: c.builds.Load(), Updates: c.updates.Load()}
+}

@@ -69,6 +69,11 @@ func NewMetrics(reg *prometheus.Registry, store *featurestore.Store, mods *model
 	gauge("recsys_store_users", "Users with features.", func() float64 { return float64(store.Stats().Users) })
 	gauge("recsys_store_items", "Items with features.", func() float64 { return float64(store.Stats().Items) })
 	gauge("recsys_store_dead_letters", "Dead letters kept.", func() float64 { return float64(store.DeadLetterCount()) })
+	gauge("recsys_window_state_entities", "Entities whose window state is materialized in memory for online reads.", func() float64 { return float64(store.WindowStateStats().Entries) })
+	gauge("recsys_window_state_bytes", "Approximate memory of the materialized window state (bounded by --state.window-cache-bytes).", func() float64 { return float64(store.WindowStateStats().Bytes) })
+	counter("recsys_window_state_hits_total", "Online entity reads whose window features came from the materialized state.", func() float64 { return float64(store.WindowStateStats().Hits) })
+	counter("recsys_window_state_misses_total", "Online entity reads that found no materialized state covering their time (then built, or read from the tiles).", func() float64 { return float64(store.WindowStateStats().Misses) })
+	counter("recsys_window_state_updates_total", "Materialized entity states the writer updated with an apply batch.", func() float64 { return float64(store.WindowStateStats().Updates) })
 	reg.MustRegister(modelCollector{mods})
 	pm := func(f func(*featurestore.PebbleStats) float64) func() float64 {
 		return func() float64 {

@@ -31,22 +31,23 @@ import (
 )
 
 type benchOpts struct {
-	events     int
-	batch      int
-	clients    int
-	duration   time.Duration
-	dir        string
-	cpuprof    string
-	applyProf  string
-	applyOnly  bool
-	checkpoint time.Duration
-	readProf   string
-	featProf   string
-	formats    []string
-	soak       bool
-	soakDays   int
-	applyRuns  int
-	progress   string
+	events        int
+	batch         int
+	clients       int
+	duration      time.Duration
+	dir           string
+	cpuprof       string
+	applyProf     string
+	applyOnly     bool
+	checkpoint    time.Duration
+	windowCacheMB int64
+	readProf      string
+	featProf      string
+	formats       []string
+	soak          bool
+	soakDays      int
+	applyRuns     int
+	progress      string
 }
 
 func benchCmd() *cobra.Command {
@@ -93,6 +94,7 @@ func benchCmd() *cobra.Command {
 	f.StringVar(&o.dir, "dir", "", "data dir to use (default: a temporary one, removed afterwards)")
 	f.StringVar(&o.cpuprof, "cpuprofile", "", "write a CPU profile of the ingest phase to this file")
 	f.DurationVar(&o.checkpoint, "state.checkpoint-interval", featurestore.DefaultCheckpointInterval, "the stores' checkpoint interval (serve's flag)")
+	f.Int64Var(&o.windowCacheMB, "state.window-cache-mb", 256, "the stores' materialized window state of online reads, MiB; 0: none (serve's flag)")
 	f.BoolVar(&o.applyOnly, "apply-only", false, "run the state-engine benchmark alone (--apply-runs times), not the ingest and read scenarios")
 	f.StringVar(&o.applyProf, "cpuprofile-apply", "", "write a CPU profile of the first state-engine run to this file")
 	f.StringVar(&o.readProf, "cpuprofile-reads", "", "write a CPU profile of the read phase to this file")
@@ -145,7 +147,7 @@ func bench(ctx context.Context, o *benchOpts) error {
 		return nil
 	}
 
-	eng, err := openDataDir(dir, storeConfig{Clock: "wall", State: stateConfig{CheckpointInterval: o.checkpoint}}, ingestConfig{lateness: time.Hour, futureSkew: 5 * time.Minute}, logger, nil, nil)
+	eng, err := openDataDir(dir, storeConfig{Clock: "wall", State: stateConfig{CheckpointInterval: o.checkpoint, WindowCacheMB: o.windowCacheMB}}, ingestConfig{lateness: time.Hour, futureSkew: 5 * time.Minute}, logger, nil, nil)
 	if err != nil {
 		return err
 	}
@@ -427,7 +429,7 @@ func soak(ctx context.Context, o *benchOpts) error {
 	}
 	bar := newProgress(o.progress, "soak", "events", int64(o.events))
 	defer bar.Finish()
-	eng, err := openDataDir(dir, storeConfig{Clock: "event", State: stateConfig{CheckpointInterval: o.checkpoint}}, ingestConfig{lateness: time.Hour, futureSkew: 5 * time.Minute}, logger, nil, nil)
+	eng, err := openDataDir(dir, storeConfig{Clock: "event", State: stateConfig{CheckpointInterval: o.checkpoint, WindowCacheMB: o.windowCacheMB}}, ingestConfig{lateness: time.Hour, futureSkew: 5 * time.Minute}, logger, nil, nil)
 	if err != nil {
 		return err
 	}

@@ -89,7 +89,7 @@ type ingestConfig struct {
 // settings; publisher (serve's Kafka mode) may be nil.
 func openDataDir(dir string, sc storeConfig, ing ingestConfig, logger *slog.Logger, reg prometheus.Registerer, publisher updater.Publisher) (*datadir.Dir, error) {
 	o := datadir.Options{Logger: logger, Registerer: reg, FeaturesFile: sc.Features,
-		Store:           featurestore.Options{Clock: sc.Clock, DedupHorizon: sc.DedupHorizon, CheckpointInterval: sc.State.CheckpointInterval},
+		Store:           featurestore.Options{Clock: sc.Clock, DedupHorizon: sc.DedupHorizon, CheckpointInterval: sc.State.CheckpointInterval, WindowCacheBytes: sc.State.windowCacheBytes()},
 		Models:          sc.Models.options(),
 		AllowedLateness: ing.lateness, MaxFutureSkew: ing.futureSkew, MinFreeBytes: ing.minFree, OutsideSource: ing.kafka, Publisher: publisher}
 	return datadir.Open(dir, o)
@@ -106,6 +106,17 @@ type storeConfig struct {
 // stateConfig is how the state is kept (the state.* flags).
 type stateConfig struct {
 	CheckpointInterval time.Duration
+	// WindowCacheMB is the budget of the materialized window state of
+	// online reads, in MiB; 0 turns it off.
+	WindowCacheMB int64
+}
+
+// windowCacheBytes is featurestore.Options.WindowCacheBytes for the flag.
+func (c stateConfig) windowCacheBytes() int64 {
+	if c.WindowCacheMB == 0 {
+		return -1
+	}
+	return c.WindowCacheMB << 20
 }
 
 // modelConfig holds the models' hyperparameters (models.Options
@@ -210,6 +221,7 @@ func (c *storeConfig) bindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.Clock, "clock", "wall", "read clock: wall, or event (the newest event time, for replays of historical data)")
 	fs.DurationVar(&c.DedupHorizon, "dedup-horizon", 7*24*time.Hour, "how long event ids are remembered for deduplication")
 	fs.DurationVar(&c.State.CheckpointInterval, "state.checkpoint-interval", featurestore.DefaultCheckpointInterval, "how often, at most, the applied state is made durable (a flush of its memtables, with the offsets it reflects); a crash applies at most this much again from the log or the topic on restart")
+	fs.Int64Var(&c.State.WindowCacheMB, "state.window-cache-mb", 256, "memory, in MiB, of the window state materialized for online feature reads (hourly counts, recent events and sketches per entity, updated with every batch); 0 reads every window from the tiles")
 	c.Models.bindFlags(fs)
 }
 
@@ -222,6 +234,9 @@ func (c *storeConfig) validate() error {
 	}
 	if c.State.CheckpointInterval < 100*time.Millisecond || c.State.CheckpointInterval > time.Hour {
 		return fmt.Errorf("state.checkpoint-interval: %s is not between 100ms and 1h", c.State.CheckpointInterval)
+	}
+	if c.State.WindowCacheMB < 0 || c.State.WindowCacheMB > 1<<20 {
+		return fmt.Errorf("state.window-cache-mb: %d is not between 0 and 1048576", c.State.WindowCacheMB)
 	}
 	return c.Models.validate()
 }
