@@ -697,7 +697,12 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 		if s.opts.Clock != "event" {
 			now = s.opts.Now().UnixMilli()
 		}
-		winUps = s.wins.prepare(winTouched, applied, tiles, now)
+		winUps = s.wins.prepare(winTouched, applied, tiles, now, func(k winKey) []byte {
+			if k.kind == kindUser {
+				return users[k.id].appendTo(nil)
+			}
+			return items[k.id].rec.appendTo(nil)
+		})
 	}
 	if s.opts.TestingAfterCommit != nil {
 		s.opts.TestingAfterCommit()

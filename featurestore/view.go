@@ -611,36 +611,52 @@ func (s *Store) readRows(snap pebble.Reader, v *View, idx []int, now int64, rows
 		for j < len(order) && rows[order[j]].ID == id {
 			j++
 		}
-		key = append(key[:len(v.prefix)], id...)
-		var ok bool
-		if dense {
-			ok = seekForward(it, at, key)
-			at = append(at[:0], key...)
-		} else {
-			ok = it.SeekPrefixGE(key)
-		}
 		var c *Counters
-		if ok && bytes.Equal(it.Key(), key) {
-			b, err := it.ValueAndErr()
-			if err == nil {
-				c, err = rd.decode(b)
+		var rec []byte
+		rd.ent = nil
+		if wc != nil {
+			// The entity's materialized state holds its record: no seek.
+			if e := wc.get(winKey{v.kind, id}, rd.bounds, ts[order[i]]); e != nil {
+				var err error
+				if c, err = rd.decode(e.rec); err != nil {
+					return fmt.Errorf("get %s %q: %w", v.Name, id, err)
+				}
+				rd.ent = e
 			}
-			if err != nil {
+		}
+		if rd.ent == nil {
+			key = append(key[:len(v.prefix)], id...)
+			var ok bool
+			if dense {
+				ok = seekForward(it, at, key)
+				at = append(at[:0], key...)
+			} else {
+				ok = it.SeekPrefixGE(key)
+			}
+			if ok && bytes.Equal(it.Key(), key) {
+				b, err := it.ValueAndErr()
+				if err == nil {
+					c, err = rd.decode(b)
+					rec = b
+				}
+				if err != nil {
+					return fmt.Errorf("get %s %q: %w", v.Name, id, err)
+				}
+			} else if err := it.Error(); err != nil {
 				return fmt.Errorf("get %s %q: %w", v.Name, id, err)
 			}
-		} else if err := it.Error(); err != nil {
-			return fmt.Errorf("get %s %q: %w", v.Name, id, err)
 		}
 		prev, coarseUntil, fineUntil := -1, int64(0), int64(0)
 		rd.loaded = c != nil && len(rd.wins) > 0
-		rd.ent = nil
 		if wc != nil && c != nil {
-			e, err := s.windowState(wc, rd, id, c, now, ts[order[i]])
-			if err != nil {
-				return fmt.Errorf("get %s %q: %w", v.Name, id, err)
+			if rd.ent == nil {
+				e, err := s.windowState(wc, rd, id, rec, c, now, ts[order[i]])
+				if err != nil {
+					return fmt.Errorf("get %s %q: %w", v.Name, id, err)
+				}
+				rd.ent = e
 			}
-			rd.ent = e
-			rd.loaded = false // valuesOf reads the tiles if e does not cover a row
+			rd.loaded = false // valuesOf reads the tiles if rd.ent does not cover a row
 		}
 		// within is the time of the last row from k on within span of row
 		// k's, and the time past which a row is not (rows come in time
@@ -700,20 +716,17 @@ func (s *Store) readRows(snap pebble.Reader, v *View, idx []int, now int64, rows
 // nil when the read needs no window, the entity has expired, t is not
 // recent (an as_of more than an hour before now: read from the tiles) or
 // the entity has too many recent events to keep.
-func (s *Store) windowState(wc *winCache, rd *reader, id string, c *Counters, now, t int64) (*winEntry, error) {
+func (s *Store) windowState(wc *winCache, rd *reader, id string, rec []byte, c *Counters, now, t int64) (*winEntry, error) {
 	if rd.wr == nil || (rd.v.TTL > 0 && now-c.LastTSAny > rd.v.TTL.Milliseconds()) {
 		return nil, nil
 	}
 	k := winKey{rd.v.kind, id}
-	if e := wc.get(k, rd.bounds, t); e != nil {
-		return e, nil
-	}
 	if t = readTime(t); t < now-coarseTile {
 		return nil, nil
 	}
 	b := wc.bounds[rd.v.kind]
 	b = winBounds{max(b.coarse, rd.bounds.coarse), max(b.fine, rd.bounds.fine), max(b.distinct, rd.bounds.distinct)}
-	e, err := wc.build(rd.wr, rd.v.kind, id, b, min(t, now), c.LastTSAny+1)
+	e, err := wc.build(rd.wr, rd.v.kind, id, rec, b, min(t, now), c.LastTSAny+1)
 	if err != nil || e == nil {
 		return nil, err
 	}

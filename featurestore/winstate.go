@@ -75,8 +75,11 @@ type winEntry struct {
 	coarse                   [numBehaviors]hourCounts
 	events                   [numBehaviors][]int64 // event times, in order
 	hours                    []hourSketch
-	size                     int64
-	memo                     atomic.Pointer[distinctMemo]
+	// rec is the entity's stored record as of the version, so that an
+	// online read needs no Pebble read at all.
+	rec  []byte
+	size int64
+	memo atomic.Pointer[distinctMemo]
 }
 
 // distinctMemo is the last distinct count read from an entry.
@@ -265,8 +268,8 @@ func (c *winCache) stats() (entries int, bytes int64) {
 // later) by windows up to b, from the tiles below hi (one past the
 // entity's newest event time) in wr's version. It returns nil if the
 // entity has too many recent events to keep.
-func (c *winCache) build(wr *windowReader, kind byte, id string, b winBounds, from, hi int64) (*winEntry, error) {
-	e := &winEntry{size: entryOverhead}
+func (c *winCache) build(wr *windowReader, kind byte, id string, rec []byte, b winBounds, from, hi int64) (*winEntry, error) {
+	e := &winEntry{size: entryOverhead, rec: slices.Clone(rec)}
 	e.coarseLo, e.fineLo, e.distLo = b.lows(from)
 	if b.coarse > 0 {
 		err := wr.scanTiles(resCoarse, kind, id, e.coarseLo, hi, func(start int64, v []byte) error {
@@ -329,7 +332,7 @@ func (c *winCache) build(wr *windowReader, kind byte, id string, b winBounds, fr
 }
 
 func (e *winEntry) resize() {
-	e.size = entryOverhead
+	e.size = entryOverhead + int64(len(e.rec))
 	for b := range e.coarse {
 		e.size += int64(cap(e.coarse[b].start))*tileBytes + int64(cap(e.events[b]))*eventBytes
 	}
@@ -429,8 +432,8 @@ type winUpdate struct {
 // prepare computes the entries of the entities the batch touched that are
 // cached: the old entry with the batch's events (applied, in order) folded
 // in, and what no read as of now or later needs left out. tb holds the
-// batch's hourly sketches.
-func (c *winCache) prepare(touched []winKey, applied []*Event, tb *tileBatch, now int64) []winUpdate {
+// batch's hourly sketches, recOf encodes an entity's new record.
+func (c *winCache) prepare(touched []winKey, applied []*Event, tb *tileBatch, now int64, recOf func(winKey) []byte) []winUpdate {
 	var ups []winUpdate
 	c.mu.Lock()
 	for _, k := range touched {
@@ -456,6 +459,10 @@ func (c *winCache) prepare(touched []winKey, applied []*Event, tb *tileBatch, no
 	for i := range ups {
 		u := &ups[i]
 		u.new = u.old.with(c.bounds[u.k.kind], u.k, evs[u.k], tb, now)
+		if u.new != nil {
+			u.new.rec = recOf(u.k)
+			u.new.resize()
+		}
 	}
 	c.updates.Add(int64(len(ups)))
 	return ups
