@@ -246,8 +246,9 @@ func bench(ctx context.Context, o *benchOpts) error {
 		return err
 	}
 	defer stopFeatProfile() // on errors; stopped below after the scenarios
-	fmt.Printf("features:get of every item_features feature (%d), closed-loop clients in this process, %s per scenario (items of random events);\n",
-		len(featurestore.ItemView.Features), o.duration)
+	stopIngest := startIngest(ctx, eng, evs)
+	fmt.Printf("features:get of every item_features feature (%d), closed-loop clients in this process, %s per scenario (items of random events), while ingest runs at %d events/s;\n",
+		len(featurestore.ItemView.Features), o.duration, ingestRate)
 	fmt.Printf("  bytes per entity of the answers (REST: the body; gRPC: the message), averaged over 5 requests:\n")
 	randomItems := func(r *rand.Rand, n int) []string {
 		ids := make([]string, n)
@@ -256,7 +257,8 @@ func bench(ctx context.Context, o *benchOpts) error {
 		}
 		return ids
 	}
-	for _, n := range []int{1, 500} {
+	readStart := time.Now()
+	for _, n := range []int{1, 100, 500} {
 		type scenario struct {
 			name string
 			// call makes one request; with size it returns the answer's bytes.
@@ -290,6 +292,7 @@ func bench(ctx context.Context, o *benchOpts) error {
 			for i := range 5 {
 				b, err := sc.call(rand.New(rand.NewPCG(uint64(i), 11)), true)
 				if err != nil {
+					_, _, _ = stopIngest()
 					stopUpd()
 					return fmt.Errorf("features:get %s: %w", sc.name, err)
 				}
@@ -304,6 +307,12 @@ func bench(ctx context.Context, o *benchOpts) error {
 		}
 	}
 	stopFeatProfile()
+	ingested, lagMax, err := stopIngest()
+	if err != nil {
+		stopUpd()
+		return err
+	}
+	fmt.Printf("  ingest during the scenarios: %.0f events/s, largest apply lag seen %d events\n", float64(ingested)/time.Since(readStart).Seconds(), lagMax)
 	if err := benchRecommend(ctx, eng, hc, "http://"+hl.Addr().String(), evs, o); err != nil {
 		stopUpd()
 		return err
@@ -312,15 +321,17 @@ func bench(ctx context.Context, o *benchOpts) error {
 	return <-updDone
 }
 
-// benchRecommend measures REST recommendations of random users while
-// events are ingested concurrently at a steady 10,000 events/s (with
-// event times of now, so they pass the watermark).
-func benchRecommend(ctx context.Context, eng *datadir.Dir, hc *http.Client, base string, evs []*recsysv1.Event, o *benchOpts) error {
-	const rate = 10_000
+// ingestRate is the steady ingest of the read scenarios, events/s.
+const ingestRate = 10_000
+
+// startIngest ingests events into eng at a steady ingestRate (with event
+// times of now, so that they pass the watermark) until the returned stop
+// is called, which returns the events ingested, the largest apply lag
+// seen and the first error.
+func startIngest(ctx context.Context, eng *datadir.Dir, evs []*recsysv1.Event) (stop func() (ingested, lagMax int, err error)) {
 	const tick = 50 * time.Millisecond
-	perTick := rate * int(tick) / int(time.Second)
-	ictx, stopIngest := context.WithCancel(ctx)
-	defer stopIngest()
+	perTick := ingestRate * int(tick) / int(time.Second)
+	ictx, cancel := context.WithCancel(ctx)
 	var ingested, lagMax int
 	ingestErr := make(chan error, 1)
 	go func() {
@@ -352,7 +363,23 @@ func benchRecommend(ctx context.Context, eng *datadir.Dir, hc *http.Client, base
 			lagMax = max(lagMax, int(eng.Log.End()-eng.Store.AppliedOffset()))
 		}
 	}()
-	fmt.Printf("recommendations (k=20, full method), REST, closed-loop clients, %s per scenario, while ingest runs at %d events/s:\n", o.duration, rate)
+	var once sync.Once
+	var err error
+	return func() (int, int, error) {
+		once.Do(func() {
+			cancel()
+			err = <-ingestErr
+		})
+		return ingested, lagMax, err
+	}
+}
+
+// benchRecommend measures REST recommendations of random users while
+// events are ingested concurrently at a steady ingestRate.
+func benchRecommend(ctx context.Context, eng *datadir.Dir, hc *http.Client, base string, evs []*recsysv1.Event, o *benchOpts) error {
+	stopIngest := startIngest(ctx, eng, evs)
+	defer func() { _, _, _ = stopIngest() }()
+	fmt.Printf("recommendations (k=20, full method), REST, closed-loop clients, %s per scenario, while ingest runs at %d events/s:\n", o.duration, ingestRate)
 	call := func(r *rand.Rand) error {
 		u := evs[r.IntN(len(evs))].UserId
 		return okResponse(hc.Get(base + "/v1/users/" + u + "/recommendations?k=20"))
@@ -371,8 +398,8 @@ func benchRecommend(ctx context.Context, eng *datadir.Dir, hc *http.Client, base
 		fmt.Printf("  open loop, offered %4d req/s: %7.0f answered/s  p50 %6.2f ms  p99 %6.2f ms  p999 %6.2f ms  (%d requests, %d errors, %d not started: %d in flight)\n",
 			rps, float64(len(lat))/el.Seconds(), pct(lat, 0.50), pct(lat, 0.99), pct(lat, 0.999), len(lat), errs, late, maxInFlight)
 	}
-	stopIngest()
-	if err := <-ingestErr; err != nil {
+	ingested, lagMax, err := stopIngest()
+	if err != nil {
 		return err
 	}
 	fmt.Printf("  ingest during the scenarios: %.0f events/s, largest apply lag seen %d events\n", float64(ingested)/time.Since(start).Seconds(), lagMax)
