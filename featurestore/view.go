@@ -171,6 +171,12 @@ func (s *Store) At(asOf int64) ReadTime {
 	return ReadTime{Now: now, AsOf: asOf}
 }
 
+// winSum is a window's sum for the current entity of a reader.
+type winSum struct {
+	w   int64
+	sum windowSum
+}
+
 // reader computes feature values of one view for many entities.
 type reader struct {
 	s    *Store
@@ -179,7 +185,7 @@ type reader struct {
 	rt   ReadTime
 	wins []int64
 	wr   *windowReader
-	sums map[int64]windowSum // per window, for the current entity
+	sums []winSum // per window, for the current entity
 	u    UserRecord
 	it   ItemRecord
 	// countersOnly: no feature needs more of a record than its Counters,
@@ -216,7 +222,7 @@ const (
 // newReader returns a reader of the features idx of v in src (the DB or a
 // snapshot of it).
 func (s *Store) newReader(src pebble.Reader, v *View, idx []int, rt ReadTime) (*reader, error) {
-	r := &reader{s: s, v: v, idx: idx, rt: rt, sums: make(map[int64]windowSum), countersOnly: true}
+	r := &reader{s: s, v: v, idx: idx, rt: rt, countersOnly: true}
 	for _, i := range idx {
 		f := &v.Features[i]
 		r.bounds = r.bounds.with(f)
@@ -304,7 +310,7 @@ func (r *reader) valuesOf(id string, c *Counters, out []Value) error {
 		return nil
 	}
 	current := rt.AsOf >= c.LastTSAny // the record is the state as of AsOf
-	clear(r.sums)
+	r.sums = r.sums[:0]
 	if r.ent != nil && !r.ent.covers(r.bounds, rt.AsOf) {
 		r.ent = nil
 	}
@@ -395,14 +401,21 @@ func (r *reader) value(f *Feature, c *Counters, current bool) Value {
 // sum returns the count of behavior b in window w and the time of its
 // newest contribution.
 func (r *reader) sum(w int64, b Behavior) (int64, int64) {
-	ws, ok := r.sums[w]
-	if !ok {
+	var ws windowSum
+	found := false
+	for i := range r.sums {
+		if r.sums[i].w == w {
+			ws, found = r.sums[i].sum, true
+			break
+		}
+	}
+	if !found {
 		if r.ent != nil {
 			ws = r.ent.sum(r.rt.AsOf, w)
 		} else {
 			ws = r.wr.sum(r.rt.AsOf, w)
 		}
-		r.sums[w] = ws
+		r.sums = append(r.sums, winSum{w, ws})
 	}
 	return ws.c[b], ws.newest[b]
 }
@@ -593,11 +606,14 @@ func (s *Store) readRows(snap pebble.Reader, v *View, idx []int, now int64, rows
 		return err
 	}
 	defer rd.close()
-	it, err := snap.NewIter(&pebble.IterOptions{LowerBound: v.prefix, UpperBound: prefixEnd(v.prefix)})
-	if err != nil {
-		return err
-	}
-	defer it.Close()
+	// The records' iterator, opened at the first entity not read from the
+	// materialized window state.
+	var it *pebble.Iterator
+	defer func() {
+		if it != nil {
+			_ = it.Close()
+		}
+	}()
 	// A request for many of the view's entities (a join's slice, most
 	// often) walks the records forward, a few Nexts from one to the next
 	// instead of a seek; a sparse one looks each up with its bloom
@@ -625,6 +641,12 @@ func (s *Store) readRows(snap pebble.Reader, v *View, idx []int, now int64, rows
 			}
 		}
 		if rd.ent == nil {
+			if it == nil {
+				var err error
+				if it, err = snap.NewIter(&pebble.IterOptions{LowerBound: v.prefix, UpperBound: prefixEnd(v.prefix)}); err != nil {
+					return err
+				}
+			}
 			key = append(key[:len(v.prefix)], id...)
 			var ok bool
 			if dense {
