@@ -50,6 +50,18 @@ func (s *Store) Expire(now int64) (ExpireStats, error) {
 		return ExpireStats{}, err
 	}
 	defer s.release()
+	es, err := s.expire(now)
+	if err != nil && s.learner != nil {
+		// The learner noted what the failed batch would have deleted (and
+		// dropped it from its caches): it must not act on it later.
+		if aerr := s.learner.Abort(); aerr != nil {
+			err = errors.Join(err, aerr)
+		}
+	}
+	return es, err
+}
+
+func (s *Store) expire(now int64) (ExpireStats, error) {
 	cutoff := now - s.Retention()
 	if cutoff <= 0 {
 		return ExpireStats{}, nil

@@ -145,3 +145,67 @@ func TestExpirePurchasesOfOneUser(t *testing.T) {
 		t.Errorf("PurchasedItems(u10) = %v %v %v, want {y}", got, complete, err)
 	}
 }
+
+// recLearner is a learner that learns nothing and records the expiry
+// calls, for the tests of how the store drives a learner.
+type recLearner struct {
+	expiredItems []string
+	committed    [][]string // the items expired as of each ExpireCommitted
+	aborts       int
+}
+
+type nopBatch struct{}
+
+func (nopBatch) Learn(*Event, *UserRecord, *ItemRecord) error { return nil }
+func (nopBatch) Write(*pebble.Batch) error                    { return nil }
+func (nopBatch) Publish()                                     {}
+func (nopBatch) Commit()                                      {}
+
+func (l *recLearner) Merge(key, value []byte) (pebble.ValueMerger, error) { return nil, nil }
+func (l *recLearner) Load(*Store) error                                   { return nil }
+func (l *recLearner) Begin(*BatchRecords) LearnBatch                      { return nopBatch{} }
+func (l *recLearner) ExpireUser(*pebble.Batch, string) error              { return nil }
+func (l *recLearner) ExpireItem(_ *pebble.Batch, id string) error {
+	l.expiredItems = append(l.expiredItems, id)
+	return nil
+}
+func (l *recLearner) ExpireCommitted() {
+	l.committed = append(l.committed, l.expiredItems)
+	l.expiredItems = nil
+}
+func (l *recLearner) Abort() error { l.aborts++; l.expiredItems = nil; return nil }
+func (l *recLearner) Close() error { return nil }
+
+// A failed expiry batch aborts the learner, which has noted items that
+// the batch would have deleted: a later expiry commits only its own.
+func TestFailedExpiryAbortsTheLearner(t *testing.T) {
+	l := &recLearner{}
+	s, err := Open("db", Options{FS: vfs.NewMem(), Logger: quietLogger(), Clock: "event", Learner: l})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	mustApply(t, s, 2, entries(0,
+		ev("e1", "u", "a-old", "c", BehaviorView, t0),
+		ev("e2", "u", "z-old", "c", BehaviorView, t0)))
+	// z-old's record is corrupt: the expiry fails after a-old's ExpireItem.
+	setRaw(t, s, itemKey("z-old"), []byte{0xff, 0xff})
+	if _, err := s.Expire(t0 + 30*dayMS); err == nil {
+		t.Fatal("Expire over a corrupt record: no error")
+	}
+	if l.aborts != 1 || len(l.committed) != 0 {
+		t.Fatalf("after a failed expiry: %d aborts, %d commits; want 1, 0", l.aborts, len(l.committed))
+	}
+	// a-old gets an event again: it is live, a later expiry leaves it.
+	setRaw(t, s, itemKey("z-old"), nil)
+	if err := s.db.Delete(itemKey("z-old"), pebble.NoSync); err != nil {
+		t.Fatal(err)
+	}
+	mustApply(t, s, 3, entries(2, ev("e3", "u2", "a-old", "c", BehaviorView, t0+29*dayMS)))
+	if _, err := s.Expire(t0 + 30*dayMS); err != nil {
+		t.Fatal(err)
+	}
+	if len(l.committed) != 1 || len(l.committed[0]) != 0 {
+		t.Fatalf("the second expiry committed %v, want no item (a-old is live again)", l.committed)
+	}
+}
