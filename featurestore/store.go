@@ -528,7 +528,7 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 	users := make(map[string]*UserRecord)
 	items := make(map[string]*itemState)
 	ids := newBatchIDs()
-	tiles := newTileBatch()
+	tiles := newTileBatch(len(entries))
 	seenB := newSeenBatch(s.opts.SeenLimit)
 	newUsers := make(map[string]bool)
 	var applied []*Event // in order, for the materialized windows
@@ -683,16 +683,17 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 		s.items.Add(id, it.rec)
 		touched = append(touched, id)
 	}
-	var winTouched []winKey
+	// The entities the batch touched, for the materialized window state.
+	winTouched := func(fn func(winKey)) {
+		for id := range users {
+			fn(winKey{kindUser, id})
+		}
+		for id := range items {
+			fn(winKey{kindItem, id})
+		}
+	}
 	var winUps []winUpdate
 	if s.wins != nil {
-		winTouched = make([]winKey, 0, len(users)+len(items))
-		for id := range users {
-			winTouched = append(winTouched, winKey{kindUser, id})
-		}
-		for _, id := range touched {
-			winTouched = append(winTouched, winKey{kindItem, id})
-		}
 		now := st.MaxTS
 		if s.opts.Clock != "event" {
 			now = s.opts.Now().UnixMilli()
@@ -738,8 +739,12 @@ type tileBatch struct {
 	sketches map[string]*hyperloglog.Sketch // hourly distinct-count sketches
 }
 
-func newTileBatch() *tileBatch {
-	return &tileBatch{events: make(map[string][]byte), sums: make(map[string]*counts), sketches: make(map[string]*hyperloglog.Sketch)}
+// newTileBatch returns the tile updates of a batch of n events (the maps
+// sized for them: each event touches up to 2 fine tiles, 4 counts and 2
+// sketches, mostly shared with other events).
+func newTileBatch(n int) *tileBatch {
+	n = min(n, 1<<16)
+	return &tileBatch{events: make(map[string][]byte, n), sums: make(map[string]*counts, 2*n), sketches: make(map[string]*hyperloglog.Sketch, n)}
 }
 
 func (tb *tileBatch) distinct(key []byte, value string) {

@@ -433,13 +433,15 @@ type winUpdate struct {
 // cached: the old entry with the batch's events (applied, in order) folded
 // in, and what no read as of now or later needs left out. tb holds the
 // batch's hourly sketches, recOf encodes an entity's new record.
-func (c *winCache) prepare(touched []winKey, applied []*Event, tb *tileBatch, now int64, recOf func(winKey) []byte) []winUpdate {
+func (c *winCache) prepare(touched func(func(winKey)), applied []*Event, tb *tileBatch, now int64, recOf func(winKey) []byte) []winUpdate {
 	var ups []winUpdate
 	c.mu.Lock()
-	for _, k := range touched {
-		if e := c.lookup(k); e != nil {
-			ups = append(ups, winUpdate{k: k, old: e})
-		}
+	if c.n > 0 {
+		touched(func(k winKey) {
+			if e := c.lookup(k); e != nil {
+				ups = append(ups, winUpdate{k: k, old: e})
+			}
+		})
 	}
 	c.mu.Unlock()
 	if len(ups) == 0 {
@@ -471,9 +473,12 @@ func (c *winCache) prepare(touched []winKey, applied []*Event, tb *tileBatch, no
 // install swaps in the updates and drops the entries of every other
 // touched entity (a reader may have cached one since prepare, as of the
 // previous version). It runs under the publication lock.
-func (c *winCache) install(touched []winKey, ups []winUpdate) {
+func (c *winCache) install(touched func(func(winKey)), ups []winUpdate) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.n == 0 {
+		return // nothing to update or drop (an empty cache stays empty under the lock)
+	}
 	installed := make(map[winKey]bool, len(ups))
 	for _, u := range ups {
 		if c.lookup(u.k) == u.old && u.new != nil {
@@ -481,11 +486,11 @@ func (c *winCache) install(touched []winKey, ups []winUpdate) {
 			installed[u.k] = true
 		}
 	}
-	for _, k := range touched {
+	touched(func(k winKey) {
 		if c.lookup(k) != nil && !installed[k] {
 			c.set(k, nil)
 		}
-	}
+	})
 }
 
 // with returns a copy of e with the events evs of entity k folded in (tb

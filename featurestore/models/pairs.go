@@ -193,7 +193,7 @@ func (m *neighborMerger) Finish(bool) ([]byte, io.Closer, error) {
 func foldNeighbors(ops [][]byte) ([]byte, error) {
 	var acc neighborRecord
 	acc.LogMass = math.Inf(-1)
-	index := map[string]int{}
+	index := make(map[string]int, 128) // about the pairs of a record: no rehash on the way
 	version := byte(neighborDeltaVersion)
 	for k, op := range ops {
 		var r neighborRecord
