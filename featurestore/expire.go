@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -100,6 +99,7 @@ func (s *Store) expire(now int64) (ExpireStats, error) {
 		return es, err
 	}
 	var expiredItems []string
+	var popChs []popChange
 	if es.Items, err = s.expireEntities(b, prefixItem, cutoff, func(id string, rec []byte) error {
 		s.items.Remove(id)
 		expiredItems = append(expiredItems, id)
@@ -112,8 +112,8 @@ func (s *Store) expire(now int64) (ExpireStats, error) {
 		if err := it.decode(rec); err != nil {
 			return err
 		}
-		st := &itemState{rec: &it, existed: true, oldPop: it.Pop, oldCat: it.CategoryID}
-		return s.unindex(b, id, st)
+		popChs = append(popChs, popChangeOf(id, &itemState{rec: &it, existed: true, oldPop: it.Pop, oldCat: it.CategoryID}, true))
+		return nil
 	}); err != nil {
 		return es, err
 	}
@@ -125,7 +125,9 @@ func (s *Store) expire(now int64) (ExpireStats, error) {
 	if err := s.plog.Guard(func() error { return b.Commit(pebble.NoSync) }); err != nil {
 		return es, fmt.Errorf("expire: %w", err)
 	}
+	popTouched := s.pop.apply(popChs)
 	s.publish(s.db.NewSnapshot(), func() {
+		s.pub.pop = s.pop.published(s.pub.pop, popTouched)
 		if len(expiredItems) > 0 {
 			s.itemReads.Invalidate(expiredItems...)
 		}
@@ -176,18 +178,4 @@ func (s *Store) expireEntities(b *pebble.Batch, prefix []byte, cutoff int64, dro
 		n++
 	}
 	return n, errors.Join(iter.Error(), iter.Close())
-}
-
-// unindex removes an item's popularity index entries.
-func (s *Store) unindex(b *pebble.Batch, id string, it *itemState) error {
-	if math.IsInf(it.oldPop, -1) {
-		return nil
-	}
-	if err := b.Delete(popKey("", it.oldPop, id), nil); err != nil {
-		return err
-	}
-	if it.oldCat != "" {
-		return b.Delete(popKey(it.oldCat, it.oldPop, id), nil)
-	}
-	return nil
 }

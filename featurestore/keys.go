@@ -2,7 +2,6 @@ package featurestore
 
 import (
 	"encoding/binary"
-	"math"
 	"strings"
 )
 
@@ -111,44 +110,6 @@ func hourKey(category string, hour int64, item string) []byte {
 func userKey(id string) []byte           { return makeKey(prefixUser, id) }
 func itemKey(id string) []byte           { return makeKey(prefixItem, id) }
 func boughtKey(user, item string) []byte { return makeKey(prefixBought, user, item) }
-
-// popPrefix is the key prefix of one category's popularity index.
-func popPrefix(category string) []byte {
-	k := makeKey(prefixPop, category)
-	return append(k, 0)
-}
-
-// popKey places item in category's index so that higher scores sort first.
-func popKey(category string, score float64, item string) []byte {
-	k := popPrefix(category)
-	k = binary.BigEndian.AppendUint64(k, ^sortableFloat(score))
-	return append(k, item...)
-}
-
-// parsePopKey returns the score and item of a key under popPrefix(category).
-func parsePopKey(prefixLen int, k []byte) (float64, string, bool) {
-	if len(k) < prefixLen+8 {
-		return 0, "", false
-	}
-	bits := ^binary.BigEndian.Uint64(k[prefixLen:])
-	return unsortableFloat(bits), string(k[prefixLen+8:]), true
-}
-
-// sortableFloat maps f to a uint64 whose unsigned order is f's order.
-func sortableFloat(f float64) uint64 {
-	b := math.Float64bits(f)
-	if b>>63 == 1 {
-		return ^b
-	}
-	return b | 1<<63
-}
-
-func unsortableFloat(b uint64) float64 {
-	if b>>63 == 1 {
-		return math.Float64frombits(b &^ (1 << 63))
-	}
-	return math.Float64frombits(^b)
-}
 
 // prefixEnd returns the smallest key greater than every key with prefix p.
 func prefixEnd(p []byte) []byte {

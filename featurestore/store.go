@@ -213,8 +213,12 @@ type Store struct {
 	pub struct {
 		sync.RWMutex
 		snap *pebble.Snapshot
+		pop  map[string]*popTree // the popularity index (popindex.go)
 	}
-	mu struct {
+	// pop is the writer's popularity index; Apply and Expire change it
+	// after their commits.
+	pop *popIndex
+	mu  struct {
 		sync.RWMutex
 		stats Stats
 	}
@@ -299,7 +303,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	s.pub.snap = db.NewSnapshot() // the version readers see until the first commit
 	// Then the learner's state and what else Open reads from the DB.
-	for _, load := range []func() error{s.loadLearner, s.countDeadLetters, s.openDedup} {
+	for _, load := range []func() error{s.loadPopIndex, s.loadLearner, s.countDeadLetters, s.openDedup} {
 		if err := load(); err != nil {
 			_ = s.pub.snap.Close()
 			_ = db.Close()
@@ -633,6 +637,7 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 		return ApplyResult{}, err
 	}
 	var buf []byte
+	var popChs []popChange
 	for id, u := range users {
 		buf = u.appendTo(buf[:0])
 		if err := b.Set(userKey(id), buf, nil); err != nil {
@@ -644,9 +649,7 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 		if err := b.Set(itemKey(id), buf, nil); err != nil {
 			return ApplyResult{}, err
 		}
-		if err := s.reindex(b, id, it); err != nil {
-			return ApplyResult{}, err
-		}
+		popChs = append(popChs, popChangeOf(id, it, false))
 	}
 	if lb != nil {
 		if err := lb.Write(b); err != nil {
@@ -705,6 +708,7 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 			return items[k.id].rec.appendTo(nil)
 		})
 	}
+	popTouched := s.pop.apply(popChs)
 	if s.opts.TestingAfterCommit != nil {
 		s.opts.TestingAfterCommit()
 	}
@@ -713,6 +717,7 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 		if len(touched) > 0 {
 			s.itemReads.Invalidate(touched...)
 		}
+		s.pub.pop = s.pop.published(s.pub.pop, popTouched)
 		if s.wins != nil {
 			s.wins.install(winTouched, winUps)
 		}
@@ -893,22 +898,6 @@ func encodeStats(st *Stats) []byte {
 		e.Varint(v)
 	}
 	return e.B
-}
-
-// reindex moves item it in the global and category popularity indexes.
-func (s *Store) reindex(b *pebble.Batch, id string, it *itemState) error {
-	if it.existed {
-		if err := s.unindex(b, id, it); err != nil {
-			return err
-		}
-	}
-	if err := b.Set(popKey("", it.rec.Pop, id), nil, nil); err != nil {
-		return err
-	}
-	if it.rec.CategoryID != "" {
-		return b.Set(popKey(it.rec.CategoryID, it.rec.Pop, id), nil, nil)
-	}
-	return nil
 }
 
 func (s *Store) readUser(id string, u *UserRecord) (bool, error) {

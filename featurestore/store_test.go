@@ -148,31 +148,21 @@ type popIndexEntry struct {
 	pop       float64
 }
 
-// rawPopIndex lists every key of the popularity index.
+// rawPopIndex lists every entry of the published popularity index.
 func rawPopIndex(t testing.TB, s *Store) []popIndexEntry {
 	t.Helper()
-	iter, err := s.db.NewIter(&pebble.IterOptions{LowerBound: prefixPop, UpperBound: prefixEnd(prefixPop)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer iter.Close()
+	s.pub.RLock()
+	defer s.pub.RUnlock()
 	var out []popIndexEntry
-	for iter.First(); iter.Valid(); iter.Next() {
-		k := iter.Key()
-		rest := k[len(prefixPop):]
-		nul := bytes.IndexByte(rest, 0)
-		if nul < 0 {
-			t.Fatalf("popularity key %q has no separator", k)
-		}
-		cat := string(rest[:nul])
-		pop, item, ok := parsePopKey(len(prefixPop)+nul+1, k)
-		if !ok {
-			t.Fatalf("popularity key %q is too short", k)
-		}
-		out = append(out, popIndexEntry{cat: cat, item: item, pop: pop})
+	for cat, tr := range s.pub.pop {
+		tr.Ascend(func(e popEntry) bool {
+			out = append(out, popIndexEntry{cat: cat, item: e.id, pop: e.pop})
+			return true
+		})
 	}
-	if err := iter.Error(); err != nil {
-		t.Fatal(err)
+	// And nothing under the prefix an older version wrote.
+	if ok, err := s.hasPrefix(prefixPop); err != nil || ok {
+		t.Fatalf("popularity keys left in Pebble: %v, %v", ok, err)
 	}
 	return out
 }
@@ -496,33 +486,16 @@ func TestLogAddExp2(t *testing.T) {
 	}
 }
 
-func TestSortableFloat(t *testing.T) {
-	vals := []float64{math.Inf(-1), -math.MaxFloat64, -1e300, -2, -1, -math.SmallestNonzeroFloat64, math.Copysign(0, -1), 0,
-		math.SmallestNonzeroFloat64, 1, 2, 78000.25, 78000.5, 1e300, math.MaxFloat64, math.Inf(1)}
-	for i, v := range vals {
-		if got := unsortableFloat(sortableFloat(v)); math.Float64bits(got) != math.Float64bits(v) {
-			t.Errorf("round trip %v = %v", v, got)
-		}
-		if i > 0 && sortableFloat(vals[i-1]) >= sortableFloat(v) {
-			t.Errorf("sortableFloat(%v) >= sortableFloat(%v)", vals[i-1], v)
-		}
+func TestPopularityOrder(t *testing.T) {
+	// The index orders higher scores first, then by item id.
+	tr := newPopTree()
+	for _, e := range []popEntry{{5, "b"}, {5, "a"}, {1, "a"}, {math.Inf(-1), "z"}, {7, "z"}} {
+		tr.ReplaceOrInsert(e)
 	}
-	// popKey orders higher scores first, then by item id.
-	keys := [][]byte{popKey("c", 5, "b"), popKey("c", 5, "a"), popKey("c", 1, "a"), popKey("c", math.Inf(-1), "z"), popKey("c", 7, "z")}
-	slices.SortFunc(keys, bytes.Compare)
 	var got []string
-	for _, k := range keys {
-		pop, item, ok := parsePopKey(len(popPrefix("c")), k)
-		if !ok {
-			t.Fatalf("parsePopKey(%q) failed", k)
-		}
-		got = append(got, fmt.Sprint(item, pop))
-	}
+	tr.Ascend(func(e popEntry) bool { got = append(got, fmt.Sprint(e.id, e.pop)); return true })
 	if want := []string{"z7", "a5", "b5", "a1", "z-Inf"}; !slices.Equal(got, want) {
-		t.Errorf("popKey order = %v, want %v", got, want)
-	}
-	if _, _, ok := parsePopKey(4, []byte("p/c\x00abc")); ok {
-		t.Errorf("parsePopKey accepted a short key")
+		t.Errorf("popularity order = %v, want %v", got, want)
 	}
 }
 
@@ -1389,4 +1362,35 @@ func TestPinnedVersion(t *testing.T) {
 	if got := s.Stats().MaxTS; got != t0+2000 {
 		t.Errorf("after the release: newest event %d, want %d", got, t0+2000)
 	}
+}
+
+// Open rebuilds the popularity index from the item records, and drops
+// the index keys an older version kept in Pebble.
+func TestPopularityIndexRebuiltOnOpen(t *testing.T) {
+	fs := vfs.NewMem()
+	s := openStore(t, fs, "db")
+	rng := rand.New(rand.NewPCG(5, 5))
+	log := genLog(rng, 400, 10, 30, 4)
+	mustApply(t, s, log[len(log)-1].Offset+1, log)
+	want := map[string][]Scored{}
+	for _, cat := range []string{"", "c0", "c1", "c2", "c3"} {
+		want[cat] = mustPopular(t, s, cat, 100)
+	}
+	if len(want[""]) < 20 {
+		t.Fatalf("only %d popular items", len(want[""]))
+	}
+	// A key of the index an older version wrote.
+	if err := s.db.Set(append(slices.Clone(prefixPop), "c0\x00stale"...), nil, pebble.NoSync); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openStore(t, fs, "db")
+	for cat, w := range want {
+		if got := mustPopular(t, s, cat, 100); !slices.Equal(got, w) {
+			t.Errorf("Popular(%q) after reopening = %v, want %v", cat, got, w)
+		}
+	}
+	checkPopIndex(t, s) // and no key left under the old prefix
 }

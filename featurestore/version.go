@@ -162,25 +162,19 @@ func (v *Version) PurchasedItems(user string, limit int) (items map[string]bool,
 // skip returns true.
 func (v *Version) Popular(category string, k int, skip func(item string) bool) ([]Scored, error) {
 	s := v.s
-	p := popPrefix(category)
-	iter, err := v.snap.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(p)})
-	if err != nil {
-		return nil, err
+	t := s.pub.pop[category] // stable while the version is pinned
+	if t == nil || k <= 0 {
+		return nil, nil
 	}
-	defer iter.Close()
 	ref := float64(v.stats.MaxTS) / s.halfMS
 	var out []Scored
-	for iter.First(); iter.Valid() && len(out) < k; iter.Next() {
-		pop, item, ok := parsePopKey(len(p), iter.Key())
-		if !ok {
-			return nil, fmt.Errorf("popularity key %q: %w", iter.Key(), ErrCorrupt)
+	t.Ascend(func(e popEntry) bool {
+		if skip == nil || !skip(e.id) {
+			out = append(out, Scored{ItemID: e.id, Score: math.Exp2(e.pop - ref)})
 		}
-		if skip != nil && skip(item) {
-			continue
-		}
-		out = append(out, Scored{ItemID: item, Score: math.Exp2(pop - ref)})
-	}
-	return out, iter.Error()
+		return len(out) < k
+	})
+	return out, nil
 }
 
 // TopItems is Store.TopItems in the version.
