@@ -403,24 +403,37 @@ func (w *windowReader) loadFine(kind byte, id string, from, to int64, ws []windo
 		}
 	}
 	err := w.scanTiles(resFine, kind, id, lo, floorTo(to, fineTile)+fineTile, func(start int64, v []byte) error {
-		for len(v) > 0 {
-			off, n := binary.Uvarint(v)
-			if n <= 0 || n >= len(v) || off >= uint64(fineTile) || v[n] >= byte(numBehaviors) {
-				return ErrCorrupt
-			}
-			t := tile{start: start + int64(off)}
-			t.c[v[n]] = 1
-			v = v[n+1:]
-			if t.start <= to {
+		return eachEvent(start, v, func(ts int64, b Behavior) bool {
+			if ts <= to {
+				t := tile{start: ts}
+				t.c[b] = 1
 				w.events = append(w.events, t)
 			}
-		}
-		return nil
+			return true
+		})
 	})
 	// Tiles come in time order (buckets and their keys are), the events
 	// of one 5-minute tile in any.
 	slices.SortFunc(w.events, func(a, b tile) int { return cmp.Compare(a.start, b.start) })
 	return err
+}
+
+// eachEvent calls fn with the time and behavior of every event of the
+// 5-minute tile starting at start whose value is v (merged event lists: a
+// uvarint offset from start and a behavior byte each), until fn returns
+// false.
+func eachEvent(start int64, v []byte, fn func(ts int64, b Behavior) bool) error {
+	for len(v) > 0 {
+		off, n := binary.Uvarint(v)
+		if n <= 0 || n >= len(v) || off >= uint64(fineTile) || v[n] >= byte(numBehaviors) {
+			return ErrCorrupt
+		}
+		if !fn(start+int64(off), Behavior(v[n])) {
+			return nil
+		}
+		v = v[n+1:]
+	}
+	return nil
 }
 
 // windowSum is a window's counts and, per behavior, the time of its newest
@@ -557,10 +570,32 @@ func newSketch() *hyperloglog.Sketch {
 // sketchMerger unions HyperLogLog sketches.
 type sketchMerger struct{ sk *hyperloglog.Sketch }
 
+// decodeSketch decodes a stored sketch into sk.
+func decodeSketch(sk *hyperloglog.Sketch, v []byte) error {
+	if err := sk.UnmarshalBinary(v); err != nil {
+		return fmt.Errorf("%w: sketch: %v", ErrCorrupt, err)
+	}
+	return nil
+}
+
+// startUnion empties w's dense union sketch (making it the first time). The union is dense
+// (1 KiB of registers): merging a sparse sketch into it is a pass over the
+// sparse entries, far cheaper than sparse merges. It is the reader's,
+// reused from one distinct count to the next.
+func (w *windowReader) startUnion() error {
+	if w.union == nil {
+		var err error
+		w.union, err = hyperloglog.NewSketch(hllPrecision, false)
+		return err
+	}
+	w.union.Reset()
+	return nil
+}
+
 func (m *sketchMerger) MergeNewer(value []byte) error {
 	sk := newSketch()
-	if err := sk.UnmarshalBinary(value); err != nil {
-		return fmt.Errorf("%w: sketch: %v", ErrCorrupt, err)
+	if err := decodeSketch(sk, value); err != nil {
+		return err
 	}
 	if m.sk == nil {
 		m.sk = sk
@@ -579,26 +614,20 @@ func (m *sketchMerger) Finish(bool) ([]byte, io.Closer, error) {
 // distinct estimates the distinct values in the hourly sketches of (kind,
 // id) for the hours from the one holding asOf-w+1 to the one holding asOf.
 func (w *windowReader) distinct(kind byte, id string, asOf, win int64) (int64, int64, error) {
-	// The union is dense (1 KiB of registers): merging a sparse sketch into
-	// it is a pass over the sparse entries, far cheaper than sparse merges.
-	// It is the reader's, cleared for each call.
 	var newest int64
 	merged := false
 	asOf = readTime(asOf)
 	err := w.scanTiles(resDistinct, kind, id, floorTo(asOf-win+1, coarseTile), floorTo(asOf, coarseTile)+coarseTile, func(start int64, v []byte) error {
-		if err := w.sk.UnmarshalBinary(v); err != nil {
-			return fmt.Errorf("%w: sketch: %v", ErrCorrupt, err)
+		if err := decodeSketch(w.sk, v); err != nil {
+			return err
 		}
 		newest = max(newest, start)
-		if w.union == nil {
-			var err error
-			if w.union, err = hyperloglog.NewSketch(hllPrecision, false); err != nil {
+		if !merged {
+			if err := w.startUnion(); err != nil {
 				return err
 			}
-		} else if !merged {
-			w.union.Reset()
+			merged = true
 		}
-		merged = true
 		return w.union.Merge(w.sk)
 	})
 	if err != nil || !merged {

@@ -2,8 +2,6 @@ package featurestore
 
 import (
 	"cmp"
-	"encoding/binary"
-	"fmt"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -292,20 +290,15 @@ func (c *winCache) build(wr *windowReader, kind byte, id string, rec []byte, b w
 	}
 	tooMany, nEvents := false, 0
 	err := wr.scanTiles(resFine, kind, id, e.fineLo, hi, func(start int64, v []byte) error {
-		for len(v) > 0 {
-			off, n := binary.Uvarint(v)
-			if n <= 0 || n >= len(v) || off >= uint64(fineTile) || v[n] >= byte(numBehaviors) {
-				return ErrCorrupt
-			}
+		return eachEvent(start, v, func(ts int64, b Behavior) bool {
 			if nEvents == maxEntryEvents {
 				tooMany = true
-				return nil
+				return false
 			}
 			nEvents++
-			e.events[v[n]] = append(e.events[v[n]], start+int64(off))
-			v = v[n+1:]
-		}
-		return nil
+			e.events[b] = append(e.events[b], ts)
+			return true
+		})
 	})
 	if err != nil || tooMany {
 		return nil, err
@@ -316,8 +309,8 @@ func (c *winCache) build(wr *windowReader, kind byte, id string, rec []byte, b w
 	if b.distinct > 0 {
 		err := wr.scanTiles(resDistinct, kind, id, e.distLo, hi, func(start int64, v []byte) error {
 			sk := newSketch()
-			if err := sk.UnmarshalBinary(v); err != nil {
-				return fmt.Errorf("%w: sketch: %v", ErrCorrupt, err)
+			if err := decodeSketch(sk, v); err != nil {
+				return err
 			}
 			e.hours = append(e.hours, hourSketch{start: start, sk: sk, size: sketchBytes + int64(len(v))})
 			return nil
@@ -400,15 +393,12 @@ func (e *winEntry) distinct(w *windowReader, asOf, win int64) (int64, int64, err
 		if h.start < lo || h.start > hi {
 			continue
 		}
-		if w.union == nil {
-			var err error
-			if w.union, err = hyperloglog.NewSketch(hllPrecision, false); err != nil {
+		if !merged {
+			if err := w.startUnion(); err != nil {
 				return 0, 0, err
 			}
-		} else if !merged {
-			w.union.Reset()
+			merged = true
 		}
-		merged = true
 		newest = max(newest, h.start)
 		if err := w.union.Merge(h.sk); err != nil {
 			return 0, 0, err
