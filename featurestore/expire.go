@@ -112,7 +112,7 @@ func (s *Store) expire(now int64) (ExpireStats, error) {
 		if err := it.decode(rec); err != nil {
 			return err
 		}
-		popChs = append(popChs, popChangeOf(id, &itemState{rec: &it, existed: true, oldPop: it.Pop, oldCat: it.CategoryID}, true))
+		popChs = append(popChs, popRemoval(id, &it))
 		return nil
 	}); err != nil {
 		return es, err

@@ -157,12 +157,14 @@ func (s *Store) hasPrefix(p []byte) (bool, error) {
 	return ok, iter.Close()
 }
 
-// popChangeOf is the index change of an item an apply batch changed (or,
-// with remove, an expiry deleted).
-func popChangeOf(id string, it *itemState, remove bool) popChange {
-	c := popChange{id: id, indexed: it.existed && !math.IsInf(it.oldPop, -1), oldCat: it.oldCat, oldPop: it.oldPop, remove: remove}
-	if !remove {
-		c.newCat, c.newPop = it.rec.CategoryID, it.rec.Pop
-	}
-	return c
+// popChangeOf is the index change of an item an apply batch changed.
+func popChangeOf(id string, it *itemState) popChange {
+	return popChange{id: id, indexed: it.existed && !math.IsInf(it.oldPop, -1), oldCat: it.oldCat, oldPop: it.oldPop,
+		newCat: it.rec.CategoryID, newPop: it.rec.Pop}
+}
+
+// popRemoval is the index change of an item an expiry deletes (its stored
+// record it).
+func popRemoval(id string, it *ItemRecord) popChange {
+	return popChange{id: id, indexed: !math.IsInf(it.Pop, -1), oldCat: it.CategoryID, oldPop: it.Pop, remove: true}
 }

@@ -649,7 +649,7 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 		if err := b.Set(itemKey(id), buf, nil); err != nil {
 			return ApplyResult{}, err
 		}
-		popChs = append(popChs, popChangeOf(id, it, false))
+		popChs = append(popChs, popChangeOf(id, it))
 	}
 	if lb != nil {
 		if err := lb.Write(b); err != nil {
@@ -697,11 +697,7 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 	}
 	var winUps []winUpdate
 	if s.wins != nil {
-		now := st.MaxTS
-		if s.opts.Clock != "event" {
-			now = s.opts.Now().UnixMilli()
-		}
-		winUps = s.wins.prepare(winTouched, applied, tiles, now, func(k winKey) []byte {
+		winUps = s.wins.prepare(winTouched, applied, tiles, s.clock(st.MaxTS), func(k winKey) []byte {
 			if k.kind == kindUser {
 				return users[k.id].appendTo(nil)
 			}
@@ -816,9 +812,12 @@ func (tb *tileBatch) flush(b *pebble.Batch) error {
 
 // Now is the read clock in Unix ms: the wall clock, or with the event
 // clock the newest event time applied.
-func (s *Store) Now() int64 {
+func (s *Store) Now() int64 { return s.clock(s.Stats().MaxTS) }
+
+// clock is the read clock when the newest event time applied is maxTS.
+func (s *Store) clock(maxTS int64) int64 {
 	if s.opts.Clock == "event" {
-		return s.Stats().MaxTS
+		return maxTS
 	}
 	return s.opts.Now().UnixMilli()
 }

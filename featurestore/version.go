@@ -54,10 +54,7 @@ func (s *Store) Pin() (*Version, error) {
 	}
 	s.pub.RLock()
 	v := &Version{s: s, snap: s.pub.snap, stats: s.Stats()}
-	v.now = v.stats.MaxTS
-	if s.opts.Clock != "event" {
-		v.now = s.opts.Now().UnixMilli()
-	}
+	v.now = s.clock(v.stats.MaxTS)
 	return v, nil
 }
 
