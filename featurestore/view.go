@@ -733,9 +733,9 @@ func (s *Store) readRows(snap pebble.Reader, v *View, idx []int, now int64, rows
 	return nil
 }
 
-// windowState returns the materialized window state of entity id (record
-// counters c) for reads as of t by rd, built from rd's version on a miss;
-// nil when the read needs no window, the entity has expired, t is not
+// windowState builds the materialized window state of entity id (stored
+// record rec, its counters c) for reads as of t by rd, from rd's version,
+// after a lookup missed, and caches it; nil when the read needs no window, the entity has expired, t is not
 // recent (an as_of more than an hour before now: read from the tiles) or
 // the entity has too many recent events to keep.
 func (s *Store) windowState(wc *winCache, rd *reader, id string, rec []byte, c *Counters, now, t int64) (*winEntry, error) {
