@@ -126,8 +126,10 @@ func (s *Store) expire(now int64) (ExpireStats, error) {
 		return es, fmt.Errorf("expire: %w", err)
 	}
 	popTouched := s.pop.apply(popChs)
+	s.trend.dropBefore(int64(day) * dayMS)
 	s.publish(s.db.NewSnapshot(), func() {
 		s.pub.pop = s.pop.published(s.pub.pop, popTouched)
+		s.pub.trend = s.trend.published(s.pub.trend)
 		if len(expiredItems) > 0 {
 			s.itemReads.Invalidate(expiredItems...)
 		}

@@ -213,11 +213,13 @@ type Store struct {
 	pub struct {
 		sync.RWMutex
 		snap *pebble.Snapshot
-		pop  map[string]*popTree // the popularity index (popindex.go)
+		pop   map[string]*popTree // the popularity index (popindex.go)
+		trend trendPub            // the trending index (trendindex.go)
 	}
-	// pop is the writer's popularity index; Apply and Expire change it
-	// after their commits.
-	pop *popIndex
+	// pop and trend are the writer's popularity and trending indexes;
+	// Apply and Expire change them after their commits.
+	pop   *popIndex
+	trend *trendIndex
 	mu  struct {
 		sync.RWMutex
 		stats Stats
@@ -303,7 +305,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	s.pub.snap = db.NewSnapshot() // the version readers see until the first commit
 	// Then the learner's state and what else Open reads from the DB.
-	for _, load := range []func() error{s.loadPopIndex, s.loadLearner, s.countDeadLetters, s.openDedup} {
+	for _, load := range []func() error{s.loadPopIndex, s.loadTrendIndex, s.loadLearner, s.countDeadLetters, s.openDedup} {
 		if err := load(); err != nil {
 			_ = s.pub.snap.Close()
 			_ = db.Close()
@@ -705,6 +707,8 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 		})
 	}
 	popTouched := s.pop.apply(popChs)
+	s.trend.advance(floorTo(readTime(s.clock(st.MaxTS)), coarseTile))
+	s.trend.add(applied)
 	if s.opts.TestingAfterCommit != nil {
 		s.opts.TestingAfterCommit()
 	}
@@ -714,6 +718,7 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 			s.itemReads.Invalidate(touched...)
 		}
 		s.pub.pop = s.pop.published(s.pub.pop, popTouched)
+		s.pub.trend = s.trend.published(s.pub.trend)
 		if s.wins != nil {
 			s.wins.install(winTouched, winUps)
 		}

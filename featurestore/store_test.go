@@ -1188,7 +1188,9 @@ func evNow(s *Store) ReadTime {
 // decompressed its blocks from the files again.
 func TestBlockCacheHoldsBlocks(t *testing.T) {
 	const memtable = 1 << 20
-	s, err := Open(t.TempDir(), Options{Logger: quietLogger(), CacheBytes: 2 * memtable, memTableSize: memtable})
+	// Without the window state, whose entries would answer the second
+	// read from memory without reading a block.
+	s, err := Open(t.TempDir(), Options{Logger: quietLogger(), CacheBytes: 2 * memtable, memTableSize: memtable, WindowCacheBytes: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1213,6 +1215,11 @@ func TestBlockCacheHoldsBlocks(t *testing.T) {
 		}
 		after := s.db.Metrics().BlockCache
 		return after.Hits - before.Hits, after.Misses - before.Misses
+	}
+	// Compactions moving rows to new files between the reads would have
+	// the second read new blocks: wait until they are done.
+	for deadline := time.Now().Add(10 * time.Second); s.db.Metrics().Compact.NumInProgress > 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
 	}
 	read() // warm
 	hits, misses := read()

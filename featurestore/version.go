@@ -176,7 +176,21 @@ func (v *Version) Popular(category string, k int, skip func(item string) bool) (
 
 // TopItems is Store.TopItems in the version.
 func (v *Version) TopItems(category string, asOf, w int64, k int, weighted bool, by Behavior) ([]Scored, error) {
+	if category == "" && w == coarseTile && weighted {
+		if list, ok := v.Trending(asOf, k); ok {
+			return list, nil
+		}
+	}
 	return v.s.topItems(v.snap, category, asOf, w, k, weighted, by)
+}
+
+// Trending returns what TopItems("", asOf, 1 h, k, weighted) returns, from
+// the in-memory trending index (trendindex.go): the walk of k entries.
+// ok is false when the index does not hold that window (asOf not in the
+// hour of the version's read clock, or its hour's last millisecond), and
+// TopItems reads the hourly counts.
+func (v *Version) Trending(asOf int64, k int) (list []Scored, ok bool) {
+	return v.s.pub.trend.top(asOf, k) // stable while the version is pinned
 }
 
 // SeenItems returns the items user touched after now − SeenTTL (at most

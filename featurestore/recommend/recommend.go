@@ -390,13 +390,22 @@ func (r *Recommender) recommendFull(s *featurestore.Version, user string, o Opti
 	return out, nil
 }
 
-// trending returns the 20 items with the most weighted events in the hour
-// ending at now. The list is shared by every request within the same
-// second of the read clock: computing it scans the hour's counts of every
-// item, the largest cost of a recommendation under heavy ingest. It is
-// the one part of a recommendation that may be of an older version than
-// the rest (by less than a second of the clock).
+// trendingK is the length of the trending list.
+const trendingK = 20
+
+// trending returns the trendingK items with the most weighted events in
+// the hour ending at now: the version's own, from the store's trending
+// index, when the index holds that hour (the hour of the version's read
+// clock, as it does but for the first moments of an hour under a wall
+// clock). Otherwise the list is computed from the hourly counts and shared
+// by every request within the same second of the read clock: computing it
+// scans the hour's counts of every item, the largest cost of a
+// recommendation under heavy ingest, and that list may be of an older
+// version than the rest (by less than a second of the clock).
 func (r *Recommender) trending(v *featurestore.Version, now int64) ([]featurestore.Scored, error) {
+	if list, ok := v.Trending(now, trendingK); ok {
+		return list, nil // the version's own, from the store's index
+	}
 	sec := now / 1000
 	r.trend.Lock()
 	if r.trend.sec == sec && r.trend.list != nil {
@@ -405,7 +414,7 @@ func (r *Recommender) trending(v *featurestore.Version, now int64) ([]featuresto
 		return list, nil
 	}
 	r.trend.Unlock()
-	list, err := v.TopItems("", now, 3_600_000, 20, true, 0)
+	list, err := v.TopItems("", now, 3_600_000, trendingK, true, 0)
 	if err != nil {
 		return nil, err
 	}
