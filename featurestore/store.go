@@ -212,7 +212,7 @@ type Store struct {
 	// write lock.
 	pub struct {
 		sync.RWMutex
-		snap *pebble.Snapshot
+		snap  *pebble.Snapshot
 		pop   map[string]*popTree // the popularity index (popindex.go)
 		trend trendPub            // the trending index (trendindex.go)
 	}
@@ -220,7 +220,7 @@ type Store struct {
 	// Apply and Expire change them after their commits.
 	pop   *popIndex
 	trend *trendIndex
-	mu  struct {
+	mu    struct {
 		sync.RWMutex
 		stats Stats
 	}
