@@ -215,13 +215,23 @@ type Context struct {
 	// whist replaces hist when the writer trains: its own records.
 	whist []*pairRecord
 	fwd   float64
-	// i2i sums, per candidate item, the recency- and behavior-weighted
-	// similarity to the user's history items; built only for serving
-	// (nil: i2iScore looks candidates up one by one).
-	i2i map[string]float64
-	// best remembers, per candidate, the history item that contributed
-	// most to i2i (for reasons).
-	best map[string]Interaction
+	// sims sums, per candidate item (the neighbours of the history, in
+	// the order first met), the recency- and behavior-weighted similarity
+	// to the user's history items, and remembers the history item that
+	// contributed most (for reasons); simAt indexes it by item. Built only
+	// for serving (nil: i2iScore looks candidates up one by one). One map
+	// of positions, sized for every neighbour at once, instead of maps of
+	// scores and reasons grown entry by entry: their growth was an eighth
+	// of a recommendation's CPU.
+	sims  []simEntry
+	simAt map[string]int32
+}
+
+// simEntry is one item-to-item candidate of a Context.
+type simEntry struct {
+	id          string
+	score, best float64 // the summed similarity; the largest contribution
+	from        int32   // the history position of that contribution
 }
 
 // candidateInfo is what ranking needs of one candidate item.
@@ -253,13 +263,22 @@ func (ctx *Context) Now() int64 { return ctx.now }
 
 // Similar returns, per item, the recency- and behavior-weighted similarity
 // to the user's history (a context with neighbours only).
-func (ctx *Context) Similar() map[string]float64 { return ctx.i2i }
+func (ctx *Context) Similar() []featurestore.Scored {
+	out := make([]featurestore.Scored, len(ctx.sims))
+	for i, e := range ctx.sims {
+		out[i] = featurestore.Scored{ItemID: e.id, Score: e.score}
+	}
+	return out
+}
 
 // Because returns the history item that contributed most to item id's
 // similarity (a context with neighbours only).
 func (ctx *Context) Because(id string) (Interaction, bool) {
-	h, ok := ctx.best[id]
-	return h, ok
+	i, ok := ctx.simAt[id]
+	if !ok || ctx.sims[i].best <= 0 {
+		return Interaction{}, false
+	}
+	return ctx.model.History[ctx.sims[i].from], true
 }
 
 // rankContextAt builds the ranking context of user from their records,
@@ -306,17 +325,26 @@ func (m *Models) rankContextAt(src featurestore.Reader, b *batch, um *User, urec
 		ctx.histW = append(ctx.histW, m.weights[h.Behavior]/m.weights[featurestore.BehaviorPurchase]*math.Exp2(-math.Max(0, float64(now-h.TS))/m.pairMS))
 	}
 	if all {
-		ctx.i2i = make(map[string]float64)
-		ctx.best = make(map[string]Interaction)
-		bestContrib := make(map[string]float64)
+		n := 0
+		for _, r := range ctx.hist {
+			n += len(r.List)
+		}
+		ctx.simAt = make(map[string]int32, n)
+		ctx.sims = make([]simEntry, 0, n)
 		for i, r := range ctx.hist {
 			for j := range r.List {
-				n := &r.List[j]
-				c := r.sim(n, ctx.fwd, m.opts.Shrinkage) * ctx.histW[i]
-				ctx.i2i[n.ID] += c
-				if c > bestContrib[n.ID] {
-					bestContrib[n.ID] = c
-					ctx.best[n.ID] = um.History[i]
+				nb := &r.List[j]
+				c := r.sim(nb, ctx.fwd, m.opts.Shrinkage) * ctx.histW[i]
+				k, ok := ctx.simAt[nb.ID]
+				if !ok {
+					k = int32(len(ctx.sims))
+					ctx.simAt[nb.ID] = k
+					ctx.sims = append(ctx.sims, simEntry{id: nb.ID})
+				}
+				e := &ctx.sims[k]
+				e.score += c
+				if c > e.best {
+					e.best, e.from = c, int32(i)
 				}
 			}
 		}
@@ -340,8 +368,11 @@ func (ctx *Context) History(id string) (Interaction, int, bool) {
 
 // i2iScore is item id's similarity to the user's history.
 func (m *Models) i2iScore(ctx *Context, id string) float64 {
-	if ctx.i2i != nil {
-		return ctx.i2i[id]
+	if ctx.simAt != nil {
+		if k, ok := ctx.simAt[id]; ok {
+			return ctx.sims[k].score
+		}
+		return 0
 	}
 	var sum float64
 	if ctx.whist != nil {

@@ -207,7 +207,7 @@ func (r *Recommender) Recommend(user string, o Options) ([]Recommendation, error
 			}
 		}
 	case MethodItem2Item:
-		for _, c := range topOf(ctx.Similar(), margin+own) {
+		for _, c := range topList(ctx.Similar(), margin+own) {
 			if keep(c.ItemID) {
 				out = append(out, Recommendation{ItemID: c.ItemID, Score: c.Score, Reason: similarReason(ctx, c.ItemID)})
 			}
@@ -285,7 +285,7 @@ func (r *Recommender) recommendFull(s *featurestore.Version, user string, o Opti
 		}
 		c.strength += st
 	}
-	for i, c := range topOf(ctx.Similar(), 100) {
+	for i, c := range topList(ctx.Similar(), 100) {
 		add(c.ItemID, similarReason(ctx, c.ItemID), i, 1.0)
 	}
 	u2u, err := r.userToUser(s, user, um, 50)
@@ -427,6 +427,21 @@ func (r *Recommender) trending(v *featurestore.Version, now int64) ([]featuresto
 	return list, nil
 }
 
+// topList returns the k highest-scored entries of list with a positive
+// score, best first (ties by id).
+func topList(list []featurestore.Scored, k int) []featurestore.Scored {
+	if k <= 0 {
+		return nil
+	}
+	t := featurestore.NewTopK(k)
+	for _, c := range list {
+		if c.Score > 0 {
+			t.Offer(c)
+		}
+	}
+	return t.Best()
+}
+
 // topOf returns the k highest-scored entries of scores.
 func topOf(scores map[string]float64, k int) []featurestore.Scored {
 	out := make([]featurestore.Scored, 0, len(scores))
@@ -502,6 +517,10 @@ func (r *Recommender) userToUser(v *featurestore.Version, user string, um *model
 		score float64
 		beh   featurestore.Behavior
 	}
+	mine := make(map[string]bool, len(um.History))
+	for _, h := range um.History {
+		mine[h.Item] = true
+	}
 	scores := make(map[string]*acc)
 	for _, su := range sims {
 		vm, _, err := r.m.User(v, su.UserID)
@@ -512,7 +531,7 @@ func (r *Recommender) userToUser(v *featurestore.Version, user string, um *model
 			if i == models.HistoryForScoring {
 				break
 			}
-			if _, mine := userHas(um, h.Item); mine {
+			if mine[h.Item] {
 				continue
 			}
 			a, ok := scores[h.Item]
@@ -526,7 +545,7 @@ func (r *Recommender) userToUser(v *featurestore.Version, user string, um *model
 	}
 	out := make([]candidate, 0, len(scores))
 	for id, a := range scores {
-		out = append(out, candidate{id: id, strength: a.score, reason: "users like you " + pastTense[a.beh] + " it"})
+		out = append(out, candidate{id: id, strength: a.score})
 	}
 	slices.SortFunc(out, func(a, b candidate) int {
 		if a.strength != b.strength {
@@ -537,16 +556,10 @@ func (r *Recommender) userToUser(v *featurestore.Version, user string, um *model
 	if len(out) > k {
 		out = out[:k]
 	}
-	return out, nil
-}
-
-func userHas(um *models.User, item string) (models.Interaction, bool) {
-	for _, h := range um.History {
-		if h.Item == item {
-			return h, true
-		}
+	for i := range out {
+		out[i].reason = "users like you " + pastTense[scores[out[i].id].beh] + " it"
 	}
-	return models.Interaction{}, false
+	return out, nil
 }
 
 // SimilarItems returns up to k items like item, with reasons: its
