@@ -35,6 +35,8 @@ type Options struct {
 	CacheBytes int64
 	// memTableSize overrides memTableSize in tests.
 	memTableSize int64
+	// trendLimit overrides trendLimit in tests.
+	trendLimit int
 	// FS is the filesystem; tests use vfs.NewMem(). Default: vfs.Default.
 	FS vfs.FS
 	// Definitions are the views served; default DefaultDefinitions().

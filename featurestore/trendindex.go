@@ -3,6 +3,7 @@ package featurestore
 import (
 	"encoding/binary"
 	"fmt"
+	"slices"
 
 	"github.com/cockroachdb/pebble/v2"
 )
@@ -31,26 +32,36 @@ import (
 // wall clock that entered a new hour before the next commit, the last
 // millisecond of an hour) reads the hourly counts as before.
 
+// trendLimit is how many of the pair's best items the tree holds. Scores
+// only grow within a pair (counts are added, weights are not negative),
+// so an item that scores below the tree's worst needs no place until an
+// event lifts it: most events change no tree at all, and the clone a
+// commit publishes copies few nodes. A TopItems of more than trendLimit
+// items, while more items than that score, reads the hourly counts.
+const trendLimit = 4096
+
 // trendPub is what readers see of the index: the pair's newer hour and its
 // tree. A nil tree: no pair (every read scans).
 type trendPub struct {
-	hour int64
-	tree *popTree
+	hour  int64
+	tree  *popTree
+	limit int
 }
 
 // trendIndex is the writer's side.
 type trendIndex struct {
 	weights [numBehaviors]float64
+	limit   int                          // the most items tree holds
 	from    int64                        // the index holds every count of the hours from this one on
 	hours   map[int64]map[string]*counts // hour start → item → counts, hours from `from` on
 	hour    int64                        // H, the pair's newer hour (valid with tree)
-	tree    *popTree                     // the pair's items by score; nil: no pair
-	scores  map[string]float64           // the items in tree, with their scores
+	tree    *popTree                     // the pair's limit best items by score; nil: no pair
+	members map[string]float64           // the items in tree, with their scores
 	touched bool                         // tree changed since the last publication
 }
 
-func newTrendIndex(weights [numBehaviors]float64, from int64) *trendIndex {
-	return &trendIndex{weights: weights, from: from, hours: make(map[int64]map[string]*counts)}
+func newTrendIndex(weights [numBehaviors]float64, from int64, limit int) *trendIndex {
+	return &trendIndex{weights: weights, limit: limit, from: from, hours: make(map[int64]map[string]*counts)}
 }
 
 // score is an hour's weighted count, computed as topItems computes it.
@@ -100,8 +111,8 @@ func (x *trendIndex) count(ev *Event) bool {
 	return x.tree != nil && (h == x.hour-coarseTile || h == x.hour)
 }
 
-// add counts the applied events of a committed batch and moves their items
-// in the tree.
+// add counts the applied events of a committed batch and updates the tree
+// for their items.
 func (x *trendIndex) add(applied []*Event) {
 	var moved map[string]bool
 	for _, ev := range applied {
@@ -113,23 +124,78 @@ func (x *trendIndex) add(applied []*Event) {
 		}
 	}
 	for item := range moved {
-		x.move(item)
+		if x.tree == nil {
+			return // a rebuild found the pair unreadable
+		}
+		x.update(item)
 	}
 }
 
-// move puts item at its current pair score in the tree.
-func (x *trendIndex) move(item string) {
-	if old, ok := x.scores[item]; ok {
-		x.tree.Delete(popEntry{old, item})
-	}
-	x.touched = true
+// update gives item its place among the pair's best after its score grew:
+// moved up when it has one, in (and the worst out, when the tree is full)
+// when it now beats the worst, nothing otherwise.
+func (x *trendIndex) update(item string) {
 	sc, ok := x.pairScore(item)
-	if !ok {
-		delete(x.scores, item)
+	e := popEntry{sc, item}
+	if old, in := x.members[item]; in {
+		switch {
+		case sc == old:
+			return
+		case !(sc > old):
+			// A score that fell (never, with weights that are not
+			// negative): the tree may lack the next best. Rebuilt, exact.
+			x.rebuild()
+			return
+		}
+		x.tree.Delete(popEntry{old, item})
+		x.tree.ReplaceOrInsert(e)
+		x.members[item], x.touched = sc, true
 		return
 	}
-	x.scores[item] = sc
-	x.tree.ReplaceOrInsert(popEntry{sc, item})
+	if !ok || !(sc > 0) {
+		return // scores nothing: no read returns it
+	}
+	if x.tree.Len() >= x.limit {
+		worst, _ := x.tree.Max()
+		if !popLess(e, worst) {
+			return
+		}
+		x.tree.Delete(worst)
+		delete(x.members, worst.id)
+	}
+	x.tree.ReplaceOrInsert(e)
+	x.members[item], x.touched = sc, true
+}
+
+// rebuild fills the tree with the pair's limit best items, from the hours'
+// counts.
+func (x *trendIndex) rebuild() {
+	n := len(x.hours[x.hour-coarseTile]) + len(x.hours[x.hour])
+	all := make([]popEntry, 0, n)
+	done := make(map[string]bool, n)
+	for _, h := range [2]int64{x.hour - coarseTile, x.hour} {
+		for item := range x.hours[h] {
+			if done[item] {
+				continue
+			}
+			done[item] = true
+			if sc, _ := x.pairScore(item); sc > 0 {
+				all = append(all, popEntry{sc, item})
+			}
+		}
+	}
+	slices.SortFunc(all, func(a, b popEntry) int {
+		if popLess(a, b) {
+			return -1
+		}
+		return 1 // ids differ: no two entries are equal
+	})
+	all = all[:min(len(all), x.limit)]
+	x.tree, x.members, x.touched = newPopTree(), make(map[string]float64, len(all)), true
+	for _, e := range all {
+		x.tree.ReplaceOrInsert(e)
+		x.members[e.id] = e.pop
+	}
 }
 
 // advance makes (hour−1h, hour) the pair, hour being the hour of the read
@@ -143,7 +209,7 @@ func (x *trendIndex) advance(hour int64) {
 	}
 	if hour-coarseTile < x.from {
 		if x.tree != nil {
-			x.tree, x.scores, x.touched = nil, nil, true
+			x.tree, x.members, x.touched = nil, nil, true
 		}
 		return
 	}
@@ -153,14 +219,7 @@ func (x *trendIndex) advance(hour int64) {
 			delete(x.hours, h)
 		}
 	}
-	x.tree, x.scores, x.touched = newPopTree(), make(map[string]float64), true
-	for _, h := range [2]int64{hour - coarseTile, hour} {
-		for item := range x.hours[h] {
-			if _, ok := x.scores[item]; !ok {
-				x.move(item)
-			}
-		}
-	}
+	x.rebuild()
 }
 
 // dropBefore removes the hours before t, whose counts an expiry deleted.
@@ -175,7 +234,7 @@ func (x *trendIndex) dropBefore(t int64) {
 		}
 	}
 	if x.tree != nil && x.hour-coarseTile < t {
-		x.tree, x.scores, x.touched = nil, nil, true
+		x.tree, x.members, x.touched = nil, nil, true
 	}
 }
 
@@ -189,12 +248,13 @@ func (x *trendIndex) published(old trendPub) trendPub {
 	if x.tree == nil {
 		return trendPub{}
 	}
-	return trendPub{hour: x.hour, tree: x.tree.Clone()}
+	return trendPub{hour: x.hour, tree: x.tree.Clone(), limit: x.limit}
 }
 
 // top returns the k best items of the pair with a positive score, best
 // first, as topItems would: ok is false when a one-hour window ending at
-// asOf is not the pair (the caller reads the hourly counts).
+// asOf is not the pair, or when k is more than the tree holds of more
+// items that score (the caller reads the hourly counts).
 func (p trendPub) top(asOf int64, k int) ([]Scored, bool) {
 	if p.tree == nil {
 		return nil, false
@@ -203,14 +263,14 @@ func (p trendPub) top(asOf int64, k int) ([]Scored, bool) {
 	if coarseTile > asOf || asOf >= tilesEnd || floorTo(asOf, coarseTile) != p.hour || floorTo(asOf-coarseTile+1, coarseTile) != p.hour-coarseTile {
 		return nil, false
 	}
+	if k > p.tree.Len() && p.tree.Len() >= p.limit {
+		return nil, false
+	}
 	if k <= 0 {
 		return nil, true
 	}
-	var out []Scored
+	out := make([]Scored, 0, min(k, p.tree.Len()))
 	p.tree.Ascend(func(e popEntry) bool {
-		if e.pop <= 0 {
-			return false // the rest score no more
-		}
 		out = append(out, Scored{ItemID: e.id, Score: e.pop})
 		return len(out) < k
 	})
@@ -222,7 +282,11 @@ func (p trendPub) top(asOf int64, k int) ([]Scored, bool) {
 func (s *Store) loadTrendIndex() error {
 	now := s.clock(s.Stats().MaxTS)
 	hour := floorTo(readTime(now), coarseTile)
-	x := newTrendIndex(s.weights, hour-coarseTile)
+	limit := trendLimit
+	if s.opts.trendLimit > 0 {
+		limit = s.opts.trendLimit
+	}
+	x := newTrendIndex(s.weights, hour-coarseTile, limit)
 	lo := hourKey("", max(x.from, 0), "")
 	iter, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: []byte{'i'}})
 	if err != nil {
