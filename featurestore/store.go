@@ -511,7 +511,7 @@ func (s *Store) applyBatch(end uint64, entries []Entry, extra *Extra) (ApplyResu
 			}
 		}
 	}
-	res, err := s.apply(end, entries, extra)
+	res, err := s.apply(end, entries, extra, newDead)
 	if err != nil {
 		// Cached records may have been modified in place by the failed
 		// batch: they are ahead of Pebble now.
@@ -524,11 +524,12 @@ func (s *Store) applyBatch(end uint64, entries []Entry, extra *Extra) (ApplyResu
 		}
 		return res, err
 	}
-	s.deadCount.Add(newDead)
 	return res, nil
 }
 
-func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, error) {
+// apply applies entries (and extra) in one batch; newDead is how many of
+// extra's dead letters are new, counted when the batch is published.
+func (s *Store) apply(end uint64, entries []Entry, extra *Extra, newDead int64) (ApplyResult, error) {
 	st := s.Stats()
 	var res ApplyResult
 	b := s.db.NewBatch()
@@ -727,6 +728,9 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra) (ApplyResult, e
 		if lb != nil {
 			lb.Publish()
 		}
+		// The dead letter count before the stats: a reader of both (the
+		// stats first) that sees the batch's offset sees its dead letters.
+		s.deadCount.Add(newDead)
 		s.mu.Lock()
 		s.mu.stats = st
 		s.mu.Unlock()

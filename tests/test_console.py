@@ -126,7 +126,11 @@ class Page:
         return ms
 
     def _load(self, route: str, page_name: str) -> int:
+        n = len(self.errors)
         self.page.goto("about:blank")
+        # Requests of the page left behind (a slow load measured again) are aborted by this
+        # navigation itself: not the page's failures.
+        self.errors[n:] = [e for e in self.errors[n:] if "net::ERR_ABORTED" not in e]
         self.page.goto(self.base + "#/" + route)
         self.page.wait_for_selector(f'main[data-page="{page_name}"][data-ready="1"]', timeout=15_000)
         return int(self.page.get_attribute("main", "data-ready-ms"))
