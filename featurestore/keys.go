@@ -97,6 +97,9 @@ func unhex(c byte) (byte, bool) {
 // hourKeyLen is the length of an hourKey's fixed part ('h', day, hour).
 const hourKeyLen = 1 + 4 + 8
 
+// hourOfKey is the hour start of an hourKey (k at least hourKeyLen long).
+func hourOfKey(k []byte) int64 { return int64(binary.BigEndian.Uint64(k[5:hourKeyLen])) }
+
 // hourKey is the key of item's count in category's hour starting at hour.
 func hourKey(category string, hour int64, item string) []byte {
 	k := make([]byte, 0, 1+4+8+len(category)+1+len(item))

@@ -79,9 +79,9 @@ func (h *scoredHeap) Pop() any {
 	return x
 }
 
-// topScored returns the k best entries of list with a positive score, best
+// TopScored returns the k best entries of list with a positive score, best
 // first (ties by id).
-func topScored(list []Scored, k int) []Scored {
+func TopScored(list []Scored, k int) []Scored {
 	if k <= 0 {
 		return nil
 	}

@@ -700,9 +700,10 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra, newDead int64) 
 			fn(winKey{kindItem, id})
 		}
 	}
+	now := s.clock(st.MaxTS) // the read clock of the new version
 	var winUps []winUpdate
 	if s.wins != nil {
-		winUps = s.wins.prepare(winTouched, applied, tiles, s.clock(st.MaxTS), func(k winKey) []byte {
+		winUps = s.wins.prepare(winTouched, applied, tiles, now, func(k winKey) []byte {
 			if k.kind == kindUser {
 				return users[k.id].appendTo(nil)
 			}
@@ -710,7 +711,7 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra, newDead int64) 
 		})
 	}
 	popTouched := s.pop.apply(popChs)
-	s.trend.advance(floorTo(readTime(s.clock(st.MaxTS)), coarseTile))
+	s.trend.advance(floorTo(readTime(now), coarseTile))
 	s.trend.add(applied)
 	if s.opts.TestingAfterCommit != nil {
 		s.opts.TestingAfterCommit()

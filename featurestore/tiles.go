@@ -122,6 +122,16 @@ func (c *counts) add(o *counts) {
 	}
 }
 
+// weighted is the behavior-weighted sum of c: the score of an hourly count
+// in TopItems and the trending index alike.
+func (c *counts) weighted(w *[numBehaviors]float64) float64 {
+	score := 0.0
+	for b, n := range c {
+		score += w[b] * float64(n)
+	}
+	return score
+}
+
 func (c *counts) appendTo(b []byte) []byte {
 	for _, n := range c {
 		b = binary.AppendVarint(b, n)
@@ -524,10 +534,7 @@ func (s *Store) topItems(src pebble.Reader, category string, asOf, w int64, k in
 			}
 			score := float64(c[by])
 			if weighted {
-				score = 0
-				for b, n := range c {
-					score += s.weights[b] * float64(n)
-				}
+				score = c.weighted(&s.weights)
 			}
 			id := iter.Key()[len(prefix):]
 			if i, ok := index[string(id)]; ok {
@@ -548,10 +555,10 @@ func (s *Store) topItems(src pebble.Reader, category string, asOf, w int64, k in
 		// next hour at least).
 		hour += coarseTile
 		if k := iter.Key(); len(k) >= hourKeyLen {
-			hour = max(hour, int64(binary.BigEndian.Uint64(k[5:hourKeyLen])))
+			hour = max(hour, hourOfKey(k))
 		}
 	}
-	return topScored(list, k), nil
+	return TopScored(list, k), nil
 }
 
 // hllPrecision is the precision of distinct-count sketches: 2^10 registers,

@@ -1,7 +1,6 @@
 package featurestore
 
 import (
-	"encoding/binary"
 	"fmt"
 	"slices"
 
@@ -64,15 +63,6 @@ func newTrendIndex(weights [numBehaviors]float64, from int64, limit int) *trendI
 	return &trendIndex{weights: weights, limit: limit, from: from, hours: make(map[int64]map[string]*counts)}
 }
 
-// score is an hour's weighted count, computed as topItems computes it.
-func (x *trendIndex) score(c *counts) float64 {
-	score := 0.0
-	for b, n := range c {
-		score += x.weights[b] * float64(n)
-	}
-	return score
-}
-
 // pairScore is item's score over the pair (H−1, H): as topItems sums it,
 // the older hour's score first.
 func (x *trendIndex) pairScore(item string) (float64, bool) {
@@ -81,9 +71,9 @@ func (x *trendIndex) pairScore(item string) (float64, bool) {
 	for _, h := range [2]int64{x.hour - coarseTile, x.hour} {
 		if c, ok := x.hours[h][item]; ok {
 			if found {
-				total += x.score(c)
+				total += c.weighted(&x.weights)
 			} else {
-				total, found = x.score(c), true
+				total, found = c.weighted(&x.weights), true
 			}
 		}
 	}
@@ -208,9 +198,7 @@ func (x *trendIndex) advance(hour int64) {
 		return
 	}
 	if hour-coarseTile < x.from {
-		if x.tree != nil {
-			x.tree, x.members, x.touched = nil, nil, true
-		}
+		x.dropPair()
 		return
 	}
 	x.from, x.hour = hour-coarseTile, hour
@@ -233,7 +221,14 @@ func (x *trendIndex) dropBefore(t int64) {
 			delete(x.hours, h)
 		}
 	}
-	if x.tree != nil && x.hour-coarseTile < t {
+	if x.hour-coarseTile < t {
+		x.dropPair()
+	}
+}
+
+// dropPair leaves the index without a pair: every read scans.
+func (x *trendIndex) dropPair() {
+	if x.tree != nil {
 		x.tree, x.members, x.touched = nil, nil, true
 	}
 }
@@ -302,7 +297,7 @@ func (s *Store) loadTrendIndex() error {
 			_ = iter.Close()
 			return fmt.Errorf("hourly count %q: %w", k, err)
 		}
-		h := int64(binary.BigEndian.Uint64(k[5:hourKeyLen]))
+		h := hourOfKey(k)
 		m := x.hours[h]
 		if m == nil {
 			m = make(map[string]*counts)

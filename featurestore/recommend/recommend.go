@@ -207,7 +207,7 @@ func (r *Recommender) Recommend(user string, o Options) ([]Recommendation, error
 			}
 		}
 	case MethodItem2Item:
-		for _, c := range topList(ctx.Similar(), margin+own) {
+		for _, c := range featurestore.TopScored(ctx.Similar(), margin+own) {
 			if keep(c.ItemID) {
 				out = append(out, Recommendation{ItemID: c.ItemID, Score: c.Score, Reason: similarReason(ctx, c.ItemID)})
 			}
@@ -285,7 +285,7 @@ func (r *Recommender) recommendFull(s *featurestore.Version, user string, o Opti
 		}
 		c.strength += st
 	}
-	for i, c := range topList(ctx.Similar(), 100) {
+	for i, c := range featurestore.TopScored(ctx.Similar(), 100) {
 		add(c.ItemID, similarReason(ctx, c.ItemID), i, 1.0)
 	}
 	u2u, err := r.userToUser(s, user, um, 50)
@@ -427,34 +427,14 @@ func (r *Recommender) trending(v *featurestore.Version, now int64) ([]featuresto
 	return list, nil
 }
 
-// topList returns the k highest-scored entries of list with a positive
+// topOf returns the k highest-scored entries of scores with a positive
 // score, best first (ties by id).
-func topList(list []featurestore.Scored, k int) []featurestore.Scored {
-	if k <= 0 {
-		return nil
-	}
-	t := featurestore.NewTopK(k)
-	for _, c := range list {
-		if c.Score > 0 {
-			t.Offer(c)
-		}
-	}
-	return t.Best()
-}
-
-// topOf returns the k highest-scored entries of scores.
 func topOf(scores map[string]float64, k int) []featurestore.Scored {
-	out := make([]featurestore.Scored, 0, len(scores))
+	list := make([]featurestore.Scored, 0, len(scores))
 	for id, sc := range scores {
-		if sc > 0 {
-			out = append(out, featurestore.Scored{ItemID: id, Score: sc})
-		}
+		list = append(list, featurestore.Scored{ItemID: id, Score: sc})
 	}
-	featurestore.SortScored(out)
-	if len(out) > k {
-		out = out[:k]
-	}
-	return out
+	return featurestore.TopScored(list, k)
 }
 
 // SimilarUser is a user with a similarity score.
