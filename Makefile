@@ -108,7 +108,7 @@ bench-kafka: build kafka-jars
 	addr=$$(scripts/kafka/broker.sh start $$dir) && \
 	$(BIN) kafka bench --kafka.brokers $$addr
 
-## bench-flight: DoGet and point-in-time-join throughput into pyarrow (1 M rows).
+## bench-flight: DoGet (against its ceiling: the same batches from a trivial Go Flight server) and point-in-time-join throughput into pyarrow (1 M rows).
 bench-flight: build venv
 	RECSYS_BIN=$(abspath $(BIN)) $(VPY) tests/bench_flight.py
 

@@ -3,13 +3,16 @@
 Builds a data dir with ROWS users (one or two events each) by replaying a
 generated JSONL file, serves it, and measures with pyarrow:
   - DoGet of the whole user_features view: one stream, and all endpoints of
-    a partitioned scan read in parallel;
+    a partitioned scan read in parallel, each against its ceiling (the same
+    batches served from memory by `recsys flight-ceiling`, a trivial Go
+    Flight server, read by the same client);
   - a point-in-time join (DoExchange) of a spine of SPINE rows.
 Prints rows/s and MB/s (Arrow buffer bytes), medians of RUNS runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -30,6 +33,46 @@ ROWS = int(os.environ.get("ROWS", "1000000"))
 SPINE = int(os.environ.get("SPINE", "1000000"))
 RUNS = int(os.environ.get("RUNS", "3"))
 BASE = 1_767_225_600_000
+
+
+def read_table(uri, ticket):
+    c = fl.connect(uri)
+    try:
+        return c.do_get(ticket).read_all()
+    finally:
+        c.close()
+
+
+def measure(uri, single, parallel):
+    """Median (rows, bytes, seconds) of RUNS reads of the single ticket and
+    of the parallel tickets on 4 threads."""
+    def read(ticket):
+        tab = read_table(uri, ticket)
+        return tab.num_rows, tab.nbytes
+
+    out = {"single": [], "parallel": []}
+    for _ in range(RUNS):
+        t = time.perf_counter()
+        rows, nbytes = read(single[0])
+        out["single"].append((rows, nbytes, time.perf_counter() - t))
+        t = time.perf_counter()
+        with ThreadPoolExecutor(4) as ex:
+            parts = list(ex.map(read, parallel))
+        out["parallel"].append((sum(p[0] for p in parts), sum(p[1] for p in parts), time.perf_counter() - t))
+    return {k: (v[0][0], v[0][1], statistics.median(r[2] for r in v)) for k, v in out.items()}
+
+
+@contextlib.contextmanager
+def ceiling_server(path):
+    p = subprocess.Popen([recsys_bin(), "flight-ceiling", str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline()
+        if not line.startswith("listening on "):
+            sys.exit(f"flight-ceiling: {line!r}")
+        yield "grpc://" + line.split()[2]
+    finally:
+        p.terminate()
+        p.wait(timeout=30)
 
 
 def main() -> None:
@@ -57,35 +100,33 @@ def main() -> None:
         info = client.get_flight_info(fl.FlightDescriptor.for_path("user_features"))
         print(f"user_features: {info.total_records} rows, {len(info.schema)} columns")
 
-        def read(ticket):
-            c = fl.connect(s.flight_uri)
-            try:
-                tab = c.do_get(ticket).read_all()
-                return tab.num_rows, tab.nbytes
-            finally:
-                c.close()
-
         lifetime = ["view_count", "cart_count", "fav_count", "purchase_count", "first_event_ts", "last_event_ts", "recent_items"]
         for label, cols in (("all 24 features", None), ("7 lifetime features", lifetime)):
-            single, parallel = [], []
             base_cmd = {"view": "user_features"}
             if cols:
                 base_cmd["columns"] = cols
-            for _ in range(RUNS):
-                sinfo = client.get_flight_info(fl.FlightDescriptor.for_command(json.dumps({**base_cmd, "partitions": 1})))
-                t = time.perf_counter()
-                rows, nbytes = read(sinfo.endpoints[0].ticket)
-                single.append((rows, nbytes, time.perf_counter() - t))
-                pinfo = client.get_flight_info(fl.FlightDescriptor.for_command(json.dumps({**base_cmd, "partitions": 8})))
-                t = time.perf_counter()
-                with ThreadPoolExecutor(4) as ex:
-                    parts = list(ex.map(read, [e.ticket for e in pinfo.endpoints]))
-                parallel.append((sum(p[0] for p in parts), sum(p[1] for p in parts), time.perf_counter() - t))
-            for name, runs in ((f"DoGet {label}, one stream", single), (f"DoGet {label}, 8 endpoints on 4 threads", parallel)):
-                el = statistics.median(r[2] for r in runs)
-                rows, nbytes = runs[0][0], runs[0][1]
-                print(f"{name}: {rows} rows, {nbytes / 1e6:.0f} MB in {el:.2f}s (median of {RUNS}): "
-                      f"{rows / el / 1e6:.2f} M rows/s, {nbytes / el / 1e6:.0f} MB/s")
+            sinfo = client.get_flight_info(fl.FlightDescriptor.for_command(json.dumps({**base_cmd, "partitions": 1})))
+            pinfo = client.get_flight_info(fl.FlightDescriptor.for_command(json.dumps({**base_cmd, "partitions": 8})))
+            ours = measure(s.flight_uri, [sinfo.endpoints[0].ticket], [e.ticket for e in pinfo.endpoints])
+            # The ceiling: the same batches, as our DoGet sent them, served
+            # from memory by a trivial Go Flight server (recsys
+            # flight-ceiling), read by the same client the same way.
+            table = read_table(s.flight_uri, sinfo.endpoints[0].ticket)
+            path = work / "ceiling.arrow"
+            with pa.OSFile(str(path), "wb") as f, pa.ipc.new_file(f, table.schema) as w:
+                for b in table.to_batches():
+                    w.write_batch(b)
+            del table
+            with ceiling_server(path) as uri:
+                ceil = measure(uri, [fl.Ticket(b"0/1")], [fl.Ticket(f"{i}/8".encode()) for i in range(8)])
+            for what, key in (("one stream", "single"), ("8 endpoints on 4 threads", "parallel")):
+                rows, nbytes, el = ours[key]
+                crows, cbytes, cel = ceil[key]
+                if crows != rows:
+                    sys.exit(f"ceiling served {crows} rows, DoGet {rows}")
+                print(f"DoGet {label}, {what}: {rows} rows, {nbytes / 1e6:.0f} MB in {el:.2f}s (median of {RUNS}): "
+                      f"{rows / el / 1e6:.2f} M rows/s, {nbytes / el / 1e6:.0f} MB/s; "
+                      f"ceiling {crows / cel / 1e6:.2f} M rows/s, {cbytes / cel / 1e6:.0f} MB/s: {cel / el:.2f} of the ceiling")
 
         n = min(SPINE, ROWS)
         spine = pa.table({"user_id": [f"u{i % ROWS:07d}" for i in range(n)],
