@@ -571,3 +571,35 @@ def test_bad_tickets_and_commands(server_factory):
     # None of that changed anything or hurt the server.
     assert s.wait_caught_up()["events_applied"] == n_users
     assert read_ticket(uri, ticket(view="user_features", ids=["eu007"], columns=["view_count"])).column("view_count").to_pylist() == [1]
+
+
+def test_flight_ceiling_serves_the_file_batches(tmp_path):
+    """`recsys flight-ceiling` (make bench-flight's ceiling) serves an IPC
+    file's batches: all of them for any ticket, batches i, i+n, ... for i/n;
+    a malformed i/n ticket is an error."""
+    import subprocess
+
+    from conftest import recsys_bin
+
+    batches = [pa.record_batch({"user_id": [f"u{b}_{i}" for i in range(10 + b)], "n": list(range(10 + b))})
+               for b in range(5)]
+    path = tmp_path / "b.arrow"
+    with pa.OSFile(str(path), "wb") as f, pa.ipc.new_file(f, batches[0].schema) as w:
+        for b in batches:
+            w.write_batch(b)
+    p = subprocess.Popen([recsys_bin(), "flight-ceiling", str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline()
+        assert line.startswith("listening on ") and "(5 batches, 60 rows)" in line, line
+        c = fl.connect("grpc://" + line.split()[2])
+        whole = c.do_get(fl.Ticket(b"all")).read_all()
+        assert whole.to_pylist() == pa.Table.from_batches(batches).to_pylist()
+        parts = [c.do_get(fl.Ticket(f"{i}/2".encode())).read_all() for i in range(2)]
+        assert parts[0].to_pylist() == pa.Table.from_batches(batches[0::2]).to_pylist()
+        assert parts[1].to_pylist() == pa.Table.from_batches(batches[1::2]).to_pylist()
+        with pytest.raises(fl.FlightError, match="want i/n"):
+            c.do_get(fl.Ticket(b"2/2")).read_all()
+        c.close()
+    finally:
+        p.terminate()
+        assert p.wait(timeout=30) is not None
