@@ -214,7 +214,11 @@ type Store struct {
 	// write lock.
 	pub struct {
 		sync.RWMutex
-		snap  *pebble.Snapshot
+		snap *pebble.Snapshot
+		// held counts the users of snap (the publication itself and the
+		// Held scans of it); seq numbers the publications.
+		held *heldSnap
+		seq  uint64
 		pop   map[string]*popTree // the popularity index (popindex.go)
 		trend trendPub            // the trending index (trendindex.go)
 	}
@@ -305,7 +309,10 @@ func Open(dir string, opts Options) (*Store, error) {
 		cache.Unref()
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
-	s.pub.snap = db.NewSnapshot() // the version readers see until the first commit
+	// The version readers see until the first commit.
+	s.pub.held = &heldSnap{snap: db.NewSnapshot()}
+	s.pub.held.refs.Store(1)
+	s.pub.snap = s.pub.held.snap
 	// Then the learner's state and what else Open reads from the DB.
 	for _, load := range []func() error{s.loadPopIndex, s.loadTrendIndex, s.loadLearner, s.countDeadLetters, s.openDedup} {
 		if err := load(); err != nil {
@@ -345,9 +352,9 @@ func (s *Store) Close() error {
 	if s.learner != nil {
 		lerr = s.learner.Close()
 	}
-	if s.pub.snap != nil {
-		_ = s.pub.snap.Close()
-		s.pub.snap = nil
+	if s.pub.held != nil {
+		s.pub.held.release() // closed now unless a Held still holds it
+		s.pub.snap, s.pub.held = nil, nil
 	}
 	// Without a WAL the memtables are lost on close unless flushed; a
 	// failed flush costs only a longer replay at the next open.

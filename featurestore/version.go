@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
 )
@@ -68,14 +69,96 @@ func (v *Version) Release() {
 // running fn (which publishes the commit's in-memory side) under the same
 // lock, and closes the previous snapshot.
 func (s *Store) publish(snap *pebble.Snapshot, fn func()) {
+	h := &heldSnap{snap: snap}
+	h.refs.Store(1)
 	s.pub.Lock()
-	old := s.pub.snap
-	s.pub.snap = snap
+	old := s.pub.held
+	s.pub.snap, s.pub.held = snap, h
+	s.pub.seq++
 	fn()
 	s.pub.Unlock()
-	if old != nil {
-		_ = old.Close()
+	old.release()
+}
+
+// heldSnap is a published snapshot and its users: the publication until
+// the next one replaces it, and every Held of it. The last to let go
+// closes it.
+type heldSnap struct {
+	snap *pebble.Snapshot
+	refs atomic.Int32
+}
+
+func (h *heldSnap) release() {
+	if h.refs.Add(-1) == 0 {
+		_ = h.snap.Close()
 	}
+}
+
+// Held is a published state version held for a long read (a Flight scan
+// of a whole view) without pinning it: it holds the version's Pebble
+// snapshot, so publications go on while it is read. Close it when done.
+type Held struct {
+	s     *Store
+	h     *heldSnap
+	seq   uint64
+	stats Stats
+	now   int64
+}
+
+// Hold holds the newest published version (see Held).
+func (s *Store) Hold() (*Held, error) {
+	v, err := s.Pin()
+	if err != nil {
+		return nil, err
+	}
+	h := s.pub.held
+	h.refs.Add(1)
+	out := &Held{s: s, h: h, seq: s.pub.seq, stats: v.stats, now: v.now}
+	v.Release()
+	return out, nil
+}
+
+// Close lets go of the version. (After the store is closed there is
+// nothing to let go of: Close has closed the DB.)
+func (h *Held) Close() {
+	if h.s.acquire() != nil {
+		return
+	}
+	defer h.s.release()
+	h.h.release()
+}
+
+// Seq numbers the version among the store's publications since Open: two
+// Helds of one Seq read the same state.
+func (h *Held) Seq() uint64 { return h.seq }
+
+// Now is the read clock of the version (see Version.Now).
+func (h *Held) Now() int64 { return h.now }
+
+// At is Store.At with the version's read clock.
+func (h *Held) At(asOf int64) ReadTime {
+	if asOf == 0 {
+		asOf = h.now
+	}
+	return ReadTime{Now: h.now, AsOf: asOf}
+}
+
+// EventClock reports whether the read clock is the event clock (so that
+// Now is a function of the version alone).
+func (h *Held) EventClock() bool { return h.s.opts.Clock == "event" }
+
+// Scan is Store.Scan in the version.
+func (h *Held) Scan(v *View, lo, hi string, idx []int, rt ReadTime, fn func(*Row) error) error {
+	if err := h.s.acquire(); err != nil {
+		return err
+	}
+	defer h.s.release()
+	return h.s.scanIn(h.h.snap, v, lo, hi, idx, rt, fn)
+}
+
+// SplitIDs is Store.SplitIDs in the version.
+func (h *Held) SplitIDs(v *View, k int) ([]string, error) {
+	return h.s.splitIDs(h.h.snap, v, h.stats, k)
 }
 
 // Stats are the store's counters as of the version.

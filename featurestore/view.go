@@ -813,13 +813,21 @@ func (s *Store) Scan(v *View, lo, hi string, idx []int, rt ReadTime, fn func(*Ro
 		return err
 	}
 	defer s.release()
+	// One snapshot for the whole scan (see getRows).
+	snap := s.db.NewSnapshot()
+	defer snap.Close()
+	return s.scanIn(snap, v, lo, hi, idx, rt, fn)
+}
+
+// scanIn is Scan in snap.
+func (s *Store) scanIn(snap *pebble.Snapshot, v *View, lo, hi string, idx []int, rt ReadTime, fn func(*Row) error) error {
+	if !v.Scannable() {
+		return fmt.Errorf("scan %s: %w", v.Name, errNotScannable)
+	}
 	opts := &pebble.IterOptions{LowerBound: makeKey(v.prefix, lo), UpperBound: prefixEnd(v.prefix)}
 	if hi != "" {
 		opts.UpperBound = makeKey(v.prefix, hi)
 	}
-	// One snapshot for the whole scan (see getRows).
-	snap := s.db.NewSnapshot()
-	defer snap.Close()
 	iter, err := snap.NewIter(opts)
 	if err != nil {
 		return err
@@ -850,8 +858,10 @@ func (s *Store) Scan(v *View, lo, hi string, idx []int, rt ReadTime, fn func(*Ro
 var errNotScannable = errors.New("featurestore: view is read by id only")
 
 // Count returns the number of entities in v (-1 when unknown).
-func (s *Store) Count(v *View) int64 {
-	st := s.Stats()
+func (s *Store) Count(v *View) int64 { return countIn(v, s.Stats()) }
+
+// countIn is the number of entities of v by the counters st.
+func countIn(v *View, st Stats) int64 {
 	switch v.Entity {
 	case "user":
 		return st.Users
@@ -871,12 +881,19 @@ func (s *Store) SplitIDs(v *View, k int) ([]string, error) {
 		return nil, err
 	}
 	defer s.release()
-	n := s.Count(v)
-	step := n / int64(k)
-	if step == 0 {
+	return s.splitIDs(s.db, v, s.Stats(), k)
+}
+
+// splitIDs is SplitIDs in src, whose counters are st.
+func (s *Store) splitIDs(src pebble.Reader, v *View, st Stats, k int) ([]string, error) {
+	if !v.Scannable() || k <= 1 {
 		return nil, nil
 	}
-	iter, err := s.db.NewIter(&pebble.IterOptions{LowerBound: v.prefix, UpperBound: prefixEnd(v.prefix)})
+	step := countIn(v, st) / int64(k)
+	if step <= 0 {
+		return nil, nil
+	}
+	iter, err := src.NewIter(&pebble.IterOptions{LowerBound: v.prefix, UpperBound: prefixEnd(v.prefix)})
 	if err != nil {
 		return nil, err
 	}

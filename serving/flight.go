@@ -50,6 +50,17 @@ type FlightServer struct {
 	// once; defaultJoinValues when 0.
 	joinValues int
 	spill      spillConfig // where and how much a spine spills (WithSpill)
+	// snapshotBytes bounds the columnar snapshots of full scans
+	// (snapshots.go): defaultSnapshotBytes when 0, none when negative.
+	snapshotBytes int64
+	snaps         snapshots
+}
+
+// WithSnapshotBytes bounds the columnar snapshots that full scans are
+// served from (snapshots.go): 0 for the default (1 GiB), negative for none.
+func (f *FlightServer) WithSnapshotBytes(n int64) *FlightServer {
+	f.snapshotBytes = n
+	return f
 }
 
 // WithUpdater enables the actions that need the updater (health, backup).
@@ -510,9 +521,8 @@ func (f *FlightServer) DoGet(t *flight.Ticket, stream flight.FlightService_DoGet
 		}
 		return bb.flush(w)
 	}
-	rt := f.store.At(p.q.AsOf)
 	if p.q.IDs != nil {
-		rows, err := f.store.Get(p.view, p.q.IDs, p.idx, rt)
+		rows, err := f.store.Get(p.view, p.q.IDs, p.idx, f.store.At(p.q.AsOf))
 		if err != nil {
 			return toStatus(err)
 		}
@@ -521,8 +531,21 @@ func (f *FlightServer) DoGet(t *flight.Ticket, stream flight.FlightService_DoGet
 				return toStatus(err)
 			}
 		}
-	} else if err := f.store.Scan(p.view, p.q.Lo, p.q.Hi, p.idx, rt, emit); err != nil {
-		return toStatus(err)
+	} else {
+		// A scan reads one published version: from its snapshot when
+		// there is one to use, else entity by entity.
+		held, err := f.store.Hold()
+		if err != nil {
+			return toStatus(err)
+		}
+		defer held.Close()
+		rt := held.At(p.q.AsOf)
+		if snap := f.snapshot(held, p, rt); snap != nil {
+			return toStatus(snap.write(p, w))
+		}
+		if err := held.Scan(p.view, p.q.Lo, p.q.Hi, p.idx, rt, emit); err != nil {
+			return toStatus(err)
+		}
 	}
 	if bb.rows > 0 {
 		return toStatus(bb.flush(w))

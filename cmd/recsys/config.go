@@ -32,6 +32,7 @@ type config struct {
 		Addr          string
 		SpillDir      string
 		MaxSpillBytes int64
+		SnapshotMB    int
 	}
 	Ingest struct {
 		MaxBatch        int
@@ -252,6 +253,7 @@ func (c *config) bindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.GRPC.Addr, "grpc.addr", ":9090", "gRPC listen address")
 	fs.StringVar(&c.Flight.Addr, "flight.addr", ":8815", "Arrow Flight listen address")
 	fs.StringVar(&c.Flight.SpillDir, "flight.spill-dir", "", "directory where a point-in-time join spills its spine while it is received (an unlinked temporary file); default the data dir")
+	fs.IntVar(&c.Flight.SnapshotMB, "flight.snapshot-mb", 1024, "MiB of columnar snapshots that Flight full scans are served from with the event clock (every feature of a view's entities as prebuilt Arrow batches, built by the first full scan of a state version and read time); 0: none, every scan computes its rows")
 	fs.Int64Var(&c.Flight.MaxSpillBytes, "flight.max-spill-bytes", 64<<30, "most bytes one point-in-time join's spine may spill to disk (never past --ingest.min-free-bytes of free space); past it the join is refused with RESOURCE_EXHAUSTED")
 	fs.IntVar(&c.Ingest.MaxBatch, "ingest.max-batch", 10_000, "most events in one ingest request")
 	fs.Int64Var(&c.Ingest.MaxBodyBytes, "ingest.max-body-bytes", 16<<20, "largest REST request body in bytes")
@@ -300,6 +302,8 @@ func (c *config) validate() error {
 		return fmt.Errorf("limits.max-in-flight: %d is negative", c.Limits.MaxInFlight)
 	case c.Limits.RequestTimeout < 0:
 		return fmt.Errorf("limits.request-timeout: %s is negative", c.Limits.RequestTimeout)
+	case c.Flight.SnapshotMB < 0:
+		return fmt.Errorf("flight.snapshot-mb: %d is negative", c.Flight.SnapshotMB)
 	case c.Flight.MaxSpillBytes <= 0:
 		return fmt.Errorf("flight.max-spill-bytes: %d is not positive", c.Flight.MaxSpillBytes)
 	case c.Ingest.MinFreeBytes < 0:

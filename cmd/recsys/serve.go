@@ -192,7 +192,7 @@ func serve(ctx context.Context, cfg *config) error {
 		spillDir = cfg.Data.Dir
 	}
 	flightSrv := serving.NewFlightServer(eng.Store, eng.Models, nil).WithUpdater(eng.Updater).WithBackups(backups).
-		WithSpill(spillDir, cfg.Flight.MaxSpillBytes, uint64(cfg.Ingest.MinFreeBytes)).GRPCServer(append(creds, guard("flight").ServerOptions()...)...)
+		WithSpill(spillDir, cfg.Flight.MaxSpillBytes, uint64(cfg.Ingest.MinFreeBytes)).WithSnapshotBytes(snapshotBytes(cfg.Flight.SnapshotMB)).GRPCServer(append(creds, guard("flight").ServerOptions()...)...)
 
 	handler, err := srv.HTTPHandler(ctx)
 	if err != nil {
@@ -539,4 +539,13 @@ func ingestGenerated(ctx context.Context, eng *datadir.Dir, gen *synth.Generator
 		}
 	}
 	return total, nil
+}
+
+// snapshotBytes is --flight.snapshot-mb for serving.FlightServer: 0 turns
+// the snapshots off (negative there).
+func snapshotBytes(mb int) int64 {
+	if mb == 0 {
+		return -1
+	}
+	return int64(mb) << 20
 }
