@@ -217,8 +217,8 @@ type Store struct {
 		snap *pebble.Snapshot
 		// held counts the users of snap (the publication itself and the
 		// Held scans of it); seq numbers the publications.
-		held *heldSnap
-		seq  uint64
+		held  *heldSnap
+		seq   uint64
 		pop   map[string]*popTree // the popularity index (popindex.go)
 		trend trendPub            // the trending index (trendindex.go)
 	}
