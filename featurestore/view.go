@@ -542,28 +542,92 @@ func (s *Store) getRows(v *View, ids []string, idx []int, now int64, asOf func(r
 	}
 	rows := newRows(ids, len(idx))
 	ts := make([]int64, len(rows))
-	order := make([]int, len(rows))
-	for r := range order {
-		order[r], ts[r] = r, asOf(r)
+	for r := range ts {
+		ts[r] = asOf(r)
 	}
-	slices.SortFunc(order, func(a, b int) int {
-		if c := strings.Compare(ids[a], ids[b]); c != 0 {
-			return c
-		}
-		return cmp.Compare(ts[a], ts[b])
-	})
+	order := readOrder(ids, ts)
 	parts := splitRuns(order, ids, getWorkers(len(order)))
+	// A request for many of the view's entities (a join's slice, most
+	// often) walks the records forward, a few Nexts from one to the next
+	// instead of a seek; a sparse one looks each up with its bloom
+	// filters.
+	dense := int64(len(order)) >= s.Count(v)/8
 	errs := make([]error, len(parts))
 	var wg sync.WaitGroup
 	for p := range parts {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[p] = s.readRows(snap, v, idx, now, rows, ts, parts[p], wc)
+			errs[p] = s.readRows(snap, v, idx, now, rows, ts, parts[p], wc, dense)
 		}()
 	}
 	wg.Wait()
 	return rows, errors.Join(errs...)
+}
+
+// readOrder returns the rows of ids in the order getRows reads them: by
+// id, and by time ts within an id. Rows already in that order (a spine
+// sorted by entity) are checked in one pass; others are grouped by id
+// through a hash map, so that only the distinct ids are sorted by string
+// comparison and each id's rows by time (a spine of many rows per entity
+// sorts faster so than as rows).
+func readOrder(ids []string, ts []int64) []int {
+	order := make([]int, len(ids))
+	for r := range order {
+		order[r] = r
+	}
+	inOrder := func(a, b int) bool { return ids[a] < ids[b] || ids[a] == ids[b] && ts[a] <= ts[b] }
+	sorted := true
+	for r := 1; r < len(ids) && sorted; r++ {
+		sorted = inOrder(r-1, r)
+	}
+	if sorted {
+		return order
+	}
+	// Entities in order of appearance, and each row's entity.
+	index := make(map[string]int32, min(len(ids), 1<<16))
+	var uniq []string
+	ent := make([]int32, len(ids))
+	for r, id := range ids {
+		e, ok := index[id]
+		if !ok {
+			e = int32(len(uniq))
+			index[id] = e
+			uniq = append(uniq, id)
+		}
+		ent[r] = e
+	}
+	byID := make([]int32, len(uniq))
+	for e := range byID {
+		byID[e] = int32(e)
+	}
+	slices.SortFunc(byID, func(a, b int32) int { return strings.Compare(uniq[a], uniq[b]) })
+	// start[e] is where entity e's rows begin in order (a counting sort
+	// by the entities' rank).
+	start := make([]int, len(uniq)+1)
+	for _, e := range ent {
+		start[e+1]++
+	}
+	prev := 0
+	for _, e := range byID {
+		n := start[e+1]
+		start[e+1] = prev // temporarily the entity's offset
+		prev += n
+	}
+	for r, e := range ent {
+		order[start[e+1]] = r
+		start[e+1]++
+	}
+	// Each entity's rows, now consecutive in row order, by time.
+	lo := 0
+	for _, e := range byID {
+		hi := start[e+1]
+		if run := order[lo:hi]; len(run) > 1 {
+			slices.SortStableFunc(run, func(a, b int) int { return cmp.Compare(ts[a], ts[b]) })
+		}
+		lo = hi
+	}
+	return order
 }
 
 // getWorkers is how many goroutines read n rows: one per 16 K rows, at
@@ -600,7 +664,7 @@ const onlineRows = 16 << 10
 // r as of ts[r], from snap through one reader; with wc, window features
 // come from the materialized window state (snap is then the pinned
 // version's).
-func (s *Store) readRows(snap pebble.Reader, v *View, idx []int, now int64, rows []Row, ts []int64, order []int, wc *winCache) error {
+func (s *Store) readRows(snap pebble.Reader, v *View, idx []int, now int64, rows []Row, ts []int64, order []int, wc *winCache, dense bool) error {
 	rd, err := s.newReader(snap, v, idx, ReadTime{Now: now})
 	if err != nil {
 		return err
@@ -614,11 +678,6 @@ func (s *Store) readRows(snap pebble.Reader, v *View, idx []int, now int64, rows
 			_ = it.Close()
 		}
 	}()
-	// A request for many of the view's entities (a join's slice, most
-	// often) walks the records forward, a few Nexts from one to the next
-	// instead of a seek; a sparse one looks each up with its bloom
-	// filters.
-	dense := int64(len(order)) >= s.Count(v)/8
 	var at []byte // dense: the iterator is at the first key >= at
 	key := slices.Clone(v.prefix)
 	for i := 0; i < len(order); {

@@ -100,6 +100,10 @@ func (f *FlightServer) DoExchange(stream flight.FlightService_DoExchangeServer) 
 		return err
 	}
 	defer sp.close()
+	ids := make([]*spineIDs, len(views))
+	for v := range ids {
+		ids[v] = newSpineIDs()
+	}
 	var total int64
 	for rdr.Next() {
 		if err := stream.Context().Err(); err != nil {
@@ -109,6 +113,9 @@ func (f *FlightServer) DoExchange(stream flight.FlightService_DoExchangeServer) 
 		// Times are checked as they come: a bad one is refused at once,
 		// not once the whole spine is spilled.
 		if err := checkSpineTimes(rec.Column(tsCol), total); err != nil {
+			return err
+		}
+		if err := followIDs(rec, views, ids, total); err != nil {
 			return err
 		}
 		total += rec.NumRows()
@@ -122,22 +129,39 @@ func (f *FlightServer) DoExchange(stream flight.FlightService_DoExchangeServer) 
 		}
 		return invalidArg("spine", "%v", err)
 	}
-	back, err := sp.rewind(f.mem)
-	if err != nil {
-		return sp.refusal(err, total)
-	}
 	w := flight.NewRecordWriter(stream, ipc.WithSchema(out), ipc.WithAllocator(f.mem))
 	defer w.Close()
+	return f.answerJoin(w, out, sp, total, tsCol, views, ids, func() error { return toStatus(stream.Context().Err()) })
+}
+
+// answerJoin joins the spine spilled to sp (total rows, its times in
+// column tsCol, ids followed its views' ids) with the features of views,
+// and writes the answer, of schema out, to w: in slices of the spine if it
+// is small or in order of every view's ids, else by partitions of its
+// entities (pitjoin.go). check returns the error that stops it (the
+// request's end).
+func (f *FlightServer) answerJoin(w *flight.Writer, out *arrow.Schema, sp *spill, total int64, tsCol int, views []pitView, ids []*spineIDs, check func() error) error {
 	now := f.store.Now()
 	nf := 0
 	for _, pv := range views {
 		nf += len(pv.idx)
 	}
 	sliceRows := f.joinRows(nf)
+	sorted := true
+	for _, s := range ids {
+		sorted = sorted && s.sorted
+	}
+	if joinParts(total, sliceRows) > 1 && !sorted {
+		return f.joinParted(w, out, sp, total, tsCol, views, ids, now, sliceRows, check)
+	}
+	back, err := sp.rewind(f.mem)
+	if err != nil {
+		return sp.refusal(err, total)
+	}
 	var first int64 // row number of rec's first row in the spine
 	for back.Next() {
-		if err := stream.Context().Err(); err != nil {
-			return toStatus(err)
+		if err := check(); err != nil {
+			return err
 		}
 		rec := back.Record()
 		// The features of a batch take far more memory than its rows (a
@@ -340,6 +364,16 @@ func spineTimes(col arrow.Array, first int64, ts []int64) error {
 		if ts != nil {
 			ts[i] = t
 		}
+	}
+	return nil
+}
+
+// followIDs adds the ids of every view of a spine batch (its first row
+// spine row first) to ids, a malformed column INVALID_ARGUMENT.
+func followIDs(rec arrow.Record, views []pitView, ids []*spineIDs, first int64) (err error) {
+	defer recoverMalformed(&err, "spine", first)
+	for v, pv := range views {
+		ids[v].add(rec.Column(pv.idCol))
 	}
 	return nil
 }

@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -492,4 +494,104 @@ func TestMalformedArraysAreInvalidArgument(t *testing.T) {
 		t.Fatalf("after: %v, %v", out, err)
 	}
 	out[0].Release()
+}
+
+// A spine of many slices is joined by partitions of its entities
+// (pitjoin.go): its answer equals that of the same spine joined in one
+// slice, for every feature of a user and an item view (counts, rates,
+// times, strings and lists), ids with no events, rows in no order over
+// many client batches, and more slices than partitions.
+func TestPartitionedJoinMatchesOneSlice(t *testing.T) {
+	e := newEnv(t)
+	rng := rand.New(rand.NewPCG(5, 6))
+	behaviors := []string{"view", "view", "view", "cart", "fav", "purchase"}
+	var evs []*recsysv1.Event
+	for i := range 3000 {
+		evs = append(evs, &recsysv1.Event{UserId: fmt.Sprintf("u%03d", rng.IntN(60)), ItemId: fmt.Sprintf("i%02d", rng.IntN(40)),
+			CategoryId: fmt.Sprintf("c%d", rng.IntN(5)), Behavior: behaviors[rng.IntN(len(behaviors))], Ts: baseTS + int64(i)*20_000 + rng.Int64N(20_000)})
+	}
+	e.ingest(t, evs)
+	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+	one := startFlightServer(t, e, mem, func(f *FlightServer) { f.joinValues = 1 << 30 })
+	spillDir := t.TempDir()
+	var parted *FlightServer
+	many := startFlightServer(t, e, mem, func(f *FlightServer) {
+		f.joinValues, parted = 2000, f
+		f.WithSpill(spillDir, 0, 0)
+	})
+	sch := arrow.NewSchema([]arrow.Field{{Name: "label", Type: arrow.PrimitiveTypes.Int64}, {Name: "user_id", Type: arrow.BinaryTypes.String},
+		{Name: "item_id", Type: arrow.BinaryTypes.String}, {Name: "ts", Type: arrow.PrimitiveTypes.Int64}}, nil)
+	span := int64(len(evs)) * 20_000
+	const cmd = `{"op":"point_in_time","views":["user_features","item_features"]}`
+	for _, byUser := range []bool{false, true} {
+		t.Run(fmt.Sprintf("by user %v", byUser), func(t *testing.T) {
+			users := make([]string, 16504)
+			for r := range users {
+				users[r] = fmt.Sprintf("u%03d", rng.IntN(70)) // 10 never seen
+			}
+			if byUser {
+				// The user view is joined in spine order, the item view by
+				// partitions.
+				slices.Sort(users)
+			}
+			var recs []arrow.Record
+			rows := 0
+			for _, n := range []int{1, 500, 7000, 3, 9000} {
+				b := array.NewRecordBuilder(mem, sch)
+				for range n {
+					b.Field(0).(*array.Int64Builder).Append(int64(rows))
+					b.Field(1).(*array.StringBuilder).Append(users[rows])
+					b.Field(2).(*array.StringBuilder).Append(fmt.Sprintf("i%02d", rng.IntN(45)))
+					b.Field(3).(*array.Int64Builder).Append(baseTS - 3_600_000 + rng.Int64N(span+2*3_600_000))
+					rows++
+				}
+				recs = append(recs, b.NewRecord())
+				b.Release()
+			}
+			defer func() {
+				for _, r := range recs {
+					r.Release()
+				}
+			}()
+			if p := joinParts(int64(rows), parted.joinRows(1)); p < 2 {
+				t.Fatalf("the spine is joined in %d partitions", p)
+			}
+			table := func(c flight.Client) arrow.Table {
+				out, err := exchangeRecords(t, c, mem, cmd, recs)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer func() {
+					for _, r := range out {
+						r.Release()
+					}
+				}()
+				return array.NewTableFromRecords(out[0].Schema(), out)
+			}
+			want, got := table(one), table(many)
+			defer want.Release()
+			defer got.Release()
+			if want.NumRows() != int64(rows) || got.NumRows() != int64(rows) {
+				t.Fatalf("%d and %d rows back, want %d", want.NumRows(), got.NumRows(), rows)
+			}
+			if !want.Schema().Equal(got.Schema()) {
+				t.Fatalf("schemas differ:\n%s\n%s", want.Schema(), got.Schema())
+			}
+			present := 0
+			for c := range int(want.NumCols()) {
+				w, g := want.Column(c).Data(), got.Column(c).Data()
+				if !array.ChunkedEqual(w, g) {
+					t.Fatalf("column %s differs", want.Schema().Field(c).Name)
+				}
+				present += w.Len() - w.NullN()
+			}
+			if present < rows*int(want.NumCols())/3 {
+				t.Fatalf("only %d values present of %d: the spine joins too little", present, rows*int(want.NumCols()))
+			}
+			if left, _ := os.ReadDir(spillDir); len(left) != 0 {
+				t.Fatalf("%d files left in the spill dir", len(left))
+			}
+		})
+	}
+	mem.AssertSize(t, 0)
 }

@@ -40,6 +40,7 @@ var errSpillLimit = errors.New("spill limit")
 // unlinked temporary file: the file is gone when the exchange ends, or
 // the process, however it ends.
 type spill struct {
+	dir   string
 	file  *os.File
 	buf   *bufio.Writer
 	w     *ipc.Writer
@@ -73,7 +74,7 @@ func (f *FlightServer) newSpill(sch *arrow.Schema) (*spill, error) {
 	// Unlinked at once: nothing is left behind, even by a crash. (Where
 	// an open file cannot be removed, close removes it.)
 	_ = os.Remove(file.Name())
-	s := &spill{file: file, limit: limit, why: why}
+	s := &spill{dir: dir, file: file, limit: limit, why: why}
 	s.buf = bufio.NewWriterSize(limitWriter{s}, 1<<20)
 	s.w = ipc.NewWriter(s.buf, ipc.WithSchema(sch), ipc.WithAllocator(f.mem))
 	return s, nil
@@ -95,13 +96,21 @@ func (s *spill) write(rec arrow.Record) error { return s.w.Write(rec) }
 
 // rewind ends the writing and returns a reader of the spilled batches,
 // in order, allocated from mem; the spill owns it (close releases it).
+// Every rewind reads the spine from its start again, releasing the
+// previous reader.
 func (s *spill) rewind(mem memory.Allocator) (*ipc.Reader, error) {
-	if err := s.w.Close(); err != nil {
-		return nil, err
+	if s.w != nil {
+		if err := s.w.Close(); err != nil {
+			return nil, err
+		}
+		s.w = nil
+		if err := s.buf.Flush(); err != nil {
+			return nil, err
+		}
 	}
-	s.w = nil
-	if err := s.buf.Flush(); err != nil {
-		return nil, err
+	if s.rd != nil {
+		s.rd.Release()
+		s.rd = nil
 	}
 	if _, err := s.file.Seek(0, io.SeekStart); err != nil {
 		return nil, err
