@@ -245,6 +245,12 @@ type windowReader struct {
 	sk     *hyperloglog.Sketch // decoding buffer
 	union  *hyperloglog.Sketch // distinct's dense union, reused
 	lo, hi []byte              // key buffers of scanTiles
+	// last is, per resolution (by its low bit), the iterator iter
+	// returned last.
+	last [2]struct {
+		k  iterKey
+		it *bucketIter
+	}
 }
 
 type iterKey struct {
@@ -288,7 +294,13 @@ func newWindowReader(src pebble.Reader) (*windowReader, error) {
 // iter returns the iterator over the tiles of res in the bucket of day.
 func (w *windowReader) iter(day uint32, res byte) (*bucketIter, error) {
 	k := iterKey{day, res}
+	// Most scans read the bucket the last scan of their resolution read.
+	last := &w.last[res&1]
+	if last.it != nil && last.k == k {
+		return last.it, nil
+	}
 	if it, ok := w.iters[k]; ok {
+		last.k, last.it = k, it
 		return it, nil
 	}
 	lo := binary.BigEndian.AppendUint32([]byte{'t'}, day)
@@ -298,6 +310,7 @@ func (w *windowReader) iter(day uint32, res byte) (*bucketIter, error) {
 	}
 	b := &bucketIter{it: it}
 	w.iters[k] = b
+	last.k, last.it = k, b
 	return b, nil
 }
 

@@ -2,6 +2,7 @@ package serving
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -158,29 +159,131 @@ func (f *FlightServer) answerJoin(w *flight.Writer, out *arrow.Schema, sp *spill
 	if err != nil {
 		return sp.refusal(err, total)
 	}
-	var first int64 // row number of rec's first row in the spine
-	for back.Next() {
-		if err := check(); err != nil {
-			return err
-		}
-		rec := back.Record()
-		// The features of a batch take far more memory than its rows (a
-		// value per feature and row): a big batch is joined, and sent, in
-		// slices of at most joinValues values.
-		for lo := int64(0); lo < rec.NumRows(); lo += sliceRows {
-			part := rec.NewSlice(lo, min(lo+sliceRows, rec.NumRows()))
-			err := f.joinBatch(w, out, part, first+lo, tsCol, views, now)
-			part.Release()
+	// The spine is joined in slices of sliceRows rows, whatever the
+	// client's batches (a slice of many entities walks their records
+	// forward); the next slice is joined while the last one is sent.
+	return pipeline(w, func(send func(arrow.Record) bool) error {
+		var first int64 // spine row number of the slice's first row
+		var pending []arrow.Record
+		var rows int64 // in pending
+		defer func() {
+			for _, r := range pending {
+				r.Release()
+			}
+		}()
+		join := func() (bool, error) {
+			slice, err := concatRecords(f.mem, pending, first)
+			for _, r := range pending {
+				r.Release()
+			}
+			pending = pending[:0]
 			if err != nil {
+				return false, err
+			}
+			res, err := f.joinBatch(out, slice, first, tsCol, views, now)
+			slice.Release()
+			first, rows = first+rows, 0
+			if err != nil {
+				return false, err
+			}
+			return send(res), nil
+		}
+		for back.Next() {
+			if err := check(); err != nil {
+				return err
+			}
+			rec := back.Record()
+			for lo := int64(0); lo < rec.NumRows(); {
+				hi := min(lo+sliceRows-rows, rec.NumRows())
+				pending = append(pending, rec.NewSlice(lo, hi))
+				rows += hi - lo
+				lo = hi
+				if rows == sliceRows {
+					if ok, err := join(); !ok || err != nil {
+						return err
+					}
+				}
+			}
+		}
+		if err := back.Err(); err != nil {
+			return toStatus(fmt.Errorf("read spilled spine: %w", err))
+		}
+		if rows > 0 {
+			if _, err := join(); err != nil {
 				return err
 			}
 		}
-		first += rec.NumRows()
+		return nil
+	})
+}
+
+// concatRecords returns the records recs (of one schema; spine rows from
+// first) as one (to release): the record itself if there is one, else a
+// copy, a malformed column INVALID_ARGUMENT.
+func concatRecords(mem memory.Allocator, recs []arrow.Record, first int64) (_ arrow.Record, err error) {
+	defer recoverMalformed(&err, "spine", first)
+	if len(recs) == 1 {
+		recs[0].Retain()
+		return recs[0], nil
 	}
-	if err := back.Err(); err != nil {
-		return toStatus(fmt.Errorf("read spilled spine: %w", err))
+	sch := recs[0].Schema()
+	cols := make([]arrow.Array, sch.NumFields())
+	defer func() {
+		for _, c := range cols {
+			if c != nil {
+				c.Release()
+			}
+		}
+	}()
+	var n int64
+	for _, r := range recs {
+		n += r.NumRows()
 	}
-	return nil
+	parts := make([]arrow.Array, len(recs))
+	for c := range cols {
+		for i, r := range recs {
+			parts[i] = r.Column(c)
+		}
+		var err error
+		if cols[c], err = array.Concatenate(parts, mem); err != nil {
+			return nil, invalidArg("spine", "column %s: %v", sch.Field(c).Name, err)
+		}
+	}
+	return array.NewRecord(sch, cols, n), nil
+}
+
+// pipeline writes to w the records that produce sends, from its own
+// goroutine, so that the next record is made while the last one is
+// written: at most two are held at a time. send reports false once
+// writing has failed (produce should then return). pipeline returns the
+// first error of either side, after produce has returned.
+func pipeline(w *flight.Writer, produce func(send func(arrow.Record) bool) error) error {
+	recs := make(chan arrow.Record)
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		defer close(recs)
+		done <- produce(func(rec arrow.Record) bool {
+			select {
+			case recs <- rec:
+				return true
+			case <-stop:
+				rec.Release()
+				return false
+			}
+		})
+	}()
+	var werr error
+	for rec := range recs {
+		if werr == nil {
+			if err := w.Write(rec); err != nil {
+				werr = fmt.Errorf("write joined batch: %w", err)
+				close(stop)
+			}
+		}
+		rec.Release()
+	}
+	return cmp.Or(<-done, werr)
 }
 
 // planJoin returns the views of a point-in-time join of spine asked by
@@ -385,14 +488,15 @@ func checkSpineTimes(col arrow.Array, first int64) (err error) {
 	return spineTimes(col, first, nil)
 }
 
-// joinBatch writes one spine batch joined with its features; first is
-// the spine row number of its first row (errors name spine rows).
-func (f *FlightServer) joinBatch(w *flight.Writer, out *arrow.Schema, rec arrow.Record, first int64, tsCol int, views []pitView, now int64) (err error) {
+// joinBatch returns one spine batch joined with its features (to
+// release); first is the spine row number of its first row (errors name
+// spine rows).
+func (f *FlightServer) joinBatch(out *arrow.Schema, rec arrow.Record, first int64, tsCol int, views []pitView, now int64) (res arrow.Record, err error) {
 	defer recoverMalformed(&err, "spine", first)
 	n := int(rec.NumRows())
 	ts := make([]int64, n)
 	if err := spineTimes(rec.Column(tsCol), first, ts); err != nil {
-		return err
+		return nil, err
 	}
 	cols := make([]arrow.Array, 0, out.NumFields())
 	for i := range rec.NumCols() {
@@ -414,14 +518,14 @@ func (f *FlightServer) joinBatch(w *flight.Writer, out *arrow.Schema, rec arrow.
 			id, valid := ids(i)
 			if !valid {
 				bb.release()
-				return invalidArg("spine."+pv.view.IDColumn, "row %d is null", first+int64(i))
+				return nil, invalidArg("spine."+pv.view.IDColumn, "row %d is null", first+int64(i))
 			}
 			idList[i] = id
 		}
 		rows, err := f.store.GetEach(pv.view, idList, pv.idx, now, ts)
 		if err != nil {
 			bb.release()
-			return toStatus(err)
+			return nil, toStatus(err)
 		}
 		for i := range rows {
 			bb.append(&rows[i])
@@ -435,10 +539,5 @@ func (f *FlightServer) joinBatch(w *flight.Writer, out *arrow.Schema, rec arrow.
 		}
 		joined.Release()
 	}
-	res := array.NewRecord(out, cols, int64(n))
-	defer res.Release()
-	if err := w.Write(res); err != nil {
-		return fmt.Errorf("write joined batch: %w", err)
-	}
-	return nil
+	return array.NewRecord(out, cols, int64(n)), nil
 }

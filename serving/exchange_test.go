@@ -462,12 +462,16 @@ func TestMalformedArraysAreInvalidArgument(t *testing.T) {
 	t.Run("label offsets descend", func(t *testing.T) {
 		// A pass-through column is not read, only sent back as it came.
 		rec := record([]string{"user_id", "ts", "label"}, strs("u00001", "u00000"), i64(baseTS, baseTS), malformedStrings())
-		out, err := exchangeRecords(t, c, mem, cmd, []arrow.Record{rec})
-		for _, r := range out {
-			r.Release()
-		}
-		if err != nil && status.Code(err) != codes.InvalidArgument {
-			t.Fatalf("err = %v, want an answer or INVALID_ARGUMENT", err)
+		// In one batch, and in three, which are joined as one slice (their
+		// columns concatenated).
+		for _, recs := range [][]arrow.Record{{rec}, {rec, rec, rec}} {
+			out, err := exchangeRecords(t, c, mem, cmd, recs)
+			for _, r := range out {
+				r.Release()
+			}
+			if err != nil && status.Code(err) != codes.InvalidArgument {
+				t.Fatalf("err = %v, want an answer or INVALID_ARGUMENT", err)
+			}
 		}
 	})
 	t.Run("doput", func(t *testing.T) {

@@ -225,26 +225,31 @@ func (f *FlightServer) joinParted(w *flight.Writer, out *arrow.Schema, sp *spill
 	if err != nil {
 		return sp.refusal(err, total)
 	}
-	var first int64
-	for back.Next() {
-		if err := check(); err != nil {
-			return err
-		}
-		rec := back.Record()
-		for lo := int64(0); lo < rec.NumRows(); lo += slice {
-			part := rec.NewSlice(lo, min(lo+slice, rec.NumRows()))
-			err := j.emit(w, out, part, first+lo)
-			part.Release()
-			if err != nil {
+	return pipeline(w, func(send func(arrow.Record) bool) error {
+		var first int64
+		for back.Next() {
+			if err := check(); err != nil {
 				return err
 			}
+			rec := back.Record()
+			for lo := int64(0); lo < rec.NumRows(); lo += slice {
+				part := rec.NewSlice(lo, min(lo+slice, rec.NumRows()))
+				res, err := j.emit(out, part, first+lo)
+				part.Release()
+				if err != nil {
+					return err
+				}
+				if !send(res) {
+					return nil
+				}
+			}
+			first += rec.NumRows()
 		}
-		first += rec.NumRows()
-	}
-	if err := back.Err(); err != nil {
-		return toStatus(fmt.Errorf("read spilled spine: %w", err))
-	}
-	return nil
+		if err := back.Err(); err != nil {
+			return toStatus(fmt.Errorf("read spilled spine: %w", err))
+		}
+		return nil
+	})
 }
 
 // joinView runs steps 1 and 2 for view v: it returns the value files of
@@ -410,10 +415,10 @@ func noEOF(err error) error {
 	return err
 }
 
-// emit writes the spine slice rec (spine rows from first) with its
-// features: each row takes the next values of its id's partition, for
-// every view.
-func (j *partJoin) emit(w *flight.Writer, out *arrow.Schema, rec arrow.Record, first int64) (err error) {
+// emit returns the spine slice rec (spine rows from first) with its
+// features (to release): each row takes the next values of its id's
+// partition, for every view.
+func (j *partJoin) emit(out *arrow.Schema, rec arrow.Record, first int64) (res arrow.Record, err error) {
 	defer recoverMalformed(&err, "spine", first)
 	n := int(rec.NumRows())
 	cols := make([]arrow.Array, 0, out.NumFields())
@@ -438,7 +443,7 @@ func (j *partJoin) emit(w *flight.Writer, out *arrow.Schema, rec arrow.Record, f
 			for k, fi := range pv.idx {
 				if err := readJoinValue(r, pv.view.Features[fi].Kind, &row.Values[k]); err != nil {
 					bb.release()
-					return toStatus(fmt.Errorf("read joined values of spine row %d: %w", first+int64(i), noEOF(err)))
+					return nil, toStatus(fmt.Errorf("read joined values of spine row %d: %w", first+int64(i), noEOF(err)))
 				}
 			}
 			bb.append(&row)
@@ -452,12 +457,7 @@ func (j *partJoin) emit(w *flight.Writer, out *arrow.Schema, rec arrow.Record, f
 		}
 		joined.Release()
 	}
-	res := array.NewRecord(out, cols, int64(n))
-	defer res.Release()
-	if err := w.Write(res); err != nil {
-		return fmt.Errorf("write joined batch: %w", err)
-	}
-	return nil
+	return array.NewRecord(out, cols, int64(n)), nil
 }
 
 // appendJoinValue appends what the answer needs of a value of kind k:

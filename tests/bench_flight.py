@@ -6,7 +6,8 @@ generated JSONL file, serves it, and measures with pyarrow:
     a partitioned scan read in parallel, each against its ceiling (the same
     batches served from memory by `recsys flight-ceiling`, a trivial Go
     Flight server, read by the same client);
-  - a point-in-time join (DoExchange) of a spine of SPINE rows.
+  - a point-in-time join (DoExchange) of a spine of SPINE rows, its users
+    in id order and shuffled.
 Prints rows/s and MB/s (Arrow buffer bytes), medians of RUNS runs.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -132,23 +134,29 @@ def main() -> None:
                       f"ceiling {crows / cel / 1e6:.2f} M rows/s, {cbytes / cel / 1e6:.0f} MB/s: {cel / el:.2f} of the ceiling")
 
         n = min(SPINE, ROWS)
-        spine = pa.table({"user_id": [f"u{i % ROWS:07d}" for i in range(n)],
-                          "ts": pa.array([BASE + 20 * 3600_000] * n, type=pa.int64()),
-                          "label": [i % 2 for i in range(n)]})
         cmd = {"op": "point_in_time", "views": ["user_features"], "features": ["view_count_1h", "cart_count_24h", "view_count_7d"]}
-        times = []
-        for _ in range(RUNS):
-            t = time.perf_counter()
-            writer, reader = client.do_exchange(fl.FlightDescriptor.for_command(json.dumps(cmd)))
-            writer.begin(spine.schema)
-            writer.write_table(spine, max_chunksize=65536)
-            writer.done_writing()
-            out = reader.read_all()
-            writer.close()
-            times.append(time.perf_counter() - t)
-            assert out.num_rows == n
-        el = statistics.median(times)
-        print(f"point-in-time join (DoExchange): {n} spine rows x 3 features in {el:.2f}s (median of {RUNS}): {n / el / 1e3:.0f} k rows/s")
+        ids = [f"u{i % ROWS:07d}" for i in range(n)]
+        shuffled = list(ids)
+        random.Random(1).shuffle(shuffled)
+        # A spine in id order is joined slice by slice; one in no order (a
+        # training set's usual shape) by partitions of its users.
+        for what, spine_ids in (("users in id order", ids), ("users shuffled", shuffled)):
+            spine = pa.table({"user_id": spine_ids,
+                              "ts": pa.array([BASE + 20 * 3600_000] * n, type=pa.int64()),
+                              "label": [i % 2 for i in range(n)]})
+            times = []
+            for _ in range(RUNS):
+                t = time.perf_counter()
+                writer, reader = client.do_exchange(fl.FlightDescriptor.for_command(json.dumps(cmd)))
+                writer.begin(spine.schema)
+                writer.write_table(spine, max_chunksize=65536)
+                writer.done_writing()
+                out = reader.read_all()
+                writer.close()
+                times.append(time.perf_counter() - t)
+                assert out.num_rows == n
+            el = statistics.median(times)
+            print(f"point-in-time join (DoExchange), {what}: {n} spine rows x 3 features in {el:.2f}s (median of {RUNS}): {n / el / 1e3:.0f} k rows/s")
         client.close()
     finally:
         s.close()
