@@ -242,6 +242,9 @@ type windowReader struct {
 	iters  map[iterKey]*bucketIter
 	coarse []tile              // 1-hour tiles
 	events []tile              // the events of the 5-minute tiles
+	// coarseSums and eventSums are the running sums of coarse and events
+	// (see tileSums), made by the first sum after a load.
+	coarseSums, eventSums tileSums
 	sk     *hyperloglog.Sketch // decoding buffer
 	union  *hyperloglog.Sketch // distinct's dense union, reused
 	lo, hi []byte              // key buffers of scanTiles
@@ -394,6 +397,7 @@ func (w *windowReader) loadRange(kind byte, id string, from, to int64, ws []wind
 // from) to the hour holding to, in time order.
 func (w *windowReader) loadCoarse(kind byte, id string, from, to int64, ws []windowSpec) error {
 	w.coarse = w.coarse[:0]
+	w.coarseSums.valid = false
 	from, to = readTime(from), readTime(to)
 	lo := floorTo(from, coarseTile)
 	for _, win := range ws {
@@ -418,6 +422,7 @@ func (w *windowReader) loadCoarse(kind byte, id string, from, to int64, ws []win
 // newest edge is exact.
 func (w *windowReader) loadFine(kind byte, id string, from, to int64, ws []windowSpec) error {
 	w.events = w.events[:0]
+	w.eventSums.valid = false
 	from, to = readTime(from), readTime(to)
 	lo := floorTo(from, coarseTile)
 	for _, win := range ws {
@@ -486,21 +491,68 @@ func (w *windowReader) sum(asOf int64, win windowSpec) windowSum {
 	hour := floorTo(asOf, coarseTile)
 	fineFrom := lo
 	if tileSize(win) == coarseTile {
-		for _, t := range tilesIn(w.coarse, lo, hour-1) {
-			ws.add(&t)
-		}
+		w.coarseSums.add(&ws, w.coarse, lo, hour-1)
 		fineFrom = max(lo, hour)
 	}
-	for _, t := range tilesIn(w.events, fineFrom, asOf) {
-		ws.add(&t)
-	}
+	w.eventSums.add(&ws, w.events, fineFrom, asOf)
 	return ws
 }
 
-// tilesIn is the tiles of ts (in time order) that start in [lo, hi].
-func tilesIn(ts []tile, lo, hi int64) []tile {
+// tileSums are the running sums of a list of tiles in time order, so that
+// a window's sum is two binary searches and a subtraction, not a pass over
+// its tiles (a point-in-time join reads an entity's windows at each of
+// its rows' times): cum[k] is the sum of the counts of tiles [0, k), and
+// last[k][b] the index of the last tile of [0, k] that counts behavior b
+// (-1: none), whose start is the newest contribution of b.
+type tileSums struct {
+	valid bool
+	cum   []counts
+	last  [][numBehaviors]int32
+}
+
+// add adds to ws the tiles of ts that start in [lo, hi], as adding each
+// with windowSum.add would.
+func (s *tileSums) add(ws *windowSum, ts []tile, lo, hi int64) {
 	i, j := firstTileFrom(ts, lo), firstTileFrom(ts, hi+1)
-	return ts[i:max(i, j)]
+	if j <= i {
+		return
+	}
+	if j-i <= 2 { // as cheap as the sums
+		for k := i; k < j; k++ {
+			ws.add(&ts[k])
+		}
+		return
+	}
+	if !s.valid {
+		s.build(ts)
+	}
+	for b := range ws.c {
+		ws.c[b] += s.cum[j][b] - s.cum[i][b]
+		if k := s.last[j-1][b]; int(k) >= i {
+			ws.newest[b] = max(ws.newest[b], ts[k].start)
+		}
+	}
+}
+
+func (s *tileSums) build(ts []tile) {
+	s.cum = append(s.cum[:0], counts{})
+	s.last = s.last[:0]
+	var c counts
+	var last [numBehaviors]int32
+	for b := range last {
+		last[b] = -1
+	}
+	for k := range ts {
+		c.add(&ts[k].c)
+		for b, n := range ts[k].c {
+			if n > 0 {
+				last[b] = int32(k)
+			}
+		}
+		s.cum = append(s.cum, c)
+		s.last = append(s.last, last)
+	}
+	s.valid = true
 }
 
 // firstTileFrom is the index of the first tile of ts (in time order) that
