@@ -240,14 +240,14 @@ type tile struct {
 type windowReader struct {
 	src    pebble.Reader // the store's DB or a snapshot of it
 	iters  map[iterKey]*bucketIter
-	coarse []tile // 1-hour tiles
-	events []tile // the events of the 5-minute tiles
+	coarse []tile              // 1-hour tiles
+	events []tile              // the events of the 5-minute tiles
+	sk     *hyperloglog.Sketch // decoding buffer
+	union  *hyperloglog.Sketch // distinct's dense union, reused
+	lo, hi []byte              // key buffers of scanTiles
 	// coarseSums and eventSums are the running sums of coarse and events
 	// (see tileSums), made by the first sum after a load.
 	coarseSums, eventSums tileSums
-	sk                    *hyperloglog.Sketch // decoding buffer
-	union                 *hyperloglog.Sketch // distinct's dense union, reused
-	lo, hi                []byte              // key buffers of scanTiles
 	// last is, per resolution (by its low bit), the iterator iter
 	// returned last.
 	last [2]struct {
