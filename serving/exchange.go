@@ -498,6 +498,31 @@ func (f *FlightServer) joinBatch(out *arrow.Schema, rec arrow.Record, first int6
 	if err := spineTimes(rec.Column(tsCol), first, ts); err != nil {
 		return nil, err
 	}
+	return joinedRecord(f.mem, out, rec, views, func(_ int, pv pitView, bb *batchBuilder) error {
+		ids := stringReader(rec.Column(pv.idCol))
+		idList := make([]string, n)
+		for i := range idList {
+			id, valid := ids(i)
+			if !valid {
+				return invalidArg("spine."+pv.view.IDColumn, "row %d is null", first+int64(i))
+			}
+			idList[i] = id
+		}
+		rows, err := f.store.GetEach(pv.view, idList, pv.idx, now, ts)
+		if err != nil {
+			return toStatus(err)
+		}
+		for i := range rows {
+			bb.append(&rows[i])
+		}
+		return nil
+	})
+}
+
+// joinedRecord returns the spine slice rec with the feature columns of
+// every view (to release), in the order of schema out: fill appends the
+// values of view v (pv), a row per spine row, to bb.
+func joinedRecord(mem memory.Allocator, out *arrow.Schema, rec arrow.Record, views []pitView, fill func(v int, pv pitView, bb *batchBuilder) error) (arrow.Record, error) {
 	cols := make([]arrow.Array, 0, out.NumFields())
 	for i := range rec.NumCols() {
 		a := rec.Column(int(i))
@@ -509,26 +534,13 @@ func (f *FlightServer) joinBatch(out *arrow.Schema, rec arrow.Record, first int6
 			c.Release()
 		}
 	}()
-	for _, pv := range views {
-		ids := stringReader(rec.Column(pv.idCol))
+	for v, pv := range views {
 		p := &plan{view: pv.view, idx: pv.idx}
-		bb := &batchBuilder{p: p, b: array.NewRecordBuilder(f.mem, arrow.NewSchema(append([]arrow.Field{{Name: "id", Type: arrow.BinaryTypes.String}}, pv.fields...), nil))}
-		idList := make([]string, n)
-		for i := range idList {
-			id, valid := ids(i)
-			if !valid {
-				bb.release()
-				return nil, invalidArg("spine."+pv.view.IDColumn, "row %d is null", first+int64(i))
-			}
-			idList[i] = id
-		}
-		rows, err := f.store.GetEach(pv.view, idList, pv.idx, now, ts)
+		bb := &batchBuilder{p: p, b: array.NewRecordBuilder(mem, arrow.NewSchema(append([]arrow.Field{{Name: "id", Type: arrow.BinaryTypes.String}}, pv.fields...), nil))}
+		err := fill(v, pv, bb)
 		if err != nil {
 			bb.release()
-			return nil, toStatus(err)
-		}
-		for i := range rows {
-			bb.append(&rows[i])
+			return nil, err
 		}
 		joined := bb.b.NewRecord()
 		bb.release()
@@ -539,5 +551,5 @@ func (f *FlightServer) joinBatch(out *arrow.Schema, rec arrow.Record, first int6
 		}
 		joined.Release()
 	}
-	return array.NewRecord(out, cols, int64(n)), nil
+	return array.NewRecord(out, cols, rec.NumRows()), nil
 }

@@ -14,7 +14,6 @@ import (
 	"unsafe"
 
 	"github.com/apache/arrow/go/v17/arrow"
-	"github.com/apache/arrow/go/v17/arrow/array"
 	"github.com/apache/arrow/go/v17/arrow/flight"
 
 	"github.com/streamrec/recsys/featurestore"
@@ -420,44 +419,21 @@ func noEOF(err error) error {
 // partition, for every view.
 func (j *partJoin) emit(out *arrow.Schema, rec arrow.Record, first int64) (res arrow.Record, err error) {
 	defer recoverMalformed(&err, "spine", first)
-	n := int(rec.NumRows())
-	cols := make([]arrow.Array, 0, out.NumFields())
-	for i := range rec.NumCols() {
-		a := rec.Column(int(i))
-		a.Retain()
-		cols = append(cols, a)
-	}
-	defer func() {
-		for _, c := range cols {
-			c.Release()
-		}
-	}()
-	for v, pv := range j.views {
+	return joinedRecord(j.f.mem, out, rec, j.views, func(v int, pv pitView, bb *batchBuilder) error {
 		ids := stringReader(rec.Column(pv.idCol))
-		p := &plan{view: pv.view, idx: pv.idx}
-		bb := &batchBuilder{p: p, b: array.NewRecordBuilder(j.f.mem, arrow.NewSchema(append([]arrow.Field{{Name: "id", Type: arrow.BinaryTypes.String}}, pv.fields...), nil))}
 		row := featurestore.Row{Values: make([]featurestore.Value, len(pv.idx))}
-		for i := range n {
+		for i := range int(rec.NumRows()) {
 			id, _ := ids(i) // checked by partition
 			r := j.vals[v][j.part(v, id)].r
 			for k, fi := range pv.idx {
 				if err := readJoinValue(r, pv.view.Features[fi].Kind, &row.Values[k]); err != nil {
-					bb.release()
-					return nil, toStatus(fmt.Errorf("read joined values of spine row %d: %w", first+int64(i), noEOF(err)))
+					return toStatus(fmt.Errorf("read joined values of spine row %d: %w", first+int64(i), noEOF(err)))
 				}
 			}
 			bb.append(&row)
 		}
-		joined := bb.b.NewRecord()
-		bb.release()
-		for c := 1; c < int(joined.NumCols()); c++ {
-			a := joined.Column(c)
-			a.Retain()
-			cols = append(cols, a)
-		}
-		joined.Release()
-	}
-	return array.NewRecord(out, cols, int64(n)), nil
+		return nil
+	})
 }
 
 // appendJoinValue appends what the answer needs of a value of kind k:
