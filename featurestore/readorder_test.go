@@ -32,6 +32,15 @@ func TestReadOrder(t *testing.T) {
 			cases = append(cases, tc{"random n=" + strconv.Itoa(n) + " ids=" + strconv.Itoa(ids), id, at})
 		}
 	}
+	// Ids alike in their first 8 bytes (compared as a number first), and
+	// ids shorter than 8 bytes, some only a zero byte apart.
+	alike := []string{"", "\x00", "ab", "ab\x00", "ab\x00\x00", "abc", "user-000", "user-0001", "user-000\x00", "user-0000-long", "user-0000", "\xff\xff"}
+	var lid []string
+	var lat []int64
+	for range 300 {
+		lid, lat = append(lid, alike[rng.IntN(len(alike))]), append(lat, rng.Int64N(5))
+	}
+	cases = append(cases, tc{"alike prefixes", lid, lat})
 	id, at := spine(500, 40, func(int) int64 { return rng.Int64N(1000) })
 	sorted := readOrderReference(id, at)
 	sid, sat := make([]string, len(id)), make([]int64, len(id))

@@ -59,8 +59,8 @@ func BenchmarkPointInTime(b *testing.B) {
 }
 
 // BenchmarkPointInTimeDistinct is the join of make bench-flight: 1 M
-// users of one or two events each, a spine of one row per user, in id
-// order, all at one time.
+// users of one or two events each, a spine of one row per user, all at one
+// time, in id order and shuffled.
 func BenchmarkPointInTimeDistinct(b *testing.B) {
 	const (
 		users = 1_000_000
@@ -87,7 +87,11 @@ func BenchmarkPointInTimeDistinct(b *testing.B) {
 	for r := range users {
 		ids[r], ts[r] = fmt.Sprintf("u%07d", r), t0+20*3_600_000
 	}
-	benchJoin(b, st, ids, ts)
+	b.Run("in order", func(b *testing.B) { benchJoin(b, st, ids, ts) })
+	// The same rows shuffled (as bench-flight's second spine): joined by
+	// partitions.
+	rand.New(rand.NewPCG(7, 8)).Shuffle(len(ids), func(i, j int) { ids[i], ids[j] = ids[j], ids[i] })
+	b.Run("shuffled", func(b *testing.B) { benchJoin(b, st, ids, ts) })
 }
 
 // benchStore is a compacted store of n events made by ev, applied in
