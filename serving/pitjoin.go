@@ -19,12 +19,12 @@ import (
 	"github.com/streamrec/recsys/featurestore"
 )
 
-// A spine too big to join in one slice is joined by partitions of its
-// entities (a grace hash join), so that each entity's history is walked
+// A spine too big to join in one slice, its ids in no order, is joined by
+// partitions of its entities (a grace hash join, on ranges of ids), so that each entity's history is walked
 // once however its rows are spread over the spine, in bounded memory:
 //
 //  1. per view, every spine row's (id, ts) is appended to the key file of
-//     its id's partition (a hash of the id), in spine order;
+//     its id's partition (a range of ids: see spineIDs), in spine order;
 //  2. per view and partition, the keys are read back in slices of at most
 //     joinRows rows, joined (the store reads each entity of a slice once,
 //     for all its rows in time order), and the values written to the
@@ -50,7 +50,7 @@ func joinParts(rows, slice int64) int {
 		return 1
 	}
 	// Partitions are filled to about 3/4 of a slice on average, so that
-	// most hold all their rows in one slice despite the hash's spread.
+	// most hold all their rows in one slice despite the sample's spread.
 	return int(min((rows*4+slice*3-1)/(slice*3), maxJoinParts))
 }
 
@@ -70,24 +70,8 @@ func (s *spill) newPart() (*partFile, error) {
 	}
 	_ = os.Remove(f.Name())
 	p := &partFile{f: f}
-	p.w = bufio.NewWriterSize(spillCounter{s, f}, partBuffer)
+	p.w = bufio.NewWriterSize(limitWriter{s, f}, partBuffer)
 	return p, nil
-}
-
-// spillCounter writes to f, counting the bytes in s's spill against its
-// limit.
-type spillCounter struct {
-	s *spill
-	f *os.File
-}
-
-func (c spillCounter) Write(p []byte) (int, error) {
-	if c.s.n+int64(len(p)) > c.s.limit {
-		return 0, errSpillLimit
-	}
-	n, err := c.f.Write(p)
-	c.s.n += int64(n)
-	return n, err
 }
 
 // rewind ends the writing and reads the file from its start.
@@ -390,20 +374,28 @@ func (j *partJoin) joinPart(pv pitView, keys, vals *partFile, check func() error
 
 // readKey reads one (id, ts) of a key file, the id appended to arena.
 func readKey(r *bufio.Reader, arena []byte) ([]byte, int64, error) {
-	n, err := binary.ReadUvarint(r)
+	arena, err := readBytes(r, arena)
 	if err != nil {
 		return arena, 0, err // io.EOF at the end
 	}
-	if n > math.MaxInt32 {
-		return arena, 0, errors.New("corrupt key length")
-	}
-	at := len(arena)
-	arena = slices.Grow(arena, int(n))[:at+int(n)]
-	if _, err := io.ReadFull(r, arena[at:]); err != nil {
-		return arena, 0, noEOF(err)
-	}
 	t, err := binary.ReadVarint(r)
 	return arena, t, noEOF(err)
+}
+
+// readBytes reads a uvarint length and that many bytes, appended to dst;
+// io.EOF only before the length.
+func readBytes(r *bufio.Reader, dst []byte) ([]byte, error) {
+	n, err := binary.ReadUvarint(r)
+	if err != nil {
+		return dst, err
+	}
+	if n > math.MaxInt32 {
+		return dst, errors.New("corrupt length")
+	}
+	at := len(dst)
+	dst = slices.Grow(dst, int(n))[:at+int(n)]
+	_, err = io.ReadFull(r, dst[at:])
+	return dst, noEOF(err)
 }
 
 // noEOF turns the end of a file inside a record into an error.
@@ -473,15 +465,7 @@ func readJoinValue(r *bufio.Reader, k featurestore.Kind, v *featurestore.Value) 
 	}
 	v.Status = featurestore.StatusPresent
 	str := func() (string, error) {
-		n, err := binary.ReadUvarint(r)
-		if err != nil {
-			return "", err
-		}
-		if n > math.MaxInt32 {
-			return "", errors.New("corrupt string length")
-		}
-		b := make([]byte, n)
-		_, err = io.ReadFull(r, b)
+		b, err := readBytes(r, nil)
 		return string(b), err
 	}
 	switch k {

@@ -75,19 +75,24 @@ func (f *FlightServer) newSpill(sch *arrow.Schema) (*spill, error) {
 	// an open file cannot be removed, close removes it.)
 	_ = os.Remove(file.Name())
 	s := &spill{dir: dir, file: file, limit: limit, why: why}
-	s.buf = bufio.NewWriterSize(limitWriter{s}, 1<<20)
+	s.buf = bufio.NewWriterSize(limitWriter{s, file}, 1<<20)
 	s.w = ipc.NewWriter(s.buf, ipc.WithSchema(sch), ipc.WithAllocator(f.mem))
 	return s, nil
 }
 
-// limitWriter writes to its spill's file up to the spill's limit.
-type limitWriter struct{ s *spill }
+// limitWriter writes to f (the spill's file, or one of a partitioned
+// join's files beside it), counting the bytes in its spill against the
+// spill's limit.
+type limitWriter struct {
+	s *spill
+	f *os.File
+}
 
 func (l limitWriter) Write(p []byte) (int, error) {
 	if l.s.n+int64(len(p)) > l.s.limit {
 		return 0, errSpillLimit
 	}
-	n, err := l.s.file.Write(p)
+	n, err := l.f.Write(p)
 	l.s.n += int64(n)
 	return n, err
 }
