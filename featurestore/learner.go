@@ -2,6 +2,7 @@ package featurestore
 
 import (
 	"errors"
+	"fmt"
 	"math"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -131,4 +132,27 @@ func (s *Store) ScanPrefix(prefix []byte, fn func(id string, v []byte) error) er
 		}
 	}
 	return errors.Join(iter.Error(), iter.Close())
+}
+
+// Migrate is for a Learner's Load that converts its own records (an
+// encoding or a parameter they depend on changed): it commits what fn
+// writes into one batch, publishes the result and flushes it, so that the
+// conversion is a checkpoint of its own, never half done and not done
+// again after a restart. Nothing else may use the store meanwhile (Open
+// calls Load before the store is returned).
+func (s *Store) Migrate(fn func(b *pebble.Batch) error) error {
+	if err := s.acquire(); err != nil {
+		return err
+	}
+	defer s.release()
+	b := s.db.NewBatch()
+	defer b.Close()
+	if err := fn(b); err != nil {
+		return err
+	}
+	if err := s.plog.Guard(func() error { return b.Commit(pebble.NoSync) }); err != nil {
+		return fmt.Errorf("migrate: commit: %w", err)
+	}
+	s.publish(s.db.NewSnapshot(), func() {})
+	return s.flush()
 }

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -124,13 +125,18 @@ func (m *Models) Load(s *featurestore.Store) error {
 }
 
 func (m *Models) load() error {
-	m.meta = &modelMeta{Ring: make([]string, 0, negRingSize)}
+	m.meta = &modelMeta{Ring: make([]string, 0, negRingSize), DecayMS: m.opts.DecayHalfLife.Milliseconds()}
 	m.meta.Ranker.init(numRankFeatures)
 	if v, ok, err := m.st.ReadKey([]byte(keyModels)); err != nil {
 		return err
 	} else if ok {
 		if err := m.meta.decode(v); err != nil {
 			return fmt.Errorf("%s: %w", keyModels, err)
+		}
+	}
+	if want := m.opts.DecayHalfLife.Milliseconds(); m.meta.DecayMS != want {
+		if err := m.rescaleNeighbors(m.meta.DecayMS, want); err != nil {
+			return err
 		}
 	}
 	m.setPublished(&m.meta.Ranker)
@@ -141,6 +147,52 @@ func (m *Models) load() error {
 		}
 		m.setVec(id, im.Seq, im.Vec)
 		return nil
+	})
+}
+
+// maxRescaleBytes bounds the neighbour records rescaleNeighbors converts
+// in its one batch.
+const maxRescaleBytes = 1 << 30
+
+// rescaleNeighbors re-expresses the neighbour records, whose log values
+// were learned with decay half-life oldMS, in newMS (models.decay-half-life
+// changed, or a data dir from before the meta recorded it; the default
+// was 7 days then). Every such value (a record's mass, its pairs'
+// co-occurrence and partner mass) is log2 Σ w·2^(t/d) over the evidence,
+// so its weight as of the newest event learned, T, is 2^(v − T/d): adding
+// T/newMS − T/oldMS keeps that weight, and the evidence decays at the new
+// rate from T on. Read with the new reference unconverted, the values
+// would be off by 2^(T·(1/oldMS − 1/newMS)), thousands of binary orders
+// of magnitude: infinite masses and NaN similarities. The records and the
+// meta are written in one batch (Store.Migrate), so a crash leaves either
+// all of them converted or none.
+func (m *Models) rescaleNeighbors(oldMS, newMS int64) error {
+	T := float64(m.meta.LastTS)
+	shift := T/float64(newMS) - T/float64(oldMS)
+	m.meta.DecayMS = newMS
+	return m.st.Migrate(func(b *pebble.Batch) error {
+		var r neighborRecord
+		var buf []byte
+		err := m.st.ScanPrefix(prefixNeighbors, func(id string, v []byte) error {
+			if err := r.decode(v); err != nil {
+				return fmt.Errorf("neighbour record %q: %w", id, err)
+			}
+			r.LogMass += shift
+			for i := range r.List {
+				r.List[i].LogC += shift
+				r.List[i].LogMass += shift
+			}
+			buf = r.appendTo(buf[:0])
+			if b.Len()+len(buf) > maxRescaleBytes {
+				return fmt.Errorf("models.decay-half-life: the neighbour records were learned with %s and are more than %d MiB to convert at once: start with --models.decay-half-life %s",
+					time.Duration(oldMS)*time.Millisecond, maxRescaleBytes>>20, time.Duration(oldMS)*time.Millisecond)
+			}
+			return b.Set(neighborKey(id), buf, nil)
+		})
+		if err != nil {
+			return err
+		}
+		return b.Set([]byte(keyModels), m.meta.appendTo(nil), nil)
 	})
 }
 

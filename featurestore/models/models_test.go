@@ -314,12 +314,12 @@ func TestModelItemToItem(t *testing.T) {
 	// before) with weight sqrt(1*4) damped by 1/sqrt(UserAlpha 5 + 2 events
 	// before it), the purchase of B pairs with A with weight sqrt(4*4)
 	// damped by 1/sqrt(5+3); each pair decays with its gap (half-life 24h)
-	// and everything with its age (half-life 7 days) as of the read clock,
+	// and everything with its age (half-life 30 days, the default) as of the read clock,
 	// the newest event time. sim = co-occurrence / (sqrt(mass A * mass B)
 	// + shrinkage 1), where the partner's mass is as of the pair's last
 	// update.
 	now := s.Now()
-	dec := func(w float64, ts int64) float64 { return w * math.Exp2(float64(ts-now)/float64(7*24*hour)) }
+	dec := func(w float64, ts int64) float64 { return w * math.Exp2(float64(ts-now)/float64(30*24*hour)) }
 	var cAB, massA, massB float64
 	for u := range int64(3) {
 		ts := t0 + u*hour
@@ -1345,4 +1345,81 @@ func TestRankerHistoryPairs(t *testing.T) {
 	if reordered == 0 {
 		t.Error("the history weights reordered no user's own items")
 	}
+}
+
+// neighborScores returns every item's neighbours and similarities.
+func neighborScores(t testing.TB, s *testStore) map[string][]models.Neighbor {
+	t.Helper()
+	out := make(map[string][]models.Neighbor)
+	if err := s.M.ScanItemNeighbors(func(item string, ns []models.Neighbor) error {
+		out[item] = ns
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// A data dir learned with one decay half-life and reopened with another
+// (as one written before the default changed from 7 to 30 days is) has its
+// neighbour records converted once: as of the newest event the
+// similarities are what they were, they stay finite as events go on, and
+// a second reopen converts nothing again.
+func TestDecayHalfLifeChangeRescales(t *testing.T) {
+	fs := vfs.NewMem()
+	log := modelStream(5, 400)
+	old := smallModels
+	old.DecayHalfLife = 7 * 24 * time.Hour
+	s := openModelStore(t, fs, "db", old)
+	applySplit(t, s, log[:300], []int{300})
+	want := neighborScores(t, s)
+	if len(want) == 0 {
+		t.Fatal("no neighbours learned")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	check := func(what string, got map[string][]models.Neighbor, want map[string][]models.Neighbor) {
+		t.Helper()
+		if len(got) != len(want) {
+			t.Fatalf("%s: %d items with neighbours, want %d", what, len(got), len(want))
+		}
+		for item, ws := range want {
+			gs := got[item]
+			if len(gs) != len(ws) {
+				t.Fatalf("%s: item %s has %d neighbours, want %d", what, item, len(gs), len(ws))
+			}
+			for i := range ws {
+				g, w := gs[i], ws[i]
+				if g.ItemID != w.ItemID || math.Abs(g.Score-w.Score) > 1e-9*math.Abs(w.Score) {
+					t.Fatalf("%s: item %s neighbour %d is %s=%v, want %s=%v", what, item, i, g.ItemID, g.Score, w.ItemID, w.Score)
+				}
+			}
+		}
+	}
+	newer := smallModels
+	newer.DecayHalfLife = 30 * 24 * time.Hour
+	s, err := storetest.Open(fs, "db", newer, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("reopened with 30 days", neighborScores(t, s), want)
+	applySplit(t, s, log[300:], []int{100})
+	after := neighborScores(t, s)
+	for item, ns := range after {
+		for _, n := range ns {
+			if math.IsNaN(n.Score) || math.IsInf(n.Score, 0) || n.Score < 0 {
+				t.Fatalf("after more events: item %s neighbour %s has similarity %v", item, n.ItemID, n.Score)
+			}
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = storetest.Open(fs, "db", newer, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	check("reopened again with 30 days", neighborScores(t, s), after)
 }

@@ -24,7 +24,11 @@ type Options struct {
 	// events. Default 24h.
 	PairHalfLife time.Duration
 	// DecayHalfLife is the forward decay of co-occurrence weights and item
-	// masses: older evidence counts less. Default 7 days (168h).
+	// masses: older evidence counts less. Default 30 days (720h): at 7
+	// days, a catalogue rated a few hundred times a day (MovieLens 100K) kept
+	// too little evidence, and discovery NDCG@10 fell from 0.0953 to 0.0880,
+	// below item-kNN (0.0907); on the Taobao users sample 7, 30 and 90 days
+	// scored within 0.0005 of each other in both variants.
 	DecayHalfLife time.Duration
 	// UserAlpha damps very active users as Swing does: a user's pairs
 	// weigh 1/sqrt(UserAlpha + events of the user). Default 5.
@@ -129,7 +133,7 @@ func (o *Options) EnsureDefaults() {
 	setInt(&o.PairCap, 5)
 	setD(&o.PairWindow, 72*time.Hour)
 	setD(&o.PairHalfLife, 24*time.Hour)
-	setD(&o.DecayHalfLife, 7*24*time.Hour)
+	setD(&o.DecayHalfLife, 30*24*time.Hour)
 	setF(&o.UserAlpha, 5)
 	setF(&o.Shrinkage, 1)
 	setInt(&o.Neighbors, 100)

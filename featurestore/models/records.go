@@ -31,8 +31,14 @@ func KeyPrefixes() (users, items [][]byte) {
 const modelVersion = 1
 
 // metaVersion is the encoding of keyModels: version 2 added the ranker's
-// history weights; a version 1 value decodes with zeros for them.
-const metaVersion = 2
+// history weights (a version 1 value decodes with zeros for them), version
+// 3 the decay half-life of the neighbour records (earlier values were
+// learned with the old default, legacyDecayMS).
+const metaVersion = 3
+
+// legacyDecayMS is the decay half-life of the neighbour records of a data
+// dir written before the meta recorded it: the default until then, 7 days.
+const legacyDecayMS = 7 * 24 * 3600 * 1000
 
 func makeKey(prefix []byte, id string) []byte {
 	return append(append(make([]byte, 0, len(prefix)+len(id)), prefix...), id...)
@@ -236,6 +242,9 @@ type modelMeta struct {
 	Pairs   int64 // co-occurrence pair updates
 	LastTS  int64 // event time of the newest event learned
 	Items   int64 // item models created: the next item's Seq
+	// DecayMS is the decay half-life (ms) the neighbour records' log
+	// values are expressed in (see Models.rescaleNeighbors).
+	DecayMS int64
 }
 
 func (m *modelMeta) appendTo(b []byte) []byte {
@@ -250,13 +259,14 @@ func (m *modelMeta) appendTo(b []byte) []byte {
 	e.Varint(m.LastTS)
 	e.Varint(m.Items)
 	m.Ranker.encode(&e)
+	e.Varint(m.DecayMS)
 	return e.B
 }
 
 func (m *modelMeta) decode(b []byte) error {
 	d := codec.Decoder{B: b}
 	v := d.Byte()
-	if v != modelVersion && v != metaVersion {
+	if v < modelVersion || v > metaVersion {
 		return featurestore.ErrCorrupt
 	}
 	n := d.Uvarint()
@@ -273,6 +283,13 @@ func (m *modelMeta) decode(b []byte) error {
 	}
 	m.RingPos = int(pos)
 	m.Learned, m.Pairs, m.LastTS, m.Items = d.Varint(), d.Varint(), d.Varint(), d.Varint()
-	m.Ranker.decode(&d, v == metaVersion)
+	m.Ranker.decode(&d, v >= 2)
+	m.DecayMS = legacyDecayMS
+	if v >= 3 {
+		m.DecayMS = d.Varint()
+		if m.DecayMS <= 0 {
+			d.Fail()
+		}
+	}
 	return d.Done()
 }

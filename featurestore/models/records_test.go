@@ -2,6 +2,7 @@ package models
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -74,8 +75,8 @@ func checkCorruptions(t *testing.T, b []byte, decode func([]byte) error) {
 		try("truncated", b[:n])
 	}
 	try("trailing byte", append(slices.Clip(b), 0))
-	// Versions no record has (the store's checks use the same three).
-	for _, v := range []byte{0, 3, 0xff} {
+	// Versions no record has (metas go up to 3).
+	for _, v := range []byte{0, metaVersion + 1, 0xff} {
 		d := slices.Clone(b)
 		d[0] = v
 		try("version", d)
@@ -286,7 +287,7 @@ type modelRecord interface {
 // sampleModelRecords are model records of every kind, with and without
 // optional parts.
 func sampleModelRecords() []modelRecord {
-	meta := &modelMeta{Ring: []string{"i1", "i2", "i1"}, RingPos: 3, Learned: 7, Pairs: 12, LastTS: t0, Items: 2}
+	meta := &modelMeta{Ring: []string{"i1", "i2", "i1"}, RingPos: 3, Learned: 7, Pairs: 12, LastTS: t0, Items: 2, DecayMS: 30 * 24 * 3600 * 1000}
 	meta.Ranker.init(numRankFeatures)
 	meta.Ranker.Z[0], meta.Ranker.N[0], meta.Ranker.Published[1] = -0.5, 2.25, 0.125
 	meta.Ranker.Version, meta.Ranker.Examples, meta.Ranker.LastTS, meta.Ranker.PubAUC = 3, 40, t0, 0.75
@@ -299,7 +300,7 @@ func sampleModelRecords() []modelRecord {
 		&Item{Seq: 1 << 31, Vec: []float32{1, 2}, Users: []featurestore.Recent{{ID: "u1", TS: t0}, {ID: "u2", TS: t0 - 1}}},
 		&neighborRecord{LogMass: math.Inf(-1)},
 		&neighborRecord{LogMass: 3.5, List: []neighbor{{ID: "a", LogC: -2, LogMass: 1}, {ID: "b", LogC: math.Inf(-1), LogMass: 0}}},
-		&modelMeta{},
+		&modelMeta{DecayMS: 1},
 		meta,
 	}
 }
@@ -358,9 +359,9 @@ func FuzzModelRecordDecode(f *testing.F) {
 				continue
 			}
 			enc := r.appendTo(nil)
-			// A version 1 meta value gains the history weights.
+			// An older meta value gains what later versions added.
 			_, meta := r.(*modelMeta)
-			if len(enc) > len(b) && !(meta && b[0] == modelVersion) {
+			if len(enc) > len(b) && !(meta && b[0] < metaVersion) {
 				t.Fatalf("%T: re-encoding %x is longer than the input %x", kind, enc, b)
 			}
 			r2 := newLike(kind)
@@ -374,14 +375,20 @@ func FuzzModelRecordDecode(f *testing.F) {
 	})
 }
 
-// A version 1 meta value (before the history weights) reads with zero
-// history weights and everything else as written.
+// Older meta values read with what later versions added at its zero or
+// legacy value: version 1 (before the history weights) with zero history
+// weights, versions 1 and 2 (before the decay half-life) with the 7 days
+// their neighbour records were learned with; everything else as written.
 func TestModelMetaVersion1(t *testing.T) {
 	recs := sampleModelRecords()
 	meta := recs[len(recs)-1].(*modelMeta)
 	meta.Ranker.HZ[2], meta.Ranker.HN[2], meta.Ranker.HPublished[2] = 1.5, 4, -0.25
-	v2 := meta.appendTo(nil)
-	// The history weights are the tail: their count and 3 × 8 bytes each.
+	v3 := meta.appendTo(nil)
+	// The decay half-life is the tail, a varint; before it the history
+	// weights: their count and 3 × 8 bytes each.
+	tail := len(binary.AppendVarint(nil, meta.DecayMS))
+	v2 := slices.Clone(v3[:len(v3)-tail])
+	v2[0] = 2
 	v1 := slices.Clone(v2[:len(v2)-1-24*numRankFeatures])
 	v1[0] = modelVersion
 	var got modelMeta
@@ -389,11 +396,15 @@ func TestModelMetaVersion1(t *testing.T) {
 		t.Fatalf("decode version 1: %v", err)
 	}
 	want := *meta
+	want.DecayMS = legacyDecayMS
 	want.Ranker.HZ, want.Ranker.HN, want.Ranker.HPublished = make([]float64, numRankFeatures), make([]float64, numRankFeatures), make([]float64, numRankFeatures)
 	if g, w := fmt.Sprintf("%+v", got), fmt.Sprintf("%+v", want); g != w {
 		t.Errorf("version 1 decoded %s, want %s", g, w)
 	}
-	if err := got.decode(v2); err != nil || got.Ranker.HPublished[2] != -0.25 {
-		t.Errorf("version 2: %v, history weights %v", err, got.Ranker.HPublished)
+	if err := got.decode(v2); err != nil || got.Ranker.HPublished[2] != -0.25 || got.DecayMS != legacyDecayMS {
+		t.Errorf("version 2: %v, history weights %v, decay %d ms", err, got.Ranker.HPublished, got.DecayMS)
+	}
+	if err := got.decode(v3); err != nil || got.DecayMS != meta.DecayMS {
+		t.Errorf("version 3: %v, decay %d ms, want %d", err, got.DecayMS, meta.DecayMS)
 	}
 }
