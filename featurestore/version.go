@@ -45,6 +45,7 @@ type Version struct {
 	snap  *pebble.Snapshot
 	stats Stats
 	now   int64
+	seq   uint64
 }
 
 // Pin pins the newest published version. Every Pin must be paired with
@@ -54,7 +55,7 @@ func (s *Store) Pin() (*Version, error) {
 		return nil, err
 	}
 	s.pub.RLock()
-	v := &Version{s: s, snap: s.pub.snap, stats: s.Stats()}
+	v := &Version{s: s, snap: s.pub.snap, stats: s.Stats(), seq: s.pub.seq}
 	v.now = s.clock(v.stats.MaxTS)
 	return v, nil
 }
@@ -163,6 +164,11 @@ func (h *Held) SplitIDs(v *View, k int) ([]string, error) {
 
 // Stats are the store's counters as of the version.
 func (v *Version) Stats() Stats { return v.stats }
+
+// Seq numbers the version among the store's publications since Open (as
+// Held.Seq): two Versions of one Seq read the same state, features and
+// models alike.
+func (v *Version) Seq() uint64 { return v.seq }
 
 // Now is the read clock as of the pin: the newest event time of the
 // version with the event clock, the wall clock at the pin otherwise.

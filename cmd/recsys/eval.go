@@ -22,11 +22,12 @@ import (
 )
 
 type evalOptions struct {
-	format   string
-	sample   float64
-	json     bool
-	progress string
-	run      eval.Options
+	format     string
+	sample     float64
+	cpuprofile string
+	json       bool
+	progress   string
+	run        eval.Options
 }
 
 func evalCmd() *cobra.Command {
@@ -125,7 +126,12 @@ explicitly). Delay 0 is full. Each delay costs about one more full store.`,
 			if os.Getenv("GOGC") == "" {
 				debug.SetGCPercent(400)
 			}
+			stopProfile, err := startProfile(o.cpuprofile)
+			if err != nil {
+				return err
+			}
 			rep, err := eval.Run(ctx, evs, o.run)
+			stopProfile()
 			if err != nil {
 				return err
 			}
@@ -151,6 +157,7 @@ explicitly). Delay 0 is full. Each delay costs about one more full store.`,
 	f.Float64Var(&o.sample, "sample", 1, "share of users kept (by a hash of the user id), for quick runs")
 	f.Float64Var(&o.run.ViewSample, "view-sample", 0.02, "share of view events evaluated as view targets (reported separately)")
 	f.IntVar(&o.run.Bootstrap, "bootstrap", 1000, "bootstrap resamples for the 95% intervals")
+	f.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the evaluation (after the file is read) to this file")
 	f.Uint64Var(&o.run.Seed, "seed", 1, "seed of the view sample and the bootstrap")
 	bindProgress(f, &o.progress)
 	f.DurationVar(&o.run.Baselines.Rebuild, "baselines.rebuild", 24*time.Hour, "event time between two rebuilds of the itemknn and als baselines")

@@ -3,7 +3,9 @@ package eval
 import (
 	"cmp"
 	"math"
+	"runtime"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/streamrec/recsys/featurestore"
@@ -238,22 +240,26 @@ type itemKNN struct {
 	touched   []int32
 }
 
-// build recomputes every item's neighbours from the histories.
+// build recomputes every item's neighbours from the histories. Items are
+// independent given the histories, so they are split between one worker
+// per CPU, each with its own scratch: the lists do not depend on the split.
 func (m *itemKNN) build(h *histories) {
 	n := len(h.names)
 	type ur struct {
-		user int32
-		r    float32
+		id int32 // a user (itemUsers) or an item (userItems)
+		r  float32
 	}
 	itemUsers := make([][]ur, n)
-	userItems := make([][]interaction, 0, len(h.users))
+	userItems := make([][]ur, 0, len(h.users))
 	for _, u := range sortedUsers(h) {
 		items := u.newest(m.o.History)
 		ui := int32(len(userItems))
-		userItems = append(userItems, items)
-		for _, it := range items {
-			itemUsers[it.item] = append(itemUsers[it.item], ur{ui, strength(it.w)})
+		rs := make([]ur, len(items))
+		for k, it := range items {
+			rs[k] = ur{it.item, strength(it.w)}
+			itemUsers[it.item] = append(itemUsers[it.item], ur{ui, rs[k].r})
 		}
+		userItems = append(userItems, rs)
 	}
 	norm := make([]float64, n)
 	for i, us := range itemUsers {
@@ -264,32 +270,42 @@ func (m *itemKNN) build(h *histories) {
 		norm[i] = math.Sqrt(s)
 	}
 	m.neighbors = make([][]scoredItem, n)
-	acc := make([]float64, n)
-	var touched []int32
-	for i, us := range itemUsers {
-		if len(us) == 0 {
-			continue
-		}
-		touched = touched[:0]
-		for _, x := range us {
-			for _, it := range userItems[x.user] {
-				j := it.item
-				if int(j) == i {
+	workers := min(runtime.GOMAXPROCS(0), max(1, n/1024))
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			acc := make([]float64, n)
+			var touched []int32
+			for i := w; i < n; i += workers {
+				us := itemUsers[i]
+				if len(us) == 0 {
 					continue
 				}
-				if acc[j] == 0 {
-					touched = append(touched, j)
+				touched = touched[:0]
+				for _, x := range us {
+					for _, it := range userItems[x.id] {
+						j := it.id
+						if int(j) == i {
+							continue
+						}
+						if acc[j] == 0 {
+							touched = append(touched, j)
+						}
+						acc[j] += float64(x.r) * float64(it.r)
+					}
 				}
-				acc[j] += float64(x.r) * float64(strength(it.w))
+				cands := make([]scoredItem, 0, len(touched))
+				for _, j := range touched {
+					cands = append(cands, scoredItem{j, float32(acc[j] / (norm[i] * norm[j]))})
+					acc[j] = 0
+				}
+				m.neighbors[i] = topScored(cands, m.o.KNNNeighbors, nil)
 			}
-		}
-		cands := make([]scoredItem, 0, len(touched))
-		for _, j := range touched {
-			cands = append(cands, scoredItem{j, float32(acc[j] / (norm[i] * norm[j]))})
-			acc[j] = 0
-		}
-		m.neighbors[i] = topScored(cands, m.o.KNNNeighbors, nil)
+		}()
 	}
+	wg.Wait()
 }
 
 // scores adds up, for every item, the similarity to the user's newest

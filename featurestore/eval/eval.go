@@ -655,11 +655,18 @@ func (r *runner) rank(i int) (disc, reng, keep []int, err error) {
 		}
 		return nil
 	}
-	// Every method of every store is asked on a goroutine of its own
-	// (concurrent reads of a store are safe, as the server's are). A
-	// delayed store has one method, so the goroutine that asks it is the
-	// only one to use it, and feeds it first.
-	type job struct{ g, j int }
+	// Every method of every store is asked on a goroutine of its own, and
+	// each variant of a method too (concurrent reads of a store are safe,
+	// as the server's are; one job per method and variant balances the
+	// two cores better than one per method). A delayed store has one
+	// method, so one goroutine asks it every variant, and feeds it first:
+	// it is the only one to use it.
+	const (
+		variantDisc = iota
+		variantReng
+		variantKeep
+	)
+	type job struct{ g, j, variant int }
 	var jobs []job
 	excludes := make([]map[string]bool, len(r.groups))
 	for gi, g := range r.groups {
@@ -667,7 +674,17 @@ func (r *runner) rank(i int) (disc, reng, keep []int, err error) {
 			excludes[gi] = unseenBy(g.st, mine)
 		}
 		for j := range g.idx {
-			jobs = append(jobs, job{gi, j})
+			if g.ds != nil {
+				jobs = append(jobs, job{gi, j, -1})
+				continue
+			}
+			if isDisc {
+				jobs = append(jobs, job{gi, j, variantDisc})
+			}
+			jobs = append(jobs, job{gi, j, variantReng})
+			if bought {
+				jobs = append(jobs, job{gi, j, variantKeep})
+			}
 		}
 	}
 	asks := func(jb job) error {
@@ -702,16 +719,17 @@ func (r *runner) rank(i int) (disc, reng, keep []int, err error) {
 			return rank, nil
 		}
 		var err error
-		if isDisc {
+		if (jb.variant < 0 && isDisc) || jb.variant == variantDisc {
 			if disc[mi], err = ask(true, false); err != nil {
 				return err
 			}
 		}
-		if reng[mi], err = ask(false, false); err != nil {
-			return err
+		if jb.variant < 0 || jb.variant == variantReng {
+			if reng[mi], err = ask(false, false); err != nil {
+				return err
+			}
 		}
-		keep[mi] = reng[mi]
-		if bought {
+		if (jb.variant < 0 && bought) || jb.variant == variantKeep {
 			if keep[mi], err = ask(false, true); err != nil {
 				return err
 			}
@@ -726,6 +744,14 @@ func (r *runner) rank(i int) (disc, reng, keep []int, err error) {
 	})
 	if err != nil {
 		return nil, nil, nil, err
+	}
+	if !bought {
+		// Keeping purchases changes no list: the re-engagement ranks.
+		for _, g := range r.groups {
+			for _, mi := range g.idx {
+				keep[mi] = reng[mi]
+			}
+		}
 	}
 	if !isDisc {
 		disc = nil

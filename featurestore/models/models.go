@@ -53,6 +53,7 @@ type Models struct {
 	items     *lru.Cache[string, *Item]
 	neighbors *lru.Cache[string, *pairRecord]
 	meta      *modelMeta
+	dirty     metaDirty // the chunks of meta changed since it was written
 	// handles and names intern the item ids of the writer's neighbour
 	// records (pairs.go); Apply alone uses them.
 	handles map[string]int32
@@ -127,12 +128,9 @@ func (m *Models) Load(s *featurestore.Store) error {
 func (m *Models) load() error {
 	m.meta = &modelMeta{Ring: make([]string, 0, negRingSize), DecayMS: m.opts.DecayHalfLife.Milliseconds()}
 	m.meta.Ranker.init(numRankFeatures)
-	if v, ok, err := m.st.ReadKey([]byte(keyModels)); err != nil {
+	m.dirty = metaDirty{}
+	if err := readMeta(m.st.ReadKey, m.meta, &m.dirty); err != nil {
 		return err
-	} else if ok {
-		if err := m.meta.decode(v); err != nil {
-			return fmt.Errorf("%s: %w", keyModels, err)
-		}
 	}
 	if want := m.opts.DecayHalfLife.Milliseconds(); m.meta.DecayMS != want {
 		if err := m.rescaleNeighbors(m.meta.DecayMS, want); err != nil {
@@ -148,6 +146,28 @@ func (m *Models) load() error {
 		m.setVec(id, im.Seq, im.Vec)
 		return nil
 	})
+}
+
+// readMeta reads the meta through read (of one state version) into meta:
+// its value and, for version 3, its chunks. An older value holds them
+// itself; then every chunk is marked in dirty (if not nil), to be written
+// with the next value.
+func readMeta(read func(key []byte) ([]byte, bool, error), meta *modelMeta, dirty *metaDirty) error {
+	v, ok, err := read([]byte(keyModels))
+	if err != nil || !ok {
+		return err
+	}
+	inline, err := meta.decodeValue(v)
+	if err != nil {
+		return fmt.Errorf("%s: %w", keyModels, err)
+	}
+	if inline {
+		if dirty != nil {
+			dirty.all = true
+		}
+		return nil
+	}
+	return meta.loadChunks(read)
 }
 
 // maxRescaleBytes bounds the neighbour records rescaleNeighbors converts
@@ -192,7 +212,7 @@ func (m *Models) rescaleNeighbors(oldMS, newMS int64) error {
 		if err != nil {
 			return err
 		}
-		return b.Set([]byte(keyModels), m.meta.appendTo(nil), nil)
+		return m.dirty.write(m.meta, func(k, v []byte) error { return b.Set(k, v, nil) })
 	})
 }
 
@@ -455,6 +475,7 @@ func (b *batch) Learn(ev *featurestore.Event, urec *featurestore.UserRecord, ire
 	} else {
 		ring.Ring[ring.RingPos] = ev.ItemID
 	}
+	m.dirty.mark(false, ring.RingPos) // the ring fills up to RingPos first
 	ring.RingPos = (ring.RingPos + 1) % negRingSize
 	ring.Learned++
 	ring.LastTS = max(ring.LastTS, ev.TS)
@@ -570,7 +591,7 @@ func (b *batch) Write(pb *pebble.Batch) error {
 		}
 	}
 	if len(b.users) > 0 {
-		return pb.Set([]byte(keyModels), b.meta.appendTo(nil), nil)
+		return b.m.dirty.write(b.meta, func(k, v []byte) error { return pb.Set(k, v, nil) })
 	}
 	return nil
 }

@@ -67,7 +67,9 @@ func (r *rankerState) init(n int) {
 	}
 }
 
-func (r *rankerState) encode(e *codec.Encoder) {
+// encode encodes the state; with inline the window's entries too (the
+// meta keeps them in chunks of their own: modelMeta.appendChunk).
+func (r *rankerState) encode(e *codec.Encoder, inline bool) {
 	e.Uvarint(uint64(len(r.Z)))
 	for i := range r.Z {
 		e.F64(r.Z[i])
@@ -79,10 +81,12 @@ func (r *rankerState) encode(e *codec.Encoder) {
 	e.Varint(r.LastTS)
 	e.F64(r.PubAUC)
 	e.Uvarint(uint64(len(r.Labels)))
-	for i := range r.Labels {
-		e.B = appendF32(e.B, r.Train[i])
-		e.B = appendF32(e.B, r.Pub[i])
-		e.B = append(e.B, r.Labels[i])
+	if inline {
+		for i := range r.Labels {
+			e.B = appendF32(e.B, r.Train[i])
+			e.B = appendF32(e.B, r.Pub[i])
+			e.B = append(e.B, r.Labels[i])
+		}
 	}
 	e.Uvarint(uint64(r.Pos))
 	// The history weights (since metaVersion 2).
@@ -95,8 +99,10 @@ func (r *rankerState) encode(e *codec.Encoder) {
 }
 
 // decode reads the state; withHistory says whether the encoding has the
-// history weights (without them they are zero).
-func (r *rankerState) decode(d *codec.Decoder, withHistory bool) {
+// history weights (without them they are zero), inline whether it has the
+// window's entries (without them they are zero until the meta's chunks
+// are read).
+func (r *rankerState) decode(d *codec.Decoder, withHistory, inline bool) {
 	n := d.Uvarint()
 	if n > 1024 {
 		d.Fail()
@@ -109,12 +115,15 @@ func (r *rankerState) decode(d *codec.Decoder, withHistory bool) {
 	r.Version, r.Examples, r.LastTS = d.Varint(), d.Varint(), d.Varint()
 	r.PubAUC = d.F64()
 	w := d.Uvarint()
-	if w > 1<<22 || uint64(len(d.B)) < 9*w {
+	if w > 1<<22 || (inline && uint64(len(d.B)) < 9*w) {
 		d.Fail()
 		return
 	}
 	r.Train, r.Pub, r.Labels = make([]float32, w), make([]float32, w), make([]byte, w)
 	for i := range w {
+		if !inline {
+			break
+		}
 		r.Train[i] = math.Float32frombits(le32(d.B))
 		r.Pub[i] = math.Float32frombits(le32(d.B[4:]))
 		r.Labels[i] = d.B[8]
@@ -332,9 +341,10 @@ func (m *Models) rankContextAt(src featurestore.Reader, b *batch, um *User, urec
 		ctx.simAt = make(map[string]int32, n)
 		ctx.sims = make([]simEntry, 0, n)
 		for i, r := range ctx.hist {
+			sims := r.simsAt(ctx.fwd, m.opts.Shrinkage)
 			for j := range r.List {
 				nb := &r.List[j]
-				c := r.sim(nb, ctx.fwd, m.opts.Shrinkage) * ctx.histW[i]
+				c := sims[j] * ctx.histW[i]
 				k, ok := ctx.simAt[nb.ID]
 				if !ok {
 					k = int32(len(ctx.sims))
@@ -459,11 +469,13 @@ func (b *batch) learnRanker(ctx *Context, c *candidateInfo, label float64) error
 		r.Train = append(r.Train, float32(p))
 		r.Pub = append(r.Pub, float32(pPub))
 		r.Labels = append(r.Labels, byte(label))
+		b.m.dirty.mark(true, len(r.Labels)-1)
 	} else {
 		if r.Pos >= len(r.Labels) {
 			r.Pos = 0
 		}
 		r.Train[r.Pos], r.Pub[r.Pos], r.Labels[r.Pos] = float32(p), float32(pPub), byte(label)
+		b.m.dirty.mark(true, r.Pos)
 	}
 	r.Pos = (r.Pos + 1) % o.RankerWindow
 	ftrlStep(r.Z, r.N, w, &x, p-label, o)

@@ -323,14 +323,15 @@ type Info struct {
 func (m *Models) Info() ([]Info, error) {
 	var meta modelMeta
 	meta.Ranker.init(numRankFeatures)
-	v, ok, err := m.st.ReadKey([]byte(keyModels))
+	// The value and its chunks of one version.
+	v, err := m.st.Pin()
 	if err != nil {
 		return nil, err
 	}
-	if ok {
-		if err := meta.decode(v); err != nil {
-			return nil, fmt.Errorf("%s: %w", keyModels, err)
-		}
+	err = readMeta(v.ReadKey, &meta, nil)
+	v.Release()
+	if err != nil {
+		return nil, err
 	}
 	frozen := m.frozen.Load()
 	nan := math.NaN()

@@ -2,7 +2,9 @@ package models
 
 import (
 	"encoding/binary"
+	"fmt"
 	"math"
+	"sync/atomic"
 
 	"github.com/streamrec/recsys/featurestore"
 	"github.com/streamrec/recsys/featurestore/internal/codec"
@@ -33,8 +35,29 @@ const modelVersion = 1
 // metaVersion is the encoding of keyModels: version 2 added the ranker's
 // history weights (a version 1 value decodes with zeros for them), version
 // 3 the decay half-life of the neighbour records (earlier values were
-// learned with the old default, legacyDecayMS).
+// learned with the old default, legacyDecayMS) and moved the negative ring
+// and the ranker's rolling window out of the value into chunk keys
+// (ringChunkKey, winChunkKey): a batch rewrites the chunks it changed, not
+// the 4,096 ring ids and 10,000 window entries (about 120 KB) whole, which
+// cost small batches (an evaluation applies a few events at a time) more
+// than everything else they wrote.
 const metaVersion = 3
+
+// Entries per chunk key of the ring and of the window.
+const (
+	ringChunk = 256
+	winChunk  = 512
+)
+
+// ringChunkKey and winChunkKey are the keys of chunk c of the ring (ids
+// c·ringChunk on) and of the ranker's window (entries c·winChunk on).
+func ringChunkKey(c int) []byte {
+	return binary.BigEndian.AppendUint32([]byte(keyModels+"/r"), uint32(c))
+}
+
+func winChunkKey(c int) []byte {
+	return binary.BigEndian.AppendUint32([]byte(keyModels+"/w"), uint32(c))
+}
 
 // legacyDecayMS is the decay half-life of the neighbour records of a data
 // dir written before the meta recorded it: the default until then, 7 days.
@@ -89,6 +112,32 @@ type neighborRecord struct {
 	LogMass float64
 	List    []neighbor
 	index   map[string]int // ID → position in List; built lazily
+	// simAt is the similarity of every pair as of the last decay reference
+	// asked (simsAt): the readers' cached records are shared, and the
+	// requests of one version ask at the same read clock under the event
+	// clock.
+	simAt atomic.Pointer[pairSims]
+}
+
+// pairSims are a record's similarities as of one decay reference and
+// shrinkage.
+type pairSims struct {
+	fwd, shrinkage float64
+	v              []float64
+}
+
+// simsAt returns the similarity of every pair of r (in List's order) as
+// of fwd: r.sim of each, computed once per reference.
+func (r *neighborRecord) simsAt(fwd, shrinkage float64) []float64 {
+	if p := r.simAt.Load(); p != nil && p.fwd == fwd && p.shrinkage == shrinkage {
+		return p.v
+	}
+	v := make([]float64, len(r.List))
+	for j := range r.List {
+		v[j] = r.sim(&r.List[j], fwd, shrinkage)
+	}
+	r.simAt.Store(&pairSims{fwd, shrinkage, v})
+	return v
 }
 
 func (r *neighborRecord) find(id string) int {
@@ -201,6 +250,7 @@ func (r *neighborRecord) decode(b []byte) error {
 		r.List = append(r.List, neighbor{ID: id, LogC: c, LogMass: d.F64()})
 	}
 	r.index = nil
+	r.simAt.Store(nil)
 	return d.Done()
 }
 
@@ -247,43 +297,55 @@ type modelMeta struct {
 	DecayMS int64
 }
 
+// appendTo encodes the meta's own value: the ring's and the window's
+// lengths but not their entries, which are in the chunks (appendChunk).
 func (m *modelMeta) appendTo(b []byte) []byte {
 	e := codec.Encoder{B: append(b, metaVersion)}
 	e.Uvarint(uint64(len(m.Ring)))
-	for _, id := range m.Ring {
-		e.Str(id)
-	}
 	e.Uvarint(uint64(m.RingPos))
 	e.Varint(m.Learned)
 	e.Varint(m.Pairs)
 	e.Varint(m.LastTS)
 	e.Varint(m.Items)
-	m.Ranker.encode(&e)
+	m.Ranker.encode(&e, false)
 	e.Varint(m.DecayMS)
 	return e.B
 }
 
+// decode decodes the meta's value. For version 3 the ring and the window
+// have their lengths and zero entries until loadChunks fills them;
+// inline reports whether the value held them itself (versions 1 and 2).
 func (m *modelMeta) decode(b []byte) error {
+	_, err := m.decodeValue(b)
+	return err
+}
+
+func (m *modelMeta) decodeValue(b []byte) (inline bool, err error) {
 	d := codec.Decoder{B: b}
 	v := d.Byte()
 	if v < modelVersion || v > metaVersion {
-		return featurestore.ErrCorrupt
+		return false, featurestore.ErrCorrupt
 	}
+	inline = v < 3
 	n := d.Uvarint()
 	if n > negRingSize {
-		return featurestore.ErrCorrupt
+		return false, featurestore.ErrCorrupt
 	}
 	m.Ring = make([]string, 0, negRingSize)
-	for range n {
-		m.Ring = append(m.Ring, d.Str())
+	if inline {
+		for range n {
+			m.Ring = append(m.Ring, d.Str())
+		}
+	} else {
+		m.Ring = m.Ring[:n]
 	}
 	pos := d.Uvarint()
 	if pos >= negRingSize || (n < negRingSize && pos != n%negRingSize) {
-		return featurestore.ErrCorrupt
+		return false, featurestore.ErrCorrupt
 	}
 	m.RingPos = int(pos)
 	m.Learned, m.Pairs, m.LastTS, m.Items = d.Varint(), d.Varint(), d.Varint(), d.Varint()
-	m.Ranker.decode(&d, v >= 2)
+	m.Ranker.decode(&d, v >= 2, inline)
 	m.DecayMS = legacyDecayMS
 	if v >= 3 {
 		m.DecayMS = d.Varint()
@@ -291,5 +353,125 @@ func (m *modelMeta) decode(b []byte) error {
 			d.Fail()
 		}
 	}
+	return inline, d.Done()
+}
+
+// chunks returns how many chunk keys the ring and the window take.
+func (m *modelMeta) chunks() (ring, win int) {
+	return (len(m.Ring) + ringChunk - 1) / ringChunk, (len(m.Ranker.Labels) + winChunk - 1) / winChunk
+}
+
+// appendChunk encodes ring chunk c (win false) or window chunk c.
+func (m *modelMeta) appendChunk(b []byte, win bool, c int) []byte {
+	e := codec.Encoder{B: b}
+	if !win {
+		for _, id := range m.Ring[c*ringChunk : min(len(m.Ring), (c+1)*ringChunk)] {
+			e.Str(id)
+		}
+		return e.B
+	}
+	r := &m.Ranker
+	for i := c * winChunk; i < min(len(r.Labels), (c+1)*winChunk); i++ {
+		e.B = appendF32(e.B, r.Train[i])
+		e.B = appendF32(e.B, r.Pub[i])
+		e.B = append(e.B, r.Labels[i])
+	}
+	return e.B
+}
+
+// decodeChunk fills ring chunk c (win false) or window chunk c from b,
+// which must hold exactly its entries.
+func (m *modelMeta) decodeChunk(b []byte, win bool, c int) error {
+	d := codec.Decoder{B: b}
+	if !win {
+		for i := c * ringChunk; i < min(len(m.Ring), (c+1)*ringChunk); i++ {
+			m.Ring[i] = d.Str()
+		}
+		return d.Done()
+	}
+	r := &m.Ranker
+	for i := c * winChunk; i < min(len(r.Labels), (c+1)*winChunk); i++ {
+		if len(d.B) < 9 {
+			return featurestore.ErrCorrupt
+		}
+		r.Train[i] = math.Float32frombits(le32(d.B))
+		r.Pub[i] = math.Float32frombits(le32(d.B[4:]))
+		r.Labels[i] = d.B[8]
+		d.B = d.B[9:]
+	}
 	return d.Done()
+}
+
+// loadChunks reads the ring's and the window's chunks through read (of
+// one state version) after decode of a version 3 value.
+func (m *modelMeta) loadChunks(read func(key []byte) ([]byte, bool, error)) error {
+	ring, win := m.chunks()
+	for _, part := range []struct {
+		win bool
+		n   int
+		key func(int) []byte
+	}{{false, ring, ringChunkKey}, {true, win, winChunkKey}} {
+		for c := range part.n {
+			v, ok, err := read(part.key(c))
+			if err != nil {
+				return err
+			}
+			if !ok {
+				return fmt.Errorf("%s: %w", part.key(c), featurestore.ErrCorrupt)
+			}
+			if err := m.decodeChunk(v, part.win, c); err != nil {
+				return fmt.Errorf("%q: %w", part.key(c), err)
+			}
+		}
+	}
+	return nil
+}
+
+// metaDirty tracks the chunks of the meta that changed since it was last
+// written (all of them after a version 1 or 2 value was read).
+type metaDirty struct {
+	all       bool
+	ring, win map[int]bool
+}
+
+func (d *metaDirty) mark(win bool, i int) {
+	if d.all {
+		return
+	}
+	if win {
+		if d.win == nil {
+			d.win = make(map[int]bool)
+		}
+		d.win[i/winChunk] = true
+		return
+	}
+	if d.ring == nil {
+		d.ring = make(map[int]bool)
+	}
+	d.ring[i/ringChunk] = true
+}
+
+// write sets the meta's value and its changed chunks (every chunk with
+// all) through set, and clears the marks.
+func (d *metaDirty) write(m *modelMeta, set func(k, v []byte) error) error {
+	if err := set([]byte(keyModels), m.appendTo(nil)); err != nil {
+		return err
+	}
+	ring, win := m.chunks()
+	for _, part := range []struct {
+		win   bool
+		n     int
+		dirty map[int]bool
+		key   func(int) []byte
+	}{{false, ring, d.ring, ringChunkKey}, {true, win, d.win, winChunkKey}} {
+		for c := range part.n {
+			if d.all || part.dirty[c] {
+				if err := set(part.key(c), m.appendChunk(nil, part.win, c)); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	*d = metaDirty{}
+	return nil
 }

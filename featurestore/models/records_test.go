@@ -2,10 +2,10 @@ package models
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -14,6 +14,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/streamrec/recsys/featurestore"
+	"github.com/streamrec/recsys/featurestore/internal/codec"
 )
 
 // The models' own parts: record encodings, the ranker's window metrics and
@@ -330,6 +331,10 @@ func TestModelRecordRoundTrip(t *testing.T) {
 		if err := d.decode(b); err != nil {
 			t.Fatalf("sample %d (%T): decode: %v", i, r, err)
 		}
+		if meta, ok := r.(*modelMeta); ok {
+			// The ring and the window are in chunks of their own.
+			d = readMetaChunks(t, writeMetaChunks(t, meta))
+		}
 		if got := d.appendTo(nil); !bytes.Equal(got, b) {
 			t.Errorf("sample %d (%T): re-encoding %x, want %x", i, r, got, b)
 		}
@@ -375,24 +380,68 @@ func FuzzModelRecordDecode(f *testing.F) {
 	})
 }
 
+// writeMetaChunks writes meta's value and every chunk into a map by key.
+func writeMetaChunks(t *testing.T, meta *modelMeta) map[string][]byte {
+	t.Helper()
+	kv := make(map[string][]byte)
+	d := metaDirty{all: true}
+	if err := d.write(meta, func(k, v []byte) error { kv[string(k)] = slices.Clone(v); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return kv
+}
+
+func mapReader(kv map[string][]byte) func([]byte) ([]byte, bool, error) {
+	return func(k []byte) ([]byte, bool, error) {
+		v, ok := kv[string(k)]
+		return v, ok, nil
+	}
+}
+
+// readMetaChunks reads a meta back from writeMetaChunks' map.
+func readMetaChunks(t *testing.T, kv map[string][]byte) *modelMeta {
+	t.Helper()
+	var got modelMeta
+	if err := readMeta(mapReader(kv), &got, nil); err != nil {
+		t.Fatalf("readMeta: %v", err)
+	}
+	return &got
+}
+
+// legacyMetaValue encodes meta as a version 2 value did: the ring and the
+// window inline, no decay half-life.
+func legacyMetaValue(m *modelMeta) []byte {
+	e := codec.Encoder{B: []byte{2}}
+	e.Uvarint(uint64(len(m.Ring)))
+	for _, id := range m.Ring {
+		e.Str(id)
+	}
+	e.Uvarint(uint64(m.RingPos))
+	e.Varint(m.Learned)
+	e.Varint(m.Pairs)
+	e.Varint(m.LastTS)
+	e.Varint(m.Items)
+	m.Ranker.encode(&e, true)
+	return e.B
+}
+
 // Older meta values read with what later versions added at its zero or
 // legacy value: version 1 (before the history weights) with zero history
 // weights, versions 1 and 2 (before the decay half-life) with the 7 days
-// their neighbour records were learned with; everything else as written.
+// their neighbour records were learned with; everything else as written,
+// the ring and the window from the value itself, and every chunk is to be
+// written with the next value.
 func TestModelMetaVersion1(t *testing.T) {
 	recs := sampleModelRecords()
 	meta := recs[len(recs)-1].(*modelMeta)
 	meta.Ranker.HZ[2], meta.Ranker.HN[2], meta.Ranker.HPublished[2] = 1.5, 4, -0.25
-	v3 := meta.appendTo(nil)
-	// The decay half-life is the tail, a varint; before it the history
-	// weights: their count and 3 × 8 bytes each.
-	tail := len(binary.AppendVarint(nil, meta.DecayMS))
-	v2 := slices.Clone(v3[:len(v3)-tail])
-	v2[0] = 2
+	v2 := legacyMetaValue(meta)
+	// The history weights are the tail: their count and 3 × 8 bytes each.
 	v1 := slices.Clone(v2[:len(v2)-1-24*numRankFeatures])
 	v1[0] = modelVersion
 	var got modelMeta
-	if err := got.decode(v1); err != nil {
+	var dirty metaDirty
+	if err := readMeta(mapReader(map[string][]byte{keyModels: v1}), &got, &dirty); err != nil {
 		t.Fatalf("decode version 1: %v", err)
 	}
 	want := *meta
@@ -401,10 +450,70 @@ func TestModelMetaVersion1(t *testing.T) {
 	if g, w := fmt.Sprintf("%+v", got), fmt.Sprintf("%+v", want); g != w {
 		t.Errorf("version 1 decoded %s, want %s", g, w)
 	}
-	if err := got.decode(v2); err != nil || got.Ranker.HPublished[2] != -0.25 || got.DecayMS != legacyDecayMS {
-		t.Errorf("version 2: %v, history weights %v, decay %d ms", err, got.Ranker.HPublished, got.DecayMS)
+	if !dirty.all {
+		t.Error("version 1: chunks not marked to be written")
 	}
-	if err := got.decode(v3); err != nil || got.DecayMS != meta.DecayMS {
-		t.Errorf("version 3: %v, decay %d ms, want %d", err, got.DecayMS, meta.DecayMS)
+	got = modelMeta{}
+	if err := readMeta(mapReader(map[string][]byte{keyModels: v2}), &got, nil); err != nil || got.Ranker.HPublished[2] != -0.25 || got.DecayMS != legacyDecayMS || !slices.Equal(got.Ring, meta.Ring) {
+		t.Errorf("version 2: %v, history weights %v, decay %d ms, ring %v", err, got.Ranker.HPublished, got.DecayMS, got.Ring)
+	}
+	if got := readMetaChunks(t, writeMetaChunks(t, meta)); got.DecayMS != meta.DecayMS {
+		t.Errorf("version 3: decay %d ms, want %d", got.DecayMS, meta.DecayMS)
+	}
+}
+
+// The meta's value names the chunks it needs: a missing or damaged chunk
+// is ErrCorrupt; a batch that changed one ring id and one window entry
+// writes the value and those two chunks, not the whole ring and window.
+func TestModelMetaChunks(t *testing.T) {
+	meta := &modelMeta{DecayMS: 1}
+	meta.Ranker.init(numRankFeatures)
+	for i := range negRingSize {
+		meta.Ring = append(meta.Ring, fmt.Sprint("i", i))
+	}
+	for i := range 3*winChunk + 7 {
+		meta.Ranker.Train = append(meta.Ranker.Train, float32(i))
+		meta.Ranker.Pub = append(meta.Ranker.Pub, float32(-i))
+		meta.Ranker.Labels = append(meta.Ranker.Labels, byte(i%2))
+	}
+	meta.Ranker.Pos = 5
+	kv := writeMetaChunks(t, meta)
+	if want := 1 + negRingSize/ringChunk + 4; len(kv) != want {
+		t.Fatalf("%d keys written, want %d", len(kv), want)
+	}
+	if got, want := fmt.Sprintf("%+v", readMetaChunks(t, kv)), fmt.Sprintf("%+v", meta); got != want {
+		t.Fatalf("read back %s, want %s", got, want)
+	}
+	for _, k := range []string{string(ringChunkKey(3)), string(winChunkKey(3))} {
+		for name, damage := range map[string]func([]byte) ([]byte, bool){
+			"missing":   func([]byte) ([]byte, bool) { return nil, false },
+			"truncated": func(v []byte) ([]byte, bool) { return v[:len(v)-1], true },
+			"longer":    func(v []byte) ([]byte, bool) { return append(slices.Clone(v), 0), true },
+		} {
+			bad := maps.Clone(kv)
+			if v, ok := damage(kv[k]); ok {
+				bad[k] = v
+			} else {
+				delete(bad, k)
+			}
+			var got modelMeta
+			if err := readMeta(mapReader(bad), &got, nil); !errors.Is(err, featurestore.ErrCorrupt) {
+				t.Errorf("chunk %q %s: %v, want ErrCorrupt", k, name, err)
+			}
+		}
+	}
+	var d metaDirty
+	d.mark(false, 300)
+	d.mark(true, 2*winChunk+1)
+	var keys []string
+	if err := d.write(meta, func(k, _ []byte) error { keys = append(keys, string(k)); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{keyModels, string(ringChunkKey(1)), string(winChunkKey(2))}; !slices.Equal(keys, want) {
+		t.Errorf("wrote %q, want %q", keys, want)
+	}
+	keys = nil
+	if err := d.write(meta, func(k, _ []byte) error { keys = append(keys, string(k)); return nil }); err != nil || len(keys) != 1 {
+		t.Errorf("after the write: wrote %q (%v), want the value alone", keys, err)
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 
+	lru "github.com/hashicorp/golang-lru/v2"
+
 	"github.com/streamrec/recsys/featurestore"
 	"github.com/streamrec/recsys/featurestore/models"
 )
@@ -35,12 +37,48 @@ type Recommender struct {
 		sec  int64
 		list []featurestore.Scored
 	}
+	// contexts holds the ranking contexts (with neighbours) of the last
+	// requests by user, state version and read clock: requests for one
+	// user within one version (another method, filter or length, as an
+	// evaluation asks them) share the context, a quarter of the CPU of a
+	// recommendation. A context is immutable once built.
+	contexts *lru.Cache[contextKey, *models.Context]
 }
+
+type contextKey struct {
+	user string
+	seq  uint64
+	now  int64
+}
+
+// contextsCached bounds Recommender.contexts: a context holds the sums
+// over its history's neighbours, up to about 200 KB.
+const contextsCached = 32
 
 // New returns the recommender over st and its models m (the store's
 // Options.Learner).
 func New(st *featurestore.Store, m *models.Models) *Recommender {
-	return &Recommender{st: st, m: m}
+	c, _ := lru.New[contextKey, *models.Context](contextsCached)
+	return &Recommender{st: st, m: m, contexts: c}
+}
+
+// context returns the ranking context of user (model um, record urec) in
+// version s at now (see models.Context), from the cache when neighbours
+// are wanted.
+func (r *Recommender) context(s *featurestore.Version, user string, um *models.User, urec *featurestore.UserRecord, now int64, neighbours bool) (*models.Context, error) {
+	if !neighbours {
+		return r.m.Context(s, um, urec, now, false)
+	}
+	k := contextKey{user, s.Seq(), now}
+	if ctx, ok := r.contexts.Get(k); ok {
+		return ctx, nil
+	}
+	ctx, err := r.m.Context(s, um, urec, now, true)
+	if err != nil {
+		return nil, err
+	}
+	r.contexts.Add(k, ctx)
+	return ctx, nil
 }
 
 // Options says what Recommend returns.
@@ -102,7 +140,7 @@ func (r *Recommender) Recommend(user string, o Options) ([]Recommendation, error
 	// Only the methods that score by similarity to the history read the
 	// history's neighbour lists; the others need the history alone (for
 	// the purchase filter).
-	ctx, err := m.Context(s, um, &urec, now, o.Method == MethodFull || o.Method == MethodItem2Item)
+	ctx, err := r.context(s, user, um, &urec, now, o.Method == MethodFull || o.Method == MethodItem2Item)
 	if err != nil {
 		return nil, err
 	}
