@@ -259,6 +259,12 @@ type batch struct {
 	// tableItems and vecUpdates are what Publish saw of the factor table
 	// (its items, and the indexed rows the batch moved), for Commit.
 	tableItems, vecUpdates int
+	// pub is what Publish changes, listed by prepare before the commit.
+	pub struct {
+		users, items, neighbors []string
+		models                  []*Item // of items, by position
+		ready                   bool
+	}
 }
 
 // Begin implements featurestore.Learner.
@@ -558,8 +564,10 @@ func (b *batch) pairWithHistory(ev *featurestore.Event, um *User) error {
 	return nil
 }
 
-// Write writes the batch's model records and meta into pb.
+// Write writes the batch's model records and meta into pb, and lists
+// what Publish will change.
 func (b *batch) Write(pb *pebble.Batch) error {
+	b.prepare()
 	var buf []byte
 	for id, u := range b.users {
 		buf = u.appendTo(buf[:0])
@@ -600,22 +608,18 @@ func (b *batch) Write(pb *pebble.Batch) error {
 // batch is committed, while the store publishes its version, it makes
 // what readers see of the models that version: the factor table, the read
 // caches and the published ranker. It does no more, since readers wait
-// for it; the writer's own caches follow in Commit.
+// for it: the lists it works from are made beforehand (prepare, from
+// Write), and the writer's own caches follow in Commit.
 func (b *batch) Publish() {
 	m := b.m
-	if len(b.users) > 0 {
-		users := make([]string, 0, len(b.users))
-		for id := range b.users {
-			users = append(users, id)
-		}
-		m.userReads.Invalidate(users...)
+	if !b.pub.ready {
+		b.prepare()
 	}
-	if len(b.items) > 0 {
-		items := make([]string, 0, len(b.items))
-		for id := range b.items {
-			items = append(items, id)
-		}
-		m.itemReads.Invalidate(items...)
+	if len(b.pub.users) > 0 {
+		m.userReads.Invalidate(b.pub.users...)
+	}
+	if len(b.pub.items) > 0 {
+		m.itemReads.Invalidate(b.pub.items...)
 	}
 	// One lock for the whole batch: readers scanning the table (MF
 	// candidates) wait once, not once per item.
@@ -624,26 +628,52 @@ func (b *batch) Publish() {
 	if x := m.mf.index.Load(); x != nil {
 		indexed = x.n
 	}
-	for id, it := range b.items {
-		m.setVecLocked(id, it.Seq, it.Vec)
+	d := m.opts.Dim
+	for i, id := range b.pub.items {
+		it := b.pub.models[i]
+		if len(it.Vec) != d {
+			continue
+		}
+		if seq := int(it.Seq); seq < len(m.table.ids) && m.table.ids[seq] == id {
+			copy(m.table.vecs[seq*d:], it.Vec) // a row the table has: its factors alone
+		} else {
+			m.setVecLocked(id, it.Seq, it.Vec)
+		}
 		if it.Seq < int64(indexed) {
 			b.vecUpdates++
 		}
 	}
 	b.tableItems = len(m.table.idx)
 	m.table.Unlock()
-	var changed []string
-	for id, r := range b.neighbors {
-		if r.dirty {
-			changed = append(changed, id)
-		}
-	}
-	if len(changed) > 0 {
-		m.reads.Invalidate(changed...)
+	if len(b.pub.neighbors) > 0 {
+		m.reads.Invalidate(b.pub.neighbors...)
 	}
 	if b.meta.Ranker.publishedDirty {
 		b.meta.Ranker.publishedDirty = false
 		m.setPublished(&b.meta.Ranker)
+	}
+}
+
+// prepare makes the lists Publish works from: the users, items (with
+// their models) and neighbour records the batch changed.
+func (b *batch) prepare() {
+	p := &b.pub
+	p.ready = true
+	p.users = make([]string, 0, len(b.users))
+	for id := range b.users {
+		p.users = append(p.users, id)
+	}
+	p.items = make([]string, 0, len(b.items))
+	p.models = make([]*Item, 0, len(b.items))
+	for id, it := range b.items {
+		p.items = append(p.items, id)
+		p.models = append(p.models, it)
+	}
+	p.neighbors = p.neighbors[:0]
+	for id, r := range b.neighbors {
+		if r.dirty {
+			p.neighbors = append(p.neighbors, id)
+		}
 	}
 }
 
