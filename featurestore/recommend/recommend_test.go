@@ -21,7 +21,8 @@ import (
 
 // The recommender's methods and filters over a store with models are
 // tested in featurestore/models (models_test.go), where the models are;
-// here are the parts of the seen set (exclude_seen).
+// here are the parts of the seen set (exclude_seen) and the contexts the
+// recommender shares between requests.
 
 // exclude_seen drops every item the user touched, not only the newest ones
 // the model history (50) and recent items (20) hold.
@@ -344,5 +345,35 @@ func TestCachedModelsFollowCommits(t *testing.T) {
 	}
 	if got := similar(); !slices.Equal(got, []string{"w"}) {
 		t.Errorf("similar users of u after the batch = %v, want [w]", got)
+	}
+}
+
+// The ranking contexts the recommender shares between requests are of one
+// state version: a batch that changes the neighbours of the user's history
+// (another user's events, older than the newest, so the read clock stays
+// where it was) changes the next answer.
+func TestContextsOfOneVersion(t *testing.T) {
+	s := storetest.OpenT(t, vfs.NewMem(), "db", models.Options{}, 0)
+	t0, m := storetest.T0, storetest.Minute
+	storetest.ApplyAll(t, s.Store,
+		storetest.Ev("a1", "u", "A", "c", featurestore.BehaviorView, t0),
+		storetest.Ev("a2", "v", "A", "c", featurestore.BehaviorView, t0+m),
+		storetest.Ev("a3", "v", "B", "c", featurestore.BehaviorView, t0+2*m),
+		storetest.Ev("a4", "x", "Z", "c", featurestore.BehaviorView, t0+10*m))
+	now := s.Now()
+	ask := func() []string {
+		return storetest.RecIDs(storetest.MustRecommend(t, s, "u", recommend.Options{K: 10, Method: recommend.MethodItem2Item}))
+	}
+	if got := ask(); !slices.Equal(got, []string{"B"}) {
+		t.Fatalf("item2item for u = %v, want [B]", got)
+	}
+	storetest.ApplyAll(t, s.Store,
+		storetest.Ev("b1", "w", "A", "c", featurestore.BehaviorCart, t0+3*m),
+		storetest.Ev("b2", "w", "D", "c", featurestore.BehaviorCart, t0+4*m))
+	if s.Now() != now {
+		t.Fatalf("the read clock moved from %d to %d: the test needs it still", now, s.Now())
+	}
+	if got := ask(); !slices.Contains(got, "D") {
+		t.Errorf("item2item for u after A was paired with D = %v, want D among them", got)
 	}
 }
