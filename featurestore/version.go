@@ -114,7 +114,7 @@ func (s *Store) Hold() (*Held, error) {
 	}
 	h := s.pub.held
 	h.refs.Add(1)
-	out := &Held{s: s, h: h, seq: s.pub.seq, stats: v.stats, now: v.now}
+	out := &Held{s: s, h: h, seq: v.seq, stats: v.stats, now: v.now}
 	v.Release()
 	return out, nil
 }

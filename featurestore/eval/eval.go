@@ -662,11 +662,18 @@ func (r *runner) rank(i int) (disc, reng, keep []int, err error) {
 	// method, so one goroutine asks it every variant, and feeds it first:
 	// it is the only one to use it.
 	const (
-		variantDisc = iota
-		variantReng
-		variantKeep
+		askDisc = 1 << iota
+		askReng
+		askKeep
 	)
-	type job struct{ g, j, variant int }
+	variants := askReng // the variants this target is asked in
+	if isDisc {
+		variants |= askDisc
+	}
+	if bought {
+		variants |= askKeep
+	}
+	type job struct{ g, j, asks int }
 	var jobs []job
 	excludes := make([]map[string]bool, len(r.groups))
 	for gi, g := range r.groups {
@@ -675,15 +682,13 @@ func (r *runner) rank(i int) (disc, reng, keep []int, err error) {
 		}
 		for j := range g.idx {
 			if g.ds != nil {
-				jobs = append(jobs, job{gi, j, -1})
+				jobs = append(jobs, job{gi, j, variants})
 				continue
 			}
-			if isDisc {
-				jobs = append(jobs, job{gi, j, variantDisc})
-			}
-			jobs = append(jobs, job{gi, j, variantReng})
-			if bought {
-				jobs = append(jobs, job{gi, j, variantKeep})
+			for _, v := range []int{askDisc, askReng, askKeep} {
+				if variants&v != 0 {
+					jobs = append(jobs, job{gi, j, v})
+				}
 			}
 		}
 	}
@@ -719,17 +724,17 @@ func (r *runner) rank(i int) (disc, reng, keep []int, err error) {
 			return rank, nil
 		}
 		var err error
-		if (jb.variant < 0 && isDisc) || jb.variant == variantDisc {
+		if jb.asks&askDisc != 0 {
 			if disc[mi], err = ask(true, false); err != nil {
 				return err
 			}
 		}
-		if jb.variant < 0 || jb.variant == variantReng {
+		if jb.asks&askReng != 0 {
 			if reng[mi], err = ask(false, false); err != nil {
 				return err
 			}
 		}
-		if (jb.variant < 0 && bought) || jb.variant == variantKeep {
+		if jb.asks&askKeep != 0 {
 			if keep[mi], err = ask(false, true); err != nil {
 				return err
 			}

@@ -82,11 +82,7 @@ func (r *rankerState) encode(e *codec.Encoder, inline bool) {
 	e.F64(r.PubAUC)
 	e.Uvarint(uint64(len(r.Labels)))
 	if inline {
-		for i := range r.Labels {
-			e.B = appendF32(e.B, r.Train[i])
-			e.B = appendF32(e.B, r.Pub[i])
-			e.B = append(e.B, r.Labels[i])
-		}
+		e.B = r.appendWindow(e.B, 0, len(r.Labels))
 	}
 	e.Uvarint(uint64(r.Pos))
 	// The history weights (since metaVersion 2).
@@ -120,14 +116,8 @@ func (r *rankerState) decode(d *codec.Decoder, withHistory, inline bool) {
 		return
 	}
 	r.Train, r.Pub, r.Labels = make([]float32, w), make([]float32, w), make([]byte, w)
-	for i := range w {
-		if !inline {
-			break
-		}
-		r.Train[i] = math.Float32frombits(le32(d.B))
-		r.Pub[i] = math.Float32frombits(le32(d.B[4:]))
-		r.Labels[i] = d.B[8]
-		d.B = d.B[9:]
+	if inline {
+		r.decodeWindow(d, 0, int(w))
 	}
 	pos := d.Uvarint()
 	if len(r.Z) != numRankFeatures && n != 0 {
@@ -147,6 +137,32 @@ func (r *rankerState) decode(d *codec.Decoder, withHistory, inline bool) {
 	}
 	for i := range n {
 		r.HZ[i], r.HN[i], r.HPublished[i] = d.F64(), d.F64(), d.F64()
+	}
+}
+
+// appendWindow encodes entries [lo, hi) of the rolling window, 9 bytes
+// each: the training and published predictions and the label.
+func (r *rankerState) appendWindow(b []byte, lo, hi int) []byte {
+	for i := lo; i < hi; i++ {
+		b = appendF32(b, r.Train[i])
+		b = appendF32(b, r.Pub[i])
+		b = append(b, r.Labels[i])
+	}
+	return b
+}
+
+// decodeWindow decodes entries [lo, hi) of the rolling window (see
+// appendWindow); d fails if it holds fewer.
+func (r *rankerState) decodeWindow(d *codec.Decoder, lo, hi int) {
+	if len(d.B) < 9*(hi-lo) {
+		d.Fail()
+		return
+	}
+	for i := lo; i < hi; i++ {
+		r.Train[i] = math.Float32frombits(le32(d.B))
+		r.Pub[i] = math.Float32frombits(le32(d.B[4:]))
+		r.Labels[i] = d.B[8]
+		d.B = d.B[9:]
 	}
 }
 

@@ -299,16 +299,29 @@ type modelMeta struct {
 
 // appendTo encodes the meta's own value: the ring's and the window's
 // lengths but not their entries, which are in the chunks (appendChunk).
-func (m *modelMeta) appendTo(b []byte) []byte {
-	e := codec.Encoder{B: append(b, metaVersion)}
+func (m *modelMeta) appendTo(b []byte) []byte { return m.appendVersion(b, metaVersion) }
+
+// appendVersion encodes the value as version v wrote it: before version
+// 3 with the ring's ids and the window's entries inline and without the
+// decay half-life (the tests' older values; v 2 or 3).
+func (m *modelMeta) appendVersion(b []byte, v byte) []byte {
+	inline := v < 3
+	e := codec.Encoder{B: append(b, v)}
 	e.Uvarint(uint64(len(m.Ring)))
+	if inline {
+		for _, id := range m.Ring {
+			e.Str(id)
+		}
+	}
 	e.Uvarint(uint64(m.RingPos))
 	e.Varint(m.Learned)
 	e.Varint(m.Pairs)
 	e.Varint(m.LastTS)
 	e.Varint(m.Items)
-	m.Ranker.encode(&e, false)
-	e.Varint(m.DecayMS)
+	m.Ranker.encode(&e, inline)
+	if !inline {
+		e.Varint(m.DecayMS)
+	}
 	return e.B
 }
 
@@ -370,13 +383,7 @@ func (m *modelMeta) appendChunk(b []byte, win bool, c int) []byte {
 		}
 		return e.B
 	}
-	r := &m.Ranker
-	for i := c * winChunk; i < min(len(r.Labels), (c+1)*winChunk); i++ {
-		e.B = appendF32(e.B, r.Train[i])
-		e.B = appendF32(e.B, r.Pub[i])
-		e.B = append(e.B, r.Labels[i])
-	}
-	return e.B
+	return m.Ranker.appendWindow(e.B, c*winChunk, min(len(m.Ranker.Labels), (c+1)*winChunk))
 }
 
 // decodeChunk fills ring chunk c (win false) or window chunk c from b,
@@ -389,16 +396,7 @@ func (m *modelMeta) decodeChunk(b []byte, win bool, c int) error {
 		}
 		return d.Done()
 	}
-	r := &m.Ranker
-	for i := c * winChunk; i < min(len(r.Labels), (c+1)*winChunk); i++ {
-		if len(d.B) < 9 {
-			return featurestore.ErrCorrupt
-		}
-		r.Train[i] = math.Float32frombits(le32(d.B))
-		r.Pub[i] = math.Float32frombits(le32(d.B[4:]))
-		r.Labels[i] = d.B[8]
-		d.B = d.B[9:]
-	}
+	m.Ranker.decodeWindow(&d, c*winChunk, min(len(m.Ranker.Labels), (c+1)*winChunk))
 	return d.Done()
 }
 

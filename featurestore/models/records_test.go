@@ -14,7 +14,6 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/streamrec/recsys/featurestore"
-	"github.com/streamrec/recsys/featurestore/internal/codec"
 )
 
 // The models' own parts: record encodings, the ranker's window metrics and
@@ -408,23 +407,6 @@ func readMetaChunks(t *testing.T, kv map[string][]byte) *modelMeta {
 	return &got
 }
 
-// legacyMetaValue encodes meta as a version 2 value did: the ring and the
-// window inline, no decay half-life.
-func legacyMetaValue(m *modelMeta) []byte {
-	e := codec.Encoder{B: []byte{2}}
-	e.Uvarint(uint64(len(m.Ring)))
-	for _, id := range m.Ring {
-		e.Str(id)
-	}
-	e.Uvarint(uint64(m.RingPos))
-	e.Varint(m.Learned)
-	e.Varint(m.Pairs)
-	e.Varint(m.LastTS)
-	e.Varint(m.Items)
-	m.Ranker.encode(&e, true)
-	return e.B
-}
-
 // Older meta values read with what later versions added at its zero or
 // legacy value: version 1 (before the history weights) with zero history
 // weights, versions 1 and 2 (before the decay half-life) with the 7 days
@@ -435,7 +417,7 @@ func TestModelMetaVersion1(t *testing.T) {
 	recs := sampleModelRecords()
 	meta := recs[len(recs)-1].(*modelMeta)
 	meta.Ranker.HZ[2], meta.Ranker.HN[2], meta.Ranker.HPublished[2] = 1.5, 4, -0.25
-	v2 := legacyMetaValue(meta)
+	v2 := meta.appendVersion(nil, 2)
 	// The history weights are the tail: their count and 3 × 8 bytes each.
 	v1 := slices.Clone(v2[:len(v2)-1-24*numRankFeatures])
 	v1[0] = modelVersion
