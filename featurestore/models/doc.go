@@ -14,7 +14,12 @@
 // boundaries, restarts or crashes (negatives come from generators seeded
 // by the event id, initial factors from a hash of the id). Neighbour
 // records are written as merge deltas that the store's merge operator
-// folds through Merge (pairs.go).
+// folds through Merge (pairs.go). The meta (m/models) keeps the negative
+// ring and the ranker's window in chunk keys under it, and a batch
+// rewrites only the chunks it changed. The neighbour records' log values
+// depend on models.decay-half-life, which the meta records: Load converts
+// them once, in one batch (featurestore.Store.Migrate), when a data dir is
+// opened with another.
 //
 // The read side (User, Item, Neighbors, MFTop, Context and Ranker, Info,
 // the Scan* model tables) serves featurestore/recommend and the Flight
