@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math"
 	"slices"
 	"strings"
@@ -658,13 +659,15 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra, newDead int64) 
 	}
 	var buf []byte
 	var popChs []popChange
-	for id, u := range users {
-		buf = u.appendTo(buf[:0])
+	// In key order, as tileWork writes.
+	for _, id := range slices.Sorted(maps.Keys(users)) {
+		buf = users[id].appendTo(buf[:0])
 		if err := b.Set(userKey(id), buf, nil); err != nil {
 			return ApplyResult{}, err
 		}
 	}
-	for id, it := range items {
+	for _, id := range slices.Sorted(maps.Keys(items)) {
+		it := items[id]
 		buf = it.rec.appendTo(buf[:0])
 		if err := b.Set(itemKey(id), buf, nil); err != nil {
 			return ApplyResult{}, err

@@ -1,11 +1,13 @@
 package models
 
 import (
+	"encoding/binary"
 	"fmt"
 	"io"
-	"math"
 	"slices"
 	"strings"
+	"sync"
+	"unsafe"
 
 	"github.com/streamrec/recsys/featurestore"
 	"github.com/streamrec/recsys/featurestore/internal/codec"
@@ -168,37 +170,67 @@ func (r *pairRecord) committed() {
 }
 
 // neighborMerger folds a neighbour record's operands: an optional base
-// (version 1, only ever the oldest) and deltas (version 2), oldest first.
+// (version 1, only ever the oldest) and deltas (version 2). Pebble hands
+// them newest or oldest first from the first one on; they are kept in the
+// two lists they came in and put in order once, in Finish.
 type neighborMerger struct {
-	ops [][]byte // oldest first
+	newer [][]byte // the first operand and newer ones, oldest first
+	older [][]byte // older ones, newest first
 }
 
 func (m *neighborMerger) MergeNewer(value []byte) error {
-	m.ops = append(m.ops, slices.Clone(value))
+	m.newer = append(m.newer, slices.Clone(value))
 	return nil
 }
 
 func (m *neighborMerger) MergeOlder(value []byte) error {
-	m.ops = slices.Insert(m.ops, 0, slices.Clone(value))
+	m.older = append(m.older, slices.Clone(value))
 	return nil
 }
 
 func (m *neighborMerger) Finish(bool) ([]byte, io.Closer, error) {
-	out, err := foldNeighbors(m.ops)
+	slices.Reverse(m.older)
+	out, err := foldNeighbors(append(m.older, m.newer...))
 	return out, nil, err
 }
 
+// foldScratch is foldNeighbors' index and pair list, recycled: flushes
+// and compactions fold every neighbour record they meet.
+type foldScratch struct {
+	index map[string]int
+	pairs []foldPair
+}
+
+// foldPair is a pair of an encoded neighbour record: its id and the 16
+// bytes of its LogC and LogMass.
+type foldPair struct{ id, vals []byte }
+
+var foldScratches = sync.Pool{New: func() any { return &foldScratch{index: make(map[string]int, 256)} }}
+
 // foldNeighbors folds encoded neighbour records, oldest first: the result
-// is a whole record (version 1) when the oldest is one, else a delta.
+// is a whole record (version 1) when the oldest is one, else a delta. The
+// newest value of each pair wins; new pairs are appended in the order they
+// first appear.
+//
+// It works on the encoded pairs without decoding them: a pair is its id
+// and its two float64s, copied as they are. The index's keys are strings
+// over the operands' bytes (unsafe.String), which live until the fold
+// returns and are not changed; the scratch is cleared before it is reused.
 func foldNeighbors(ops [][]byte) ([]byte, error) {
-	var acc neighborRecord
-	acc.LogMass = math.Inf(-1)
-	index := make(map[string]int, 128) // about the pairs of a record: no rehash on the way
+	sc := foldScratches.Get().(*foldScratch)
+	index, pairs := sc.index, sc.pairs
+	defer func() {
+		clear(index)
+		clear(pairs) // drop the references to the operands
+		sc.pairs = pairs[:0]
+		foldScratches.Put(sc)
+	}()
+	var logMass []byte
+	size := 1 + 8 + binary.MaxVarintLen64 // version, mass and count
 	version := byte(neighborDeltaVersion)
 	for k, op := range ops {
-		var r neighborRecord
-		if err := r.decode(op); err != nil {
-			return nil, fmt.Errorf("models: neighbour operand: %w", err)
+		if len(op) == 0 || (op[0] != modelVersion && op[0] != neighborDeltaVersion) {
+			return nil, fmt.Errorf("models: neighbour operand: version: %w", featurestore.ErrCorrupt)
 		}
 		if op[0] == modelVersion {
 			if k > 0 {
@@ -206,17 +238,45 @@ func foldNeighbors(ops [][]byte) ([]byte, error) {
 			}
 			version = modelVersion
 		}
-		acc.LogMass = r.LogMass
-		for _, n := range r.List {
-			if i, ok := index[n.ID]; ok {
-				acc.List[i] = n
+		b := op[1:]
+		if len(b) < 8 {
+			return nil, fmt.Errorf("models: neighbour operand: mass: %w", featurestore.ErrCorrupt)
+		}
+		logMass, b = b[:8], b[8:]
+		n, w := binary.Uvarint(b)
+		if w <= 0 || n > 2000 {
+			return nil, fmt.Errorf("models: neighbour operand: count: %w", featurestore.ErrCorrupt)
+		}
+		b = b[w:]
+		for range n {
+			l, w := binary.Uvarint(b)
+			if w <= 0 || l > uint64(len(b)-w) || uint64(len(b)-w)-l < 16 {
+				return nil, fmt.Errorf("models: neighbour operand: pair: %w", featurestore.ErrCorrupt)
+			}
+			id := b[w : w+int(l)]
+			vals := b[w+int(l) : w+int(l)+16]
+			b = b[w+int(l)+16:]
+			key := unsafe.String(unsafe.SliceData(id), len(id))
+			if i, ok := index[key]; ok {
+				pairs[i].vals = vals
 				continue
 			}
-			index[n.ID] = len(acc.List)
-			acc.List = append(acc.List, n)
+			index[key] = len(pairs)
+			pairs = append(pairs, foldPair{id, vals})
+			size += w + len(id) + 16
+		}
+		if len(b) != 0 {
+			return nil, fmt.Errorf("models: neighbour operand: %d bytes past its pairs: %w", len(b), featurestore.ErrCorrupt)
 		}
 	}
-	b := acc.appendTo(nil)
-	b[0] = version
-	return b, nil
+	out := make([]byte, 0, size)
+	out = append(out, version)
+	out = append(out, logMass...)
+	out = binary.AppendUvarint(out, uint64(len(pairs)))
+	for _, p := range pairs {
+		out = binary.AppendUvarint(out, uint64(len(p.id)))
+		out = append(out, p.id...)
+		out = append(out, p.vals...)
+	}
+	return out, nil
 }

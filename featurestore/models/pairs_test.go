@@ -1,7 +1,11 @@
 package models
 
 import (
+	"encoding/binary"
 	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/streamrec/recsys/featurestore"
@@ -64,5 +68,100 @@ func TestFoldNeighbors(t *testing.T) {
 	}
 	if _, err := foldNeighbors([][]byte{{9, 1, 2}}); !errors.Is(err, featurestore.ErrCorrupt) {
 		t.Errorf("an unknown version: %v, want featurestore.ErrCorrupt", err)
+	}
+}
+
+// TestFoldNeighborsRandom folds random bases and deltas, fed to the merger
+// as Pebble does (the first operand, then older and newer ones), and
+// checks the result against the fold of the decoded records: the newest
+// value of each pair, new pairs in the order they first appear.
+func TestFoldNeighborsRandom(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for trial := range 200 {
+		n := 1 + rng.IntN(6)
+		ops := make([][]byte, n)
+		var want neighborRecord
+		at := map[string]int{}
+		for k := range ops {
+			version := byte(neighborDeltaVersion)
+			if k == 0 && rng.IntN(2) == 0 {
+				version = modelVersion
+			}
+			var list []neighbor
+			seen := map[string]bool{}
+			for range rng.IntN(40) {
+				id := fmt.Sprintf("item-%d", rng.IntN(60))
+				if seen[id] {
+					continue
+				}
+				seen[id] = true
+				list = append(list, neighbor{ID: id, LogC: rng.NormFloat64(), LogMass: rng.NormFloat64()})
+			}
+			mass := rng.NormFloat64()
+			ops[k] = encodeNeighbors(version, mass, list...)
+			want.LogMass = mass
+			for _, nb := range list {
+				if i, ok := at[nb.ID]; ok {
+					want.List[i] = nb
+					continue
+				}
+				at[nb.ID] = len(want.List)
+				want.List = append(want.List, nb)
+			}
+		}
+		// Pebble starts from any operand and adds the others around it.
+		first := rng.IntN(n)
+		m := &neighborMerger{}
+		if err := m.MergeNewer(ops[first]); err != nil {
+			t.Fatal(err)
+		}
+		for lo, hi := first-1, first+1; lo >= 0 || hi < n; {
+			if lo >= 0 && (hi >= n || rng.IntN(2) == 0) {
+				if err := m.MergeOlder(ops[lo]); err != nil {
+					t.Fatal(err)
+				}
+				lo--
+			} else {
+				if err := m.MergeNewer(ops[hi]); err != nil {
+					t.Fatal(err)
+				}
+				hi++
+			}
+		}
+		got, _, err := m.Finish(true)
+		if err != nil {
+			t.Fatalf("trial %d: %v", trial, err)
+		}
+		if got[0] != ops[0][0] {
+			t.Fatalf("trial %d: version %d, want the oldest's %d", trial, got[0], ops[0][0])
+		}
+		var r neighborRecord
+		if err := r.decode(got); err != nil {
+			t.Fatalf("trial %d: %v", trial, err)
+		}
+		if r.LogMass != want.LogMass || !slices.Equal(r.List, want.List) {
+			t.Fatalf("trial %d: got mass %v %v, want %v %v", trial, r.LogMass, r.List, want.LogMass, want.List)
+		}
+	}
+}
+
+// TestFoldNeighborsCorrupt: every malformed operand is ErrCorrupt, never a
+// panic.
+func TestFoldNeighborsCorrupt(t *testing.T) {
+	good := encodeNeighbors(neighborDeltaVersion, 1, neighbor{ID: "a", LogC: 1, LogMass: 2}, neighbor{ID: "bb", LogC: 3, LogMass: 4})
+	cases := map[string][]byte{
+		"empty":          {},
+		"version":        append([]byte{7}, good[1:]...),
+		"trailing bytes": append(slices.Clone(good), 0),
+		"huge count":     binary.AppendUvarint(append([]byte{neighborDeltaVersion}, good[1:9]...), 1<<40),
+		"long id":        append(append([]byte{neighborDeltaVersion}, good[1:9]...), 1, 200, 'x'),
+	}
+	for i := range len(good) {
+		cases[fmt.Sprintf("cut at %d", i)] = good[:i]
+	}
+	for name, op := range cases {
+		if _, err := foldNeighbors([][]byte{op}); !errors.Is(err, featurestore.ErrCorrupt) {
+			t.Errorf("%s: %v, want featurestore.ErrCorrupt", name, err)
+		}
 	}
 }
