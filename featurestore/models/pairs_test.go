@@ -165,3 +165,50 @@ func TestFoldNeighborsCorrupt(t *testing.T) {
 		}
 	}
 }
+
+// TestPairRecordFind: find answers from the signature and the slices
+// alike through adds and prunes: every partner held is found at its
+// index, every other is not.
+func TestPairRecordFind(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	var names []string
+	for i := range 5000 {
+		names = append(names, fmt.Sprintf("item-%d", i))
+	}
+	r := &pairRecord{}
+	for step := range 20000 {
+		h := int32(rng.IntN(len(names)))
+		r.add(h, rng.NormFloat64(), rng.NormFloat64(), 100, names)
+		if step%97 != 0 {
+			continue
+		}
+		held := map[int32]int{}
+		for i, p := range r.P {
+			held[p] = i
+		}
+		for h := range int32(len(names)) {
+			want, ok := held[h]
+			if !ok {
+				want = -1
+			}
+			if got := r.find(h); got != want {
+				t.Fatalf("step %d: find(%d) = %d, want %d", step, h, got, want)
+			}
+		}
+	}
+	// A record read back from its committed form finds the same partners.
+	m := &Models{handles: map[string]int32{}}
+	for _, n := range names {
+		m.intern(n)
+	}
+	var nr neighborRecord
+	for i, h := range r.P {
+		nr.List = append(nr.List, neighbor{ID: names[h], LogC: r.C[i], LogMass: r.M[i]})
+	}
+	back := m.pairsFrom(&nr)
+	for h := range int32(len(names)) {
+		if got, want := back.find(h), r.find(h); got != want {
+			t.Fatalf("read back: find(%d) = %d, want %d", h, got, want)
+		}
+	}
+}
