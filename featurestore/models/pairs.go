@@ -20,8 +20,9 @@ import (
 // are interned handles (int32) rather than strings, in three parallel
 // slices scanned linearly (a record holds at most 1.5 × Neighbors pairs),
 // so a record costs about 20 bytes a pair (and a 128-byte signature of its
-// partners, see sig) instead of a decoded string list with its index map, and the writer's cache holds as many records as it
-// holds user and item records. Handles are local to the process: Pebble
+// partners, see sig) instead of a decoded string list with its index map,
+// and the writer's cache holds as many records as it holds user and item
+// records. Handles are local to the process: Pebble
 // and every reader see item ids, so results never depend on them.
 //
 // A batch writes only what it changed: a delta (version 2: the record's
