@@ -80,12 +80,15 @@ func (r *BatchRecords) NewItem(id string) bool {
 
 // Item returns item id's feature record as of the batch (with the batch's
 // earlier events applied); one the batch has not loaded is the committed
-// one.
+// one. It leaves the record cache's order as it is: the learner reads
+// items it does not change (sampled negatives, mostly cold), which are no
+// reason to keep them cached, and a move to the front is most of the cost
+// of a hit.
 func (r *BatchRecords) Item(id string) (*ItemRecord, error) {
 	if st, ok := r.items[id]; ok {
 		return st.rec, nil
 	}
-	if rec, ok := r.s.items.Get(id); ok {
+	if rec, ok := r.s.items.Peek(id); ok {
 		return rec, nil
 	}
 	rec := &ItemRecord{Pop: math.Inf(-1)}
