@@ -112,7 +112,7 @@ bench-kafka: build kafka-jars
 bench-flight: build venv
 	RECSYS_BIN=$(abspath $(BIN)) $(VPY) tests/bench_flight.py
 
-## soak: 10 M events over 30 simulated days with a 7-day TTL; bytes on disk per day.
+## soak: 10 M events over 30 simulated days with a 7-day TTL; bytes on disk, RSS, heap and the day's events/s per day.
 soak: build
 	$(BIN) bench --soak
 

@@ -16,6 +16,7 @@ import (
 	"runtime/pprof"
 	"slices"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -439,8 +440,10 @@ func dirBytes(dir string) int64 {
 
 // soak streams o.events generated events spread over o.soakDays days of
 // event time through the embedded path, on the event clock, and prints the
-// bytes on disk at the end of every simulated day: with a TTL they level
-// off instead of growing with the stream.
+// bytes on disk, the process's resident memory and Go heap at the end of
+// every simulated day: with a TTL they level off instead of growing with
+// the stream. The day's own rate shows whether applying slows down as the
+// state grows; events/s is the run's average.
 func soak(ctx context.Context, o *benchOpts) error {
 	logger := benchLogger()
 	dir, cleanup, err := benchDir(o, "recsys-soak-")
@@ -467,10 +470,11 @@ func soak(ctx context.Context, o *benchOpts) error {
 	go func() { updDone <- eng.Updater.Run(uctx) }()
 	fmt.Printf("soak: %d events over %d days of event time, %d users, %d items, TTL %s, %d cores\n",
 		o.events, o.soakDays, gcfg.Users, gcfg.Items, featurestore.FormatDuration(featurestore.UserView.TTL), runtime.NumCPU())
-	fmt.Println("  day   events     state MiB   log MiB   users    items    events/s  dedup filter KiB  dedup keys MiB")
+	fmt.Println("  day   events     state MiB   log MiB   users    items    events/s  day's events/s  RSS MiB  heap MiB  dedup filter KiB  dedup keys MiB")
 	start := time.Now()
 	day := gcfg.Start.UnixMilli() / 86_400_000
 	total := 0
+	lastT, lastN := start, 0 // the previous report's
 	batch := make([]*recsysv1.Event, 0, o.batch)
 	report := func() error {
 		if err := eng.Updater.WaitApplied(ctx, eng.Log.End()); err != nil {
@@ -480,10 +484,15 @@ func soak(ctx context.Context, o *benchOpts) error {
 			return err
 		}
 		st, dd := eng.Store.Stats(), eng.Store.DedupStats()
-		fmt.Printf("  %3d %9d %11.1f %9.1f %8d %8d %10.0f %17.0f %15.1f\n", day-gcfg.Start.UnixMilli()/86_400_000+1, total,
+		now := time.Now()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms) // once a simulated day
+		fmt.Printf("  %3d %9d %11.1f %9.1f %8d %8d %10.0f %15.0f %8.0f %9.0f %17.0f %15.1f\n", day-gcfg.Start.UnixMilli()/86_400_000+1, total,
 			float64(dirBytes(filepath.Join(dir, "state")))/(1<<20), float64(dirBytes(filepath.Join(dir, "log")))/(1<<20),
-			st.Users, st.Items, float64(total)/time.Since(start).Seconds(),
+			st.Users, st.Items, float64(total)/now.Sub(start).Seconds(), float64(total-lastN)/now.Sub(lastT).Seconds(),
+			float64(residentBytes())/(1<<20), float64(ms.HeapInuse)/(1<<20),
 			float64(dd.DerivedBytes+dd.ClientBytes)/(1<<10), float64(dd.DerivedDiskBytes+dd.ClientDiskBytes)/(1<<20))
+		lastT, lastN = now, total
 		return nil
 	}
 	flush := func() error {
@@ -632,4 +641,20 @@ func printDedup(d featurestore.DedupStats) {
 	}
 	fmt.Printf("  dedup: %d derived ids in memory (%d hours of event time): %.2f filter bytes per id, %.1f bytes of keys on disk per id; %d client ids: %.2f filter bytes per id\n",
 		d.DerivedIDs, d.Hours, per(d.DerivedBytes, d.DerivedIDs), per(d.DerivedDiskBytes, d.DerivedIDs), d.ClientIDs, per(d.ClientBytes, d.ClientIDs))
+}
+
+// residentBytes is the process's resident set size from /proc/self/statm
+// (Linux), or its peak (getrusage) where that cannot be read.
+func residentBytes() int64 {
+	if b, err := os.ReadFile("/proc/self/statm"); err == nil {
+		var size, resident int64
+		if _, err := fmt.Sscan(string(b), &size, &resident); err == nil {
+			return resident * int64(os.Getpagesize())
+		}
+	}
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return ru.Maxrss * 1024
 }
