@@ -768,7 +768,7 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra, newDead int64) 
 // the same whoever builds them; they are built beside the records and
 // models, the longest part of an apply, on the other core.
 //
-// They are about two thirds of the apply batch's records, and are written
+// They are about three fifths of the apply batch's records, and are written
 // in key order: Pebble inserts a batch into the memtable's skiplist record
 // by record from the splice of the last insert, so a key just after the
 // last one is found in a step or two, where a key anywhere else is

@@ -569,27 +569,23 @@ func (b *batch) pairWithHistory(ev *featurestore.Event, um *User) error {
 // what Publish will change.
 func (b *batch) Write(pb *pebble.Batch) error {
 	b.prepare()
-	// In key order, as the store writes its records (see
-	// featurestore.tileWork): the memtable inserts them faster.
+	// In key order (prepare sorts the lists), as the store writes its
+	// records (see featurestore.tileWork): the memtable inserts them faster.
 	var buf []byte
-	for _, id := range slices.Sorted(maps.Keys(b.users)) {
-		u := b.users[id]
-		buf = u.appendTo(buf[:0])
+	for _, id := range b.pub.users {
+		buf = b.users[id].appendTo(buf[:0])
 		if err := pb.Set(userModelKey(id), buf, nil); err != nil {
 			return err
 		}
 	}
-	for _, id := range slices.Sorted(maps.Keys(b.items)) {
-		buf = b.items[id].appendTo(buf[:0])
+	for i, id := range b.pub.items {
+		buf = b.pub.models[i].appendTo(buf[:0])
 		if err := pb.Set(itemModelKey(id), buf, nil); err != nil {
 			return err
 		}
 	}
-	for _, id := range slices.Sorted(maps.Keys(b.neighbors)) {
+	for _, id := range b.pub.neighbors { // the changed ones alone
 		r := b.neighbors[id]
-		if !r.dirty {
-			continue // loaded to score, not changed
-		}
 		// A pruned record is written whole; otherwise only what the batch
 		// changed, merged into the stored record (pairs.go).
 		buf = r.appendTo(buf[:0], b.m.names, !r.full)
@@ -659,20 +655,17 @@ func (b *batch) Publish() {
 	}
 }
 
-// prepare makes the lists Publish works from: the users, items (with
-// their models) and neighbour records the batch changed.
+// prepare makes the lists Write and Publish work from: the users, items
+// (with their models) and neighbour records the batch changed, each in id
+// order.
 func (b *batch) prepare() {
 	p := &b.pub
 	p.ready = true
-	p.users = make([]string, 0, len(b.users))
-	for id := range b.users {
-		p.users = append(p.users, id)
-	}
-	p.items = make([]string, 0, len(b.items))
-	p.models = make([]*Item, 0, len(b.items))
-	for id, it := range b.items {
-		p.items = append(p.items, id)
-		p.models = append(p.models, it)
+	p.users = slices.Sorted(maps.Keys(b.users))
+	p.items = slices.Sorted(maps.Keys(b.items))
+	p.models = make([]*Item, len(p.items))
+	for i, id := range p.items {
+		p.models[i] = b.items[id]
 	}
 	p.neighbors = p.neighbors[:0]
 	for id, r := range b.neighbors {
@@ -680,6 +673,7 @@ func (b *batch) prepare() {
 			p.neighbors = append(p.neighbors, id)
 		}
 	}
+	slices.Sort(p.neighbors)
 }
 
 // Commit implements featurestore.LearnBatch: after the publication, the

@@ -22,8 +22,8 @@ import (
 // so a record costs about 20 bytes a pair (and a 128-byte signature of its
 // partners, see sig) instead of a decoded string list with its index map,
 // and the writer's cache holds as many records as it holds user and item
-// records. Handles are local to the process: Pebble
-// and every reader see item ids, so results never depend on them.
+// records. Handles are local to the process: Pebble and every reader see
+// item ids, so results never depend on them.
 //
 // A batch writes only what it changed: a delta (version 2: the record's
 // new mass and the pairs the batch touched, with their new values) as a
