@@ -124,14 +124,11 @@ FUZZ_TARGETS := ./updater:FuzzDecodeJSONEvent ./updater:FuzzDecodeTaobaoCSV ./up
 
 ## fuzz-short: a few seconds of fuzzing per target (part of make test).
 fuzz-short:
-	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \
-	  $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime 3s $$pkg >/dev/null || { echo "fuzz: $$fn failed"; $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime 3s $$pkg; exit 1; }; \
-	  echo "fuzz: $$fn ok"; done
+	GO=$(GO) scripts/fuzz.sh 3s $(FUZZ_TARGETS)
 
 ## fuzz: a longer fuzz run of every decoder of outside input.
 fuzz:
-	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \
-	  $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime 60s $$pkg || exit 1; done
+	GO=$(GO) scripts/fuzz.sh 60s $(FUZZ_TARGETS)
 
 clean:
 	rm -rf bin .bin
