@@ -203,6 +203,10 @@ func TestPropertyRandomStreams(t *testing.T) {
 			if seed%2 == 0 {
 				opts.RecordCacheEntries = 3
 			}
+			// And some a byte budget that evicts by bytes.
+			if seed%3 == 0 {
+				opts.RecordCacheBytes = 2 << 10
+			}
 			runProperty(t, rng, log, opts)
 		})
 	}

@@ -19,7 +19,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/vfs"
-	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/streamrec/recsys/featurestore/internal/sizedlru"
 
 	"github.com/streamrec/recsys/featurestore/internal/codec"
 	"github.com/streamrec/recsys/featurestore/internal/readcache"
@@ -71,6 +71,14 @@ type Options struct {
 	// records (each LRU holds this many) and the readers' cache of item
 	// records. Default: 131072.
 	RecordCacheEntries int
+	// RecordCacheBytes bounds the memory of those caches too (by the
+	// records' sizes: three fifths for the writer's users, a fifth each
+	// for its items and the readers'); 0: by entries alone.
+	RecordCacheBytes int64
+	// MemoryLimit, when positive, sets the memory options (CacheBytes,
+	// the memtables, WindowCacheBytes, RecordCacheBytes) from
+	// SplitMemory(MemoryLimit), which Open checks.
+	MemoryLimit int64
 	// WindowCacheBytes bounds the materialized window state that online
 	// reads of window features use instead of the tiles (winstate.go).
 	// Default: 256 MiB; negative: none (every read scans the tiles).
@@ -141,6 +149,11 @@ func (o *Options) EnsureDefaults() {
 	if o.RecordCacheEntries <= 0 {
 		o.RecordCacheEntries = 128 << 10
 	}
+	if o.MemoryLimit > 0 {
+		if b, err := SplitMemory(o.MemoryLimit); err == nil {
+			b.apply(o)
+		}
+	}
 	if o.WindowCacheBytes == 0 {
 		o.WindowCacheBytes = 256 << 20
 	}
@@ -197,8 +210,8 @@ type Store struct {
 	flushTimer *time.Timer // a checkpoint due after the last Apply (timedFlush); nil when none is pending
 	// The caches hold the newest committed record of hot entities so that
 	// Apply need not read them back from Pebble. Only Apply touches them.
-	users *lru.Cache[string, *UserRecord]
-	items *lru.Cache[string, *ItemRecord]
+	users *sizedlru.Cache[string, *UserRecord]
+	items *sizedlru.Cache[string, *ItemRecord]
 	// itemReads caches committed item records for readers (a
 	// recommendation reads hundreds); Apply and Expire invalidate what
 	// they commit.
@@ -245,6 +258,11 @@ const memTables = 4
 
 // Open opens or creates the store in dir.
 func Open(dir string, opts Options) (*Store, error) {
+	if opts.MemoryLimit > 0 {
+		if _, err := SplitMemory(opts.MemoryLimit); err != nil {
+			return nil, fmt.Errorf("open store %s: %w", dir, err)
+		}
+	}
 	opts.EnsureDefaults()
 	if opts.SeenLimit > maxSeenLimit {
 		return nil, fmt.Errorf("open store %s: seen limit %d is more than %d", dir, opts.SeenLimit, maxSeenLimit)
@@ -302,9 +320,10 @@ func Open(dir string, opts Options) (*Store, error) {
 	for b, w := range s.weights {
 		s.logWeight[b] = math.Log2(w)
 	}
-	s.users, _ = lru.New[string, *UserRecord](opts.RecordCacheEntries)
-	s.items, _ = lru.New[string, *ItemRecord](opts.RecordCacheEntries)
-	s.itemReads = readcache.New[*ItemRecord](opts.RecordCacheEntries)
+	rb := opts.RecordCacheBytes
+	s.users = sizedlru.New[string](opts.RecordCacheEntries, rb*3/5, (*UserRecord).memSize)
+	s.items = sizedlru.New[string](opts.RecordCacheEntries, rb/5, (*ItemRecord).memSize)
+	s.itemReads = readcache.NewSized[*ItemRecord](opts.RecordCacheEntries, rb/5, (*ItemRecord).memSize)
 	if opts.WindowCacheBytes > 0 {
 		s.wins = newWinCache(s.defs, opts.WindowCacheBytes)
 	}

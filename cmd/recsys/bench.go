@@ -42,6 +42,7 @@ type benchOpts struct {
 	applyOnly     bool
 	checkpoint    time.Duration
 	windowCacheMB int64
+	memoryLimit   byteSize
 	readProf      string
 	featProf      string
 	formats       []string
@@ -96,6 +97,7 @@ func benchCmd() *cobra.Command {
 	f.StringVar(&o.cpuprof, "cpuprofile", "", "write a CPU profile of the ingest phase to this file")
 	f.DurationVar(&o.checkpoint, "state.checkpoint-interval", featurestore.DefaultCheckpointInterval, "the stores' checkpoint interval (serve's flag)")
 	f.Int64Var(&o.windowCacheMB, "state.window-cache-mb", 256, "the stores' materialized window state of online reads, MiB; 0: none (serve's flag)")
+	f.Var(&o.memoryLimit, "state.memory-limit", "the process's memory budget, such as 2GiB; 0: none (serve's flag)")
 	f.BoolVar(&o.applyOnly, "apply-only", false, "run the state-engine benchmark alone (--apply-runs times), not the ingest and read scenarios")
 	f.StringVar(&o.applyProf, "cpuprofile-apply", "", "write a CPU profile of the first state-engine run to this file")
 	f.StringVar(&o.readProf, "cpuprofile-reads", "", "write a CPU profile of the read phase to this file")
@@ -148,7 +150,7 @@ func bench(ctx context.Context, o *benchOpts) error {
 		return nil
 	}
 
-	eng, err := openDataDir(dir, storeConfig{Clock: "wall", State: stateConfig{CheckpointInterval: o.checkpoint, WindowCacheMB: o.windowCacheMB}}, ingestConfig{lateness: time.Hour, futureSkew: 5 * time.Minute}, logger, nil, nil)
+	eng, err := openDataDir(dir, storeConfig{Clock: "wall", State: stateConfig{CheckpointInterval: o.checkpoint, WindowCacheMB: o.windowCacheMB, MemoryLimit: o.memoryLimit}}, ingestConfig{lateness: time.Hour, futureSkew: 5 * time.Minute}, logger, nil, nil)
 	if err != nil {
 		return err
 	}
@@ -459,7 +461,7 @@ func soak(ctx context.Context, o *benchOpts) error {
 	}
 	bar := newProgress(o.progress, "soak", "events", int64(o.events))
 	defer bar.Finish()
-	eng, err := openDataDir(dir, storeConfig{Clock: "event", State: stateConfig{CheckpointInterval: o.checkpoint, WindowCacheMB: o.windowCacheMB}}, ingestConfig{lateness: time.Hour, futureSkew: 5 * time.Minute}, logger, nil, nil)
+	eng, err := openDataDir(dir, storeConfig{Clock: "event", State: stateConfig{CheckpointInterval: o.checkpoint, WindowCacheMB: o.windowCacheMB, MemoryLimit: o.memoryLimit}}, ingestConfig{lateness: time.Hour, futureSkew: 5 * time.Minute}, logger, nil, nil)
 	if err != nil {
 		return err
 	}

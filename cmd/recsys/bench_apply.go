@@ -84,11 +84,17 @@ func benchApply(ctx context.Context, o *benchOpts, evs []*recsysv1.Event) error 
 }
 
 func applyOnce(dir string, entries []featurestore.Entry, o *benchOpts, run int) (applyRun, error) {
-	mods, err := models.New(models.Options{})
+	so := featurestore.Options{Logger: benchLogger(), Clock: "wall", CheckpointInterval: o.checkpoint}
+	var mo models.Options
+	if err := applyMemoryLimit(int64(o.memoryLimit), &so, &mo, benchLogger()); err != nil {
+		return applyRun{}, err
+	}
+	mods, err := models.New(mo)
 	if err != nil {
 		return applyRun{}, err
 	}
-	st, err := featurestore.Open(dir, featurestore.Options{Logger: benchLogger(), Clock: "wall", Learner: mods, CheckpointInterval: o.checkpoint})
+	so.Learner = mods
+	st, err := featurestore.Open(dir, so)
 	if err != nil {
 		return applyRun{}, err
 	}

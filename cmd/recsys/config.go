@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -93,7 +94,34 @@ func openDataDir(dir string, sc storeConfig, ing ingestConfig, logger *slog.Logg
 		Store:           featurestore.Options{Clock: sc.Clock, DedupHorizon: sc.DedupHorizon, CheckpointInterval: sc.State.CheckpointInterval, WindowCacheBytes: sc.State.windowCacheBytes()},
 		Models:          sc.Models.options(),
 		AllowedLateness: ing.lateness, MaxFutureSkew: ing.futureSkew, MinFreeBytes: ing.minFree, OutsideSource: ing.kafka, Publisher: publisher}
+	if err := applyMemoryLimit(int64(sc.State.MemoryLimit), &o.Store, &o.Models, logger); err != nil {
+		return nil, err
+	}
 	return datadir.Open(dir, o)
+}
+
+// applyMemoryLimit shares limit bytes (0: none) out to the store's and the
+// models' options and sets the Go runtime's soft memory limit.
+func applyMemoryLimit(limit int64, so *featurestore.Options, mo *models.Options, logger *slog.Logger) error {
+	if limit <= 0 {
+		return nil
+	}
+	b, err := featurestore.SplitMemory(limit)
+	if err != nil {
+		return fmt.Errorf("state.memory-limit: %w", err)
+	}
+	so.MemoryLimit = limit
+	mo.CacheBytes = b.ModelRecords
+	debug.SetMemoryLimit(b.GoLimit)
+	win := b.WindowState
+	if so.WindowCacheBytes < 0 {
+		win = 0
+	} else if so.WindowCacheBytes > 0 {
+		win = min(win, so.WindowCacheBytes)
+	}
+	logger.Info("memory limit", "limit_mib", limit>>20, "pebble_cache_mib", b.PebbleCache>>20, "memtable_mib", b.MemTable>>20,
+		"go_limit_mib", b.GoLimit>>20, "window_state_mib", win>>20, "store_records_mib", b.StoreRecords>>20, "model_records_mib", b.ModelRecords>>20)
+	return nil
 }
 
 type storeConfig struct {
@@ -110,6 +138,9 @@ type stateConfig struct {
 	// WindowCacheMB is the budget of the materialized window state of
 	// online reads, in MiB; 0 turns it off.
 	WindowCacheMB int64
+	// MemoryLimit is the process's memory budget (0: none), shared out by
+	// featurestore.SplitMemory.
+	MemoryLimit byteSize
 }
 
 // windowCacheBytes is featurestore.Options.WindowCacheBytes for the flag.
@@ -223,10 +254,16 @@ func (c *storeConfig) bindFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.DedupHorizon, "dedup-horizon", 7*24*time.Hour, "how long event ids are remembered for deduplication")
 	fs.DurationVar(&c.State.CheckpointInterval, "state.checkpoint-interval", featurestore.DefaultCheckpointInterval, "how often, at most, the applied state is made durable (a flush of its memtables, with the offsets it reflects); a crash applies at most this much again from the log or the topic on restart")
 	fs.Int64Var(&c.State.WindowCacheMB, "state.window-cache-mb", 256, "memory, in MiB, of the window state materialized for online feature reads (hourly counts, recent events and sketches per entity, updated with every batch); 0 reads every window from the tiles")
+	fs.Var(&c.State.MemoryLimit, "state.memory-limit", "memory the process aims to stay within, such as 2GiB (at least 256MiB; 0: none, the caches are bounded by their entries alone): it sizes Pebble's cache and memtables, the window state (at most --state.window-cache-mb) and the record caches, which evict their least recently used records (read back from Pebble when next needed), and sets the Go runtime's soft memory limit")
 	c.Models.bindFlags(fs)
 }
 
 func (c *storeConfig) validate() error {
+	if c.State.MemoryLimit != 0 {
+		if _, err := featurestore.SplitMemory(int64(c.State.MemoryLimit)); err != nil {
+			return fmt.Errorf("state.memory-limit: %w", err)
+		}
+	}
 	if c.Clock != "wall" && c.Clock != "event" {
 		return fmt.Errorf("clock: %q is neither wall nor event", c.Clock)
 	}

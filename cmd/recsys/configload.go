@@ -211,6 +211,8 @@ func typeWords(f *pflag.Flag) string {
 		return "a duration such as 90s, 5m or 24h"
 	case "stringSlice":
 		return "a list of strings"
+	case "bytes":
+		return "a size such as 2GiB or 1536MiB"
 	}
 	return "a string"
 }

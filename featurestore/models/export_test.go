@@ -78,3 +78,6 @@ func (m *Models) SetMFBuildHook(f func()) { m.mf.buildHook = f }
 
 // WaitMFBuild waits for a background build of the MF index, if one runs.
 func (m *Models) WaitMFBuild() { m.mf.wg.Wait() }
+
+// CachedNeighbors returns how many neighbour records the writer caches.
+func (m *Models) CachedNeighbors() int { return m.neighbors.Len() }

@@ -11,10 +11,10 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
-	lru "github.com/hashicorp/golang-lru/v2"
 
 	"github.com/streamrec/recsys/featurestore"
 	"github.com/streamrec/recsys/featurestore/internal/readcache"
+	"github.com/streamrec/recsys/featurestore/internal/sizedlru"
 )
 
 // Models is the state of the incremental models of one store. It is the
@@ -50,9 +50,9 @@ type Models struct {
 	// the expiry batch has committed (ExpireCommitted).
 	expired []string
 
-	users     *lru.Cache[string, *User]
-	items     *lru.Cache[string, *Item]
-	neighbors *lru.Cache[string, *pairRecord]
+	users     *sizedlru.Cache[string, *User]
+	items     *sizedlru.Cache[string, *Item]
+	neighbors *sizedlru.Cache[string, *pairRecord]
 	meta      *modelMeta
 	dirty     metaDirty // the chunks of meta changed since it was written
 	// handles and names intern the item ids of the writer's neighbour
@@ -89,16 +89,17 @@ func New(o Options) (*Models, error) {
 		return nil, err
 	}
 	m := &Models{opts: o, decayMS: float64(o.DecayHalfLife.Milliseconds()), pairMS: float64(o.PairHalfLife.Milliseconds())}
-	m.users, _ = lru.New[string, *User](o.CacheEntries)
-	m.items, _ = lru.New[string, *Item](o.CacheEntries)
+	cb := o.CacheBytes
+	m.users = sizedlru.New[string](o.CacheEntries, cb*15/100, (*User).memSize)
+	m.items = sizedlru.New[string](o.CacheEntries, cb*10/100, (*Item).memSize)
 	// Neighbour records are the largest: up to 1.5 × Neighbors pairs of
 	// about 21 bytes each in the writer's form (pairs.go).
-	m.neighbors, _ = lru.New[string, *pairRecord](o.CacheEntries)
+	m.neighbors = sizedlru.New[string](o.CacheEntries, cb*35/100, (*pairRecord).memSize)
 	m.handles = make(map[string]int32)
 	m.table.idx = make(map[string]int32)
-	m.reads = readcache.New[*neighborRecord](o.CacheEntries)
-	m.userReads = readcache.New[*User](min(o.CacheEntries, readModelEntries))
-	m.itemReads = readcache.New[*Item](min(o.CacheEntries, readModelEntries))
+	m.reads = readcache.NewSized[*neighborRecord](o.CacheEntries, cb*25/100, (*neighborRecord).memSize)
+	m.userReads = readcache.NewSized[*User](min(o.CacheEntries, readModelEntries), cb*8/100, (*User).memSize)
+	m.itemReads = readcache.NewSized[*Item](min(o.CacheEntries, readModelEntries), cb*7/100, (*Item).memSize)
 	return m, nil
 }
 

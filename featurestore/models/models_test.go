@@ -760,6 +760,32 @@ func TestModelDeterminism(t *testing.T) {
 		}
 	})
 
+	// Byte budgets so small that every batch evicts by bytes (the entry
+	// bounds never bind): the writer's and the readers' caches, as
+	// --state.memory-limit sizes them.
+	t.Run("tiny byte budgets", func(t *testing.T) {
+		mo := smallModels
+		mo.CacheBytes = 8 << 10
+		m, err := models.New(mo)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := featurestore.Open("db", featurestore.Options{FS: vfs.NewMem(), Logger: storetest.QuietLogger(), CacheBytes: 8 << 20,
+			Clock: "event", RecordCacheBytes: 4 << 10, Learner: m})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = st.Close() })
+		s := &testStore{Store: st, M: m, Rec: recommend.New(st, m)}
+		applySplit(t, s, log, splits["random0"])
+		if got := dumpAll(t, s, dumpUsers, dumpItems); got != want {
+			t.Errorf("model state with tiny byte budgets differs: %s", diffLines(got, want))
+		}
+		if n := m.CachedNeighbors(); n == 0 || n >= 50 {
+			t.Errorf("%d neighbour records cached in 8 KiB: want some, not all", n)
+		}
+	})
+
 	// A batch that fails after the models learned from some of its events
 	// leaves nothing behind (Abort drops the batch's records and reloads).
 	t.Run("failed batch", func(t *testing.T) {

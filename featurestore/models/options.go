@@ -96,6 +96,13 @@ type Options struct {
 	// user (a 50-item history) and 1.4 KB per item (factors, recent users,
 	// neighbours): about 500 MB at the default.
 	CacheEntries int
+	// CacheBytes bounds the memory of the writer's and the readers' caches
+	// of model records too, by the records' sizes (featurestore's
+	// MemoryBudget.ModelRecords under --state.memory-limit): 35 % for the
+	// writer's neighbour records, 25 % the readers', 15 % the writer's
+	// users, 10 % its items, 8 % the readers' users and 7 % their items.
+	// 0: by entries alone.
+	CacheBytes int64
 	// MFIndexMin is the number of items from which MF candidates (MFTop)
 	// come from an approximate index built in the background (mfindex.go)
 	// rather than a scan of every item's factors; negative: never (an

@@ -17,13 +17,32 @@ import "sync"
 type Cache[V any] struct {
 	mu  sync.Mutex
 	gen uint64
-	m   map[string]V
+	m   map[string]entry[V]
 	max int
+	// With maxBytes > 0, the values' bytes (by size, plus EntryOverhead
+	// each) are kept at most maxBytes.
+	maxBytes, bytes int64
+	size            func(V) int64
 }
+
+type entry[V any] struct {
+	v V
+	n int64
+}
+
+// EntryOverhead is what an entry costs beyond its value's bytes (the map
+// slot, the key), about.
+const EntryOverhead = 64
 
 // New returns a cache of at most size entries (at least 1).
 func New[V any](size int) *Cache[V] {
-	return &Cache[V]{m: make(map[string]V), max: max(1, size)}
+	return NewSized[V](size, 0, nil)
+}
+
+// NewSized is New with a bound on bytes too: with maxBytes > 0 the
+// values, as size weighs them, hold at most maxBytes.
+func NewSized[V any](size int, maxBytes int64, sizeOf func(V) int64) *Cache[V] {
+	return &Cache[V]{m: make(map[string]entry[V]), max: max(1, size), maxBytes: maxBytes, size: sizeOf}
 }
 
 // Get returns the value cached for key and true, or the generation to
@@ -31,29 +50,49 @@ func New[V any](size int) *Cache[V] {
 func (c *Cache[V]) Get(key string) (v V, ok bool, gen uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	v, ok = c.m[key]
-	return v, ok, c.gen
+	e, ok := c.m[key]
+	return e.v, ok, c.gen
 }
 
 // Put caches v for key unless an invalidation happened since the Get
 // that returned gen. A full cache first drops about an eighth of its
-// entries (in the map's random order).
+// entries (in the map's random order), and one past its bytes drops
+// entries in the same order until the new value fits.
 func (c *Cache[V]) Put(key string, v V, gen uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if gen != c.gen {
 		return
 	}
-	if _, ok := c.m[key]; !ok && len(c.m) >= c.max {
+	var n int64
+	if c.maxBytes > 0 {
+		n = c.size(v) + EntryOverhead
+	}
+	old, had := c.m[key]
+	if had {
+		c.bytes -= old.n
+		delete(c.m, key)
+	} else if len(c.m) >= c.max {
 		drop := max(1, c.max/8)
-		for k := range c.m {
+		for k, e := range c.m {
+			c.bytes -= e.n
 			delete(c.m, k)
 			if drop--; drop == 0 {
 				break
 			}
 		}
 	}
-	c.m[key] = v
+	if c.maxBytes > 0 && c.bytes+n > c.maxBytes {
+		for k, e := range c.m {
+			c.bytes -= e.n
+			delete(c.m, k)
+			if c.bytes+n <= c.maxBytes {
+				break
+			}
+		}
+	}
+	c.m[key] = entry[V]{v: v, n: n}
+	c.bytes += n
 }
 
 // Invalidate drops keys. The writer calls it once their new values (or
@@ -63,7 +102,10 @@ func (c *Cache[V]) Invalidate(keys ...string) {
 	defer c.mu.Unlock()
 	c.gen++
 	for _, k := range keys {
-		delete(c.m, k)
+		if e, ok := c.m[k]; ok {
+			c.bytes -= e.n
+			delete(c.m, k)
+		}
 	}
 }
 
@@ -73,6 +115,15 @@ func (c *Cache[V]) Clear() {
 	defer c.mu.Unlock()
 	c.gen++
 	clear(c.m)
+	c.bytes = 0
+}
+
+// Bytes returns the bytes of the entries by their sizes (0 without a
+// byte bound).
+func (c *Cache[V]) Bytes() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.bytes
 }
 
 // Len returns the number of entries.

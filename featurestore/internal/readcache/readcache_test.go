@@ -1,6 +1,7 @@
 package readcache
 
 import (
+	"math/rand/v2"
 	"strconv"
 	"sync"
 	"testing"
@@ -86,4 +87,30 @@ func TestConcurrentNeverStale(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
+}
+
+// TestBytesBound checks the byte count against the entries after random
+// puts, invalidations and clears, and that it stays within the bound.
+func TestBytesBound(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	c := NewSized[[]byte](100, 30_000, func(v []byte) int64 { return int64(len(v)) })
+	for step := range 20_000 {
+		k := strconv.Itoa(rng.IntN(300))
+		switch r := rng.IntN(100); {
+		case r < 85:
+			_, _, gen := c.Get(k)
+			c.Put(k, make([]byte, rng.IntN(2000)), gen)
+		case r < 99:
+			c.Invalidate(k)
+		default:
+			c.Clear()
+		}
+		var sum int64
+		for _, e := range c.m {
+			sum += int64(len(e.v)) + EntryOverhead
+		}
+		if sum != c.Bytes() || sum > 30_000 || len(c.m) > 100 {
+			t.Fatalf("step %d: bytes %d, entries sum to %d in %d entries", step, c.Bytes(), sum, len(c.m))
+		}
+	}
 }
