@@ -19,10 +19,10 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/vfs"
-	"github.com/streamrec/recsys/featurestore/internal/sizedlru"
 
 	"github.com/streamrec/recsys/featurestore/internal/codec"
 	"github.com/streamrec/recsys/featurestore/internal/readcache"
+	"github.com/streamrec/recsys/featurestore/internal/sizedlru"
 )
 
 // Options configures a Store. The zero value is usable: EnsureDefaults fills
