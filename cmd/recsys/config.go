@@ -113,14 +113,10 @@ func applyMemoryLimit(limit int64, so *featurestore.Options, mo *models.Options,
 	so.MemoryLimit = limit
 	mo.CacheBytes = b.ModelRecords
 	debug.SetMemoryLimit(b.GoLimit)
-	win := b.WindowState
-	if so.WindowCacheBytes < 0 {
-		win = 0
-	} else if so.WindowCacheBytes > 0 {
-		win = min(win, so.WindowCacheBytes)
-	}
+	eff := *so // the window state as the store will size it
+	eff.EnsureDefaults()
 	logger.Info("memory limit", "limit_mib", limit>>20, "pebble_cache_mib", b.PebbleCache>>20, "memtable_mib", b.MemTable>>20,
-		"go_limit_mib", b.GoLimit>>20, "window_state_mib", win>>20, "store_records_mib", b.StoreRecords>>20, "model_records_mib", b.ModelRecords>>20)
+		"go_limit_mib", b.GoLimit>>20, "window_state_mib", max(0, eff.WindowCacheBytes)>>20, "store_records_mib", b.StoreRecords>>20, "model_records_mib", b.ModelRecords>>20)
 	return nil
 }
 

@@ -743,17 +743,7 @@ func TestModelDeterminism(t *testing.T) {
 	t.Run("tiny caches", func(t *testing.T) {
 		mo := smallModels
 		mo.CacheEntries = 1
-		m, err := models.New(mo)
-		if err != nil {
-			t.Fatal(err)
-		}
-		st, err := featurestore.Open("db", featurestore.Options{FS: vfs.NewMem(), Logger: storetest.QuietLogger(), CacheBytes: 8 << 20,
-			Clock: "event", RecordCacheEntries: 3, Learner: m})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = st.Close() })
-		s := &testStore{Store: st, M: m, Rec: recommend.New(st, m)}
+		s := storetest.OpenOptsT(t, "db", mo, featurestore.Options{FS: vfs.NewMem(), RecordCacheEntries: 3})
 		applySplit(t, s, log, splits["random0"])
 		if got := dumpAll(t, s, dumpUsers, dumpItems); got != want {
 			t.Errorf("model state with tiny caches differs: %s", diffLines(got, want))
@@ -766,22 +756,12 @@ func TestModelDeterminism(t *testing.T) {
 	t.Run("tiny byte budgets", func(t *testing.T) {
 		mo := smallModels
 		mo.CacheBytes = 8 << 10
-		m, err := models.New(mo)
-		if err != nil {
-			t.Fatal(err)
-		}
-		st, err := featurestore.Open("db", featurestore.Options{FS: vfs.NewMem(), Logger: storetest.QuietLogger(), CacheBytes: 8 << 20,
-			Clock: "event", RecordCacheBytes: 4 << 10, Learner: m})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = st.Close() })
-		s := &testStore{Store: st, M: m, Rec: recommend.New(st, m)}
+		s := storetest.OpenOptsT(t, "db", mo, featurestore.Options{FS: vfs.NewMem(), RecordCacheBytes: 4 << 10})
 		applySplit(t, s, log, splits["random0"])
 		if got := dumpAll(t, s, dumpUsers, dumpItems); got != want {
 			t.Errorf("model state with tiny byte budgets differs: %s", diffLines(got, want))
 		}
-		if n := m.CachedNeighbors(); n == 0 || n >= 50 {
+		if n := s.M.CachedNeighbors(); n == 0 || n >= 50 {
 			t.Errorf("%d neighbour records cached in 8 KiB: want some, not all", n)
 		}
 	})

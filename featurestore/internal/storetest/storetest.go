@@ -39,11 +39,18 @@ type Store struct {
 // newest event, whatever the wall clock) and the model options mo;
 // seenLimit 0 is the store's default.
 func Open(fs vfs.FS, dir string, mo models.Options, seenLimit int) (*Store, error) {
+	return open(dir, mo, featurestore.Options{FS: fs, SeenLimit: seenLimit})
+}
+
+// open is Open with the store options so, of which it sets the logger,
+// the block cache, the clock and the learner.
+func open(dir string, mo models.Options, so featurestore.Options) (*Store, error) {
 	m, err := models.New(mo)
 	if err != nil {
 		return nil, err
 	}
-	st, err := featurestore.Open(dir, featurestore.Options{FS: fs, Logger: QuietLogger(), CacheBytes: 8 << 20, Clock: "event", SeenLimit: seenLimit, Learner: m})
+	so.Logger, so.CacheBytes, so.Clock, so.Learner = QuietLogger(), 8<<20, "event", m
+	st, err := featurestore.Open(dir, so)
 	if err != nil {
 		return nil, err
 	}
@@ -55,6 +62,19 @@ func Open(fs vfs.FS, dir string, mo models.Options, seenLimit int) (*Store, erro
 func OpenT(t testing.TB, fs vfs.FS, dir string, mo models.Options, seenLimit int) *Store {
 	t.Helper()
 	s, err := Open(fs, dir, mo, seenLimit)
+	if err != nil {
+		t.Fatalf("Open(%q): %v", dir, err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// OpenOptsT is OpenT with the store options so (its FS and cache bounds,
+// say); the logger, the block cache, the clock and the learner are
+// Open's.
+func OpenOptsT(t testing.TB, dir string, mo models.Options, so featurestore.Options) *Store {
+	t.Helper()
+	s, err := open(dir, mo, so)
 	if err != nil {
 		t.Fatalf("Open(%q): %v", dir, err)
 	}
