@@ -116,8 +116,9 @@ class Server:
     server is reachable at the same URLs.
     """
 
-    def __init__(self, workdir: Path, extra_args: Iterable[str] = (), name: str = "server"):
+    def __init__(self, workdir: Path, extra_args: Iterable[str] = (), name: str = "server", env: dict[str, str] | None = None):
         self.bin = recsys_bin()
+        self.env = {**os.environ, **env} if env else None
         self.name = name
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -180,7 +181,7 @@ class Server:
                 log.write(f"\n===== start #{self.starts}: {' '.join(self.args())}\n".encode())
                 log.flush()
                 offset = log.tell()
-                self.proc = subprocess.Popen(self.args(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                self.proc = subprocess.Popen(self.args(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
             try:
                 self.wait_ready(timeout)
                 return self
@@ -339,9 +340,9 @@ def server_factory(tmp_path):
     """Makes (unstarted or started) servers in tmp_path; kills them all at teardown."""
     made: list[Server] = []
 
-    def make(*extra_args: str, name: str | None = None, start: bool = True) -> Server:
+    def make(*extra_args: str, name: str | None = None, start: bool = True, env: dict[str, str] | None = None) -> Server:
         name = name or f"server{len(made)}"
-        s = Server(tmp_path / name, extra_args, name=name)
+        s = Server(tmp_path / name, extra_args, name=name, env=env)
         made.append(s)
         if start:
             s.start()

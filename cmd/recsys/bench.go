@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"slices"
 	"sync"
 	"syscall"
@@ -44,12 +45,14 @@ type benchOpts struct {
 	windowCacheMB int64
 	memoryLimit   byteSize
 	readProf      string
+	readTrace     string
 	featProf      string
 	formats       []string
 	soak          bool
 	soakDays      int
 	applyRuns     int
 	progress      string
+	procsPerCore  int
 }
 
 func benchCmd() *cobra.Command {
@@ -79,6 +82,10 @@ func benchCmd() *cobra.Command {
 					return usageError{fmt.Errorf("read-formats: %q is not rows or columns", f)}
 				}
 			}
+			if err := checkProcsPerCore(o.procsPerCore); err != nil {
+				return usageError{err}
+			}
+			applyProcs(o.procsPerCore, benchLogger())
 			if o.soak {
 				if !cmd.Flags().Changed("events") {
 					o.events = 10_000_000
@@ -101,11 +108,13 @@ func benchCmd() *cobra.Command {
 	f.BoolVar(&o.applyOnly, "apply-only", false, "run the state-engine benchmark alone (--apply-runs times), not the ingest and read scenarios")
 	f.StringVar(&o.applyProf, "cpuprofile-apply", "", "write a CPU profile of the first state-engine run to this file")
 	f.StringVar(&o.readProf, "cpuprofile-reads", "", "write a CPU profile of the read phase to this file")
+	f.StringVar(&o.readTrace, "trace-reads", "", "write an execution trace (go tool trace) of the read phase to this file")
 	f.StringVar(&o.featProf, "cpuprofile-features", "", "write a CPU profile of the features:get scenarios alone to this file")
 	f.StringSliceVar(&o.formats, "read-formats", []string{"rows", "columns"}, "features:get answer shapes to measure: rows, columns")
 	f.BoolVar(&o.soak, "soak", false, "instead: stream --events (default 10M here) over --soak.days of event time on the event clock and print bytes on disk per simulated day")
 	f.IntVar(&o.soakDays, "soak.days", 30, "simulated days of the soak")
 	f.IntVar(&o.applyRuns, "apply-runs", 3, "runs of the state-engine benchmark (the events applied straight to a fresh store; the median is printed; 0 skips it)")
+	f.IntVar(&o.procsPerCore, "runtime.procs-per-core", 2, "Go scheduler threads per core, as serve sets them (serve's flag)")
 	bindProgress(f, &o.progress)
 	return cmd
 }
@@ -243,6 +252,12 @@ func bench(ctx context.Context, o *benchOpts) error {
 		return err
 	}
 	defer stopReadProfile()
+	stopReadTrace, err := startTrace(o.readTrace)
+	if err != nil {
+		stopUpd()
+		return err
+	}
+	defer stopReadTrace()
 	stopFeatProfile, err := startProfile(o.featProf)
 	if err != nil {
 		stopUpd()
@@ -424,6 +439,23 @@ func startProfile(path string) (stop func(), err error) {
 		return nil, err
 	}
 	return sync.OnceFunc(func() { pprof.StopCPUProfile(); _ = f.Close() }), nil
+}
+
+// startTrace starts an execution trace into path ("" traces nothing) and
+// returns the function that stops it.
+func startTrace(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := trace.Start(f); err != nil {
+		_ = f.Close()
+		return nil, err
+	}
+	return sync.OnceFunc(func() { trace.Stop(); _ = f.Close() }), nil
 }
 
 // dirBytes is the size of the files under dir.

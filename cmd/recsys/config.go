@@ -73,8 +73,12 @@ type config struct {
 		Enabled bool
 		Events  int
 	}
-	Log   logConfig
-	Kafka kafkaConfig
+	Log     logConfig
+	Kafka   kafkaConfig
+	Runtime struct {
+		// ProcsPerCore is the Go Ps per core (procs.go); 1: Go's default.
+		ProcsPerCore int
+	}
 }
 
 // storeConfig configures the feature engine of a data dir.
@@ -297,6 +301,7 @@ func (c *config) bindFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.Demo.Events, "demo.events", 200_000, "events in the demo stream")
 	fs.StringSliceVar(&c.Load.Files, "load", nil, "event files (plain or .gz) to load on first start (empty log), sorted by event time on the way in; the clock defaults to event for them. /readyz reports ready once they are applied")
 	fs.StringVar(&c.Load.Format, "load.format", "auto", "format of the --load files: taobao (CSV user,item,category,behavior,unix_seconds), jsonl, or auto (jsonl for .jsonl and .json names, else taobao)")
+	fs.IntVar(&c.Runtime.ProcsPerCore, "runtime.procs-per-core", 2, "Go scheduler threads (GOMAXPROCS) per core: above 1, requests preempt the apply loop's and Pebble's CPU-bound work at the kernel's finer time slices instead of waiting for Go's 10 ms ones; 1 is Go's default. Kept as the runtime set it when GOMAXPROCS is in the environment or a CPU quota is below the cores")
 	c.Store.bindFlags(fs)
 	fs.StringVar(&c.Auth.TokenFile, "auth.token-file", "", "file of TOKEN SCOPE lines (scopes read, write, admin); without it no call is authenticated and the server listens on loopback only")
 	fs.BoolVar(&c.Auth.AllowRemote, "auth.allow-unauthenticated-remote", false, "without a token file, listen on the addresses as given instead of loopback only")
@@ -353,6 +358,9 @@ func (c *config) validate() error {
 		return fmt.Errorf("demo, load: give one or the other")
 	case c.Load.Format != "auto" && c.Load.Format != "taobao" && c.Load.Format != "jsonl":
 		return fmt.Errorf("load.format: %q is not auto, taobao or jsonl", c.Load.Format)
+	}
+	if err := checkProcsPerCore(c.Runtime.ProcsPerCore); err != nil {
+		return err
 	}
 	if err := c.Store.validate(); err != nil {
 		return err

@@ -90,6 +90,7 @@ func configCmd() *cobra.Command {
 
 func serve(ctx context.Context, cfg *config) error {
 	logger := cfg.Log.logger()
+	applyProcs(cfg.Runtime.ProcsPerCore, logger)
 	var tokens serving.Tokens
 	if cfg.Auth.TokenFile != "" {
 		var err error
