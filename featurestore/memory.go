@@ -101,3 +101,23 @@ func (r *ItemRecord) memSize() int64 {
 	}
 	return int64(unsafe.Sizeof(*r)) + int64(len(r.CategoryID))
 }
+
+// CacheStat is what one record cache holds: its entries and, under a
+// memory limit (Options.MemoryLimit), their bytes as the cache weighs
+// them (0 without a limit: the caches are bounded by entries alone then,
+// and nothing is weighed).
+type CacheStat struct {
+	Name    string
+	Entries int
+	Bytes   int64
+}
+
+// CacheStats returns the store's record caches: the writer's users and
+// items, and the readers' items.
+func (s *Store) CacheStats() []CacheStat {
+	return []CacheStat{
+		{Name: "store_users", Entries: s.users.Len(), Bytes: s.users.Bytes()},
+		{Name: "store_items", Entries: s.items.Len(), Bytes: s.items.Bytes()},
+		{Name: "store_item_reads", Entries: s.itemReads.Len(), Bytes: s.itemReads.Bytes()},
+	}
+}

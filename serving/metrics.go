@@ -70,11 +70,11 @@ func NewMetrics(reg *prometheus.Registry, store *featurestore.Store, mods *model
 	gauge("recsys_store_items", "Items with features.", func() float64 { return float64(store.Stats().Items) })
 	gauge("recsys_store_dead_letters", "Dead letters kept.", func() float64 { return float64(store.DeadLetterCount()) })
 	gauge("recsys_window_state_entities", "Entities whose window state is materialized in memory for online reads.", func() float64 { return float64(store.WindowStateStats().Entries) })
-	gauge("recsys_window_state_bytes", "Approximate memory of the materialized window state (bounded by --state.window-cache-bytes).", func() float64 { return float64(store.WindowStateStats().Bytes) })
+	gauge("recsys_window_state_bytes", "Approximate memory of the materialized window state (bounded by --state.window-cache-mb).", func() float64 { return float64(store.WindowStateStats().Bytes) })
 	counter("recsys_window_state_hits_total", "Online entity reads whose window features came from the materialized state.", func() float64 { return float64(store.WindowStateStats().Hits) })
 	counter("recsys_window_state_misses_total", "Online entity reads that found no materialized state covering their time (then built, or read from the tiles).", func() float64 { return float64(store.WindowStateStats().Misses) })
 	counter("recsys_window_state_updates_total", "Materialized entity states the writer updated with an apply batch.", func() float64 { return float64(store.WindowStateStats().Updates) })
-	reg.MustRegister(modelCollector{mods})
+	reg.MustRegister(modelCollector{mods}, cacheCollector{store, mods})
 	pm := func(f func(*featurestore.PebbleStats) float64) func() float64 {
 		return func() float64 {
 			st, err := store.PebbleStats()
@@ -132,6 +132,33 @@ func routeOf(r *http.Request) string {
 }
 
 func strconvItoa(n int) string { return strconv.Itoa(n) }
+
+// cacheCollector exports the record caches' entries and bytes.
+type cacheCollector struct {
+	store  *featurestore.Store
+	models *models.Models
+}
+
+var (
+	cacheEntriesDesc = prometheus.NewDesc("recsys_state_cache_entries", "Records held by each record cache (store_* and model_*: the writer's; *_reads: the readers').", []string{"cache"}, nil)
+	cacheBytesDesc   = prometheus.NewDesc("recsys_state_cache_bytes", "Bytes of each record cache's records as it weighs them, under --state.memory-limit (0 without it: the caches are then bounded by their entries alone).", []string{"cache"}, nil)
+)
+
+func (c cacheCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- cacheEntriesDesc
+	ch <- cacheBytesDesc
+}
+
+func (c cacheCollector) Collect(ch chan<- prometheus.Metric) {
+	stats := c.store.CacheStats()
+	if c.models != nil {
+		stats = append(stats, c.models.CacheStats()...)
+	}
+	for _, st := range stats {
+		ch <- prometheus.MustNewConstMetric(cacheEntriesDesc, prometheus.GaugeValue, float64(st.Entries), st.Name)
+		ch <- prometheus.MustNewConstMetric(cacheBytesDesc, prometheus.GaugeValue, float64(st.Bytes), st.Name)
+	}
+}
 
 // modelCollector exports the models' state at each scrape.
 type modelCollector struct{ models *models.Models }

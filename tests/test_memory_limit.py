@@ -6,6 +6,7 @@ limit it cannot meet, or one it cannot read, is refused naming the flag."""
 from __future__ import annotations
 
 import random
+import re
 
 from conftest import Server
 from test_cli import run, printed
@@ -35,9 +36,27 @@ def test_limited_server_answers_as_an_unlimited_one(server_factory):
             a = free.get(f"/v1/users/{u}/recommendations?k=10").json()
             b = limited.get(f"/v1/users/{u}/recommendations?k=10").json()
             assert a == b, u
+    # /metrics: each record cache's entries, and its bytes under the limit
+    # alone (without one nothing is weighed).
+    for s in (free, limited):
+        m = cache_metrics(s)
+        for cache, n in (("store_users", len(users)), ("store_items", len(items)), ("model_users", len(users)), ("model_items", len(items))):
+            assert m["entries", cache] == n, (s.name, cache, m)
+            assert (m["bytes", cache] > 0) == (s is limited), (s.name, cache, m)
+        assert m["entries", "model_neighbors"] > 0, m
     limited.restart()
     body = {"view": "user_features", "ids": users}
     assert free.post("/v1/features:get", json=body).json() == limited.post("/v1/features:get", json=body).json()
+
+
+def cache_metrics(s: Server) -> dict[tuple[str, str], float]:
+    """recsys_state_cache_{entries,bytes}{cache=...} by (kind, cache)."""
+    out = {}
+    for line in s.get("/metrics").text.splitlines():
+        m = re.match(r'recsys_state_cache_(entries|bytes)\{cache="([a-z_]+)"\} (\S+)$', line)
+        if m:
+            out[m.group(1), m.group(2)] = float(m.group(3))
+    return out
 
 
 def test_memory_limit_errors_name_the_flag(tmp_path):

@@ -699,6 +699,19 @@ func (b *batch) Commit() {
 	}
 }
 
+// CacheStats returns the models' record caches: the writer's users,
+// items and neighbour records, and the readers'.
+func (m *Models) CacheStats() []featurestore.CacheStat {
+	return []featurestore.CacheStat{
+		{Name: "model_users", Entries: m.users.Len(), Bytes: m.users.Bytes()},
+		{Name: "model_items", Entries: m.items.Len(), Bytes: m.items.Bytes()},
+		{Name: "model_neighbors", Entries: m.neighbors.Len(), Bytes: m.neighbors.Bytes()},
+		{Name: "model_user_reads", Entries: m.userReads.Len(), Bytes: m.userReads.Bytes()},
+		{Name: "model_item_reads", Entries: m.itemReads.Len(), Bytes: m.itemReads.Bytes()},
+		{Name: "model_neighbor_reads", Entries: m.reads.Len(), Bytes: m.reads.Bytes()},
+	}
+}
+
 // Abort implements featurestore.Learner: it drops decoded state that a
 // failed batch may have modified and reloads the committed state.
 func (m *Models) Abort() error {
