@@ -150,11 +150,7 @@ func (c cacheCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c cacheCollector) Collect(ch chan<- prometheus.Metric) {
-	stats := c.store.CacheStats()
-	if c.models != nil {
-		stats = append(stats, c.models.CacheStats()...)
-	}
-	for _, st := range stats {
+	for _, st := range append(c.store.CacheStats(), c.models.CacheStats()...) {
 		ch <- prometheus.MustNewConstMetric(cacheEntriesDesc, prometheus.GaugeValue, float64(st.Entries), st.Name)
 		ch <- prometheus.MustNewConstMetric(cacheBytesDesc, prometheus.GaugeValue, float64(st.Bytes), st.Name)
 	}

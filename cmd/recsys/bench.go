@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"math/rand/v2"
@@ -82,10 +83,9 @@ func benchCmd() *cobra.Command {
 					return usageError{fmt.Errorf("read-formats: %q is not rows or columns", f)}
 				}
 			}
-			if err := checkProcsPerCore(o.procsPerCore); err != nil {
-				return usageError{err}
+			if err := setBenchProcs(o.procsPerCore); err != nil {
+				return err
 			}
-			applyProcs(o.procsPerCore, benchLogger())
 			if o.soak {
 				if !cmd.Flags().Changed("events") {
 					o.events = 10_000_000
@@ -114,7 +114,7 @@ func benchCmd() *cobra.Command {
 	f.BoolVar(&o.soak, "soak", false, "instead: stream --events (default 10M here) over --soak.days of event time on the event clock and print bytes on disk per simulated day")
 	f.IntVar(&o.soakDays, "soak.days", 30, "simulated days of the soak")
 	f.IntVar(&o.applyRuns, "apply-runs", 3, "runs of the state-engine benchmark (the events applied straight to a fresh store; the median is printed; 0 skips it)")
-	f.IntVar(&o.procsPerCore, "runtime.procs-per-core", 2, "Go scheduler threads per core, as serve sets them (serve's flag)")
+	bindBenchProcs(f, &o.procsPerCore)
 	bindProgress(f, &o.progress)
 	return cmd
 }
@@ -427,23 +427,19 @@ func benchRecommend(ctx context.Context, eng *datadir.Dir, hc *http.Client, base
 // startProfile starts a CPU profile into path ("" profiles nothing) and
 // returns the function that stops it.
 func startProfile(path string) (stop func(), err error) {
-	if path == "" {
-		return func() {}, nil
-	}
-	f, err := os.Create(path)
-	if err != nil {
-		return nil, err
-	}
-	if err := pprof.StartCPUProfile(f); err != nil {
-		_ = f.Close()
-		return nil, err
-	}
-	return sync.OnceFunc(func() { pprof.StopCPUProfile(); _ = f.Close() }), nil
+	return startRecording(path, pprof.StartCPUProfile, pprof.StopCPUProfile)
 }
 
 // startTrace starts an execution trace into path ("" traces nothing) and
 // returns the function that stops it.
 func startTrace(path string) (stop func(), err error) {
+	return startRecording(path, trace.Start, trace.Stop)
+}
+
+// startRecording starts a recorder (a CPU profile, a trace) into a new
+// file at path, or nothing for "", and returns the function that stops it
+// and closes the file, once.
+func startRecording(path string, start func(io.Writer) error, stopRec func()) (stop func(), err error) {
 	if path == "" {
 		return func() {}, nil
 	}
@@ -451,11 +447,11 @@ func startTrace(path string) (stop func(), err error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := trace.Start(f); err != nil {
+	if err := start(f); err != nil {
 		_ = f.Close()
 		return nil, err
 	}
-	return sync.OnceFunc(func() { trace.Stop(); _ = f.Close() }), nil
+	return sync.OnceFunc(func() { stopRec(); _ = f.Close() }), nil
 }
 
 // dirBytes is the size of the files under dir.

@@ -36,10 +36,9 @@ func kafkaBenchCmd() *cobra.Command {
 			if len(kc.Brokers) == 0 {
 				return usageError{fmt.Errorf("kafka.brokers: required")}
 			}
-			if err := checkProcsPerCore(procsPerCore); err != nil {
-				return usageError{err}
+			if err := setBenchProcs(procsPerCore); err != nil {
+				return err
 			}
-			applyProcs(procsPerCore, benchLogger())
 			return kafkaBench(cmd.Context(), &kc, events, rate, lagFor, cmd.OutOrStdout())
 		},
 	}
@@ -48,7 +47,7 @@ func kafkaBenchCmd() *cobra.Command {
 	cmd.Flags().IntVar(&events, "events", 500_000, "events of the throughput run")
 	cmd.Flags().IntVar(&rate, "rate", 20_000, "events/s of the freshness run (10 s)")
 	cmd.Flags().DurationVar(&lagFor, "lag-for", 10*time.Second, "how long producers run flat out in the lag run")
-	cmd.Flags().IntVar(&procsPerCore, "runtime.procs-per-core", 2, "Go scheduler threads per core, as serve sets them (serve's flag)")
+	bindBenchProcs(cmd.Flags(), &procsPerCore)
 	return cmd
 }
 

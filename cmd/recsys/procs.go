@@ -5,6 +5,8 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+
+	"github.com/spf13/pflag"
 )
 
 // Serving beside the apply loop on few cores: the apply batch, its tile
@@ -61,4 +63,20 @@ func applyProcs(perCore int, logger *slog.Logger) {
 	}
 	runtime.GOMAXPROCS(n)
 	logger.Info("runtime", "gomaxprocs", n, "cores", cores, "procs_per_core", perCore)
+}
+
+// bindBenchProcs binds a bench's --runtime.procs-per-core, which defaults
+// to serve's so that the bench measures what serve runs.
+func bindBenchProcs(fs *pflag.FlagSet, perCore *int) {
+	fs.IntVar(perCore, "runtime.procs-per-core", 2, "Go scheduler threads per core, as serve sets them (serve's flag)")
+}
+
+// setBenchProcs checks a bench's --runtime.procs-per-core (a usage error)
+// and applies it.
+func setBenchProcs(perCore int) error {
+	if err := checkProcsPerCore(perCore); err != nil {
+		return usageError{err}
+	}
+	applyProcs(perCore, benchLogger())
+	return nil
 }
