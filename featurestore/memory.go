@@ -110,14 +110,28 @@ type CacheStat struct {
 	Name    string
 	Entries int
 	Bytes   int64
+	// Hits and Misses count the lookups that found their record in the
+	// cache and those that read it from Pebble (or created it), since the
+	// store opened.
+	Hits, Misses int64
+}
+
+// NewCacheStat describes cache c under name.
+func NewCacheStat(name string, c interface {
+	Len() int
+	Bytes() int64
+	Lookups() (hits, misses int64)
+}) CacheStat {
+	h, m := c.Lookups()
+	return CacheStat{Name: name, Entries: c.Len(), Bytes: c.Bytes(), Hits: h, Misses: m}
 }
 
 // CacheStats returns the store's record caches: the writer's users and
 // items, and the readers' items.
 func (s *Store) CacheStats() []CacheStat {
 	return []CacheStat{
-		{Name: "store_users", Entries: s.users.Len(), Bytes: s.users.Bytes()},
-		{Name: "store_items", Entries: s.items.Len(), Bytes: s.items.Bytes()},
-		{Name: "store_item_reads", Entries: s.itemReads.Len(), Bytes: s.itemReads.Bytes()},
+		NewCacheStat("store_users", s.users),
+		NewCacheStat("store_items", s.items),
+		NewCacheStat("store_item_reads", s.itemReads),
 	}
 }

@@ -724,9 +724,17 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra, newDead int64) 
 		s.users.Add(id, u)
 	}
 	touched := make([]string, 0, len(items))
+	var freshItems map[string]*ItemRecord // the readers' copies (Replace)
 	for id, it := range items {
 		s.items.Add(id, it.rec)
 		touched = append(touched, id)
+		if s.itemReads.Cached(id) {
+			if freshItems == nil {
+				freshItems = make(map[string]*ItemRecord)
+			}
+			rec := *it.rec
+			freshItems[id] = &rec
+		}
 	}
 	// The entities the batch touched, for the materialized window state.
 	winTouched := func(fn func(winKey)) {
@@ -756,7 +764,9 @@ func (s *Store) apply(end uint64, entries []Entry, extra *Extra, newDead int64) 
 	// The new version: the snapshot and what readers share in memory.
 	s.publish(s.db.NewSnapshot(), func() {
 		if len(touched) > 0 {
-			s.itemReads.Invalidate(touched...)
+			// Hot records change in most batches: readers get the new ones
+			// rather than a miss.
+			s.itemReads.Replace(touched, freshItems)
 		}
 		s.pub.pop = s.pop.published(s.pub.pop, popTouched)
 		s.pub.trend = s.trend.published(s.pub.trend)

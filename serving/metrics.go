@@ -141,18 +141,22 @@ type cacheCollector struct {
 
 var (
 	cacheEntriesDesc = prometheus.NewDesc("recsys_state_cache_entries", "Records held by each record cache (store_* and model_*: the writer's; *_reads: the readers').", []string{"cache"}, nil)
+	cacheLookupsDesc = prometheus.NewDesc("recsys_state_cache_lookups_total", "Lookups of each record cache, by result (hit: the record was cached; miss: read from Pebble, or created).", []string{"cache", "result"}, nil)
 	cacheBytesDesc   = prometheus.NewDesc("recsys_state_cache_bytes", "Bytes of each record cache's records as it weighs them, under --state.memory-limit (0 without it: the caches are then bounded by their entries alone).", []string{"cache"}, nil)
 )
 
 func (c cacheCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- cacheEntriesDesc
 	ch <- cacheBytesDesc
+	ch <- cacheLookupsDesc
 }
 
 func (c cacheCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, st := range append(c.store.CacheStats(), c.models.CacheStats()...) {
 		ch <- prometheus.MustNewConstMetric(cacheEntriesDesc, prometheus.GaugeValue, float64(st.Entries), st.Name)
 		ch <- prometheus.MustNewConstMetric(cacheBytesDesc, prometheus.GaugeValue, float64(st.Bytes), st.Name)
+		ch <- prometheus.MustNewConstMetric(cacheLookupsDesc, prometheus.CounterValue, float64(st.Hits), st.Name, "hit")
+		ch <- prometheus.MustNewConstMetric(cacheLookupsDesc, prometheus.CounterValue, float64(st.Misses), st.Name, "miss")
 	}
 }
 

@@ -44,18 +44,27 @@ def test_limited_server_answers_as_an_unlimited_one(server_factory):
             assert m["entries", cache] == n, (s.name, cache, m)
             assert (m["bytes", cache] > 0) == (s is limited), (s.name, cache, m)
         assert m["entries", "model_neighbors"] > 0, m
+        # Lookups by result: the writer looked every user up at least
+        # once; the recommendations of the same 4 users after each batch
+        # found their models cached (the publication replaces them).
+        assert m["hit", "store_users"] + m["miss", "store_users"] >= len(users), m
+        assert m["hit", "model_user_reads"] > 0, m
     limited.restart()
     body = {"view": "user_features", "ids": users}
     assert free.post("/v1/features:get", json=body).json() == limited.post("/v1/features:get", json=body).json()
 
 
 def cache_metrics(s: Server) -> dict[tuple[str, str], float]:
-    """recsys_state_cache_{entries,bytes}{cache=...} by (kind, cache)."""
+    """recsys_state_cache_{entries,bytes}{cache=...} by (kind, cache), and
+    recsys_state_cache_lookups_total{cache=...,result=...} by (result, cache)."""
     out = {}
     for line in s.get("/metrics").text.splitlines():
         m = re.match(r'recsys_state_cache_(entries|bytes)\{cache="([a-z_]+)"\} (\S+)$', line)
         if m:
             out[m.group(1), m.group(2)] = float(m.group(3))
+        m = re.match(r'recsys_state_cache_lookups_total\{cache="([a-z_]+)",result="(hit|miss)"\} (\S+)$', line)
+        if m:
+            out[m.group(2), m.group(1)] = float(m.group(3))
     return out
 
 

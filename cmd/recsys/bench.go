@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -17,6 +18,7 @@ import (
 	"runtime/pprof"
 	"runtime/trace"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -54,6 +56,15 @@ type benchOpts struct {
 	applyRuns     int
 	progress      string
 	procsPerCore  int
+}
+
+// storeConfig is serve's default store configuration with the bench's
+// clock and state flags.
+func (o *benchOpts) storeConfig(clock string) storeConfig {
+	c := defaultStoreConfig()
+	c.Clock = clock
+	c.State.CheckpointInterval, c.State.WindowCacheMB, c.State.MemoryLimit = o.checkpoint, o.windowCacheMB, o.memoryLimit
+	return c
 }
 
 func benchCmd() *cobra.Command {
@@ -159,7 +170,7 @@ func bench(ctx context.Context, o *benchOpts) error {
 		return nil
 	}
 
-	eng, err := openDataDir(dir, storeConfig{Clock: "wall", State: stateConfig{CheckpointInterval: o.checkpoint, WindowCacheMB: o.windowCacheMB, MemoryLimit: o.memoryLimit}}, ingestConfig{lateness: time.Hour, futureSkew: 5 * time.Minute}, logger, nil, nil)
+	eng, err := openDataDir(dir, o.storeConfig("wall"), ingestConfig{lateness: time.Hour, futureSkew: 5 * time.Minute}, logger, nil, nil)
 	if err != nil {
 		return err
 	}
@@ -403,6 +414,7 @@ func benchRecommend(ctx context.Context, eng *datadir.Dir, hc *http.Client, base
 		return okResponse(hc.Get(base + "/v1/users/" + u + "/recommendations?k=20"))
 	}
 	start := time.Now()
+	caches := cacheLookups(eng)
 	for _, clients := range []int{1, 4} {
 		lat, errs, el := loadGen(clients, o.duration, call)
 		fmt.Printf("  %d clients: %7.0f req/s  p50 %6.2f ms  p99 %6.2f ms  p999 %6.2f ms  (%d requests, %d errors)\n",
@@ -421,7 +433,33 @@ func benchRecommend(ctx context.Context, eng *datadir.Dir, hc *http.Client, base
 		return err
 	}
 	fmt.Printf("  ingest during the scenarios: %.0f events/s, largest apply lag seen %d events\n", float64(ingested)/time.Since(start).Seconds(), lagMax)
+	printCacheHits(caches, cacheLookups(eng))
 	return nil
+}
+
+// cacheLookups returns the record caches' lookup counts by name.
+func cacheLookups(eng *datadir.Dir) map[string][2]int64 {
+	out := make(map[string][2]int64)
+	for _, st := range append(eng.Store.CacheStats(), eng.Models.CacheStats()...) {
+		out[st.Name] = [2]int64{st.Hits, st.Misses}
+	}
+	return out
+}
+
+// printCacheHits prints the readers' caches' hit ratios between two
+// cacheLookups.
+func printCacheHits(before, after map[string][2]int64) {
+	var parts []string
+	for _, name := range slices.Sorted(maps.Keys(after)) {
+		if !strings.HasSuffix(name, "_reads") {
+			continue
+		}
+		h, m := after[name][0]-before[name][0], after[name][1]-before[name][1]
+		if h+m > 0 {
+			parts = append(parts, fmt.Sprintf("%s %.1f%% of %d", name, 100*float64(h)/float64(h+m), h+m))
+		}
+	}
+	fmt.Printf("  readers' cache hits: %s\n", strings.Join(parts, ", "))
 }
 
 // startProfile starts a CPU profile into path ("" profiles nothing) and
@@ -489,7 +527,7 @@ func soak(ctx context.Context, o *benchOpts) error {
 	}
 	bar := newProgress(o.progress, "soak", "events", int64(o.events))
 	defer bar.Finish()
-	eng, err := openDataDir(dir, storeConfig{Clock: "event", State: stateConfig{CheckpointInterval: o.checkpoint, WindowCacheMB: o.windowCacheMB, MemoryLimit: o.memoryLimit}}, ingestConfig{lateness: time.Hour, futureSkew: 5 * time.Minute}, logger, nil, nil)
+	eng, err := openDataDir(dir, o.storeConfig("event"), ingestConfig{lateness: time.Hour, futureSkew: 5 * time.Minute}, logger, nil, nil)
 	if err != nil {
 		return err
 	}

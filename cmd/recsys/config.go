@@ -258,6 +258,15 @@ func (c *storeConfig) bindFlags(fs *pflag.FlagSet) {
 	c.Models.bindFlags(fs)
 }
 
+// defaultStoreConfig is the store's configuration as serve has it with
+// no flag given: the benches start from it, so that they measure what
+// serve runs (a zero modelConfig, for one, turns the MF index off).
+func defaultStoreConfig() storeConfig {
+	var c storeConfig
+	c.bindFlags(pflag.NewFlagSet("defaults", pflag.ContinueOnError))
+	return c
+}
+
 func (c *storeConfig) validate() error {
 	if c.State.MemoryLimit != 0 {
 		if _, err := featurestore.SplitMemory(int64(c.State.MemoryLimit)); err != nil {

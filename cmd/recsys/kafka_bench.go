@@ -67,7 +67,9 @@ func newBenchEnv(ctx context.Context, kc *kafkaConfig, name string) (*benchEnv, 
 	if err := kafka.CreateTopic(ctx, kc.Brokers, topic, 4); err != nil {
 		return nil, err
 	}
-	eng, err := openDataDir(dir, storeConfig{Clock: "event", State: stateConfig{WindowCacheMB: 256}}, ingestConfig{lateness: time.Hour, futureSkew: 5 * time.Minute, kafka: true}, slog.New(slog.NewTextHandler(io.Discard, nil)), nil, nil)
+	sc := defaultStoreConfig()
+	sc.Clock = "event"
+	eng, err := openDataDir(dir, sc, ingestConfig{lateness: time.Hour, futureSkew: 5 * time.Minute, kafka: true}, slog.New(slog.NewTextHandler(io.Discard, nil)), nil, nil)
 	if err != nil {
 		return nil, err
 	}

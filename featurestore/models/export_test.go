@@ -1,6 +1,11 @@
 package models
 
-import "fmt"
+import (
+	"bytes"
+	"fmt"
+	"math"
+	"slices"
+)
 
 // What the external tests (package models_test) need of the models'
 // internals.
@@ -81,3 +86,61 @@ func (m *Models) WaitMFBuild() { m.mf.wg.Wait() }
 
 // CachedNeighbors returns how many neighbour records the writer caches.
 func (m *Models) CachedNeighbors() int { return m.neighbors.Len() }
+
+// CheckReaderCaches compares every record the readers' caches hold (user
+// and item models, neighbour records) with the committed one decoded from
+// the store, and returns how many it compared.
+func (m *Models) CheckReaderCaches() (int, error) {
+	n := 0
+	for _, id := range m.userReads.Keys() {
+		n++
+		c, _, _ := m.userReads.Get(id)
+		want, found, err := m.readUser(m.st, id)
+		if err != nil {
+			return n, err
+		}
+		if (c != nil) != found || c != nil && !bytes.Equal(c.appendTo(nil), want.appendTo(nil)) {
+			return n, fmt.Errorf("user %s: cached %+v, committed %+v (found %v)", id, c, want, found)
+		}
+	}
+	for _, id := range m.itemReads.Keys() {
+		n++
+		c, _, _ := m.itemReads.Get(id)
+		want, found, err := m.readItem(m.st, id)
+		if err != nil {
+			return n, err
+		}
+		if (c != nil) != found || c != nil && !bytes.Equal(c.appendTo(nil), want.appendTo(nil)) {
+			return n, fmt.Errorf("item %s: cached %+v, committed %+v (found %v)", id, c, want, found)
+		}
+	}
+	for _, id := range m.reads.Keys() {
+		n++
+		c, _, _ := m.reads.Get(id)
+		want := &neighborRecord{LogMass: math.Inf(-1)}
+		if _, err := readModel(m.st, neighborKey(id), "neighbours of", id, want); err != nil {
+			return n, err
+		}
+		if c.LogMass != want.LogMass || !slices.Equal(c.List, want.List) {
+			return n, fmt.Errorf("neighbours of %s: cached %v %v, committed %v %v", id, c.LogMass, c.List, want.LogMass, want.List)
+		}
+		for i, p := range c.List {
+			if c.find(p.ID) != i {
+				return n, fmt.Errorf("neighbours of %s: the index finds %s at %d, not %d", id, p.ID, c.find(p.ID), i)
+			}
+		}
+	}
+	return n, nil
+}
+
+// ReaderLookups returns the hits and misses of the readers' caches of
+// user and item models and of neighbour records, summed.
+func (m *Models) ReaderLookups() (hits, misses int64) {
+	for _, st := range m.CacheStats() {
+		switch st.Name {
+		case "model_user_reads", "model_item_reads", "model_neighbor_reads":
+			hits, misses = hits+st.Hits, misses+st.Misses
+		}
+	}
+	return hits, misses
+}

@@ -1429,3 +1429,50 @@ func TestDecayHalfLifeChangeRescales(t *testing.T) {
 	defer s.Close()
 	check("reopened again with 30 days", neighborScores(t, s), after)
 }
+
+// The readers' caches hold the committed records after every batch: the
+// cached records a batch changes take their new values at the publication
+// (readers find them without reading Pebble again), and none is older
+// than the committed one.
+func TestReaderCachesReplacedAtPublication(t *testing.T) {
+	log := modelStream(5, 600)
+	s := openModelStore(t, vfs.NewMem(), "db", smallModels)
+	read := func() {
+		for u := range 9 { // u8 has no model: its absence is cached
+			if _, _, err := s.M.User(s.Store, fmt.Sprint("u", u)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for i := range 17 {
+			id := fmt.Sprint("i", i)
+			if _, _, err := s.M.Item(s.Store, id); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.M.Neighbors(s.Store, id, 3); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	p := 0
+	for k := 0; p < len(log); k++ {
+		q := min(len(log), p+50)
+		mustApply(t, s, log[q-1].Offset+1, log[p:q])
+		p = q
+		n, err := s.M.CheckReaderCaches()
+		if err != nil {
+			t.Fatalf("after batch %d: %v", k, err)
+		}
+		h0, m0 := s.M.ReaderLookups()
+		read()
+		h1, m1 := s.M.ReaderLookups()
+		if k == 0 {
+			continue
+		}
+		if n != 9+2*17 {
+			t.Fatalf("after batch %d: the readers' caches hold %d records, want %d", k, n, 9+2*17)
+		}
+		if m1 != m0 {
+			t.Fatalf("after batch %d: %d of %d lookups missed the readers' caches", k, m1-m0, h1-h0+m1-m0)
+		}
+	}
+}

@@ -83,6 +83,18 @@ func (m *Models) pairsFrom(r *neighborRecord) *pairRecord {
 	return p
 }
 
+// readerRecord is r in the readers' form: the record a reader decodes
+// from Pebble once r's batch is committed (the pairs in the same order),
+// its index built.
+func (m *Models) readerRecord(r *pairRecord) *neighborRecord {
+	nr := &neighborRecord{LogMass: r.LogMass, List: make([]neighbor, len(r.P))}
+	for i, h := range r.P {
+		nr.List[i] = neighbor{ID: m.names[h], LogC: r.C[i], LogMass: r.M[i]}
+	}
+	nr.find("")
+	return nr
+}
+
 // sigBit is partner h's bit in pairRecord.sig: a multiplicative hash, as
 // handles are consecutive.
 func sigBit(h int32) uint32 { return (uint32(h) * 0x9e3779b1) >> 22 }

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"slices"
 	"sync/atomic"
 
 	"github.com/streamrec/recsys/featurestore"
@@ -94,6 +95,16 @@ type Item struct {
 	Seq   int64 // creation order: the item's row in the factor table
 	Vec   []float32
 	Users []featurestore.Recent // recent distinct users, newest first
+}
+
+// clone returns a copy of u that shares nothing mutable with it.
+func (u *User) clone() *User {
+	return &User{History: slices.Clone(u.History), Events: u.Events, Vec: slices.Clone(u.Vec)}
+}
+
+// clone returns a copy of it that shares nothing mutable with it.
+func (it *Item) clone() *Item {
+	return &Item{Seq: it.Seq, Vec: slices.Clone(it.Vec), Users: slices.Clone(it.Users)}
 }
 
 // neighbor is one co-occurring item in a neighbour record.

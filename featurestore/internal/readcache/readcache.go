@@ -23,6 +23,8 @@ type Cache[V any] struct {
 	// each) are kept at most maxBytes.
 	maxBytes, bytes int64
 	size            func(V) int64
+	// hits and misses count Get's answers.
+	hits, misses int64
 }
 
 type entry[V any] struct {
@@ -51,7 +53,19 @@ func (c *Cache[V]) Get(key string) (v V, ok bool, gen uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.m[key]
+	if ok {
+		c.hits++
+	} else {
+		c.misses++
+	}
 	return e.v, ok, c.gen
+}
+
+// Lookups returns how many Gets found their key and how many did not.
+func (c *Cache[V]) Lookups() (hits, misses int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.hits, c.misses
 }
 
 // Put caches v for key unless an invalidation happened since the Get
@@ -95,6 +109,56 @@ func (c *Cache[V]) Put(key string, v V, gen uint64) {
 	c.bytes += n
 }
 
+// Cached reports whether key is cached now. The writer asks it before a
+// commit, to make the new values of the cached keys it changes (a reader
+// will want them again) for Replace.
+func (c *Cache[V]) Cached(key string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.m[key]
+	return ok
+}
+
+// Replace is Invalidate of keys, except that the keys of fresh that are
+// still cached take their new values from it instead of being dropped:
+// readers find the committed value of a hot record without reading it
+// again. The writer calls it once the values are committed, when no
+// reader may read an older one (under the store's publication).
+func (c *Cache[V]) Replace(keys []string, fresh map[string]V) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gen++
+	for _, k := range keys {
+		e, ok := c.m[k]
+		if !ok {
+			continue
+		}
+		c.bytes -= e.n
+		v, ok := fresh[k]
+		if !ok {
+			delete(c.m, k)
+			continue
+		}
+		var n int64
+		if c.maxBytes > 0 {
+			n = c.size(v) + EntryOverhead
+		}
+		c.m[k] = entry[V]{v: v, n: n}
+		c.bytes += n
+	}
+	// New values may be larger: drop entries (in the map's random order)
+	// until the cache is within its bytes again.
+	if c.maxBytes > 0 {
+		for k, e := range c.m {
+			if c.bytes <= c.maxBytes {
+				break
+			}
+			c.bytes -= e.n
+			delete(c.m, k)
+		}
+	}
+}
+
 // Invalidate drops keys. The writer calls it once their new values (or
 // their deletion) are committed.
 func (c *Cache[V]) Invalidate(keys ...string) {
@@ -124,6 +188,17 @@ func (c *Cache[V]) Bytes() int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.bytes
+}
+
+// Keys returns the cached keys, in no order.
+func (c *Cache[V]) Keys() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	keys := make([]string, 0, len(c.m))
+	for k := range c.m {
+		keys = append(keys, k)
+	}
+	return keys
 }
 
 // Len returns the number of entries.

@@ -114,3 +114,39 @@ func TestBytesBound(t *testing.T) {
 		}
 	}
 }
+
+// Replace gives the cached keys of fresh their new values, drops the
+// other cached keys, adds no key that was not cached, and drops a Put of
+// a value read before it.
+func TestReplace(t *testing.T) {
+	c := NewSized[string](8, 1000, func(v string) int64 { return int64(len(v)) })
+	for _, k := range []string{"a", "b", "c"} {
+		_, _, gen := c.Get(k)
+		c.Put(k, k+"0", gen)
+	}
+	_, _, gen := c.Get("d") // a read in flight across the commit
+	if !c.Cached("a") || c.Cached("d") {
+		t.Fatalf("Cached(a), Cached(d) = %v, %v; want true, false", c.Cached("a"), c.Cached("d"))
+	}
+	c.Replace([]string{"a", "b", "x"}, map[string]string{"a": "a1", "x": "x1"})
+	c.Put("d", "d0", gen)
+	want := map[string]string{"a": "a1", "c": "c0"}
+	for _, k := range []string{"a", "b", "c", "d", "x"} {
+		v, ok, _ := c.Get(k)
+		if w, in := want[k]; ok != in || v != w {
+			t.Errorf("Get(%s) = %q %v, want %q %v", k, v, ok, w, in)
+		}
+	}
+	if got, want := c.Bytes(), int64(2*(2+EntryOverhead)); got != want {
+		t.Errorf("Bytes = %d, want %d", got, want)
+	}
+	// A larger new value is weighed, and the cache kept within its bytes.
+	big := string(make([]byte, 1000-EntryOverhead))
+	c.Replace([]string{"a"}, map[string]string{"a": big})
+	if c.Bytes() > 1000 {
+		t.Errorf("Bytes = %d after a larger value, want at most 1000", c.Bytes())
+	}
+	if h, m := c.Lookups(); h != 2 || m != 7 {
+		t.Errorf("Lookups = %d hits, %d misses; want 2, 7", h, m)
+	}
+}

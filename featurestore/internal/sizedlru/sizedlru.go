@@ -26,6 +26,8 @@ type Cache[K comparable, V any] struct {
 	size     func(V) int64
 	bytes    int64
 	maxBytes int64
+	// hits and misses count Get's answers (Peek is not counted).
+	hits, misses int64
 }
 
 type entry[V any] struct {
@@ -49,7 +51,19 @@ func (c *Cache[K, V]) Get(key K) (V, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.lru.Get(key)
+	if ok {
+		c.hits++
+	} else {
+		c.misses++
+	}
 	return e.v, ok
+}
+
+// Lookups returns how many Gets found their key and how many did not.
+func (c *Cache[K, V]) Lookups() (hits, misses int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.hits, c.misses
 }
 
 // Peek returns key's value without marking it used.
