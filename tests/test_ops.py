@@ -7,6 +7,7 @@ RESOURCE_EXHAUSTED), its metrics and the memory after a burst."""
 from __future__ import annotations
 
 import json
+import random
 import re
 import shutil
 import socket
@@ -756,3 +757,30 @@ def test_overload_grpc(overloaded, pb):
     assert (metric(after, dur, listener="grpc", method=m, code="OK")
             - metric(before, dur, listener="grpc", method=m, code="OK")) == codes.count(grpc.StatusCode.OK)
     assert metric(after, "process_resident_memory_bytes") < 2**30
+
+
+def test_dashboard_metrics_exported(server):
+    """Every metric the Grafana dashboard queries is one /metrics exports
+    (after some traffic: labelled families appear with their first
+    sample), so a renamed metric cannot leave a panel silently empty."""
+    rng = random.Random(3)
+    from test_window_state import BASE_TS, events
+    evs = events(rng, 200, BASE_TS)
+    assert server.ingest(evs)["accepted"] == len(evs)
+    server.wait_caught_up()
+    u, i = evs[0]["user_id"], evs[0]["item_id"]
+    assert server.post("/v1/features:get", json={"view": "item_features", "ids": [i]}).status_code == 200
+    assert server.get(f"/v1/users/{u}/recommendations?k=5").status_code == 200
+    dash = json.loads((Path(__file__).parent.parent / "serving/dashboards/recsys.json").read_text())
+    queried = set()
+    for panel in dash["panels"]:
+        for t in panel.get("targets", []):
+            queried |= set(re.findall(r"\b((?:recsys|go|process)_[a-z0-9_]+)", t["expr"]))
+    text = server.get("/metrics").text
+    exported = set(re.findall(r"^# TYPE (\S+) ", text, re.M))
+    # Only an overload, which this test does not cause, makes the first
+    # sample of this one (test_overload_rest checks it).
+    on_event = {"recsys_server_overload_rejections_total"}
+    missing = sorted(n for n in queried - on_event if re.sub(r"_(bucket|count|sum)$", "", n) not in exported)
+    assert not missing, missing
+    assert len(queried) > 20, queried
