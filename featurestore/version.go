@@ -190,6 +190,17 @@ func (v *Version) User(id string) (UserRecord, bool, error) {
 // Item returns the record of item id, through the read cache of item
 // records (a recommendation reads hundreds).
 func (v *Version) Item(id string) (ItemRecord, bool, error) {
+	rec, err := v.ItemRef(id)
+	if err != nil || rec == nil {
+		return ItemRecord{Pop: math.Inf(-1)}, false, err
+	}
+	return *rec, true, nil
+}
+
+// ItemRef is Item without the copy, for readers of hundreds of items: the
+// record (nil when the item has none) is shared with other readers through
+// the read cache and must not be modified.
+func (v *Version) ItemRef(id string) (*ItemRecord, error) {
 	s := v.s
 	rec, ok, gen := s.itemReads.Get(id)
 	if !ok {
@@ -199,17 +210,14 @@ func (v *Version) Item(id string) (ItemRecord, bool, error) {
 			err = rec.decode(b)
 		}
 		if err != nil {
-			return ItemRecord{}, false, err
+			return nil, err
 		}
 		if !found {
 			rec = nil // a miss is cached too: candidates of expired items
 		}
 		s.itemReads.Put(id, rec, gen)
 	}
-	if rec == nil {
-		return ItemRecord{Pop: math.Inf(-1)}, false, nil
-	}
-	return *rec, true, nil
+	return rec, nil
 }
 
 // Purchased reports whether user bought item.

@@ -447,7 +447,7 @@ func (b *batch) Learn(ev *featurestore.Event, urec *featurestore.UserRecord, ire
 			}
 			// Read the factors without marking the item's record dirty: the
 			// ranker does not change it.
-			vec := m.itemVec(id)
+			vec := m.tableVec(id) // the writer: see tableVec
 			if hm, ok := b.items[id]; ok {
 				vec = hm.Vec
 			}

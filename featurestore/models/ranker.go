@@ -286,14 +286,20 @@ func (m *Models) Context(src featurestore.Reader, u *User, rec *featurestore.Use
 // Now is the context's time.
 func (ctx *Context) Now() int64 { return ctx.now }
 
-// Similar returns, per item, the recency- and behavior-weighted similarity
-// to the user's history (a context with neighbours only).
-func (ctx *Context) Similar() []featurestore.Scored {
-	out := make([]featurestore.Scored, len(ctx.sims))
-	for i, e := range ctx.sims {
-		out[i] = featurestore.Scored{ItemID: e.id, Score: e.score}
+// TopSimilar returns the k items most similar to the user's history (by
+// the recency- and behavior-weighted similarity; a context with
+// neighbours only), best first, those with a positive score alone.
+func (ctx *Context) TopSimilar(k int) []featurestore.Scored {
+	if k <= 0 {
+		return nil
 	}
-	return out
+	t := featurestore.NewTopK(k)
+	for _, e := range ctx.sims {
+		if e.score > 0 {
+			t.Offer(featurestore.Scored{ItemID: e.id, Score: e.score})
+		}
+	}
+	return t.Best()
 }
 
 // Because returns the history item that contributed most to item id's
@@ -600,7 +606,7 @@ func (b *batch) learnHistoryPairs(ctx *Context, ev *featurestore.Event, pos *can
 		if err != nil {
 			return err
 		}
-		vec := b.m.itemVec(id)
+		vec := b.m.tableVec(id) // the writer: see tableVec
 		if hm, ok := b.items[id]; ok {
 			vec = hm.Vec
 		}

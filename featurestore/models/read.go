@@ -155,8 +155,12 @@ func (r Ranker) ScoreAll(ctx *Context, ids []string, items map[string]*featurest
 		logit, adj float64
 	}
 	var mine []own
+	// The factors are read in the table, under one read lock for every
+	// candidate (a copy each was a tenth of a recommendation's allocations).
+	r.m.table.RLock()
+	defer r.m.table.RUnlock()
 	for i, id := range ids {
-		ci := candidateInfo{ID: id, Item: items[id], Vec: r.m.itemVec(id)}
+		ci := candidateInfo{ID: id, Item: items[id], Vec: r.m.tableVec(id)}
 		x := r.m.rankFeatures(ctx, &ci)
 		scores[i] = predict(r.w, &x)
 		if _, _, ok := ctx.History(id); ok && len(r.hw) == len(x) && len(r.w) == len(x) {
@@ -184,16 +188,17 @@ func (r Ranker) ScoreAll(ctx *Context, ids []string, items map[string]*featurest
 	return scores
 }
 
-// itemVec returns a copy of item id's factors, or nil.
-func (m *Models) itemVec(id string) []float32 {
-	m.table.RLock()
-	defer m.table.RUnlock()
+// tableVec returns item id's factors in the table itself, or nil: valid
+// while the caller holds m.table's lock, or inside Apply (Learn): the
+// table changes only in Publish, expiry and Abort, which the store runs
+// under the same apply lock.
+func (m *Models) tableVec(id string) []float32 {
 	i, ok := m.table.idx[id]
 	if !ok {
 		return nil
 	}
 	d := m.opts.Dim
-	return slices.Clone(m.table.vecs[int(i)*d : int(i+1)*d])
+	return m.table.vecs[int(i)*d : int(i+1)*d : int(i+1)*d]
 }
 
 // MFTop returns the k items best by the dot product of their factors

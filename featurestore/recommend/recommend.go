@@ -102,6 +102,11 @@ type Recommendation struct {
 
 var pastTense = [...]string{"viewed", "carted", "favorited", "bought"}
 
+// candidatesHint is about how many candidates a full recommendation
+// gathers (up to 100 similar items, 50 of similar users, 50 of MF, 60 of
+// the categories, trending, 30 popular and the history), to size its maps.
+const candidatesHint = 384
+
 type candidate struct {
 	id     string
 	reason string
@@ -176,7 +181,7 @@ func (r *Recommender) Recommend(user string, o Options) ([]Recommendation, error
 			return nil, err
 		}
 	}
-	items := make(map[string]*featurestore.ItemRecord)
+	items := make(map[string]*featurestore.ItemRecord, candidatesHint)
 	var ferr error
 	// keep reports whether item passes every filter.
 	keep := func(id string) bool {
@@ -201,16 +206,12 @@ func (r *Recommender) Recommend(user string, o Options) ([]Recommendation, error
 		if o.Category != "" || o.Method == MethodFull {
 			it, ok := items[id]
 			if !ok {
-				rec, found, err := s.Item(id)
-				if err != nil {
+				var err error
+				if it, err = s.ItemRef(id); err != nil {
 					ferr = err
 					return false
 				}
-				it = nil
-				if found {
-					it = &rec
-				}
-				items[id] = it
+				items[id] = it // shared: never modified
 			}
 			if o.Category != "" && (it == nil || it.CategoryID != o.Category) {
 				return false
@@ -245,7 +246,7 @@ func (r *Recommender) Recommend(user string, o Options) ([]Recommendation, error
 			}
 		}
 	case MethodItem2Item:
-		for _, c := range featurestore.TopScored(ctx.Similar(), margin+own) {
+		for _, c := range ctx.TopSimilar(margin + own) {
 			if keep(c.ItemID) {
 				out = append(out, Recommendation{ItemID: c.ItemID, Score: c.Score, Reason: similarReason(ctx, c.ItemID)})
 			}
@@ -309,21 +310,26 @@ func similarReason(ctx *models.Context, id string) string {
 func (r *Recommender) recommendFull(s *featurestore.Version, user string, o Options, ctx *models.Context, urec *featurestore.UserRecord, um *models.User,
 	keep func(string) bool, items map[string]*featurestore.ItemRecord) ([]Recommendation, error) {
 	m := r.m
-	cands := make(map[string]*candidate)
+	// The candidates in the order first offered, indexed by id: about 300
+	// of them, in one slice instead of an allocation each.
+	cands := make([]candidate, 0, candidatesHint)
+	at := make(map[string]int32, candidatesHint)
 	// add offers a candidate from a source; rank is its position there.
 	add := func(id, reason string, rank int, sourceWeight float64) {
 		st := sourceWeight / float64(rank+1)
-		c, ok := cands[id]
+		i, ok := at[id]
 		if !ok {
-			cands[id] = &candidate{id: id, reason: reason, strength: st}
+			at[id] = int32(len(cands))
+			cands = append(cands, candidate{id: id, reason: reason, strength: st})
 			return
 		}
+		c := &cands[i]
 		if st > c.strength {
 			c.reason = reason
 		}
 		c.strength += st
 	}
-	for i, c := range featurestore.TopScored(ctx.Similar(), 100) {
+	for i, c := range ctx.TopSimilar(100) {
 		add(c.ItemID, similarReason(ctx, c.ItemID), i, 1.0)
 	}
 	u2u, err := r.userToUser(s, user, um, 50)
@@ -380,9 +386,9 @@ func (r *Recommender) recommendFull(s *featurestore.Version, user string, o Opti
 
 	ranker := m.Ranker()
 	list := make([]*candidate, 0, len(cands))
-	for _, c := range cands {
-		if keep(c.id) {
-			list = append(list, c)
+	for i := range cands {
+		if keep(cands[i].id) {
+			list = append(list, &cands[i])
 		}
 	}
 	if ranker.Version() > 0 {
@@ -539,7 +545,10 @@ func (r *Recommender) userToUser(v *featurestore.Version, user string, um *model
 	for _, h := range um.History {
 		mine[h.Item] = true
 	}
-	scores := make(map[string]*acc)
+	// The items of the similar users in the order first met, indexed by id.
+	accs := make([]acc, 0, len(sims)*models.HistoryForScoring)
+	at := make(map[string]int32, len(sims)*models.HistoryForScoring)
+	ids := make([]string, 0, len(sims)*models.HistoryForScoring)
 	for _, su := range sims {
 		vm, _, err := r.m.User(v, su.UserID)
 		if err != nil {
@@ -552,18 +561,21 @@ func (r *Recommender) userToUser(v *featurestore.Version, user string, um *model
 			if mine[h.Item] {
 				continue
 			}
-			a, ok := scores[h.Item]
+			k, ok := at[h.Item]
 			if !ok {
-				a = &acc{beh: h.Behavior}
-				scores[h.Item] = a
+				k = int32(len(accs))
+				at[h.Item] = k
+				accs = append(accs, acc{beh: h.Behavior})
+				ids = append(ids, h.Item)
 			}
+			a := &accs[k]
 			a.score += su.Score * r.m.Weight(h.Behavior)
 			a.beh = models.Strongest(a.beh, h.Behavior)
 		}
 	}
-	out := make([]candidate, 0, len(scores))
-	for id, a := range scores {
-		out = append(out, candidate{id: id, strength: a.score})
+	out := make([]candidate, len(accs))
+	for k, a := range accs {
+		out[k] = candidate{id: ids[k], strength: a.score}
 	}
 	slices.SortFunc(out, func(a, b candidate) int {
 		if a.strength != b.strength {
@@ -575,7 +587,7 @@ func (r *Recommender) userToUser(v *featurestore.Version, user string, um *model
 		out = out[:k]
 	}
 	for i := range out {
-		out[i].reason = "users like you " + pastTense[scores[out[i].id].beh] + " it"
+		out[i].reason = "users like you " + pastTense[accs[at[out[i].id]].beh] + " it"
 	}
 	return out, nil
 }
