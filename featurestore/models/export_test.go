@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math"
 	"slices"
+
+	"github.com/streamrec/recsys/featurestore/internal/readcache"
 )
 
 // What the external tests (package models_test) need of the models'
@@ -91,28 +93,13 @@ func (m *Models) CachedNeighbors() int { return m.neighbors.Len() }
 // and item models, neighbour records) with the committed one decoded from
 // the store, and returns how many it compared.
 func (m *Models) CheckReaderCaches() (int, error) {
-	n := 0
-	for _, id := range m.userReads.Keys() {
-		n++
-		c, _, _ := m.userReads.Get(id)
-		want, found, err := m.readUser(m.st, id)
-		if err != nil {
-			return n, err
-		}
-		if (c != nil) != found || c != nil && !bytes.Equal(c.appendTo(nil), want.appendTo(nil)) {
-			return n, fmt.Errorf("user %s: cached %+v, committed %+v (found %v)", id, c, want, found)
-		}
+	n, err := checkCached(m.userReads, "user", func(id string) (*User, bool, error) { return m.readUser(m.st, id) })
+	if err != nil {
+		return n, err
 	}
-	for _, id := range m.itemReads.Keys() {
-		n++
-		c, _, _ := m.itemReads.Get(id)
-		want, found, err := m.readItem(m.st, id)
-		if err != nil {
-			return n, err
-		}
-		if (c != nil) != found || c != nil && !bytes.Equal(c.appendTo(nil), want.appendTo(nil)) {
-			return n, fmt.Errorf("item %s: cached %+v, committed %+v (found %v)", id, c, want, found)
-		}
+	k, err := checkCached(m.itemReads, "item", func(id string) (*Item, bool, error) { return m.readItem(m.st, id) })
+	if n += k; err != nil {
+		return n, err
 	}
 	for _, id := range m.reads.Keys() {
 		n++
@@ -143,4 +130,27 @@ func (m *Models) ReaderLookups() (hits, misses int64) {
 		}
 	}
 	return hits, misses
+}
+
+// checkCached compares every record of readers' cache c (nil: cached
+// absence) with the committed one read, by their encodings.
+func checkCached[T interface {
+	comparable
+	appendTo([]byte) []byte
+}](c *readcache.Cache[T], what string, read func(string) (T, bool, error)) (int, error) {
+	n := 0
+	for _, id := range c.Keys() {
+		n++
+		v, _, _ := c.Get(id)
+		want, found, err := read(id)
+		if err != nil {
+			return n, err
+		}
+		var none T
+		cached := v != none
+		if cached != found || cached && !bytes.Equal(v.appendTo(nil), want.appendTo(nil)) {
+			return n, fmt.Errorf("%s %s: cached %+v, committed %+v (found %v)", what, id, v, want, found)
+		}
+	}
+	return n, nil
 }
