@@ -69,6 +69,44 @@ func BenchmarkGet500(b *testing.B) {
 	benchGet500(b, benchStore(b), false)
 }
 
+// BenchmarkGet500Warm is BenchmarkGet500 once every user's window state
+// is materialized: the steady state of online reads, where the first read
+// of each user (the build) is behind.
+func BenchmarkGet500Warm(b *testing.B) {
+	s := benchStore(b)
+	rng := rand.New(rand.NewPCG(3, 4))
+	applyBenchEvents(b, s, rng, 50, benchBatch)
+	idx, err := UserView.Resolve(nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	all := make([]string, benchUsers)
+	for i := range all {
+		all[i] = "u" + strconv.Itoa(i)
+	}
+	for i := 0; i < len(all); i += 500 {
+		if _, err := s.Get(UserView, all[i:i+500], idx, evNow(s)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if st := s.WindowStateStats(); st.Entries < benchUsers*9/10 {
+		b.Fatalf("%d users' window state materialized, want nearly all %d", st.Entries, benchUsers)
+	}
+	ids := make([]string, 500)
+	b.ReportAllocs()
+	for b.Loop() {
+		b.StopTimer()
+		for i := range ids {
+			ids[i] = all[rng.IntN(benchUsers)]
+		}
+		b.StartTimer()
+		rows, err := s.Get(UserView, ids, idx, evNow(s))
+		if err != nil || len(rows) != len(ids) {
+			b.Fatal(len(rows), err)
+		}
+	}
+}
+
 // BenchmarkGet500Disk is BenchmarkGet500 on files: the rows are read from
 // flushed tables through the block cache rather than from memtables.
 func BenchmarkGet500Disk(b *testing.B) {

@@ -300,6 +300,36 @@ func (r *reader) decode(rec []byte) (*Counters, error) {
 	return c, nil
 }
 
+// decodeEntry is decode of the record of the entity's materialized state
+// e, decoded once for all the reads of e: an entry is immutable, and so is
+// its record.
+func (r *reader) decodeEntry(e *winEntry) (*Counters, error) {
+	d := e.dec.Load()
+	if d == nil {
+		d = &decodedRec{}
+		var err error
+		switch r.v.Entity {
+		case "user":
+			err = d.u.decode(e.rec)
+		case "item":
+			err = d.it.decode(e.rec)
+		}
+		if err != nil {
+			return nil, err
+		}
+		e.dec.Store(d)
+	}
+	switch r.v.Entity {
+	case "user":
+		r.u = d.u // shares the record's lists, which readers do not modify
+		return &r.u.Counters, nil
+	case "item":
+		r.it = d.it
+		return &r.it.Counters, nil
+	}
+	return nil, nil
+}
+
 // valuesOf fills out for entity id whose record r decoded, with counters
 // c, as of r.rt.
 func (r *reader) valuesOf(id string, c *Counters, out []Value) error {
@@ -698,7 +728,12 @@ func (s *Store) readRows(snap pebble.Reader, v *View, idx []int, now int64, rows
 	}()
 	var at []byte // dense: the iterator is at the first key >= at
 	key := slices.Clone(v.prefix)
-	for i := 0; i < len(order); {
+	// The entities' materialized state, looked up at once.
+	var ents []*winEntry
+	if wc != nil {
+		ents = wc.getRuns(v.kind, rd.bounds, order, func(r int) string { return rows[r].ID }, ts)
+	}
+	for i, run := 0, 0; i < len(order); run++ {
 		id := rows[order[i]].ID
 		j := i + 1
 		for j < len(order) && rows[order[j]].ID == id {
@@ -709,9 +744,9 @@ func (s *Store) readRows(snap pebble.Reader, v *View, idx []int, now int64, rows
 		rd.ent = nil
 		if wc != nil {
 			// The entity's materialized state holds its record: no seek.
-			if e := wc.get(winKey{v.kind, id}, rd.bounds, ts[order[i]]); e != nil {
+			if e := ents[run]; e != nil {
 				var err error
-				if c, err = rd.decode(e.rec); err != nil {
+				if c, err = rd.decodeEntry(e); err != nil {
 					return fmt.Errorf("get %s %q: %w", v.Name, id, err)
 				}
 				rd.ent = e

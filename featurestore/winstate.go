@@ -2,9 +2,11 @@ package featurestore
 
 import (
 	"cmp"
+	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/axiomhq/hyperloglog"
 )
@@ -77,11 +79,38 @@ type winEntry struct {
 	// online read needs no Pebble read at all.
 	rec  []byte
 	size int64
+	// last is the newest event time in events (math.MinInt64 if none): a
+	// read as of last or later counts every event, so its sums depend on
+	// the window's edges alone (see sum).
+	last int64
 	memo atomic.Pointer[distinctMemo]
+	sums atomic.Pointer[[]sumMemo]
+	dec  atomic.Pointer[decodedRec] // rec decoded, by the first reader
+}
+
+// decodedRec is an entry's record decoded (a user's or an item's).
+type decodedRec struct {
+	u  UserRecord
+	it ItemRecord
 }
 
 // distinctMemo is the last distinct count read from an entry.
 type distinctMemo struct{ lo, hi, n, newest int64 }
+
+// sumMemo is a window's sum read from an entry as of a time at or past its
+// newest event, with the edges it was read at: a read of the same window
+// with the same edges, as of any time at or past the newest event, sums
+// the same tiles and events. Online reads are at the store's clock, so
+// all of them but the first in each 5 minutes of a window's edges read
+// the memo: a lookup instead of four binary searches per behavior.
+type sumMemo struct {
+	w, lo, hour int64
+	sum         windowSum
+}
+
+// maxSumMemos bounds the memos of an entry (the views' windows, in
+// practice, are a handful).
+const maxSumMemos = 8
 
 // winBounds are the longest windows of one kind of entity in the store's
 // views, by what they read: 1-hour tiles, events, sketches.
@@ -117,6 +146,8 @@ const (
 	tileBytes     = 16 // per behavior counted
 	eventBytes    = 8
 	sketchBytes   = 64 // plus its encoded size
+	memoBytes     = 24 + maxSumMemos*int64(unsafe.Sizeof(sumMemo{}))
+	decodedBytes  = int64(unsafe.Sizeof(decodedRec{}))
 )
 
 // winCache holds the entries. Its mutex guards the map; the entries
@@ -175,18 +206,32 @@ func (e *winEntry) covers(b winBounds, t int64) bool {
 	return c >= e.coarseLo && f >= e.fineLo && d >= e.distLo
 }
 
-// get returns the entry of k if it answers reads as of t by windows up to
-// b. Only a reader holding a pinned version may call it.
-func (c *winCache) get(k winKey, b winBounds, t int64) *winEntry {
+// getRuns returns, for the i-th run of equal ids in order (rows sorted
+// by id, see readRows), the entry of that entity of kind if it answers
+// reads as of the time of the run's first row by windows up to b, or nil;
+// all under one lock. Only a reader holding a pinned version may call it.
+func (c *winCache) getRuns(kind byte, b winBounds, order []int, id func(r int) string, ts []int64) []*winEntry {
+	var ents []*winEntry
+	hits, misses := int64(0), int64(0)
 	c.mu.Lock()
-	e := c.lookup(k)
-	c.mu.Unlock()
-	if e != nil && e.covers(b, t) {
-		c.hits.Add(1)
-		return e
+	m := c.kindMap(kind)
+	for i := 0; i < len(order); {
+		k := id(order[i])
+		e := m[k]
+		if e != nil && e.covers(b, ts[order[i]]) {
+			hits++
+		} else {
+			e = nil
+			misses++
+		}
+		ents = append(ents, e)
+		for i++; i < len(order) && id(order[i]) == k; i++ {
+		}
 	}
-	c.misses.Add(1)
-	return nil
+	c.mu.Unlock()
+	c.hits.Add(hits)
+	c.misses.Add(misses)
+	return ents
 }
 
 // put caches e for k. Only a reader holding a pinned version may call it,
@@ -324,10 +369,15 @@ func (c *winCache) build(wr *windowReader, kind byte, id string, rec []byte, b w
 	return e, nil
 }
 
+// resize sets e's size and newest event time.
 func (e *winEntry) resize() {
-	e.size = entryOverhead + int64(len(e.rec))
+	e.size = entryOverhead + memoBytes + decodedBytes + 3*int64(len(e.rec)) // rec, and decoded
+	e.last = math.MinInt64
 	for b := range e.coarse {
 		e.size += int64(cap(e.coarse[b].start))*tileBytes + int64(cap(e.events[b]))*eventBytes
+		if ts := e.events[b]; len(ts) > 0 {
+			e.last = max(e.last, ts[len(ts)-1])
+		}
 	}
 	for _, h := range e.hours {
 		e.size += h.size
@@ -356,6 +406,20 @@ func (e *winEntry) sum(asOf int64, win windowSpec) windowSum {
 	if coarse {
 		fineFrom = max(lo, hour)
 	}
+	// As of the newest event or later, every event up to asOf is every
+	// event: the sum is a function of (win, lo, hour).
+	memoize := asOf >= e.last
+	var memos []sumMemo
+	if memoize {
+		if p := e.sums.Load(); p != nil {
+			memos = *p
+			for i := range memos {
+				if m := &memos[i]; m.w == win && m.lo == lo && m.hour == hour {
+					return m.sum
+				}
+			}
+		}
+	}
 	for b := range numBehaviors {
 		if h := &e.coarse[b]; coarse && len(h.start) > 0 {
 			i, _ := slices.BinarySearch(h.start, lo)
@@ -376,6 +440,18 @@ func (e *winEntry) sum(asOf int64, win windowSpec) windowSum {
 				ws.newest[b] = max(ws.newest[b], ts[j-1])
 			}
 		}
+	}
+	if memoize {
+		// A new slice (readers share the old one): this window's memo
+		// replaces the one of its older edges.
+		next := make([]sumMemo, 0, min(len(memos)+1, maxSumMemos))
+		for _, m := range memos {
+			if m.w != win && len(next) < maxSumMemos-1 {
+				next = append(next, m)
+			}
+		}
+		next = append(next, sumMemo{w: win, lo: lo, hour: hour, sum: ws})
+		e.sums.Store(&next)
 	}
 	return ws
 }

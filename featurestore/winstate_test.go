@@ -133,3 +133,74 @@ func TestWindowCacheExpiry(t *testing.T) {
 		t.Fatalf("after expiry: %d entries, want none", n)
 	}
 }
+
+// TestWindowSumMemo reads the windows of every materialized entry as of
+// random times around and past its newest event, the windows in random
+// order, and checks every sum against the same entry without memos: a
+// memo is used only where the sum cannot differ (a read as of the newest
+// event or later, the same window edges), and replaced when they move.
+func TestWindowSumMemo(t *testing.T) {
+	rng := rand.New(rand.NewPCG(11, 12))
+	log := genWindowLog(rng, windowLogSpec{n: 2000, users: 5, items: 20, cats: 3, span: 30 * hour})
+	s, err := Open("db", Options{FS: vfs.NewMem(), Logger: quietLogger(), Clock: "event"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	mustApply(t, s, uint64(len(log)), log)
+	maxTS := int64(0)
+	ids := map[*View][]string{}
+	for _, en := range log {
+		maxTS = max(maxTS, en.Event.TS)
+		for v, id := range map[*View]string{UserView: en.Event.UserID, ItemView: en.Event.ItemID} {
+			if !slices.Contains(ids[v], id) {
+				ids[v] = append(ids[v], id)
+			}
+		}
+	}
+	windows := []int64{hour, 2 * hour, 24 * hour, 7 * 24 * hour, 30 * 60 * 1000}
+	memoized := 0
+	for _, v := range []*View{UserView, ItemView} {
+		if _, err := s.Get(v, ids[v], allFeatures(v), ReadTime{Now: maxTS, AsOf: maxTS}); err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range ids[v] {
+			e := s.wins.lookup(winKey{v.kind, id})
+			if e == nil {
+				t.Fatalf("%s %s: no materialized state after a read", v.Name, id)
+			}
+			// The same state, never memoized.
+			plain := func() *winEntry {
+				return &winEntry{coarseLo: e.coarseLo, fineLo: e.fineLo, distLo: e.distLo, coarse: e.coarse, events: e.events, last: e.last}
+			}
+			for range 400 {
+				// Around the newest event, before it and after, and on
+				// the edges of 5 minutes and of hours (a window's oldest
+				// edge moves a millisecond after the hour of its newest).
+				asOf := e.last
+				switch r := rng.IntN(6); r {
+				case 0:
+					asOf -= rng.Int64N(3 * 60_000)
+				case 1:
+					asOf += rng.Int64N(3 * 60_000)
+				case 2, 3:
+					g := []int64{bfFine, hour, 24 * hour}[rng.IntN(3)]
+					asOf = bfFloor(e.last, g) + g*rng.Int64N(3) + rng.Int64N(3) - 1
+				case 4:
+					asOf += rng.Int64N(8 * 24 * hour)
+				}
+				w := windows[rng.IntN(len(windows))]
+				if asOf >= e.last {
+					memoized++
+				}
+				if got, want := e.sum(asOf, w), plain().sum(asOf, w); got != want {
+					t.Fatalf("%s %s window %d as of %s (newest event %s): memoized %+v, computed %+v", v.Name, id, w, fmtMS(asOf), fmtMS(e.last), got, want)
+				}
+			}
+		}
+	}
+	if memoized == 0 {
+		t.Fatal("no read as of the newest event or later: the memo was not tested")
+	}
+	t.Logf("%d reads past the newest event", memoized)
+}

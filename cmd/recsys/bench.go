@@ -287,6 +287,7 @@ func bench(ctx context.Context, o *benchOpts) error {
 		return ids
 	}
 	readStart := time.Now()
+	winBefore := eng.Store.WindowStateStats()
 	for _, n := range []int{1, 100, 500} {
 		type scenario struct {
 			name string
@@ -342,6 +343,7 @@ func bench(ctx context.Context, o *benchOpts) error {
 		return err
 	}
 	fmt.Printf("  ingest during the scenarios: %.0f events/s, largest apply lag seen %d events\n", float64(ingested)/time.Since(readStart).Seconds(), lagMax)
+	printWindowState(winBefore, eng.Store.WindowStateStats())
 	if err := benchRecommend(ctx, eng, hc, "http://"+hl.Addr().String(), evs, o); err != nil {
 		stopUpd()
 		return err
@@ -460,6 +462,17 @@ func printCacheHits(before, after map[string][2]int64) {
 		}
 	}
 	fmt.Printf("  readers' cache hits: %s\n", strings.Join(parts, ", "))
+}
+
+// printWindowState prints how the scenarios between before and after read
+// the materialized window state.
+func printWindowState(before, after featurestore.WindowStateStats) {
+	h, m := after.Hits-before.Hits, after.Misses-before.Misses
+	if h+m == 0 {
+		return
+	}
+	fmt.Printf("  window state: %.1f%% of %d entity reads hit, %d entries built by readers, %d updated by the writer; %d entries, %.1f MiB\n",
+		100*float64(h)/float64(h+m), h+m, after.Builds-before.Builds, after.Updates-before.Updates, after.Entries, float64(after.Bytes)/(1<<20))
 }
 
 // startProfile starts a CPU profile into path ("" profiles nothing) and
