@@ -241,8 +241,8 @@ func (s *Server) readFeatures(req *recsysv1.GetFeaturesRequest) (rd featureRead,
 		return rd, false, invalidArg("ids", "%d ids exceed the limit of %d", len(req.Ids), s.opts.MaxIDs)
 	}
 	for i, id := range req.Ids {
-		if ferr := updater.CheckID("ids", id); ferr != nil { // the field named only on an error
-			return rd, false, invalidArg(fmt.Sprintf("ids[%d]", i), "%s", ferr.Reason)
+		if checkID("ids", id) != nil { // the field named only on an error
+			return rd, false, checkID(fmt.Sprintf("ids[%d]", i), id)
 		}
 	}
 	rd, err = s.read(req.View, req.Ids, req.Features, req.AsOf, columns)
